@@ -1,0 +1,36 @@
+//! Domain types: values that have been parsed and are known to be valid.
+//!
+//! Anything that crosses from the outside world (HTTP bodies, pages, the CLI)
+//! into the services is turned into one of these first, so the services never
+//! have to wonder whether an email is lowercase or a password long enough.
+
+pub mod email;
+pub mod name;
+pub mod password;
+pub mod token;
+pub mod user;
+
+pub use email::EmailAddress;
+pub use name::PersonName;
+pub use password::{Password, PasswordHash, PasswordPolicy};
+pub use token::TokenHash;
+pub use user::{Role, User, UserId};
+
+/// A validation failure for one field, with every reason it failed.
+///
+/// Kept as a list because a user fixing a form wants to see all the problems
+/// at once, not one per round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: &'static str,
+    pub messages: Vec<String>,
+}
+
+impl FieldError {
+    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            messages: vec![message.into()],
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Storage traits: what the services need from a database, and nothing more.
+//!
+//! Each aggregate has its own trait; [`Store`] bundles them so the app can
+//! hand one `Arc<dyn Store>` to the services. Backends (SQLite, MongoDB) live
+//! beside this file and only `app.rs` picks one. Every backend must pass the
+//! same conformance suite in `tests/storage.rs`.
+//!
+//! Rules every implementation follows:
+//! - Times are UTC; expiry is always checked here in code, never left to a
+//!   TTL monitor (MongoDB's runs about once a minute).
+//! - Consuming a token is atomic: of two concurrent callers at most one wins.
+//! - A lookup by an id the backend cannot even parse returns `Ok(None)`.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+
+/// Why a store call failed, in the terms the services branch on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write (duplicate email, jti, hash).
+    #[error("unique constraint violated")]
+    Conflict,
+    /// The database cannot be reached right now; callers answer 503 and the
+    /// backend is expected to recover by itself once it is back.
+    #[error("database unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    /// Anything else: a bug or corrupted data. Answered with a 500.
+    #[error("storage error")]
+    Other(#[source] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A user to be created; the store assigns the id.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: EmailAddress,
+    pub name: PersonName,
+    pub password_hash: PasswordHash,
+    pub role: Role,
+    pub verified: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates a user. `Err(Conflict)` when the email is already registered.
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+
+    /// `Ok(None)` when no user has that (already normalised) email.
+    async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>>;
+
+    /// `Ok(None)` when the id is unknown or not even well-formed.
+    async fn find_user_by_id(&self, id: &UserId) -> StoreResult<Option<User>>;
+
+    /// Replaces the password hash and bumps `updated_at`. Returns false when
+    /// the user no longer exists.
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
+
+/// A refresh token to be stored (its hash only, never the token itself).
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub user_id: UserId,
+    pub jti: String,
+    pub token_hash: TokenHash,
+    /// All tokens descended from one login share a family.
+    pub family_id: String,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored refresh token.
+#[derive(Debug, Clone)]
+pub struct RefreshTokenRecord {
+    pub user_id: UserId,
+    pub jti: String,
+    pub token_hash: TokenHash,
+    pub family_id: String,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    pub revoked: bool,
+    /// The jti of the token that replaced this one at rotation, if any.
+    pub replaced_by: Option<String>,
+    /// When it was revoked or rotated away.
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait RefreshTokenStore: Send + Sync {
+    /// Stores a token issued at login. `Err(Conflict)` on a duplicate jti.
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
+
+    /// Atomically retires the active token with `old_hash` (not revoked and
+    /// not expired at `now`), records `replacement.jti` as its successor and
+    /// stores `replacement`. Returns the retired record, or `Ok(None)` (and
+    /// stores nothing) when no active token has that hash. Of several
+    /// concurrent calls with the same hash at most one gets `Some`.
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &TokenHash,
+        now: DateTime<Utc>,
+        replacement: &NewRefreshToken,
+    ) -> StoreResult<Option<RefreshTokenRecord>>;
+
+    /// The record with that hash, whatever its state.
+    async fn find_refresh_token(&self, hash: &TokenHash)
+        -> StoreResult<Option<RefreshTokenRecord>>;
+
+    /// Revokes one token. Returns true when it was active until now.
+    async fn revoke_refresh_token(&self, hash: &TokenHash, now: DateTime<Utc>)
+        -> StoreResult<bool>;
+
+    /// Revokes every active token of a user; returns how many.
+    async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+}
+
+/// A password-reset token to be stored (hash only).
+#[derive(Debug, Clone)]
+pub struct NewResetToken {
+    pub user_id: UserId,
+    pub token_hash: TokenHash,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[async_trait]
+pub trait ResetTokenStore: Send + Sync {
+    /// Stores a reset token, replacing any earlier one of the same user so
+    /// only the newest emailed link works.
+    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()>;
+
+    /// Atomically consumes the token with that hash if it has not expired at
+    /// `now`, returning its user. Single use: of concurrent callers at most
+    /// one gets `Some`. An expired token is consumed too, and yields `None`.
+    async fn consume_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>>;
+
+    /// Deletes every outstanding reset token of a user.
+    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()>;
+}
+
+/// Everything the services need, behind one object.
+#[async_trait]
+pub trait Store: UserStore + RefreshTokenStore + ResetTokenStore {
+    /// Cheap round trip to prove the database answers (for /health).
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Deletes tokens that expired before `now`; returns how many. Backends
+    /// with their own expiry (MongoDB TTL indexes) may do less, but expired
+    /// tokens must never be accepted either way.
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+
+    /// A short name for logs and /health ("sqlite", "mongodb").
+    fn backend(&self) -> &'static str;
+}

@@ -1,0 +1,398 @@
+//! The embedded default store: one SQLite file, WAL mode.
+//!
+//! Chosen so `cargo run --release` works on a fresh machine with nothing else
+//! installed. WAL lets readers run while one writer commits; writes are short
+//! so a single writer is not the bottleneck (argon2 is).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{FromRow, SqlitePool};
+
+use super::{
+    NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
+    ResetTokenStore, Store, StoreError, StoreResult, UserStore,
+};
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` and applies pending
+    /// migrations. `url` is `sqlite://path/to/file.db`, relative to the
+    /// working directory.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("DATABASE_URL is not a valid SQLite URL: {url}"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL is durable across application crashes in WAL mode; only
+            // an OS crash can lose the last commits, and never corrupts.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        if let Some(dir) = options.get_filename().parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot create database directory {}", dir.display())
+                })?;
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .with_context(|| format!("cannot open SQLite database {url}"))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("cannot apply database migrations")?;
+        Ok(Self { pool })
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+        .ok_or_else(|| StoreError::Other(anyhow::anyhow!("timestamp out of range: {ms}")))
+}
+
+fn map_err(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(err.into())
+        }
+        other => StoreError::Other(other.into()),
+    }
+}
+
+#[derive(FromRow)]
+struct UserRow {
+    id: String,
+    email: String,
+    password_hash: String,
+    name: String,
+    role: String,
+    verified: bool,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<UserRow> for User {
+    type Error = StoreError;
+
+    fn try_from(row: UserRow) -> StoreResult<Self> {
+        let role = Role::parse(&row.role)
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in users table")))?;
+        Ok(User {
+            id: UserId::new(row.id),
+            email: EmailAddress::from_stored(row.email),
+            name: PersonName::from_stored(row.name),
+            role,
+            verified: row.verified,
+            password_hash: PasswordHash::new(row.password_hash),
+            created_at: from_millis(row.created_at)?,
+            updated_at: from_millis(row.updated_at)?,
+        })
+    }
+}
+
+const USER_COLUMNS: &str = "id, email, password_hash, name, role, verified, created_at, updated_at";
+
+#[derive(FromRow)]
+struct RefreshRow {
+    user_id: String,
+    jti: String,
+    token_hash: String,
+    family_id: String,
+    user_agent: Option<String>,
+    ip_address: Option<String>,
+    revoked: bool,
+    replaced_by: Option<String>,
+    revoked_at: Option<i64>,
+    expires_at: i64,
+    created_at: i64,
+}
+
+impl TryFrom<RefreshRow> for RefreshTokenRecord {
+    type Error = StoreError;
+
+    fn try_from(row: RefreshRow) -> StoreResult<Self> {
+        Ok(RefreshTokenRecord {
+            user_id: UserId::new(row.user_id),
+            jti: row.jti,
+            token_hash: TokenHash::from_stored(row.token_hash),
+            family_id: row.family_id,
+            user_agent: row.user_agent,
+            ip_address: row.ip_address,
+            revoked: row.revoked,
+            replaced_by: row.replaced_by,
+            revoked_at: row.revoked_at.map(from_millis).transpose()?,
+            expires_at: from_millis(row.expires_at)?,
+            created_at: from_millis(row.created_at)?,
+        })
+    }
+}
+
+const REFRESH_COLUMNS: &str = "user_id, jti, token_hash, family_id, user_agent, ip_address, \
+     revoked, replaced_by, revoked_at, expires_at, created_at";
+
+async fn insert_refresh<'e, E>(executor: E, token: &NewRefreshToken) -> StoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    sqlx::query(
+        "INSERT INTO refresh_tokens (user_id, jti, token_hash, family_id, user_agent, \
+         ip_address, revoked, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
+    )
+    .bind(token.user_id.as_str())
+    .bind(&token.jti)
+    .bind(token.token_hash.as_str())
+    .bind(&token.family_id)
+    .bind(&token.user_agent)
+    .bind(&token.ip_address)
+    .bind(millis(token.expires_at))
+    .bind(millis(token.created_at))
+    .execute(executor)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        // UUIDv7 ids are time-ordered, which keeps the primary-key index
+        // append-mostly.
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let now = millis(user.created_at);
+        let row: UserRow = sqlx::query_as(&format!(
+            "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, \
+             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
+        ))
+        .bind(&id)
+        .bind(user.email.as_str())
+        .bind(user.password_hash.expose())
+        .bind(user.name.as_str())
+        .bind(user.role.as_str())
+        .bind(user.verified)
+        .bind(now)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.try_into()
+    }
+
+    async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {
+        let row: Option<UserRow> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?"))
+                .bind(email.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        row.map(User::try_from).transpose()
+    }
+
+    async fn find_user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let row: Option<UserRow> =
+            sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+        row.map(User::try_from).transpose()
+    }
+
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+            .bind(hash.expose())
+            .bind(millis(now))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl RefreshTokenStore for SqliteStore {
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
+        insert_refresh(&self.pool, token).await
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &TokenHash,
+        now: DateTime<Utc>,
+        replacement: &NewRefreshToken,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        // The conditional UPDATE takes SQLite's write lock, so a concurrent
+        // rotation of the same token waits and then matches no row.
+        let retired: Option<RefreshRow> = sqlx::query_as(&format!(
+            "UPDATE refresh_tokens SET revoked = 1, replaced_by = ?, revoked_at = ? \
+             WHERE token_hash = ? AND revoked = 0 AND expires_at > ? RETURNING {REFRESH_COLUMNS}"
+        ))
+        .bind(&replacement.jti)
+        .bind(millis(now))
+        .bind(old_hash.as_str())
+        .bind(millis(now))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(retired) = retired else {
+            return Ok(None);
+        };
+        insert_refresh(&mut *tx, replacement).await?;
+        tx.commit().await.map_err(map_err)?;
+        retired.try_into().map(Some)
+    }
+
+    async fn find_refresh_token(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        let row: Option<RefreshRow> = sqlx::query_as(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
+        ))
+        .bind(hash.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(RefreshTokenRecord::try_from).transpose()
+    }
+
+    async fn revoke_refresh_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+             WHERE token_hash = ? AND revoked = 0",
+        )
+        .bind(millis(now))
+        .bind(hash.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+             WHERE user_id = ? AND revoked = 0",
+        )
+        .bind(millis(now))
+        .bind(user_id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl ResetTokenStore for SqliteStore {
+    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
+            .bind(token.user_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO reset_tokens (user_id, token_hash, expires_at, created_at) \
+             VALUES (?, ?, ?, ?)",
+        )
+        .bind(token.user_id.as_str())
+        .bind(token.token_hash.as_str())
+        .bind(millis(token.expires_at))
+        .bind(millis(token.created_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn consume_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>> {
+        let row: Option<(String, i64)> = sqlx::query_as(
+            "DELETE FROM reset_tokens WHERE token_hash = ? RETURNING user_id, expires_at",
+        )
+        .bind(hash.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(row
+            .filter(|(_, expires_at)| *expires_at > millis(now))
+            .map(|(user_id, _)| UserId::new(user_id)))
+    }
+
+    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
+            .bind(user_id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.into()))?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        let now = millis(now);
+        let mut purged = 0;
+        for table in ["refresh_tokens", "reset_tokens"] {
+            purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
+                .bind(now)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        }
+        Ok(purged)
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

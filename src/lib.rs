@@ -3,5 +3,12 @@
 //! Dependencies point inward: `http` -> `services` -> `domain` and the
 //! `storage` traits. Only `app` knows which concrete store is in use.
 
+pub mod app;
+pub mod config;
 pub mod domain;
+pub mod email;
+pub mod error;
+pub mod http;
+pub mod services;
 pub mod storage;
+pub mod telemetry;

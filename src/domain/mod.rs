@@ -22,14 +22,17 @@ pub use user::{Role, User, UserId};
 /// at once, not one per round trip.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldError {
-    pub field: &'static str,
+    pub field: std::borrow::Cow<'static, str>,
     pub messages: Vec<String>,
 }
 
 impl FieldError {
-    pub fn new(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
-            field,
+            field: field.into(),
             messages: vec![message.into()],
         }
     }

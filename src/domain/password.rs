@@ -74,7 +74,10 @@ impl Password {
         if messages.is_empty() {
             Ok(())
         } else {
-            Err(FieldError { field, messages })
+            Err(FieldError {
+                field: field.into(),
+                messages,
+            })
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - Consuming a token is atomic: of two concurrent callers at most one wins.
 //! - A lookup by an id the backend cannot even parse returns `Ok(None)`.
 
+pub mod mongo;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -146,6 +147,21 @@ pub trait ResetTokenStore: Send + Sync {
     /// Stores a reset token, replacing any earlier one of the same user so
     /// only the newest emailed link works.
     async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()>;
+
+    /// The user a still-valid (unexpired at `now`) reset token belongs to,
+    /// without consuming it: lets a page or a form check the link before the
+    /// person types a new password.
+    async fn find_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>> {
+        // TEMPORARY-DEFAULT: removed once every backend implements it.
+        let _ = (hash, now);
+        Err(StoreError::Other(anyhow::anyhow!(
+            "find_reset_token not implemented"
+        )))
+    }
 
     /// Atomically consumes the token with that hash if it has not expired at
     /// `now`, returning its user. Single use: of concurrent callers at most

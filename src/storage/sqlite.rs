@@ -341,6 +341,22 @@ impl ResetTokenStore for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
+    async fn find_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>> {
+        let row: Option<(String,)> = sqlx::query_as(
+            "SELECT user_id FROM reset_tokens WHERE token_hash = ? AND expires_at > ?",
+        )
+        .bind(hash.as_str())
+        .bind(millis(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(row.map(|(user_id,)| UserId::new(user_id)))
+    }
+
     async fn consume_reset_token(
         &self,
         hash: &TokenHash,

@@ -1,0 +1,589 @@
+//! Typed settings, read from the environment (and an optional `.env`) once
+//! at start-up and validated there, so a bad value stops the process with one
+//! line naming the variable instead of failing later mid-request.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Where the service keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// Embedded SQLite file (the zero-setup default).
+    Sqlite { url: String },
+    /// MongoDB, selected by a non-empty MONGO_URI.
+    Mongo { uri: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// How outgoing email leaves the process.
+#[derive(Debug, Clone)]
+pub enum MailTransport {
+    Smtp {
+        server: String,
+        port: u16,
+        username: Option<String>,
+        password: Option<SecretString>,
+        starttls: bool,
+    },
+    /// Each message becomes an `.eml` file: lets a newcomer follow the reset
+    /// flow with no mail server at all.
+    Outbox { dir: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct MailConfig {
+    pub from: String,
+    pub transport: MailTransport,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub app_name: String,
+    /// Public base URL without a trailing slash; links in emails and the JWT
+    /// issuer are built from it.
+    pub app_url: String,
+    pub host: IpAddr,
+    pub port: u16,
+    pub environment: Environment,
+    pub database: Database,
+    /// `None` means "generate and persist one" (development only).
+    pub jwt_access_secret: Option<SecretString>,
+    pub jwt_refresh_secret: Option<SecretString>,
+    pub jwt_access_ttl: Duration,
+    pub jwt_refresh_ttl: Duration,
+    pub reset_token_ttl: Duration,
+    pub cors_origins: Vec<String>,
+    pub mail: MailConfig,
+    pub rate_limit_auth_per_min: u32,
+    pub rate_limit_global_per_min: u32,
+    pub password_min_length: usize,
+}
+
+/// A configuration problem, always naming the variable at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Smallest JWT secret accepted in production: HS256 keys should carry at
+/// least the hash's 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+impl Config {
+    /// Reads the process environment, after loading `.env` from the working
+    /// directory when there is one (real environment variables win).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        match dotenvy::dotenv() {
+            Ok(_) => {}
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(err(".env", format!("cannot read the file: {e}"))),
+        }
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Builds a configuration from explicit key/value pairs, as tests do.
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Self::from_lookup(|key| map.get(key).cloned())
+    }
+
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        // Empty values count as unset, as in a `.env` copied from the example.
+        let get = |key: &str| {
+            lookup(key)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+
+        let environment = match get("APP_ENV").as_deref() {
+            None | Some("development") => Environment::Development,
+            Some("production") => Environment::Production,
+            Some(other) => {
+                return Err(err(
+                    "APP_ENV",
+                    format!("expected development or production, got {other:?}"),
+                ))
+            }
+        };
+        let port = parse_num::<u16>("PORT", get("PORT"), 8000)?;
+        let host = match get("HOST") {
+            None => IpAddr::from([127, 0, 0, 1]),
+            Some(v) => v
+                .parse()
+                .map_err(|_| err("HOST", format!("expected an IP address, got {v:?}")))?,
+        };
+        let app_url = match get("APP_URL") {
+            None => format!("http://localhost:{port}"),
+            Some(v) => parse_base_url("APP_URL", &v)?,
+        };
+        let database = match get("MONGO_URI") {
+            Some(uri) => {
+                if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+                    return Err(err(
+                        "MONGO_URI",
+                        "must start with mongodb:// or mongodb+srv://",
+                    ));
+                }
+                Database::Mongo { uri }
+            }
+            None => {
+                let url =
+                    get("DATABASE_URL").unwrap_or_else(|| "sqlite://data/clinic-auth.db".into());
+                if !url.starts_with("sqlite:") {
+                    return Err(err(
+                        "DATABASE_URL",
+                        "must start with sqlite:// (for MongoDB set MONGO_URI)",
+                    ));
+                }
+                Database::Sqlite { url }
+            }
+        };
+
+        let jwt_access_secret = get("JWT_ACCESS_SECRET").map(SecretString::from);
+        let jwt_refresh_secret = get("JWT_REFRESH_SECRET").map(SecretString::from);
+        check_secrets(
+            environment,
+            jwt_access_secret.as_ref(),
+            jwt_refresh_secret.as_ref(),
+        )?;
+
+        let jwt_access_ttl =
+            parse_duration_var("JWT_ACCESS_EXPIRES", get("JWT_ACCESS_EXPIRES"), "15m")?;
+        let jwt_refresh_ttl =
+            parse_duration_var("JWT_REFRESH_EXPIRES", get("JWT_REFRESH_EXPIRES"), "7d")?;
+        if jwt_access_ttl.is_zero() {
+            return Err(err("JWT_ACCESS_EXPIRES", "must be longer than zero"));
+        }
+        if jwt_refresh_ttl <= jwt_access_ttl {
+            return Err(err(
+                "JWT_REFRESH_EXPIRES",
+                "must be longer than JWT_ACCESS_EXPIRES",
+            ));
+        }
+        let reset_minutes = parse_num::<u64>(
+            "RESET_TOKEN_EXPIRES_MIN",
+            get("RESET_TOKEN_EXPIRES_MIN"),
+            30,
+        )?;
+        if reset_minutes == 0 || reset_minutes > 24 * 60 {
+            return Err(err(
+                "RESET_TOKEN_EXPIRES_MIN",
+                "must be between 1 and 1440 minutes",
+            ));
+        }
+
+        let cors_origins = match get("CORS_ORIGINS") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(|o| parse_origin(o).map_err(|m| err("CORS_ORIGINS", m)))
+                .collect::<Result<_, _>>()?,
+        };
+
+        let mail = MailConfig {
+            from: get("MAIL_FROM").unwrap_or_else(|| "Clinic Auth <no-reply@localhost>".into()),
+            transport: match get("MAIL_SERVER") {
+                Some(server) => MailTransport::Smtp {
+                    server,
+                    port: parse_num::<u16>("MAIL_PORT", get("MAIL_PORT"), 587)?,
+                    username: get("MAIL_USERNAME"),
+                    password: get("MAIL_PASSWORD").map(SecretString::from),
+                    starttls: parse_bool("MAIL_TLS", get("MAIL_TLS"), true)?,
+                },
+                None => MailTransport::Outbox {
+                    dir: PathBuf::from(
+                        get("MAIL_OUTBOX_DIR").unwrap_or_else(|| "data/outbox".into()),
+                    ),
+                },
+            },
+        };
+        if let Err(e) = mail.from.parse::<lettre::message::Mailbox>() {
+            return Err(err("MAIL_FROM", format!("not a valid mailbox ({e})")));
+        }
+
+        let rate_limit_auth_per_min = parse_num::<u32>(
+            "RATE_LIMIT_AUTH_PER_MIN",
+            get("RATE_LIMIT_AUTH_PER_MIN"),
+            10,
+        )?;
+        let rate_limit_global_per_min = parse_num::<u32>(
+            "RATE_LIMIT_GLOBAL_PER_MIN",
+            get("RATE_LIMIT_GLOBAL_PER_MIN"),
+            300,
+        )?;
+        if rate_limit_auth_per_min == 0 {
+            return Err(err("RATE_LIMIT_AUTH_PER_MIN", "must be at least 1"));
+        }
+        if rate_limit_global_per_min == 0 {
+            return Err(err("RATE_LIMIT_GLOBAL_PER_MIN", "must be at least 1"));
+        }
+        let password_min_length =
+            parse_num::<usize>("PASSWORD_MIN_LENGTH", get("PASSWORD_MIN_LENGTH"), 12)?;
+        if !(8..=64).contains(&password_min_length) {
+            return Err(err(
+                "PASSWORD_MIN_LENGTH",
+                "must be between 8 and 64 (ASVS 6.2.1 asks for at least 8)",
+            ));
+        }
+
+        Ok(Self {
+            app_name: get("APP_NAME").unwrap_or_else(|| "Clinic Auth".into()),
+            app_url,
+            host,
+            port,
+            environment,
+            database,
+            jwt_access_secret,
+            jwt_refresh_secret,
+            jwt_access_ttl,
+            jwt_refresh_ttl,
+            reset_token_ttl: Duration::from_secs(reset_minutes * 60),
+            cors_origins,
+            mail,
+            rate_limit_auth_per_min,
+            rate_limit_global_per_min,
+            password_min_length,
+        })
+    }
+
+    /// True when the public URL is https: cookies get `Secure` and a prefix,
+    /// responses get HSTS.
+    pub fn is_https(&self) -> bool {
+        self.app_url.starts_with("https://")
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == Environment::Production
+    }
+
+    /// The directory for generated secrets: beside the SQLite file, or
+    /// `data/` when the database is elsewhere.
+    pub fn data_dir(&self) -> PathBuf {
+        match &self.database {
+            Database::Sqlite { url } => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:")
+                    .split('?')
+                    .next()
+                    .unwrap_or_default();
+                match Path::new(path).parent() {
+                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                    _ => PathBuf::from("."),
+                }
+            }
+            Database::Mongo { .. } => PathBuf::from("data"),
+        }
+    }
+}
+
+fn check_secrets(
+    environment: Environment,
+    access: Option<&SecretString>,
+    refresh: Option<&SecretString>,
+) -> Result<(), ConfigError> {
+    match (access, refresh) {
+        (None, None) if environment == Environment::Development => Ok(()),
+        (None, _) => Err(err(
+            "JWT_ACCESS_SECRET",
+            "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        )),
+        (_, None) => Err(err(
+            "JWT_REFRESH_SECRET",
+            "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        )),
+        (Some(a), Some(r)) => {
+            if environment == Environment::Production {
+                for (var, secret) in [("JWT_ACCESS_SECRET", a), ("JWT_REFRESH_SECRET", r)] {
+                    if secret.expose_secret().len() < MIN_SECRET_BYTES {
+                        return Err(err(
+                            var,
+                            format!("must be at least {MIN_SECRET_BYTES} bytes in production"),
+                        ));
+                    }
+                }
+            }
+            if a.expose_secret() == r.expose_secret() {
+                return Err(err(
+                    "JWT_REFRESH_SECRET",
+                    "must differ from JWT_ACCESS_SECRET",
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    var: &'static str,
+    value: Option<String>,
+    default: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| err(var, format!("expected a whole number in range, got {v:?}"))),
+    }
+}
+
+fn parse_bool(
+    var: &'static str,
+    value: Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes" | "on") => Ok(true),
+        Some("false" | "0" | "no" | "off") => Ok(false),
+        Some(other) => Err(err(var, format!("expected true or false, got {other:?}"))),
+    }
+}
+
+fn parse_duration_var(
+    var: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    parse_duration(&raw).ok_or_else(|| {
+        err(
+            var,
+            format!("expected a duration like 30s, 15m, 12h or 7d, got {raw:?}"),
+        )
+    })
+}
+
+/// Parses `<number><unit>` with unit s, m, h or d (e.g. `15m`, `7d`, `0s`).
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = raw.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    // Ten years is far past any sensible token lifetime; rejecting more keeps
+    // later timestamp arithmetic from overflowing.
+    let total = number
+        .checked_mul(seconds)
+        .filter(|s| *s <= 10 * 365 * 86_400)?;
+    Some(Duration::from_secs(total))
+}
+
+fn parse_base_url(var: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let trimmed = raw.trim_end_matches('/');
+    let rest = trimmed
+        .strip_prefix("https://")
+        .or_else(|| trimmed.strip_prefix("http://"))
+        .ok_or_else(|| {
+            err(
+                var,
+                format!("must start with http:// or https://, got {raw:?}"),
+            )
+        })?;
+    if rest.is_empty() || rest.contains(char::is_whitespace) || rest.contains(['?', '#']) {
+        return Err(err(var, format!("not a valid base URL: {raw:?}")));
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// An origin is scheme://host[:port] with nothing after it; browsers send
+/// exactly that in the Origin header, so anything else could never match.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let rest = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"))
+        .ok_or_else(|| format!("origin {raw:?} must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', ' ', '*']) {
+        return Err(format!(
+            "{raw:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_pairs(pairs)
+    }
+
+    #[test]
+    fn defaults_match_the_documentation() {
+        let c = dev(&[]).unwrap();
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.app_url, "http://localhost:8000");
+        assert_eq!(c.jwt_access_ttl, Duration::from_secs(15 * 60));
+        assert_eq!(c.jwt_refresh_ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(c.reset_token_ttl, Duration::from_secs(30 * 60));
+        assert_eq!(
+            c.database,
+            Database::Sqlite {
+                url: "sqlite://data/clinic-auth.db".into()
+            }
+        );
+        assert_eq!(c.data_dir(), PathBuf::from("data"));
+        assert_eq!(
+            (c.rate_limit_auth_per_min, c.rate_limit_global_per_min),
+            (10, 300)
+        );
+        assert_eq!(c.password_min_length, 12);
+        assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
+        assert!(!c.is_https() && !c.is_production());
+    }
+
+    #[test]
+    fn durations_take_unit_suffixes() {
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("15m"), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("12h"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "15",
+            "m",
+            "-5m",
+            "1.5h",
+            "15 m",
+            "10w",
+            "99999999999999999999d",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (pairs, var) in [
+            (vec![("PORT", "eighty")], "PORT"),
+            (vec![("PORT", "70000")], "PORT"),
+            (vec![("JWT_ACCESS_EXPIRES", "soon")], "JWT_ACCESS_EXPIRES"),
+            (vec![("JWT_REFRESH_EXPIRES", "1m")], "JWT_REFRESH_EXPIRES"),
+            (
+                vec![("MAIL_TLS", "maybe"), ("MAIL_SERVER", "smtp.example.com")],
+                "MAIL_TLS",
+            ),
+            (
+                vec![("CORS_ORIGINS", "http://ok.example, *")],
+                "CORS_ORIGINS",
+            ),
+            (
+                vec![("CORS_ORIGINS", "http://x.example/path")],
+                "CORS_ORIGINS",
+            ),
+            (vec![("APP_URL", "localhost:8000")], "APP_URL"),
+            (vec![("APP_ENV", "staging")], "APP_ENV"),
+            (vec![("HOST", "my-host")], "HOST"),
+            (vec![("MONGO_URI", "postgres://x")], "MONGO_URI"),
+            (vec![("DATABASE_URL", "postgres://x")], "DATABASE_URL"),
+            (vec![("MAIL_FROM", "not an address")], "MAIL_FROM"),
+            (
+                vec![("RATE_LIMIT_AUTH_PER_MIN", "0")],
+                "RATE_LIMIT_AUTH_PER_MIN",
+            ),
+            (vec![("PASSWORD_MIN_LENGTH", "4")], "PASSWORD_MIN_LENGTH"),
+            (
+                vec![("RESET_TOKEN_EXPIRES_MIN", "0")],
+                "RESET_TOKEN_EXPIRES_MIN",
+            ),
+            (
+                vec![("JWT_ACCESS_SECRET", "only-one")],
+                "JWT_REFRESH_SECRET",
+            ),
+        ] {
+            let e = dev(&pairs).unwrap_err();
+            assert_eq!(e.var, var, "{pairs:?} -> {e}");
+            assert!(e.to_string().starts_with(var));
+        }
+    }
+
+    #[test]
+    fn production_demands_strong_distinct_secrets() {
+        let strong_a = "a".repeat(32);
+        let strong_b = "b".repeat(32);
+        let prod = |a: &str, r: &str| {
+            let mut pairs = vec![("APP_ENV", "production")];
+            if !a.is_empty() {
+                pairs.push(("JWT_ACCESS_SECRET", a));
+            }
+            if !r.is_empty() {
+                pairs.push(("JWT_REFRESH_SECRET", r));
+            }
+            dev(&pairs)
+        };
+        assert_eq!(prod("", "").unwrap_err().var, "JWT_ACCESS_SECRET");
+        assert_eq!(
+            prod(&strong_a, "short").unwrap_err().var,
+            "JWT_REFRESH_SECRET"
+        );
+        assert_eq!(
+            prod(&strong_a, &strong_a).unwrap_err().var,
+            "JWT_REFRESH_SECRET"
+        );
+        assert!(prod(&strong_a, &strong_b).unwrap().is_production());
+    }
+
+    #[test]
+    fn mongo_uri_selects_mongodb_and_smtp_reads_its_settings() {
+        let c = dev(&[
+            ("MONGO_URI", "mongodb://localhost:27017/clinic_auth"),
+            ("MAIL_SERVER", "smtp.example.com"),
+            ("MAIL_PORT", "2525"),
+            ("MAIL_TLS", "False"),
+            ("MAIL_USERNAME", "mailer"),
+            ("APP_URL", "https://auth.clinic.example/"),
+            (
+                "CORS_ORIGINS",
+                "http://localhost:3000, https://app.clinic.example",
+            ),
+        ])
+        .unwrap();
+        assert!(matches!(c.database, Database::Mongo { .. }));
+        assert!(matches!(
+            c.mail.transport,
+            MailTransport::Smtp {
+                port: 2525,
+                starttls: false,
+                ..
+            }
+        ));
+        assert_eq!(c.app_url, "https://auth.clinic.example");
+        assert!(c.is_https());
+        assert_eq!(
+            c.cors_origins,
+            vec!["http://localhost:3000", "https://app.clinic.example"]
+        );
+    }
+}

@@ -1,0 +1,207 @@
+//! The one HTTP error type. Every failure a client sees, including axum's
+//! own rejections, leaves through here in one JSON shape:
+//! `{"error":{"code","message","fields"?}}`.
+//!
+//! Internal causes are logged (with the request id the client also gets in
+//! `X-Request-Id`) and never sent: a 500 says only that something failed.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+use crate::domain::FieldError;
+use crate::services::tokens::TokenError;
+use crate::services::ServiceError;
+
+/// The JSON error body (documented in the OpenAPI document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, snake_case: what a program branches on.
+    #[schema(example = "validation_failed")]
+    pub code: Cow<'static, str>,
+    /// A sentence for people.
+    pub message: Cow<'static, str>,
+    /// Validation only: field name -> every problem with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<BTreeMap<String, Vec<String>>>,
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: Cow<'static, str>,
+    pub fields: Option<BTreeMap<String, Vec<String>>>,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            fields: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let mut fields: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for e in errors {
+            fields
+                .entry(e.field.into_owned())
+                .or_default()
+                .extend(e.messages);
+        }
+        let mut err = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "Some fields are missing or invalid.",
+        );
+        err.fields = Some(fields);
+        err
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is nothing at this address.",
+        )
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "This address does not accept that HTTP method.",
+        )
+    }
+
+    pub fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "The request body is too large.",
+        )
+    }
+
+    pub fn rate_limited(retry_after_secs: u64) -> Self {
+        let secs = retry_after_secs.max(1);
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("Too many requests. Try again in {secs} seconds."),
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+    }
+
+    pub fn invalid_token(message: &'static str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message).with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer error=\"invalid_token\""),
+        )
+    }
+
+    pub fn missing_bearer() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "A Bearer access token is required.",
+        )
+        .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "The service cannot reach its database right now. Try again shortly.",
+        )
+        .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    }
+
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Something went wrong on our side. Quote the X-Request-Id header if you report it.",
+        )
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Validation(errors) => ApiError::validation(errors),
+            ServiceError::InvalidCredentials => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "The email or password is not correct.",
+            ),
+            ServiceError::EmailTaken => ApiError::new(
+                StatusCode::CONFLICT,
+                "email_taken",
+                "An account with this email already exists.",
+            ),
+            ServiceError::InvalidAccessToken(TokenError::Expired) => {
+                ApiError::invalid_token("The access token has expired.")
+            }
+            ServiceError::InvalidAccessToken(TokenError::Invalid) => {
+                ApiError::invalid_token("The access token is not valid.")
+            }
+            ServiceError::InvalidRefreshToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "The session has ended or the refresh token is not valid. Sign in again.",
+            ),
+            ServiceError::InvalidResetToken => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_token",
+                "This reset link is not valid, was already used or has expired. Ask for a new one.",
+            ),
+            ServiceError::Unavailable(e) => {
+                tracing::warn!(error = ?e, "database unavailable");
+                ApiError::unavailable()
+            }
+            ServiceError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: Cow::Borrowed(self.code),
+                message: self.message,
+                fields: self.fields,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        response.headers_mut().extend(self.headers);
+        response
+    }
+}

@@ -1,0 +1,364 @@
+//! /api/auth: register, login, refresh, logout, me, forgot and reset password.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::domain::{Password, Role, User};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, AuthUser};
+use crate::http::middleware::rate_limit;
+use crate::http::{AppState, CookieSettings, Limiters};
+use crate::services::tokens::{AccessToken, SignedRefresh};
+use crate::services::{ClientContext, LoginOutcome, RegisterInput};
+
+/// The refresh cookie is sent only to these endpoints, never to the rest of
+/// the site.
+pub const REFRESH_COOKIE_PATH: &str = "/api/auth";
+
+pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
+    let limited = |l| rate_limit::layer(l);
+    Router::new()
+        .route(
+            "/register",
+            post(register).layer(limited(&limiters.register)),
+        )
+        .route("/login", post(login).layer(limited(&limiters.login)))
+        .route("/refresh", post(refresh).layer(limited(&limiters.refresh)))
+        .route("/logout", post(logout))
+        .route("/me", get(me))
+        .route(
+            "/forgot-password",
+            post(forgot_password).layer(limited(&limiters.forgot_password)),
+        )
+        .route(
+            "/reset-password",
+            post(reset_password).layer(limited(&limiters.reset_password)),
+        )
+}
+
+// ----- request and response bodies -----
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    #[schema(example = "Dr Jane Smith", min_length = 1, max_length = 100)]
+    pub name: String,
+    #[schema(example = "jane@example.com", format = "email")]
+    pub email: String,
+    #[schema(
+        example = "Str0ng!Pass123",
+        min_length = 12,
+        max_length = 128,
+        format = "password"
+    )]
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    #[schema(example = "jane@example.com")]
+    pub email: String,
+    #[schema(example = "Str0ng!Pass123", format = "password")]
+    pub password: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForgotPasswordRequest {
+    #[schema(example = "jane@example.com")]
+    pub email: String,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResetPasswordRequest {
+    /// The token from the emailed link.
+    pub token: String,
+    #[schema(example = "N3w!Passphrase-2026", format = "password")]
+    pub password: String,
+}
+
+/// A user as the API shows it: never a password hash.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserResponse {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub role: Role,
+    pub verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<&User> for UserResponse {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id.as_str().to_owned(),
+            name: user.name.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            role: user.role,
+            verified: user.verified,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    #[schema(example = 900)]
+    pub expires_in: u64,
+}
+
+impl From<&AccessToken> for TokenResponse {
+    fn from(access: &AccessToken) -> Self {
+        Self {
+            access_token: access.token.clone(),
+            token_type: "Bearer",
+            expires_in: access.expires_in,
+        }
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LoginResponse {
+    pub access_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    #[schema(example = 900)]
+    pub expires_in: u64,
+    pub user: UserResponse,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct MessageResponse {
+    pub message: &'static str,
+}
+
+// ----- cookies -----
+
+fn refresh_cookie(settings: &CookieSettings, refresh: &SignedRefresh) -> Cookie<'static> {
+    let remaining = (refresh.expires_at - Utc::now()).num_seconds().max(0);
+    Cookie::build((settings.name, refresh.token.expose_secret().to_owned()))
+        .http_only(true)
+        .secure(settings.secure)
+        .same_site(SameSite::Strict)
+        .path(REFRESH_COOKIE_PATH)
+        .max_age(time::Duration::seconds(remaining))
+        .build()
+}
+
+fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
+    Cookie::build((settings.name, ""))
+        .http_only(true)
+        .secure(settings.secure)
+        .same_site(SameSite::Strict)
+        .path(REFRESH_COOKIE_PATH)
+        .max_age(time::Duration::ZERO)
+        .build()
+}
+
+// ----- handlers -----
+
+/// Register a new account (always role `doctor`, unverified).
+#[utoipa::path(
+    post, path = "/api/auth/register", tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Account created", body = UserResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "Email already registered (`email_taken`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Validation failed", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    let user = state
+        .auth
+        .register(RegisterInput {
+            name: body.name,
+            email: body.email,
+            password: Password::new(body.password),
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(UserResponse::from(&user))))
+}
+
+/// Sign in: access token in the body, refresh token in an HttpOnly cookie.
+#[utoipa::path(
+    post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Signed in; sets the refresh cookie", body = LoginResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Validation failed", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientContext,
+    jar: CookieJar,
+    ApiJson(body): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .auth
+        .login(&body.email, &Password::new(body.password), &client)
+        .await?;
+    Ok(signed_in(&state.cookies, jar, outcome))
+}
+
+fn signed_in(cookies: &CookieSettings, jar: CookieJar, outcome: LoginOutcome) -> Response {
+    let jar = jar.add(refresh_cookie(cookies, &outcome.refresh));
+    let body = LoginResponse {
+        access_token: outcome.access.token.clone(),
+        token_type: "Bearer",
+        expires_in: outcome.access.expires_in,
+        user: UserResponse::from(&outcome.user),
+    };
+    (jar, Json(body)).into_response()
+}
+
+/// Exchange the refresh cookie for a new access token and a new refresh
+/// cookie (rotation: the presented token stops working).
+#[utoipa::path(
+    post, path = "/api/auth/refresh", tag = "auth",
+    security(("refresh_cookie" = [])),
+    responses(
+        (status = 200, description = "New access token; sets a new refresh cookie", body = TokenResponse),
+        (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn refresh(
+    State(state): State<AppState>,
+    client: ClientContext,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
+    let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
+    match state.auth.refresh(presented.as_deref(), &client).await {
+        Ok(outcome) => {
+            let jar = jar.add(refresh_cookie(&state.cookies, &outcome.refresh));
+            Ok((jar, Json(TokenResponse::from(&outcome.access))).into_response())
+        }
+        // A dead cookie is useless to the browser: clear it with the 401.
+        Err(e) => {
+            let jar = jar.add(cleared_cookie(&state.cookies));
+            Ok((jar, ApiError::from(e)).into_response())
+        }
+    }
+}
+
+/// Sign out: revokes the refresh token and clears the cookie.
+#[utoipa::path(
+    post, path = "/api/auth/logout", tag = "auth",
+    security(("refresh_cookie" = [])),
+    responses(
+        (status = 204, description = "Signed out (also when there was no session)"),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Response, ApiError> {
+    let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
+    state.auth.logout(presented.as_deref()).await?;
+    let jar = jar.add(cleared_cookie(&state.cookies));
+    Ok((StatusCode::NO_CONTENT, jar).into_response())
+}
+
+/// The signed-in user.
+#[utoipa::path(
+    get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user behind the access token", body = UserResponse),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn me(AuthUser(user): AuthUser) -> Json<UserResponse> {
+    Json(UserResponse::from(&user))
+}
+
+const FORGOT_MESSAGE: &str =
+    "If an account exists for that email, we have sent a link to reset its password.";
+
+/// Ask for a password-reset email. The answer is the same whether or not
+/// the account exists.
+#[utoipa::path(
+    post, path = "/api/auth/forgot-password", tag = "auth",
+    request_body = ForgotPasswordRequest,
+    responses(
+        (status = 202, description = "Accepted (always, for any well-formed email)", body = MessageResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Not an email address", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+    )
+)]
+pub async fn forgot_password(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ForgotPasswordRequest>,
+) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
+    state.auth.forgot_password(&body.email)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            message: FORGOT_MESSAGE,
+        }),
+    ))
+}
+
+/// Set a new password with the token from the emailed link. Signs the user
+/// out everywhere.
+#[utoipa::path(
+    post, path = "/api/auth/reset-password", tag = "auth",
+    request_body = ResetPasswordRequest,
+    responses(
+        (status = 200, description = "Password changed", body = MessageResponse),
+        (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "The new password is not acceptable", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn reset_password(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ResetPasswordRequest>,
+) -> Result<Json<MessageResponse>, ApiError> {
+    state
+        .auth
+        .reset_password(&body.token, &Password::new(body.password))
+        .await?;
+    Ok(Json(MessageResponse {
+        message: "Your password has been changed. Sign in with the new one.",
+    }))
+}

@@ -1,0 +1,57 @@
+//! Liveness and readiness in one: 200 when the database answers, 503 when
+//! it does not, so a load balancer stops sending traffic to a stuck node.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::http::AppState;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `ok` or `degraded`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// `ok` or `unavailable`.
+    #[schema(example = "ok")]
+    pub database: &'static str,
+}
+
+pub fn router() -> Router<AppState> {
+    // axum answers HEAD from the GET handler, without the body.
+    Router::new().route("/health", get(health))
+}
+
+/// Health check (GET and HEAD).
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "system",
+    responses(
+        (status = 200, description = "Service and database are up", body = HealthResponse),
+        (status = 503, description = "The database cannot be reached", body = HealthResponse),
+        (status = 429, description = "Rate limited", body = crate::error::ErrorBody),
+    )
+)]
+pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+    if state.auth.database_ok().await {
+        (
+            StatusCode::OK,
+            Json(HealthResponse {
+                status: "ok",
+                database: "ok",
+            }),
+        )
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(HealthResponse {
+                status: "degraded",
+                database: "unavailable",
+            }),
+        )
+    }
+}

@@ -1,0 +1,14 @@
+//! The JSON API under /api, plus /health.
+
+pub mod auth;
+pub mod health;
+
+use axum::Router;
+
+use super::{AppState, Limiters};
+
+pub fn router(limiters: &Limiters) -> Router<AppState> {
+    Router::new()
+        .nest("/api/auth", auth::router(limiters))
+        .merge(health::router())
+}

@@ -1,0 +1,55 @@
+//! The OpenAPI 3 document (/openapi.json) and Swagger UI (/docs), served
+//! from vendored assets so they work on a clinic network with no internet.
+
+use axum::Router;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+
+use super::api::{auth, health};
+use super::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Clinic Auth API",
+        description = "Authentication for clinics. Errors always have the shape \
+                       `{\"error\":{\"code\",\"message\",\"fields\"?}}`; every response carries `X-Request-Id`."
+    ),
+    paths(
+        auth::register, auth::login, auth::refresh, auth::logout, auth::me,
+        auth::forgot_password, auth::reset_password, health::health,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    modifiers(&SecuritySchemes),
+    tags(
+        (name = "auth", description = "Sign-in, tokens and password reset"),
+        (name = "system", description = "Operations"),
+    )
+)]
+pub struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "refresh_cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new("refresh_token"))),
+        );
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new().merge(SwaggerUi::new("/docs").url("/openapi.json", ApiDoc::openapi()))
+}

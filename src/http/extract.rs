@@ -1,0 +1,219 @@
+//! Extractors whose rejections speak the API's error format.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::AppState;
+use crate::domain::{FieldError, User};
+use crate::error::ApiError;
+use crate::services::ClientContext;
+
+/// JSON body extractor: like `axum::Json`, but every rejection (wrong
+/// content type, malformed JSON, wrong shape, too large) is an [`ApiError`],
+/// and shape errors name the field at fault.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers().get(CONTENT_TYPE)) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Send the body as JSON with Content-Type: application/json.",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| match rejection {
+                BytesRejection::FailedToBufferBody(ref e)
+                    if std::error::Error::source(e)
+                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                        || e.body_text().contains("length limit") =>
+                {
+                    ApiError::payload_too_large()
+                }
+                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+            })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Deserializes, mapping serde's errors: syntax -> 400, shape -> 422 with
+/// the offending field named.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+    let (path, inner) = match result {
+        // Trailing garbage after the object is a syntax error too.
+        Ok(value) => match de.end() {
+            Ok(()) => return Ok(value),
+            Err(e) => (String::new(), e),
+        },
+        Err(err) => (err.path().to_string(), err.into_inner()),
+    };
+    {
+        if !inner.is_data() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "The request body is not valid JSON.",
+            ));
+        }
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let (field, text) = if let Some(name) = backticked(&message, "unknown field `") {
+            (name, "This field is not accepted.".to_owned())
+        } else if let Some(name) = backticked(&message, "missing field `") {
+            (name, "This field is required.".to_owned())
+        } else if path == "." || path.is_empty() {
+            (
+                "body".to_owned(),
+                format!("The body must be a JSON object ({message})."),
+            )
+        } else {
+            (path, format!("Wrong type: {message}."))
+        };
+        Err(ApiError::validation(vec![FieldError::new(field, text)]))
+    }
+}
+
+fn backticked(message: &str, prefix: &str) -> Option<String> {
+    let rest = message.strip_prefix(prefix)?;
+    Some(rest.split('`').next()?.to_owned())
+}
+
+/// The client's IP as the service sees it (set by the client-IP middleware).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ip = parts
+            .extensions
+            .get::<ClientIp>()
+            .map(|ip| ip.0)
+            .or_else(|| {
+                parts
+                    .extensions
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .map(|c| c.0.ip())
+            });
+        let user_agent = parts.headers.get(USER_AGENT).and_then(|v| v.to_str().ok());
+        Ok(ClientContext::new(ip, user_agent))
+    }
+}
+
+/// The raw Bearer token from `Authorization`.
+pub struct BearerToken(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let value = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(ApiError::missing_bearer)?;
+        let (scheme, token) = value.split_once(' ').ok_or_else(ApiError::missing_bearer)?;
+        if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+            return Err(ApiError::missing_bearer());
+        }
+        Ok(BearerToken(token.trim().to_owned()))
+    }
+}
+
+/// The signed-in user behind a valid Bearer access token.
+pub struct AuthUser(pub User);
+
+impl<S> FromRequestParts<S> for AuthUser
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
+        let app = AppState::from_ref(state);
+        Ok(AuthUser(app.auth.authenticate(&token).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Body {
+        email: String,
+        password: String,
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<Body>(b"{\"email\":\"a\"").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (400, "malformed_json"));
+        let e = parse_json::<Body>(b"{\"email\":\"a\"}").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (422, "validation_failed"));
+        assert!(e.fields.unwrap().contains_key("password"));
+        let e = parse_json::<Body>(br#"{"email":"a","password":"b","role":"admin"}"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 422);
+        assert!(e.fields.unwrap().contains_key("role"));
+        let e = parse_json::<Body>(br#"{"email":1,"password":"b"}"#).unwrap_err();
+        assert!(e.fields.unwrap().contains_key("email"));
+        let e = parse_json::<Body>(br#"[]"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 422);
+        let e = parse_json::<Body>(br#"{"email":"a","password":"b"} x"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 400);
+    }
+
+    #[test]
+    fn content_types() {
+        use axum::http::HeaderValue;
+        assert!(is_json(Some(&HeaderValue::from_static("application/json"))));
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "Application/JSON; charset=utf-8"
+        ))));
+        assert!(is_json(Some(&HeaderValue::from_static(
+            "application/merge-patch+json"
+        ))));
+        assert!(!is_json(Some(&HeaderValue::from_static("text/plain"))));
+        assert!(!is_json(None));
+    }
+}

@@ -1,0 +1,148 @@
+//! Everything web: the router, extractors, middleware and handlers.
+//! Handlers translate HTTP to service calls and back; no business rules.
+
+pub mod api;
+pub mod docs;
+pub mod extract;
+pub mod middleware;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderName, HeaderValue, Method};
+use axum::response::IntoResponse;
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::error::ApiError;
+use crate::services::AuthService;
+use middleware::rate_limit::{self, Limiter};
+use middleware::security_headers::SecurityHeaders;
+
+/// Largest request body accepted (ASVS: bound what a client can make us buffer).
+pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
+
+/// How the refresh cookie is written.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    pub name: &'static str,
+    pub secure: bool,
+}
+
+impl CookieSettings {
+    pub fn new(https: bool, production: bool) -> Self {
+        Self {
+            // The __Secure- prefix makes browsers refuse the cookie unless it
+            // is Secure and set over https, so it cannot be planted over http.
+            name: if https {
+                "__Secure-refresh_token"
+            } else {
+                "refresh_token"
+            },
+            secure: https || production,
+        }
+    }
+}
+
+/// The per-IP limiters, kept so a background task can prune them.
+#[derive(Clone)]
+pub struct Limiters {
+    pub global: Limiter,
+    pub register: Limiter,
+    pub login: Limiter,
+    pub refresh: Limiter,
+    pub forgot_password: Limiter,
+    pub reset_password: Limiter,
+}
+
+impl Limiters {
+    pub fn new(auth_per_min: u32, global_per_min: u32) -> Self {
+        Self {
+            global: rate_limit::per_minute(global_per_min),
+            register: rate_limit::per_minute(auth_per_min),
+            login: rate_limit::per_minute(auth_per_min),
+            refresh: rate_limit::per_minute(auth_per_min),
+            forgot_password: rate_limit::per_minute(auth_per_min),
+            reset_password: rate_limit::per_minute(auth_per_min),
+        }
+    }
+
+    pub fn all(&self) -> Vec<Limiter> {
+        vec![
+            self.global.clone(),
+            self.register.clone(),
+            self.login.clone(),
+            self.refresh.clone(),
+            self.forgot_password.clone(),
+            self.reset_password.clone(),
+        ]
+    }
+}
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub auth: Arc<AuthService>,
+    pub cookies: CookieSettings,
+}
+
+/// What the router needs beyond the state.
+pub struct RouterOptions {
+    pub cors_origins: Vec<String>,
+    pub hsts: bool,
+    pub limiters: Limiters,
+}
+
+pub fn router(state: AppState, options: RouterOptions) -> Router {
+    let routes = Router::new()
+        .merge(api::router(&options.limiters))
+        .merge(docs::router())
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state);
+
+    // Layers run outside-in in the reverse of the order they are added.
+    routes
+        .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(rate_limit::layer(&options.limiters.global))
+        .layer(axum::middleware::from_fn(middleware::client_ip::client_ip))
+        .layer(cors(&options.cors_origins))
+        .layer(axum::middleware::from_fn_with_state(
+            SecurityHeaders { hsts: options.hsts },
+            middleware::security_headers::security_headers,
+        ))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!("handler panicked");
+                ApiError::internal().into_response()
+            },
+        ))
+        .layer(axum::middleware::from_fn(
+            middleware::request_context::request_context,
+        ))
+}
+
+/// Only the configured origins may call with credentials; any other origin
+/// gets no Access-Control-Allow-Origin and the browser blocks the read.
+fn cors(origins: &[String]) -> CorsLayer {
+    let allowed: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(allowed))
+        .allow_credentials(true)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static(middleware::request_context::REQUEST_ID_HEADER),
+        ])
+        .expose_headers([
+            HeaderName::from_static(middleware::request_context::REQUEST_ID_HEADER),
+            header::RETRY_AFTER,
+        ])
+        .max_age(Duration::from_secs(600))
+}

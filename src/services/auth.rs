@@ -1,0 +1,407 @@
+//! Authentication use-cases: register, login, refresh, logout, current user,
+//! forgot and reset password.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+
+use super::passwords::{Passwords, Verification};
+use super::tokens::{AccessToken, SignedRefresh, Tokens};
+use super::{ClientContext, ServiceError};
+use crate::domain::token::random_token;
+use crate::domain::{
+    EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash, User, UserId,
+};
+use crate::email::{self, Mailer, ResetEmail};
+use crate::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Reset tokens are 43 base64url characters; anything far longer is junk
+/// and not worth hashing.
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// The settings the use-cases depend on.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub app_name: String,
+    pub app_url: String,
+    pub refresh_ttl: Duration,
+    pub reset_ttl: Duration,
+    pub password_policy: PasswordPolicy,
+}
+
+pub struct RegisterInput {
+    pub name: String,
+    pub email: String,
+    pub password: Password,
+}
+
+/// What a successful sign-in (or refresh) hands back to the caller.
+#[derive(Debug)]
+pub struct LoginOutcome {
+    pub user: User,
+    pub access: AccessToken,
+    pub refresh: SignedRefresh,
+}
+
+impl std::fmt::Debug for SignedRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedRefresh")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+pub struct AuthService {
+    store: Arc<dyn Store>,
+    passwords: Passwords,
+    tokens: Tokens,
+    mailer: Arc<dyn Mailer>,
+    settings: AuthSettings,
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+impl AuthService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        passwords: Passwords,
+        tokens: Tokens,
+        mailer: Arc<dyn Mailer>,
+        settings: AuthSettings,
+    ) -> Self {
+        Self {
+            store,
+            passwords,
+            tokens,
+            mailer,
+            settings,
+        }
+    }
+
+    pub fn settings(&self) -> &AuthSettings {
+        &self.settings
+    }
+
+    /// Self-registration: always a `doctor`, never verified by the caller.
+    pub async fn register(&self, input: RegisterInput) -> Result<User> {
+        let mut errors = Vec::new();
+        let name = PersonName::parse(&input.name)
+            .map_err(|e| errors.push(e))
+            .ok();
+        let email = EmailAddress::parse(&input.email)
+            .map_err(|e| errors.push(e))
+            .ok();
+        if let Err(e) =
+            input
+                .password
+                .check_new(&self.settings.password_policy, email.as_ref(), "password")
+        {
+            errors.push(e);
+        }
+        let (Some(name), Some(email), true) = (name, email, errors.is_empty()) else {
+            return Err(ServiceError::Validation(errors));
+        };
+        let password_hash = self.passwords.hash(&input.password).await?;
+        let new_user = NewUser {
+            email,
+            name,
+            password_hash,
+            role: Role::Doctor,
+            verified: false,
+            created_at: Utc::now(),
+        };
+        match self.store.create_user(&new_user).await {
+            Ok(user) => {
+                tracing::info!(user_id = %user.id, "user registered");
+                Ok(user)
+            }
+            Err(StoreError::Conflict) => Err(ServiceError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the credentials and starts a new refresh-token family.
+    ///
+    /// Unknown email and wrong password are indistinguishable, in answer and
+    /// in time: an unknown email still pays for one argon2 verification.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &Password,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
+        let mut errors = Vec::new();
+        if email.trim().is_empty() {
+            errors.push(FieldError::new("email", "Email is required."));
+        }
+        if password.expose().is_empty() {
+            errors.push(FieldError::new("password", "Password is required."));
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::Validation(errors));
+        }
+        let user = match EmailAddress::parse(email) {
+            Ok(email) => self.store.find_user_by_email(&email).await?,
+            Err(_) => None,
+        };
+        let Some(user) = user else {
+            self.passwords.verify_dummy(password).await?;
+            return Err(ServiceError::InvalidCredentials);
+        };
+        match self.passwords.verify(password, &user.password_hash).await? {
+            Verification::Invalid => {
+                tracing::info!(user_id = %user.id, "login failed: wrong password");
+                Err(ServiceError::InvalidCredentials)
+            }
+            Verification::Valid { needs_rehash } => {
+                if needs_rehash {
+                    self.upgrade_hash(&user, password).await;
+                }
+                let outcome = self.start_family(user, client).await?;
+                tracing::info!(user_id = %outcome.user.id, "login succeeded");
+                Ok(outcome)
+            }
+        }
+    }
+
+    /// Replaces a legacy (bcrypt) or weaker hash while the plaintext is at
+    /// hand. A failure here must not fail the login: the old hash still works.
+    async fn upgrade_hash(&self, user: &User, password: &Password) {
+        let result = async {
+            let hash = self.passwords.hash(password).await?;
+            self.store
+                .set_password_hash(&user.id, &hash, Utc::now())
+                .await?;
+            Ok::<_, ServiceError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(user_id = %user.id, "password hash upgraded to argon2id"),
+            Err(e) => {
+                tracing::warn!(user_id = %user.id, error = %e, "password hash upgrade failed")
+            }
+        }
+    }
+
+    async fn start_family(&self, user: User, client: &ClientContext) -> Result<LoginOutcome> {
+        let now = Utc::now();
+        let family = super::tokens::new_id();
+        let expires_at = now + chrono_duration(self.settings.refresh_ttl);
+        let refresh = self
+            .tokens
+            .issue_refresh(&user.id, &family, expires_at, now)?;
+        self.store
+            .insert_refresh_token(&self.refresh_record(&user.id, &family, &refresh, client, now))
+            .await?;
+        let access = self.tokens.issue_access(&user, now)?;
+        Ok(LoginOutcome {
+            user,
+            access,
+            refresh,
+        })
+    }
+
+    fn refresh_record(
+        &self,
+        user_id: &UserId,
+        family: &str,
+        refresh: &SignedRefresh,
+        client: &ClientContext,
+        now: DateTime<Utc>,
+    ) -> NewRefreshToken {
+        NewRefreshToken {
+            user_id: user_id.clone(),
+            jti: refresh.jti.clone(),
+            token_hash: TokenHash::of(refresh.token.expose_secret()),
+            family_id: family.to_owned(),
+            user_agent: client.user_agent.clone(),
+            ip_address: client.ip.map(|ip| ip.to_string()),
+            expires_at: refresh.expires_at,
+            created_at: now,
+        }
+    }
+
+    /// Rotates a refresh token: the presented one is retired and a child in
+    /// the same family (with the family's original expiry) replaces it.
+    pub async fn refresh(
+        &self,
+        presented: Option<&str>,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
+        let raw = presented
+            .filter(|t| t.len() <= MAX_TOKEN_LEN)
+            .ok_or(ServiceError::InvalidRefreshToken)?;
+        let claims = self
+            .tokens
+            .verify_refresh(raw)
+            .map_err(|_| ServiceError::InvalidRefreshToken)?;
+        let now = Utc::now();
+        let user_id = UserId::new(claims.sub);
+        let expires_at =
+            DateTime::from_timestamp(claims.exp, 0).ok_or(ServiceError::InvalidRefreshToken)?;
+        let child = self
+            .tokens
+            .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
+        let record = self.refresh_record(&user_id, &claims.fam, &child, client, now);
+        let Some(retired) = self
+            .store
+            .rotate_refresh_token(&TokenHash::of(raw), now, &record)
+            .await?
+        else {
+            tracing::info!(user_id = %user_id, "refresh rejected: token not active");
+            return Err(ServiceError::InvalidRefreshToken);
+        };
+        let user = self
+            .store
+            .find_user_by_id(&retired.user_id)
+            .await?
+            .ok_or(ServiceError::InvalidRefreshToken)?;
+        let access = self.tokens.issue_access(&user, now)?;
+        Ok(LoginOutcome {
+            user,
+            access,
+            refresh: child,
+        })
+    }
+
+    /// Revokes the presented refresh token. Junk or nothing is fine: the
+    /// caller is signed out either way.
+    pub async fn logout(&self, presented: Option<&str>) -> Result<()> {
+        if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
+            if self.tokens.verify_refresh(raw).is_ok() {
+                self.store
+                    .revoke_refresh_token(&TokenHash::of(raw), Utc::now())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The user behind a Bearer access token.
+    pub async fn authenticate(&self, access_token: &str) -> Result<User> {
+        let claims = self
+            .tokens
+            .verify_access(access_token)
+            .map_err(ServiceError::InvalidAccessToken)?;
+        self.store
+            .find_user_by_id(&UserId::new(claims.sub))
+            .await?
+            .ok_or(ServiceError::InvalidAccessToken(
+                super::tokens::TokenError::Invalid,
+            ))
+    }
+
+    /// Starts a password reset. Answers the same whether or not the account
+    /// exists: the lookup, token and email all happen in the background, so
+    /// not even the response time depends on it.
+    pub fn forgot_password(self: &Arc<Self>, email: &str) -> Result<()> {
+        let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            if let Err(e) = this.send_reset_email(&email).await {
+                tracing::error!(error = ?e, "password reset email not sent");
+            }
+        });
+        Ok(())
+    }
+
+    async fn send_reset_email(&self, email: &EmailAddress) -> anyhow::Result<()> {
+        let Some(user) = self.store.find_user_by_email(email).await? else {
+            tracing::info!("password reset requested for an unknown email");
+            return Ok(());
+        };
+        let token = random_token();
+        let now = Utc::now();
+        self.store
+            .replace_reset_token(&NewResetToken {
+                user_id: user.id.clone(),
+                token_hash: TokenHash::of(&token),
+                expires_at: now + chrono_duration(self.settings.reset_ttl),
+                created_at: now,
+            })
+            .await?;
+        let link = format!("{}/reset-password?token={token}", self.settings.app_url);
+        let to = lettre::message::Mailbox::new(
+            Some(user.name.as_str().to_owned()),
+            user.email.as_str().parse()?,
+        );
+        let message = email::password_reset(
+            to,
+            &ResetEmail {
+                app_name: &self.settings.app_name,
+                app_url: &self.settings.app_url,
+                name: user.name.as_str(),
+                link: &link,
+                expires_minutes: self.settings.reset_ttl.as_secs() / 60,
+            },
+        )?;
+        self.mailer.send(message).await?;
+        tracing::info!(user_id = %user.id, "password reset email sent");
+        Ok(())
+    }
+
+    /// Whether a reset link is still usable (for the page behind the link).
+    pub async fn reset_token_is_valid(&self, token: &str) -> Result<bool> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Ok(false);
+        }
+        Ok(self
+            .store
+            .find_reset_token(&TokenHash::of(token), Utc::now())
+            .await?
+            .is_some())
+    }
+
+    /// Completes a reset: sets the new password and signs the user out
+    /// everywhere (every refresh token is revoked).
+    pub async fn reset_password(&self, token: &str, password: &Password) -> Result<()> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(ServiceError::InvalidResetToken);
+        }
+        let hash = TokenHash::of(token);
+        let now = Utc::now();
+        // Peek first so a password the policy rejects does not burn the link.
+        let user_id = self
+            .store
+            .find_reset_token(&hash, now)
+            .await?
+            .ok_or(ServiceError::InvalidResetToken)?;
+        let user = self
+            .store
+            .find_user_by_id(&user_id)
+            .await?
+            .ok_or(ServiceError::InvalidResetToken)?;
+        password
+            .check_new(
+                &self.settings.password_policy,
+                Some(&user.email),
+                "password",
+            )
+            .map_err(|e| ServiceError::Validation(vec![e]))?;
+        let new_hash = self.passwords.hash(password).await?;
+        match self.store.consume_reset_token(&hash, Utc::now()).await? {
+            Some(owner) if owner == user.id => {}
+            _ => return Err(ServiceError::InvalidResetToken),
+        }
+        let now = Utc::now();
+        self.store
+            .set_password_hash(&user.id, &new_hash, now)
+            .await?;
+        let revoked = self.store.revoke_user_refresh_tokens(&user.id, now).await?;
+        self.store.delete_user_reset_tokens(&user.id).await?;
+        tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
+        Ok(())
+    }
+
+    /// True when the database answers.
+    pub async fn database_ok(&self) -> bool {
+        self.store.ping().await.is_ok()
+    }
+}

@@ -1,0 +1,69 @@
+//! Use-cases: the one implementation of register, login, refresh, logout and
+//! password reset that both the JSON API and the pages call.
+
+pub mod auth;
+pub mod passwords;
+pub mod tokens;
+
+use std::net::IpAddr;
+
+use crate::domain::FieldError;
+use crate::storage::StoreError;
+
+pub use auth::{AuthService, AuthSettings, LoginOutcome, RegisterInput};
+
+/// Who is asking: recorded with refresh tokens (and later, audit events).
+#[derive(Debug, Clone, Default)]
+pub struct ClientContext {
+    pub ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+impl ClientContext {
+    /// User agents are attacker-controlled; keep what we store bounded.
+    pub const MAX_USER_AGENT: usize = 512;
+
+    pub fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> Self {
+        let user_agent = user_agent.map(|ua| ua.chars().take(Self::MAX_USER_AGENT).collect());
+        Self { ip, user_agent }
+    }
+}
+
+/// Why a use-case failed, in terms the HTTP layer maps to statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("email or password is wrong")]
+    InvalidCredentials,
+    #[error("email already registered")]
+    EmailTaken,
+    #[error("access token rejected: {0}")]
+    InvalidAccessToken(tokens::TokenError),
+    #[error("refresh token rejected")]
+    InvalidRefreshToken,
+    #[error("reset token rejected")]
+    InvalidResetToken,
+    #[error("database unavailable")]
+    Unavailable(#[source] anyhow::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(e) => ServiceError::Unavailable(e),
+            StoreError::Conflict => {
+                ServiceError::Internal(anyhow::anyhow!("unexpected unique conflict"))
+            }
+            StoreError::Other(e) => ServiceError::Internal(e),
+        }
+    }
+}
+
+impl From<anyhow::Error> for ServiceError {
+    fn from(err: anyhow::Error) -> Self {
+        ServiceError::Internal(err)
+    }
+}

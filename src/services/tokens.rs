@@ -1,0 +1,333 @@
+//! JWT issue and verification for access and refresh tokens.
+//!
+//! The two kinds use different secrets *and* carry a `typ` claim, so one can
+//! never be replayed as the other even if a bug mixed up the keys. Only
+//! HS256 is accepted on verify: the `alg` header is never trusted.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Role, User, UserId};
+
+/// Clock skew tolerated on `exp` between instances (ASVS asks for little).
+const LEEWAY_SECS: u64 = 5;
+
+const TYP_ACCESS: &str = "access";
+const TYP_REFRESH: &str = "refresh";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AccessClaims {
+    pub sub: String,
+    pub role: Role,
+    pub iat: i64,
+    pub exp: i64,
+    pub jti: String,
+    pub typ: String,
+    pub iss: String,
+    pub aud: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshClaims {
+    pub sub: String,
+    pub jti: String,
+    /// Family id: every token descended from one login shares it.
+    pub fam: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub typ: String,
+    pub iss: String,
+    pub aud: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token invalid")]
+    Invalid,
+}
+
+/// A freshly signed access token.
+pub struct AccessToken {
+    pub token: String,
+    pub expires_in: u64,
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessToken")
+            .field("token", &"[REDACTED]")
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
+}
+
+/// A freshly signed refresh token and the facts the store keeps about it.
+pub struct SignedRefresh {
+    pub token: SecretString,
+    pub jti: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+pub struct Tokens {
+    access_encoding: EncodingKey,
+    access_decoding: DecodingKey,
+    refresh_encoding: EncodingKey,
+    refresh_decoding: DecodingKey,
+    access_validation: Validation,
+    refresh_validation: Validation,
+    issuer: String,
+    audience: String,
+    access_ttl: Duration,
+}
+
+impl Tokens {
+    pub fn new(
+        access_secret: &SecretString,
+        refresh_secret: &SecretString,
+        issuer: &str,
+        audience: &str,
+        access_ttl: Duration,
+    ) -> Self {
+        let validation = || {
+            let mut v = Validation::new(Algorithm::HS256);
+            v.leeway = LEEWAY_SECS;
+            v.set_issuer(&[issuer]);
+            v.set_audience(&[audience]);
+            v.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+            v
+        };
+        let access = access_secret.expose_secret().as_bytes();
+        let refresh = refresh_secret.expose_secret().as_bytes();
+        Self {
+            access_encoding: EncodingKey::from_secret(access),
+            access_decoding: DecodingKey::from_secret(access),
+            refresh_encoding: EncodingKey::from_secret(refresh),
+            refresh_decoding: DecodingKey::from_secret(refresh),
+            access_validation: validation(),
+            refresh_validation: validation(),
+            issuer: issuer.to_owned(),
+            audience: audience.to_owned(),
+            access_ttl,
+        }
+    }
+
+    pub fn issue_access(&self, user: &User, now: DateTime<Utc>) -> anyhow::Result<AccessToken> {
+        let claims = AccessClaims {
+            sub: user.id.as_str().to_owned(),
+            role: user.role,
+            iat: now.timestamp(),
+            exp: now.timestamp() + self.access_ttl.as_secs() as i64,
+            jti: new_id(),
+            typ: TYP_ACCESS.to_owned(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.access_encoding,
+        )?;
+        Ok(AccessToken {
+            token,
+            expires_in: self.access_ttl.as_secs(),
+        })
+    }
+
+    pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let claims: AccessClaims = decode(token, &self.access_decoding, &self.access_validation)?;
+        if claims.typ != TYP_ACCESS {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// Signs a refresh token of `family` that dies at `expires_at` (the
+    /// family's end, not a sliding window).
+    pub fn issue_refresh(
+        &self,
+        user_id: &UserId,
+        family: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<SignedRefresh> {
+        let jti = new_id();
+        let claims = RefreshClaims {
+            sub: user_id.as_str().to_owned(),
+            jti: jti.clone(),
+            fam: family.to_owned(),
+            iat: now.timestamp(),
+            exp: expires_at.timestamp(),
+            typ: TYP_REFRESH.to_owned(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+        };
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.refresh_encoding,
+        )?;
+        Ok(SignedRefresh {
+            token: SecretString::from(token),
+            jti,
+            expires_at,
+        })
+    }
+
+    pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
+        let claims: RefreshClaims =
+            decode(token, &self.refresh_decoding, &self.refresh_validation)?;
+        if claims.typ != TYP_REFRESH {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<T, TokenError> {
+    use jsonwebtoken::errors::ErrorKind;
+    jsonwebtoken::decode::<T>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid,
+        })
+}
+
+/// A random identifier for jti and family ids.
+pub fn new_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine;
+
+    use super::*;
+    use crate::domain::{EmailAddress, PasswordHash, PersonName};
+
+    fn tokens(secret_a: &str, secret_r: &str) -> Tokens {
+        Tokens::new(
+            &SecretString::from(secret_a.to_owned()),
+            &SecretString::from(secret_r.to_owned()),
+            "http://localhost:8000",
+            "Clinic Auth",
+            Duration::from_secs(900),
+        )
+    }
+
+    fn user() -> User {
+        User {
+            id: UserId::new("u1"),
+            email: EmailAddress::parse("jane@example.com").unwrap(),
+            name: PersonName::parse("Jane").unwrap(),
+            role: Role::Doctor,
+            verified: false,
+            password_hash: PasswordHash::new("x".into()),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn b64(value: &serde_json::Value) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value.to_string())
+    }
+
+    #[test]
+    fn access_round_trip_carries_the_claims() {
+        let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
+        let now = Utc::now();
+        let issued = t.issue_access(&user(), now).unwrap();
+        let claims = t.verify_access(&issued.token).unwrap();
+        assert_eq!(claims.sub, "u1");
+        assert_eq!(claims.role, Role::Doctor);
+        assert_eq!(claims.exp - claims.iat, 900);
+        assert_eq!(
+            (
+                claims.typ.as_str(),
+                claims.iss.as_str(),
+                claims.aud.as_str()
+            ),
+            ("access", "http://localhost:8000", "Clinic Auth")
+        );
+        assert_eq!(issued.expires_in, 900);
+    }
+
+    #[test]
+    fn kinds_cannot_be_swapped_even_with_one_secret() {
+        // Same secret for both: only the typ claim tells them apart.
+        let t = tokens("s".repeat(32).as_str(), "s".repeat(32).as_str());
+        let now = Utc::now();
+        let access = t.issue_access(&user(), now).unwrap();
+        let refresh = t
+            .issue_refresh(
+                &UserId::new("u1"),
+                "fam",
+                now + chrono::Duration::days(1),
+                now,
+            )
+            .unwrap();
+        assert_eq!(t.verify_refresh(&access.token), Err(TokenError::Invalid));
+        assert_eq!(
+            t.verify_access(refresh.token.expose_secret()),
+            Err(TokenError::Invalid)
+        );
+        assert!(t.verify_refresh(refresh.token.expose_secret()).is_ok());
+    }
+
+    #[test]
+    fn rejects_tampered_wrong_secret_none_and_expired() {
+        let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
+        let other = tokens("b".repeat(32).as_str(), "q".repeat(32).as_str());
+        let now = Utc::now();
+        let good = t.issue_access(&user(), now).unwrap().token;
+
+        assert_eq!(other.verify_access(&good), Err(TokenError::Invalid));
+
+        let parts: Vec<&str> = good.split('.').collect();
+        let mut claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(parts[1])
+                .unwrap(),
+        )
+        .unwrap();
+        claims["role"] = "admin".into();
+        let tampered = format!("{}.{}.{}", parts[0], b64(&claims), parts[2]);
+        assert_eq!(t.verify_access(&tampered), Err(TokenError::Invalid));
+
+        let none_header = b64(&serde_json::json!({"alg": "none", "typ": "JWT"}));
+        assert_eq!(
+            t.verify_access(&format!("{none_header}.{}.", parts[1])),
+            Err(TokenError::Invalid)
+        );
+
+        let old = now - chrono::Duration::hours(1);
+        let expired = t.issue_access(&user(), old).unwrap().token;
+        assert_eq!(t.verify_access(&expired), Err(TokenError::Expired));
+
+        assert_eq!(t.verify_access("not-a-jwt"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn wrong_issuer_or_audience_is_rejected() {
+        let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
+        let elsewhere = Tokens::new(
+            &SecretString::from("a".repeat(32)),
+            &SecretString::from("r".repeat(32)),
+            "https://other.example",
+            "Other",
+            Duration::from_secs(900),
+        );
+        let foreign = elsewhere.issue_access(&user(), Utc::now()).unwrap().token;
+        assert_eq!(t.verify_access(&foreign), Err(TokenError::Invalid));
+    }
+}

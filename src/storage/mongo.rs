@@ -1,0 +1,691 @@
+//! The MongoDB store, compatible with the original Python service's database.
+//!
+//! Collections and field names are exactly the ones the Python service wrote
+//! (`users`, `refresh_tokens`, `reset_tokens`), so an existing deployment is
+//! opened as it is; the only additions are our rotation fields on refresh
+//! tokens (`family_id`, `replaced_by`, `revoked_at`), which older documents
+//! simply lack.
+//!
+//! Design points, each forced by how MongoDB is deployed:
+//! - No multi-document transactions: a standalone `mongod` has none. Every
+//!   "consume" is a single `find_one_and_update` / `find_one_and_delete`,
+//!   which the server applies atomically to one document.
+//! - Expiry is checked in every filter (`expires_at > now`); the TTL indexes
+//!   only keep the collections small, their monitor runs about once a minute.
+//! - The process must start while MongoDB is down. The driver connects lazily,
+//!   and index creation runs in a background task that retries until the
+//!   server answers (see [`IndexState`]).
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bson::oid::ObjectId;
+use bson::{doc, Document};
+use chrono::{DateTime, Utc};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+
+use super::{
+    NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
+    ResetTokenStore, Store, StoreError, StoreResult, UserStore,
+};
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+
+/// Used when the URI names no database, as the Python service did.
+const DEFAULT_DATABASE: &str = "clinic_auth";
+
+/// How long an operation waits for a usable server before failing. The
+/// driver's default of 30 s would hold every request (and /health) for half a
+/// minute during an outage; a few seconds lets callers answer 503 promptly.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(3);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Retry pacing for index creation while the server is unreachable.
+const INDEX_RETRY_FIRST: Duration = Duration::from_secs(1);
+const INDEX_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Duplicate key: a unique index refused the write.
+const DUPLICATE_KEY: i32 = 11000;
+/// An index with these keys already exists under another name or options.
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+/// An index with this name already exists with other keys.
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+/// Server codes that mean "this server cannot serve you right now" (network
+/// trouble, shutdown, primary stepping down): the caller should answer 503
+/// and try again later rather than report a bug.
+const TRANSIENT_CODES: &[i32] = &[
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+];
+
+/// A store over one MongoDB database. Cheap to share: the driver's `Client`
+/// is a connection pool behind an `Arc`, so one per process is enough.
+pub struct MongoStore {
+    db: Database,
+    users: Collection<UserDoc>,
+    refresh_tokens: Collection<RefreshDoc>,
+    reset_tokens: Collection<ResetDoc>,
+    indexes: Arc<IndexState>,
+}
+
+impl MongoStore {
+    /// Builds the client for `uri` (`mongodb://host:27017/clinic_auth`) and
+    /// starts creating the indexes in the background.
+    ///
+    /// Succeeds while the server is unreachable: the driver only connects when
+    /// an operation needs it. It fails only for an invalid URI or when a
+    /// `mongodb+srv://` name cannot be resolved (the SRV lookup happens here).
+    pub async fn connect(uri: &str) -> anyhow::Result<MongoStore> {
+        // The URI is deliberately kept out of the error: it may carry a
+        // password.
+        let mut options = ClientOptions::parse(uri)
+            .await
+            .context("MongoDB URI is not a valid connection string")?;
+        // Explicit settings in the URI win over our defaults.
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        options
+            .app_name
+            .get_or_insert_with(|| "clinic-auth".to_owned());
+        let client = Client::with_options(options).context("cannot build the MongoDB client")?;
+        let db = client
+            .default_database()
+            .unwrap_or_else(|| client.database(DEFAULT_DATABASE));
+
+        let indexes = Arc::new(IndexState {
+            db: db.clone(),
+            done: OnceCell::new(),
+        });
+        tokio::spawn(create_indexes_until_done(Arc::downgrade(&indexes)));
+
+        Ok(MongoStore {
+            users: db.collection("users"),
+            refresh_tokens: db.collection("refresh_tokens"),
+            reset_tokens: db.collection("reset_tokens"),
+            db,
+            indexes,
+        })
+    }
+
+    /// The name of the database in use (from the URI, or `clinic_auth`).
+    pub fn database_name(&self) -> &str {
+        self.db.name()
+    }
+
+    /// Creates the indexes now if they do not exist yet; returns at once once
+    /// they have been created by this store. Idempotent, and safe to call
+    /// concurrently with the background task (only one attempt runs at a
+    /// time). Useful for tests and tooling that want them before going on.
+    pub async fn ensure_indexes(&self) -> StoreResult<()> {
+        self.indexes.ensure().await
+    }
+}
+
+/// Index creation, done once per store.
+///
+/// Why a background task *and* a check before unique-keyed writes: the task
+/// makes a fresh database get its indexes within seconds of MongoDB becoming
+/// reachable, without waiting for traffic; the check (an atomic load once
+/// done) guarantees that no user is ever created before the unique email
+/// index exists. Without it, a duplicate registered during an outage window
+/// would make the unique index impossible to build afterwards.
+struct IndexState {
+    db: Database,
+    done: OnceCell<()>,
+}
+
+impl IndexState {
+    async fn ensure(&self) -> StoreResult<()> {
+        self.done
+            .get_or_try_init(|| create_indexes(&self.db))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Retries index creation until it succeeds or the store is dropped (the
+/// task holds only a weak reference, so a dropped store does not keep a
+/// retry loop alive against a server that never comes back).
+async fn create_indexes_until_done(state: Weak<IndexState>) {
+    let mut delay = INDEX_RETRY_FIRST;
+    loop {
+        let Some(indexes) = state.upgrade() else {
+            return;
+        };
+        match indexes.ensure().await {
+            Ok(()) => {
+                tracing::info!(database = indexes.db.name(), "MongoDB indexes are in place");
+                return;
+            }
+            Err(StoreError::Unavailable(err)) => {
+                tracing::warn!(
+                    error = %format_args!("{err:#}"),
+                    retry_in_secs = delay.as_secs(),
+                    "MongoDB unreachable; index creation will be retried"
+                );
+            }
+            Err(err) => {
+                // Not something waiting fixes by itself (e.g. duplicate emails
+                // already stored), but retrying is harmless and picks up an
+                // operator's fix without a restart.
+                tracing::error!(
+                    error = %format_args!("{:#}", anyhow::Error::from(err)),
+                    retry_in_secs = delay.as_secs(),
+                    "cannot create MongoDB indexes"
+                );
+            }
+        }
+        drop(indexes);
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(INDEX_RETRY_MAX);
+    }
+}
+
+/// The indexes the Python service documented, plus ours on `family_id`.
+fn index_plan() -> Vec<(&'static str, IndexModel)> {
+    let plain = |key: &str| IndexModel::builder().keys(doc! { key: 1 }).build();
+    let unique = |key: &str| {
+        IndexModel::builder()
+            .keys(doc! { key: 1 })
+            .options(IndexOptions::builder().unique(true).build())
+            .build()
+    };
+    let ttl = || {
+        IndexModel::builder()
+            .keys(doc! { "expires_at": 1 })
+            .options(IndexOptions::builder().expire_after(Duration::ZERO).build())
+            .build()
+    };
+    vec![
+        ("users", unique("email")),
+        ("refresh_tokens", unique("jti")),
+        ("refresh_tokens", unique("token_hash")),
+        ("refresh_tokens", plain("user_id")),
+        ("refresh_tokens", plain("family_id")),
+        ("refresh_tokens", ttl()),
+        ("reset_tokens", unique("token_hash")),
+        ("reset_tokens", plain("user_id")),
+        ("reset_tokens", ttl()),
+    ]
+}
+
+async fn create_indexes(db: &Database) -> StoreResult<()> {
+    // One createIndexes per index rather than one per collection: the server
+    // fails a multi-index command as a whole, and an existing deployment may
+    // hold an equivalent index under another name, which we keep.
+    for (collection, model) in index_plan() {
+        let keys = model.keys.clone();
+        match db
+            .collection::<Document>(collection)
+            .create_index(model)
+            .await
+        {
+            Ok(_) => {}
+            Err(err) if is_index_conflict(&err) => {
+                tracing::warn!(
+                    collection,
+                    keys = %keys,
+                    "an index on these keys already exists with other options; keeping it"
+                );
+            }
+            // Not map_err: a duplicate key here means duplicate data already
+            // stored, which is no write conflict of the caller's.
+            Err(err) if is_transient(&err) => return Err(StoreError::Unavailable(err.into())),
+            Err(err) => {
+                return Err(StoreError::Other(
+                    anyhow::Error::from(err)
+                        .context(format!("cannot create index {keys} on {collection}")),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_index_conflict(err: &mongodb::error::Error) -> bool {
+    matches!(
+        err.kind.as_ref(),
+        ErrorKind::Command(c) if c.code == INDEX_OPTIONS_CONFLICT || c.code == INDEX_KEY_SPECS_CONFLICT
+    )
+}
+
+/// Sorts a driver error into what the services branch on.
+fn map_err(err: mongodb::error::Error) -> StoreError {
+    if is_duplicate_key(&err) {
+        return StoreError::Conflict;
+    }
+    if is_transient(&err) {
+        return StoreError::Unavailable(err.into());
+    }
+    StoreError::Other(err.into())
+}
+
+fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
+    match err.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
+        ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
+        ErrorKind::InsertMany(e) => e
+            .write_errors
+            .iter()
+            .flatten()
+            .any(|e| e.code == DUPLICATE_KEY),
+        ErrorKind::BulkWrite(e) => e.write_errors.values().any(|e| e.code == DUPLICATE_KEY),
+        _ => false,
+    }
+}
+
+fn is_transient(err: &mongodb::error::Error) -> bool {
+    // Network failures and failovers carry this label on writes; checking it
+    // covers codes the list below does not know about.
+    if err.contains_label("RetryableWriteError") {
+        return true;
+    }
+    let mut current = Some(err);
+    while let Some(e) = current {
+        let transient = match e.kind.as_ref() {
+            ErrorKind::Io(_)
+            | ErrorKind::ConnectionPoolCleared { .. }
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::DnsResolve { .. } => true,
+            ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
+            ErrorKind::Write(WriteFailure::WriteConcernError(c)) => {
+                TRANSIENT_CODES.contains(&c.code)
+            }
+            _ => false,
+        };
+        if transient {
+            return true;
+        }
+        current = std::error::Error::source(e).and_then(|s| s.downcast_ref());
+    }
+    false
+}
+
+/// A stored user id is an ObjectId; anything else cannot name a user.
+fn parse_user_id(id: &UserId) -> Option<ObjectId> {
+    ObjectId::parse_str(id.as_str()).ok()
+}
+
+fn bson_date(t: DateTime<Utc>) -> bson::DateTime {
+    bson::DateTime::from_chrono(t)
+}
+
+/// `users` as the Python service wrote it. No `Debug`: it holds the hash.
+#[derive(Serialize, Deserialize)]
+struct UserDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    email: String,
+    password_hash: String,
+    name: String,
+    role: String,
+    verified: bool,
+    created_at: bson::DateTime,
+    updated_at: bson::DateTime,
+}
+
+impl TryFrom<UserDoc> for User {
+    type Error = StoreError;
+
+    fn try_from(doc: UserDoc) -> StoreResult<Self> {
+        let role = Role::parse(&doc.role).ok_or_else(|| {
+            StoreError::Other(anyhow::anyhow!("unknown role in users collection"))
+        })?;
+        Ok(User {
+            id: UserId::new(doc.id.to_hex()),
+            email: EmailAddress::from_stored(doc.email),
+            name: PersonName::from_stored(doc.name),
+            role,
+            verified: doc.verified,
+            password_hash: PasswordHash::new(doc.password_hash),
+            created_at: doc.created_at.to_chrono(),
+            updated_at: doc.updated_at.to_chrono(),
+        })
+    }
+}
+
+/// `refresh_tokens`. The rotation fields are optional because documents
+/// written by the Python service do not have them.
+#[derive(Serialize, Deserialize)]
+struct RefreshDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: String,
+    jti: String,
+    token_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    family_id: Option<String>,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    ip_address: Option<String>,
+    revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    replaced_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<bson::DateTime>,
+    expires_at: bson::DateTime,
+    created_at: bson::DateTime,
+}
+
+impl RefreshDoc {
+    fn new(token: &NewRefreshToken) -> Self {
+        Self {
+            id: ObjectId::new(),
+            user_id: token.user_id.as_str().to_owned(),
+            jti: token.jti.clone(),
+            token_hash: token.token_hash.as_str().to_owned(),
+            family_id: Some(token.family_id.clone()),
+            user_agent: token.user_agent.clone(),
+            ip_address: token.ip_address.clone(),
+            revoked: false,
+            replaced_by: None,
+            revoked_at: None,
+            expires_at: bson_date(token.expires_at),
+            created_at: bson_date(token.created_at),
+        }
+    }
+}
+
+impl From<RefreshDoc> for RefreshTokenRecord {
+    fn from(doc: RefreshDoc) -> Self {
+        RefreshTokenRecord {
+            user_id: UserId::new(doc.user_id),
+            // A token from before rotation existed is the only member of its
+            // own family; its jti is unique, so it names that family.
+            family_id: doc.family_id.unwrap_or_else(|| doc.jti.clone()),
+            jti: doc.jti,
+            token_hash: TokenHash::from_stored(doc.token_hash),
+            user_agent: doc.user_agent,
+            ip_address: doc.ip_address,
+            revoked: doc.revoked,
+            replaced_by: doc.replaced_by,
+            revoked_at: doc.revoked_at.map(bson::DateTime::to_chrono),
+            expires_at: doc.expires_at.to_chrono(),
+            created_at: doc.created_at.to_chrono(),
+        }
+    }
+}
+
+/// `reset_tokens`.
+#[derive(Serialize, Deserialize)]
+struct ResetDoc {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    user_id: String,
+    token_hash: String,
+    expires_at: bson::DateTime,
+    created_at: bson::DateTime,
+}
+
+#[async_trait]
+impl UserStore for MongoStore {
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
+        // The unique email index is what turns a double registration into
+        // Conflict; never insert before it exists.
+        self.indexes.ensure().await?;
+        let now = bson_date(user.created_at);
+        let doc = UserDoc {
+            id: ObjectId::new(),
+            email: user.email.as_str().to_owned(),
+            password_hash: user.password_hash.expose().to_owned(),
+            name: user.name.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
+            verified: user.verified,
+            created_at: now,
+            updated_at: now,
+        };
+        self.users.insert_one(&doc).await.map_err(map_err)?;
+        doc.try_into()
+    }
+
+    async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {
+        self.users
+            .find_one(doc! { "email": email.as_str() })
+            .await
+            .map_err(map_err)?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn find_user_by_id(&self, id: &UserId) -> StoreResult<Option<User>> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(None);
+        };
+        self.users
+            .find_one(doc! { "_id": oid })
+            .await
+            .map_err(map_err)?
+            .map(User::try_from)
+            .transpose()
+    }
+
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        let done = self
+            .users
+            .update_one(
+                doc! { "_id": oid },
+                doc! { "$set": { "password_hash": hash.expose(), "updated_at": bson_date(now) } },
+            )
+            .await
+            .map_err(map_err)?;
+        // matched, not modified: setting the same hash again still means the
+        // user exists.
+        Ok(done.matched_count == 1)
+    }
+}
+
+#[async_trait]
+impl RefreshTokenStore for MongoStore {
+    async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
+        self.indexes.ensure().await?;
+        self.refresh_tokens
+            .insert_one(RefreshDoc::new(token))
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn rotate_refresh_token(
+        &self,
+        old_hash: &TokenHash,
+        now: DateTime<Utc>,
+        replacement: &NewRefreshToken,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        self.indexes.ensure().await?;
+        let now = bson_date(now);
+        // The single-document update is the whole guard against concurrent
+        // use: of several callers, only one matches `revoked: false`.
+        let retired = self
+            .refresh_tokens
+            .find_one_and_update(
+                doc! {
+                    "token_hash": old_hash.as_str(),
+                    "revoked": false,
+                    "expires_at": { "$gt": now },
+                },
+                doc! { "$set": {
+                    "revoked": true,
+                    "replaced_by": &replacement.jti,
+                    "revoked_at": now,
+                } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_err)?;
+        let Some(retired) = retired else {
+            return Ok(None);
+        };
+        // Without a transaction the old token stays retired if this insert
+        // fails. That fails closed (the client signs in again); putting the
+        // old token back could revive it after a concurrent "revoke all".
+        self.refresh_tokens
+            .insert_one(RefreshDoc::new(replacement))
+            .await
+            .map_err(map_err)?;
+        Ok(Some(retired.into()))
+    }
+
+    async fn find_refresh_token(
+        &self,
+        hash: &TokenHash,
+    ) -> StoreResult<Option<RefreshTokenRecord>> {
+        Ok(self
+            .refresh_tokens
+            .find_one(doc! { "token_hash": hash.as_str() })
+            .await
+            .map_err(map_err)?
+            .map(RefreshTokenRecord::from))
+    }
+
+    async fn revoke_refresh_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = self
+            .refresh_tokens
+            .update_one(
+                doc! { "token_hash": hash.as_str(), "revoked": false },
+                doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(done.modified_count == 1)
+    }
+
+    async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = self
+            .refresh_tokens
+            .update_many(
+                doc! { "user_id": user_id.as_str(), "revoked": false },
+                doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(done.modified_count)
+    }
+}
+
+#[async_trait]
+impl ResetTokenStore for MongoStore {
+    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()> {
+        self.indexes.ensure().await?;
+        let doc = ResetDoc {
+            id: ObjectId::new(),
+            user_id: token.user_id.as_str().to_owned(),
+            token_hash: token.token_hash.as_str().to_owned(),
+            expires_at: bson_date(token.expires_at),
+            created_at: bson_date(token.created_at),
+        };
+        let new_id = doc.id;
+        // Insert first, then delete every other token of the user: if the
+        // delete fails the new link still works. Two concurrent requests can
+        // at worst delete each other's token, which fails closed (ask again).
+        self.reset_tokens.insert_one(&doc).await.map_err(map_err)?;
+        self.reset_tokens
+            .delete_many(doc! { "user_id": &doc.user_id, "_id": { "$ne": new_id } })
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn find_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>> {
+        Ok(self
+            .reset_tokens
+            .find_one(doc! { "token_hash": hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
+            .await
+            .map_err(map_err)?
+            .map(|doc| UserId::new(doc.user_id)))
+    }
+
+    async fn consume_reset_token(
+        &self,
+        hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<UserId>> {
+        // Deleted whether or not it has expired (an expired link is used up
+        // too); the expiry check is ours, not the TTL monitor's.
+        let consumed = self
+            .reset_tokens
+            .find_one_and_delete(doc! { "token_hash": hash.as_str() })
+            .await
+            .map_err(map_err)?;
+        Ok(consumed
+            .filter(|doc| doc.expires_at > bson_date(now))
+            .map(|doc| UserId::new(doc.user_id)))
+    }
+
+    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()> {
+        self.reset_tokens
+            .delete_many(doc! { "user_id": user_id.as_str() })
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map_err(|e| StoreError::Unavailable(e.into()))?;
+        Ok(())
+    }
+
+    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        // The TTL indexes do this too; purging here keeps behaviour the same
+        // as SQLite's where the TTL monitor lags or is disabled.
+        let expired = doc! { "expires_at": { "$lte": bson_date(now) } };
+        let refresh = self
+            .refresh_tokens
+            .delete_many(expired.clone())
+            .await
+            .map_err(map_err)?;
+        let reset = self
+            .reset_tokens
+            .delete_many(expired)
+            .await
+            .map_err(map_err)?;
+        Ok(refresh.deleted_count + reset.deleted_count)
+    }
+
+    fn backend(&self) -> &'static str {
+        "mongodb"
+    }
+}

@@ -1,0 +1,329 @@
+//! Test harness: starts the real app on 127.0.0.1:0 with a fresh database
+//! in a temp dir, and helpers to drive it over HTTP.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clinic_auth::app::App;
+use clinic_auth::config::Config;
+use reqwest::header::HeaderMap;
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "Str0ng!Pass123";
+pub const ACCESS_SECRET: &str = "test-access-secret-0123456789abcdef0123456789";
+pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef012345678";
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+}
+
+/// Defines each listed `async fn name(backend: Backend)` as a test once per
+/// backend, so every backend runs the very same suite.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+
+/// A running app plus what a test needs to poke at it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub client: Client,
+    pub dir: Arc<tempfile::TempDir>,
+    pub backend: Backend,
+    pairs: Vec<(String, String)>,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// A client that keeps no cookies: tests set the Cookie header themselves
+/// so they can present exactly the token they mean.
+pub fn plain_client() -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, &[]).await
+    }
+
+    /// Starts an app; `overrides` replace or add configuration variables
+    /// (an empty value removes a default).
+    pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut pairs: Vec<(String, String)> = vec![
+            ("HOST".into(), "127.0.0.1".into()),
+            ("PORT".into(), "0".into()),
+            ("APP_URL".into(), "http://localhost:8000".into()),
+            ("JWT_ACCESS_SECRET".into(), ACCESS_SECRET.into()),
+            ("JWT_REFRESH_SECRET".into(), REFRESH_SECRET.into()),
+            (
+                "MAIL_OUTBOX_DIR".into(),
+                dir.path().join("outbox").display().to_string(),
+            ),
+            // Generous limits: only the rate-limit tests lower them.
+            ("RATE_LIMIT_AUTH_PER_MIN".into(), "100000".into()),
+            ("RATE_LIMIT_GLOBAL_PER_MIN".into(), "100000".into()),
+        ];
+        match backend {
+            Backend::Sqlite => pairs.push((
+                "DATABASE_URL".into(),
+                format!(
+                    "sqlite://{}",
+                    dir.path().join("data/clinic-auth.db").display()
+                ),
+            )),
+        }
+        for (key, value) in overrides {
+            pairs.retain(|(k, _)| k != key);
+            if !value.is_empty() {
+                pairs.push(((*key).into(), (*value).into()));
+            }
+        }
+        let mut app = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            base: String::new(),
+            client: plain_client(),
+            dir,
+            backend,
+            pairs,
+            shutdown: None,
+            handle: None,
+        };
+        app.start().await;
+        app
+    }
+
+    async fn start(&mut self) {
+        let refs: Vec<(&str, &str)> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let config = Config::from_pairs(&refs).expect("test configuration is valid");
+        let app = App::build(config).await.expect("app builds");
+        self.addr = app.local_addr();
+        self.base = format!("http://{}", self.addr);
+        let (tx, rx) = oneshot::channel();
+        self.shutdown = Some(tx);
+        self.handle = Some(tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        })));
+    }
+
+    /// Stops the app gracefully and starts it again on the same data.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.start().await;
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap().unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn register(&self, email: &str) -> Value {
+        let res = self
+            .post_json(
+                "/api/auth/register",
+                json!({"name": "Dr Jane Smith", "email": email, "password": PASSWORD}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED, "register {email}");
+        res.json().await.unwrap()
+    }
+
+    /// Logs in; returns (access token, refresh token from the cookie).
+    pub async fn login(&self, email: &str, password: &str) -> (String, String) {
+        let res = self
+            .post_json(
+                "/api/auth/login",
+                json!({"email": email, "password": password}),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "login {email}");
+        let refresh = refresh_cookie(res.headers()).expect("login sets the refresh cookie");
+        let body: Value = res.json().await.unwrap();
+        (body["access_token"].as_str().unwrap().to_owned(), refresh)
+    }
+
+    pub async fn refresh_with(&self, token: &str) -> Response {
+        self.client
+            .post(self.url("/api/auth/refresh"))
+            .header("cookie", format!("refresh_token={token}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn me(&self, access: &str) -> Response {
+        self.client
+            .get(self.url("/api/auth/me"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub fn outbox(&self) -> PathBuf {
+        self.dir.path().join("outbox")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The value of the refresh cookie in a response, if it sets one.
+pub fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
+    set_cookie(headers, "refresh_token").map(|(value, _)| value)
+}
+
+/// (value, full header line) of the named cookie set by a response.
+pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
+    headers.get_all("set-cookie").iter().find_map(|v| {
+        let line = v.to_str().ok()?;
+        let (pair, _) = line.split_once(';').unwrap_or((line, ""));
+        let (n, value) = pair.split_once('=')?;
+        (n.trim() == name).then(|| (value.to_owned(), line.to_owned()))
+    })
+}
+
+/// Asserts the API error shape and returns the body.
+pub async fn expect_error(res: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(res.status(), status, "status for expected {code}");
+    assert!(res.headers().get("x-request-id").is_some());
+    let body: Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    body
+}
+
+/// Emails in the outbox, oldest first, waiting up to 5 s for `count`.
+pub async fn wait_for_emails(dir: &Path, count: usize) -> Vec<Email> {
+    for _ in 0..100 {
+        let emails = read_emails(dir);
+        if emails.len() >= count {
+            return emails;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("expected {count} emails in {}", dir.display());
+}
+
+pub fn read_emails(dir: &Path) -> Vec<Email> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| Email::parse(&std::fs::read(p).unwrap()))
+        .collect()
+}
+
+/// A decoded email from the outbox.
+#[derive(Debug)]
+pub struct Email {
+    pub to: String,
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+impl Email {
+    fn parse(raw: &[u8]) -> Self {
+        use mailparse::MailHeaderMap;
+        let mail = mailparse::parse_mail(raw).unwrap();
+        let header = |name: &str| mail.headers.get_first_value(name).unwrap_or_default();
+        let mut text = String::new();
+        let mut html = String::new();
+        for part in &mail.subparts {
+            match part.ctype.mimetype.as_str() {
+                "text/plain" => text = part.get_body().unwrap(),
+                "text/html" => html = part.get_body().unwrap(),
+                _ => {}
+            }
+        }
+        Email {
+            to: header("To"),
+            subject: header("Subject"),
+            text,
+            html,
+        }
+    }
+
+    /// The token in the reset link, checking the link's shape on the way.
+    pub fn reset_token(&self) -> String {
+        let marker = "http://localhost:8000/reset-password?token=";
+        let start = self
+            .text
+            .find(marker)
+            .expect("text part has the reset link")
+            + marker.len();
+        let token: String = self.text[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .collect();
+        assert!(
+            self.html.contains(&format!("{marker}{token}")),
+            "HTML part has the same link"
+        );
+        token
+    }
+}

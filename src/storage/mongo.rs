@@ -14,7 +14,7 @@
 //!   only keep the collections small, their monitor runs about once a minute.
 //! - The process must start while MongoDB is down. The driver connects lazily,
 //!   and index creation runs in a background task that retries until the
-//!   server answers (see [`IndexState`]).
+//!   server answers (see `IndexState`).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -73,8 +73,9 @@ const TRANSIENT_CODES: &[i32] = &[
     13436, // NotPrimaryOrSecondary
 ];
 
-/// A store over one MongoDB database. Cheap to share: the driver's `Client`
-/// is a connection pool behind an `Arc`, so one per process is enough.
+/// A store over one MongoDB database. Make one per process and share it (the
+/// app holds it as `Arc<dyn Store>`): the driver's `Client` inside is the
+/// connection pool.
 pub struct MongoStore {
     db: Database,
     users: Collection<UserDoc>,
@@ -129,10 +130,10 @@ impl MongoStore {
         self.db.name()
     }
 
-    /// Creates the indexes now if they do not exist yet; returns at once once
-    /// they have been created by this store. Idempotent, and safe to call
-    /// concurrently with the background task (only one attempt runs at a
-    /// time). Useful for tests and tooling that want them before going on.
+    /// Creates the indexes now unless this store already has; after the first
+    /// success it returns immediately. Safe to call concurrently with the
+    /// background task (only one attempt runs at a time). For tests and
+    /// tooling that want the indexes before going on.
     pub async fn ensure_indexes(&self) -> StoreResult<()> {
         self.indexes.ensure().await
     }
@@ -144,8 +145,9 @@ impl MongoStore {
 /// makes a fresh database get its indexes within seconds of MongoDB becoming
 /// reachable, without waiting for traffic; the check (an atomic load once
 /// done) guarantees that no user is ever created before the unique email
-/// index exists. Without it, a duplicate registered during an outage window
-/// would make the unique index impossible to build afterwards.
+/// index exists. Without it, a double registration landing between MongoDB
+/// coming up and the task's next attempt could store a duplicate email, and
+/// the unique index could then never be built.
 struct IndexState {
     db: Database,
     done: OnceCell<()>,

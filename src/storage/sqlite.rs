@@ -39,11 +39,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        if let Some(dir) = options.get_filename().parent() {
-            if !dir.as_os_str().is_empty() {
+        let file = options.get_filename().to_path_buf();
+        if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.exists() {
                 std::fs::create_dir_all(dir).with_context(|| {
                     format!("cannot create database directory {}", dir.display())
                 })?;
+                // The directory holds password hashes and secrets: owner only.
+                restrict(dir, 0o700);
             }
         }
         let pool = SqlitePoolOptions::new()
@@ -57,8 +60,22 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("cannot apply database migrations")?;
+        restrict(&file, 0o600);
         Ok(Self { pool })
     }
+}
+
+/// Best effort: a file system without Unix permissions keeps its defaults.
+fn restrict(path: &std::path::Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict permissions");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, mode);
 }
 
 fn millis(t: DateTime<Utc>) -> i64 {

@@ -327,3 +327,17 @@ impl Email {
         token
     }
 }
+
+/// A fresh, empty store of the given backend, opened the way the app opens
+/// it (the temp dir lives as long as the returned guard).
+pub async fn fresh_store(
+    backend: Backend,
+) -> (Arc<dyn clinic_auth::storage::Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let pairs: Vec<(&str, &str)> = match backend {
+        Backend::Sqlite => vec![("DATABASE_URL", url.as_str())],
+    };
+    let config = Config::from_pairs(&pairs).unwrap();
+    (clinic_auth::app::open_store(&config).await.unwrap(), dir)
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one command that runs every check and test on a fresh machine:
+# installs what the tests need (Rust components, a Python virtualenv with the
+# MongoDB wire-protocol server), then format check, clippy and the full suite.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain components"
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+        rustup component add "$component"
+    fi
+done
+
+step "test dependencies (Python virtualenv for the MongoDB wire-protocol server)"
+bash scripts/setup-test-env.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+step "cargo test"
+cargo test --all-targets --locked

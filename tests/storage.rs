@@ -1,0 +1,468 @@
+//! Storage conformance: the contract in `storage/mod.rs`, checked against
+//! every backend with the same tests.
+
+mod common;
+
+use std::sync::Arc;
+
+use chrono::{Duration, DurationRound, Utc};
+use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
+use clinic_auth::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
+use common::{fresh_store, Backend};
+
+backend_tests!(
+    users_round_trip,
+    duplicate_email_is_a_conflict,
+    unknown_and_malformed_ids_are_none,
+    password_hash_can_be_replaced,
+    refresh_rotation_retires_the_old_token,
+    rotation_refuses_revoked_expired_and_unknown,
+    concurrent_rotation_has_one_winner,
+    revocation_by_token_and_by_user,
+    reset_tokens_are_single_use_and_expire,
+    newer_reset_token_replaces_older,
+    purge_removes_only_expired_tokens,
+    ping_answers,
+);
+
+fn now() -> chrono::DateTime<Utc> {
+    // Stores keep millisecond precision.
+    Utc::now()
+        .duration_trunc(Duration::milliseconds(1))
+        .unwrap()
+}
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        email: EmailAddress::parse(email).unwrap(),
+        name: PersonName::parse("Dr Jane Smith").unwrap(),
+        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        role: Role::Doctor,
+        verified: false,
+        created_at: now(),
+    }
+}
+
+fn refresh(user: &UserId, jti: &str, family: &str, expires_in: Duration) -> NewRefreshToken {
+    NewRefreshToken {
+        user_id: user.clone(),
+        jti: jti.into(),
+        token_hash: TokenHash::of(jti),
+        family_id: family.into(),
+        user_agent: Some("Mozilla/5.0 (test)".into()),
+        ip_address: Some("127.0.0.1".into()),
+        expires_at: now() + expires_in,
+        created_at: now(),
+    }
+}
+
+async fn user_in(store: &Arc<dyn Store>, email: &str) -> UserId {
+    store.create_user(&new_user(email)).await.unwrap().id
+}
+
+async fn users_round_trip(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let input = new_user("jane@example.com");
+    let created = store.create_user(&input).await.unwrap();
+    assert_eq!(created.email.as_str(), "jane@example.com");
+    assert_eq!(created.role, Role::Doctor);
+    assert!(!created.verified);
+    assert_eq!(created.created_at, input.created_at);
+    assert_eq!(created.updated_at, input.created_at);
+    let by_email = store
+        .find_user_by_email(&input.email)
+        .await
+        .unwrap()
+        .unwrap();
+    let by_id = store.find_user_by_id(&created.id).await.unwrap().unwrap();
+    for found in [&by_email, &by_id] {
+        assert_eq!(found.id, created.id);
+        assert_eq!(found.name.as_str(), "Dr Jane Smith");
+        assert_eq!(found.password_hash.expose(), input.password_hash.expose());
+        assert_eq!(found.created_at, input.created_at);
+    }
+    let other = store
+        .create_user(&new_user("john@example.com"))
+        .await
+        .unwrap();
+    assert_ne!(other.id, created.id, "ids are unique");
+}
+
+async fn duplicate_email_is_a_conflict(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    store
+        .create_user(&new_user("jane@example.com"))
+        .await
+        .unwrap();
+    let err = store
+        .create_user(&new_user("jane@example.com"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+}
+
+async fn unknown_and_malformed_ids_are_none(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    for id in [
+        "",
+        "nope",
+        "ffffffffffffffffffffffff",
+        "0193a1b2c3d4e5f60718293a4b5c6d7e",
+    ] {
+        assert!(
+            store
+                .find_user_by_id(&UserId::new(id))
+                .await
+                .unwrap()
+                .is_none(),
+            "{id}"
+        );
+        assert!(!store
+            .set_password_hash(&UserId::new(id), &PasswordHash::new("x".into()), now())
+            .await
+            .unwrap());
+    }
+    let nobody = EmailAddress::parse("nobody@example.com").unwrap();
+    assert!(store.find_user_by_email(&nobody).await.unwrap().is_none());
+}
+
+async fn password_hash_can_be_replaced(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let id = user_in(&store, "jane@example.com").await;
+    let later = now() + Duration::seconds(5);
+    assert!(store
+        .set_password_hash(&id, &PasswordHash::new("$argon2id$new".into()), later)
+        .await
+        .unwrap());
+    let user = store.find_user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(user.password_hash.expose(), "$argon2id$new");
+    assert_eq!(user.updated_at, later);
+}
+
+async fn refresh_rotation_retires_the_old_token(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let user = user_in(&store, "jane@example.com").await;
+    let first = refresh(&user, "jti-1", "fam-1", Duration::days(7));
+    store.insert_refresh_token(&first).await.unwrap();
+    let stored = store
+        .find_refresh_token(&first.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.revoked && stored.replaced_by.is_none() && stored.revoked_at.is_none());
+    assert_eq!(stored.user_agent.as_deref(), Some("Mozilla/5.0 (test)"));
+    assert_eq!(stored.ip_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(stored.expires_at, first.expires_at);
+
+    let second = refresh(&user, "jti-2", "fam-1", Duration::days(7));
+    let at = now();
+    let retired = store
+        .rotate_refresh_token(&first.token_hash, at, &second)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retired.jti, "jti-1");
+    assert_eq!(retired.user_id, user);
+    assert_eq!(retired.family_id, "fam-1");
+    let old = store
+        .find_refresh_token(&first.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(old.revoked);
+    assert_eq!(old.replaced_by.as_deref(), Some("jti-2"));
+    assert_eq!(old.revoked_at, Some(at));
+    let new = store
+        .find_refresh_token(&second.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!new.revoked);
+    assert_eq!(new.family_id, "fam-1");
+
+    let dup = store.insert_refresh_token(&second).await.unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict), "{dup:?}");
+}
+
+async fn rotation_refuses_revoked_expired_and_unknown(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let user = user_in(&store, "jane@example.com").await;
+    let expired = refresh(&user, "old", "fam", Duration::seconds(-1));
+    let revoked = refresh(&user, "rev", "fam", Duration::days(1));
+    store.insert_refresh_token(&expired).await.unwrap();
+    store.insert_refresh_token(&revoked).await.unwrap();
+    assert!(store
+        .revoke_refresh_token(&revoked.token_hash, now())
+        .await
+        .unwrap());
+    for (label, hash) in [
+        ("expired", expired.token_hash.clone()),
+        ("revoked", revoked.token_hash.clone()),
+        ("unknown", TokenHash::of("never stored")),
+    ] {
+        let replacement = refresh(&user, &format!("next-{label}"), "fam", Duration::days(1));
+        assert!(
+            store
+                .rotate_refresh_token(&hash, now(), &replacement)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        assert!(
+            store
+                .find_refresh_token(&replacement.token_hash)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}: no replacement stored"
+        );
+    }
+}
+
+async fn concurrent_rotation_has_one_winner(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let user = user_in(&store, "jane@example.com").await;
+    let token = refresh(&user, "contested", "fam", Duration::days(1));
+    store.insert_refresh_token(&token).await.unwrap();
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let hash = token.token_hash.clone();
+            let next = refresh(&user, &format!("child-{i}"), "fam", Duration::days(1));
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh_token(&hash, now(), &next)
+                    .await
+                    .unwrap()
+                    .is_some()
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+async fn revocation_by_token_and_by_user(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let tokens = [
+        refresh(&jane, "j1", "fa", Duration::days(1)),
+        refresh(&jane, "j2", "fb", Duration::days(1)),
+        refresh(&john, "k1", "fc", Duration::days(1)),
+    ];
+    for t in &tokens {
+        store.insert_refresh_token(t).await.unwrap();
+    }
+    assert!(store
+        .revoke_refresh_token(&tokens[0].token_hash, now())
+        .await
+        .unwrap());
+    assert!(
+        !store
+            .revoke_refresh_token(&tokens[0].token_hash, now())
+            .await
+            .unwrap(),
+        "already revoked"
+    );
+    assert!(!store
+        .revoke_refresh_token(&TokenHash::of("unknown"), now())
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .revoke_user_refresh_tokens(&jane, now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        store
+            .find_refresh_token(&tokens[1].token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !store
+            .find_refresh_token(&tokens[2].token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked,
+        "other users untouched"
+    );
+}
+
+fn reset(user: &UserId, raw: &str, expires_in: Duration) -> NewResetToken {
+    NewResetToken {
+        user_id: user.clone(),
+        token_hash: TokenHash::of(raw),
+        expires_at: now() + expires_in,
+        created_at: now(),
+    }
+}
+
+async fn reset_tokens_are_single_use_and_expire(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let live = reset(&jane, "live", Duration::minutes(30));
+    store.replace_reset_token(&live).await.unwrap();
+    assert_eq!(
+        store
+            .find_reset_token(&live.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane.clone())
+    );
+    assert_eq!(
+        store
+            .find_reset_token(&live.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane.clone()),
+        "peeking does not consume"
+    );
+    // Judged by the time given, not by a TTL monitor.
+    let later = now() + Duration::minutes(31);
+    assert_eq!(
+        store
+            .find_reset_token(&live.token_hash, later)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .consume_reset_token(&live.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane.clone())
+    );
+    assert_eq!(
+        store
+            .consume_reset_token(&live.token_hash, now())
+            .await
+            .unwrap(),
+        None,
+        "single use"
+    );
+    assert_eq!(
+        store
+            .find_reset_token(&live.token_hash, now())
+            .await
+            .unwrap(),
+        None
+    );
+
+    let stale = reset(&john, "stale", Duration::minutes(30));
+    store.replace_reset_token(&stale).await.unwrap();
+    assert_eq!(
+        store
+            .consume_reset_token(&stale.token_hash, later)
+            .await
+            .unwrap(),
+        None,
+        "expired"
+    );
+
+    let contested = reset(&john, "contested", Duration::minutes(30));
+    store.replace_reset_token(&contested).await.unwrap();
+    let attempts = (0..8).map(|_| {
+        let store = Arc::clone(&store);
+        let hash = contested.token_hash.clone();
+        tokio::spawn(async move {
+            store
+                .consume_reset_token(&hash, now())
+                .await
+                .unwrap()
+                .is_some()
+        })
+    });
+    let wins = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().unwrap())
+        .count();
+    assert_eq!(wins, 1);
+
+    let mine = reset(&jane, "mine", Duration::minutes(30));
+    store.replace_reset_token(&mine).await.unwrap();
+    store.delete_user_reset_tokens(&jane).await.unwrap();
+    assert_eq!(
+        store
+            .find_reset_token(&mine.token_hash, now())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn newer_reset_token_replaces_older(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let older = reset(&jane, "older", Duration::minutes(30));
+    let newer = reset(&jane, "newer", Duration::minutes(30));
+    let johns = reset(&john, "johns", Duration::minutes(30));
+    store.replace_reset_token(&older).await.unwrap();
+    store.replace_reset_token(&johns).await.unwrap();
+    store.replace_reset_token(&newer).await.unwrap();
+    assert_eq!(
+        store
+            .find_reset_token(&older.token_hash, now())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .find_reset_token(&newer.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane)
+    );
+    assert_eq!(
+        store
+            .find_reset_token(&johns.token_hash, now())
+            .await
+            .unwrap(),
+        Some(john),
+        "other users untouched"
+    );
+}
+
+async fn purge_removes_only_expired_tokens(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let live = refresh(&jane, "live", "f1", Duration::days(1));
+    let dead = refresh(&jane, "dead", "f2", Duration::seconds(1));
+    store.insert_refresh_token(&live).await.unwrap();
+    store.insert_refresh_token(&dead).await.unwrap();
+    store
+        .purge_expired(now() + Duration::hours(1))
+        .await
+        .unwrap();
+    assert!(store
+        .find_refresh_token(&live.token_hash)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .find_refresh_token(&dead.token_hash)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn ping_answers(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    store.ping().await.unwrap();
+    assert!(!store.backend().is_empty());
+}

@@ -36,3 +36,6 @@ check: ## what CI runs: format check, clippy, every test
 
 test: ## every test (installs what the tests need first)
 	bash scripts/test.sh
+
+bench: ## benchmark suite (release build, wrk over loopback, budget check); BENCH_ARGS="--duration 2 --warmup 1" etc.
+	python3 scripts/bench.py $(BENCH_ARGS)

@@ -21,6 +21,7 @@ use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{AuthService, AuthSettings};
+use crate::storage::mongo::MongoStore;
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::Store;
 
@@ -28,9 +29,7 @@ use crate::storage::Store;
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.database {
         Database::Sqlite { url } => Arc::new(SqliteStore::connect(url).await?),
-        Database::Mongo { .. } => {
-            anyhow::bail!("MongoDB support is not built yet; unset MONGO_URI")
-        }
+        Database::Mongo { uri } => Arc::new(MongoStore::connect(uri).await?),
     })
 }
 

@@ -66,6 +66,8 @@ pub struct Config {
     pub rate_limit_auth_per_min: u32,
     pub rate_limit_global_per_min: u32,
     pub password_min_length: usize,
+    /// Where generated development secrets live (DATA_DIR).
+    pub data_dir: PathBuf,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -249,7 +251,13 @@ impl Config {
             ));
         }
 
+        let data_dir = match get("DATA_DIR") {
+            Some(dir) => PathBuf::from(dir),
+            None => default_data_dir(&database),
+        };
+
         Ok(Self {
+            data_dir,
             app_name: get("APP_NAME").unwrap_or_else(|| "Clinic Auth".into()),
             app_url,
             host,
@@ -279,24 +287,28 @@ impl Config {
         self.environment == Environment::Production
     }
 
-    /// The directory for generated secrets: beside the SQLite file, or
-    /// `data/` when the database is elsewhere.
-    pub fn data_dir(&self) -> PathBuf {
-        match &self.database {
-            Database::Sqlite { url } => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:")
-                    .split('?')
-                    .next()
-                    .unwrap_or_default();
-                match Path::new(path).parent() {
-                    Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-                    _ => PathBuf::from("."),
-                }
+    /// The directory for generated secrets.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+/// Beside the SQLite file, or `data/` when the database is elsewhere.
+fn default_data_dir(database: &Database) -> PathBuf {
+    match database {
+        Database::Sqlite { url } => {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default();
+            match Path::new(path).parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+                _ => PathBuf::from("."),
             }
-            Database::Mongo { .. } => PathBuf::from("data"),
         }
+        Database::Mongo { .. } => PathBuf::from("data"),
     }
 }
 
@@ -453,7 +465,7 @@ mod tests {
                 url: "sqlite://data/clinic-auth.db".into()
             }
         );
-        assert_eq!(c.data_dir(), PathBuf::from("data"));
+        assert_eq!(c.data_dir(), Path::new("data"));
         assert_eq!(
             (c.rate_limit_auth_per_min, c.rate_limit_global_per_min),
             (10, 300)

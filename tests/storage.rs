@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use chrono::{Duration, DurationRound, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
-use clinic_auth::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
+use clinic_auth::storage::{
+    NewRefreshToken, NewResetToken, NewUser, Store, StoreError, WebSessionRecord,
+};
 use common::{fresh_store, Backend};
 
 backend_tests!(
@@ -23,6 +25,10 @@ backend_tests!(
     newer_reset_token_replaces_older,
     purge_removes_only_expired_tokens,
     ping_answers,
+    families_are_listed_and_revoked_one_at_a_time,
+    revoke_all_can_keep_one_family,
+    web_sessions_round_trip_and_expire,
+    web_sessions_are_listed_and_deleted_per_user,
 );
 
 fn now() -> chrono::DateTime<Utc> {
@@ -275,7 +281,7 @@ async fn revocation_by_token_and_by_user(backend: Backend) {
         .unwrap());
     assert_eq!(
         store
-            .revoke_user_refresh_tokens(&jane, now())
+            .revoke_user_refresh_tokens(&jane, None, now())
             .await
             .unwrap(),
         1
@@ -465,4 +471,217 @@ async fn ping_answers(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     store.ping().await.unwrap();
     assert!(!store.backend().is_empty());
+}
+
+async fn families_are_listed_and_revoked_one_at_a_time(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let a1 = refresh(&jane, "a1", "fam-a", Duration::days(1));
+    let b1 = refresh(&jane, "b1", "fam-b", Duration::days(1));
+    let gone = refresh(&jane, "gone", "fam-c", Duration::seconds(-1));
+    let johns = refresh(&john, "k1", "fam-k", Duration::days(1));
+    for t in [&a1, &b1, &gone, &johns] {
+        store.insert_refresh_token(t).await.unwrap();
+    }
+    let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
+    store
+        .rotate_refresh_token(&a1.token_hash, now(), &a2)
+        .await
+        .unwrap()
+        .unwrap();
+
+    let live = store.list_user_refresh_tokens(&jane, now()).await.unwrap();
+    let mut jtis: Vec<&str> = live.iter().map(|t| t.jti.as_str()).collect();
+    jtis.sort_unstable();
+    assert_eq!(
+        jtis,
+        ["a2", "b1"],
+        "active tokens only, expired and rotated ones left out"
+    );
+
+    assert_eq!(
+        store
+            .revoke_refresh_family(&john, "fam-a", now())
+            .await
+            .unwrap(),
+        0,
+        "not john's"
+    );
+    assert_eq!(
+        store
+            .revoke_refresh_family(&jane, "fam-a", now())
+            .await
+            .unwrap(),
+        1
+    );
+    let live = store.list_user_refresh_tokens(&jane, now()).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].jti, "b1");
+    assert!(
+        !store
+            .find_refresh_token(&johns.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+}
+
+async fn revoke_all_can_keep_one_family(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    for (jti, fam) in [("x1", "keep"), ("y1", "other"), ("z1", "third")] {
+        store
+            .insert_refresh_token(&refresh(&jane, jti, fam, Duration::days(1)))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .revoke_user_refresh_tokens(&jane, Some("keep"), now())
+            .await
+            .unwrap(),
+        2
+    );
+    let live = store.list_user_refresh_tokens(&jane, now()).await.unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].family_id, "keep");
+}
+
+fn web_session(id: &str, user: Option<&UserId>, expires_in: Duration) -> WebSessionRecord {
+    WebSessionRecord {
+        id_hash: TokenHash::of(id),
+        user_id: user.cloned(),
+        data: format!("{{\"session\":\"{id}\"}}"),
+        user_agent: Some("Mozilla/5.0 (front desk)".into()),
+        ip_address: Some("10.0.0.7".into()),
+        created_at: now(),
+        last_used_at: now(),
+        expires_at: now() + expires_in,
+    }
+}
+
+async fn web_sessions_round_trip_and_expire(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let anonymous = web_session("anon", None, Duration::minutes(15));
+    store.insert_web_session(&anonymous).await.unwrap();
+    let dup = store.insert_web_session(&anonymous).await.unwrap_err();
+    assert!(matches!(dup, StoreError::Conflict), "{dup:?}");
+    let loaded = store
+        .load_web_session(&anonymous.id_hash, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.data, anonymous.data);
+    assert_eq!(loaded.user_id, None);
+
+    // Signing in updates the same session; created_at stays.
+    let mut signed_in = web_session("anon", Some(&jane), Duration::minutes(15));
+    signed_in.created_at = now() + Duration::minutes(5);
+    signed_in.last_used_at = now() + Duration::minutes(5);
+    store.save_web_session(&signed_in).await.unwrap();
+    let loaded = store
+        .load_web_session(&anonymous.id_hash, now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(loaded.user_id.as_ref(), Some(&jane));
+    assert_eq!(loaded.created_at, anonymous.created_at);
+    assert_eq!(loaded.last_used_at, signed_in.last_used_at);
+    assert_eq!(
+        loaded.user_agent.as_deref(),
+        Some("Mozilla/5.0 (front desk)")
+    );
+    assert_eq!(loaded.ip_address.as_deref(), Some("10.0.0.7"));
+
+    // save also creates; expiry is judged by the time given.
+    let fresh = web_session("fresh", Some(&jane), Duration::minutes(15));
+    store.save_web_session(&fresh).await.unwrap();
+    assert!(store
+        .load_web_session(&fresh.id_hash, now())
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .load_web_session(&fresh.id_hash, now() + Duration::minutes(16))
+        .await
+        .unwrap()
+        .is_none());
+
+    assert!(store.delete_web_session(&fresh.id_hash).await.unwrap());
+    assert!(!store.delete_web_session(&fresh.id_hash).await.unwrap());
+    assert!(store
+        .load_web_session(&fresh.id_hash, now())
+        .await
+        .unwrap()
+        .is_none());
+
+    let stale = web_session("stale", None, Duration::seconds(1));
+    store.save_web_session(&stale).await.unwrap();
+    store
+        .purge_expired(now() + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(store
+        .load_web_session(&stale.id_hash, now())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store
+            .load_web_session(&anonymous.id_hash, now())
+            .await
+            .unwrap()
+            .is_some(),
+        "live one kept"
+    );
+}
+
+async fn web_sessions_are_listed_and_deleted_per_user(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let mut older = web_session("older", Some(&jane), Duration::minutes(15));
+    older.last_used_at = now() - Duration::minutes(3);
+    let newer = web_session("newer", Some(&jane), Duration::minutes(15));
+    let expired = web_session("expired", Some(&jane), Duration::seconds(-5));
+    let johns = web_session("johns", Some(&john), Duration::minutes(15));
+    for s in [&older, &newer, &expired, &johns] {
+        store.save_web_session(s).await.unwrap();
+    }
+    let listed = store.list_user_web_sessions(&jane, now()).await.unwrap();
+    let hashes: Vec<&TokenHash> = listed.iter().map(|s| &s.id_hash).collect();
+    assert_eq!(
+        hashes,
+        [&newer.id_hash, &older.id_hash],
+        "live ones, most recently used first"
+    );
+
+    assert!(
+        store
+            .delete_user_web_sessions(&jane, Some(&newer.id_hash))
+            .await
+            .unwrap()
+            >= 1
+    );
+    let listed = store.list_user_web_sessions(&jane, now()).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id_hash, newer.id_hash);
+    store.delete_user_web_sessions(&jane, None).await.unwrap();
+    assert!(store
+        .list_user_web_sessions(&jane, now())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .list_user_web_sessions(&john, now())
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "john untouched"
+    );
 }

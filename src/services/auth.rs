@@ -394,7 +394,10 @@ impl AuthService {
         self.store
             .set_password_hash(&user.id, &new_hash, now)
             .await?;
-        let revoked = self.store.revoke_user_refresh_tokens(&user.id, now).await?;
+        let revoked = self
+            .store
+            .revoke_user_refresh_tokens(&user.id, None, now)
+            .await?;
         self.store.delete_user_reset_tokens(&user.id).await?;
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())

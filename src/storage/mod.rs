@@ -125,10 +125,29 @@ pub trait RefreshTokenStore: Send + Sync {
     async fn revoke_refresh_token(&self, hash: &TokenHash, now: DateTime<Utc>)
         -> StoreResult<bool>;
 
-    /// Revokes every active token of a user; returns how many.
+    /// Revokes every active token of a user, except those of the family
+    /// `keep_family`; returns how many.
     async fn revoke_user_refresh_tokens(
         &self,
         user_id: &UserId,
+        keep_family: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64>;
+
+    /// The user's active tokens (not revoked, not expired at `now`), newest
+    /// first: one per live family.
+    async fn list_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<RefreshTokenRecord>>;
+
+    /// Revokes every active token of one family of this user; returns how
+    /// many (0 when the family is unknown or belongs to someone else).
+    async fn revoke_refresh_family(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<u64>;
 }
@@ -155,13 +174,7 @@ pub trait ResetTokenStore: Send + Sync {
         &self,
         hash: &TokenHash,
         now: DateTime<Utc>,
-    ) -> StoreResult<Option<UserId>> {
-        // TEMPORARY-DEFAULT: removed once every backend implements it.
-        let _ = (hash, now);
-        Err(StoreError::Other(anyhow::anyhow!(
-            "find_reset_token not implemented"
-        )))
-    }
+    ) -> StoreResult<Option<UserId>>;
 
     /// Atomically consumes the token with that hash if it has not expired at
     /// `now`, returning its user. Single use: of concurrent callers at most
@@ -176,9 +189,69 @@ pub trait ResetTokenStore: Send + Sync {
     async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()>;
 }
 
+/// A browser session as stored. The session id (the cookie's secret) is
+/// kept only as a hash; `data` is opaque JSON owned by the session layer.
+#[derive(Clone)]
+pub struct WebSessionRecord {
+    pub id_hash: TokenHash,
+    /// Set once someone signed in with this session.
+    pub user_id: Option<UserId>,
+    pub data: String,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for WebSessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `data` may hold a CSRF token: leave it out.
+        f.debug_struct("WebSessionRecord")
+            .field("id_hash", &self.id_hash)
+            .field("user_id", &self.user_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+pub trait WebSessionStore: Send + Sync {
+    /// Stores a new session. `Err(Conflict)` when the id is taken.
+    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()>;
+
+    /// Inserts or updates a session; an update keeps the original
+    /// `created_at`.
+    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()>;
+
+    /// `Ok(None)` when unknown or expired at `now`.
+    async fn load_web_session(
+        &self,
+        id_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<WebSessionRecord>>;
+
+    /// Returns true when a session was deleted.
+    async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool>;
+
+    /// The user's sessions still alive at `now`, newest use first.
+    async fn list_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<WebSessionRecord>>;
+
+    /// Deletes every session of the user except `keep`; returns how many.
+    async fn delete_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        keep: Option<&TokenHash>,
+    ) -> StoreResult<u64>;
+}
+
 /// Everything the services need, behind one object.
 #[async_trait]
-pub trait Store: UserStore + RefreshTokenStore + ResetTokenStore {
+pub trait Store: UserStore + RefreshTokenStore + ResetTokenStore + WebSessionStore {
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;
 

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
@@ -32,7 +33,7 @@ use tokio::sync::OnceCell;
 
 use super::{
     NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
-    ResetTokenStore, Store, StoreError, StoreResult, UserStore,
+    ResetTokenStore, Store, StoreError, StoreResult, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -81,6 +82,7 @@ pub struct MongoStore {
     users: Collection<UserDoc>,
     refresh_tokens: Collection<RefreshDoc>,
     reset_tokens: Collection<ResetDoc>,
+    sessions: Collection<SessionDoc>,
     indexes: Arc<IndexState>,
 }
 
@@ -120,6 +122,7 @@ impl MongoStore {
             users: db.collection("users"),
             refresh_tokens: db.collection("refresh_tokens"),
             reset_tokens: db.collection("reset_tokens"),
+            sessions: db.collection("sessions"),
             db,
             indexes,
         })
@@ -225,6 +228,8 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("reset_tokens", unique("token_hash")),
         ("reset_tokens", plain("user_id")),
         ("reset_tokens", ttl()),
+        ("sessions", plain("user_id")),
+        ("sessions", ttl()),
     ]
 }
 
@@ -584,17 +589,200 @@ impl RefreshTokenStore for MongoStore {
     async fn revoke_user_refresh_tokens(
         &self,
         user_id: &UserId,
+        keep_family: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
+        let mut filter = doc! { "user_id": user_id.as_str(), "revoked": false };
+        if let Some(keep) = keep_family {
+            filter.insert("family_id", doc! { "$ne": keep });
+        }
         let done = self
             .refresh_tokens
             .update_many(
-                doc! { "user_id": user_id.as_str(), "revoked": false },
+                filter,
                 doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
             )
             .await
             .map_err(map_err)?;
         Ok(done.modified_count)
+    }
+
+    async fn list_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<RefreshTokenRecord>> {
+        let docs: Vec<RefreshDoc> = self
+            .refresh_tokens
+            .find(doc! {
+                "user_id": user_id.as_str(),
+                "revoked": false,
+                "expires_at": { "$gt": bson_date(now) },
+            })
+            .sort(doc! { "created_at": -1 })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        Ok(docs.into_iter().map(RefreshTokenRecord::from).collect())
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = self
+            .refresh_tokens
+            .update_many(
+                doc! { "user_id": user_id.as_str(), "family_id": family_id, "revoked": false },
+                doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(done.modified_count)
+    }
+}
+
+/// A browser session in the `sessions` collection, keyed by the hash of its
+/// id.
+#[derive(Debug, Serialize, Deserialize)]
+struct SessionDoc {
+    #[serde(rename = "_id")]
+    id_hash: String,
+    #[serde(default)]
+    user_id: Option<String>,
+    data: String,
+    #[serde(default)]
+    user_agent: Option<String>,
+    #[serde(default)]
+    ip_address: Option<String>,
+    created_at: bson::DateTime,
+    last_used_at: bson::DateTime,
+    expires_at: bson::DateTime,
+}
+
+impl SessionDoc {
+    fn new(s: &WebSessionRecord) -> Self {
+        Self {
+            id_hash: s.id_hash.as_str().to_owned(),
+            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            data: s.data.clone(),
+            user_agent: s.user_agent.clone(),
+            ip_address: s.ip_address.clone(),
+            created_at: bson_date(s.created_at),
+            last_used_at: bson_date(s.last_used_at),
+            expires_at: bson_date(s.expires_at),
+        }
+    }
+}
+
+impl From<SessionDoc> for WebSessionRecord {
+    fn from(doc: SessionDoc) -> Self {
+        WebSessionRecord {
+            id_hash: TokenHash::from_stored(doc.id_hash),
+            user_id: doc.user_id.map(UserId::new),
+            data: doc.data,
+            user_agent: doc.user_agent,
+            ip_address: doc.ip_address,
+            created_at: doc.created_at.to_chrono(),
+            last_used_at: doc.last_used_at.to_chrono(),
+            expires_at: doc.expires_at.to_chrono(),
+        }
+    }
+}
+
+#[async_trait]
+impl WebSessionStore for MongoStore {
+    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        self.sessions
+            .insert_one(SessionDoc::new(session))
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        let doc = SessionDoc::new(session);
+        let user_id = doc
+            .user_id
+            .as_ref()
+            .map_or(bson::Bson::Null, |u| u.clone().into());
+        let user_agent = doc.user_agent.clone().map_or(bson::Bson::Null, Into::into);
+        let ip_address = doc.ip_address.clone().map_or(bson::Bson::Null, Into::into);
+        self.sessions
+            .update_one(
+                doc! { "_id": &doc.id_hash },
+                doc! {
+                    "$set": {
+                        "user_id": user_id,
+                        "data": &doc.data,
+                        "user_agent": user_agent,
+                        "ip_address": ip_address,
+                        "last_used_at": doc.last_used_at,
+                        "expires_at": doc.expires_at,
+                    },
+                    "$setOnInsert": { "created_at": doc.created_at },
+                },
+            )
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn load_web_session(
+        &self,
+        id_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<WebSessionRecord>> {
+        Ok(self
+            .sessions
+            .find_one(doc! { "_id": id_hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
+            .await
+            .map_err(map_err)?
+            .map(WebSessionRecord::from))
+    }
+
+    async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool> {
+        let done = self
+            .sessions
+            .delete_one(doc! { "_id": id_hash.as_str() })
+            .await
+            .map_err(map_err)?;
+        Ok(done.deleted_count > 0)
+    }
+
+    async fn list_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<WebSessionRecord>> {
+        let docs: Vec<SessionDoc> = self
+            .sessions
+            .find(doc! { "user_id": user_id.as_str(), "expires_at": { "$gt": bson_date(now) } })
+            .sort(doc! { "last_used_at": -1 })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        Ok(docs.into_iter().map(WebSessionRecord::from).collect())
+    }
+
+    async fn delete_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        keep: Option<&TokenHash>,
+    ) -> StoreResult<u64> {
+        let mut filter = doc! { "user_id": user_id.as_str() };
+        if let Some(keep) = keep {
+            filter.insert("_id", doc! { "$ne": keep.as_str() });
+        }
+        let done = self.sessions.delete_many(filter).await.map_err(map_err)?;
+        Ok(done.deleted_count)
     }
 }
 
@@ -681,10 +869,11 @@ impl Store for MongoStore {
             .map_err(map_err)?;
         let reset = self
             .reset_tokens
-            .delete_many(expired)
+            .delete_many(expired.clone())
             .await
             .map_err(map_err)?;
-        Ok(refresh.deleted_count + reset.deleted_count)
+        let sessions = self.sessions.delete_many(expired).await.map_err(map_err)?;
+        Ok(refresh.deleted_count + reset.deleted_count + sessions.deleted_count)
     }
 
     fn backend(&self) -> &'static str {

@@ -15,7 +15,7 @@ use sqlx::{FromRow, SqlitePool};
 
 use super::{
     NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
-    ResetTokenStore, Store, StoreError, StoreResult, UserStore,
+    ResetTokenStore, Store, StoreError, StoreResult, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -320,14 +320,53 @@ impl RefreshTokenStore for SqliteStore {
     async fn revoke_user_refresh_tokens(
         &self,
         user_id: &UserId,
+        keep_family: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
-             WHERE user_id = ? AND revoked = 0",
+             WHERE user_id = ? AND revoked = 0 AND (? IS NULL OR family_id <> ?)",
         )
         .bind(millis(now))
         .bind(user_id.as_str())
+        .bind(keep_family)
+        .bind(keep_family)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn list_user_refresh_tokens(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<RefreshTokenRecord>> {
+        let rows: Vec<RefreshRow> = sqlx::query_as(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens \
+             WHERE user_id = ? AND revoked = 0 AND expires_at > ? ORDER BY created_at DESC"
+        ))
+        .bind(user_id.as_str())
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(RefreshTokenRecord::try_from).collect()
+    }
+
+    async fn revoke_refresh_family(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+             WHERE user_id = ? AND family_id = ? AND revoked = 0",
+        )
+        .bind(millis(now))
+        .bind(user_id.as_str())
+        .bind(family_id)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
@@ -401,6 +440,136 @@ impl ResetTokenStore for SqliteStore {
     }
 }
 
+#[derive(FromRow)]
+struct WebSessionRow {
+    id_hash: String,
+    user_id: Option<String>,
+    data: String,
+    user_agent: Option<String>,
+    ip_address: Option<String>,
+    created_at: i64,
+    last_used_at: i64,
+    expires_at: i64,
+}
+
+impl TryFrom<WebSessionRow> for WebSessionRecord {
+    type Error = StoreError;
+
+    fn try_from(row: WebSessionRow) -> StoreResult<Self> {
+        Ok(WebSessionRecord {
+            id_hash: TokenHash::from_stored(row.id_hash),
+            user_id: row.user_id.map(UserId::new),
+            data: row.data,
+            user_agent: row.user_agent,
+            ip_address: row.ip_address,
+            created_at: from_millis(row.created_at)?,
+            last_used_at: from_millis(row.last_used_at)?,
+            expires_at: from_millis(row.expires_at)?,
+        })
+    }
+}
+
+const WEB_SESSION_COLUMNS: &str =
+    "id_hash, user_id, data, user_agent, ip_address, created_at, last_used_at, expires_at";
+
+impl SqliteStore {
+    async fn write_web_session(&self, s: &WebSessionRecord, upsert: bool) -> StoreResult<()> {
+        let conflict = if upsert {
+            " ON CONFLICT (id_hash) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
+             user_agent = excluded.user_agent, ip_address = excluded.ip_address, \
+             last_used_at = excluded.last_used_at, expires_at = excluded.expires_at"
+        } else {
+            ""
+        };
+        sqlx::query(&format!(
+            "INSERT INTO web_sessions ({WEB_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){conflict}"
+        ))
+        .bind(s.id_hash.as_str())
+        .bind(s.user_id.as_ref().map(UserId::as_str))
+        .bind(&s.data)
+        .bind(&s.user_agent)
+        .bind(&s.ip_address)
+        .bind(millis(s.created_at))
+        .bind(millis(s.last_used_at))
+        .bind(millis(s.expires_at))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebSessionStore for SqliteStore {
+    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        self.write_web_session(session, false).await
+    }
+
+    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+        self.write_web_session(session, true).await
+    }
+
+    async fn load_web_session(
+        &self,
+        id_hash: &TokenHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<WebSessionRecord>> {
+        let row: Option<WebSessionRow> = sqlx::query_as(&format!(
+            "SELECT {WEB_SESSION_COLUMNS} FROM web_sessions WHERE id_hash = ? AND expires_at > ?"
+        ))
+        .bind(id_hash.as_str())
+        .bind(millis(now))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(WebSessionRecord::try_from).transpose()
+    }
+
+    async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
+            .bind(id_hash.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Vec<WebSessionRecord>> {
+        let rows: Vec<WebSessionRow> = sqlx::query_as(&format!(
+            "SELECT {WEB_SESSION_COLUMNS} FROM web_sessions WHERE user_id = ? AND expires_at > ? \
+             ORDER BY last_used_at DESC"
+        ))
+        .bind(user_id.as_str())
+        .bind(millis(now))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(WebSessionRecord::try_from).collect()
+    }
+
+    async fn delete_user_web_sessions(
+        &self,
+        user_id: &UserId,
+        keep: Option<&TokenHash>,
+    ) -> StoreResult<u64> {
+        let keep = keep.map(TokenHash::as_str);
+        let done = sqlx::query(
+            "DELETE FROM web_sessions WHERE user_id = ? AND (? IS NULL OR id_hash <> ?)",
+        )
+        .bind(user_id.as_str())
+        .bind(keep)
+        .bind(keep)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -414,7 +583,7 @@ impl Store for SqliteStore {
     async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         let now = millis(now);
         let mut purged = 0;
-        for table in ["refresh_tokens", "reset_tokens"] {
+        for table in ["refresh_tokens", "reset_tokens", "web_sessions"] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
                 .execute(&self.pool)

@@ -23,7 +23,12 @@ pub const REFRESH_SECRET: &str = "test-refresh-secret-0123456789abcdef012345678"
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
+    /// nx-27017 over the wire (or a real server when TEST_MONGO_URI is set).
+    Mongo,
 }
+
+#[path = "../support/mongo_server.rs"]
+pub mod mongo_server;
 
 /// Defines each listed `async fn name(backend: Backend)` as a test once per
 /// backend, so every backend runs the very same suite.
@@ -35,6 +40,14 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
                     super::$name($crate::common::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod mongo {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::common::Backend::Mongo).await
                 }
             )*
         }
@@ -82,19 +95,15 @@ impl TestApp {
                 "MAIL_OUTBOX_DIR".into(),
                 dir.path().join("outbox").display().to_string(),
             ),
+            (
+                "DATA_DIR".into(),
+                dir.path().join("data").display().to_string(),
+            ),
             // Generous limits: only the rate-limit tests lower them.
             ("RATE_LIMIT_AUTH_PER_MIN".into(), "100000".into()),
             ("RATE_LIMIT_GLOBAL_PER_MIN".into(), "100000".into()),
         ];
-        match backend {
-            Backend::Sqlite => pairs.push((
-                "DATABASE_URL".into(),
-                format!(
-                    "sqlite://{}",
-                    dir.path().join("data/clinic-auth.db").display()
-                ),
-            )),
-        }
+        pairs.push(database_pair(backend, dir.path()).await);
         for (key, value) in overrides {
             pairs.retain(|(k, _)| k != key);
             if !value.is_empty() {
@@ -205,6 +214,18 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// A second handle on the app's own database, for tests that set up or
+    /// inspect state the API cannot reach.
+    pub async fn store(&self) -> Arc<dyn clinic_auth::storage::Store> {
+        let refs: Vec<(&str, &str)> = self
+            .pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let config = Config::from_pairs(&refs).unwrap();
+        clinic_auth::app::open_store(&config).await.unwrap()
     }
 
     pub fn outbox(&self) -> PathBuf {
@@ -334,10 +355,18 @@ pub async fn fresh_store(
     backend: Backend,
 ) -> (Arc<dyn clinic_auth::storage::Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("store.db").display());
-    let pairs: Vec<(&str, &str)> = match backend {
-        Backend::Sqlite => vec![("DATABASE_URL", url.as_str())],
-    };
-    let config = Config::from_pairs(&pairs).unwrap();
+    let (key, value) = database_pair(backend, dir.path()).await;
+    let config = Config::from_pairs(&[(key.as_str(), value.as_str())]).unwrap();
     (clinic_auth::app::open_store(&config).await.unwrap(), dir)
+}
+
+/// The configuration variable that points a fresh app at a fresh database.
+async fn database_pair(backend: Backend, dir: &Path) -> (String, String) {
+    match backend {
+        Backend::Sqlite => (
+            "DATABASE_URL".into(),
+            format!("sqlite://{}", dir.join("data/clinic-auth.db").display()),
+        ),
+        Backend::Mongo => ("MONGO_URI".into(), mongo_server::test_mongo_uri().await),
+    }
 }

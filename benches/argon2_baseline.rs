@@ -1,0 +1,110 @@
+//! Raw argon2id throughput on this machine, with the service's parameters
+//! and the service's parallelism: `available_parallelism` threads, each
+//! hashing in a loop for a few seconds. The login and register routes can
+//! at best reach this rate (every request costs one argon2id run), so
+//! `scripts/bench.py` reports their throughput as a ratio to it.
+//!
+//! Run: `cargo bench --bench argon2_baseline` (harness = false).
+//! Knobs (environment): ARGON2_BASELINE_SECS (default 5),
+//! ARGON2_BASELINE_THREADS (default: available_parallelism).
+//!
+//! Prints one machine-readable line:
+//! `ARGON2_BASELINE {"hashes_per_sec":..,"threads":..,...}`
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::{PasswordHasher as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use clinic_auth::services::passwords::{ARGON2_ITERATIONS, ARGON2_MEMORY_KIB, ARGON2_PARALLELISM};
+
+const PASSWORD: &[u8] = b"Str0ng!Pass123";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// The same construction as the service: a fresh `Argon2` and a fresh salt
+/// per hash, PHC string out (what `hash_password` in the service does).
+fn hash_once() -> String {
+    let params = Params::new(
+        ARGON2_MEMORY_KIB,
+        ARGON2_ITERATIONS,
+        ARGON2_PARALLELISM,
+        None,
+    )
+    .expect("constant argon2 parameters are valid");
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+        .hash_password(PASSWORD, &salt)
+        .expect("argon2id hashing works")
+        .to_string()
+}
+
+fn main() {
+    // cargo bench passes `--bench` (and maybe a filter); nothing to parse.
+    let seconds: f64 = env_or("ARGON2_BASELINE_SECS", 5.0_f64).max(0.5);
+    let threads: usize = env_or(
+        "ARGON2_BASELINE_THREADS",
+        std::thread::available_parallelism().map_or(2, usize::from),
+    )
+    .max(1);
+
+    // One warm-up hash per thread (page faults of the first 19 MiB block,
+    // lazy statics) before the clock starts.
+    let start = Arc::new(Barrier::new(threads + 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let start = Arc::clone(&start);
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                std::hint::black_box(hash_once());
+                start.wait();
+                let mut done = 0u64;
+                let mut latencies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    std::hint::black_box(hash_once());
+                    latencies.push(t.elapsed());
+                    done += 1;
+                }
+                (done, latencies)
+            })
+        })
+        .collect();
+
+    start.wait();
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    stop.store(true, Ordering::Relaxed);
+    let mut hashes = 0u64;
+    let mut latencies: Vec<Duration> = Vec::new();
+    for h in handles {
+        let (n, l) = h.join().expect("hashing thread panicked");
+        hashes += n;
+        latencies.extend(l);
+    }
+    // Threads finish the hash in flight after `stop`: count until the last one.
+    let elapsed = began.elapsed().as_secs_f64();
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let median_ms = latencies.get(latencies.len() / 2).map_or(0.0, |d| ms(*d));
+    let hashes_per_sec = hashes as f64 / elapsed;
+
+    eprintln!(
+        "argon2id m={ARGON2_MEMORY_KIB} KiB t={ARGON2_ITERATIONS} p={ARGON2_PARALLELISM}: \
+         {hashes} hashes on {threads} threads in {elapsed:.2} s = {hashes_per_sec:.1} hashes/s \
+         (median {median_ms:.1} ms per hash)"
+    );
+    println!(
+        "ARGON2_BASELINE {{\"hashes_per_sec\":{hashes_per_sec:.3},\"hashes\":{hashes},\
+         \"threads\":{threads},\"seconds\":{elapsed:.3},\"median_ms_per_hash\":{median_ms:.3},\
+         \"m_kib\":{ARGON2_MEMORY_KIB},\"t\":{ARGON2_ITERATIONS},\"p\":{ARGON2_PARALLELISM}}}"
+    );
+}

@@ -6,6 +6,8 @@ CREATE TABLE web_sessions (
     data         TEXT NOT NULL,
     user_agent   TEXT,
     ip_address   TEXT,
+    -- The API refresh family issued at the same sign-in: ends with it.
+    refresh_family TEXT,
     created_at   INTEGER NOT NULL,
     last_used_at INTEGER NOT NULL,
     expires_at   INTEGER NOT NULL

@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, Database, MailTransport};
 use crate::domain::PasswordPolicy;
 use crate::http::middleware::rate_limit;
+use crate::http::pages::session::StoreBackedSessions;
+use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
@@ -78,15 +80,25 @@ impl App {
             rate_limit::spawn_cleanup(limiters.all()),
             spawn_purge(Arc::clone(&store)),
         ];
+        let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {
                 auth,
                 cookies: CookieSettings::new(config.is_https(), config.is_production()),
+                portal: Arc::new(PortalSettings {
+                    app_name: config.app_name.clone(),
+                    app_origin: origin_of(&config.app_url),
+                    max_lifetime: config.session_max_lifetime,
+                    min_password_length: config.password_min_length,
+                    reset_minutes: config.reset_token_ttl.as_secs() / 60,
+                }),
             },
             RouterOptions {
                 cors_origins: config.cors_origins.clone(),
                 hsts: config.is_https(),
                 limiters,
+                sessions: StoreBackedSessions::new(web_sessions),
+                session_idle_timeout: config.session_idle_timeout,
             },
         );
         let addr = SocketAddr::new(config.host, config.port);
@@ -126,6 +138,15 @@ impl App {
             task.abort();
         }
         result.context("server error")
+    }
+}
+
+/// scheme://host[:port] of a base URL (what browsers send as Origin).
+fn origin_of(url: &str) -> String {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(slash) => url[..after_scheme + slash].to_owned(),
+        None => url.to_owned(),
     }
 }
 

@@ -68,6 +68,11 @@ pub struct Config {
     pub password_min_length: usize,
     /// Where generated development secrets live (DATA_DIR).
     pub data_dir: PathBuf,
+    /// Portal sign-out after this long without a request (HIPAA automatic
+    /// log-off).
+    pub session_idle_timeout: Duration,
+    /// Portal sign-out this long after sign-in, however active.
+    pub session_max_lifetime: Duration,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -251,6 +256,19 @@ impl Config {
             ));
         }
 
+        let session_idle_timeout =
+            parse_duration_var("SESSION_IDLE_TIMEOUT", get("SESSION_IDLE_TIMEOUT"), "15m")?;
+        let session_max_lifetime =
+            parse_duration_var("SESSION_MAX_LIFETIME", get("SESSION_MAX_LIFETIME"), "12h")?;
+        if session_idle_timeout.is_zero() {
+            return Err(err("SESSION_IDLE_TIMEOUT", "must be longer than zero"));
+        }
+        if session_max_lifetime < session_idle_timeout {
+            return Err(err(
+                "SESSION_MAX_LIFETIME",
+                "must be at least SESSION_IDLE_TIMEOUT",
+            ));
+        }
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
@@ -258,6 +276,8 @@ impl Config {
 
         Ok(Self {
             data_dir,
+            session_idle_timeout,
+            session_max_lifetime,
             app_name: get("APP_NAME").unwrap_or_else(|| "Clinic Auth".into()),
             app_url,
             host,
@@ -471,6 +491,8 @@ mod tests {
             (10, 300)
         );
         assert_eq!(c.password_min_length, 12);
+        assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
+        assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -534,6 +556,8 @@ mod tests {
                 vec![("JWT_ACCESS_SECRET", "only-one")],
                 "JWT_REFRESH_SECRET",
             ),
+            (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
+            (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");

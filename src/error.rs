@@ -179,6 +179,11 @@ impl From<ServiceError> for ApiError {
                 "invalid_token",
                 "This reset link is not valid, was already used or has expired. Ask for a new one.",
             ),
+            ServiceError::WrongCurrentPassword => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "The current password is not correct.",
+            ),
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = ?e, "database unavailable");
                 ApiError::unavailable()

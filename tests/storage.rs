@@ -556,6 +556,7 @@ fn web_session(id: &str, user: Option<&UserId>, expires_in: Duration) -> WebSess
         data: format!("{{\"session\":\"{id}\"}}"),
         user_agent: Some("Mozilla/5.0 (front desk)".into()),
         ip_address: Some("10.0.0.7".into()),
+        refresh_family: Some(format!("fam-{id}")),
         created_at: now(),
         last_used_at: now(),
         expires_at: now() + expires_in,
@@ -579,6 +580,7 @@ async fn web_sessions_round_trip_and_expire(backend: Backend) {
 
     // Signing in updates the same session; created_at stays.
     let mut signed_in = web_session("anon", Some(&jane), Duration::minutes(15));
+    signed_in.refresh_family = Some("fam-signed-in".into());
     signed_in.created_at = now() + Duration::minutes(5);
     signed_in.last_used_at = now() + Duration::minutes(5);
     store.save_web_session(&signed_in).await.unwrap();
@@ -595,6 +597,7 @@ async fn web_sessions_round_trip_and_expire(backend: Backend) {
         Some("Mozilla/5.0 (front desk)")
     );
     assert_eq!(loaded.ip_address.as_deref(), Some("10.0.0.7"));
+    assert_eq!(loaded.refresh_family.as_deref(), Some("fam-signed-in"));
 
     // save also creates; expiry is judged by the time given.
     let fresh = web_session("fresh", Some(&jane), Duration::minutes(15));

@@ -5,6 +5,7 @@ pub mod api;
 pub mod docs;
 pub mod extract;
 pub mod middleware;
+pub mod pages;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,6 +56,11 @@ pub struct Limiters {
     pub refresh: Limiter,
     pub forgot_password: Limiter,
     pub reset_password: Limiter,
+    // The portal's forms get the same limits with budgets of their own.
+    pub page_login: Limiter,
+    pub page_register: Limiter,
+    pub page_forgot: Limiter,
+    pub page_reset: Limiter,
 }
 
 impl Limiters {
@@ -66,6 +72,10 @@ impl Limiters {
             refresh: rate_limit::per_minute(auth_per_min),
             forgot_password: rate_limit::per_minute(auth_per_min),
             reset_password: rate_limit::per_minute(auth_per_min),
+            page_login: rate_limit::per_minute(auth_per_min),
+            page_register: rate_limit::per_minute(auth_per_min),
+            page_forgot: rate_limit::per_minute(auth_per_min),
+            page_reset: rate_limit::per_minute(auth_per_min),
         }
     }
 
@@ -77,6 +87,10 @@ impl Limiters {
             self.refresh.clone(),
             self.forgot_password.clone(),
             self.reset_password.clone(),
+            self.page_login.clone(),
+            self.page_register.clone(),
+            self.page_forgot.clone(),
+            self.page_reset.clone(),
         ]
     }
 }
@@ -86,6 +100,7 @@ impl Limiters {
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub cookies: CookieSettings,
+    pub portal: Arc<pages::PortalSettings>,
 }
 
 /// What the router needs beyond the state.
@@ -93,12 +108,21 @@ pub struct RouterOptions {
     pub cors_origins: Vec<String>,
     pub hsts: bool,
     pub limiters: Limiters,
+    pub sessions: pages::session::StoreBackedSessions,
+    pub session_idle_timeout: Duration,
 }
 
 pub fn router(state: AppState, options: RouterOptions) -> Router {
+    let app_name: Arc<str> = Arc::from(state.portal.app_name.as_str());
     let routes = Router::new()
         .merge(api::router(&options.limiters))
         .merge(docs::router())
+        .merge(pages::router(
+            &options.limiters,
+            options.sessions,
+            options.hsts,
+            options.session_idle_timeout,
+        ))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state);
@@ -106,6 +130,10 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
     // Layers run outside-in in the reverse of the order they are added.
     routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            app_name,
+            pages::html_errors,
+        ))
         .layer(rate_limit::layer(&options.limiters.global))
         .layer(axum::middleware::from_fn(middleware::client_ip::client_ip))
         .layer(cors(&options.cors_origins))

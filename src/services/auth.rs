@@ -45,6 +45,8 @@ pub struct LoginOutcome {
     pub user: User,
     pub access: AccessToken,
     pub refresh: SignedRefresh,
+    /// The refresh-token family this sign-in belongs to.
+    pub refresh_family: String,
 }
 
 impl std::fmt::Debug for SignedRefresh {
@@ -89,25 +91,47 @@ impl AuthService {
         &self.settings
     }
 
-    /// Self-registration: always a `doctor`, never verified by the caller.
-    pub async fn register(&self, input: RegisterInput) -> Result<User> {
+    pub(super) fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
+    pub(super) fn passwords(&self) -> &Passwords {
+        &self.passwords
+    }
+
+    pub(super) fn password_policy(&self) -> &PasswordPolicy {
+        &self.settings.password_policy
+    }
+
+    pub(super) fn refresh_ttl(&self) -> chrono::Duration {
+        chrono_duration(self.settings.refresh_ttl)
+    }
+
+    /// Checks registration input without creating anything.
+    pub fn validate_registration(
+        &self,
+        name: &str,
+        email: &str,
+        password: &Password,
+    ) -> Result<(PersonName, EmailAddress)> {
         let mut errors = Vec::new();
-        let name = PersonName::parse(&input.name)
-            .map_err(|e| errors.push(e))
-            .ok();
-        let email = EmailAddress::parse(&input.email)
-            .map_err(|e| errors.push(e))
-            .ok();
+        let name = PersonName::parse(name).map_err(|e| errors.push(e)).ok();
+        let email = EmailAddress::parse(email).map_err(|e| errors.push(e)).ok();
         if let Err(e) =
-            input
-                .password
-                .check_new(&self.settings.password_policy, email.as_ref(), "password")
+            password.check_new(&self.settings.password_policy, email.as_ref(), "password")
         {
             errors.push(e);
         }
-        let (Some(name), Some(email), true) = (name, email, errors.is_empty()) else {
-            return Err(ServiceError::Validation(errors));
-        };
+        match (name, email, errors.is_empty()) {
+            (Some(name), Some(email), true) => Ok((name, email)),
+            _ => Err(ServiceError::Validation(errors)),
+        }
+    }
+
+    /// Self-registration: always a `doctor`, never verified by the caller.
+    pub async fn register(&self, input: RegisterInput) -> Result<User> {
+        let (name, email) =
+            self.validate_registration(&input.name, &input.email, &input.password)?;
         let password_hash = self.passwords.hash(&input.password).await?;
         let new_user = NewUser {
             email,
@@ -205,6 +229,7 @@ impl AuthService {
             user,
             access,
             refresh,
+            refresh_family: family,
         })
     }
 
@@ -268,6 +293,7 @@ impl AuthService {
             user,
             access,
             refresh: child,
+            refresh_family: claims.fam,
         })
     }
 
@@ -401,6 +427,10 @@ impl AuthService {
         self.store.delete_user_reset_tokens(&user.id).await?;
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
+    }
+
+    pub async fn user_by_id(&self, id: &UserId) -> Result<Option<User>> {
+        Ok(self.store.find_user_by_id(id).await?)
     }
 
     /// True when the database answers.

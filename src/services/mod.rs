@@ -1,6 +1,7 @@
 //! Use-cases: the one implementation of register, login, refresh, logout and
 //! password reset that both the JSON API and the pages call.
 
+pub mod account;
 pub mod auth;
 pub mod passwords;
 pub mod tokens;
@@ -10,6 +11,7 @@ use std::net::IpAddr;
 use crate::domain::FieldError;
 use crate::storage::StoreError;
 
+pub use account::{CurrentSession, SessionInfo, SessionKind};
 pub use auth::{AuthService, AuthSettings, LoginOutcome, RegisterInput};
 
 /// Who is asking: recorded with refresh tokens (and later, audit events).
@@ -44,6 +46,8 @@ pub enum ServiceError {
     InvalidRefreshToken,
     #[error("reset token rejected")]
     InvalidResetToken,
+    #[error("current password is wrong")]
+    WrongCurrentPassword,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]

@@ -199,6 +199,9 @@ pub struct WebSessionRecord {
     pub data: String,
     pub user_agent: Option<String>,
     pub ip_address: Option<String>,
+    /// The API refresh-token family issued at the same sign-in, so ending
+    /// the browser session can end that family too.
+    pub refresh_family: Option<String>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,

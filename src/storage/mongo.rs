@@ -659,6 +659,8 @@ struct SessionDoc {
     user_agent: Option<String>,
     #[serde(default)]
     ip_address: Option<String>,
+    #[serde(default)]
+    refresh_family: Option<String>,
     created_at: bson::DateTime,
     last_used_at: bson::DateTime,
     expires_at: bson::DateTime,
@@ -672,6 +674,7 @@ impl SessionDoc {
             data: s.data.clone(),
             user_agent: s.user_agent.clone(),
             ip_address: s.ip_address.clone(),
+            refresh_family: s.refresh_family.clone(),
             created_at: bson_date(s.created_at),
             last_used_at: bson_date(s.last_used_at),
             expires_at: bson_date(s.expires_at),
@@ -687,6 +690,7 @@ impl From<SessionDoc> for WebSessionRecord {
             data: doc.data,
             user_agent: doc.user_agent,
             ip_address: doc.ip_address,
+            refresh_family: doc.refresh_family,
             created_at: doc.created_at.to_chrono(),
             last_used_at: doc.last_used_at.to_chrono(),
             expires_at: doc.expires_at.to_chrono(),
@@ -712,6 +716,10 @@ impl WebSessionStore for MongoStore {
             .map_or(bson::Bson::Null, |u| u.clone().into());
         let user_agent = doc.user_agent.clone().map_or(bson::Bson::Null, Into::into);
         let ip_address = doc.ip_address.clone().map_or(bson::Bson::Null, Into::into);
+        let refresh_family = doc
+            .refresh_family
+            .clone()
+            .map_or(bson::Bson::Null, Into::into);
         self.sessions
             .update_one(
                 doc! { "_id": &doc.id_hash },
@@ -721,6 +729,7 @@ impl WebSessionStore for MongoStore {
                         "data": &doc.data,
                         "user_agent": user_agent,
                         "ip_address": ip_address,
+                        "refresh_family": refresh_family,
                         "last_used_at": doc.last_used_at,
                         "expires_at": doc.expires_at,
                     },

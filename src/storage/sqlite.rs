@@ -447,6 +447,7 @@ struct WebSessionRow {
     data: String,
     user_agent: Option<String>,
     ip_address: Option<String>,
+    refresh_family: Option<String>,
     created_at: i64,
     last_used_at: i64,
     expires_at: i64,
@@ -462,6 +463,7 @@ impl TryFrom<WebSessionRow> for WebSessionRecord {
             data: row.data,
             user_agent: row.user_agent,
             ip_address: row.ip_address,
+            refresh_family: row.refresh_family,
             created_at: from_millis(row.created_at)?,
             last_used_at: from_millis(row.last_used_at)?,
             expires_at: from_millis(row.expires_at)?,
@@ -469,26 +471,28 @@ impl TryFrom<WebSessionRow> for WebSessionRecord {
     }
 }
 
-const WEB_SESSION_COLUMNS: &str =
-    "id_hash, user_id, data, user_agent, ip_address, created_at, last_used_at, expires_at";
+const WEB_SESSION_COLUMNS: &str = "id_hash, user_id, data, user_agent, ip_address, \
+     refresh_family, created_at, last_used_at, expires_at";
 
 impl SqliteStore {
     async fn write_web_session(&self, s: &WebSessionRecord, upsert: bool) -> StoreResult<()> {
         let conflict = if upsert {
             " ON CONFLICT (id_hash) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
              user_agent = excluded.user_agent, ip_address = excluded.ip_address, \
+             refresh_family = excluded.refresh_family, \
              last_used_at = excluded.last_used_at, expires_at = excluded.expires_at"
         } else {
             ""
         };
         sqlx::query(&format!(
-            "INSERT INTO web_sessions ({WEB_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?){conflict}"
+            "INSERT INTO web_sessions ({WEB_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?){conflict}"
         ))
         .bind(s.id_hash.as_str())
         .bind(s.user_id.as_ref().map(UserId::as_str))
         .bind(&s.data)
         .bind(&s.user_agent)
         .bind(&s.ip_address)
+        .bind(&s.refresh_family)
         .bind(millis(s.created_at))
         .bind(millis(s.last_used_at))
         .bind(millis(s.expires_at))

@@ -150,7 +150,10 @@ pub struct MessageResponse {
 
 // ----- cookies -----
 
-fn refresh_cookie(settings: &CookieSettings, refresh: &SignedRefresh) -> Cookie<'static> {
+pub(crate) fn refresh_cookie(
+    settings: &CookieSettings,
+    refresh: &SignedRefresh,
+) -> Cookie<'static> {
     let remaining = (refresh.expires_at - Utc::now()).num_seconds().max(0);
     Cookie::build((settings.name, refresh.token.expose_secret().to_owned()))
         .http_only(true)
@@ -161,7 +164,7 @@ fn refresh_cookie(settings: &CookieSettings, refresh: &SignedRefresh) -> Cookie<
         .build()
 }
 
-fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
+pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
     Cookie::build((settings.name, ""))
         .http_only(true)
         .secure(settings.secure)

@@ -8,6 +8,10 @@ use axum::response::Response;
 /// API answers are JSON: nothing in them should ever be executed or framed.
 const CSP_API: &str =
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+/// Portal pages: our own stylesheet and forms only; no scripts at all.
+const CSP_PAGES: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'";
 /// Swagger UI is served from our own files only; it sets inline styles.
 const CSP_DOCS: &str = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
      script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -26,10 +30,13 @@ pub async fn security_headers(
     let path = req.uri().path().to_owned();
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
+    let is_api = path.starts_with("/api/") || path == "/health" || path == "/openapi.json";
     let csp = if path == "/docs" || path.starts_with("/docs/") {
         CSP_DOCS
-    } else {
+    } else if is_api {
         CSP_API
+    } else {
+        CSP_PAGES
     };
     let fixed: [(HeaderName, &'static str); 6] = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -54,8 +61,11 @@ pub async fn security_headers(
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         );
     }
-    // Tokens and user data must never sit in a shared or browser cache.
-    if path.starts_with("/api/auth") {
+    // Tokens, CSRF tokens and user data must never sit in a shared or
+    // browser cache (a front-desk computer's back button included).
+    if path.starts_with("/api/auth")
+        || !(is_api || path.starts_with("/static/") || path.starts_with("/docs"))
+    {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
     }

@@ -1,0 +1,593 @@
+//! Page handlers: GET renders, POST acts and redirects (Post/Redirect/Get).
+
+use axum::extract::{Form, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum_extra::extract::cookie::CookieJar;
+use serde::Deserialize;
+
+use super::session::Portal;
+use super::views::{
+    AccountPage, ForgotPage, ForgotSentPage, FormState, Layout, LoginPage, RegisterPage,
+    ResetInvalidPage, ResetPage, SessionRow, UserView,
+};
+use super::{check_csrf, no_store, render, safe_next, PageError, SignedIn};
+use crate::domain::Password;
+use crate::http::api::auth::{cleared_cookie, refresh_cookie};
+use crate::http::AppState;
+use crate::services::{ClientContext, CurrentSession, LoginOutcome, RegisterInput, ServiceError};
+
+type PageResult = Result<Response, PageError>;
+
+fn layout(
+    state: &AppState,
+    portal: &Portal,
+    signed_in_as: Option<String>,
+    notice: Option<String>,
+) -> Layout {
+    Layout {
+        app_name: state.portal.app_name.clone(),
+        csrf: portal.data.csrf.clone(),
+        signed_in_as,
+        notice,
+    }
+}
+
+fn page(status: StatusCode, template: &impl askama::Template) -> PageResult {
+    Ok(no_store(render(status, template)))
+}
+
+/// Form payloads default every field, so a missing one is a validation
+/// message, not a rejection.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct LoginForm {
+    csrf: String,
+    email: String,
+    password: String,
+    next: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct RegisterForm {
+    csrf: String,
+    name: String,
+    email: String,
+    password: String,
+    password_confirm: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct EmailForm {
+    csrf: String,
+    email: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ResetForm {
+    csrf: String,
+    token: String,
+    password: String,
+    password_confirm: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ChangePasswordForm {
+    csrf: String,
+    current_password: String,
+    new_password: String,
+    password_confirm: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct SessionForm {
+    csrf: String,
+    session: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct CsrfForm {
+    csrf: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct PageQuery {
+    next: String,
+    token: String,
+    sent: Option<String>,
+    signed_out: Option<String>,
+    reset: Option<String>,
+    expired: Option<String>,
+}
+
+/// Unreadable form bodies are a 400 page, not axum's plain-text rejection.
+fn form<T>(
+    result: Result<Form<T>, axum::extract::rejection::FormRejection>,
+) -> Result<T, PageError> {
+    result.map(|Form(f)| f).map_err(|_| PageError::BadRequest)
+}
+
+pub async fn index(portal: Portal) -> Response {
+    let to = if portal.data.user_id.is_some() {
+        "/account"
+    } else {
+        "/login"
+    };
+    Redirect::to(to).into_response()
+}
+
+// ----- sign in -----
+
+pub async fn login_page(
+    State(state): State<AppState>,
+    portal: Portal,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    if portal.data.user_id.is_some() {
+        return Ok(Redirect::to(safe_next(&q.next)).into_response());
+    }
+    let notice = if q.signed_out.is_some() {
+        Some("You are signed out.".to_owned())
+    } else if q.reset.is_some() {
+        Some("Your password has been changed. Sign in with the new one.".to_owned())
+    } else if q.expired.is_some() {
+        Some("Your session ended. Sign in again.".to_owned())
+    } else {
+        None
+    };
+    let view = LoginPage {
+        layout: layout(&state, &portal, None, notice),
+        form: FormState::default(),
+        next: safe_next(&q.next).to_owned(),
+    };
+    page(StatusCode::OK, &view)
+}
+
+pub async fn login_submit(
+    State(state): State<AppState>,
+    mut portal: Portal,
+    client: ClientContext,
+    jar: CookieJar,
+    headers: HeaderMap,
+    body: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &portal, &f.csrf, &headers)?;
+    let mut form_state = FormState::default().with_value("email", &f.email);
+    let status = match state
+        .auth
+        .login(&f.email, &Password::new(f.password), &client)
+        .await
+    {
+        Ok(outcome) => {
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
+            return Ok((jar, Redirect::to(safe_next(&f.next))).into_response());
+        }
+        Err(ServiceError::InvalidCredentials) => {
+            form_state.error("email", "The email or password is not correct.");
+            StatusCode::UNAUTHORIZED
+        }
+        Err(ServiceError::Validation(errors)) => {
+            form_state.field_errors(errors);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let view = LoginPage {
+        layout: layout(&state, &portal, None, None),
+        form: form_state,
+        next: safe_next(&f.next).to_owned(),
+    };
+    page(status, &view)
+}
+
+/// Binds the session to the user: a new session id (no fixation), a new
+/// CSRF token, and the API refresh cookie so a same-site SPA is signed in.
+async fn sign_in(
+    state: &AppState,
+    portal: &mut Portal,
+    client: &ClientContext,
+    jar: CookieJar,
+    outcome: &LoginOutcome,
+) -> Result<CookieJar, PageError> {
+    // A previous sign-in in this browser ends cleanly first.
+    if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
+        state
+            .auth
+            .end_web_session(&user_id, &hash, portal.data.refresh_family.as_deref())
+            .await?;
+    }
+    portal.session.cycle_id().await?;
+    portal.data.csrf = crate::domain::token::random_token();
+    portal.data.user_id = Some(outcome.user.id.as_str().to_owned());
+    portal.data.signed_in_at = Some(chrono::Utc::now());
+    portal.data.refresh_family = Some(outcome.refresh_family.clone());
+    portal.data.user_agent = client.user_agent.clone();
+    portal.data.ip = client.ip.map(|ip| ip.to_string());
+    portal.save().await?;
+    Ok(jar.add(refresh_cookie(&state.cookies, &outcome.refresh)))
+}
+
+/// Ends the portal session in the store (and its API family), and empties
+/// the browser's session.
+pub(super) async fn end_portal_session(state: &AppState, portal: &Portal) -> Result<(), PageError> {
+    if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
+        state
+            .auth
+            .end_web_session(&user_id, &hash, portal.data.refresh_family.as_deref())
+            .await?;
+    }
+    portal.session.flush().await?;
+    Ok(())
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    portal: Portal,
+    jar: CookieJar,
+    headers: HeaderMap,
+    body: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &portal, &f.csrf, &headers)?;
+    end_portal_session(&state, &portal).await?;
+    let jar = jar.add(cleared_cookie(&state.cookies));
+    Ok((jar, Redirect::to("/login?signed_out=1")).into_response())
+}
+
+// ----- registration -----
+
+pub async fn register_page(State(state): State<AppState>, portal: Portal) -> PageResult {
+    if portal.data.user_id.is_some() {
+        return Ok(Redirect::to("/account").into_response());
+    }
+    let view = RegisterPage {
+        layout: layout(&state, &portal, None, None),
+        form: FormState::default(),
+        min_length: state.portal.min_password_length,
+    };
+    page(StatusCode::OK, &view)
+}
+
+pub async fn register_submit(
+    State(state): State<AppState>,
+    mut portal: Portal,
+    client: ClientContext,
+    jar: CookieJar,
+    headers: HeaderMap,
+    body: Result<Form<RegisterForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &portal, &f.csrf, &headers)?;
+    let mut form_state = FormState::default()
+        .with_value("name", &f.name)
+        .with_value("email", &f.email);
+    let password = Password::new(f.password);
+    let result = if password.expose() != f.password_confirm {
+        // Check the rest too, so every problem shows at once.
+        let mut errors = match state
+            .auth
+            .validate_registration(&f.name, &f.email, &password)
+        {
+            Err(ServiceError::Validation(errors)) => errors,
+            _ => Vec::new(),
+        };
+        errors.push(crate::domain::FieldError::new(
+            "password_confirm",
+            "The passwords do not match.",
+        ));
+        Err(ServiceError::Validation(errors))
+    } else {
+        state
+            .auth
+            .register(RegisterInput {
+                name: f.name.clone(),
+                email: f.email.clone(),
+                password: Password::new(password.expose().to_owned()),
+            })
+            .await
+    };
+    let status = match result {
+        Ok(user) => {
+            let outcome = state
+                .auth
+                .login(user.email.as_str(), &password, &client)
+                .await?;
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
+            return Ok((jar, Redirect::to("/account")).into_response());
+        }
+        Err(ServiceError::EmailTaken) => {
+            form_state.error(
+                "email",
+                "An account with this email already exists. Sign in, or reset your password.",
+            );
+            StatusCode::CONFLICT
+        }
+        Err(ServiceError::Validation(errors)) => {
+            form_state.field_errors(errors);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let view = RegisterPage {
+        layout: layout(&state, &portal, None, None),
+        form: form_state,
+        min_length: state.portal.min_password_length,
+    };
+    page(status, &view)
+}
+
+// ----- forgot / reset -----
+
+pub async fn forgot_page(
+    State(state): State<AppState>,
+    portal: Portal,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    if q.sent.is_some() {
+        let view = ForgotSentPage {
+            layout: layout(&state, &portal, None, None),
+            minutes: state.portal.reset_minutes,
+        };
+        return page(StatusCode::OK, &view);
+    }
+    let view = ForgotPage {
+        layout: layout(&state, &portal, None, None),
+        form: FormState::default(),
+    };
+    page(StatusCode::OK, &view)
+}
+
+pub async fn forgot_submit(
+    State(state): State<AppState>,
+    portal: Portal,
+    headers: HeaderMap,
+    body: Result<Form<EmailForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &portal, &f.csrf, &headers)?;
+    match state.auth.forgot_password(&f.email) {
+        Ok(()) => Ok(Redirect::to("/forgot-password?sent=1").into_response()),
+        Err(ServiceError::Validation(errors)) => {
+            let mut form_state = FormState::default().with_value("email", &f.email);
+            form_state.field_errors(errors);
+            let view = ForgotPage {
+                layout: layout(&state, &portal, None, None),
+                form: form_state,
+            };
+            page(StatusCode::UNPROCESSABLE_ENTITY, &view)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn reset_invalid(state: &AppState, portal: &Portal) -> PageResult {
+    let view = ResetInvalidPage {
+        layout: layout(state, portal, None, None),
+    };
+    page(StatusCode::BAD_REQUEST, &view)
+}
+
+pub async fn reset_page(
+    State(state): State<AppState>,
+    portal: Portal,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    if !state.auth.reset_token_is_valid(&q.token).await? {
+        return reset_invalid(&state, &portal);
+    }
+    let view = ResetPage {
+        layout: layout(&state, &portal, None, None),
+        form: FormState::default(),
+        token: q.token,
+        min_length: state.portal.min_password_length,
+    };
+    page(StatusCode::OK, &view)
+}
+
+pub async fn reset_submit(
+    State(state): State<AppState>,
+    portal: Portal,
+    headers: HeaderMap,
+    body: Result<Form<ResetForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &portal, &f.csrf, &headers)?;
+    let result = if f.password != f.password_confirm {
+        if !state.auth.reset_token_is_valid(&f.token).await? {
+            return reset_invalid(&state, &portal);
+        }
+        Err(ServiceError::Validation(vec![
+            crate::domain::FieldError::new("password_confirm", "The passwords do not match."),
+        ]))
+    } else {
+        state
+            .auth
+            .reset_password(&f.token, &Password::new(f.password))
+            .await
+    };
+    match result {
+        Ok(()) => Ok(Redirect::to("/login?reset=1").into_response()),
+        Err(ServiceError::InvalidResetToken) => reset_invalid(&state, &portal),
+        Err(ServiceError::Validation(errors)) => {
+            let mut form_state = FormState::default();
+            form_state.field_errors(errors);
+            let view = ResetPage {
+                layout: layout(&state, &portal, None, None),
+                form: form_state,
+                token: f.token,
+                min_length: state.portal.min_password_length,
+            };
+            page(StatusCode::UNPROCESSABLE_ENTITY, &view)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ----- account -----
+
+fn current(portal: &Portal) -> CurrentSession {
+    CurrentSession {
+        web: portal.id_hash(),
+        family: portal.data.refresh_family.clone(),
+    }
+}
+
+async fn account_view(
+    state: &AppState,
+    signed_in: &SignedIn,
+    form: FormState,
+    notice: Option<String>,
+) -> Result<AccountPage, PageError> {
+    let user = &signed_in.user;
+    let sessions = state
+        .auth
+        .list_sessions(&user.id, &current(&signed_in.portal))
+        .await?;
+    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%d %b %Y, %H:%M UTC").to_string();
+    Ok(AccountPage {
+        layout: layout(
+            state,
+            &signed_in.portal,
+            Some(user.name.as_str().to_owned()),
+            notice,
+        ),
+        form,
+        user: UserView {
+            name: user.name.as_str().to_owned(),
+            email: user.email.as_str().to_owned(),
+            role: user.role.as_str(),
+            verified: user.verified,
+        },
+        sessions: sessions
+            .into_iter()
+            .map(|s| SessionRow {
+                device: match s.kind {
+                    crate::services::SessionKind::Browser => {
+                        super::views::device_name(s.user_agent.as_deref())
+                    }
+                    crate::services::SessionKind::Api => {
+                        format!(
+                            "App: {}",
+                            super::views::device_name(s.user_agent.as_deref())
+                        )
+                    }
+                },
+                ip: s.ip_address.unwrap_or_else(|| "unknown".to_owned()),
+                created: when(s.created_at),
+                created_iso: s.created_at.to_rfc3339(),
+                last_used: when(s.last_used_at),
+                last_used_iso: s.last_used_at.to_rfc3339(),
+                current: s.current,
+                id: s.id,
+            })
+            .collect(),
+        min_length: state.portal.min_password_length,
+    })
+}
+
+pub async fn account_page(State(state): State<AppState>, mut signed_in: SignedIn) -> PageResult {
+    let notice = signed_in.portal.data.flash.take();
+    if notice.is_some() {
+        signed_in.portal.save().await?;
+    }
+    let view = account_view(&state, &signed_in, FormState::default(), notice).await?;
+    page(StatusCode::OK, &view)
+}
+
+async fn flash_and_return(portal: &mut Portal, message: &str) -> PageResult {
+    portal.data.flash = Some(message.to_owned());
+    portal.save().await?;
+    Ok(Redirect::to("/account").into_response())
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    mut signed_in: SignedIn,
+    headers: HeaderMap,
+    body: Result<Form<ChangePasswordForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
+    let result = if f.new_password != f.password_confirm {
+        Err(ServiceError::Validation(vec![
+            crate::domain::FieldError::new("password_confirm", "The new passwords do not match."),
+        ]))
+    } else {
+        state
+            .auth
+            .change_password(
+                &signed_in.user,
+                &Password::new(f.current_password),
+                &Password::new(f.new_password),
+                &current(&signed_in.portal),
+            )
+            .await
+    };
+    let mut form_state = FormState::default();
+    let status = match result {
+        Ok(()) => {
+            return flash_and_return(
+                &mut signed_in.portal,
+                "Your password has been changed. You were signed out everywhere else.",
+            )
+            .await
+        }
+        Err(ServiceError::WrongCurrentPassword) => {
+            form_state.error("current_password", "Your current password is not correct.");
+            StatusCode::UNAUTHORIZED
+        }
+        Err(ServiceError::Validation(errors)) => {
+            form_state.field_errors(errors);
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let view = account_view(&state, &signed_in, form_state, None).await?;
+    page(status, &view)
+}
+
+pub async fn end_session(
+    State(state): State<AppState>,
+    mut signed_in: SignedIn,
+    headers: HeaderMap,
+    body: Result<Form<SessionForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
+    let message = if state
+        .auth
+        .end_session(&signed_in.user.id, &f.session)
+        .await?
+    {
+        "That session has been signed out."
+    } else {
+        "That session had already ended."
+    };
+    flash_and_return(&mut signed_in.portal, message).await
+}
+
+pub async fn end_all_sessions(
+    State(state): State<AppState>,
+    signed_in: SignedIn,
+    jar: CookieJar,
+    headers: HeaderMap,
+    body: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
+    state
+        .auth
+        .end_other_sessions(&signed_in.user.id, &CurrentSession::default())
+        .await?;
+    signed_in.portal.session.flush().await?;
+    let jar = jar.add(cleared_cookie(&state.cookies));
+    Ok((jar, Redirect::to("/login?signed_out=1")).into_response())
+}

@@ -1,0 +1,439 @@
+//! The portal: server-rendered pages for clinic staff (sign in, register,
+//! password reset, account). Every action calls the same services as the
+//! JSON API; these handlers only translate forms to calls and back.
+//!
+//! Post/Redirect/Get throughout; every POST checks the session's CSRF token
+//! and the Origin header; nothing changes state on GET.
+
+mod handlers;
+pub mod session;
+mod views;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::header::{self, HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_sessions::cookie::SameSite;
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use super::middleware::rate_limit;
+use super::middleware::request_context::RequestId;
+use super::{AppState, Limiters};
+use crate::domain::User;
+use crate::services::ServiceError;
+use session::{Portal, StoreBackedSessions};
+use views::{ErrorPage, Layout};
+
+/// Portal settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct PortalSettings {
+    pub app_name: String,
+    /// scheme://host[:port] of APP_URL, accepted as the Origin of a POST.
+    pub app_origin: String,
+    pub max_lifetime: Duration,
+    pub min_password_length: usize,
+    pub reset_minutes: u64,
+}
+
+/// The stylesheet is compiled in: the binary is the whole deployment.
+const STYLESHEET: &str = include_str!("../../../static/css/app.css");
+
+pub fn router(
+    limiters: &Limiters,
+    sessions: StoreBackedSessions,
+    https: bool,
+    idle: Duration,
+) -> Router<AppState> {
+    let limited = |l| rate_limit::layer(l);
+    let session_layer = SessionManagerLayer::new(sessions)
+        // __Host- binds the cookie to this exact origin over https.
+        .with_name(if https { "__Host-session" } else { "session" })
+        .with_secure(https)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_path("/")
+        .with_expiry(Expiry::OnInactivity(
+            time::Duration::try_from(idle).unwrap_or(time::Duration::minutes(15)),
+        ))
+        // Every request counts as activity, so the idle timer restarts.
+        .with_always_save(true);
+    Router::new()
+        .route("/", get(handlers::index))
+        .route(
+            "/login",
+            get(handlers::login_page)
+                .merge(post(handlers::login_submit).layer(limited(&limiters.page_login))),
+        )
+        .route(
+            "/register",
+            get(handlers::register_page)
+                .merge(post(handlers::register_submit).layer(limited(&limiters.page_register))),
+        )
+        .route(
+            "/forgot-password",
+            get(handlers::forgot_page)
+                .merge(post(handlers::forgot_submit).layer(limited(&limiters.page_forgot))),
+        )
+        .route(
+            "/reset-password",
+            get(handlers::reset_page)
+                .merge(post(handlers::reset_submit).layer(limited(&limiters.page_reset))),
+        )
+        .route("/account", get(handlers::account_page))
+        .route("/account/password", post(handlers::change_password))
+        .route("/account/sessions/end", post(handlers::end_session))
+        .route(
+            "/account/sessions/end-all",
+            post(handlers::end_all_sessions),
+        )
+        .route("/logout", post(handlers::logout))
+        .layer(session_layer)
+        .route("/static/app.css", get(stylesheet))
+}
+
+async fn stylesheet() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        STYLESHEET,
+    )
+}
+
+/// Why a page could not be shown, rendered as a friendly page.
+#[derive(Debug)]
+pub enum PageError {
+    BadRequest,
+    Forbidden,
+    NotFound,
+    Unavailable,
+    Internal,
+}
+
+impl From<ServiceError> for PageError {
+    fn from(err: ServiceError) -> Self {
+        match err {
+            ServiceError::Unavailable(e) => {
+                tracing::warn!(error = ?e, "database unavailable");
+                PageError::Unavailable
+            }
+            other => {
+                tracing::error!(error = ?other, "page failed");
+                PageError::Internal
+            }
+        }
+    }
+}
+
+impl From<tower_sessions::session_store::Error> for PageError {
+    fn from(err: tower_sessions::session_store::Error) -> Self {
+        tracing::warn!(error = %err, "session store failed");
+        PageError::Unavailable
+    }
+}
+
+impl From<tower_sessions::session::Error> for PageError {
+    fn from(err: tower_sessions::session::Error) -> Self {
+        tracing::warn!(error = %err, "session failed");
+        PageError::Unavailable
+    }
+}
+
+/// Heading and message of the error page for a status.
+fn error_text(status: StatusCode) -> (&'static str, &'static str) {
+    match status.as_u16() {
+        400 => ("Something was wrong with that request", "The form could not be read. Go back and try again."),
+        403 => (
+            "This form has expired",
+            "For your safety the form could not be sent. Reload the page and try again.",
+        ),
+        404 => ("Page not found", "There is nothing at this address. Check it, or start again from the sign-in page."),
+        405 => ("Page not found", "This page cannot be used that way."),
+        413 => ("Too much data", "What was sent is too large."),
+        429 => (
+            "Too many attempts",
+            "There have been too many attempts from this network. Wait a minute, then try again.",
+        ),
+        503 => (
+            "Temporarily unavailable",
+            "The service cannot reach its database right now. Try again in a minute.",
+        ),
+        _ => (
+            "Something went wrong",
+            "An unexpected error happened on our side. Try again; if it keeps happening, tell your IT team.",
+        ),
+    }
+}
+
+pub fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>) -> Response {
+    let (heading, message) = error_text(status);
+    let page = ErrorPage {
+        layout: Layout {
+            app_name: app_name.to_owned(),
+            csrf: String::new(),
+            signed_in_as: None,
+            notice: None,
+        },
+        heading: heading.to_owned(),
+        message: message.to_owned(),
+        request_id,
+    };
+    let body = page.render().unwrap_or_else(|_| heading.to_owned());
+    (status, Html(body)).into_response()
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            PageError::BadRequest => StatusCode::BAD_REQUEST,
+            PageError::Forbidden => StatusCode::FORBIDDEN,
+            PageError::NotFound => StatusCode::NOT_FOUND,
+            PageError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            PageError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // The JSON-to-HTML middleware would render it anyway; doing it here
+        // keeps pages independent of the Accept header.
+        let mut response = error_page("", status, None);
+        response.extensions_mut().insert(NeedsLayout);
+        response
+    }
+}
+
+/// Marks an error page rendered without the app name, for the middleware
+/// to re-render with it.
+#[derive(Clone, Copy)]
+struct NeedsLayout;
+
+/// Renders a template, or a 500 page if it cannot be rendered.
+pub fn render(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => (status, Html(body)).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "template failed to render");
+            PageError::Internal.into_response()
+        }
+    }
+}
+
+/// A signed-in portal user, or a redirect to the sign-in page.
+pub struct SignedIn {
+    pub portal: Portal,
+    pub user: User,
+}
+
+impl FromRequestParts<AppState> for Portal {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
+        let session = tower_sessions::Session::from_request_parts(parts, state)
+            .await
+            .map_err(|_| PageError::Internal)?;
+        Ok(Portal::load(session).await?)
+    }
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let next = urlencode(parts.uri.path());
+        let to_login = || Redirect::to(&format!("/login?next={next}")).into_response();
+        let portal = Portal::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let (Some(user_id), Some(signed_in_at)) = (portal.user_id(), portal.data.signed_in_at)
+        else {
+            return Err(to_login());
+        };
+        // Absolute lifetime: however active, a sign-in ends eventually.
+        let lifetime =
+            chrono::Duration::from_std(state.portal.max_lifetime).unwrap_or(chrono::Duration::MAX);
+        if chrono::Utc::now() > signed_in_at + lifetime {
+            handlers::end_portal_session(state, &portal)
+                .await
+                .map_err(IntoResponse::into_response)?;
+            return Err(to_login());
+        }
+        match state.auth.user_by_id(&user_id).await {
+            Ok(Some(user)) => Ok(SignedIn { portal, user }),
+            Ok(None) => {
+                portal
+                    .session
+                    .flush()
+                    .await
+                    .map_err(|e| PageError::from(e).into_response())?;
+                Err(to_login())
+            }
+            Err(e) => Err(PageError::from(e).into_response()),
+        }
+    }
+}
+
+fn urlencode(path: &str) -> String {
+    path.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'/' | b'-' | b'_' | b'.' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A `next` target is followed only when it is a plain path on this site:
+/// `//evil.example` or `https://...` would make the sign-in page an open
+/// redirect.
+pub fn safe_next(next: &str) -> &str {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.contains('\\')
+        && !next.contains("://")
+        && next.chars().all(|c| c.is_ascii_graphic());
+    if ok {
+        next
+    } else {
+        "/account"
+    }
+}
+
+/// CSRF defence for every POST: the session's token must match (compared
+/// in constant time), and a browser-sent Origin must be our own.
+pub fn check_csrf(
+    state: &AppState,
+    portal: &Portal,
+    submitted: &str,
+    headers: &HeaderMap,
+) -> Result<(), PageError> {
+    let expected = portal.data.csrf.as_bytes();
+    let given = submitted.as_bytes();
+    let same = expected.len() == given.len()
+        && !expected.is_empty()
+        && expected
+            .iter()
+            .zip(given)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        tracing::warn!("POST refused: CSRF token missing or wrong");
+        return Err(PageError::Forbidden);
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v == "cross-site")
+    {
+        tracing::warn!("POST refused: cross-site request");
+        return Err(PageError::Forbidden);
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let own_host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|rest| rest == host);
+        if origin != state.portal.app_origin && !own_host {
+            tracing::warn!(origin, "POST refused: foreign Origin");
+            return Err(PageError::Forbidden);
+        }
+    }
+    Ok(())
+}
+
+/// Outside /api, an error answered in JSON (404, 405, 413, 429, 500...) is
+/// shown as a friendly page to a browser that asked for HTML.
+pub async fn html_errors(State(app_name): State<Arc<str>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let api = path.starts_with("/api/")
+        || path == "/api"
+        || path == "/openapi.json"
+        || path.starts_with("/docs");
+    let wants_html = prefers_html(req.headers());
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.0.to_str().ok().map(str::to_owned));
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    let needs_layout = response.extensions().get::<NeedsLayout>().is_some();
+    if needs_layout || (!api && wants_html && status.as_u16() >= 400 && is_json) {
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let mut page = error_page(&app_name, status, request_id);
+        if let Some(v) = retry_after {
+            page.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return page;
+    }
+    response
+}
+
+/// True when the Accept header ranks text/html above JSON (browsers do).
+fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let position = |needle: &str| accept.find(needle);
+    match (position("text/html"), position("application/json")) {
+        (Some(html), Some(json)) => html < json,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+pub(crate) fn no_store(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_only_a_local_path() {
+        assert_eq!(safe_next("/account"), "/account");
+        for evil in [
+            "//evil.example",
+            "https://evil.example",
+            "/\\evil.example",
+            "javascript:alert(1)",
+            "",
+            "account",
+            "/a b",
+        ] {
+            assert_eq!(safe_next(evil), "/account", "{evil}");
+        }
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        let mut h = HeaderMap::new();
+        assert!(!prefers_html(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("text/html,application/xhtml+xml,*/*;q=0.8"),
+        );
+        assert!(prefers_html(&h));
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/html"),
+        );
+        assert!(!prefers_html(&h));
+    }
+}

@@ -1,0 +1,202 @@
+//! Askama views for the portal, and the form state they show.
+
+use askama::Template;
+
+use crate::domain::FieldError;
+
+/// What every page's layout needs.
+pub struct Layout {
+    pub app_name: String,
+    pub csrf: String,
+    pub signed_in_as: Option<String>,
+    pub notice: Option<String>,
+}
+
+/// What a form shows back: the values typed (never passwords) and every
+/// error, in field order for the summary.
+#[derive(Default)]
+pub struct FormState {
+    values: Vec<(&'static str, String)>,
+    pub errors: Vec<FormError>,
+}
+
+pub struct FormError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FormState {
+    pub fn with_value(mut self, field: &'static str, value: &str) -> Self {
+        self.values.push((field, value.to_owned()));
+        self
+    }
+
+    pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FormError {
+            field: field.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    pub fn field_errors(&mut self, errors: Vec<FieldError>) {
+        for e in errors {
+            for m in e.messages {
+                self.error(&e.field, m);
+            }
+        }
+    }
+
+    pub fn value(&self, field: impl AsRef<str>) -> &str {
+        let field = field.as_ref();
+        self.values
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    pub fn has(&self, field: impl AsRef<str>) -> bool {
+        let field = field.as_ref();
+        self.errors.iter().any(|e| e.field == field)
+    }
+
+    pub fn messages(&self, field: impl AsRef<str>) -> Vec<&str> {
+        let field = field.as_ref();
+        self.errors
+            .iter()
+            .filter(|e| e.field == field)
+            .map(|e| e.message.as_str())
+            .collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "pages/login.html")]
+pub struct LoginPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub next: String,
+}
+
+#[derive(Template)]
+#[template(path = "pages/register.html")]
+pub struct RegisterPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub min_length: usize,
+}
+
+#[derive(Template)]
+#[template(path = "pages/forgot.html")]
+pub struct ForgotPage {
+    pub layout: Layout,
+    pub form: FormState,
+}
+
+#[derive(Template)]
+#[template(path = "pages/forgot_sent.html")]
+pub struct ForgotSentPage {
+    pub layout: Layout,
+    pub minutes: u64,
+}
+
+#[derive(Template)]
+#[template(path = "pages/reset.html")]
+pub struct ResetPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub token: String,
+    pub min_length: usize,
+}
+
+#[derive(Template)]
+#[template(path = "pages/reset_invalid.html")]
+pub struct ResetInvalidPage {
+    pub layout: Layout,
+}
+
+pub struct UserView {
+    pub name: String,
+    pub email: String,
+    pub role: &'static str,
+    pub verified: bool,
+}
+
+pub struct SessionRow {
+    pub id: String,
+    pub device: String,
+    pub ip: String,
+    pub created: String,
+    pub created_iso: String,
+    pub last_used: String,
+    pub last_used_iso: String,
+    pub current: bool,
+}
+
+#[derive(Template)]
+#[template(path = "pages/account.html")]
+pub struct AccountPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub user: UserView,
+    pub sessions: Vec<SessionRow>,
+    pub min_length: usize,
+}
+
+#[derive(Template)]
+#[template(path = "pages/error.html")]
+pub struct ErrorPage {
+    pub layout: Layout,
+    pub heading: String,
+    pub message: String,
+    pub request_id: Option<String>,
+}
+
+/// A short, human name for a browser from its user agent.
+pub fn device_name(user_agent: Option<&str>) -> String {
+    let Some(ua) = user_agent.filter(|ua| !ua.is_empty()) else {
+        return "Unknown device".to_owned();
+    };
+    let browser = [
+        ("Edg/", "Edge"),
+        ("OPR/", "Opera"),
+        ("Firefox/", "Firefox"),
+        ("Chrome/", "Chrome"),
+        ("Safari/", "Safari"),
+        ("curl/", "curl"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map(|(_, name)| *name);
+    let system = [
+        ("iPhone", "iPhone"),
+        ("iPad", "iPad"),
+        ("Android", "Android"),
+        ("Windows", "Windows"),
+        ("Mac OS X", "macOS"),
+        ("CrOS", "ChromeOS"),
+        ("Linux", "Linux"),
+    ]
+    .iter()
+    .find(|(needle, _)| ua.contains(needle))
+    .map(|(_, name)| *name);
+    match (browser, system) {
+        (Some(b), Some(s)) => format!("{b} on {s}"),
+        (Some(b), None) => b.to_owned(),
+        (None, Some(s)) => s.to_owned(),
+        (None, None) => ua.chars().take(40).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_are_short_and_human() {
+        let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+        assert_eq!(device_name(Some(chrome)), "Chrome on Linux");
+        let iphone = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 Version/17.0 Mobile/15E148 Safari/604.1";
+        assert_eq!(device_name(Some(iphone)), "Safari on iPhone");
+        assert_eq!(device_name(None), "Unknown device");
+    }
+}

@@ -1,0 +1,213 @@
+//! What a signed-in user does with their account: see and end sessions,
+//! change the password. Shared by the portal pages and the JSON API.
+//!
+//! "Session" here means either a browser session of the portal or an API
+//! refresh-token family (an app or SPA signed in). A portal sign-in also
+//! issues an API family for same-site SPAs; that family is shown and ended
+//! together with its browser session.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+
+use super::auth::AuthService;
+use super::passwords::Verification;
+use super::ServiceError;
+use crate::domain::{Password, TokenHash, User, UserId};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionKind {
+    /// Signed in on the portal pages.
+    Browser,
+    /// An app or SPA holding a refresh token.
+    Api,
+}
+
+/// One place the user is signed in.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct SessionInfo {
+    /// Opaque handle for ending it; not a credential.
+    pub id: String,
+    pub kind: SessionKind,
+    pub user_agent: Option<String>,
+    pub ip_address: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
+    /// The session making this request.
+    pub current: bool,
+}
+
+/// Which session is asking, so it can be marked and kept.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentSession {
+    pub web: Option<TokenHash>,
+    pub family: Option<String>,
+}
+
+const WEB_PREFIX: &str = "web_";
+const API_PREFIX: &str = "api_";
+
+impl AuthService {
+    pub async fn list_sessions(
+        &self,
+        user_id: &UserId,
+        current: &CurrentSession,
+    ) -> Result<Vec<SessionInfo>> {
+        let now = Utc::now();
+        let web = self.store().list_user_web_sessions(user_id, now).await?;
+        let families = self.store().list_user_refresh_tokens(user_id, now).await?;
+        let linked: HashSet<&str> = web
+            .iter()
+            .filter_map(|s| s.refresh_family.as_deref())
+            .collect();
+        let mut sessions: Vec<SessionInfo> = web
+            .iter()
+            .map(|s| SessionInfo {
+                id: format!("{WEB_PREFIX}{}", s.id_hash.as_str()),
+                kind: SessionKind::Browser,
+                user_agent: s.user_agent.clone(),
+                ip_address: s.ip_address.clone(),
+                created_at: s.created_at,
+                last_used_at: s.last_used_at,
+                current: current.web.as_ref() == Some(&s.id_hash),
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        // Newest token first, so the first one of each family is its latest use.
+        for token in &families {
+            if linked.contains(token.family_id.as_str()) || !seen.insert(token.family_id.clone()) {
+                continue;
+            }
+            sessions.push(SessionInfo {
+                id: format!("{API_PREFIX}{}", token.family_id),
+                kind: SessionKind::Api,
+                user_agent: token.user_agent.clone(),
+                ip_address: token.ip_address.clone(),
+                // A family ends JWT_REFRESH_EXPIRES after its sign-in.
+                created_at: token.expires_at - self.refresh_ttl(),
+                last_used_at: token.created_at,
+                current: current.family.as_deref() == Some(token.family_id.as_str()),
+            });
+        }
+        sessions.sort_by_key(|s| std::cmp::Reverse(s.last_used_at));
+        Ok(sessions)
+    }
+
+    /// Ends one of the user's sessions by its handle. False when the handle
+    /// names nothing of this user's.
+    pub async fn end_session(&self, user_id: &UserId, id: &str) -> Result<bool> {
+        let now = Utc::now();
+        if let Some(hash) = id.strip_prefix(WEB_PREFIX) {
+            let hash = TokenHash::from_stored(hash.to_owned());
+            // Only the owner may end it: look it up among their sessions.
+            let owned = self
+                .store()
+                .list_user_web_sessions(user_id, now)
+                .await?
+                .into_iter()
+                .find(|s| s.id_hash == hash);
+            let Some(session) = owned else {
+                return Ok(false);
+            };
+            self.end_web_session(user_id, &session.id_hash, session.refresh_family.as_deref())
+                .await?;
+            return Ok(true);
+        }
+        if let Some(family) = id.strip_prefix(API_PREFIX) {
+            return Ok(self
+                .store()
+                .revoke_refresh_family(user_id, family, now)
+                .await?
+                > 0);
+        }
+        Ok(false)
+    }
+
+    /// Ends a browser session and the API family issued with it.
+    pub async fn end_web_session(
+        &self,
+        user_id: &UserId,
+        id_hash: &TokenHash,
+        family: Option<&str>,
+    ) -> Result<()> {
+        self.store().delete_web_session(id_hash).await?;
+        if let Some(family) = family {
+            self.store()
+                .revoke_refresh_family(user_id, family, Utc::now())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the user except `keep` (pass the default to
+    /// end all, the caller's included). Returns how many ended.
+    pub async fn end_other_sessions(&self, user_id: &UserId, keep: &CurrentSession) -> Result<u64> {
+        let now = Utc::now();
+        // The kept browser session's own API family stays with it.
+        let mut keep_family = keep.family.clone();
+        if keep_family.is_none() {
+            if let Some(web) = &keep.web {
+                keep_family = self
+                    .store()
+                    .load_web_session(web, now)
+                    .await?
+                    .and_then(|s| s.refresh_family);
+            }
+        }
+        let web = self
+            .store()
+            .delete_user_web_sessions(user_id, keep.web.as_ref())
+            .await?;
+        let api = self
+            .store()
+            .revoke_user_refresh_tokens(user_id, keep_family.as_deref(), now)
+            .await?;
+        tracing::info!(user_id = %user_id, web, api, "sessions ended");
+        Ok(web + api)
+    }
+
+    /// Changes the password after checking the current one, then ends every
+    /// other session (ASVS 7.4.3).
+    pub async fn change_password(
+        &self,
+        user: &User,
+        current_password: &Password,
+        new_password: &Password,
+        keep: &CurrentSession,
+    ) -> Result<()> {
+        let mut errors = Vec::new();
+        if current_password.expose().is_empty() {
+            errors.push(crate::domain::FieldError::new(
+                "current_password",
+                "Enter your current password.",
+            ));
+        }
+        if let Err(e) =
+            new_password.check_new(self.password_policy(), Some(&user.email), "new_password")
+        {
+            errors.push(e);
+        }
+        if !errors.is_empty() {
+            return Err(ServiceError::Validation(errors));
+        }
+        if self
+            .passwords()
+            .verify(current_password, &user.password_hash)
+            .await?
+            == Verification::Invalid
+        {
+            return Err(ServiceError::WrongCurrentPassword);
+        }
+        let hash = self.passwords().hash(new_password).await?;
+        self.store()
+            .set_password_hash(&user.id, &hash, Utc::now())
+            .await?;
+        self.end_other_sessions(&user.id, keep).await?;
+        self.store().delete_user_reset_tokens(&user.id).await?;
+        tracing::info!(user_id = %user.id, "password changed");
+        Ok(())
+    }
+}

@@ -1,0 +1,887 @@
+//! The portal over plain HTTP (no browser): every page route's status,
+//! redirects, CSRF defence, headers and session rules, on every backend.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_error, read_emails, set_cookie, wait_for_emails, Backend, TestApp, PASSWORD};
+use reqwest::{Client, Response, StatusCode};
+use serde_json::json;
+
+backend_tests!(
+    index_redirects_by_sign_in_state,
+    pages_render_with_security_headers,
+    register_signs_in_and_lands_on_account,
+    register_errors_keep_input_but_never_passwords,
+    login_errors_and_safe_next,
+    post_without_csrf_or_from_foreign_origin_is_refused,
+    session_id_is_renewed_at_sign_in,
+    sign_out_ends_page_session_and_api_refresh,
+    account_lists_and_ends_other_sessions,
+    change_password_keeps_only_this_session,
+    page_reset_flow_and_bad_links,
+    idle_timeout_signs_out,
+    absolute_lifetime_signs_out,
+    sessions_survive_a_restart,
+    browsers_get_error_pages_and_api_keeps_json,
+    page_forms_are_rate_limited_with_a_friendly_page,
+);
+
+/// A browser-like client: keeps cookies, does not follow redirects.
+fn browser() -> Client {
+    Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+const HTML: &str = "text/html,application/xhtml+xml,*/*;q=0.8";
+
+async fn get(app: &TestApp, client: &Client, path: &str) -> Response {
+    client
+        .get(app.url(path))
+        .header("accept", HTML)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The CSRF token in a page's first form.
+fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).expect("page has a CSRF field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+async fn page_csrf(app: &TestApp, client: &Client, path: &str) -> String {
+    let res = get(app, client, path).await;
+    assert_eq!(res.status(), StatusCode::OK, "{path}");
+    csrf_of(&res.text().await.unwrap())
+}
+
+async fn post_form(
+    app: &TestApp,
+    client: &Client,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> Response {
+    client
+        .post(app.url(path))
+        .header("accept", HTML)
+        .header("origin", app.base.clone())
+        .form(fields)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn location(res: &Response) -> String {
+    res.headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Signs a browser in through the login form.
+async fn sign_in(app: &TestApp, client: &Client, email: &str, password: &str) -> Response {
+    let csrf = page_csrf(app, client, "/login").await;
+    post_form(
+        app,
+        client,
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("email", email),
+            ("password", password),
+            ("next", ""),
+        ],
+    )
+    .await
+}
+
+async fn signed_in_browser(app: &TestApp, email: &str) -> Client {
+    let client = browser();
+    let res = sign_in(app, &client, email, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/account");
+    client
+}
+
+async fn index_redirects_by_sign_in_state(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let anonymous = browser();
+    let res = get(&app, &anonymous, "/").await;
+    assert_eq!(
+        (res.status(), location(&res)),
+        (StatusCode::SEE_OTHER, "/login".into())
+    );
+    let res = get(&app, &anonymous, "/account").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/login?next=/account");
+
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let res = get(&app, &client, "/").await;
+    assert_eq!(location(&res), "/account");
+    let res = get(&app, &client, "/login").await;
+    assert_eq!(
+        location(&res),
+        "/account",
+        "signed in: no second sign-in form"
+    );
+}
+
+async fn pages_render_with_security_headers(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("APP_NAME", "Northside Clinic")]).await;
+    let client = browser();
+    for path in [
+        "/login",
+        "/register",
+        "/forgot-password",
+        "/forgot-password?sent=1",
+    ] {
+        let res = get(&app, &client, path).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let h = res.headers().clone();
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("form-action 'self'"),
+            "{csp}"
+        );
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("script-src"),
+            "no scripts on pages: {csp}"
+        );
+        assert_eq!(h["cache-control"], "no-store");
+        assert_eq!(h["x-frame-options"], "DENY");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains("Northside Clinic"),
+            "APP_NAME shown on {path}"
+        );
+        assert!(
+            !html.contains("<script"),
+            "works without JavaScript: {path}"
+        );
+        assert!(!html.contains("https://"), "no external assets: {path}");
+    }
+    let html = get(&app, &client, "/register").await.text().await.unwrap();
+    for attr in [
+        "autocomplete=\"email\"",
+        "autocomplete=\"new-password\"",
+        "<label for=\"email\">",
+    ] {
+        assert!(html.contains(attr), "{attr}");
+    }
+    let html = get(&app, &client, "/login").await.text().await.unwrap();
+    assert!(html.contains("autocomplete=\"current-password\""));
+    let css = client.get(app.url("/static/app.css")).send().await.unwrap();
+    assert_eq!(css.status(), StatusCode::OK);
+    assert!(css.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/css"));
+    assert!(
+        css.text().await.unwrap().contains(":focus-visible"),
+        "visible focus"
+    );
+    // The session cookie: HttpOnly, SameSite=Lax, idle Max-Age.
+    let res = get(&app, &browser(), "/login").await;
+    let (_, line) = set_cookie(res.headers(), "session").expect("session cookie");
+    assert!(
+        line.contains("HttpOnly") && line.contains("SameSite=Lax") && line.contains("Path=/"),
+        "{line}"
+    );
+    assert!(!line.contains("Secure"), "plain http in development");
+}
+
+async fn register_signs_in_and_lands_on_account(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/register").await;
+    let res = post_form(
+        &app,
+        &client,
+        "/register",
+        &[
+            ("csrf", &csrf),
+            ("name", "Dr Jane Smith"),
+            ("email", "Jane@Example.com"),
+            ("password", PASSWORD),
+            ("password_confirm", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/account");
+    // A page sign-in signs a same-site SPA in too.
+    let (refresh, line) = set_cookie(res.headers(), "refresh_token").expect("API refresh cookie");
+    assert!(line.contains("Path=/api/auth") && line.contains("HttpOnly"));
+    assert_eq!(app.refresh_with(&refresh).await.status(), StatusCode::OK);
+
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    for text in [
+        "Dr Jane Smith",
+        "jane@example.com",
+        "doctor",
+        "Not yet",
+        "This browser",
+    ] {
+        assert!(html.contains(text), "{text}");
+    }
+    // The same account works on the API: one implementation.
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn register_errors_keep_input_but_never_passwords(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("taken@example.com").await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/register").await;
+    let res = post_form(
+        &app,
+        &client,
+        "/register",
+        &[
+            ("csrf", &csrf),
+            ("name", "Dr Who"),
+            ("email", "not-an-email"),
+            ("password", "password1234"),
+            ("password_confirm", "different-secret"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("There is a problem"),
+        "error summary at the top"
+    );
+    assert!(
+        html.contains("value=\"Dr Who\"") && html.contains("value=\"not-an-email\""),
+        "typed values kept"
+    );
+    assert!(
+        !html.contains("password1234") && !html.contains("different-secret"),
+        "passwords never echoed"
+    );
+    assert!(
+        html.contains("Enter a valid email address."),
+        "same message as the API"
+    );
+    assert!(html.contains("The passwords do not match."));
+    assert!(
+        html.contains("aria-describedby=\"email-error\"") && html.contains("aria-invalid=\"true\"")
+    );
+    assert!(
+        html.contains("href=\"#email\""),
+        "summary links to the field"
+    );
+
+    let csrf = csrf_of(&html);
+    let res = post_form(
+        &app,
+        &client,
+        "/register",
+        &[
+            ("csrf", &csrf),
+            ("name", "Other"),
+            ("email", "taken@example.com"),
+            ("password", PASSWORD),
+            ("password_confirm", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.text().await.unwrap().contains("already exists"));
+}
+
+async fn login_errors_and_safe_next(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    let res = sign_in(&app, &client, "jane@example.com", "Wr0ng!Password99").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("The email or password is not correct."));
+    assert!(html.contains("value=\"jane@example.com\""), "email kept");
+    assert!(!html.contains("Wr0ng!Password99"));
+    let unknown = sign_in(&app, &client, "nobody@example.com", "Wr0ng!Password99").await;
+    assert_eq!(
+        unknown.status(),
+        StatusCode::UNAUTHORIZED,
+        "same answer for unknown emails"
+    );
+
+    for (next, expected) in [
+        ("/account", "/account"),
+        ("//evil.example/x", "/account"),
+        ("https://evil.example", "/account"),
+    ] {
+        let client = browser();
+        let csrf = page_csrf(&app, &client, "/login").await;
+        let res = post_form(
+            &app,
+            &client,
+            "/login",
+            &[
+                ("csrf", &csrf),
+                ("email", "jane@example.com"),
+                ("password", PASSWORD),
+                ("next", next),
+            ],
+        )
+        .await;
+        assert_eq!(location(&res), expected, "next={next}");
+    }
+}
+
+async fn post_without_csrf_or_from_foreign_origin_is_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/login").await;
+    let fields = [("email", "jane@example.com"), ("password", PASSWORD)];
+    let res = post_form(&app, &client, "/login", &fields).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("This form has expired"));
+    let res = post_form(
+        &app,
+        &client,
+        "/login",
+        &[("csrf", "forged"), fields[0], fields[1]],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Right token, but sent from another site.
+    let res = client
+        .post(app.url("/login"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf", csrf.as_str()), fields[0], fields[1]])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Another browser's token does not work in this one.
+    let other = browser();
+    let res = post_form(
+        &app,
+        &other,
+        "/login",
+        &[("csrf", &csrf), fields[0], fields[1]],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Every state-changing page refuses a missing token.
+    let signed_in = signed_in_browser(&app, "jane@example.com").await;
+    for path in [
+        "/logout",
+        "/account/password",
+        "/account/sessions/end",
+        "/account/sessions/end-all",
+        "/register",
+        "/forgot-password",
+        "/reset-password",
+    ] {
+        let res = post_form(&app, &signed_in, path, &[]).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+    }
+    assert_eq!(
+        get(&app, &signed_in, "/account").await.status(),
+        StatusCode::OK,
+        "still signed in"
+    );
+}
+
+async fn session_id_is_renewed_at_sign_in(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    let res = get(&app, &client, "/login").await;
+    let (before, _) = set_cookie(res.headers(), "session").unwrap();
+    let csrf = csrf_of(&res.text().await.unwrap());
+    let res = post_form(
+        &app,
+        &client,
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("email", "jane@example.com"),
+            ("password", PASSWORD),
+        ],
+    )
+    .await;
+    let (after, _) = set_cookie(res.headers(), "session").expect("a new session cookie");
+    assert_ne!(before, after, "no session fixation");
+    // The pre-sign-in id is worthless now.
+    let planted = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = planted
+        .get(app.url("/account"))
+        .header("cookie", format!("session={before}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+}
+
+async fn sign_out_ends_page_session_and_api_refresh(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    let res = sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    let (refresh, _) = set_cookie(res.headers(), "refresh_token").unwrap();
+    let (session, _) = set_cookie(res.headers(), "session").unwrap();
+    let csrf = page_csrf(&app, &client, "/account").await;
+    let res = post_form(&app, &client, "/logout", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/login?signed_out=1");
+    let (cleared, line) = set_cookie(res.headers(), "refresh_token").unwrap();
+    assert!(cleared.is_empty() && line.contains("Max-Age=0"));
+    assert_eq!(
+        location(&get(&app, &client, "/account").await),
+        "/login?next=/account"
+    );
+    expect_error(
+        app.refresh_with(&refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    let replay = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = replay
+        .get(app.url("/account"))
+        .header("cookie", format!("session={session}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "the old session cookie is dead"
+    );
+    assert!(get(&app, &client, "/login?signed_out=1")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("You are signed out."));
+}
+
+fn session_ids(html: &str) -> Vec<String> {
+    html.split("name=\"session\" value=\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+async fn account_lists_and_ends_other_sessions(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let front_desk = signed_in_browser(&app, "jane@example.com").await;
+    let office = signed_in_browser(&app, "jane@example.com").await;
+    let (_, api_refresh) = app.login("jane@example.com", PASSWORD).await;
+
+    let html = get(&app, &front_desk, "/account")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let others = session_ids(&html);
+    assert_eq!(
+        others.len(),
+        2,
+        "the other browser and the API sign-in, not this browser: {others:?}"
+    );
+    assert_eq!(html.matches("This browser").count(), 1);
+    assert!(html.contains("127.0.0.1"));
+
+    // End the office browser's session from the front desk.
+    let office_id = others.iter().find(|id| id.starts_with("web_")).unwrap();
+    let csrf = csrf_of(&html);
+    let res = post_form(
+        &app,
+        &front_desk,
+        "/account/sessions/end",
+        &[("csrf", &csrf), ("session", office_id)],
+    )
+    .await;
+    assert_eq!(location(&res), "/account");
+    assert!(get(&app, &front_desk, "/account")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("That session has been signed out."));
+    assert_eq!(
+        location(&get(&app, &office, "/account").await),
+        "/login?next=/account",
+        "office signed out on its next navigation"
+    );
+
+    // Ending someone else's (or a made-up) handle does nothing.
+    let res = post_form(
+        &app,
+        &front_desk,
+        "/account/sessions/end",
+        &[("csrf", &csrf), ("session", "web_deadbeef")],
+    )
+    .await;
+    assert_eq!(location(&res), "/account");
+
+    // Sign out everywhere: this browser and the API too.
+    let res = post_form(
+        &app,
+        &front_desk,
+        "/account/sessions/end-all",
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(location(&res), "/login?signed_out=1");
+    assert_eq!(
+        get(&app, &front_desk, "/account").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    expect_error(
+        app.refresh_with(&api_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+}
+
+async fn change_password_keeps_only_this_session(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let here = signed_in_browser(&app, "jane@example.com").await;
+    let elsewhere = signed_in_browser(&app, "jane@example.com").await;
+    let (_, api_refresh) = app.login("jane@example.com", PASSWORD).await;
+    let csrf = page_csrf(&app, &here, "/account").await;
+    let new_password = "N3w!Passphrase-2026";
+
+    let res = post_form(
+        &app,
+        &here,
+        "/account/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", "Wr0ng!Password99"),
+            ("new_password", new_password),
+            ("password_confirm", new_password),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("Your current password is not correct."));
+    let res = post_form(
+        &app,
+        &here,
+        "/account/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", PASSWORD),
+            ("new_password", "password1234"),
+            ("password_confirm", "password1234"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let res = post_form(
+        &app,
+        &here,
+        "/account/password",
+        &[
+            ("csrf", &csrf),
+            ("current_password", PASSWORD),
+            ("new_password", new_password),
+            ("password_confirm", new_password),
+        ],
+    )
+    .await;
+    assert_eq!(location(&res), "/account");
+    let html = get(&app, &here, "/account").await.text().await.unwrap();
+    assert!(html.contains("Your password has been changed"));
+    assert!(session_ids(&html).is_empty(), "every other session ended");
+    assert_eq!(
+        get(&app, &elsewhere, "/account").await.status(),
+        StatusCode::SEE_OTHER
+    );
+    expect_error(
+        app.refresh_with(&api_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    app.login("jane@example.com", new_password).await;
+}
+
+async fn page_reset_flow_and_bad_links(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let (_, api_refresh) = app.login("jane@example.com", PASSWORD).await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/forgot-password").await;
+    let res = post_form(
+        &app,
+        &client,
+        "/forgot-password",
+        &[("csrf", &csrf), ("email", "jane@example.com")],
+    )
+    .await;
+    assert_eq!(location(&res), "/forgot-password?sent=1");
+    let res = post_form(
+        &app,
+        &client,
+        "/forgot-password",
+        &[("csrf", &csrf), ("email", "nobody@example.com")],
+    )
+    .await;
+    assert_eq!(
+        location(&res),
+        "/forgot-password?sent=1",
+        "same answer for unknown emails"
+    );
+    let token = wait_for_emails(&app.outbox(), 1).await[0].reset_token();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(read_emails(&app.outbox()).len(), 1);
+
+    let res = get(&app, &client, &format!("/reset-password?token={token}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        res.headers()["referrer-policy"],
+        "no-referrer",
+        "the token never leaks in a Referer"
+    );
+    let html = res.text().await.unwrap();
+    let csrf = csrf_of(&html);
+    let new_password = "N3w!Passphrase-2026";
+    let res = post_form(
+        &app,
+        &client,
+        "/reset-password",
+        &[
+            ("csrf", &csrf),
+            ("token", &token),
+            ("password", new_password),
+            ("password_confirm", "typo"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "mismatch keeps the link usable"
+    );
+    let res = post_form(
+        &app,
+        &client,
+        "/reset-password",
+        &[
+            ("csrf", &csrf),
+            ("token", &token),
+            ("password", new_password),
+            ("password_confirm", new_password),
+        ],
+    )
+    .await;
+    assert_eq!(location(&res), "/login?reset=1");
+    assert!(get(&app, &client, "/login?reset=1")
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("Your password has been changed"));
+    // A reset on the page ends API sessions too.
+    expect_error(
+        app.refresh_with(&api_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    app.login("jane@example.com", new_password).await;
+
+    for bad in [token.as_str(), "nonsense", ""] {
+        let res = get(&app, &client, &format!("/reset-password?token={bad}")).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains("This link does not work") && html.contains("href=\"/forgot-password\"")
+        );
+    }
+    let res = post_form(
+        &app,
+        &client,
+        "/reset-password",
+        &[
+            ("csrf", &csrf),
+            ("token", &token),
+            ("password", new_password),
+            ("password_confirm", new_password),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "used link");
+}
+
+async fn idle_timeout_signs_out(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("SESSION_IDLE_TIMEOUT", "2s")]).await;
+    app.register("jane@example.com").await;
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    // Activity keeps it alive...
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert_eq!(
+            get(&app, &client, "/account").await.status(),
+            StatusCode::OK
+        );
+    }
+    // ...idleness ends it.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    assert_eq!(
+        location(&get(&app, &client, "/account").await),
+        "/login?next=/account"
+    );
+}
+
+async fn absolute_lifetime_signs_out(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("SESSION_IDLE_TIMEOUT", "1m"),
+            ("SESSION_MAX_LIFETIME", "1m"),
+        ],
+    )
+    .await;
+    app.register("jane@example.com").await;
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    assert_eq!(
+        get(&app, &client, "/account").await.status(),
+        StatusCode::OK
+    );
+    // Age the sign-in by rewriting the stored session, as if 61 s passed.
+    let store = app.store().await;
+    let user = store
+        .find_user_by_email(&clinic_auth::domain::EmailAddress::parse("jane@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let now = chrono::Utc::now();
+    let mut sessions = store.list_user_web_sessions(&user.id, now).await.unwrap();
+    assert_eq!(sessions.len(), 1);
+    let mut record = sessions.remove(0);
+    let mut data: serde_json::Value = serde_json::from_str(&record.data).unwrap();
+    let aged = (now - chrono::Duration::seconds(61)).to_rfc3339();
+    data["portal"]["signed_in_at"] = json!(aged);
+    record.data = data.to_string();
+    store.save_web_session(&record).await.unwrap();
+    assert_eq!(
+        location(&get(&app, &client, "/account").await),
+        "/login?next=/account"
+    );
+}
+
+async fn sessions_survive_a_restart(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let (_, line) = set_cookie(get(&app, &client, "/account").await.headers(), "session").unwrap();
+    let cookie = line.split(';').next().unwrap().to_owned();
+    app.restart().await;
+    // A fresh client with the same cookie: the server kept the session.
+    let same_browser = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = same_browser
+        .get(app.url("/account"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn browsers_get_error_pages_and_api_keeps_json(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let client = browser();
+    let res = get(&app, &client, "/no-such-page").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Page not found") && html.contains("Reference:"));
+    // Under /api, and for clients that do not ask for HTML, JSON as always.
+    let res = get(&app, &client, "/api/nope").await;
+    expect_error(res, StatusCode::NOT_FOUND, "not_found").await;
+    expect_error(
+        app.get("/no-such-page").await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let res = client
+        .delete(app.url("/login"))
+        .header("accept", HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(res.text().await.unwrap().contains("<h1>"));
+    // A form body that is not a form is a 400 page, not a crash.
+    let res = client
+        .post(app.url("/login"))
+        .header("accept", HTML)
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+async fn page_forms_are_rate_limited_with_a_friendly_page(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("RATE_LIMIT_AUTH_PER_MIN", "2")]).await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/login").await;
+    for _ in 0..2 {
+        let res = post_form(
+            &app,
+            &client,
+            "/login",
+            &[("csrf", &csrf), ("email", "a@b.co"), ("password", "x")],
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = post_form(
+        &app,
+        &client,
+        "/login",
+        &[("csrf", &csrf), ("email", "a@b.co"), ("password", "x")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().get("retry-after").is_some());
+    assert!(res.text().await.unwrap().contains("Too many attempts"));
+    assert_eq!(
+        get(&app, &client, "/login").await.status(),
+        StatusCode::OK,
+        "pages still render"
+    );
+}

@@ -76,9 +76,10 @@ impl App {
             config.rate_limit_auth_per_min,
             config.rate_limit_global_per_min,
         );
-        let background = vec![
+        let mut background = vec![
             rate_limit::spawn_cleanup(limiters.all()),
             spawn_purge(Arc::clone(&store)),
+            crate::metrics::spawn_upkeep(crate::metrics::handle()),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
@@ -99,12 +100,24 @@ impl App {
                 limiters,
                 sessions: StoreBackedSessions::new(web_sessions),
                 session_idle_timeout: config.session_idle_timeout,
+                metrics_route: config.metrics_addr.is_none(),
             },
         );
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
+        if let Some(addr) = config.metrics_addr {
+            let metrics_listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
+            tracing::info!(%addr, "metrics listening");
+            background.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(metrics_listener, http::metrics_router()).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            }));
+        }
         if let MailTransport::Outbox { dir } = &config.mail.transport {
             tracing::info!(outbox = %dir.display(), "no MAIL_SERVER: emails are written to the outbox");
         }

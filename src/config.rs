@@ -73,6 +73,8 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     /// Portal sign-out this long after sign-in, however active.
     pub session_max_lifetime: Duration,
+    /// Serve /metrics on this address instead of the main listener.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -269,12 +271,22 @@ impl Config {
                 "must be at least SESSION_IDLE_TIMEOUT",
             ));
         }
+        let metrics_addr = match get("METRICS_ADDR") {
+            None => None,
+            Some(v) => Some(v.parse().map_err(|_| {
+                err(
+                    "METRICS_ADDR",
+                    format!("expected an address like 127.0.0.1:9100, got {v:?}"),
+                )
+            })?),
+        };
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
         };
 
         Ok(Self {
+            metrics_addr,
             data_dir,
             session_idle_timeout,
             session_max_lifetime,
@@ -557,6 +569,7 @@ mod tests {
                 "JWT_REFRESH_SECRET",
             ),
             (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
+            (vec![("METRICS_ADDR", "9100")], "METRICS_ADDR"),
             (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
         ] {
             let e = dev(&pairs).unwrap_err();

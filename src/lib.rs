@@ -9,6 +9,7 @@ pub mod domain;
 pub mod email;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod services;
 pub mod storage;
 pub mod telemetry;

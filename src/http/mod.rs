@@ -110,11 +110,13 @@ pub struct RouterOptions {
     pub limiters: Limiters,
     pub sessions: pages::session::StoreBackedSessions,
     pub session_idle_timeout: Duration,
+    /// Serve /metrics here (false when it has a listener of its own).
+    pub metrics_route: bool,
 }
 
 pub fn router(state: AppState, options: RouterOptions) -> Router {
     let app_name: Arc<str> = Arc::from(state.portal.app_name.as_str());
-    let routes = Router::new()
+    let mut routes = Router::new()
         .merge(api::router(&options.limiters))
         .merge(docs::router())
         .merge(pages::router(
@@ -127,6 +129,9 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state);
 
+    if options.metrics_route {
+        routes = routes.merge(metrics_router());
+    }
     // Layers run outside-in in the reverse of the order they are added.
     routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -173,4 +178,24 @@ fn cors(origins: &[String]) -> CorsLayer {
             header::RETRY_AFTER,
         ])
         .max_age(Duration::from_secs(600))
+}
+
+/// GET /metrics in the Prometheus text format.
+pub fn metrics_router() -> Router {
+    let handle = crate::metrics::handle();
+    Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    )
 }

@@ -66,6 +66,10 @@ pub struct AuthService {
     settings: AuthSettings,
 }
 
+fn count_login(outcome: &'static str) {
+    metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
+}
+
 fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
@@ -177,10 +181,12 @@ impl AuthService {
         };
         let Some(user) = user else {
             self.passwords.verify_dummy(password).await?;
+            count_login("invalid_credentials");
             return Err(ServiceError::InvalidCredentials);
         };
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
+                count_login("invalid_credentials");
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
                 Err(ServiceError::InvalidCredentials)
             }
@@ -189,6 +195,7 @@ impl AuthService {
                     self.upgrade_hash(&user, password).await;
                 }
                 let outcome = self.start_family(user, client).await?;
+                count_login("success");
                 tracing::info!(user_id = %outcome.user.id, "login succeeded");
                 Ok(outcome)
             }
@@ -280,6 +287,14 @@ impl AuthService {
             .rotate_refresh_token(&TokenHash::of(raw), now, &record)
             .await?
         else {
+            // A token that was already rotated away, presented again, is the
+            // signature of a stolen token (or a lost race between tabs).
+            if let Ok(Some(old)) = self.store.find_refresh_token(&TokenHash::of(raw)).await {
+                if old.replaced_by.is_some() {
+                    metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
+                    tracing::warn!(user_id = %user_id, family = %old.family_id, "replaced refresh token presented again");
+                }
+            }
             tracing::info!(user_id = %user_id, "refresh rejected: token not active");
             return Err(ServiceError::InvalidRefreshToken);
         };

@@ -56,6 +56,12 @@ pub enum ServiceError {
 
 impl From<StoreError> for ServiceError {
     fn from(err: StoreError) -> Self {
+        let kind = match &err {
+            StoreError::Conflict => "conflict",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Other(_) => "other",
+        };
+        metrics::counter!(crate::metrics::STORE_ERRORS, "kind" => kind).increment(1);
         match err {
             StoreError::Unavailable(e) => ServiceError::Unavailable(e),
             StoreError::Conflict => {

@@ -132,15 +132,35 @@ impl Passwords {
         &self,
         job: impl FnOnce() -> T + Send + 'static,
     ) -> anyhow::Result<T> {
+        let queue = metrics::gauge!(crate::metrics::HASH_QUEUE);
+        queue.increment(1.0);
+        // Decrement however this future ends (a client that hangs up drops it).
+        let _queued = scopeguard(move || queue.decrement(1.0));
         let _permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| anyhow::anyhow!("password hasher is shut down"))?;
-        tokio::task::spawn_blocking(job)
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(job)
             .await
-            .map_err(|e| anyhow::anyhow!("password hashing task failed: {e}"))
+            .map_err(|e| anyhow::anyhow!("password hashing task failed: {e}"));
+        metrics::histogram!(crate::metrics::HASH_DURATION).record(started.elapsed().as_secs_f64());
+        result
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 #[cfg(test)]

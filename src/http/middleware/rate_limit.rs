@@ -43,6 +43,7 @@ pub fn per_minute(per_minute: u32) -> Limiter {
         .error_handler(|err| {
             match err {
                 GovernorError::TooManyRequests { wait_time, .. } => {
+                    metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
                     ApiError::rate_limited(wait_time)
                 }
                 GovernorError::UnableToExtractKey => {

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use axum::extract::Request;
+use axum::extract::{MatchedPath, Request};
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -42,12 +42,23 @@ pub async fn request_context(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    // The route template, not the path: bounded label cardinality.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
     let started = Instant::now();
     let id_text = id.to_str().unwrap_or_default().to_owned();
     let span = tracing::info_span!("request", request_id = %id_text);
     let mut response = next.run(req).instrument(span).await;
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let latency_ms = (elapsed.as_micros() as f64) / 1000.0;
+    metrics::counter!(crate::metrics::HTTP_REQUESTS,
+        "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!(crate::metrics::HTTP_DURATION, "method" => method.to_string(), "route" => route)
+        .record(elapsed.as_secs_f64());
     response.headers_mut().insert(REQUEST_ID_HEADER, id);
     if status >= 500 {
         tracing::warn!(request_id = %id_text, %method, %path, status, latency_ms, "request");

@@ -1,0 +1,78 @@
+//! Prometheus metrics: what an SRE watches on the hot path of every clinic
+//! app. One process-wide recorder (the `metrics` facade is global), rendered
+//! at /metrics or on a separate METRICS_ADDR.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUESTS: &str = "clinic_auth_http_requests_total";
+pub const HTTP_DURATION: &str = "clinic_auth_http_request_duration_seconds";
+pub const HASH_QUEUE: &str = "clinic_auth_password_hash_queue_depth";
+pub const HASH_DURATION: &str = "clinic_auth_password_hash_duration_seconds";
+pub const LOGINS: &str = "clinic_auth_logins_total";
+pub const REFRESH_REUSE: &str = "clinic_auth_refresh_reuse_detected_total";
+pub const RATE_LIMITED: &str = "clinic_auth_rate_limited_total";
+pub const STORE_ERRORS: &str = "clinic_auth_store_errors_total";
+pub const BUILD_INFO: &str = "clinic_auth_build_info";
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the recorder once per process and returns its handle.
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            // Buckets from 0.5 ms (a token check) to 10 s (a hash queue under
+            // a flood).
+            let latency = [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ];
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+                .expect("bucket list is not empty")
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(HTTP_REQUESTS, "HTTP requests by method, route and status");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by method and route"
+    );
+    describe_gauge!(HASH_QUEUE, "Password hashes waiting or running");
+    describe_histogram!(
+        HASH_DURATION,
+        Unit::Seconds,
+        "Time to hash or verify one password"
+    );
+    describe_counter!(LOGINS, "Sign-in attempts by outcome");
+    describe_counter!(REFRESH_REUSE, "Replaced refresh tokens presented again");
+    describe_counter!(RATE_LIMITED, "Requests refused by a per-IP rate limit");
+    describe_counter!(STORE_ERRORS, "Database calls that failed, by kind");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
+}
+
+/// Histograms are kept as rolling windows; drain them now and then so
+/// memory stays flat on a long-running process.
+pub fn spawn_upkeep(handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    })
+}

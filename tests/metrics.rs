@@ -1,0 +1,110 @@
+//! /metrics: Prometheus text that moves with traffic, on the main listener
+//! or on a separate METRICS_ADDR.
+
+mod common;
+
+use common::{Backend, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::json;
+
+/// The value of the first sample line starting with `prefix`, or 0.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_move_with_traffic() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("RATE_LIMIT_AUTH_PER_MIN", "3")]).await;
+    let before = app.get("/metrics").await.text().await.unwrap();
+
+    app.register("jane@example.com").await;
+    app.login("jane@example.com", PASSWORD).await;
+    let wrong = json!({"email": "jane@example.com", "password": "Wr0ng!Password99"});
+    // One successful login so far; the limit is 3 per minute.
+    for _ in 0..2 {
+        assert_eq!(
+            app.post_json("/api/auth/login", wrong.clone())
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        app.post_json("/api/auth/login", wrong.clone())
+            .await
+            .status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let (_, refresh) = {
+        let app2 = TestApp::spawn(Backend::Sqlite).await;
+        app2.register("john@example.com").await;
+        let tokens = app2.login("john@example.com", PASSWORD).await;
+        assert_eq!(app2.refresh_with(&tokens.1).await.status(), StatusCode::OK);
+        // The replaced token again: a reuse detection.
+        assert_eq!(
+            app2.refresh_with(&tokens.1).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        tokens
+    };
+    assert!(!refresh.is_empty());
+
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let after = res.text().await.unwrap();
+    let moved = |prefix: &str| sample(&after, prefix) > sample(&before, prefix);
+    assert!(
+        moved("clinic_auth_logins_total{outcome=\"success\"}"),
+        "{after}"
+    );
+    assert!(moved(
+        "clinic_auth_logins_total{outcome=\"invalid_credentials\"}"
+    ));
+    assert!(moved("clinic_auth_rate_limited_total"));
+    assert!(moved("clinic_auth_refresh_reuse_detected_total"));
+    assert!(moved("clinic_auth_password_hash_duration_seconds_count"));
+    assert!(after.contains(
+        "clinic_auth_http_requests_total{method=\"POST\",route=\"/api/auth/login\",status=\"200\"}"
+    ));
+    assert!(after.contains("clinic_auth_http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/auth/login\""));
+    assert!(after.contains("clinic_auth_password_hash_queue_depth"));
+    assert!(after.contains(&format!(
+        "clinic_auth_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    )));
+    // Paths are labelled by route template, never by raw path.
+    app.get("/api/auth/nope-12345").await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert!(!text.contains("nope-12345"));
+    assert!(text.contains("route=\"unmatched\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_live_on_their_own_address() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("METRICS_ADDR", addr.as_str())]).await;
+    assert_eq!(
+        app.get("/metrics").await.status(),
+        StatusCode::NOT_FOUND,
+        "not on the public listener"
+    );
+    let res = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("clinic_auth_build_info"));
+}

@@ -35,6 +35,9 @@ backend_tests!(
     restart_keeps_users_and_sessions,
     https_app_url_hardens_cookies,
     openapi_documents_every_route,
+    logout_all_ends_everything_and_kills_access_tokens,
+    change_password_keeps_only_the_callers_sign_in,
+    sessions_api_lists_and_ends_sessions,
 );
 
 async fn health_reports_database_state(backend: Backend) {
@@ -525,7 +528,11 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
         "invalid_refresh_token",
     )
     .await;
-    let _ = access;
+    assert_eq!(
+        app.me(&access).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "access tokens die with a reset"
+    );
 }
 
 async fn reset_token_is_single_use_and_checked(backend: Backend) {
@@ -907,6 +914,10 @@ async fn openapi_documents_every_route(backend: Backend) {
         ("/api/auth/forgot-password", "post"),
         ("/api/auth/reset-password", "post"),
         ("/health", "get"),
+        ("/api/auth/change-password", "post"),
+        ("/api/auth/sessions", "get"),
+        ("/api/auth/sessions/{id}", "delete"),
+        ("/api/auth/logout-all", "post"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }
@@ -924,4 +935,204 @@ async fn openapi_documents_every_route(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(js.status(), StatusCode::OK);
+}
+
+async fn logout_all_ends_everything_and_kills_access_tokens(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let (access_a, refresh_a) = app.login("jane@example.com", PASSWORD).await;
+    let (access_b, refresh_b) = app.login("jane@example.com", PASSWORD).await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout-all"))
+        .bearer_auth(&access_a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert!(set_cookie(res.headers(), "refresh_token")
+        .unwrap()
+        .1
+        .contains("Max-Age=0"));
+    for token in [&access_a, &access_b] {
+        assert_eq!(
+            app.me(token).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "access tokens die at once"
+        );
+    }
+    for token in [&refresh_a, &refresh_b] {
+        expect_error(
+            app.refresh_with(token).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+        )
+        .await;
+    }
+    // Signing in again works straight away.
+    let (fresh, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(app.me(&fresh).await.status(), StatusCode::OK);
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout-all"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, StatusCode::UNAUTHORIZED, "invalid_token").await;
+}
+
+async fn change_password_keeps_only_the_callers_sign_in(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let (other_access, other_refresh) = app.login("jane@example.com", PASSWORD).await;
+    let change = |current: &str, new: &str| {
+        app.client
+            .post(app.url("/api/auth/change-password"))
+            .bearer_auth(&access)
+            .json(&json!({"current_password": current, "new_password": new}))
+            .send()
+    };
+    let new_password = "N3w!Passphrase-2026";
+    expect_error(
+        change("Wr0ng!Password99", new_password).await.unwrap(),
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+    )
+    .await;
+    let body = expect_error(
+        change(PASSWORD, "password1234").await.unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(body["error"]["fields"]["new_password"].is_array());
+    assert_eq!(
+        app.me(&access).await.status(),
+        StatusCode::OK,
+        "failed attempts change nothing"
+    );
+
+    let res = change(PASSWORD, new_password).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let fresh = res.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        app.me(&fresh).await.status(),
+        StatusCode::OK,
+        "the answer carries a working token"
+    );
+    assert_eq!(app.me(&access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.me(&other_access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh_with(&refresh).await.status(),
+        StatusCode::OK,
+        "the caller's sign-in stays"
+    );
+    expect_error(
+        app.refresh_with(&other_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    app.login("jane@example.com", new_password).await;
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
+    expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+}
+
+async fn sessions_api_lists_and_ends_sessions(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    app.register("john@example.com").await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let (_, other_refresh) = app.login("jane@example.com", PASSWORD).await;
+    let (johns_access, _) = app.login("john@example.com", PASSWORD).await;
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .get(app.url("/api/auth/sessions"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            res.json::<Vec<Value>>().await.unwrap()
+        }
+    };
+    let sessions = list(access.clone()).await;
+    assert_eq!(sessions.len(), 2, "{sessions:?}");
+    for s in &sessions {
+        for key in [
+            "id",
+            "kind",
+            "user_agent",
+            "ip_address",
+            "created_at",
+            "last_used_at",
+            "current",
+        ] {
+            assert!(s.get(key).is_some(), "{key} in {s}");
+        }
+        assert_eq!(s["kind"], "api");
+        assert_eq!(s["ip_address"], "127.0.0.1");
+    }
+    assert_eq!(sessions.iter().filter(|s| s["current"] == true).count(), 1);
+    let other = sessions.iter().find(|s| s["current"] == false).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let delete = |token: String, id: String| {
+        let app = &app;
+        async move {
+            app.client
+                .delete(app.url(&format!("/api/auth/sessions/{id}")))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // Someone else's session id is not found, and stays alive.
+    expect_error(
+        delete(johns_access, other.clone()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(
+        delete(access.clone(), other.clone()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    expect_error(
+        app.refresh_with(&other_refresh).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+    expect_error(
+        delete(access.clone(), other).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        delete(access.clone(), "web_nothing".into()).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert_eq!(list(access).await.len(), 1);
 }

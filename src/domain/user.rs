@@ -68,4 +68,6 @@ pub struct User {
     pub password_hash: PasswordHash,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Access tokens issued before this instant are refused.
+    pub tokens_valid_after: Option<DateTime<Utc>>,
 }

@@ -18,12 +18,14 @@ use super::AppState;
     ),
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
-        auth::forgot_password, auth::reset_password, health::health,
+        auth::forgot_password, auth::reset_password, auth::change_password,
+        auth::list_sessions, auth::end_session, auth::logout_all, health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
+        (name = "account", description = "The signed-in user's password and sessions"),
         (name = "system", description = "Operations"),
     )
 )]

@@ -156,8 +156,9 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
     }
 }
 
-/// The signed-in user behind a valid Bearer access token.
-pub struct AuthUser(pub User);
+/// The signed-in user behind a valid Bearer access token, with the refresh
+/// family (sign-in) the token belongs to.
+pub struct AuthUser(pub User, pub Option<String>);
 
 impl<S> FromRequestParts<S> for AuthUser
 where
@@ -169,7 +170,8 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         let app = AppState::from_ref(state);
-        Ok(AuthUser(app.auth.authenticate(&token).await?))
+        let (user, session) = app.auth.authenticate(&token).await?;
+        Ok(AuthUser(user, session))
     }
 }
 

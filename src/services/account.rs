@@ -161,6 +161,7 @@ impl AuthService {
             .store()
             .delete_user_web_sessions(user_id, keep.web.as_ref())
             .await?;
+        self.revoke_access_tokens(user_id).await?;
         let api = self
             .store()
             .revoke_user_refresh_tokens(user_id, keep_family.as_deref(), now)

@@ -231,7 +231,7 @@ impl AuthService {
         self.store
             .insert_refresh_token(&self.refresh_record(&user.id, &family, &refresh, client, now))
             .await?;
-        let access = self.tokens.issue_access(&user, now)?;
+        let access = self.tokens.issue_access(&user, Some(&family), now)?;
         Ok(LoginOutcome {
             user,
             access,
@@ -303,7 +303,7 @@ impl AuthService {
             .find_user_by_id(&retired.user_id)
             .await?
             .ok_or(ServiceError::InvalidRefreshToken)?;
-        let access = self.tokens.issue_access(&user, now)?;
+        let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
         Ok(LoginOutcome {
             user,
             access,
@@ -325,18 +325,54 @@ impl AuthService {
         Ok(())
     }
 
-    /// The user behind a Bearer access token.
-    pub async fn authenticate(&self, access_token: &str) -> Result<User> {
+    /// The user behind a Bearer access token, and the sign-in (refresh
+    /// family) it was issued for. A token issued before the user's
+    /// `tokens_valid_after` (sign-out everywhere, password change or reset)
+    /// is refused, so those take effect at once, not when tokens expire.
+    pub async fn authenticate(&self, access_token: &str) -> Result<(User, Option<String>)> {
+        let invalid = || ServiceError::InvalidAccessToken(super::tokens::TokenError::Invalid);
         let claims = self
             .tokens
             .verify_access(access_token)
             .map_err(ServiceError::InvalidAccessToken)?;
-        self.store
+        let user = self
+            .store
             .find_user_by_id(&UserId::new(claims.sub))
             .await?
-            .ok_or(ServiceError::InvalidAccessToken(
-                super::tokens::TokenError::Invalid,
-            ))
+            .ok_or_else(invalid)?;
+        if user
+            .tokens_valid_after
+            .is_some_and(|cut| claims.iat < cut.timestamp())
+        {
+            return Err(invalid());
+        }
+        Ok((user, claims.sid))
+    }
+
+    /// Refuses every access token of the user issued until now. The cut-off
+    /// is rounded up to the next second because `iat` has whole seconds.
+    pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<()> {
+        let now = Utc::now();
+        let cut = DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        self.store.set_tokens_valid_after(user_id, cut).await?;
+        Ok(())
+    }
+
+    /// A fresh access token for a user still signed in on `session`, e.g.
+    /// after a password change refused the old ones.
+    pub async fn fresh_access(
+        &self,
+        user_id: &UserId,
+        session: Option<&str>,
+    ) -> Result<AccessToken> {
+        let user =
+            self.store
+                .find_user_by_id(user_id)
+                .await?
+                .ok_or(ServiceError::InvalidAccessToken(
+                    super::tokens::TokenError::Invalid,
+                ))?;
+        Ok(self.tokens.issue_access(&user, session, Utc::now())?)
     }
 
     /// Starts a password reset. Answers the same whether or not the account
@@ -440,6 +476,8 @@ impl AuthService {
             .revoke_user_refresh_tokens(&user.id, None, now)
             .await?;
         self.store.delete_user_reset_tokens(&user.id).await?;
+        self.store.delete_user_web_sessions(&user.id, None).await?;
+        self.revoke_access_tokens(&user.id).await?;
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

@@ -29,6 +29,10 @@ pub struct AccessClaims {
     pub typ: String,
     pub iss: String,
     pub aud: String,
+    /// The refresh family (sign-in) this token was issued for, so API calls
+    /// can tell which session is "current".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -117,16 +121,26 @@ impl Tokens {
         }
     }
 
-    pub fn issue_access(&self, user: &User, now: DateTime<Utc>) -> anyhow::Result<AccessToken> {
+    pub fn issue_access(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<AccessToken> {
+        // Never issued "before" the user's cut-off, even within its second.
+        let iat = user
+            .tokens_valid_after
+            .map_or(now.timestamp(), |t| t.timestamp().max(now.timestamp()));
         let claims = AccessClaims {
             sub: user.id.as_str().to_owned(),
             role: user.role,
-            iat: now.timestamp(),
+            iat,
             exp: now.timestamp() + self.access_ttl.as_secs() as i64,
             jti: new_id(),
             typ: TYP_ACCESS.to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            sid: session.map(str::to_owned),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -235,6 +249,7 @@ mod tests {
             password_hash: PasswordHash::new("x".into()),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            tokens_valid_after: None,
         }
     }
 
@@ -246,7 +261,7 @@ mod tests {
     fn access_round_trip_carries_the_claims() {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let now = Utc::now();
-        let issued = t.issue_access(&user(), now).unwrap();
+        let issued = t.issue_access(&user(), None, now).unwrap();
         let claims = t.verify_access(&issued.token).unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.role, Role::Doctor);
@@ -267,7 +282,7 @@ mod tests {
         // Same secret for both: only the typ claim tells them apart.
         let t = tokens("s".repeat(32).as_str(), "s".repeat(32).as_str());
         let now = Utc::now();
-        let access = t.issue_access(&user(), now).unwrap();
+        let access = t.issue_access(&user(), None, now).unwrap();
         let refresh = t
             .issue_refresh(
                 &UserId::new("u1"),
@@ -289,7 +304,7 @@ mod tests {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let other = tokens("b".repeat(32).as_str(), "q".repeat(32).as_str());
         let now = Utc::now();
-        let good = t.issue_access(&user(), now).unwrap().token;
+        let good = t.issue_access(&user(), None, now).unwrap().token;
 
         assert_eq!(other.verify_access(&good), Err(TokenError::Invalid));
 
@@ -311,7 +326,7 @@ mod tests {
         );
 
         let old = now - chrono::Duration::hours(1);
-        let expired = t.issue_access(&user(), old).unwrap().token;
+        let expired = t.issue_access(&user(), None, old).unwrap().token;
         assert_eq!(t.verify_access(&expired), Err(TokenError::Expired));
 
         assert_eq!(t.verify_access("not-a-jwt"), Err(TokenError::Invalid));
@@ -327,7 +342,10 @@ mod tests {
             "Other",
             Duration::from_secs(900),
         );
-        let foreign = elsewhere.issue_access(&user(), Utc::now()).unwrap().token;
+        let foreign = elsewhere
+            .issue_access(&user(), None, Utc::now())
+            .unwrap()
+            .token;
         assert_eq!(t.verify_access(&foreign), Err(TokenError::Invalid));
     }
 }

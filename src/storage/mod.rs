@@ -66,6 +66,10 @@ pub trait UserStore: Send + Sync {
         hash: &PasswordHash,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Sets the instant before which the user's access tokens are refused.
+    /// Returns false when the user no longer exists.
+    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool>;
 }
 
 /// A refresh token to be stored (its hash only, never the token itself).

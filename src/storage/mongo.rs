@@ -346,6 +346,9 @@ struct UserDoc {
     verified: bool,
     created_at: bson::DateTime,
     updated_at: bson::DateTime,
+    /// Added by this service; absent on the Python service's documents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tokens_valid_after: Option<bson::DateTime>,
 }
 
 impl TryFrom<UserDoc> for User {
@@ -364,6 +367,7 @@ impl TryFrom<UserDoc> for User {
             password_hash: PasswordHash::new(doc.password_hash),
             created_at: doc.created_at.to_chrono(),
             updated_at: doc.updated_at.to_chrono(),
+            tokens_valid_after: doc.tokens_valid_after.map(|t| t.to_chrono()),
         })
     }
 }
@@ -458,6 +462,7 @@ impl UserStore for MongoStore {
             verified: user.verified,
             created_at: now,
             updated_at: now,
+            tokens_valid_after: None,
         };
         self.users.insert_one(&doc).await.map_err(map_err)?;
         doc.try_into()
@@ -503,6 +508,21 @@ impl UserStore for MongoStore {
             .map_err(map_err)?;
         // matched, not modified: setting the same hash again still means the
         // user exists.
+        Ok(done.matched_count == 1)
+    }
+
+    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        let done = self
+            .users
+            .update_one(
+                doc! { "_id": oid },
+                doc! { "$set": { "tokens_valid_after": bson_date(at) } },
+            )
+            .await
+            .map_err(map_err)?;
         Ok(done.matched_count == 1)
     }
 }

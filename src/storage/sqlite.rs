@@ -107,6 +107,7 @@ struct UserRow {
     verified: bool,
     created_at: i64,
     updated_at: i64,
+    tokens_valid_after: Option<i64>,
 }
 
 impl TryFrom<UserRow> for User {
@@ -124,11 +125,13 @@ impl TryFrom<UserRow> for User {
             password_hash: PasswordHash::new(row.password_hash),
             created_at: from_millis(row.created_at)?,
             updated_at: from_millis(row.updated_at)?,
+            tokens_valid_after: row.tokens_valid_after.map(from_millis).transpose()?,
         })
     }
 }
 
-const USER_COLUMNS: &str = "id, email, password_hash, name, role, verified, created_at, updated_at";
+const USER_COLUMNS: &str =
+    "id, email, password_hash, name, role, verified, created_at, updated_at, tokens_valid_after";
 
 #[derive(FromRow)]
 struct RefreshRow {
@@ -244,6 +247,16 @@ impl UserStore for SqliteStore {
         let done = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
             .bind(hash.expose())
             .bind(millis(now))
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?")
+            .bind(millis(at))
             .bind(id.as_str())
             .execute(&self.pool)
             .await

@@ -17,7 +17,7 @@ use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
 use crate::services::tokens::{AccessToken, SignedRefresh};
-use crate::services::{ClientContext, LoginOutcome, RegisterInput};
+use crate::services::{ClientContext, CurrentSession, LoginOutcome, RegisterInput, SessionInfo};
 
 /// The refresh cookie is sent only to these endpoints, never to the rest of
 /// the site.
@@ -34,6 +34,10 @@ pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
         .route("/refresh", post(refresh).layer(limited(&limiters.refresh)))
         .route("/logout", post(logout))
         .route("/me", get(me))
+        .route("/change-password", post(change_password))
+        .route("/sessions", get(list_sessions))
+        .route("/sessions/{id}", axum::routing::delete(end_session))
+        .route("/logout-all", post(logout_all))
         .route(
             "/forgot-password",
             post(forgot_password).layer(limited(&limiters.forgot_password)),
@@ -304,7 +308,7 @@ pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Res
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
-pub async fn me(AuthUser(user): AuthUser) -> Json<UserResponse> {
+pub async fn me(AuthUser(user, _): AuthUser) -> Json<UserResponse> {
     Json(UserResponse::from(&user))
 }
 
@@ -364,4 +368,133 @@ pub async fn reset_password(
     Ok(Json(MessageResponse {
         message: "Your password has been changed. Sign in with the new one.",
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChangePasswordRequest {
+    #[schema(format = "password")]
+    pub current_password: String,
+    #[schema(example = "N3w!Passphrase-2026", format = "password")]
+    pub new_password: String,
+}
+
+/// Change the password. Every other session (API sign-ins and portal
+/// sessions) ends and earlier access tokens stop working; the caller's
+/// sign-in stays, with the fresh access token in the answer.
+#[utoipa::path(
+    post, path = "/api/auth/change-password", tag = "account",
+    security(("bearer" = [])),
+    request_body = ChangePasswordRequest,
+    responses(
+        (status = 200, description = "Password changed; a fresh access token for this sign-in", body = TokenResponse),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Bad access token, or wrong current password (`invalid_credentials`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "The new password is not acceptable", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn change_password(
+    State(state): State<AppState>,
+    AuthUser(user, session): AuthUser,
+    ApiJson(body): ApiJson<ChangePasswordRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let keep = CurrentSession {
+        web: None,
+        family: session.clone(),
+    };
+    state
+        .auth
+        .change_password(
+            &user,
+            &Password::new(body.current_password),
+            &Password::new(body.new_password),
+            &keep,
+        )
+        .await?;
+    let access = state
+        .auth
+        .fresh_access(&user.id, session.as_deref())
+        .await?;
+    Ok(Json(TokenResponse::from(&access)))
+}
+
+/// Where the user is signed in: API sign-ins (refresh-token families) and
+/// portal browser sessions.
+#[utoipa::path(
+    get, path = "/api/auth/sessions", tag = "account",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user's live sessions, most recently used first", body = Vec<SessionInfo>),
+        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_sessions(
+    State(state): State<AppState>,
+    AuthUser(user, session): AuthUser,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    let current = CurrentSession {
+        web: None,
+        family: session,
+    };
+    Ok(Json(state.auth.list_sessions(&user.id, &current).await?))
+}
+
+/// End one session (the caller's own included).
+#[utoipa::path(
+    delete, path = "/api/auth/sessions/{id}", tag = "account",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "A session id from GET /api/auth/sessions")),
+    responses(
+        (status = 204, description = "Ended"),
+        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
+        (status = 404, description = "No such session of this user", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn end_session(
+    State(state): State<AppState>,
+    AuthUser(user, _): AuthUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state.auth.end_session(&user.id, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "There is no such session of yours.",
+        ))
+    }
+}
+
+/// Sign out everywhere: every session ends, the caller's included, and every
+/// access token issued so far stops working.
+#[utoipa::path(
+    post, path = "/api/auth/logout-all", tag = "account",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Signed out everywhere; the refresh cookie is cleared"),
+        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn logout_all(
+    State(state): State<AppState>,
+    AuthUser(user, _): AuthUser,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
+    state
+        .auth
+        .end_other_sessions(&user.id, &CurrentSession::default())
+        .await?;
+    let jar = jar.add(cleared_cookie(&state.cookies));
+    Ok((StatusCode::NO_CONTENT, jar).into_response())
 }

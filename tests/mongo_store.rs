@@ -3,13 +3,12 @@
 //! The backend-neutral behaviour is also covered by the shared storage
 //! suite; this file proves what is specific to MongoDB: the document shapes
 //! the original Python service reads and writes, BSON types surviving
-//! `$set`, single-document atomicity under concurrency, and starting and
-//! recovering without a reachable server.
+//! `$set`, the indexes, and starting and recovering without a reachable
+//! server.
 
 #[path = "support/mongo_server.rs"]
 mod mongo_server;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -18,8 +17,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::mongo::MongoStore;
 use clinic_auth::storage::{
-    NewRefreshToken, NewResetToken, NewUser, RefreshTokenStore, ResetTokenStore, Store, StoreError,
-    UserStore,
+    NewRefreshToken, NewUser, RefreshTokenStore, Store, StoreError, UserStore,
 };
 use mongodb::Database;
 
@@ -69,18 +67,6 @@ fn refresh(user: &UserId, name: &str, expires_in: TimeDelta) -> (NewRefreshToken
         family_id: "family-1".into(),
         user_agent: Some("Firefox".into()),
         ip_address: Some("127.0.0.1".into()),
-        expires_at: now + expires_in,
-        created_at: now,
-    };
-    (token, hash)
-}
-
-fn reset(user: &UserId, name: &str, expires_in: TimeDelta) -> (NewResetToken, TokenHash) {
-    let hash = TokenHash::of(name);
-    let now = now_ms();
-    let token = NewResetToken {
-        user_id: user.clone(),
-        token_hash: hash.clone(),
         expires_at: now + expires_in,
         created_at: now,
     };
@@ -155,25 +141,6 @@ async fn creates_and_finds_users_in_the_python_document_shape() {
 }
 
 #[tokio::test]
-async fn a_second_user_with_the_same_email_is_a_conflict() {
-    // No explicit ensure_indexes: create_user itself must not insert before
-    // the unique index exists, or the duplicate would slip through.
-    let (store, db) = store().await;
-    store
-        .create_user(&new_user("jane@example.com"))
-        .await
-        .unwrap();
-    let second = store.create_user(&new_user("JANE@example.com")).await;
-    assert!(matches!(second, Err(StoreError::Conflict)), "{second:?}");
-    let count = db
-        .collection::<Document>("users")
-        .count_documents(doc! {})
-        .await
-        .unwrap();
-    assert_eq!(count, 1);
-}
-
-#[tokio::test]
 async fn creates_the_documented_indexes() {
     let (store, db) = store().await;
     store.ensure_indexes().await.unwrap();
@@ -214,40 +181,6 @@ async fn creates_the_documented_indexes() {
             "missing {expected}; found {found:?}"
         );
     }
-}
-
-#[tokio::test]
-async fn sets_the_password_hash_and_bumps_updated_at() {
-    let (store, _db) = store().await;
-    let user = store
-        .create_user(&new_user("jane@example.com"))
-        .await
-        .unwrap();
-    let later = now_ms() + TimeDelta::minutes(5);
-    let hash = PasswordHash::new("$argon2id$v=19$new".into());
-
-    assert!(store
-        .set_password_hash(&user.id, &hash, later)
-        .await
-        .unwrap());
-    let stored = store.find_user_by_id(&user.id).await.unwrap().unwrap();
-    assert_eq!(stored.password_hash.expose(), "$argon2id$v=19$new");
-    assert_eq!(stored.updated_at, later);
-    assert_eq!(stored.created_at, user.created_at);
-    // The same hash again still names an existing user.
-    assert!(store
-        .set_password_hash(&user.id, &hash, later)
-        .await
-        .unwrap());
-
-    assert!(!store
-        .set_password_hash(&some_user_id(), &hash, later)
-        .await
-        .unwrap());
-    assert!(!store
-        .set_password_hash(&UserId::new("nope"), &hash, later)
-        .await
-        .unwrap());
 }
 
 #[tokio::test]
@@ -383,129 +316,6 @@ async fn stores_and_rotates_refresh_tokens() {
 }
 
 #[tokio::test]
-async fn an_expired_refresh_token_does_not_rotate() {
-    let (store, _db) = store().await;
-    let user = some_user_id();
-    let (token, hash) = refresh(&user, "old", TimeDelta::hours(1));
-    store.insert_refresh_token(&token).await.unwrap();
-    let (next, next_hash) = refresh(&user, "next", TimeDelta::days(7));
-
-    // Expired as far as the caller's clock goes, while the document is still
-    // there (no TTL monitor has run): the filter alone must refuse it.
-    let later = now_ms() + TimeDelta::hours(2);
-    assert!(store
-        .rotate_refresh_token(&hash, later, &next)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .find_refresh_token(&next_hash)
-        .await
-        .unwrap()
-        .is_none());
-    let untouched = store.find_refresh_token(&hash).await.unwrap().unwrap();
-    assert!(!untouched.revoked);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_rotations_of_one_token_have_exactly_one_winner() {
-    let (store, _db) = store().await;
-    let store = Arc::new(store);
-    let user = some_user_id();
-    let (token, hash) = refresh(&user, "contended", TimeDelta::days(7));
-    store.insert_refresh_token(&token).await.unwrap();
-
-    let now = now_ms();
-    let tasks: Vec<_> = (0..10)
-        .map(|i| {
-            let store = Arc::clone(&store);
-            let hash = hash.clone();
-            let (next, _) = refresh(&user, &format!("next-{i}"), TimeDelta::days(7));
-            tokio::spawn(async move { store.rotate_refresh_token(&hash, now, &next).await })
-        })
-        .collect();
-    let mut winners = 0;
-    for task in tasks {
-        if task.await.unwrap().unwrap().is_some() {
-            winners += 1;
-        }
-    }
-    assert_eq!(winners, 1);
-
-    let mut replacements = 0;
-    for i in 0..10 {
-        if store
-            .find_refresh_token(&TokenHash::of(&format!("next-{i}")))
-            .await
-            .unwrap()
-            .is_some()
-        {
-            replacements += 1;
-        }
-    }
-    assert_eq!(replacements, 1, "only the winner's replacement is stored");
-}
-
-#[tokio::test]
-async fn revokes_one_token_or_all_of_a_users_tokens() {
-    let (store, _db) = store().await;
-    let jane = some_user_id();
-    let john = some_user_id();
-    let now = now_ms();
-    let (a, a_hash) = refresh(&jane, "a", TimeDelta::days(7));
-    let (b, b_hash) = refresh(&jane, "b", TimeDelta::days(7));
-    let (c, c_hash) = refresh(&jane, "c", TimeDelta::days(7));
-    let (d, d_hash) = refresh(&john, "d", TimeDelta::days(7));
-    for t in [&a, &b, &c, &d] {
-        store.insert_refresh_token(t).await.unwrap();
-    }
-
-    assert!(store.revoke_refresh_token(&a_hash, now).await.unwrap());
-    assert!(!store.revoke_refresh_token(&a_hash, now).await.unwrap());
-    assert!(!store
-        .revoke_refresh_token(&TokenHash::of("unknown"), now)
-        .await
-        .unwrap());
-    let a_stored = store.find_refresh_token(&a_hash).await.unwrap().unwrap();
-    assert!(a_stored.revoked);
-    assert_eq!(a_stored.revoked_at, Some(now));
-
-    // Only b and c were still active.
-    assert_eq!(
-        store
-            .revoke_user_refresh_tokens(&jane, None, now)
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        store
-            .revoke_user_refresh_tokens(&jane, None, now)
-            .await
-            .unwrap(),
-        0
-    );
-    for hash in [&b_hash, &c_hash] {
-        assert!(
-            store
-                .find_refresh_token(hash)
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked
-        );
-    }
-    assert!(
-        !store
-            .find_refresh_token(&d_hash)
-            .await
-            .unwrap()
-            .unwrap()
-            .revoked
-    );
-}
-
-#[tokio::test]
 async fn reads_refresh_tokens_written_by_the_python_service() {
     // The Python service stored no rotation fields and null client details.
     let (store, db) = store().await;
@@ -539,154 +349,6 @@ async fn reads_refresh_tokens_written_by_the_python_service() {
         .unwrap()
         .expect("a legacy token rotates");
     assert_eq!(retired.replaced_by.as_deref(), Some(next.jti.as_str()));
-}
-
-#[tokio::test]
-async fn reset_tokens_are_single_use_and_replace_older_ones() {
-    let (store, db) = store().await;
-    let user = some_user_id();
-    let now = now_ms();
-    let (older, older_hash) = reset(&user, "older", TimeDelta::hours(1));
-    let (newer, newer_hash) = reset(&user, "newer", TimeDelta::hours(1));
-    store.replace_reset_token(&older).await.unwrap();
-    store.replace_reset_token(&newer).await.unwrap();
-
-    let count = db
-        .collection::<Document>("reset_tokens")
-        .count_documents(doc! { "user_id": user.as_str() })
-        .await
-        .unwrap();
-    assert_eq!(count, 1, "replacing removes the older token");
-    let raw = raw_one(&db, "reset_tokens", doc! { "user_id": user.as_str() }).await;
-    assert_eq!(raw.get_str("token_hash").unwrap(), newer_hash.as_str());
-    assert!(matches!(raw.get("expires_at"), Some(Bson::DateTime(_))));
-    assert!(matches!(raw.get("created_at"), Some(Bson::DateTime(_))));
-
-    assert!(store
-        .consume_reset_token(&older_hash, now)
-        .await
-        .unwrap()
-        .is_none());
-    // Looking does not consume.
-    assert_eq!(
-        store.find_reset_token(&newer_hash, now).await.unwrap(),
-        Some(user.clone())
-    );
-    assert_eq!(
-        store.consume_reset_token(&newer_hash, now).await.unwrap(),
-        Some(user.clone())
-    );
-    assert!(store
-        .consume_reset_token(&newer_hash, now)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .find_reset_token(&newer_hash, now)
-        .await
-        .unwrap()
-        .is_none());
-}
-
-#[tokio::test]
-async fn an_expired_reset_token_yields_nothing_and_is_used_up() {
-    let (store, db) = store().await;
-    let user = some_user_id();
-    let (token, hash) = reset(&user, "expiring", TimeDelta::hours(1));
-    store.replace_reset_token(&token).await.unwrap();
-
-    // Expired by the caller's clock only, so the document is still stored
-    // and the code's own check is what refuses it.
-    let later = now_ms() + TimeDelta::hours(2);
-    assert!(store
-        .find_reset_token(&hash, later)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .consume_reset_token(&hash, later)
-        .await
-        .unwrap()
-        .is_none());
-    let left = db
-        .collection::<Document>("reset_tokens")
-        .count_documents(doc! {})
-        .await
-        .unwrap();
-    assert_eq!(left, 0, "an expired token is consumed too");
-}
-
-#[tokio::test]
-async fn deletes_a_users_reset_tokens() {
-    let (store, _db) = store().await;
-    let jane = some_user_id();
-    let john = some_user_id();
-    let now = now_ms();
-    let (j1, j1_hash) = reset(&jane, "jane", TimeDelta::hours(1));
-    let (j2, j2_hash) = reset(&john, "john", TimeDelta::hours(1));
-    store.replace_reset_token(&j1).await.unwrap();
-    store.replace_reset_token(&j2).await.unwrap();
-
-    store.delete_user_reset_tokens(&jane).await.unwrap();
-    assert!(store
-        .find_reset_token(&j1_hash, now)
-        .await
-        .unwrap()
-        .is_none());
-    assert_eq!(
-        store.find_reset_token(&j2_hash, now).await.unwrap(),
-        Some(john)
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_consumes_of_one_reset_token_have_exactly_one_winner() {
-    let (store, _db) = store().await;
-    let store = Arc::new(store);
-    let user = some_user_id();
-    let (token, hash) = reset(&user, "contended", TimeDelta::hours(1));
-    store.replace_reset_token(&token).await.unwrap();
-
-    let now = now_ms();
-    let tasks: Vec<_> = (0..10)
-        .map(|_| {
-            let store = Arc::clone(&store);
-            let hash = hash.clone();
-            tokio::spawn(async move { store.consume_reset_token(&hash, now).await })
-        })
-        .collect();
-    let mut winners = Vec::new();
-    for task in tasks {
-        if let Some(id) = task.await.unwrap().unwrap() {
-            winners.push(id);
-        }
-    }
-    assert_eq!(winners, vec![user]);
-}
-
-#[tokio::test]
-async fn purges_expired_tokens_only() {
-    let (store, _db) = store().await;
-    let user = some_user_id();
-    let (short_refresh, short_refresh_hash) = refresh(&user, "short", TimeDelta::hours(1));
-    let (long_refresh, long_refresh_hash) = refresh(&user, "long", TimeDelta::days(7));
-    let (short_reset, _) = reset(&user, "short-reset", TimeDelta::hours(1));
-    store.insert_refresh_token(&short_refresh).await.unwrap();
-    store.insert_refresh_token(&long_refresh).await.unwrap();
-    store.replace_reset_token(&short_reset).await.unwrap();
-
-    let later = now_ms() + TimeDelta::hours(2);
-    assert_eq!(store.purge_expired(later).await.unwrap(), 2);
-    assert!(store
-        .find_refresh_token(&short_refresh_hash)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .find_refresh_token(&long_refresh_hash)
-        .await
-        .unwrap()
-        .is_some());
 }
 
 #[tokio::test]

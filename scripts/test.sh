@@ -17,6 +17,9 @@ done
 step "test dependencies (Python virtualenv for the MongoDB wire-protocol server)"
 bash scripts/setup-test-env.sh
 
+step "browser for the end-to-end tests (Chromium + chromedriver from Debian)"
+bash scripts/setup-browser.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

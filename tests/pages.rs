@@ -156,7 +156,10 @@ async fn pages_render_with_security_headers(backend: Backend) {
         );
         assert_eq!(h["cache-control"], "no-store");
         assert_eq!(h["x-frame-options"], "DENY");
-        assert_eq!(h["referrer-policy"], "no-referrer");
+        assert_eq!(
+            h["referrer-policy"], "strict-origin",
+            "no Referer leaves the site"
+        );
         assert!(h["content-type"].to_str().unwrap().starts_with("text/html"));
         let html = res.text().await.unwrap();
         assert!(
@@ -663,7 +666,7 @@ async fn page_reset_flow_and_bad_links(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.headers()["referrer-policy"],
-        "no-referrer",
+        "strict-origin",
         "the token never leaks in a Referer"
     );
     let html = res.text().await.unwrap();

@@ -38,10 +38,20 @@ pub async fn security_headers(
     } else {
         CSP_PAGES
     };
+    // Pages use strict-origin: a Referer carries at most our origin, never a
+    // path or query (a reset link's token stays on the page), yet browsers
+    // still send our real Origin on form POSTs, which the CSRF check needs;
+    // under no-referrer they send `Origin: null`. Everything else sends no
+    // Referer at all.
+    let referrer = if csp == CSP_PAGES {
+        "strict-origin"
+    } else {
+        "no-referrer"
+    };
     let fixed: [(HeaderName, &'static str); 6] = [
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (header::REFERRER_POLICY, "no-referrer"),
+        (header::REFERRER_POLICY, referrer),
         (header::CONTENT_SECURITY_POLICY, csp),
         (
             HeaderName::from_static("cross-origin-opener-policy"),

@@ -1,0 +1,904 @@
+//! End-to-end tests of the portal in a real headless Chromium, driven over
+//! WebDriver (chromedriver) with fantoccini.
+//!
+//! Needs `/usr/bin/chromium` and `/usr/bin/chromedriver`
+//! (`bash scripts/setup-browser.sh` installs them). One chromedriver serves
+//! the whole test binary: the first test to need it starts it on a free port
+//! and the last one to finish stops it, with every Chromium it launched.
+//! Each browser session gets its own fresh profile directory.
+//!
+//! Screenshots of every page land in `target/screenshots/`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Email, TestApp, PASSWORD};
+use fantoccini::elements::Element;
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+/// How long any wait may take: generous, for a loaded two-core machine.
+const TIMEOUT: Duration = Duration::from_secs(20);
+const POLL: Duration = Duration::from_millis(100);
+const WIDTH: u32 = 1280;
+const HEIGHT: u32 = 900;
+const NEW_PASSWORD: &str = "N3w!Passphrase-2026";
+
+// ----- chromedriver, one per test binary -----
+
+/// A running chromedriver in its own process group (with every Chromium it
+/// starts). Dropping it stops the whole group.
+struct Driver {
+    url: String,
+    pgid: u32,
+    child: Child,
+    /// Held open for the wrapper shell: if this test process dies without
+    /// running Drop, the pipe closes and the shell kills the group.
+    lifeline: Option<ChildStdin>,
+}
+
+static DRIVER: Mutex<Weak<Driver>> = Mutex::new(Weak::new());
+
+/// The binary's chromedriver, started if no test holds one.
+fn driver() -> Arc<Driver> {
+    let mut slot = DRIVER.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(driver) = slot.upgrade() {
+        return driver;
+    }
+    let driver = Arc::new(Driver::start());
+    *slot = Arc::downgrade(&driver);
+    driver
+}
+
+impl Driver {
+    fn start() -> Self {
+        for path in [CHROMIUM, CHROMEDRIVER] {
+            assert!(
+                std::path::Path::new(path).exists(),
+                "{path} is missing: run `bash scripts/setup-browser.sh`"
+            );
+        }
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            // The shell is the group leader; it waits on its stdin (our
+            // lifeline) and takes the whole group down when it closes.
+            let mut child = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(
+                    r#""$0" --port="$1" --allowed-ips=127.0.0.1 </dev/null >/dev/null 2>&1 &
+read -r _ || true
+kill -KILL 0"#,
+                )
+                .arg(CHROMEDRIVER)
+                .arg(port.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .expect("start chromedriver");
+            let pgid = child.id();
+            let lifeline = child.stdin.take();
+            let driver = Driver {
+                url: format!("http://127.0.0.1:{port}"),
+                pgid,
+                child,
+                lifeline,
+            };
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                match driver_ready(port) {
+                    Ok(true) => return driver,
+                    Ok(false) => last_error = "not ready".into(),
+                    Err(e) => last_error = e.to_string(),
+                }
+                std::thread::sleep(POLL);
+            }
+            drop(driver);
+        }
+        panic!("chromedriver did not become ready: {last_error}");
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Ask nicely (Chromium shuts down cleanly on SIGTERM), then insist.
+        signal_group(self.pgid, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let _ = self.child.try_wait();
+            if !group_alive(self.pgid) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(POLL);
+        }
+        // (A live member keeps the group id from being reused.)
+        if group_alive(self.pgid) {
+            signal_group(self.pgid, "KILL");
+        }
+        self.lifeline.take();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// GET /status answered with `"ready": true`.
+fn driver_ready(port: u16) -> std::io::Result<bool> {
+    let answer = http_request(&format!("127.0.0.1:{port}"), "GET", "/status")?;
+    Ok(answer.contains("\"ready\":true"))
+}
+
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{pgid}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether any process of the group is still running (zombies excluded).
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // "pid (comm) state ppid pgrp ..."; comm may hold spaces and parens.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string()
+    })
+}
+
+// ----- a browser session -----
+
+struct Browser {
+    client: Client,
+    base: String,
+    /// The WebDriver session, ended in Drop when a failing test never got
+    /// to `close` (so its Chromium quits now, not when chromedriver does).
+    session: Option<(String, String)>,
+    // Dropped after `Drop::drop` has ended the session, in this order: the
+    // profile goes once Chromium has quit, then (if last) the driver.
+    _profile: tempfile::TempDir,
+    _driver: Arc<Driver>,
+}
+
+impl Browser {
+    async fn open(app: &TestApp) -> Self {
+        let driver = driver();
+        let profile = tempfile::Builder::new()
+            .prefix("clinic-auth-chromium-")
+            .tempdir()
+            .unwrap();
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--disable-extensions".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--password-store=basic".to_owned(),
+            "--lang=en-GB".to_owned(),
+            format!("--window-size={WIDTH},{HEIGHT}"),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let capabilities = json!({
+            "browserName": "chrome",
+            "pageLoadStrategy": "normal",
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+        });
+        let Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            let connected = ClientBuilder::new(HttpConnector::new())
+                .capabilities(capabilities.clone())
+                .connect(&driver.url)
+                .await;
+            match connected {
+                Ok(client) => {
+                    let session = client.session_id().await.ok().flatten();
+                    let host = driver.url.trim_start_matches("http://").to_owned();
+                    return Browser {
+                        client,
+                        base: app.base.clone(),
+                        session: session.map(|id| (host, id)),
+                        _profile: profile,
+                        _driver: driver,
+                    };
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        panic!("could not start a Chromium session: {last_error}");
+    }
+
+    /// Ends the WebDriver session, so Chromium exits cleanly.
+    async fn close(mut self) {
+        if self.client.clone().close().await.is_ok() {
+            self.session = None;
+        }
+    }
+
+    async fn goto(&self, path: &str) {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{}", self.base, path)
+        };
+        self.client.goto(&url).await.expect("navigate");
+    }
+
+    async fn path(&self) -> String {
+        let url = self.client.current_url().await.expect("current url");
+        url.path().to_owned()
+    }
+
+    async fn url(&self) -> String {
+        let url = self.client.current_url().await.expect("current url");
+        url.to_string()
+    }
+
+    async fn query(&self) -> Option<String> {
+        let url = self.client.current_url().await.expect("current url");
+        url.query().map(str::to_owned)
+    }
+
+    /// Waits until the page's path is `path` (the query is not compared).
+    async fn wait_path(&self, path: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let now = self.path().await;
+            if now == path {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "expected to be on {path}, still on {now} after {TIMEOUT:?}; page:\n{}",
+                    self.page_text().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits for `path`, or for the "form has expired" page: true on `path`.
+    async fn wait_path_or_expired(&self, path: &str) -> bool {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if self.path().await == path {
+                return true;
+            }
+            if let Ok(h1) = self.client.find(Locator::Css("h1")).await {
+                if h1
+                    .text()
+                    .await
+                    .is_ok_and(|t| t.contains("This form has expired"))
+                {
+                    return false;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "expected to reach {path}; on {} after {TIMEOUT:?}; page:\n{}",
+                    self.url().await,
+                    self.page_text().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// The first element matching `css`, waiting for it to appear.
+    async fn wait_for(&self, css: &str) -> Element {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                return element;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no element {css} on {} after {TIMEOUT:?}; page:\n{}",
+                    self.url().await,
+                    self.page_text().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until the element `css` shows `text` (contained in its text).
+    async fn wait_text(&self, css: &str, text: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(element) = self.client.find(Locator::Css(css)).await {
+                if element.text().await.is_ok_and(|t| t.contains(text)) {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{css} never showed {text:?} on {} after {TIMEOUT:?}; page:\n{}",
+                    self.url().await,
+                    self.page_text().await
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn text(&self, css: &str) -> String {
+        self.wait_for(css).await.text().await.expect("element text")
+    }
+
+    async fn value(&self, css: &str) -> String {
+        self.wait_for(css)
+            .await
+            .prop("value")
+            .await
+            .expect("value")
+            .unwrap_or_default()
+    }
+
+    async fn fill(&self, css: &str, text: &str) {
+        let field = self.wait_for(css).await;
+        field.clear().await.expect("clear field");
+        field.send_keys(text).await.expect("type into field");
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait_for(css).await.click().await.expect("click");
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.client
+            .find_all(Locator::Css(css))
+            .await
+            .map_or(0, |all| all.len())
+    }
+
+    async fn page_text(&self) -> String {
+        match self.client.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// The HTTP status of the current document (Navigation Timing Level 2).
+    async fn status(&self) -> u64 {
+        self.client
+            .execute(
+                "return performance.getEntriesByType('navigation')[0].responseStatus;",
+                vec![],
+            )
+            .await
+            .expect("navigation entry")
+            .as_u64()
+            .expect("responseStatus is a number")
+    }
+
+    /// At phone width, the page fits the viewport (no sideways scrolling).
+    async fn assert_no_horizontal_scroll(&self) {
+        let widths = self
+            .client
+            .execute(
+                "return [window.innerWidth, document.documentElement.scrollWidth];",
+                vec![],
+            )
+            .await
+            .expect("page widths");
+        let (inner, scroll) = (widths[0].as_u64().unwrap(), widths[1].as_u64().unwrap());
+        assert!(inner <= 400, "viewport is phone-sized: {inner}");
+        assert!(scroll <= inner, "no horizontal scroll: {scroll} > {inner}");
+    }
+
+    async fn sign_in(&self, email: &str, password: &str) {
+        self.goto("/login").await;
+        self.wait_path("/login").await;
+        self.fill("#email", email).await;
+        self.fill("#password", password).await;
+        self.click("form[action='/login'] button[type=submit]")
+            .await;
+    }
+
+    /// Saves a PNG of the whole page (the window grows to the page's height
+    /// for the shot) as target/screenshots/{name}.png.
+    async fn screenshot(&self, name: &str) {
+        let dims = self
+            .client
+            .execute(
+                "return [window.innerWidth, window.innerHeight, \
+                 Math.ceil(document.documentElement.scrollHeight)];",
+                vec![],
+            )
+            .await
+            .expect("page size");
+        let dim = |i: usize| dims[i].as_u64().unwrap_or(0) as u32;
+        let (inner_w, inner_h, page_h) = (dim(0), dim(1), dim(2));
+        let (outer_w, outer_h) = self.client.get_window_size().await.expect("window size");
+        let (outer_w, outer_h) = (outer_w as u32, outer_h as u32);
+        let grow = page_h > inner_h;
+        if grow {
+            let chrome = outer_h.saturating_sub(inner_h);
+            self.client
+                .set_window_size(outer_w, (page_h + chrome).min(4000))
+                .await
+                .expect("resize for the shot");
+        }
+        let png = self.client.screenshot().await.expect("screenshot");
+        if grow {
+            self.client
+                .set_window_size(outer_w, outer_h)
+                .await
+                .expect("restore the window");
+        }
+        assert!(inner_w > 0, "page has a width");
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if let Some((host, id)) = self.session.take() {
+            // A test panicked before `close`: end the session over a plain
+            // blocking request (no runtime to await on here).
+            let _ = http_request(&host, "DELETE", &format!("/session/{id}"));
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 request to chromedriver; returns what was read of
+/// the answer once the JSON body is complete (or the server closed).
+fn http_request(host: &str, method: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(host)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())
+                    .flatten()
+            });
+            if length.is_some_and(|len| body.len() >= len) {
+                break;
+            }
+        }
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
+}
+
+/// The emails in the outbox, waiting (generously) for `count` of them.
+async fn emails(app: &TestApp, count: usize) -> Vec<Email> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let emails = common::read_emails(&app.outbox());
+        if emails.len() >= count {
+            return emails;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected {count} emails in {}",
+            app.outbox().display()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn sqlite_app() -> TestApp {
+    TestApp::spawn(Backend::Sqlite).await
+}
+
+// ----- scenarios -----
+
+/// Register (after fixing the form's errors), land on the account page,
+/// sign out from the header.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_then_sign_out() {
+    let app = sqlite_app().await;
+    let b = Browser::open(&app).await;
+
+    b.goto("/").await;
+    b.wait_path("/login").await;
+    b.click("a[href='/register']").await;
+    b.wait_path("/register").await;
+    assert_eq!(b.text("h1").await, "Create an account");
+    b.screenshot("register").await;
+
+    // First attempt: a guessable password, and a confirmation that differs.
+    b.fill("#name", "Dr Ada Lovelace").await;
+    b.fill("#email", "ada@example.com").await;
+    b.fill("#password", "password1234").await;
+    b.fill("#password_confirm", "password12345").await;
+    b.click("form[action='/register'] button[type=submit]")
+        .await;
+    b.wait_for(".error-summary").await;
+    assert_eq!(b.path().await, "/register");
+    let summary = b.text(".error-summary").await;
+    assert!(summary.contains("The passwords do not match."), "{summary}");
+    assert!(b.count("#password[aria-invalid=true]").await == 1);
+    // What was typed stays, except the passwords.
+    assert_eq!(b.value("#name").await, "Dr Ada Lovelace");
+    assert_eq!(b.value("#email").await, "ada@example.com");
+    assert_eq!(b.value("#password").await, "");
+    b.screenshot("register-errors").await;
+
+    b.fill("#password", PASSWORD).await;
+    b.fill("#password_confirm", PASSWORD).await;
+    b.click("form[action='/register'] button[type=submit]")
+        .await;
+    b.wait_path("/account").await;
+    assert_eq!(b.text("h1").await, "Your account");
+    let profile = b.text(".facts").await;
+    assert!(profile.contains("Dr Ada Lovelace"), "{profile}");
+    assert!(profile.contains("ada@example.com"), "{profile}");
+    assert!(b.text(".who").await.contains("Dr Ada Lovelace"));
+    assert_eq!(b.count("table.sessions tbody tr.current").await, 1);
+    b.screenshot("account").await;
+
+    b.click("header form[action='/logout'] button").await;
+    b.wait_path("/login").await;
+    b.wait_text(".notice", "You are signed out.").await;
+    // Signed out for real: the account page sends us back.
+    b.goto("/account").await;
+    b.wait_path("/login").await;
+
+    b.close().await;
+}
+
+/// A wrong password re-renders the form with the error and the email kept;
+/// the right one signs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_then_right_one() {
+    let app = sqlite_app().await;
+    app.register("grace@example.com").await;
+    let b = Browser::open(&app).await;
+
+    b.goto("/login").await;
+    b.wait_path("/login").await;
+    assert_eq!(b.text("h1").await, "Sign in");
+    b.screenshot("login").await;
+
+    b.sign_in("grace@example.com", "Not!TheRightOne-42").await;
+    b.wait_text(".error-summary", "The email or password is not correct.")
+        .await;
+    assert_eq!(b.path().await, "/login");
+    assert_eq!(b.status().await, 401);
+    assert_eq!(b.value("#email").await, "grace@example.com");
+    assert_eq!(b.value("#password").await, "");
+    assert_eq!(b.count("#email[aria-invalid=true]").await, 1);
+    b.screenshot("login-error").await;
+
+    // The kept email is used as is: only the password is typed again.
+    b.fill("#password", PASSWORD).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_path("/account").await;
+    assert!(b.text(".facts").await.contains("grace@example.com"));
+
+    b.close().await;
+}
+
+/// Forgot password -> email -> link -> new password -> sign in with it; the
+/// old password and the used link no longer work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_reset_by_email() {
+    let app = sqlite_app().await;
+    app.register("mary@example.com").await;
+    let b = Browser::open(&app).await;
+
+    b.goto("/login").await;
+    b.click("a[href='/forgot-password']").await;
+    b.wait_path("/forgot-password").await;
+    assert_eq!(b.text("h1").await, "Reset your password");
+    b.screenshot("forgot").await;
+
+    b.fill("#email", "mary@example.com").await;
+    b.click("form[action='/forgot-password'] button[type=submit]")
+        .await;
+    b.wait_text("h1", "Check your email").await;
+    assert_eq!(b.path().await, "/forgot-password");
+    assert_eq!(b.query().await.as_deref(), Some("sent=1"));
+    b.screenshot("forgot-sent").await;
+
+    let mail = emails(&app, 1).await.remove(0);
+    assert!(mail.to.contains("mary@example.com"), "{}", mail.to);
+    let token = mail.reset_token();
+    let link = format!("{}/reset-password?token={token}", app.base);
+
+    b.goto(&link).await;
+    b.wait_text("h1", "Choose a new password").await;
+    b.screenshot("reset").await;
+
+    // A confirmation that differs is refused and the link stays usable.
+    b.fill("#password", NEW_PASSWORD).await;
+    b.fill("#password_confirm", "Something!Else-2026").await;
+    b.click("form[action='/reset-password'] button[type=submit]")
+        .await;
+    b.wait_text(".error-summary", "The passwords do not match.")
+        .await;
+    b.screenshot("reset-errors").await;
+
+    b.fill("#password", NEW_PASSWORD).await;
+    b.fill("#password_confirm", NEW_PASSWORD).await;
+    b.click("form[action='/reset-password'] button[type=submit]")
+        .await;
+    b.wait_path("/login").await;
+    b.wait_text(".notice", "Your password has been changed")
+        .await;
+    // The page that held the token passed on at most our origin as Referer.
+    let referrer = b
+        .client
+        .execute("return document.referrer;", vec![])
+        .await
+        .expect("document.referrer");
+    let referrer = referrer.as_str().unwrap_or_default();
+    assert!(!referrer.contains(&token), "token leaked: {referrer}");
+    assert!(!referrer.contains("reset-password"), "{referrer}");
+    b.screenshot("login-after-reset").await;
+
+    // The link works once.
+    b.goto(&link).await;
+    b.wait_text("h1", "This link does not work").await;
+    assert_eq!(b.status().await, 400);
+    b.goto("/reset-password?token=not-a-real-token").await;
+    b.wait_text("h1", "This link does not work").await;
+    b.screenshot("reset-invalid").await;
+
+    b.sign_in("mary@example.com", PASSWORD).await;
+    b.wait_text(".error-summary", "The email or password is not correct.")
+        .await;
+    assert_eq!(b.path().await, "/login");
+
+    b.sign_in("mary@example.com", NEW_PASSWORD).await;
+    b.wait_path("/account").await;
+    assert!(b.text(".facts").await.contains("mary@example.com"));
+
+    b.close().await;
+}
+
+/// Two browsers signed in as the same user; the first signs the second out
+/// from the sessions table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_another_browser() {
+    let app = sqlite_app().await;
+    app.register("jane@example.com").await;
+    let first = Browser::open(&app).await;
+    let second = Browser::open(&app).await;
+
+    first.sign_in("jane@example.com", PASSWORD).await;
+    first.wait_path("/account").await;
+    second.sign_in("jane@example.com", PASSWORD).await;
+    second.wait_path("/account").await;
+
+    first.client.refresh().await.expect("reload");
+    first.wait_path("/account").await;
+    first.wait_for("table.sessions").await;
+    assert_eq!(first.count("table.sessions tbody tr").await, 2);
+    assert_eq!(first.count("table.sessions tbody tr.current").await, 1);
+    // The current row has no button of its own; the other one does.
+    assert_eq!(
+        first
+            .count("table.sessions tbody tr.current form[action='/account/sessions/end']")
+            .await,
+        0
+    );
+    let this_browser = first.text("table.sessions tbody tr.current").await;
+    assert!(this_browser.contains("This browser"), "{this_browser}");
+    first.screenshot("account-two-sessions").await;
+    // The sessions table reflows into cards on a phone.
+    first
+        .client
+        .set_window_size(390, 844)
+        .await
+        .expect("resize");
+    first.assert_no_horizontal_scroll().await;
+    first.screenshot("account-phone").await;
+    first
+        .client
+        .set_window_size(WIDTH, HEIGHT)
+        .await
+        .expect("resize");
+
+    first
+        .click("table.sessions tbody tr:not(.current) form[action='/account/sessions/end'] button")
+        .await;
+    first
+        .wait_text(".notice", "That session has been signed out.")
+        .await;
+    first.wait_path("/account").await;
+    assert_eq!(first.count("table.sessions tbody tr").await, 1);
+
+    // The second browser is signed out; the first is not.
+    second.goto("/account").await;
+    second.wait_path("/login").await;
+    first.goto("/account").await;
+    first.wait_path("/account").await;
+
+    second.close().await;
+    first.close().await;
+}
+
+/// A POST without the CSRF token gets the 403 page, in the browser and over
+/// plain HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_without_csrf_is_refused() {
+    let app = sqlite_app().await;
+    app.register("csrf@example.com").await;
+    let b = Browser::open(&app).await;
+
+    b.goto("/login").await;
+    b.wait_path("/login").await;
+    b.fill("#email", "csrf@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.client
+        .execute(
+            "document.querySelector('input[name=csrf]').remove();",
+            vec![],
+        )
+        .await
+        .expect("remove the csrf input");
+    assert_eq!(b.count("input[name=csrf]").await, 0);
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_text("h1", "This form has expired").await;
+    assert_eq!(b.status().await, 403);
+    b.screenshot("error-403").await;
+    // Not signed in.
+    b.goto("/account").await;
+    b.wait_path("/login").await;
+
+    // Unknown pages get the friendly 404 page.
+    b.goto("/nope").await;
+    b.wait_text("h1", "Page not found").await;
+    assert_eq!(b.status().await, 404);
+    b.screenshot("error-404").await;
+
+    b.close().await;
+
+    let res = app
+        .client
+        .post(app.url("/login"))
+        .header("accept", "text/html")
+        .form(&[("email", "csrf@example.com"), ("password", PASSWORD)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res
+        .headers()
+        .get("set-cookie")
+        .is_none_or(|c| !c.to_str().unwrap_or_default().starts_with("refresh_token=")));
+    let body = res.text().await.unwrap();
+    assert!(body.contains("This form has expired"), "{body}");
+}
+
+/// The session ends after SESSION_IDLE_TIMEOUT without a request: in the
+/// browser, and on the server for anyone replaying the old cookie.
+///
+/// The timeout is 3 s (not less) so that signing in, which itself must
+/// finish within one idle period, stays reliable on a loaded machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_times_out() {
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[
+            ("SESSION_IDLE_TIMEOUT", "3s"),
+            ("SESSION_MAX_LIFETIME", "1h"),
+        ],
+    )
+    .await;
+    app.register("idle@example.com").await;
+    let b = Browser::open(&app).await;
+
+    // The sign-in form's own session idles out too if the form sits longer
+    // than the timeout (then its POST is refused as expired): fill it in one
+    // script call, and try again should a stalled machine still miss it.
+    let mut signed_in = false;
+    for _ in 0..3 {
+        b.goto("/login").await;
+        b.wait_path("/login").await;
+        b.wait_for("#password").await;
+        b.client
+            .execute(
+                "document.getElementById('email').value = arguments[0];\
+                 document.getElementById('password').value = arguments[1];\
+                 document.querySelector('form[action=\"/login\"] button[type=submit]').click();",
+                vec![json!("idle@example.com"), json!(PASSWORD)],
+            )
+            .await
+            .expect("submit the sign-in form");
+        signed_in = b.wait_path_or_expired("/account").await;
+        if signed_in {
+            break;
+        }
+    }
+    assert!(signed_in, "could not sign in within the idle timeout");
+    let cookie = b
+        .client
+        .get_named_cookie("session")
+        .await
+        .expect("session cookie");
+    let cookie = format!("session={}", cookie.value());
+    let account = |cookie: String| {
+        app.client
+            .get(app.url("/account"))
+            .header("cookie", cookie)
+            .send()
+    };
+    // The cookie is live on the server now...
+    assert_eq!(account(cookie.clone()).await.unwrap().status(), 200);
+
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+
+    // ...and dead after the idle timeout, in the browser and on the server.
+    b.goto("/account").await;
+    b.wait_path("/login").await;
+    b.screenshot("login-after-idle").await;
+    let res = account(cookie).await.unwrap();
+    assert!(res.status().is_redirection(), "{}", res.status());
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with("/login"), "{location}");
+
+    b.close().await;
+}
+
+/// The sign-in page at phone width: no horizontal scrolling, full-width
+/// form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_on_a_phone() {
+    let app = sqlite_app().await;
+    let b = Browser::open(&app).await;
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.goto("/login").await;
+    b.wait_path("/login").await;
+    b.assert_no_horizontal_scroll().await;
+    b.screenshot("login-phone").await;
+    b.close().await;
+}

@@ -8,8 +8,8 @@ use serde::Deserialize;
 
 use super::session::Portal;
 use super::views::{
-    AccountPage, ForgotPage, ForgotSentPage, FormState, Layout, LoginPage, RegisterPage,
-    ResetInvalidPage, ResetPage, SessionRow, UserView,
+    AccountPage, ForgotPage, ForgotSentPage, FormState, Layout, LoginPage, PasswordRules,
+    RegisterPage, ResetInvalidPage, ResetPage, SessionRow, UserView,
 };
 use super::{check_csrf, no_store, render, safe_next, PageError, SignedIn};
 use crate::domain::Password;
@@ -251,7 +251,9 @@ pub async fn register_page(State(state): State<AppState>, portal: Portal) -> Pag
     let view = RegisterPage {
         layout: layout(&state, &portal, None, None),
         form: FormState::default(),
-        min_length: state.portal.min_password_length,
+        rules: PasswordRules {
+            min_length: state.portal.min_password_length,
+        },
     };
     page(StatusCode::OK, &view)
 }
@@ -319,7 +321,9 @@ pub async fn register_submit(
     let view = RegisterPage {
         layout: layout(&state, &portal, None, None),
         form: form_state,
-        min_length: state.portal.min_password_length,
+        rules: PasswordRules {
+            min_length: state.portal.min_password_length,
+        },
     };
     page(status, &view)
 }
@@ -387,7 +391,9 @@ pub async fn reset_page(
         layout: layout(&state, &portal, None, None),
         form: FormState::default(),
         token: q.token,
-        min_length: state.portal.min_password_length,
+        rules: PasswordRules {
+            min_length: state.portal.min_password_length,
+        },
     };
     page(StatusCode::OK, &view)
 }
@@ -423,7 +429,9 @@ pub async fn reset_submit(
                 layout: layout(&state, &portal, None, None),
                 form: form_state,
                 token: f.token,
-                min_length: state.portal.min_password_length,
+                rules: PasswordRules {
+                    min_length: state.portal.min_password_length,
+                },
             };
             page(StatusCode::UNPROCESSABLE_ENTITY, &view)
         }
@@ -489,7 +497,9 @@ async fn account_view(
                 id: s.id,
             })
             .collect(),
-        min_length: state.portal.min_password_length,
+        rules: PasswordRules {
+            min_length: state.portal.min_password_length,
+        },
     })
 }
 

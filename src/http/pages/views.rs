@@ -82,7 +82,7 @@ pub struct LoginPage {
 pub struct RegisterPage {
     pub layout: Layout,
     pub form: FormState,
-    pub min_length: usize,
+    pub rules: PasswordRules,
 }
 
 #[derive(Template)]
@@ -105,13 +105,27 @@ pub struct ResetPage {
     pub layout: Layout,
     pub form: FormState,
     pub token: String,
-    pub min_length: usize,
+    pub rules: PasswordRules,
 }
 
 #[derive(Template)]
 #[template(path = "pages/reset_invalid.html")]
 pub struct ResetInvalidPage {
     pub layout: Layout,
+}
+
+/// What a new password must be, as the forms explain it.
+pub struct PasswordRules {
+    pub min_length: usize,
+}
+
+impl PasswordRules {
+    pub fn hint(&self) -> String {
+        format!(
+            "At least {} characters. A few unrelated words make a strong password.",
+            self.min_length
+        )
+    }
 }
 
 pub struct UserView {
@@ -139,7 +153,7 @@ pub struct AccountPage {
     pub form: FormState,
     pub user: UserView,
     pub sessions: Vec<SessionRow>,
-    pub min_length: usize,
+    pub rules: PasswordRules,
 }
 
 #[derive(Template)]

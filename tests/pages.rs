@@ -26,6 +26,7 @@ backend_tests!(
     sessions_survive_a_restart,
     browsers_get_error_pages_and_api_keeps_json,
     page_forms_are_rate_limited_with_a_friendly_page,
+    https_portal_cookies_are_host_prefixed,
 );
 
 /// A browser-like client: keeps cookies, does not follow redirects.
@@ -887,4 +888,23 @@ async fn page_forms_are_rate_limited_with_a_friendly_page(backend: Backend) {
         StatusCode::OK,
         "pages still render"
     );
+}
+
+async fn https_portal_cookies_are_host_prefixed(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("APP_URL", "https://auth.clinic.example")]).await;
+    let res = get(&app, &browser(), "/login").await;
+    let (_, line) =
+        set_cookie(res.headers(), "__Host-session").expect("__Host- prefixed session cookie");
+    assert!(
+        line.contains("Secure") && line.contains("HttpOnly") && line.contains("Path=/"),
+        "{line}"
+    );
+    assert!(
+        !line.contains("Domain="),
+        "__Host- cookies carry no Domain: {line}"
+    );
+    assert!(res.headers()["strict-transport-security"]
+        .to_str()
+        .unwrap()
+        .contains("max-age="));
 }

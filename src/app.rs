@@ -101,6 +101,9 @@ impl App {
                 sessions: StoreBackedSessions::new(web_sessions),
                 session_idle_timeout: config.session_idle_timeout,
                 metrics_route: config.metrics_addr.is_none(),
+                trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(
+                    config.trusted_proxies.clone(),
+                )),
             },
         );
         let addr = SocketAddr::new(config.host, config.port);

@@ -75,6 +75,8 @@ pub struct Config {
     pub session_max_lifetime: Duration,
     /// Serve /metrics on this address instead of the main listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -271,6 +273,24 @@ impl Config {
                 "must be at least SESSION_IDLE_TIMEOUT",
             ));
         }
+        let trusted_proxies = match get("TRUSTED_PROXIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(|c| {
+                    c.parse::<ipnet::IpNet>()
+                        .or_else(|_| c.parse::<IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            err(
+                                "TRUSTED_PROXIES",
+                                format!("{c:?} is not an IP address or CIDR"),
+                            )
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| {
@@ -286,6 +306,7 @@ impl Config {
         };
 
         Ok(Self {
+            trusted_proxies,
             metrics_addr,
             data_dir,
             session_idle_timeout,
@@ -570,6 +591,10 @@ mod tests {
             ),
             (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
             (vec![("METRICS_ADDR", "9100")], "METRICS_ADDR"),
+            (
+                vec![("TRUSTED_PROXIES", "10.0.0.0/8, proxy")],
+                "TRUSTED_PROXIES",
+            ),
             (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
         ] {
             let e = dev(&pairs).unwrap_err();

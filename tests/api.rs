@@ -38,6 +38,7 @@ backend_tests!(
     logout_all_ends_everything_and_kills_access_tokens,
     change_password_keeps_only_the_callers_sign_in,
     sessions_api_lists_and_ends_sessions,
+    forwarded_for_is_believed_only_from_trusted_proxies,
 );
 
 async fn health_reports_database_state(backend: Backend) {
@@ -1135,4 +1136,73 @@ async fn sessions_api_lists_and_ends_sessions(backend: Backend) {
     )
     .await;
     assert_eq!(list(access).await.len(), 1);
+}
+
+async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
+    for (trusted, expect_forwarded) in [("", false), ("127.0.0.1/32", true)] {
+        let app = TestApp::spawn_with(
+            backend,
+            &[
+                ("TRUSTED_PROXIES", trusted),
+                ("RATE_LIMIT_AUTH_PER_MIN", "2"),
+            ],
+        )
+        .await;
+        app.register("jane@example.com").await;
+        let login_from = |ip: &'static str| {
+            app.client
+                .post(app.url("/api/auth/login"))
+                .header("x-forwarded-for", format!("6.6.6.6, {ip}"))
+                .json(&json!({"email": "jane@example.com", "password": PASSWORD}))
+                .send()
+        };
+        let first = login_from("198.51.100.7").await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        let access = first.json::<Value>().await.unwrap()["access_token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sessions: Vec<Value> = app
+            .client
+            .get(app.url("/api/auth/sessions"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let recorded = sessions[0]["ip_address"].as_str().unwrap();
+        assert_eq!(
+            recorded,
+            if expect_forwarded {
+                "198.51.100.7"
+            } else {
+                "127.0.0.1"
+            },
+            "trusted={trusted:?}"
+        );
+        assert_ne!(
+            recorded, "6.6.6.6",
+            "the client-written part is never believed"
+        );
+
+        assert_eq!(
+            login_from("198.51.100.7").await.unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            login_from("198.51.100.7").await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        // Another client behind the proxy has its own budget, but only when
+        // the proxy is trusted; otherwise everyone is the proxy's address.
+        let other = login_from("192.0.2.44").await.unwrap().status();
+        let expected = if expect_forwarded {
+            StatusCode::OK
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(other, expected, "trusted={trusted:?}");
+    }
 }

@@ -112,6 +112,7 @@ pub struct RouterOptions {
     pub session_idle_timeout: Duration,
     /// Serve /metrics here (false when it has a listener of its own).
     pub metrics_route: bool,
+    pub trusted_proxies: middleware::client_ip::TrustedProxies,
 }
 
 pub fn router(state: AppState, options: RouterOptions) -> Router {
@@ -140,7 +141,10 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
             pages::html_errors,
         ))
         .layer(rate_limit::layer(&options.limiters.global))
-        .layer(axum::middleware::from_fn(middleware::client_ip::client_ip))
+        .layer(axum::middleware::from_fn_with_state(
+            options.trusted_proxies,
+            middleware::client_ip::client_ip,
+        ))
         .layer(cors(&options.cors_origins))
         .layer(axum::middleware::from_fn_with_state(
             SecurityHeaders { hsts: options.hsts },

@@ -22,7 +22,13 @@ use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, Use
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct SqliteStore {
+    /// Readers: WAL lets them run beside the writer.
     pool: SqlitePool,
+    /// The one connection that writes. SQLite has a single write lock; with
+    /// several writing connections, the losers of a race sleep in SQLite's
+    /// busy handler (1 to 100 ms steps). Queueing writes here instead keeps
+    /// them back to back.
+    writer: SqlitePool,
 }
 
 impl SqliteStore {
@@ -53,15 +59,26 @@ impl SqliteStore {
             .max_connections(8)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(5))
+            // A local file does not drop connections; pinging before every
+            // query only costs a round trip to the connection thread.
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .with_context(|| format!("cannot open SQLite database {url}"))?;
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .with_context(|| format!("cannot open SQLite database {url}"))?;
         MIGRATOR
-            .run(&pool)
+            .run(&writer)
             .await
             .context("cannot apply database migrations")?;
         restrict(&file, 0o600);
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 }
 
@@ -212,7 +229,7 @@ impl UserStore for SqliteStore {
         .bind(user.verified)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await
         .map_err(map_err)?;
         row.try_into()
@@ -248,7 +265,7 @@ impl UserStore for SqliteStore {
             .bind(hash.expose())
             .bind(millis(now))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -258,7 +275,7 @@ impl UserStore for SqliteStore {
         let done = sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?")
             .bind(millis(at))
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -268,7 +285,7 @@ impl UserStore for SqliteStore {
 #[async_trait]
 impl RefreshTokenStore for SqliteStore {
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
-        insert_refresh(&self.pool, token).await
+        insert_refresh(&self.writer, token).await
     }
 
     async fn rotate_refresh_token(
@@ -277,7 +294,7 @@ impl RefreshTokenStore for SqliteStore {
         now: DateTime<Utc>,
         replacement: &NewRefreshToken,
     ) -> StoreResult<Option<RefreshTokenRecord>> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         // The conditional UPDATE takes SQLite's write lock, so a concurrent
         // rotation of the same token waits and then matches no row.
         let retired: Option<RefreshRow> = sqlx::query_as(&format!(
@@ -324,7 +341,7 @@ impl RefreshTokenStore for SqliteStore {
         )
         .bind(millis(now))
         .bind(hash.as_str())
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -344,7 +361,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(keep_family)
         .bind(keep_family)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -380,7 +397,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(millis(now))
         .bind(user_id.as_str())
         .bind(family_id)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -390,7 +407,7 @@ impl RefreshTokenStore for SqliteStore {
 #[async_trait]
 impl ResetTokenStore for SqliteStore {
     async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
             .bind(token.user_id.as_str())
             .execute(&mut *tx)
@@ -435,7 +452,7 @@ impl ResetTokenStore for SqliteStore {
             "DELETE FROM reset_tokens WHERE token_hash = ? RETURNING user_id, expires_at",
         )
         .bind(hash.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(row
@@ -446,7 +463,7 @@ impl ResetTokenStore for SqliteStore {
     async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()> {
         sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
             .bind(user_id.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -509,7 +526,7 @@ impl SqliteStore {
         .bind(millis(s.created_at))
         .bind(millis(s.last_used_at))
         .bind(millis(s.expires_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -545,7 +562,7 @@ impl WebSessionStore for SqliteStore {
     async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
             .bind(id_hash.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
@@ -580,7 +597,7 @@ impl WebSessionStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(keep)
         .bind(keep)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -603,7 +620,7 @@ impl Store for SqliteStore {
         for table in ["refresh_tokens", "reset_tokens", "web_sessions"] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await
                 .map_err(map_err)?
                 .rows_affected();

@@ -1,0 +1,995 @@
+#!/usr/bin/env python3
+"""Benchmark suite for Clinic Auth (`make bench`). Python 3 stdlib only.
+
+Builds the release binary, starts it on the embedded SQLite store with a
+fresh data directory (one fresh server per scenario), drives it over
+loopback (127.0.0.1 only) with wrk, measures throughput, latency, errors,
+server CPU time and memory, compares login/register with the raw argon2id
+rate of this machine (`cargo bench --bench argon2_baseline`), prints the
+budget checks and writes target/bench/results.{md,json}.
+
+    python3 scripts/bench.py                       # defaults: 16 conns, 3 s warm-up, 10 s
+    python3 scripts/bench.py --duration 2 --warmup 1 --scenarios health,me
+    python3 scripts/bench.py --strict              # exit 1 when a budget line fails
+    python3 scripts/bench.py --write-doc           # also refresh BENCHMARKS.md's table
+
+Every load is bounded by time (wrk -d, plus a hard subprocess timeout) and
+targets 127.0.0.1 only; every server and load generator started here is
+stopped on exit, also on error or Ctrl-C. See BENCHMARKS.md for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import datetime as dt
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+LUA_DIR = REPO / "scripts" / "bench"
+HOST = "127.0.0.1"  # never anything else: loopback only
+PASSWORD = "Str0ng!Pass123"
+WRONG_PASSWORD = "Wr0ng!Pass456-x"
+
+ALL_SCENARIOS = ["health", "me", "refresh", "login", "login_fail", "register", "mixed", "flood"]
+BY_DESIGN = {429, 503}
+
+# Config names the service reads: stripped from the inherited environment so
+# that only what the bench sets applies.
+SERVICE_VARS = [
+    "APP_NAME", "APP_URL", "HOST", "PORT", "APP_ENV", "DATABASE_URL", "MONGO_URI",
+    "JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET", "JWT_ACCESS_EXPIRES", "JWT_REFRESH_EXPIRES",
+    "RESET_TOKEN_EXPIRES_MIN", "CORS_ORIGINS", "MAIL_FROM", "MAIL_SERVER", "MAIL_PORT",
+    "MAIL_USERNAME", "MAIL_PASSWORD", "MAIL_TLS", "MAIL_OUTBOX_DIR",
+    "RATE_LIMIT_AUTH_PER_MIN", "RATE_LIMIT_GLOBAL_PER_MIN", "PASSWORD_MIN_LENGTH", "RUST_LOG",
+]
+
+# Processes started here, stopped by cleanup() whatever happens.
+_children: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------- process control
+
+
+def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        # Each child runs in its own session: signal exactly that group.
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
+
+
+def cleanup() -> None:
+    while _children:
+        _stop(_children.pop())
+
+
+def _on_signal(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def handle_signals() -> None:
+    # Explicitly, also for SIGINT: a shell starting us in the background
+    # leaves SIGINT ignored, and Python then installs no handler of its own.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+def spawn(cmd: list[str], **kw) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, start_new_session=True, **kw)
+    _children.append(proc)
+    return proc
+
+
+def forget(proc: subprocess.Popen) -> None:
+    if proc in _children:
+        _children.remove(proc)
+
+
+# ----------------------------------------------------------------- machine facts
+
+
+def read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def machine_info() -> dict:
+    cpuinfo = read("/proc/cpuinfo")
+    model = next((l.split(":", 1)[1].strip() for l in cpuinfo.splitlines()
+                  if l.startswith("model name")), "unknown")
+    mem_kib = next((int(l.split()[1]) for l in read("/proc/meminfo").splitlines()
+                    if l.startswith("MemTotal:")), 0)
+
+    def out(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=30,
+                                  cwd=REPO).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    wrk_version = ""
+    if shutil.which("wrk"):
+        r = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        wrk_version = (r.stdout + r.stderr).splitlines()[0].strip() if (r.stdout + r.stderr) else ""
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_gib": round(mem_kib / 1024 / 1024, 1),
+        "kernel": os.uname().release,
+        "rustc": out(["rustc", "--version"]),
+        "wrk": wrk_version,
+        "git_commit": out(["git", "rev-parse", "--short", "HEAD"]),
+        "git_dirty": bool(out(["git", "status", "--porcelain", "--untracked-files=no"])),
+    }
+
+
+def loadavg() -> list[float]:
+    return [float(x) for x in read("/proc/loadavg").split()[:3]]
+
+
+# ----------------------------------------------------------------- build and baseline
+
+
+def target_dir() -> Path:
+    t = os.environ.get("CARGO_TARGET_DIR")
+    if not t:
+        return REPO / "target"
+    p = Path(t)
+    return p if p.is_absolute() else REPO / p
+
+
+def build() -> Path:
+    log("building the release binary (cargo build --release)")
+    subprocess.run(["cargo", "build", "--release", "--bin", "clinic-auth"], cwd=REPO, check=True)
+    binary = target_dir() / "release" / "clinic-auth"
+    if not binary.exists():
+        raise SystemExit(f"release binary not found at {binary}")
+    return binary
+
+
+def argon2_baseline(seconds: float) -> dict:
+    log(f"argon2id baseline (cargo bench --bench argon2_baseline, {seconds:g} s)")
+    env = dict(os.environ, ARGON2_BASELINE_SECS=str(seconds))
+    r = subprocess.run(["cargo", "bench", "--bench", "argon2_baseline"], cwd=REPO, env=env,
+                       stdout=subprocess.PIPE, text=True, timeout=3600)
+    if r.returncode != 0:
+        raise SystemExit("cargo bench --bench argon2_baseline failed")
+    for line in r.stdout.splitlines():
+        if line.startswith("ARGON2_BASELINE "):
+            result = json.loads(line.split(" ", 1)[1])
+            log(f"argon2id baseline: {result['hashes_per_sec']:.1f} hashes/s "
+                f"on {result['threads']} threads")
+            return result
+    raise SystemExit("argon2_baseline printed no ARGON2_BASELINE line")
+
+
+def ensure_wrk() -> str:
+    path = shutil.which("wrk")
+    if path:
+        return path
+    log("wrk not found: installing it from Debian (apt-get install -y wrk)")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.run(sudo + ["apt-get", "install", "-y", "wrk"], env=env).returncode != 0:
+        subprocess.run(sudo + ["apt-get", "update"], env=env, check=True)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "wrk"], env=env, check=True)
+    path = shutil.which("wrk")
+    if not path:
+        raise SystemExit("wrk is still missing after apt-get install")
+    return path
+
+
+# ----------------------------------------------------------------- the server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def health_ok(port: int, timeout: float = 1.0) -> bool:
+    """One GET /health over a fresh connection; False while not listening."""
+    try:
+        with socket.create_connection((HOST, port), timeout=timeout) as s:
+            s.sendall(f"GET /health HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                      "Connection: close\r\n\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            return data.startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class Server:
+    """The release binary on a fresh data directory, cwd inside it."""
+
+    def __init__(self, binary: Path, rust_log: str | None, keep: bool,
+                 wrapper: list[str] | None = None):
+        self.binary = binary
+        self.wrapper = wrapper or []
+        self.dir = Path(tempfile.mkdtemp(prefix="clinic-auth-bench-"))
+        self.port = free_port()
+        self.keep = keep
+        self.env = {k: v for k, v in os.environ.items() if k not in SERVICE_VARS}
+        self.env.update({
+            "HOST": HOST,
+            "PORT": str(self.port),
+            "APP_ENV": "development",
+            "APP_URL": f"http://{HOST}:{self.port}",
+            "DATABASE_URL": f"sqlite://{self.dir}/bench.db",
+            "MAIL_OUTBOX_DIR": str(self.dir / "outbox"),
+            "JWT_ACCESS_SECRET": "bench-access-" + uuid.uuid4().hex + uuid.uuid4().hex,
+            "JWT_REFRESH_SECRET": "bench-refresh-" + uuid.uuid4().hex + uuid.uuid4().hex,
+            "JWT_ACCESS_EXPIRES": "1h",
+            "RATE_LIMIT_AUTH_PER_MIN": "100000000",
+            "RATE_LIMIT_GLOBAL_PER_MIN": "100000000",
+        })
+        if rust_log:
+            self.env["RUST_LOG"] = rust_log
+        self.proc: subprocess.Popen | None = None
+        self.startup_ms = float("nan")
+        self.idle_rss_mib = float("nan")
+
+    def start(self, limit_s: float = 30.0) -> None:
+        logf = open(self.dir / "server.log", "wb")
+        t0 = time.perf_counter()
+        self.proc = spawn(self.wrapper + [str(self.binary)], cwd=self.dir, env=self.env,
+                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT)
+        logf.close()
+        # Poll /health every 2 ms from the moment of exec.
+        while True:
+            if health_ok(self.port, timeout=0.5):
+                self.startup_ms = (time.perf_counter() - t0) * 1000
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.perf_counter() - t0 > limit_s:
+                raise RuntimeError(f"server not healthy after {limit_s} s:\n{self.log_tail()}")
+            time.sleep(0.002)
+        time.sleep(0.3)  # let start-up work settle before reading the idle RSS
+        self.idle_rss_mib = self.status_kib("VmRSS") / 1024
+
+    def log_tail(self, n: int = 20) -> str:
+        return "\n".join(read(str(self.dir / "server.log")).splitlines()[-n:])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_times(self) -> tuple[float, float]:
+        """(utime, stime) of the whole process (all threads), in seconds."""
+        stat = read(f"/proc/{self.proc.pid}/stat")
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    def status_kib(self, key: str) -> int:
+        for line in read(f"/proc/{self.proc.pid}/status").splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            forget(self.proc)
+            if self.proc.returncode not in (0, -signal.SIGTERM):
+                log(f"server exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
+        if not self.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            log(f"kept server directory {self.dir}")
+
+    # --- set-up requests (plain http.client, loopback) ---
+
+    def call(self, method: str, path: str, body: dict | None = None,
+             headers: dict | None = None) -> tuple[int, dict, str | None]:
+        conn = http.client.HTTPConnection(HOST, self.port, timeout=60)
+        try:
+            hdrs = dict(headers or {})
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                hdrs["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers=hdrs)
+            resp = conn.getresponse()
+            payload = resp.read()
+            cookie = None
+            for name, value in resp.getheaders():
+                if name.lower() == "set-cookie":
+                    m = re.match(r"refresh_token=([^;]*)", value)
+                    if m:
+                        cookie = m.group(1)
+            return resp.status, json.loads(payload) if payload else {}, cookie
+        finally:
+            conn.close()
+
+    def register(self, email: str) -> None:
+        status, body, _ = self.call("POST", "/api/auth/register",
+                                    {"name": "Bench User", "email": email, "password": PASSWORD})
+        if status != 201:
+            raise RuntimeError(f"register {email}: {status} {body}")
+
+    def login(self, email: str) -> tuple[str, str]:
+        status, body, cookie = self.call("POST", "/api/auth/login",
+                                         {"email": email, "password": PASSWORD})
+        if status != 200 or not cookie:
+            raise RuntimeError(f"login {email}: {status} {body}")
+        return body["access_token"], cookie
+
+    def logins(self, email: str, n: int) -> list[str]:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            return [c for _, c in pool.map(lambda _: self.login(email), range(n))]
+
+
+# ----------------------------------------------------------------- wrk
+
+
+class Wrk:
+    """One wrk process; its Lua done() writes a JSON summary to a file."""
+
+    def __init__(self, server: Server, path: str, script: str, connections: int,
+                 threads: int, duration: int, timeout_s: int, env: dict | None = None):
+        self.out = server.dir / f"wrk-{uuid.uuid4().hex[:8]}.json"
+        self.duration = duration
+        self.timeout_s = timeout_s
+        e = dict(os.environ, BENCH_OUT=str(self.out), BENCH_LUA_DIR=str(LUA_DIR))
+        e.update(env or {})
+        threads = max(1, min(threads, connections))
+        self.cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s",
+                    f"--timeout={timeout_s}s", "-s", str(LUA_DIR / script),
+                    f"http://{HOST}:{server.port}{path}"]
+        self.proc = spawn(self.cmd, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+    def result(self) -> dict:
+        try:
+            text, _ = self.proc.communicate(timeout=self.duration + self.timeout_s + 60)
+        except subprocess.TimeoutExpired:
+            _stop(self.proc)
+            forget(self.proc)
+            raise RuntimeError(f"wrk overran its time bound: {' '.join(self.cmd)}")
+        # On any other exception (Ctrl-C) it stays listed for cleanup().
+        forget(self.proc)
+        if self.proc.returncode != 0 or not self.out.exists():
+            raise RuntimeError(f"wrk failed ({self.proc.returncode}): {' '.join(self.cmd)}\n{text}")
+        r = json.loads(self.out.read_text())
+        r["statuses"] = {int(k): v for k, v in r["statuses"].items()}
+        return r
+
+
+def run_wrk(server: Server, path: str, script: str, connections: int, threads: int,
+            duration: int, timeout_s: int, env: dict | None = None) -> dict:
+    return Wrk(server, path, script, connections, threads, duration, timeout_s, env).result()
+
+
+def cpu_delta(before: tuple[float, float], after: tuple[float, float]) -> tuple[float, float]:
+    return after[0] - before[0], after[1] - before[1]
+
+
+def summarise(name: str, r: dict, expected: int, connections: int, server: Server,
+              cpu: tuple[float, float] | None, window_s: float) -> dict:
+    cpu_s = sum(cpu) if cpu is not None else None
+    secs = r["duration_us"] / 1e6
+    statuses = r["statuses"]
+    by_design = sum(n for s, n in statuses.items() if s in BY_DESIGN)
+    unexpected = {s: n for s, n in statuses.items() if s != expected and s not in BY_DESIGN}
+    sock = r["errors"]
+    socket_errors = sock["connect"] + sock["read"] + sock["write"] + sock["timeout"]
+    ok = statuses.get(expected, 0)
+    lat = r["latency_us"]
+    row = {
+        "scenario": name,
+        "connections": connections,
+        "expected_status": expected,
+        "seconds": round(secs, 3),
+        "requests": r["requests"],
+        "ok": ok,
+        # Throughput counts answers with the expected status only.
+        "rps": ok / secs if secs else 0.0,
+        "p50_ms": (lat["p50"] or 0) / 1000,
+        "p99_ms": (lat["p99"] or 0) / 1000,
+        "max_ms": (lat["max"] or 0) / 1000,
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "errors": sum(unexpected.values()) + socket_errors,
+        "errors_by_status": {str(k): v for k, v in sorted(unexpected.items())},
+        "socket_errors": {k: sock[k] for k in ("connect", "read", "write", "timeout")},
+        "by_design": by_design,
+        "server_cpu_s": cpu_s,
+        "server_user_s": cpu[0] if cpu is not None else None,
+        "server_sys_s": cpu[1] if cpu is not None else None,
+        "cpu_ms_per_req": (cpu_s * 1000 / r["requests"]) if (cpu_s is not None and r["requests"]) else None,
+        "cpu_cores": (cpu_s / window_s) if (cpu_s is not None and window_s) else None,
+        "idle_rss_mib": server.idle_rss_mib,
+        "peak_rss_mib": server.status_kib("VmHWM") / 1024,
+        "startup_ms": server.startup_ms,
+    }
+    return row
+
+
+# ----------------------------------------------------------------- scenarios
+
+
+class Bench:
+    def __init__(self, args, binary: Path):
+        self.a = args
+        self.binary = binary
+        self.rows: list[dict] = []
+        self.starts: list[dict] = []
+        self.run_id = uuid.uuid4().hex[:8]
+        self.failures: list[dict] = []
+
+    def server(self) -> Server:
+        s = Server(self.binary, self.a.rust_log, self.a.keep)
+        s.start()
+        self.starts.append({"startup_ms": s.startup_ms, "idle_rss_mib": s.idle_rss_mib})
+        log(f"  server up on {HOST}:{s.port} in {s.startup_ms:.1f} ms, idle RSS {s.idle_rss_mib:.1f} MiB")
+        return s
+
+    def measured(self, name: str, server: Server, path: str, script: str, connections: int,
+                 threads: int, expected: int, env_warm: dict | None = None,
+                 env_run: dict | None = None, timeout_s: int = 10) -> dict:
+        a = self.a
+        if a.warmup > 0:
+            run_wrk(server, path, script, connections, threads, a.warmup, timeout_s,
+                    env_warm if env_warm is not None else env_run)
+        if not server.alive():
+            raise RuntimeError(f"{name}: server died during warm-up:\n{server.log_tail()}")
+        cpu0, t0 = server.cpu_times(), time.perf_counter()
+        r = run_wrk(server, path, script, connections, threads, a.duration, timeout_s, env_run)
+        cpu1, t1 = server.cpu_times(), time.perf_counter()
+        row = summarise(name, r, expected, connections, server, cpu_delta(cpu0, cpu1), t1 - t0)
+        self.add(row)
+        return row
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        log(f"  {row['scenario']}: {row['rps']:.1f} req/s, p50 {row['p50_ms']:.2f} ms, "
+            f"p99 {row['p99_ms']:.2f} ms, errors {row['errors']} {row['errors_by_status'] or ''}"
+            f"{' socket ' + str(row['socket_errors']) if any(row['socket_errors'].values()) else ''}, "
+            f"by design {row['by_design']}, peak RSS {row['peak_rss_mib']:.1f} MiB")
+
+    def run(self, name: str) -> None:
+        log(f"scenario {name}")
+        server = None
+        try:
+            server = self.server()
+            getattr(self, "s_" + name)(server)
+        except (RuntimeError, OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
+            # One broken scenario must not hide the others' numbers.
+            log(f"  scenario {name} FAILED: {e}")
+            self.failures.append({"scenario": name, "error": str(e)})
+        finally:
+            # Load generators first (after an interrupt some may still run):
+            # the server's graceful shutdown waits for in-flight requests.
+            for proc in list(_children):
+                if server is None or proc is not server.proc:
+                    _stop(proc)
+                    forget(proc)
+            if server is not None:
+                server.stop()
+
+    # --- each scenario gets a fresh server ---
+
+    def s_health(self, s: Server) -> None:
+        c = self.a.connections
+        self.measured("health", s, "/health", "get.lua", c, 2, 200)
+
+    def s_me(self, s: Server) -> None:
+        email = f"me-{self.run_id}@bench.example"
+        s.register(email)
+        access, _ = s.login(email)
+        c = self.a.connections
+        self.measured("me", s, "/api/auth/me", "get.lua", c, 2, 200,
+                      env_run={"BENCH_BEARER": access})
+
+    def s_refresh(self, s: Server) -> None:
+        email = f"refresh-{self.run_id}@bench.example"
+        s.register(email)
+        c = self.a.connections
+        # One chain per connection, fresh tokens for the warm-up and the run.
+        cookies = s.logins(email, 2 * c)
+        warm, run = s.dir / "tokens-warm.txt", s.dir / "tokens-run.txt"
+        warm.write_text("\n".join(cookies[:c]) + "\n")
+        run.write_text("\n".join(cookies[c:]) + "\n")
+        self.measured("refresh", s, "/api/auth/refresh", "refresh.lua", c, c, 200,
+                      env_warm={"BENCH_TOKENS": str(warm)}, env_run={"BENCH_TOKENS": str(run)})
+
+    def _login(self, s: Server, name: str, password: str, expected: int, connections: int,
+               timeout_s: int = 30) -> dict:
+        email = f"{name}-{self.run_id}@bench.example"
+        s.register(email)
+        env = {"BENCH_EMAIL": email, "BENCH_PASSWORD": password}
+        return self.measured(name, s, "/api/auth/login", "login.lua", connections, 2, expected,
+                             env_run=env, timeout_s=timeout_s)
+
+    def s_login(self, s: Server) -> None:
+        self._login(s, "login", PASSWORD, 200, self.a.connections)
+
+    def s_login_fail(self, s: Server) -> None:
+        self._login(s, "login_fail", WRONG_PASSWORD, 401, self.a.connections)
+
+    def s_register(self, s: Server) -> None:
+        c = self.a.connections
+        self.measured("register", s, "/api/auth/register", "register.lua", c, 2, 201,
+                      env_warm={"BENCH_PREFIX": f"w{self.run_id}", "BENCH_PASSWORD": PASSWORD},
+                      env_run={"BENCH_PREFIX": f"r{self.run_id}", "BENCH_PASSWORD": PASSWORD},
+                      timeout_s=30)
+
+    def s_flood(self, s: Server) -> None:
+        self._login(s, "flood", PASSWORD, 200, self.a.flood_connections, timeout_s=60)
+
+    def s_mixed(self, s: Server) -> None:
+        """Login flood at 64 connections; meanwhile two light probes measure
+        the latency of /me and /health (paced by wrk's delay(): they add
+        little load of their own)."""
+        a = self.a
+        email = f"mixed-{self.run_id}@bench.example"
+        s.register(email)
+        access, _ = s.login(email)
+        flood_env = {"BENCH_EMAIL": email, "BENCH_PASSWORD": PASSWORD}
+        if a.warmup > 0:
+            run_wrk(s, "/api/auth/login", "login.lua", a.mixed_connections, 2, a.warmup, 60, flood_env)
+        cpu0, t0 = s.cpu_times(), time.perf_counter()
+        flood = Wrk(s, "/api/auth/login", "login.lua", a.mixed_connections, 2, a.duration + 1, 60,
+                    flood_env)
+        time.sleep(0.25)  # the flood's connections are open and queued first
+        probe_env = {"BENCH_DELAY_MS": str(a.probe_delay_ms)}
+        me = Wrk(s, "/api/auth/me", "get.lua", a.probe_connections, 1, a.duration, 10,
+                 dict(probe_env, BENCH_BEARER=access))
+        health = Wrk(s, "/health", "get.lua", a.probe_connections, 1, a.duration, 10, probe_env)
+        r_me, r_health = me.result(), health.result()
+        r_flood = flood.result()
+        cpu1, t1 = s.cpu_times(), time.perf_counter()
+        cpu = cpu_delta(cpu0, cpu1)
+        self.add(summarise(f"mixed: login x{a.mixed_connections}", r_flood, 200,
+                           a.mixed_connections, s, cpu, t1 - t0))
+        self.add(summarise("mixed: me probe", r_me, 200, a.probe_connections, s, None, 0))
+        self.add(summarise("mixed: health probe", r_health, 200, a.probe_connections, s, None, 0))
+
+
+# ----------------------------------------------------------------- profiling
+
+
+def keepalive_requests(port: int, n: int, method: str, path: str, headers: dict,
+                       follow=None) -> tuple[dict, dict]:
+    """n sequential requests on one keep-alive connection. `follow(resp)`
+    gives the headers of the next request (the refresh chain). Returns the
+    status counts and the headers for a next request."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=120)
+    counts: dict[int, int] = {}
+    try:
+        for _ in range(n):
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            counts[resp.status] = counts.get(resp.status, 0) + 1
+            if follow:
+                headers = follow(resp)
+    finally:
+        conn.close()
+    return counts, headers
+
+
+def next_refresh_cookie(resp) -> dict:
+    for k, v in resp.getheaders():
+        m = re.match(r"refresh_token=([^;]+)", v) if k.lower() == "set-cookie" else None
+        if m:
+            return {"Cookie": f"refresh_token={m.group(1)}"}
+    raise RuntimeError(f"refresh chain broken: {resp.status}")
+
+
+def profile(a, binary: Path, names: list[str], out: Path) -> None:
+    """Runs the release binary under callgrind and drives a small fixed load
+    (one keep-alive connection, sequential requests) at one route. Counters
+    run only from after set-up and are dumped right after the load, so the
+    profile holds the requests only (the warm-up requests run uninstrumented). Writes callgrind-<scenario>.{out,txt} to out."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("--profile needs valgrind (apt-get install -y valgrind)")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if name not in ("health", "me", "refresh"):
+            raise SystemExit(f"--profile supports health, me, refresh; not {name}")
+        raw = out / f"callgrind-{name}.out"
+        for old in out.glob(f"callgrind-{name}.out*"):
+            old.unlink()
+        # Instrumentation starts off (fast start-up and set-up) and is
+        # switched on for the measured requests only.
+        wrapper = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={raw}",
+                   "--instr-atstart=no", "--dump-instr=no", "--separate-threads=no"]
+        s = Server(binary, a.rust_log, a.keep, wrapper)
+        log(f"profile {name}: starting the server under callgrind")
+        try:
+            s.start(limit_s=300)
+            email = f"profile-{name}@bench.example"
+            n = a.profile_requests
+            method, path, headers, follow = "GET", "/health", {}, None
+            if name == "me":
+                s.register(email)
+                access, _ = s.login(email)
+                path, headers = "/api/auth/me", {"Authorization": f"Bearer {access}"}
+            elif name == "refresh":
+                s.register(email)
+                _, cookie = s.login(email)
+                method, path, follow = "POST", "/api/auth/refresh", next_refresh_cookie
+                headers = {"Cookie": f"refresh_token={cookie}"}
+            # Warm the route (the chain goes on), then profile only the load.
+            _, headers = keepalive_requests(s.port, 50, method, path, headers, follow)
+            # vgdb names its FIFOs after $HOST, which the service's config
+            # also uses: callgrind_control must see the server's value.
+            ctl_env = dict(os.environ, HOST=s.env["HOST"])
+            ctl = subprocess.run(["callgrind_control", "--instr=on", str(s.proc.pid)], env=ctl_env,
+                                 capture_output=True, text=True, timeout=120)
+            if "OK" not in ctl.stdout or "error" in ctl.stderr:
+                raise RuntimeError(f"callgrind_control --instr=on failed: {ctl.stdout}{ctl.stderr}")
+            t0 = time.perf_counter()
+            counts, _ = keepalive_requests(s.port, n, method, path, headers, follow)
+            took = time.perf_counter() - t0
+            ctl = subprocess.run(["callgrind_control", "--dump", str(s.proc.pid)], env=ctl_env,
+                                 capture_output=True, text=True, timeout=300)
+            if "OK" not in ctl.stdout or "error" in ctl.stderr:
+                raise RuntimeError(f"callgrind_control --dump failed: {ctl.stdout}{ctl.stderr}")
+            log(f"profile {name}: {n} requests under callgrind in {took:.1f} s, statuses {counts}")
+        finally:
+            s.stop()
+        dumps = sorted(out.glob(f"callgrind-{name}.out*"), key=lambda p: p.stat().st_mtime)
+        # The explicit --dump is the one holding the measured requests (the
+        # exit dump after it holds only the shutdown).
+        dump = next((d for d in dumps if d != raw), dumps[0] if dumps else None)
+        if dump is None:
+            raise SystemExit(f"callgrind wrote no profile for {name}")
+        report = []
+        for inclusive in ("yes", "no"):
+            r = subprocess.run(["callgrind_annotate", f"--inclusive={inclusive}", "--threshold=100",
+                                str(dump)], capture_output=True, text=True, timeout=600)
+            report.append(f"===== inclusive={inclusive} ({n} requests of {name}) =====\n"
+                          + "\n".join(r.stdout.splitlines()[:120]))
+        txt = out / f"callgrind-{name}.txt"
+        txt.write_text("\n\n".join(report) + "\n")
+        log(f"profile {name}: {dump} and {txt}")
+
+
+# ----------------------------------------------------------------- report
+
+
+def row_of(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["scenario"] == name), None)
+
+
+def ratios(rows: list[dict], baseline_hps: float | None, baseline_cpu_ms: float | None) -> None:
+    health = row_of(rows, "health")
+    login = row_of(rows, "login")
+    for r in rows:
+        n = r["scenario"]
+        ref, label = None, None
+        if n in ("health", "me", "refresh"):
+            ref, label = (health["rps"] if health else None), "x health"
+        elif n == "login_fail":
+            ref, label = (login["rps"] if login else None), "x login"
+        elif n in ("login", "register", "flood") or n.startswith("mixed: login"):
+            ref, label = baseline_hps, "x argon2"
+        if ref and label:
+            r["ratio"] = r["rps"] / ref
+            r["ratio_of"] = label
+        # Noise-resistant companion of "x argon2": raw CPU per hash divided by
+        # the server's CPU per request (1.0 = the route costs one bare hash).
+        if label == "x argon2" and baseline_cpu_ms and r.get("cpu_ms_per_req"):
+            r["cpu_ratio"] = baseline_cpu_ms / r["cpu_ms_per_req"]
+
+
+def status_list(counts: dict) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in counts.items() if v)
+
+
+def budgets(rows: list[dict], starts: list[dict], baseline_hps: float | None,
+            tolerance: float) -> list[dict]:
+    out = []
+
+    def line(name: str, value, limit, passed, shown: str) -> None:
+        out.append({"budget": name, "value": value, "limit": limit,
+                    "result": "SKIP" if passed is None else ("PASS" if passed else "FAIL"),
+                    "detail": shown})
+
+    g = lambda n: row_of(rows, n)
+    health, me, refresh = g("health"), g("me"), g("refresh")
+    login, register, login_fail, flood = g("login"), g("register"), g("login_fail"), g("flood")
+    me_probe, health_probe = g("mixed: me probe"), g("mixed: health probe")
+
+    def rel(name, row, ref, ref_name, limit):
+        if row and ref and ref > 0:
+            v = row["rps"] / ref
+            line(name, round(v, 3), limit, v >= limit,
+                 f"{row['rps']:.0f} / {ref:.0f} {ref_name} = {v:.0%} (need >= {limit:.0%})")
+        else:
+            line(name, None, limit, None, "not measured")
+
+    rel("me >= 50% of health req/s", me, health and health["rps"], "health req/s", 0.50)
+    rel("refresh >= 25% of health req/s", refresh, health and health["rps"], "health req/s", 0.25)
+    rel("login >= 90% of raw argon2id hashes/s", login, baseline_hps, "hashes/s", 0.90)
+    rel("register >= 90% of raw argon2id hashes/s", register, baseline_hps, "hashes/s", 0.90)
+
+    def p99(name, row, limit_ms):
+        if row:
+            v = row["p99_ms"]
+            line(name, round(v, 2), limit_ms, v <= limit_ms and row["ok"] > 0,
+                 f"p99 {v:.2f} ms over {row['ok']} requests (need <= {limit_ms} ms)")
+        else:
+            line(name, None, limit_ms, None, "not measured")
+
+    p99("me p99 <= 25 ms during the 64-conn login flood", me_probe, 25)
+    p99("health p99 <= 10 ms during the 64-conn login flood", health_probe, 10)
+
+    if flood:
+        v = flood["peak_rss_mib"]
+        line("flood (256 conns): peak RSS <= 128 MiB", round(v, 1), 128, v <= 128,
+             f"VmHWM {v:.1f} MiB")
+        bad = flood["errors"]
+        line("flood (256 conns): no failures but 429/503", bad, 0, bad == 0,
+             f"{bad} unexpected (by status: {status_list(flood['errors_by_status']) or 'none'}; "
+             f"socket errors: {status_list(flood['socket_errors']) or 'none'}), "
+             f"{flood['by_design']} by design (429/503)")
+    else:
+        line("flood (256 conns): peak RSS <= 128 MiB", None, 128, None, "not measured")
+        line("flood (256 conns): no failures but 429/503", None, 0, None, "not measured")
+
+    if starts:
+        idle = max(s["idle_rss_mib"] for s in starts)
+        line("idle RSS after start <= 20 MiB", round(idle, 1), 20, idle <= 20,
+             f"max {idle:.1f} MiB over {len(starts)} starts")
+        ms = sorted(s["startup_ms"] for s in starts)
+        med = statistics.median(ms)
+        line("exec to healthy <= 150 ms", round(med, 1), 150, med <= 150,
+             f"median {med:.1f} ms (min {ms[0]:.1f}, max {ms[-1]:.1f}) over {len(ms)} starts")
+
+    if login and login_fail and login["rps"] > 0:
+        v = login_fail["rps"] / login["rps"]
+        cpu = ""
+        if login.get("cpu_ms_per_req") and login_fail.get("cpu_ms_per_req"):
+            cpu = (f"; CPU/request {login_fail['cpu_ms_per_req']:.1f} vs "
+                   f"{login['cpu_ms_per_req']:.1f} ms")
+        line("failed logins never slower per request than successful ones", round(v, 3),
+             1 - tolerance, v >= 1 - tolerance,
+             f"login_fail {login_fail['rps']:.1f} vs login {login['rps']:.1f} req/s = {v:.0%} "
+             f"(need >= {1 - tolerance:.0%}: equal within the {tolerance:.0%} noise tolerance){cpu}")
+    else:
+        line("failed logins never slower per request than successful ones", None, 1, None,
+             "not measured")
+    return out
+
+
+def fmt(v, digits=1) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "-"
+    return f"{v:,.{digits}f}"
+
+
+def cpu_cell(r: dict) -> str:
+    if r.get("server_cpu_s") is None:
+        return "-"
+    return f"{r['server_cpu_s']:.2f} ({r['server_user_s']:.2f}+{r['server_sys_s']:.2f})"
+
+
+def markdown(report: dict) -> str:
+    m, p = report["machine"], report["params"]
+    lines = [
+        f"Run {report['started']} (git {m['git_commit']}{' + local changes' if m['git_dirty'] else ''}), "
+        f"{m['nproc']} × {m['cpu_model']}, {m['mem_total_gib']} GiB, {m['kernel']}; "
+        f"load average at start {' / '.join(map(str, report['load_start']))}, "
+        f"at end {' / '.join(map(str, report['load_end']))}.",
+        "",
+        f"Parameters: {p['connections']} connections, {p['warmup']} s warm-up, {p['duration']} s measured; "
+        f"mixed: {p['mixed_connections']}-connection login flood + {p['probe_connections']}-connection "
+        f"/me and /health probes paced at {p['probe_delay_ms']} ms; flood: {p['flood_connections']} connections.",
+        "",
+    ]
+    b = report.get("baseline")
+    if b:
+        runs = ", ".join(f"{x['hashes_per_sec']:.1f}" for x in b["runs"])
+        lines += [f"Raw argon2id (m={b['runs'][0]['m_kib']} KiB, t={b['runs'][0]['t']}, "
+                  f"p={b['runs'][0]['p']}) on {b['runs'][0]['threads']} threads: "
+                  f"**{b['hashes_per_sec']:.1f} hashes/s** (mean of the runs before and after the "
+                  f"scenarios: {runs}; median {b['runs'][0]['median_ms_per_hash']:.1f} ms per hash"
+                  + (f", {b['cpu_ms_per_hash']:.1f} ms CPU per hash" if b.get("cpu_ms_per_hash") else "")
+                  + ").", ""]
+    lines += [
+        "| scenario | conns | req/s | ratio | p50 ms | p99 ms | max ms | errors | 429/503 | "
+        "server CPU s (user+sys) | CPU ms/req | idle RSS MiB | peak RSS MiB | exec→healthy ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in report["rows"]:
+        ratio = f"{r['ratio']:.2f} {r['ratio_of']}" if r.get("ratio") is not None else "-"
+        if r.get("cpu_ratio") is not None:
+            ratio += f" (CPU {r['cpu_ratio']:.2f})"
+        err = str(r["errors"])
+        detail = dict(r["errors_by_status"])
+        detail.update({k: v for k, v in r["socket_errors"].items() if v})
+        if detail:
+            err += " (" + ", ".join(f"{k}: {v}" for k, v in detail.items()) + ")"
+        name = r["scenario"] + (f" ({r['expected_status']} expected)" if r["expected_status"] not in (200, 201) else "")
+        lines.append(
+            f"| {name} | {r['connections']} | {fmt(r['rps'])} | {ratio} | {fmt(r['p50_ms'], 2)} | "
+            f"{fmt(r['p99_ms'], 2)} | {fmt(r['max_ms'], 1)} | {err} | {r['by_design']} | "
+            f"{cpu_cell(r)} | {fmt(r['cpu_ms_per_req'], 3)} | {fmt(r['idle_rss_mib'])} | "
+            f"{fmt(r['peak_rss_mib'])} | {fmt(r['startup_ms'])} |")
+    for f in report.get("failed_scenarios") or []:
+        lines.append(f"\n**Scenario {f['scenario']} could not run:** {f['error'].splitlines()[0]}")
+    lines += ["", "| budget | result | measured |", "| --- | --- | --- |"]
+    for c in report["budgets"]:
+        lines.append(f"| {c['budget']} | **{c['result']}** | {c['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+DOC_BEGIN = "<!-- bench:results:begin -->"
+DOC_END = "<!-- bench:results:end -->"
+
+
+def write_doc(md: str) -> None:
+    doc = REPO / "BENCHMARKS.md"
+    text = doc.read_text() if doc.exists() else f"# Benchmarks\n\n{DOC_BEGIN}\n{DOC_END}\n"
+    if DOC_BEGIN not in text or DOC_END not in text:
+        text += f"\n{DOC_BEGIN}\n{DOC_END}\n"
+    head, rest = text.split(DOC_BEGIN, 1)
+    _, tail = rest.split(DOC_END, 1)
+    doc.write_text(f"{head}{DOC_BEGIN}\n{md}{DOC_END}{tail}")
+    log(f"updated the results in {doc}")
+
+
+# ----------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--connections", type=int, default=16, help="connections for the plain scenarios (16)")
+    ap.add_argument("--duration", type=int, default=10, help="measured seconds per scenario (10)")
+    ap.add_argument("--warmup", type=int, default=3, help="warm-up seconds per scenario (3)")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
+                    help=f"comma-separated subset of {','.join(ALL_SCENARIOS)}")
+    ap.add_argument("--mixed-connections", type=int, default=64, help="login flood of `mixed` (64)")
+    ap.add_argument("--probe-connections", type=int, default=2, help="connections of each mixed probe (2)")
+    ap.add_argument("--probe-delay-ms", type=int, default=10, help="pause between probe requests (10)")
+    ap.add_argument("--flood-connections", type=int, default=256, help="connections of `flood` (256)")
+    ap.add_argument("--baseline-secs", type=float, default=5, help="seconds per argon2id baseline run (5)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the argon2id baseline")
+    ap.add_argument("--no-build", action="store_true", help="use the existing release binary")
+    ap.add_argument("--tolerance", type=float, default=0.05,
+                    help="noise tolerance of the login_fail >= login comparison (0.05)")
+    ap.add_argument("--rust-log", default=None, help="RUST_LOG for the server (default: the service's)")
+    ap.add_argument("--out", default=str(REPO / "target" / "bench"), help="results directory")
+    ap.add_argument("--write-doc", action="store_true", help="replace the results in BENCHMARKS.md")
+    ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a budget line fails")
+    ap.add_argument("--profile", default="",
+                    help="instead of benchmarking: callgrind profiles of these routes (health,me,refresh)")
+    ap.add_argument("--profile-requests", type=int, default=2000,
+                    help="requests per callgrind profile (2000)")
+    a = ap.parse_args()
+
+    if a.profile:
+        handle_signals()
+        try:
+            binary = target_dir() / "release" / "clinic-auth" if a.no_build else build()
+            profile(a, binary, [x.strip() for x in a.profile.split(",") if x.strip()], Path(a.out))
+        finally:
+            cleanup()
+        return 0
+
+    scenarios = [s.strip() for s in a.scenarios.split(",") if s.strip()]
+    unknown = [s for s in scenarios if s not in ALL_SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenario(s): {', '.join(unknown)}")
+    if a.duration < 1 or a.warmup < 0 or a.connections < 1:
+        ap.error("--duration must be >= 1, --warmup >= 0, --connections >= 1")
+
+    handle_signals()
+    started = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    load_start = loadavg()
+    log(f"load average at start: {load_start}")
+    try:
+        ensure_wrk()
+        binary = target_dir() / "release" / "clinic-auth" if a.no_build else build()
+        wants_baseline = not a.no_baseline and any(
+            s in scenarios for s in ("login", "register", "flood", "mixed"))
+        baseline_runs = [argon2_baseline(a.baseline_secs)] if wants_baseline else []
+        bench = Bench(a, binary)
+        for name in scenarios:
+            bench.run(name)
+        if wants_baseline:
+            # A second baseline after the load: the machine is shared, so the
+            # mean of before and after is fairer to the routes measured between.
+            baseline_runs.append(argon2_baseline(a.baseline_secs))
+    finally:
+        cleanup()
+
+    baseline = None
+    if baseline_runs:
+        baseline = {"hashes_per_sec": statistics.mean(r["hashes_per_sec"] for r in baseline_runs),
+                    "runs": baseline_runs}
+    hps = baseline["hashes_per_sec"] if baseline else None
+    cpu_runs = [r["cpu_ms_per_hash"] for r in baseline_runs if r.get("cpu_ms_per_hash")]
+    if baseline is not None:
+        baseline["cpu_ms_per_hash"] = statistics.mean(cpu_runs) if cpu_runs else None
+    ratios(bench.rows, hps, baseline["cpu_ms_per_hash"] if baseline else None)
+    checks = budgets(bench.rows, bench.starts, hps, a.tolerance)
+    report = {
+        "started": started.isoformat(),
+        "machine": machine_info(),
+        "load_start": load_start,
+        "load_end": loadavg(),
+        "params": {k: getattr(a, k) for k in ("connections", "duration", "warmup", "mixed_connections",
+                                              "probe_connections", "probe_delay_ms", "flood_connections",
+                                              "baseline_secs", "tolerance", "rust_log")},
+        "baseline": baseline,
+        "rows": bench.rows,
+        "starts": bench.starts,
+        "budgets": checks,
+        "failed_scenarios": bench.failures,
+    }
+    md = markdown(report)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "results.md").write_text(md)
+    if a.write_doc:
+        write_doc(md)
+
+    print()
+    print(md)
+    width = max(len(c["budget"]) for c in checks)
+    print("Budget:")
+    for c in checks:
+        print(f"  {c['result']:4}  {c['budget']:<{width}}  {c['detail']}")
+    print(f"\nwritten: {out / 'results.md'}, {out / 'results.json'}")
+    if bench.failures:
+        print(f"{len(bench.failures)} scenario(s) could not run: "
+              + ", ".join(f["scenario"] for f in bench.failures))
+        return 2
+    failed = [c for c in checks if c["result"] == "FAIL"]
+    if failed:
+        print(f"{len(failed)} budget line(s) FAILED" + ("" if a.strict else " (not fatal without --strict)"))
+        if a.strict:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        cleanup()
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -208,6 +208,11 @@ impl Passwords {
         let _queued = scopeguard(move || queue.decrement(1.0));
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |blocks| {
+            // The caller hung up while queued (a flood that disconnects):
+            // skip the work rather than hash for nobody.
+            if done.is_closed() {
+                return;
+            }
             let started = std::time::Instant::now();
             let value = job(blocks);
             metrics::histogram!(crate::metrics::HASH_DURATION)
@@ -228,14 +233,20 @@ impl Passwords {
 
 fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
     lower_priority();
-    let mut blocks = vec![Block::default(); params().block_count()];
+    // Allocated on first use: an idle service holds no argon2 memory.
+    let mut blocks: Vec<Block> = Vec::new();
     loop {
         let job = match rx.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
         match job {
-            Ok(job) => job(&mut blocks),
+            Ok(job) => {
+                if blocks.is_empty() {
+                    blocks = vec![Block::default(); params().block_count()];
+                }
+                job(&mut blocks)
+            }
             // Every sender is gone: the service is shutting down.
             Err(_) => return,
         }
@@ -317,6 +328,30 @@ mod tests {
         argon2()
             .verify_password(b"Str0ng!Pass123", &parsed)
             .expect("the argon2 crate accepts our PHC");
+    }
+
+    #[tokio::test]
+    async fn abandoned_requests_are_not_hashed() {
+        let passwords = std::sync::Arc::new(Passwords::new(1));
+        let pw = Password::new("Str0ng!Pass123".into());
+        let before = passwords.hash(&pw).await.unwrap();
+        // Queue many hashes and drop them before they run.
+        for _ in 0..50 {
+            let p = std::sync::Arc::clone(&passwords);
+            let pw = Password::new("Str0ng!Pass123".into());
+            let task = tokio::spawn(async move { p.hash(&pw).await });
+            tokio::task::yield_now().await;
+            task.abort();
+        }
+        // 50 queued hashes would take ~1 s; skipped ones take nothing.
+        let started = std::time::Instant::now();
+        let after = passwords.hash(&pw).await.unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(800),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_ne!(before.expose(), after.expose());
     }
 
     #[tokio::test]

@@ -159,6 +159,22 @@ pub async fn login_submit(
     body: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
     let f = form(body)?;
+    if portal.fresh && !f.csrf.is_empty() {
+        // The sign-in form outlived its session (a front-desk screen left
+        // open past the idle timeout): nothing was done, so offer the form
+        // again rather than an error page.
+        let view = LoginPage {
+            layout: layout(
+                &state,
+                &portal,
+                None,
+                Some("The page had expired. Please sign in again.".to_owned()),
+            ),
+            form: FormState::default().with_value("email", &f.email),
+            next: safe_next(&f.next).to_owned(),
+        };
+        return page(StatusCode::FORBIDDEN, &view);
+    }
     check_csrf(&state, &portal, &f.csrf, &headers)?;
     let mut form_state = FormState::default().with_value("email", &f.email);
     let status = match state

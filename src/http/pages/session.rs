@@ -39,6 +39,9 @@ pub struct PortalData {
 pub struct Portal {
     pub session: Session,
     pub data: PortalData,
+    /// The session began with this request: whatever form the browser
+    /// sent was rendered for a session that has since expired.
+    pub fresh: bool,
 }
 
 impl Portal {
@@ -49,14 +52,19 @@ impl Portal {
             .await
             .map_err(|e| session_store::Error::Backend(e.to_string()))?
             .unwrap_or_default();
-        if data.csrf.is_empty() {
+        let fresh = data.csrf.is_empty();
+        if fresh {
             data.csrf = random_token();
             session
                 .insert(KEY, &data)
                 .await
                 .map_err(|e| session_store::Error::Backend(e.to_string()))?;
         }
-        Ok(Self { session, data })
+        Ok(Self {
+            session,
+            data,
+            fresh,
+        })
     }
 
     pub async fn save(&self) -> Result<(), session_store::Error> {

@@ -534,6 +534,11 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
         StatusCode::UNAUTHORIZED,
         "access tokens die with a reset"
     );
+    let notice =
+        &common::wait_for_subject(&app.outbox(), "Your Clinic Auth password was changed", 1).await
+            [0];
+    assert!(notice.to.contains("jane@example.com"));
+    assert!(notice.text.contains("/forgot-password") && notice.html.contains("/forgot-password"));
 }
 
 async fn reset_token_is_single_use_and_checked(backend: Backend) {
@@ -575,13 +580,13 @@ async fn reset_token_is_single_use_and_checked(backend: Backend) {
         json!({"email": "jane@example.com"}),
     )
     .await;
-    let older = wait_for_emails(&app.outbox(), 2).await[1].reset_token();
+    let older = common::wait_for_reset_emails(&app.outbox(), 2).await[1].reset_token();
     app.post_json(
         "/api/auth/forgot-password",
         json!({"email": "jane@example.com"}),
     )
     .await;
-    let newer = wait_for_emails(&app.outbox(), 3).await[2].reset_token();
+    let newer = common::wait_for_reset_emails(&app.outbox(), 3).await[2].reset_token();
     let res = app
         .post_json(
             "/api/auth/reset-password",
@@ -1045,6 +1050,12 @@ async fn change_password_keeps_only_the_callers_sign_in(backend: Backend) {
     )
     .await;
     app.login("jane@example.com", new_password).await;
+    common::wait_for_subject(&app.outbox(), "Your Clinic Auth password was changed", 1).await;
+    assert_eq!(
+        common::read_emails(&app.outbox()).len(),
+        1,
+        "one notice, no other mail"
+    );
     let res = app
         .post_json(
             "/api/auth/login",

@@ -36,3 +36,34 @@ pub fn password_reset(to: Mailbox, email: &ResetEmail<'_>) -> anyhow::Result<Out
         action_url: Some(SecretString::from(email.link.to_owned())),
     })
 }
+
+#[derive(Template)]
+#[template(path = "email/password_changed.txt")]
+struct ChangedText<'a> {
+    email: &'a ChangedEmail<'a>,
+}
+
+#[derive(Template)]
+#[template(path = "email/password_changed.html")]
+struct ChangedHtml<'a> {
+    email: &'a ChangedEmail<'a>,
+}
+
+/// What a "your password was changed" notice says (ASVS 6.3.7).
+pub struct ChangedEmail<'a> {
+    pub app_name: &'a str,
+    pub app_url: &'a str,
+    pub name: &'a str,
+    /// When, for people: "24 Nov 2026, 09:15 UTC".
+    pub when: &'a str,
+}
+
+pub fn password_changed(to: Mailbox, email: &ChangedEmail<'_>) -> anyhow::Result<OutgoingEmail> {
+    Ok(OutgoingEmail {
+        to,
+        subject: format!("Your {} password was changed", email.app_name),
+        text: ChangedText { email }.render()?,
+        html: ChangedHtml { email }.render()?,
+        action_url: None,
+    })
+}

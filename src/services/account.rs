@@ -208,6 +208,7 @@ impl AuthService {
             .await?;
         self.end_other_sessions(&user.id, keep).await?;
         self.store().delete_user_reset_tokens(&user.id).await?;
+        self.notify_password_changed(user);
         tracing::info!(user_id = %user.id, "password changed");
         Ok(())
     }

@@ -424,6 +424,37 @@ impl AuthService {
         Ok(())
     }
 
+    /// Tells the owner their password changed (ASVS 6.3.7), off the request
+    /// path: a failure is logged and changes nothing for the caller.
+    pub(super) fn notify_password_changed(&self, user: &User) {
+        let mailer = Arc::clone(&self.mailer);
+        let app_name = self.settings.app_name.clone();
+        let app_url = self.settings.app_url.clone();
+        let name = user.name.as_str().to_owned();
+        let address = user.email.as_str().to_owned();
+        let user_id = user.id.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let to = lettre::message::Mailbox::new(Some(name.clone()), address.parse()?);
+                let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
+                let message = email::password_changed(
+                    to,
+                    &email::ChangedEmail {
+                        app_name: &app_name,
+                        app_url: &app_url,
+                        name: &name,
+                        when: &when,
+                    },
+                )?;
+                mailer.send(message).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::error!(user_id = %user_id, error = ?e, "password-changed notice not sent");
+            }
+        });
+    }
+
     /// Whether a reset link is still usable (for the page behind the link).
     pub async fn reset_token_is_valid(&self, token: &str) -> Result<bool> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
@@ -478,6 +509,7 @@ impl AuthService {
         self.store.delete_user_reset_tokens(&user.id).await?;
         self.store.delete_user_web_sessions(&user.id, None).await?;
         self.revoke_access_tokens(&user.id).await?;
+        self.notify_password_changed(&user);
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

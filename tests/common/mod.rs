@@ -283,6 +283,29 @@ pub async fn wait_for_emails(dir: &Path, count: usize) -> Vec<Email> {
     panic!("expected {count} emails in {}", dir.display());
 }
 
+/// The password-reset emails only, waiting up to 5 s for `count`.
+pub async fn wait_for_reset_emails(dir: &Path, count: usize) -> Vec<Email> {
+    wait_for_subject(dir, "Reset your", count).await
+}
+
+/// Emails whose subject starts with `prefix`, waiting up to 5 s for `count`.
+pub async fn wait_for_subject(dir: &Path, prefix: &str, count: usize) -> Vec<Email> {
+    for _ in 0..100 {
+        let emails: Vec<Email> = read_emails(dir)
+            .into_iter()
+            .filter(|e| e.subject.starts_with(prefix))
+            .collect();
+        if emails.len() >= count {
+            return emails;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "expected {count} emails starting {prefix:?} in {}",
+        dir.display()
+    );
+}
+
 pub fn read_emails(dir: &Path) -> Vec<Email> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();

@@ -17,7 +17,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{MailConfig, MailTransport};
-pub use templates::{password_changed, password_reset, ChangedEmail, ResetEmail};
+pub use templates::{password_changed, password_reset, Brand, ChangedEmail, ResetEmail};
 
 /// A composed message. Its `Debug` leaves out the bodies, which carry links
 /// with tokens.

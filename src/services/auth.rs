@@ -14,7 +14,7 @@ use crate::domain::token::random_token;
 use crate::domain::{
     EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash, User, UserId,
 };
-use crate::email::{self, Mailer, ResetEmail};
+use crate::email::{self, Brand, Mailer, ResetEmail};
 use crate::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -411,10 +411,12 @@ impl AuthService {
         );
         let message = email::password_reset(
             to,
-            &ResetEmail {
+            &Brand {
                 app_name: &self.settings.app_name,
                 app_url: &self.settings.app_url,
                 name: user.name.as_str(),
+            },
+            &ResetEmail {
                 link: &link,
                 expires_minutes: self.settings.reset_ttl.as_secs() / 60,
             },
@@ -439,12 +441,12 @@ impl AuthService {
                 let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
                 let message = email::password_changed(
                     to,
-                    &email::ChangedEmail {
+                    &Brand {
                         app_name: &app_name,
                         app_url: &app_url,
                         name: &name,
-                        when: &when,
                     },
+                    &email::ChangedEmail { when: &when },
                 )?;
                 mailer.send(message).await
             }

@@ -20,6 +20,7 @@ use crate::http::middleware::rate_limit;
 use crate::http::pages::session::StoreBackedSessions;
 use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
+use crate::services::lockout::LockoutPolicy;
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{AuthService, AuthSettings};
@@ -70,6 +71,15 @@ impl App {
                 password_policy: PasswordPolicy {
                     min_chars: config.password_min_length,
                 },
+                refresh_reuse_grace: config.refresh_reuse_grace,
+                lockout: LockoutPolicy {
+                    max_failures: config.login_max_failures,
+                    window: config.login_failure_window,
+                    first_lock: config.login_lockout,
+                    max_lock: config.login_lockout_max,
+                },
+                require_verified_email: config.require_verified_email,
+                verification_ttl: config.verification_token_ttl,
             },
         ));
         let limiters = Limiters::new(
@@ -78,7 +88,13 @@ impl App {
         );
         let mut background = vec![
             rate_limit::spawn_cleanup(limiters.all()),
-            spawn_purge(Arc::clone(&store)),
+            spawn_purge(
+                Arc::clone(&store),
+                config
+                    .login_failure_window
+                    .max(config.login_lockout_max)
+                    .max(Duration::from_secs(86_400)),
+            ),
             crate::metrics::spawn_upkeep(crate::metrics::handle()),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
@@ -190,12 +206,17 @@ pub async fn shutdown_signal() {
 }
 
 /// Expired tokens are worthless; delete them hourly so tables stay small.
-fn spawn_purge(store: Arc<dyn Store>) -> JoinHandle<()> {
+/// Login throttles are kept a day after their last failure, so a lock that
+/// ends and is earned again right away still doubles.
+fn spawn_purge(store: Arc<dyn Store>, throttle_memory: Duration) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            match store.purge_expired(chrono::Utc::now()).await {
+            let now = chrono::Utc::now();
+            let idle_before = now
+                - chrono::Duration::from_std(throttle_memory).unwrap_or(chrono::Duration::days(1));
+            match store.purge_expired(now, idle_before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "expired tokens deleted"),
                 Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),

@@ -77,6 +77,19 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// A rotated refresh token presented again this soon is a second tab,
+    /// not a thief (REFRESH_REUSE_GRACE; zero means strict single use).
+    pub refresh_reuse_grace: Duration,
+    /// Failed sign-ins per email within `login_failure_window` before the
+    /// email is locked (LOGIN_MAX_FAILURES).
+    pub login_max_failures: u32,
+    pub login_failure_window: Duration,
+    /// First lock's length; each further lock doubles it, up to the max.
+    pub login_lockout: Duration,
+    pub login_lockout_max: Duration,
+    /// Refuse sign-in until the email address is verified.
+    pub require_verified_email: bool,
+    pub verification_token_ttl: Duration,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -291,6 +304,51 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let refresh_reuse_grace =
+            parse_duration_var("REFRESH_REUSE_GRACE", get("REFRESH_REUSE_GRACE"), "5s")?;
+        if refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(err(
+                "REFRESH_REUSE_GRACE",
+                "must be at most 60s: a longer grace lets a stolen token be replayed",
+            ));
+        }
+        let login_max_failures =
+            parse_num::<u32>("LOGIN_MAX_FAILURES", get("LOGIN_MAX_FAILURES"), 5)?;
+        if login_max_failures == 0 {
+            return Err(err("LOGIN_MAX_FAILURES", "must be at least 1"));
+        }
+        let login_failure_window =
+            parse_duration_var("LOGIN_FAILURE_WINDOW", get("LOGIN_FAILURE_WINDOW"), "15m")?;
+        let login_lockout = parse_duration_var("LOGIN_LOCKOUT", get("LOGIN_LOCKOUT"), "1m")?;
+        let login_lockout_max =
+            parse_duration_var("LOGIN_LOCKOUT_MAX", get("LOGIN_LOCKOUT_MAX"), "1h")?;
+        for (var, value) in [
+            ("LOGIN_FAILURE_WINDOW", login_failure_window),
+            ("LOGIN_LOCKOUT", login_lockout),
+        ] {
+            if value.is_zero() {
+                return Err(err(var, "must be longer than zero"));
+            }
+        }
+        if login_lockout_max < login_lockout {
+            return Err(err("LOGIN_LOCKOUT_MAX", "must be at least LOGIN_LOCKOUT"));
+        }
+        let require_verified_email = parse_bool(
+            "REQUIRE_VERIFIED_EMAIL",
+            get("REQUIRE_VERIFIED_EMAIL"),
+            false,
+        )?;
+        let verification_token_ttl = parse_duration_var(
+            "VERIFICATION_TOKEN_EXPIRES",
+            get("VERIFICATION_TOKEN_EXPIRES"),
+            "24h",
+        )?;
+        if verification_token_ttl.is_zero() {
+            return Err(err(
+                "VERIFICATION_TOKEN_EXPIRES",
+                "must be longer than zero",
+            ));
+        }
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| {
@@ -307,6 +365,13 @@ impl Config {
 
         Ok(Self {
             trusted_proxies,
+            refresh_reuse_grace,
+            login_max_failures,
+            login_failure_window,
+            login_lockout,
+            login_lockout_max,
+            require_verified_email,
+            verification_token_ttl,
             metrics_addr,
             data_dir,
             session_idle_timeout,
@@ -526,6 +591,15 @@ mod tests {
         assert_eq!(c.password_min_length, 12);
         assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
         assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(c.refresh_reuse_grace, Duration::from_secs(5));
+        assert_eq!(c.login_max_failures, 5);
+        assert_eq!(c.login_failure_window, Duration::from_secs(15 * 60));
+        assert_eq!(
+            (c.login_lockout, c.login_lockout_max),
+            (Duration::from_secs(60), Duration::from_secs(3600))
+        );
+        assert!(!c.require_verified_email);
+        assert_eq!(c.verification_token_ttl, Duration::from_secs(86_400));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }

@@ -179,6 +179,33 @@ impl From<ServiceError> for ApiError {
                 "invalid_token",
                 "This reset link is not valid, was already used or has expired. Ask for a new one.",
             ),
+            ServiceError::AccountLocked { retry_after } => {
+                let secs = ceil_secs(retry_after);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "account_locked",
+                    format!(
+                        "Too many failed sign-ins for this email. Try again in {} or reset the password.",
+                        wait_in_words(secs)
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            }
+            ServiceError::EmailUnverified => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "email_unverified",
+                "Confirm your email address first: we have sent you a new link.",
+            ),
+            ServiceError::InvalidVerificationToken => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_token",
+                "This verification link is not valid, was already used or has expired.",
+            ),
+            ServiceError::AlreadyVerified => ApiError::new(
+                StatusCode::CONFLICT,
+                "already_verified",
+                "This email address is already verified.",
+            ),
             ServiceError::WrongCurrentPassword => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",
@@ -191,6 +218,29 @@ impl From<ServiceError> for ApiError {
             ServiceError::Internal(e) => {
                 tracing::error!(error = ?e, "internal error");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+/// Whole seconds, rounded up so retrying at the advertised second works.
+pub fn ceil_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
+}
+
+/// "45 seconds", "3 minutes": for messages people read.
+pub fn wait_in_words(secs: u64) -> String {
+    match secs {
+        1 => "1 second".to_owned(),
+        s if s < 60 => format!("{s} seconds"),
+        s => {
+            let minutes = s.div_ceil(60);
+            if minutes == 1 {
+                "1 minute".to_owned()
+            } else {
+                format!("{minutes} minutes")
             }
         }
     }

@@ -13,6 +13,7 @@ pub const HASH_QUEUE: &str = "clinic_auth_password_hash_queue_depth";
 pub const HASH_DURATION: &str = "clinic_auth_password_hash_duration_seconds";
 pub const LOGINS: &str = "clinic_auth_logins_total";
 pub const REFRESH_REUSE: &str = "clinic_auth_refresh_reuse_detected_total";
+pub const ACCOUNT_LOCKS: &str = "clinic_auth_account_locks_total";
 pub const RATE_LIMITED: &str = "clinic_auth_rate_limited_total";
 pub const STORE_ERRORS: &str = "clinic_auth_store_errors_total";
 pub const BUILD_INFO: &str = "clinic_auth_build_info";
@@ -57,6 +58,10 @@ fn describe() {
     );
     describe_counter!(LOGINS, "Sign-in attempts by outcome");
     describe_counter!(REFRESH_REUSE, "Replaced refresh tokens presented again");
+    describe_counter!(
+        ACCOUNT_LOCKS,
+        "Sign-in locks started after repeated failures for one email"
+    );
     describe_counter!(RATE_LIMITED, "Requests refused by a per-IP rate limit");
     describe_counter!(STORE_ERRORS, "Database calls that failed, by kind");
     describe_gauge!(

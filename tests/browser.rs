@@ -516,11 +516,12 @@ fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
 }
 
-/// The emails in the outbox, waiting (generously) for `count` of them.
-async fn emails(app: &TestApp, count: usize) -> Vec<Email> {
+/// The emails in the outbox whose subject starts with `subject`, waiting
+/// (generously) for `count` of them.
+async fn emails(app: &TestApp, subject: &str, count: usize) -> Vec<Email> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
-        let emails = common::read_emails(&app.outbox());
+        let emails = common::read_subject(&app.outbox(), subject);
         if emails.len() >= count {
             return emails;
         }
@@ -648,7 +649,7 @@ async fn password_reset_by_email() {
     assert_eq!(b.query().await.as_deref(), Some("sent=1"));
     b.screenshot("forgot-sent").await;
 
-    let mail = emails(&app, 1).await.remove(0);
+    let mail = emails(&app, "Reset your", 1).await.remove(0);
     assert!(mail.to.contains("mary@example.com"), "{}", mail.to);
     let token = mail.reset_token();
     let link = format!("{}/reset-password?token={token}", app.base);

@@ -66,12 +66,24 @@ impl SmtpServer {
         }
     }
 
-    async fn wait_for_mail(&self) -> Vec<u8> {
+    /// The first delivered message whose subject starts with `subject`.
+    async fn wait_for_mail(&self, subject: &str) -> Vec<u8> {
+        use mailparse::MailHeaderMap;
         let new = self.maildir.path().join("mail/new");
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Some(entry) = std::fs::read_dir(&new).ok().and_then(|mut d| d.next()) {
-                return std::fs::read(entry.unwrap().path()).unwrap();
+            let delivered = std::fs::read_dir(&new)
+                .into_iter()
+                .flatten()
+                .filter_map(|entry| std::fs::read(entry.ok()?.path()).ok());
+            for raw in delivered {
+                let headers = mailparse::parse_headers(&raw).unwrap().0;
+                if headers
+                    .get_first_value("Subject")
+                    .is_some_and(|s| s.starts_with(subject))
+                {
+                    return raw;
+                }
             }
             assert!(Instant::now() < deadline, "no mail arrived");
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -110,7 +122,7 @@ async fn reset_email_goes_out_over_smtp() {
         .await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
 
-    let raw = smtp.wait_for_mail().await;
+    let raw = smtp.wait_for_mail("Reset your").await;
     use mailparse::MailHeaderMap;
     let mail = mailparse::parse_mail(&raw).unwrap();
     assert!(mail

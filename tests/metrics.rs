@@ -41,7 +41,7 @@ async fn counters_move_with_traffic() {
         StatusCode::TOO_MANY_REQUESTS
     );
     let (_, refresh) = {
-        let app2 = TestApp::spawn(Backend::Sqlite).await;
+        let app2 = TestApp::spawn_with(Backend::Sqlite, &[("REFRESH_REUSE_GRACE", "0s")]).await;
         app2.register("john@example.com").await;
         let tokens = app2.login("john@example.com", PASSWORD).await;
         assert_eq!(app2.refresh_with(&tokens.1).await.status(), StatusCode::OK);

@@ -17,7 +17,8 @@ use chrono::{DateTime, TimeDelta, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::mongo::MongoStore;
 use clinic_auth::storage::{
-    NewRefreshToken, NewUser, RefreshTokenStore, Store, StoreError, UserStore,
+    NewRefreshToken, NewUser, RefreshTokenRecord, RefreshTokenStore, Rotation, Store, StoreError,
+    UserStore,
 };
 use mongodb::Database;
 
@@ -140,6 +141,13 @@ async fn creates_and_finds_users_in_the_python_document_shape() {
     }
 }
 
+fn rotated(rotation: Rotation) -> RefreshTokenRecord {
+    match rotation {
+        Rotation::Rotated(retired) => retired,
+        other => panic!("expected a rotation, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn creates_the_documented_indexes() {
     let (store, db) = store().await;
@@ -148,7 +156,12 @@ async fn creates_the_documented_indexes() {
     store.ensure_indexes().await.unwrap();
 
     let mut found = Vec::new();
-    for collection in ["users", "refresh_tokens", "reset_tokens"] {
+    for collection in [
+        "users",
+        "refresh_tokens",
+        "reset_tokens",
+        "verification_tokens",
+    ] {
         let mut cursor = db
             .collection::<Document>(collection)
             .list_indexes()
@@ -175,6 +188,9 @@ async fn creates_the_documented_indexes() {
         "reset_tokens.token_hash unique=true",
         "reset_tokens.user_id unique=false",
         "reset_tokens.expires_at unique=false",
+        "verification_tokens.token_hash unique=true",
+        "verification_tokens.user_id unique=false",
+        "verification_tokens.expires_at unique=false",
     ] {
         assert!(
             found.iter().any(|f| f == expected),
@@ -218,11 +234,12 @@ async fn values_keep_their_bson_types_after_set() {
     let (b, b_hash) = refresh(&user.id, "b", TimeDelta::hours(1));
     let (c, _) = refresh(&user.id, "c", TimeDelta::hours(1));
     store.insert_refresh_token(&b).await.unwrap();
-    store
-        .rotate_refresh_token(&b_hash, now, &c)
-        .await
-        .unwrap()
-        .expect("rotated");
+    rotated(
+        store
+            .rotate_refresh_token(&b_hash, now, TimeDelta::zero(), &c)
+            .await
+            .unwrap(),
+    );
     let raw = raw_one(&db, "refresh_tokens", doc! { "jti": "jti-b" }).await;
     assert_eq!(raw.get("revoked"), Some(&Bson::Boolean(true)));
     assert_eq!(
@@ -279,11 +296,12 @@ async fn stores_and_rotates_refresh_tokens() {
 
     let now = now_ms();
     let (second, second_hash) = refresh(&user, "second", TimeDelta::days(7));
-    let retired = store
-        .rotate_refresh_token(&first_hash, now, &second)
-        .await
-        .unwrap()
-        .expect("active token rotates");
+    let retired = rotated(
+        store
+            .rotate_refresh_token(&first_hash, now, TimeDelta::zero(), &second)
+            .await
+            .unwrap(),
+    );
     assert_eq!(retired.jti, "jti-first");
     assert!(retired.revoked);
     assert_eq!(retired.replaced_by.as_deref(), Some("jti-second"));
@@ -298,16 +316,20 @@ async fn stores_and_rotates_refresh_tokens() {
 
     // A rotated (revoked) token cannot rotate again, and nothing is stored.
     let (third, third_hash) = refresh(&user, "third", TimeDelta::days(7));
-    assert!(store
-        .rotate_refresh_token(&first_hash, now, &third)
-        .await
-        .unwrap()
-        .is_none());
-    assert!(store
-        .rotate_refresh_token(&TokenHash::of("unknown"), now, &third)
-        .await
-        .unwrap()
-        .is_none());
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&first_hash, now, TimeDelta::zero(), &third)
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected { revoked: 1, .. }
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&TokenHash::of("unknown"), now, TimeDelta::zero(), &third)
+            .await
+            .unwrap(),
+        Rotation::Rejected
+    ));
     assert!(store
         .find_refresh_token(&third_hash)
         .await
@@ -343,11 +365,12 @@ async fn reads_refresh_tokens_written_by_the_python_service() {
     assert_eq!(found.expires_at, expires);
 
     let (next, _) = refresh(&user, "after-legacy", TimeDelta::days(7));
-    let retired = store
-        .rotate_refresh_token(&hash, now_ms(), &next)
-        .await
-        .unwrap()
-        .expect("a legacy token rotates");
+    let retired = rotated(
+        store
+            .rotate_refresh_token(&hash, now_ms(), TimeDelta::zero(), &next)
+            .await
+            .unwrap(),
+    );
     assert_eq!(retired.replaced_by.as_deref(), Some(next.jti.as_str()));
 }
 

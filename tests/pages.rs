@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_error, read_emails, set_cookie, wait_for_emails, Backend, TestApp, PASSWORD};
+use common::{expect_error, set_cookie, Backend, TestApp, PASSWORD};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::json;
 
@@ -27,6 +27,8 @@ backend_tests!(
     browsers_get_error_pages_and_api_keeps_json,
     page_forms_are_rate_limited_with_a_friendly_page,
     https_portal_cookies_are_host_prefixed,
+    login_page_explains_locks_and_unverified_addresses,
+    account_page_resends_the_verification_link,
 );
 
 /// A browser-like client: keeps cookies, does not follow redirects.
@@ -659,9 +661,9 @@ async fn page_reset_flow_and_bad_links(backend: Backend) {
         "/forgot-password?sent=1",
         "same answer for unknown emails"
     );
-    let token = wait_for_emails(&app.outbox(), 1).await[0].reset_token();
+    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(read_emails(&app.outbox()).len(), 1);
+    assert_eq!(common::read_subject(&app.outbox(), "Reset your").len(), 1);
 
     let res = get(&app, &client, &format!("/reset-password?token={token}")).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -907,4 +909,78 @@ async fn https_portal_cookies_are_host_prefixed(backend: Backend) {
         .to_str()
         .unwrap()
         .contains("max-age="));
+}
+
+async fn login_page_explains_locks_and_unverified_addresses(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("LOGIN_MAX_FAILURES", "2"),
+            ("REQUIRE_VERIFIED_EMAIL", "true"),
+        ],
+    )
+    .await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    // Right password, unverified address: the same 403 as the API.
+    let res = sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Confirm your email address first"), "{html}");
+    assert!(html.contains("value=\"jane@example.com\""), "email kept");
+
+    for _ in 0..2 {
+        let res = sign_in(&app, &client, "nobody@example.com", "Wr0ng!Password99").await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = sign_in(&app, &client, "nobody@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("Too many failed sign-ins for this email. Try again in 1 minute"),
+        "{html}"
+    );
+}
+
+async fn account_page_resends_the_verification_link(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    common::wait_for_subject(&app.outbox(), common::VERIFY_SUBJECT, 1).await;
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    assert!(html.contains("Not yet") && html.contains("Send the link again"));
+    let csrf = csrf_of(&html);
+    let res = post_form(&app, &client, "/account/verify-email", &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/account");
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    assert!(
+        html.contains("We have sent a new verification link"),
+        "{html}"
+    );
+    let emails = common::wait_for_subject(&app.outbox(), common::VERIFY_SUBJECT, 2).await;
+    // Following the new link from this browser confirms the address.
+    let marker = "http://localhost:8000";
+    let link = emails[1]
+        .text
+        .lines()
+        .find(|l| l.starts_with(marker))
+        .unwrap()
+        .trim()
+        .trim_start_matches(marker)
+        .to_owned();
+    let res = get(&app, &client, &link).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("Go to your account"));
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    assert!(!html.contains("Send the link again"));
+    // Without a CSRF token nothing is sent.
+    let res = post_form(
+        &app,
+        &client,
+        "/account/verify-email",
+        &[("csrf", "forged")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }

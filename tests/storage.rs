@@ -8,7 +8,8 @@ use std::sync::Arc;
 use chrono::{Duration, DurationRound, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::{
-    NewRefreshToken, NewResetToken, NewUser, Store, StoreError, WebSessionRecord,
+    NewOneTimeToken, NewRefreshToken, NewUser, Rotation, Store, StoreError, TokenPurpose,
+    WebSessionRecord,
 };
 use common::{fresh_store, Backend};
 
@@ -21,14 +22,21 @@ backend_tests!(
     rotation_refuses_revoked_expired_and_unknown,
     concurrent_rotation_has_one_winner,
     revocation_by_token_and_by_user,
-    reset_tokens_are_single_use_and_expire,
-    newer_reset_token_replaces_older,
+    one_time_tokens_are_single_use_and_expire,
+    newer_one_time_token_replaces_older,
     purge_removes_only_expired_tokens,
     ping_answers,
     families_are_listed_and_revoked_one_at_a_time,
     revoke_all_can_keep_one_family,
     web_sessions_round_trip_and_expire,
     web_sessions_are_listed_and_deleted_per_user,
+    replay_outside_grace_revokes_the_whole_family,
+    replay_inside_grace_adds_a_sibling_to_a_live_family,
+    one_time_token_purposes_never_mix,
+    email_can_be_marked_verified,
+    login_failures_are_counted_locked_and_cleared,
+    concurrent_login_failures_are_all_counted,
+    purge_forgets_idle_login_throttles,
 );
 
 fn now() -> chrono::DateTime<Utc> {
@@ -162,11 +170,13 @@ async fn refresh_rotation_retires_the_old_token(backend: Backend) {
 
     let second = refresh(&user, "jti-2", "fam-1", Duration::days(7));
     let at = now();
-    let retired = store
-        .rotate_refresh_token(&first.token_hash, at, &second)
+    let Rotation::Rotated(retired) = store
+        .rotate_refresh_token(&first.token_hash, at, Duration::zero(), &second)
         .await
         .unwrap()
-        .unwrap();
+    else {
+        panic!("an active token rotates");
+    };
     assert_eq!(retired.jti, "jti-1");
     assert_eq!(retired.user_id, user);
     assert_eq!(retired.family_id, "fam-1");
@@ -208,11 +218,13 @@ async fn rotation_refuses_revoked_expired_and_unknown(backend: Backend) {
     ] {
         let replacement = refresh(&user, &format!("next-{label}"), "fam", Duration::days(1));
         assert!(
-            store
-                .rotate_refresh_token(&hash, now(), &replacement)
-                .await
-                .unwrap()
-                .is_none(),
+            matches!(
+                store
+                    .rotate_refresh_token(&hash, now(), Duration::seconds(5), &replacement)
+                    .await
+                    .unwrap(),
+                Rotation::Rejected
+            ),
             "{label}"
         );
         assert!(
@@ -237,11 +249,13 @@ async fn concurrent_rotation_has_one_winner(backend: Backend) {
             let hash = token.token_hash.clone();
             let next = refresh(&user, &format!("child-{i}"), "fam", Duration::days(1));
             tokio::spawn(async move {
-                store
-                    .rotate_refresh_token(&hash, now(), &next)
-                    .await
-                    .unwrap()
-                    .is_some()
+                matches!(
+                    store
+                        .rotate_refresh_token(&hash, now(), Duration::zero(), &next)
+                        .await
+                        .unwrap(),
+                    Rotation::Rotated(_)
+                )
             })
         })
         .collect();
@@ -305,8 +319,10 @@ async fn revocation_by_token_and_by_user(backend: Backend) {
     );
 }
 
-fn reset(user: &UserId, raw: &str, expires_in: Duration) -> NewResetToken {
-    NewResetToken {
+const PURPOSES: [TokenPurpose; 2] = [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification];
+
+fn one_time(user: &UserId, raw: &str, expires_in: Duration) -> NewOneTimeToken {
+    NewOneTimeToken {
         user_id: user.clone(),
         token_hash: TokenHash::of(raw),
         expires_at: now() + expires_in,
@@ -314,134 +330,144 @@ fn reset(user: &UserId, raw: &str, expires_in: Duration) -> NewResetToken {
     }
 }
 
-async fn reset_tokens_are_single_use_and_expire(backend: Backend) {
+async fn one_time_tokens_are_single_use_and_expire(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let jane = user_in(&store, "jane@example.com").await;
     let john = user_in(&store, "john@example.com").await;
-    let live = reset(&jane, "live", Duration::minutes(30));
-    store.replace_reset_token(&live).await.unwrap();
-    assert_eq!(
-        store
-            .find_reset_token(&live.token_hash, now())
-            .await
-            .unwrap(),
-        Some(jane.clone())
-    );
-    assert_eq!(
-        store
-            .find_reset_token(&live.token_hash, now())
-            .await
-            .unwrap(),
-        Some(jane.clone()),
-        "peeking does not consume"
-    );
-    // Judged by the time given, not by a TTL monitor.
-    let later = now() + Duration::minutes(31);
-    assert_eq!(
-        store
-            .find_reset_token(&live.token_hash, later)
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .consume_reset_token(&live.token_hash, now())
-            .await
-            .unwrap(),
-        Some(jane.clone())
-    );
-    assert_eq!(
-        store
-            .consume_reset_token(&live.token_hash, now())
-            .await
-            .unwrap(),
-        None,
-        "single use"
-    );
-    assert_eq!(
-        store
-            .find_reset_token(&live.token_hash, now())
-            .await
-            .unwrap(),
-        None
-    );
-
-    let stale = reset(&john, "stale", Duration::minutes(30));
-    store.replace_reset_token(&stale).await.unwrap();
-    assert_eq!(
-        store
-            .consume_reset_token(&stale.token_hash, later)
-            .await
-            .unwrap(),
-        None,
-        "expired"
-    );
-
-    let contested = reset(&john, "contested", Duration::minutes(30));
-    store.replace_reset_token(&contested).await.unwrap();
-    let attempts = (0..8).map(|_| {
-        let store = Arc::clone(&store);
-        let hash = contested.token_hash.clone();
-        tokio::spawn(async move {
+    for purpose in PURPOSES {
+        let live = one_time(&jane, "live", Duration::minutes(30));
+        store.replace_one_time_token(purpose, &live).await.unwrap();
+        assert_eq!(
             store
-                .consume_reset_token(&hash, now())
+                .find_one_time_token(purpose, &live.token_hash, now())
                 .await
-                .unwrap()
-                .is_some()
-        })
-    });
-    let wins = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().unwrap())
-        .count();
-    assert_eq!(wins, 1);
+                .unwrap(),
+            Some(jane.clone())
+        );
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &live.token_hash, now())
+                .await
+                .unwrap(),
+            Some(jane.clone()),
+            "peeking does not consume"
+        );
+        // Judged by the time given, not by a TTL monitor.
+        let later = now() + Duration::minutes(31);
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &live.token_hash, later)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .consume_one_time_token(purpose, &live.token_hash, now())
+                .await
+                .unwrap(),
+            Some(jane.clone())
+        );
+        assert_eq!(
+            store
+                .consume_one_time_token(purpose, &live.token_hash, now())
+                .await
+                .unwrap(),
+            None,
+            "single use"
+        );
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &live.token_hash, now())
+                .await
+                .unwrap(),
+            None
+        );
 
-    let mine = reset(&jane, "mine", Duration::minutes(30));
-    store.replace_reset_token(&mine).await.unwrap();
-    store.delete_user_reset_tokens(&jane).await.unwrap();
-    assert_eq!(
+        let stale = one_time(&john, "stale", Duration::minutes(30));
+        store.replace_one_time_token(purpose, &stale).await.unwrap();
+        assert_eq!(
+            store
+                .consume_one_time_token(purpose, &stale.token_hash, later)
+                .await
+                .unwrap(),
+            None,
+            "expired"
+        );
+
+        let contested = one_time(&john, "contested", Duration::minutes(30));
         store
-            .find_reset_token(&mine.token_hash, now())
+            .replace_one_time_token(purpose, &contested)
             .await
-            .unwrap(),
-        None
-    );
+            .unwrap();
+        let attempts = (0..8).map(|_| {
+            let store = Arc::clone(&store);
+            let hash = contested.token_hash.clone();
+            tokio::spawn(async move {
+                store
+                    .consume_one_time_token(purpose, &hash, now())
+                    .await
+                    .unwrap()
+                    .is_some()
+            })
+        });
+        let wins = futures::future::join_all(attempts)
+            .await
+            .into_iter()
+            .filter(|r| *r.as_ref().unwrap())
+            .count();
+        assert_eq!(wins, 1);
+
+        let mine = one_time(&jane, "mine", Duration::minutes(30));
+        store.replace_one_time_token(purpose, &mine).await.unwrap();
+        store
+            .delete_user_one_time_tokens(purpose, &jane)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &mine.token_hash, now())
+                .await
+                .unwrap(),
+            None
+        );
+    }
 }
 
-async fn newer_reset_token_replaces_older(backend: Backend) {
+async fn newer_one_time_token_replaces_older(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let jane = user_in(&store, "jane@example.com").await;
     let john = user_in(&store, "john@example.com").await;
-    let older = reset(&jane, "older", Duration::minutes(30));
-    let newer = reset(&jane, "newer", Duration::minutes(30));
-    let johns = reset(&john, "johns", Duration::minutes(30));
-    store.replace_reset_token(&older).await.unwrap();
-    store.replace_reset_token(&johns).await.unwrap();
-    store.replace_reset_token(&newer).await.unwrap();
-    assert_eq!(
-        store
-            .find_reset_token(&older.token_hash, now())
-            .await
-            .unwrap(),
-        None
-    );
-    assert_eq!(
-        store
-            .find_reset_token(&newer.token_hash, now())
-            .await
-            .unwrap(),
-        Some(jane)
-    );
-    assert_eq!(
-        store
-            .find_reset_token(&johns.token_hash, now())
-            .await
-            .unwrap(),
-        Some(john),
-        "other users untouched"
-    );
+    for purpose in PURPOSES {
+        let older = one_time(&jane, "older", Duration::minutes(30));
+        let newer = one_time(&jane, "newer", Duration::minutes(30));
+        let johns = one_time(&john, "johns", Duration::minutes(30));
+        store.replace_one_time_token(purpose, &older).await.unwrap();
+        store.replace_one_time_token(purpose, &johns).await.unwrap();
+        store.replace_one_time_token(purpose, &newer).await.unwrap();
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &older.token_hash, now())
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &newer.token_hash, now())
+                .await
+                .unwrap(),
+            Some(jane.clone())
+        );
+        assert_eq!(
+            store
+                .find_one_time_token(purpose, &johns.token_hash, now())
+                .await
+                .unwrap(),
+            Some(john.clone()),
+            "other users untouched"
+        );
+    }
 }
 
 async fn purge_removes_only_expired_tokens(backend: Backend) {
@@ -452,7 +478,7 @@ async fn purge_removes_only_expired_tokens(backend: Backend) {
     store.insert_refresh_token(&live).await.unwrap();
     store.insert_refresh_token(&dead).await.unwrap();
     store
-        .purge_expired(now() + Duration::hours(1))
+        .purge_expired(now() + Duration::hours(1), now() - Duration::days(1))
         .await
         .unwrap();
     assert!(store
@@ -485,11 +511,13 @@ async fn families_are_listed_and_revoked_one_at_a_time(backend: Backend) {
         store.insert_refresh_token(t).await.unwrap();
     }
     let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
-    store
-        .rotate_refresh_token(&a1.token_hash, now(), &a2)
-        .await
-        .unwrap()
-        .unwrap();
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&a1.token_hash, now(), Duration::zero(), &a2)
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
 
     let live = store.list_user_refresh_tokens(&jane, now()).await.unwrap();
     let mut jtis: Vec<&str> = live.iter().map(|t| t.jti.as_str()).collect();
@@ -624,7 +652,7 @@ async fn web_sessions_round_trip_and_expire(backend: Backend) {
     let stale = web_session("stale", None, Duration::seconds(1));
     store.save_web_session(&stale).await.unwrap();
     store
-        .purge_expired(now() + Duration::minutes(1))
+        .purge_expired(now() + Duration::minutes(1), now() - Duration::days(1))
         .await
         .unwrap();
     assert!(store
@@ -686,5 +714,337 @@ async fn web_sessions_are_listed_and_deleted_per_user(backend: Backend) {
             .len(),
         1,
         "john untouched"
+    );
+}
+
+async fn replay_outside_grace_revokes_the_whole_family(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let a1 = refresh(&jane, "a1", "fam-a", Duration::days(1));
+    let other = refresh(&jane, "b1", "fam-b", Duration::days(1));
+    store.insert_refresh_token(&a1).await.unwrap();
+    store.insert_refresh_token(&other).await.unwrap();
+    let t0 = now();
+    let grace = Duration::seconds(5);
+    let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
+    let a3 = refresh(&jane, "a3", "fam-a", Duration::days(1));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&a1.token_hash, t0, grace, &a2)
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&a2.token_hash, t0, grace, &a3)
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    // Six seconds later the first token comes back.
+    let replay = refresh(&jane, "a-replay", "fam-a", Duration::days(1));
+    match store
+        .rotate_refresh_token(&a1.token_hash, t0 + Duration::seconds(6), grace, &replay)
+        .await
+        .unwrap()
+    {
+        Rotation::ReuseDetected { token, revoked } => {
+            assert_eq!(token.jti, "a1");
+            assert_eq!(token.family_id, "fam-a");
+            assert_eq!(revoked, 1, "a3 was the family's only live token");
+        }
+        other => panic!("expected reuse detection, got {other:?}"),
+    }
+    for (hash, label) in [
+        (&a3.token_hash, "descendant"),
+        (&replay.token_hash, "replay"),
+    ] {
+        let found = store.find_refresh_token(hash).await.unwrap();
+        assert!(found.is_none_or(|t| t.revoked), "{label} is dead");
+    }
+    assert!(
+        !store
+            .find_refresh_token(&other.token_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked,
+        "other families untouched"
+    );
+    // A second replay finds nothing left to revoke.
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&a2.token_hash, t0 + Duration::seconds(7), grace, &replay)
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected { revoked: 0, .. }
+    ));
+}
+
+async fn replay_inside_grace_adds_a_sibling_to_a_live_family(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let a1 = refresh(&jane, "a1", "fam-a", Duration::days(1));
+    store.insert_refresh_token(&a1).await.unwrap();
+    let t0 = now();
+    let grace = Duration::seconds(5);
+    let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
+    store
+        .rotate_refresh_token(&a1.token_hash, t0, grace, &a2)
+        .await
+        .unwrap();
+    let sibling = refresh(&jane, "a2-sibling", "fam-a", Duration::days(1));
+    match store
+        .rotate_refresh_token(&a1.token_hash, t0 + Duration::seconds(2), grace, &sibling)
+        .await
+        .unwrap()
+    {
+        Rotation::GraceSibling(retired) => assert_eq!(retired.jti, "a1"),
+        other => panic!("expected a sibling, got {other:?}"),
+    }
+    for hash in [&a2.token_hash, &sibling.token_hash] {
+        let t = store.find_refresh_token(hash).await.unwrap().unwrap();
+        assert!(!t.revoked && t.family_id == "fam-a");
+    }
+    // With no grace the same replay is a theft.
+    let strict = refresh(&jane, "a2-strict", "fam-a", Duration::days(1));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(
+                &a1.token_hash,
+                t0 + Duration::seconds(2),
+                Duration::zero(),
+                &strict
+            )
+            .await
+            .unwrap(),
+        Rotation::ReuseDetected { revoked: 2, .. }
+    ));
+    // A family with nothing live left gets no sibling, even in the grace.
+    let late = refresh(&jane, "a2-late", "fam-a", Duration::days(1));
+    assert!(matches!(
+        store
+            .rotate_refresh_token(&a1.token_hash, t0 + Duration::seconds(3), grace, &late)
+            .await
+            .unwrap(),
+        Rotation::Rejected
+    ));
+    assert!(store
+        .find_refresh_token(&late.token_hash)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn one_time_token_purposes_never_mix(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let reset = one_time(&jane, "reset-link", Duration::minutes(30));
+    let verify = one_time(&jane, "verify-link", Duration::hours(24));
+    store
+        .replace_one_time_token(TokenPurpose::PasswordReset, &reset)
+        .await
+        .unwrap();
+    store
+        .replace_one_time_token(TokenPurpose::EmailVerification, &verify)
+        .await
+        .unwrap();
+    // Replacing one purpose's token leaves the other's alone.
+    assert_eq!(
+        store
+            .find_one_time_token(TokenPurpose::PasswordReset, &reset.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane.clone())
+    );
+    assert_eq!(
+        store
+            .consume_one_time_token(TokenPurpose::EmailVerification, &reset.token_hash, now())
+            .await
+            .unwrap(),
+        None,
+        "a reset link does not verify"
+    );
+    assert_eq!(
+        store
+            .consume_one_time_token(TokenPurpose::PasswordReset, &verify.token_hash, now())
+            .await
+            .unwrap(),
+        None,
+        "a verification link does not reset"
+    );
+    store
+        .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &jane)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .consume_one_time_token(TokenPurpose::EmailVerification, &verify.token_hash, now())
+            .await
+            .unwrap(),
+        Some(jane)
+    );
+}
+
+async fn email_can_be_marked_verified(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    assert!(
+        !store
+            .find_user_by_id(&jane)
+            .await
+            .unwrap()
+            .unwrap()
+            .verified
+    );
+    let later = now() + Duration::seconds(3);
+    assert!(store.set_verified(&jane, later).await.unwrap());
+    let user = store.find_user_by_id(&jane).await.unwrap().unwrap();
+    assert!(user.verified);
+    assert_eq!(user.updated_at, later);
+    assert!(!store
+        .set_verified(&UserId::new("nobody"), later)
+        .await
+        .unwrap());
+}
+
+async fn login_failures_are_counted_locked_and_cleared(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let key = TokenHash::of("login-throttle:jane@example.com");
+    let other = TokenHash::of("login-throttle:john@example.com");
+    assert_eq!(store.login_throttle(&key).await.unwrap(), None);
+    let t0 = now();
+    let window = Duration::minutes(15);
+    for n in 1..=3 {
+        let state = store
+            .add_login_failure(
+                &key,
+                t0 + Duration::seconds(n),
+                t0 + Duration::seconds(n) - window,
+            )
+            .await
+            .unwrap();
+        assert_eq!(state.failures, u32::try_from(n).unwrap());
+        assert_eq!(state.window_started_at, t0 + Duration::seconds(1));
+        assert_eq!((state.locked_until, state.lock_count), (None, 0));
+    }
+    store
+        .add_login_failure(&other, t0, t0 - window)
+        .await
+        .unwrap();
+
+    // Lock: only one of two racing lockers wins.
+    let until = t0 + Duration::minutes(1);
+    assert!(store.lock_login(&key, until, t0).await.unwrap());
+    assert!(!store.lock_login(&key, until, t0).await.unwrap());
+    let locked = store.login_throttle(&key).await.unwrap().unwrap();
+    assert_eq!(locked.locked_until, Some(until));
+    assert_eq!((locked.failures, locked.lock_count), (0, 1));
+
+    // After the lock, a new window: the lock count is remembered.
+    let after = until + Duration::seconds(1);
+    let state = store
+        .add_login_failure(&key, after, after - window)
+        .await
+        .unwrap();
+    assert_eq!((state.failures, state.lock_count), (1, 1));
+    assert!(store
+        .lock_login(&key, after + Duration::minutes(2), after)
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .login_throttle(&key)
+            .await
+            .unwrap()
+            .unwrap()
+            .lock_count,
+        2
+    );
+
+    // A window that ran out restarts the count at one.
+    let much_later = after + Duration::hours(1);
+    let state = store
+        .add_login_failure(&key, much_later, much_later - window)
+        .await
+        .unwrap();
+    assert_eq!(state.failures, 1);
+    assert_eq!(state.window_started_at, much_later);
+
+    store.clear_login_throttle(&key).await.unwrap();
+    assert_eq!(store.login_throttle(&key).await.unwrap(), None);
+    assert_eq!(
+        store
+            .login_throttle(&other)
+            .await
+            .unwrap()
+            .unwrap()
+            .failures,
+        1,
+        "other keys untouched"
+    );
+}
+
+async fn concurrent_login_failures_are_all_counted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let key = TokenHash::of("login-throttle:contested");
+    let t0 = now();
+    store
+        .add_login_failure(&key, t0, t0 - Duration::minutes(15))
+        .await
+        .unwrap();
+    let attempts = (0..10).map(|_| {
+        let store = Arc::clone(&store);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let at = now();
+            store
+                .add_login_failure(&key, at, at - Duration::minutes(15))
+                .await
+                .unwrap()
+        })
+    });
+    for r in futures::future::join_all(attempts).await {
+        r.unwrap();
+    }
+    assert_eq!(
+        store.login_throttle(&key).await.unwrap().unwrap().failures,
+        11
+    );
+}
+
+async fn purge_forgets_idle_login_throttles(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let idle = TokenHash::of("login-throttle:idle");
+    let recent = TokenHash::of("login-throttle:recent");
+    let locked = TokenHash::of("login-throttle:locked");
+    let t0 = now();
+    let old = t0 - Duration::days(2);
+    store
+        .add_login_failure(&idle, old, old - Duration::minutes(15))
+        .await
+        .unwrap();
+    store
+        .add_login_failure(&recent, t0, t0 - Duration::minutes(15))
+        .await
+        .unwrap();
+    store
+        .add_login_failure(&locked, old, old - Duration::minutes(15))
+        .await
+        .unwrap();
+    store
+        .lock_login(&locked, t0 + Duration::hours(1), old)
+        .await
+        .unwrap();
+    store
+        .purge_expired(t0, t0 - Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(store.login_throttle(&idle).await.unwrap(), None);
+    assert!(store.login_throttle(&recent).await.unwrap().is_some());
+    assert!(
+        store.login_throttle(&locked).await.unwrap().is_some(),
+        "a lock still running is kept"
     );
 }

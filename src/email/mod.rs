@@ -17,7 +17,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{MailConfig, MailTransport};
-pub use templates::{password_changed, password_reset, Brand, ChangedEmail, ResetEmail};
+pub use templates::{
+    account_locked, password_changed, password_reset, session_ended, verify_email, Brand,
+    ChangedEmail, LockedEmail, ResetEmail, SessionEndedEmail, VerifyEmail,
+};
 
 /// A composed message. Its `Debug` leaves out the bodies, which carry links
 /// with tokens.

@@ -27,33 +27,81 @@ pub struct ChangedEmail<'a> {
     pub when: &'a str,
 }
 
-#[derive(Template)]
-#[template(path = "email/password_reset.txt")]
-struct ResetText<'a> {
-    brand: &'a Brand<'a>,
-    email: &'a ResetEmail<'a>,
+/// What an email-verification message says.
+pub struct VerifyEmail<'a> {
+    pub link: &'a str,
+    pub expires_hours: u64,
 }
 
-#[derive(Template)]
-#[template(path = "email/password_reset.html")]
-struct ResetHtml<'a> {
-    brand: &'a Brand<'a>,
-    email: &'a ResetEmail<'a>,
+/// What the owner of a locked account is told (ASVS 6.3.1): someone kept
+/// guessing, and how to get back in.
+pub struct LockedEmail<'a> {
+    pub when: &'a str,
+    pub minutes: u64,
 }
 
-#[derive(Template)]
-#[template(path = "email/password_changed.txt")]
-struct ChangedText<'a> {
-    brand: &'a Brand<'a>,
-    email: &'a ChangedEmail<'a>,
+/// What a user is told when a replayed refresh token ended a session.
+pub struct SessionEndedEmail<'a> {
+    pub when: &'a str,
+    /// The device the ended session was signed in on, as its user agent
+    /// said (attacker-controlled text: escaped by the templates).
+    pub device: &'a str,
 }
 
-#[derive(Template)]
-#[template(path = "email/password_changed.html")]
-struct ChangedHtml<'a> {
-    brand: &'a Brand<'a>,
-    email: &'a ChangedEmail<'a>,
+/// Declares the plain-text and HTML template pair of one email kind.
+macro_rules! email_templates {
+    ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
+        #[derive(Template)]
+        #[template(path = $text_path)]
+        struct $text<'a> {
+            brand: &'a Brand<'a>,
+            email: &'a $email<'a>,
+        }
+
+        #[derive(Template)]
+        #[template(path = $html_path)]
+        struct $html<'a> {
+            brand: &'a Brand<'a>,
+            email: &'a $email<'a>,
+        }
+    };
 }
+
+email_templates!(
+    ResetText,
+    "email/password_reset.txt",
+    ResetHtml,
+    "email/password_reset.html",
+    ResetEmail
+);
+email_templates!(
+    ChangedText,
+    "email/password_changed.txt",
+    ChangedHtml,
+    "email/password_changed.html",
+    ChangedEmail
+);
+email_templates!(
+    VerifyText,
+    "email/verify_email.txt",
+    VerifyHtml,
+    "email/verify_email.html",
+    VerifyEmail
+);
+email_templates!(
+    LockedText,
+    "email/account_locked.txt",
+    LockedHtml,
+    "email/account_locked.html",
+    LockedEmail
+);
+email_templates!(
+    EndedText,
+    "email/session_ended.txt",
+    EndedHtml,
+    "email/session_ended.html",
+    SessionEndedEmail
+);
 
 /// Renders both parts into one message.
 fn compose(
@@ -96,6 +144,48 @@ pub fn password_changed(
         format!("Your {} password was changed", brand.app_name),
         &ChangedText { brand, email },
         &ChangedHtml { brand, email },
+        None,
+    )
+}
+
+pub fn verify_email(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &VerifyEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("Confirm your email address for {}", brand.app_name),
+        &VerifyText { brand, email },
+        &VerifyHtml { brand, email },
+        Some(email.link),
+    )
+}
+
+pub fn account_locked(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &LockedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("Sign-in to {} paused after failed attempts", brand.app_name),
+        &LockedText { brand, email },
+        &LockedHtml { brand, email },
+        None,
+    )
+}
+
+pub fn session_ended(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &SessionEndedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("A {} session was ended for your safety", brand.app_name),
+        &EndedText { brand, email },
+        &EndedHtml { brand, email },
         None,
     )
 }

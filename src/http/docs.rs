@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{auth, health};
+use super::api::{auth, health, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -19,7 +19,8 @@ use super::AppState;
     paths(
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
         auth::forgot_password, auth::reset_password, auth::change_password,
-        auth::list_sessions, auth::end_session, auth::logout_all, health::health,
+        auth::list_sessions, auth::end_session, auth::logout_all,
+        verification::verify_email, verification::resend_verification, health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&SecuritySchemes),

@@ -56,11 +56,14 @@ pub struct Limiters {
     pub refresh: Limiter,
     pub forgot_password: Limiter,
     pub reset_password: Limiter,
+    pub verify_email: Limiter,
+    pub resend_verification: Limiter,
     // The portal's forms get the same limits with budgets of their own.
     pub page_login: Limiter,
     pub page_register: Limiter,
     pub page_forgot: Limiter,
     pub page_reset: Limiter,
+    pub page_verify: Limiter,
 }
 
 impl Limiters {
@@ -72,10 +75,13 @@ impl Limiters {
             refresh: rate_limit::per_minute(auth_per_min),
             forgot_password: rate_limit::per_minute(auth_per_min),
             reset_password: rate_limit::per_minute(auth_per_min),
+            verify_email: rate_limit::per_minute(auth_per_min),
+            resend_verification: rate_limit::per_minute(auth_per_min),
             page_login: rate_limit::per_minute(auth_per_min),
             page_register: rate_limit::per_minute(auth_per_min),
             page_forgot: rate_limit::per_minute(auth_per_min),
             page_reset: rate_limit::per_minute(auth_per_min),
+            page_verify: rate_limit::per_minute(auth_per_min),
         }
     }
 
@@ -87,10 +93,13 @@ impl Limiters {
             self.refresh.clone(),
             self.forgot_password.clone(),
             self.reset_password.clone(),
+            self.verify_email.clone(),
+            self.resend_verification.clone(),
             self.page_login.clone(),
             self.page_register.clone(),
             self.page_forgot.clone(),
             self.page_reset.clone(),
+            self.page_verify.clone(),
         ]
     }
 }

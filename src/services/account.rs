@@ -14,6 +14,7 @@ use super::auth::AuthService;
 use super::passwords::Verification;
 use super::ServiceError;
 use crate::domain::{Password, TokenHash, User, UserId};
+use crate::storage::TokenPurpose;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -207,7 +208,9 @@ impl AuthService {
             .set_password_hash(&user.id, &hash, Utc::now())
             .await?;
         self.end_other_sessions(&user.id, keep).await?;
-        self.store().delete_user_reset_tokens(&user.id).await?;
+        self.store()
+            .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
+            .await?;
         self.notify_password_changed(user);
         tracing::info!(user_id = %user.id, "password changed");
         Ok(())

@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
+use super::lockout::{self, LockoutPolicy};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
 use super::{ClientContext, ServiceError};
@@ -14,8 +15,11 @@ use crate::domain::token::random_token;
 use crate::domain::{
     EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash, User, UserId,
 };
-use crate::email::{self, Brand, Mailer, ResetEmail};
-use crate::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
+use crate::email::{self, Brand, Mailer, OutgoingEmail, ResetEmail};
+use crate::storage::{
+    NewOneTimeToken, NewRefreshToken, NewUser, RefreshTokenRecord, Rotation, Store, StoreError,
+    TokenPurpose,
+};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -31,6 +35,13 @@ pub struct AuthSettings {
     pub refresh_ttl: Duration,
     pub reset_ttl: Duration,
     pub password_policy: PasswordPolicy,
+    /// How long a rotated refresh token may still be presented by a second
+    /// tab before it counts as stolen; zero means strict single use.
+    pub refresh_reuse_grace: Duration,
+    pub lockout: LockoutPolicy,
+    /// Refuse sign-in (403) until the email address is verified.
+    pub require_verified_email: bool,
+    pub verification_ttl: Duration,
 }
 
 pub struct RegisterInput {
@@ -70,7 +81,7 @@ fn count_login(outcome: &'static str) {
     metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
 }
 
-fn chrono_duration(d: Duration) -> chrono::Duration {
+pub(super) fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
@@ -111,6 +122,40 @@ impl AuthService {
         chrono_duration(self.settings.refresh_ttl)
     }
 
+    /// Emails `user` off the request path: a slow or failing mail server
+    /// changes no answer, and a failure is logged (without the message).
+    pub(super) fn send_in_background<F>(&self, user: &User, what: &'static str, compose: F)
+    where
+        F: FnOnce(lettre::message::Mailbox, &Brand<'_>) -> anyhow::Result<OutgoingEmail>
+            + Send
+            + 'static,
+    {
+        let mailer = Arc::clone(&self.mailer);
+        let app_name = self.settings.app_name.clone();
+        let app_url = self.settings.app_url.clone();
+        let name = user.name.as_str().to_owned();
+        let address = user.email.as_str().to_owned();
+        let user_id = user.id.clone();
+        tokio::spawn(async move {
+            let result = async {
+                let to = lettre::message::Mailbox::new(Some(name.clone()), address.parse()?);
+                let brand = Brand {
+                    app_name: &app_name,
+                    app_url: &app_url,
+                    name: &name,
+                };
+                mailer.send(compose(to, &brand)?).await
+            }
+            .await;
+            match result {
+                Ok(()) => tracing::info!(user_id = %user_id, email = what, "email sent"),
+                Err(e) => {
+                    tracing::error!(user_id = %user_id, email = what, error = ?e, "email not sent")
+                }
+            }
+        });
+    }
+
     /// Checks registration input without creating anything.
     pub fn validate_registration(
         &self,
@@ -148,6 +193,7 @@ impl AuthService {
         match self.store.create_user(&new_user).await {
             Ok(user) => {
                 tracing::info!(user_id = %user.id, "user registered");
+                self.send_verification(&user).await?;
                 Ok(user)
             }
             Err(StoreError::Conflict) => Err(ServiceError::EmailTaken),
@@ -175,6 +221,15 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(ServiceError::Validation(errors));
         }
+        // Checked before any password work, for known and unknown emails
+        // alike, so a locked answer is cheap and reveals nothing.
+        let throttle_key = lockout::key(email);
+        let throttle = self.store.login_throttle(&throttle_key).await?;
+        if let Some(retry_after) = lockout::remaining(throttle.as_ref(), Utc::now()) {
+            count_login("locked");
+            tracing::info!("login refused: email locked after failed attempts");
+            return Err(ServiceError::AccountLocked { retry_after });
+        }
         let user = match EmailAddress::parse(email) {
             Ok(email) => self.store.find_user_by_email(&email).await?,
             Err(_) => None,
@@ -182,17 +237,30 @@ impl AuthService {
         let Some(user) = user else {
             self.passwords.verify_dummy(password).await?;
             count_login("invalid_credentials");
+            self.count_failure(&throttle_key, None).await?;
             return Err(ServiceError::InvalidCredentials);
         };
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
                 count_login("invalid_credentials");
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
+                self.count_failure(&throttle_key, Some(&user)).await?;
                 Err(ServiceError::InvalidCredentials)
             }
             Verification::Valid { needs_rehash } => {
                 if needs_rehash {
                     self.upgrade_hash(&user, password).await;
+                }
+                if throttle.is_some() {
+                    self.store.clear_login_throttle(&throttle_key).await?;
+                }
+                if self.settings.require_verified_email && !user.verified {
+                    count_login("unverified");
+                    tracing::info!(user_id = %user.id, "login refused: email not verified");
+                    // The person cannot reach the Bearer-only resend route
+                    // without signing in, so the refusal sends a fresh link.
+                    self.send_verification(&user).await?;
+                    return Err(ServiceError::EmailUnverified);
                 }
                 let outcome = self.start_family(user, client).await?;
                 count_login("success");
@@ -200,6 +268,53 @@ impl AuthService {
                 Ok(outcome)
             }
         }
+    }
+
+    /// Counts a failed sign-in against the submitted email and starts a lock
+    /// when it reaches the limit. The owner of an existing account hears
+    /// about each lock once, from whichever request started it.
+    async fn count_failure(&self, key: &TokenHash, user: Option<&User>) -> Result<()> {
+        let policy = &self.settings.lockout;
+        let now = Utc::now();
+        let state = self
+            .store
+            .add_login_failure(key, now, now - chrono_duration(policy.window))
+            .await?;
+        let Some(length) = policy.lock_after(&state) else {
+            return Ok(());
+        };
+        if !self
+            .store
+            .lock_login(key, now + chrono_duration(length), now)
+            .await?
+        {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::ACCOUNT_LOCKS).increment(1);
+        tracing::warn!(
+            user_id = user.map(|u| u.id.as_str()),
+            lock_seconds = length.as_secs(),
+            "sign-in locked after repeated failures"
+        );
+        if let Some(user) = user {
+            self.notify_locked(user, length);
+        }
+        Ok(())
+    }
+
+    fn notify_locked(&self, user: &User, length: Duration) {
+        let minutes = length.as_secs().div_ceil(60);
+        self.send_in_background(user, "account_locked", move |to, brand| {
+            let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
+            email::account_locked(
+                to,
+                brand,
+                &email::LockedEmail {
+                    when: &when,
+                    minutes,
+                },
+            )
+        });
     }
 
     /// Replaces a legacy (bcrypt) or weaker hash while the plaintext is at
@@ -282,21 +397,25 @@ impl AuthService {
             .tokens
             .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
         let record = self.refresh_record(&user_id, &claims.fam, &child, client, now);
-        let Some(retired) = self
+        let grace = chrono_duration(self.settings.refresh_reuse_grace);
+        let retired = match self
             .store
-            .rotate_refresh_token(&TokenHash::of(raw), now, &record)
+            .rotate_refresh_token(&TokenHash::of(raw), now, grace, &record)
             .await?
-        else {
-            // A token that was already rotated away, presented again, is the
-            // signature of a stolen token (or a lost race between tabs).
-            if let Ok(Some(old)) = self.store.find_refresh_token(&TokenHash::of(raw)).await {
-                if old.replaced_by.is_some() {
-                    metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
-                    tracing::warn!(user_id = %user_id, family = %old.family_id, "replaced refresh token presented again");
-                }
+        {
+            Rotation::Rotated(retired) => retired,
+            Rotation::GraceSibling(retired) => {
+                tracing::info!(user_id = %user_id, "refresh within the reuse grace: sibling issued");
+                retired
             }
-            tracing::info!(user_id = %user_id, "refresh rejected: token not active");
-            return Err(ServiceError::InvalidRefreshToken);
+            Rotation::ReuseDetected { token, revoked } => {
+                self.on_refresh_reuse(&token, revoked).await?;
+                return Err(ServiceError::InvalidRefreshToken);
+            }
+            Rotation::Rejected => {
+                tracing::info!(user_id = %user_id, "refresh rejected: token not active");
+                return Err(ServiceError::InvalidRefreshToken);
+            }
         };
         let user = self
             .store
@@ -310,6 +429,44 @@ impl AuthService {
             refresh: child,
             refresh_family: claims.fam,
         })
+    }
+
+    /// A token rotated away long ago came back: whoever holds it copied it
+    /// (ASVS 10.4.5). The store already revoked its family; when that ended
+    /// a live family, the user's access tokens die too (the thief may hold
+    /// one from the same family) and the owner is told.
+    async fn on_refresh_reuse(&self, token: &RefreshTokenRecord, revoked: u64) -> Result<()> {
+        metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
+        tracing::warn!(
+            user_id = %token.user_id,
+            family = %token.family_id,
+            revoked,
+            "replaced refresh token presented again: family revoked"
+        );
+        if revoked == 0 {
+            // The family had already ended (signed out, or an earlier
+            // replay): nothing more to stop, nobody to alarm again.
+            return Ok(());
+        }
+        self.revoke_access_tokens(&token.user_id).await?;
+        if let Some(user) = self.store.find_user_by_id(&token.user_id).await? {
+            let device = token
+                .user_agent
+                .clone()
+                .unwrap_or_else(|| "unknown device".to_owned());
+            self.send_in_background(&user, "session_ended", move |to, brand| {
+                let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
+                email::session_ended(
+                    to,
+                    brand,
+                    &email::SessionEndedEmail {
+                        when: &when,
+                        device: &device,
+                    },
+                )
+            });
+        }
+        Ok(())
     }
 
     /// Revokes the presented refresh token. Junk or nothing is fine: the
@@ -394,66 +551,57 @@ impl AuthService {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
+        let link = self
+            .new_link(&user, TokenPurpose::PasswordReset, "reset-password")
+            .await?;
+        let expires_minutes = self.settings.reset_ttl.as_secs() / 60;
+        self.send_in_background(&user, "password_reset", move |to, brand| {
+            email::password_reset(
+                to,
+                brand,
+                &ResetEmail {
+                    link: &link,
+                    expires_minutes,
+                },
+            )
+        });
+        Ok(())
+    }
+
+    /// Stores a fresh single-use token for `purpose` (replacing the user's
+    /// previous one) and returns the page link that carries it.
+    pub(super) async fn new_link(
+        &self,
+        user: &User,
+        purpose: TokenPurpose,
+        page: &str,
+    ) -> std::result::Result<String, StoreError> {
         let token = random_token();
         let now = Utc::now();
+        let ttl = match purpose {
+            TokenPurpose::PasswordReset => self.settings.reset_ttl,
+            TokenPurpose::EmailVerification => self.settings.verification_ttl,
+        };
         self.store
-            .replace_reset_token(&NewResetToken {
-                user_id: user.id.clone(),
-                token_hash: TokenHash::of(&token),
-                expires_at: now + chrono_duration(self.settings.reset_ttl),
-                created_at: now,
-            })
+            .replace_one_time_token(
+                purpose,
+                &NewOneTimeToken {
+                    user_id: user.id.clone(),
+                    token_hash: TokenHash::of(&token),
+                    expires_at: now + chrono_duration(ttl),
+                    created_at: now,
+                },
+            )
             .await?;
-        let link = format!("{}/reset-password?token={token}", self.settings.app_url);
-        let to = lettre::message::Mailbox::new(
-            Some(user.name.as_str().to_owned()),
-            user.email.as_str().parse()?,
-        );
-        let message = email::password_reset(
-            to,
-            &Brand {
-                app_name: &self.settings.app_name,
-                app_url: &self.settings.app_url,
-                name: user.name.as_str(),
-            },
-            &ResetEmail {
-                link: &link,
-                expires_minutes: self.settings.reset_ttl.as_secs() / 60,
-            },
-        )?;
-        self.mailer.send(message).await?;
-        tracing::info!(user_id = %user.id, "password reset email sent");
-        Ok(())
+        Ok(format!("{}/{page}?token={token}", self.settings.app_url))
     }
 
     /// Tells the owner their password changed (ASVS 6.3.7), off the request
     /// path: a failure is logged and changes nothing for the caller.
     pub(super) fn notify_password_changed(&self, user: &User) {
-        let mailer = Arc::clone(&self.mailer);
-        let app_name = self.settings.app_name.clone();
-        let app_url = self.settings.app_url.clone();
-        let name = user.name.as_str().to_owned();
-        let address = user.email.as_str().to_owned();
-        let user_id = user.id.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let to = lettre::message::Mailbox::new(Some(name.clone()), address.parse()?);
-                let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
-                let message = email::password_changed(
-                    to,
-                    &Brand {
-                        app_name: &app_name,
-                        app_url: &app_url,
-                        name: &name,
-                    },
-                    &email::ChangedEmail { when: &when },
-                )?;
-                mailer.send(message).await
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::error!(user_id = %user_id, error = ?e, "password-changed notice not sent");
-            }
+        self.send_in_background(user, "password_changed", |to, brand| {
+            let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
+            email::password_changed(to, brand, &email::ChangedEmail { when: &when })
         });
     }
 
@@ -464,7 +612,11 @@ impl AuthService {
         }
         Ok(self
             .store
-            .find_reset_token(&TokenHash::of(token), Utc::now())
+            .find_one_time_token(
+                TokenPurpose::PasswordReset,
+                &TokenHash::of(token),
+                Utc::now(),
+            )
             .await?
             .is_some())
     }
@@ -480,7 +632,7 @@ impl AuthService {
         // Peek first so a password the policy rejects does not burn the link.
         let user_id = self
             .store
-            .find_reset_token(&hash, now)
+            .find_one_time_token(TokenPurpose::PasswordReset, &hash, now)
             .await?
             .ok_or(ServiceError::InvalidResetToken)?;
         let user = self
@@ -496,7 +648,11 @@ impl AuthService {
             )
             .map_err(|e| ServiceError::Validation(vec![e]))?;
         let new_hash = self.passwords.hash(password).await?;
-        match self.store.consume_reset_token(&hash, Utc::now()).await? {
+        match self
+            .store
+            .consume_one_time_token(TokenPurpose::PasswordReset, &hash, Utc::now())
+            .await?
+        {
             Some(owner) if owner == user.id => {}
             _ => return Err(ServiceError::InvalidResetToken),
         }
@@ -508,8 +664,14 @@ impl AuthService {
             .store
             .revoke_user_refresh_tokens(&user.id, None, now)
             .await?;
-        self.store.delete_user_reset_tokens(&user.id).await?;
+        self.store
+            .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
+            .await?;
         self.store.delete_user_web_sessions(&user.id, None).await?;
+        // Whoever completed a reset owns the mailbox: lift any lock.
+        self.store
+            .clear_login_throttle(&lockout::key_of(&user.email))
+            .await?;
         self.revoke_access_tokens(&user.id).await?;
         self.notify_password_changed(&user);
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");

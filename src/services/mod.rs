@@ -3,8 +3,10 @@
 
 pub mod account;
 pub mod auth;
+pub mod lockout;
 pub mod passwords;
 pub mod tokens;
+pub mod verification;
 
 use std::net::IpAddr;
 
@@ -48,6 +50,15 @@ pub enum ServiceError {
     InvalidResetToken,
     #[error("current password is wrong")]
     WrongCurrentPassword,
+    /// Too many failed sign-ins for this email; try again after the wait.
+    #[error("account temporarily locked")]
+    AccountLocked { retry_after: std::time::Duration },
+    #[error("email address not verified")]
+    EmailUnverified,
+    #[error("verification token rejected")]
+    InvalidVerificationToken,
+    #[error("email address already verified")]
+    AlreadyVerified,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]

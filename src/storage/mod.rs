@@ -70,6 +70,10 @@ pub trait UserStore: Send + Sync {
     /// Sets the instant before which the user's access tokens are refused.
     /// Returns false when the user no longer exists.
     async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Marks the user's email address as verified and bumps `updated_at`.
+    /// Returns false when the user no longer exists.
+    async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool>;
 }
 
 /// A refresh token to be stored (its hash only, never the token itself).
@@ -104,22 +108,75 @@ pub struct RefreshTokenRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// What presenting a refresh token for rotation did.
+#[derive(Debug)]
+pub enum Rotation {
+    /// The token was active: it is retired and the replacement stored.
+    Rotated(RefreshTokenRecord),
+    /// The token had been rotated away less than the grace period ago (two
+    /// tabs refreshing at once) and its family is still alive: the
+    /// replacement is stored as a sibling of the token that replaced it.
+    GraceSibling(RefreshTokenRecord),
+    /// The token had been rotated away longer ago than the grace period:
+    /// someone replayed it. Every active token of its family is revoked and
+    /// nothing is stored. Carries the replayed record and how many tokens
+    /// the family lost.
+    ReuseDetected {
+        token: RefreshTokenRecord,
+        revoked: u64,
+    },
+    /// Unknown, expired, or revoked other than by rotation: nothing changed.
+    Rejected,
+}
+
+/// What a backend does with a presented token that was not active.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReplayVerdict {
+    /// Unknown state, expired, or revoked other than by rotation.
+    Reject,
+    /// Rotated away within the grace period: a sibling, if the family lives.
+    SiblingIfFamilyAlive,
+    /// Rotated away before the grace period: revoke the family.
+    RevokeFamily,
+}
+
+impl RefreshTokenRecord {
+    /// The one rule both backends apply to a replayed token (see
+    /// [`Rotation`]); they differ only in how they act on it.
+    pub fn replay_verdict(&self, now: DateTime<Utc>, grace: chrono::Duration) -> ReplayVerdict {
+        let (Some(_), Some(rotated_at)) = (&self.replaced_by, self.revoked_at) else {
+            return ReplayVerdict::Reject;
+        };
+        if self.expires_at <= now {
+            ReplayVerdict::Reject
+        } else if grace > chrono::Duration::zero() && now - rotated_at <= grace {
+            ReplayVerdict::SiblingIfFamilyAlive
+        } else {
+            ReplayVerdict::RevokeFamily
+        }
+    }
+}
+
 #[async_trait]
 pub trait RefreshTokenStore: Send + Sync {
     /// Stores a token issued at login. `Err(Conflict)` on a duplicate jti.
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
 
-    /// Atomically retires the active token with `old_hash` (not revoked and
-    /// not expired at `now`), records `replacement.jti` as its successor and
-    /// stores `replacement`. Returns the retired record, or `Ok(None)` (and
-    /// stores nothing) when no active token has that hash. Of several
-    /// concurrent calls with the same hash at most one gets `Some`.
+    /// Rotates the token with `old_hash` (see [`Rotation`] for the cases).
+    ///
+    /// An active token (not revoked, not expired at `now`) is retired with
+    /// `replacement.jti` as its successor and `replacement` is stored; of
+    /// several concurrent calls with the same hash at most one gets
+    /// `Rotated`. A token rotated away at most `grace` ago whose family still
+    /// has an active token gets `replacement` as a sibling; a zero `grace`
+    /// never does, so every replay revokes the family.
     async fn rotate_refresh_token(
         &self,
         old_hash: &TokenHash,
         now: DateTime<Utc>,
+        grace: chrono::Duration,
         replacement: &NewRefreshToken,
-    ) -> StoreResult<Option<RefreshTokenRecord>>;
+    ) -> StoreResult<Rotation>;
 
     /// The record with that hash, whatever its state.
     async fn find_refresh_token(&self, hash: &TokenHash)
@@ -156,9 +213,19 @@ pub trait RefreshTokenStore: Send + Sync {
     ) -> StoreResult<u64>;
 }
 
-/// A password-reset token to be stored (hash only).
+/// What a single-use emailed token is for. Each purpose has its own table
+/// (collection), so a reset link can never verify an email or vice versa.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenPurpose {
+    /// `reset_tokens`: the original service's password-reset links.
+    PasswordReset,
+    /// `verification_tokens`: links that confirm an email address.
+    EmailVerification,
+}
+
+/// A single-use token to be stored (hash only).
 #[derive(Debug, Clone)]
-pub struct NewResetToken {
+pub struct NewOneTimeToken {
     pub user_id: UserId,
     pub token_hash: TokenHash,
     pub expires_at: DateTime<Utc>,
@@ -166,16 +233,21 @@ pub struct NewResetToken {
 }
 
 #[async_trait]
-pub trait ResetTokenStore: Send + Sync {
-    /// Stores a reset token, replacing any earlier one of the same user so
-    /// only the newest emailed link works.
-    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()>;
-
-    /// The user a still-valid (unexpired at `now`) reset token belongs to,
-    /// without consuming it: lets a page or a form check the link before the
-    /// person types a new password.
-    async fn find_reset_token(
+pub trait OneTimeTokenStore: Send + Sync {
+    /// Stores a token, replacing any earlier one of the same user and
+    /// purpose so only the newest emailed link works.
+    async fn replace_one_time_token(
         &self,
+        purpose: TokenPurpose,
+        token: &NewOneTimeToken,
+    ) -> StoreResult<()>;
+
+    /// The user a still-valid (unexpired at `now`) token belongs to, without
+    /// consuming it: lets a page or a form check the link before the person
+    /// types a new password.
+    async fn find_one_time_token(
+        &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>>;
@@ -183,14 +255,62 @@ pub trait ResetTokenStore: Send + Sync {
     /// Atomically consumes the token with that hash if it has not expired at
     /// `now`, returning its user. Single use: of concurrent callers at most
     /// one gets `Some`. An expired token is consumed too, and yields `None`.
-    async fn consume_reset_token(
+    async fn consume_one_time_token(
         &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>>;
 
-    /// Deletes every outstanding reset token of a user.
-    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()>;
+    /// Deletes every outstanding token of a user for that purpose.
+    async fn delete_user_one_time_tokens(
+        &self,
+        purpose: TokenPurpose,
+        user_id: &UserId,
+    ) -> StoreResult<()>;
+}
+
+/// Failed sign-ins counted against one submitted email (ASVS 6.3.1). The
+/// key is a hash of the normalised string, whether or not an account has
+/// it, so the table reveals neither addresses nor which ones exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginThrottle {
+    /// Failures since `window_started_at`.
+    pub failures: u32,
+    pub window_started_at: DateTime<Utc>,
+    /// Attempts are refused until then.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// Locks so far; each one lasts twice as long as the one before.
+    pub lock_count: u32,
+}
+
+#[async_trait]
+pub trait LoginThrottleStore: Send + Sync {
+    /// The throttle state of `key`, if any failure was ever recorded.
+    async fn login_throttle(&self, key: &TokenHash) -> StoreResult<Option<LoginThrottle>>;
+
+    /// Atomically counts one failure: a window that started at or before
+    /// `window_start` is over, so the count restarts at 1 from `now`.
+    /// Returns the state after the increment.
+    async fn add_login_failure(
+        &self,
+        key: &TokenHash,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> StoreResult<LoginThrottle>;
+
+    /// Locks `key` until `until`, bumping its lock count and restarting the
+    /// failure count. Returns false when another request locked it first (so
+    /// exactly one of them sends the owner a notice).
+    async fn lock_login(
+        &self,
+        key: &TokenHash,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Forgets `key` entirely: after a successful sign-in or a reset.
+    async fn clear_login_throttle(&self, key: &TokenHash) -> StoreResult<()>;
 }
 
 /// A browser session as stored. The session id (the cookie's secret) is
@@ -258,14 +378,22 @@ pub trait WebSessionStore: Send + Sync {
 
 /// Everything the services need, behind one object.
 #[async_trait]
-pub trait Store: UserStore + RefreshTokenStore + ResetTokenStore + WebSessionStore {
+pub trait Store:
+    UserStore + RefreshTokenStore + OneTimeTokenStore + LoginThrottleStore + WebSessionStore
+{
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;
 
-    /// Deletes tokens that expired before `now`; returns how many. Backends
-    /// with their own expiry (MongoDB TTL indexes) may do less, but expired
-    /// tokens must never be accepted either way.
-    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64>;
+    /// Deletes tokens that expired before `now`, and login throttles idle
+    /// since `throttle_idle_before` (not locked and no failure since then);
+    /// returns how many. Backends with their own expiry (MongoDB TTL
+    /// indexes) may do less, but expired tokens must never be accepted
+    /// either way.
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        throttle_idle_before: DateTime<Utc>,
+    ) -> StoreResult<u64>;
 
     /// A short name for logs and /health ("sqlite", "mongodb").
     fn backend(&self) -> &'static str;

@@ -32,8 +32,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
-    ResetTokenStore, Store, StoreError, StoreResult, UserStore, WebSessionRecord, WebSessionStore,
+    LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
+    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotation, Store,
+    StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -81,7 +82,9 @@ pub struct MongoStore {
     db: Database,
     users: Collection<UserDoc>,
     refresh_tokens: Collection<RefreshDoc>,
-    reset_tokens: Collection<ResetDoc>,
+    reset_tokens: Collection<OneTimeDoc>,
+    verification_tokens: Collection<OneTimeDoc>,
+    login_throttles: Collection<ThrottleDoc>,
     sessions: Collection<SessionDoc>,
     indexes: Arc<IndexState>,
 }
@@ -122,10 +125,34 @@ impl MongoStore {
             users: db.collection("users"),
             refresh_tokens: db.collection("refresh_tokens"),
             reset_tokens: db.collection("reset_tokens"),
+            verification_tokens: db.collection("verification_tokens"),
+            login_throttles: db.collection("login_throttles"),
             sessions: db.collection("sessions"),
             db,
             indexes,
         })
+    }
+
+    fn one_time(&self, purpose: TokenPurpose) -> &Collection<OneTimeDoc> {
+        match purpose {
+            TokenPurpose::PasswordReset => &self.reset_tokens,
+            TokenPurpose::EmailVerification => &self.verification_tokens,
+        }
+    }
+
+    /// Applies `$set: set` to one user; false when no user has that id.
+    async fn update_user(&self, id: &UserId, set: Document) -> StoreResult<bool> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        let done = self
+            .users
+            .update_one(doc! { "_id": oid }, doc! { "$set": set })
+            .await
+            .map_err(map_err)?;
+        // matched, not modified: setting the same value again still means
+        // the user exists.
+        Ok(done.matched_count == 1)
     }
 
     /// The name of the database in use (from the URI, or `clinic_auth`).
@@ -228,6 +255,9 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("reset_tokens", unique("token_hash")),
         ("reset_tokens", plain("user_id")),
         ("reset_tokens", ttl()),
+        ("verification_tokens", unique("token_hash")),
+        ("verification_tokens", plain("user_id")),
+        ("verification_tokens", ttl()),
         ("sessions", plain("user_id")),
         ("sessions", ttl()),
     ]
@@ -435,9 +465,9 @@ impl From<RefreshDoc> for RefreshTokenRecord {
     }
 }
 
-/// `reset_tokens`.
+/// `reset_tokens` (the original's fields) and `verification_tokens`.
 #[derive(Serialize, Deserialize)]
-struct ResetDoc {
+struct OneTimeDoc {
     #[serde(rename = "_id")]
     id: ObjectId,
     user_id: String,
@@ -495,35 +525,21 @@ impl UserStore for MongoStore {
         hash: &PasswordHash,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let Some(oid) = parse_user_id(id) else {
-            return Ok(false);
-        };
-        let done = self
-            .users
-            .update_one(
-                doc! { "_id": oid },
-                doc! { "$set": { "password_hash": hash.expose(), "updated_at": bson_date(now) } },
-            )
-            .await
-            .map_err(map_err)?;
-        // matched, not modified: setting the same hash again still means the
-        // user exists.
-        Ok(done.matched_count == 1)
+        self.update_user(
+            id,
+            doc! { "password_hash": hash.expose(), "updated_at": bson_date(now) },
+        )
+        .await
     }
 
     async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
-        let Some(oid) = parse_user_id(id) else {
-            return Ok(false);
-        };
-        let done = self
-            .users
-            .update_one(
-                doc! { "_id": oid },
-                doc! { "$set": { "tokens_valid_after": bson_date(at) } },
-            )
+        self.update_user(id, doc! { "tokens_valid_after": bson_date(at) })
             .await
-            .map_err(map_err)?;
-        Ok(done.matched_count == 1)
+    }
+
+    async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
+        self.update_user(id, doc! { "verified": true, "updated_at": bson_date(now) })
+            .await
     }
 }
 
@@ -542,10 +558,11 @@ impl RefreshTokenStore for MongoStore {
         &self,
         old_hash: &TokenHash,
         now: DateTime<Utc>,
+        grace: chrono::Duration,
         replacement: &NewRefreshToken,
-    ) -> StoreResult<Option<RefreshTokenRecord>> {
+    ) -> StoreResult<Rotation> {
         self.indexes.ensure().await?;
-        let now = bson_date(now);
+        let now_b = bson_date(now);
         // The single-document update is the whole guard against concurrent
         // use: of several callers, only one matches `revoked: false`.
         let retired = self
@@ -554,28 +571,66 @@ impl RefreshTokenStore for MongoStore {
                 doc! {
                     "token_hash": old_hash.as_str(),
                     "revoked": false,
-                    "expires_at": { "$gt": now },
+                    "expires_at": { "$gt": now_b },
                 },
                 doc! { "$set": {
                     "revoked": true,
                     "replaced_by": &replacement.jti,
-                    "revoked_at": now,
+                    "revoked_at": now_b,
                 } },
             )
             .return_document(ReturnDocument::After)
             .await
             .map_err(map_err)?;
-        let Some(retired) = retired else {
-            return Ok(None);
+        if let Some(retired) = retired {
+            // Without a transaction the old token stays retired if this
+            // insert fails. That fails closed (the client signs in again);
+            // putting the old token back could revive it after a concurrent
+            // "revoke all".
+            self.insert_refresh_token(replacement).await?;
+            return Ok(Rotation::Rotated(retired.into()));
+        }
+        let Some(old) = self.find_refresh_token(old_hash).await? else {
+            return Ok(Rotation::Rejected);
         };
-        // Without a transaction the old token stays retired if this insert
-        // fails. That fails closed (the client signs in again); putting the
-        // old token back could revive it after a concurrent "revoke all".
-        self.refresh_tokens
-            .insert_one(RefreshDoc::new(replacement))
+        match old.replay_verdict(now, grace) {
+            ReplayVerdict::Reject => return Ok(Rotation::Rejected),
+            ReplayVerdict::RevokeFamily => {}
+            ReplayVerdict::SiblingIfFamilyAlive => {
+                // No transaction: a family revoked between this check and the
+                // insert leaves one live sibling behind, which the next replay
+                // of any retired member revokes again. The window is one round
+                // trip wide and needs a token already inside the grace period.
+                let alive = self
+                    .refresh_tokens
+                    .find_one(doc! {
+                        "family_id": &old.family_id,
+                        "revoked": false,
+                        "expires_at": { "$gt": now_b },
+                    })
+                    .await
+                    .map_err(map_err)?
+                    .is_some();
+                if !alive {
+                    return Ok(Rotation::Rejected);
+                }
+                self.insert_refresh_token(replacement).await?;
+                return Ok(Rotation::GraceSibling(old));
+            }
+        }
+        let revoked = self
+            .refresh_tokens
+            .update_many(
+                doc! { "family_id": &old.family_id, "revoked": false },
+                doc! { "$set": { "revoked": true, "revoked_at": now_b } },
+            )
             .await
-            .map_err(map_err)?;
-        Ok(Some(retired.into()))
+            .map_err(map_err)?
+            .modified_count;
+        Ok(Rotation::ReuseDetected {
+            token: old,
+            revoked,
+        })
     }
 
     async fn find_refresh_token(
@@ -816,10 +871,15 @@ impl WebSessionStore for MongoStore {
 }
 
 #[async_trait]
-impl ResetTokenStore for MongoStore {
-    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()> {
+impl OneTimeTokenStore for MongoStore {
+    async fn replace_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        token: &NewOneTimeToken,
+    ) -> StoreResult<()> {
         self.indexes.ensure().await?;
-        let doc = ResetDoc {
+        let collection = self.one_time(purpose);
+        let doc = OneTimeDoc {
             id: ObjectId::new(),
             user_id: token.user_id.as_str().to_owned(),
             token_hash: token.token_hash.as_str().to_owned(),
@@ -830,36 +890,38 @@ impl ResetTokenStore for MongoStore {
         // Insert first, then delete every other token of the user: if the
         // delete fails the new link still works. Two concurrent requests can
         // at worst delete each other's token, which fails closed (ask again).
-        self.reset_tokens.insert_one(&doc).await.map_err(map_err)?;
-        self.reset_tokens
+        collection.insert_one(&doc).await.map_err(map_err)?;
+        collection
             .delete_many(doc! { "user_id": &doc.user_id, "_id": { "$ne": new_id } })
             .await
             .map_err(map_err)?;
         Ok(())
     }
 
-    async fn find_reset_token(
+    async fn find_one_time_token(
         &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>> {
         Ok(self
-            .reset_tokens
+            .one_time(purpose)
             .find_one(doc! { "token_hash": hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
             .await
             .map_err(map_err)?
             .map(|doc| UserId::new(doc.user_id)))
     }
 
-    async fn consume_reset_token(
+    async fn consume_one_time_token(
         &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>> {
         // Deleted whether or not it has expired (an expired link is used up
         // too); the expiry check is ours, not the TTL monitor's.
         let consumed = self
-            .reset_tokens
+            .one_time(purpose)
             .find_one_and_delete(doc! { "token_hash": hash.as_str() })
             .await
             .map_err(map_err)?;
@@ -868,9 +930,120 @@ impl ResetTokenStore for MongoStore {
             .map(|doc| UserId::new(doc.user_id)))
     }
 
-    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()> {
-        self.reset_tokens
+    async fn delete_user_one_time_tokens(
+        &self,
+        purpose: TokenPurpose,
+        user_id: &UserId,
+    ) -> StoreResult<()> {
+        self.one_time(purpose)
             .delete_many(doc! { "user_id": user_id.as_str() })
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+/// `login_throttles`, keyed by the hash of the submitted email.
+#[derive(Serialize, Deserialize)]
+struct ThrottleDoc {
+    #[serde(rename = "_id")]
+    key_hash: String,
+    failures: i64,
+    window_started_at: bson::DateTime,
+    #[serde(default)]
+    locked_until: Option<bson::DateTime>,
+    #[serde(default)]
+    lock_count: i64,
+}
+
+impl From<ThrottleDoc> for LoginThrottle {
+    fn from(doc: ThrottleDoc) -> Self {
+        LoginThrottle {
+            failures: u32::try_from(doc.failures).unwrap_or(u32::MAX),
+            window_started_at: doc.window_started_at.to_chrono(),
+            locked_until: doc.locked_until.map(bson::DateTime::to_chrono),
+            lock_count: u32::try_from(doc.lock_count).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+#[async_trait]
+impl LoginThrottleStore for MongoStore {
+    async fn login_throttle(&self, key: &TokenHash) -> StoreResult<Option<LoginThrottle>> {
+        Ok(self
+            .login_throttles
+            .find_one(doc! { "_id": key.as_str() })
+            .await
+            .map_err(map_err)?
+            .map(LoginThrottle::from))
+    }
+
+    async fn add_login_failure(
+        &self,
+        key: &TokenHash,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> StoreResult<LoginThrottle> {
+        // Two single-document updates instead of one pipeline update (which
+        // older servers and the test server lack): count within the open
+        // window, else restart the window. Concurrent first failures may
+        // each restart it, undercounting by at most the number of racers.
+        let counted = self
+            .login_throttles
+            .find_one_and_update(
+                doc! { "_id": key.as_str(), "window_started_at": { "$gt": bson_date(window_start) } },
+                doc! { "$inc": { "failures": 1_i64 } },
+            )
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_err)?;
+        if let Some(doc) = counted {
+            return Ok(doc.into());
+        }
+        let restarted = self
+            .login_throttles
+            .find_one_and_update(
+                doc! { "_id": key.as_str() },
+                doc! {
+                    "$set": { "failures": 1_i64, "window_started_at": bson_date(now) },
+                    "$setOnInsert": { "lock_count": 0_i64 },
+                },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .map_err(map_err)?
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("upsert returned no document")))?;
+        Ok(restarted.into())
+    }
+
+    async fn lock_login(
+        &self,
+        key: &TokenHash,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let now = bson_date(now);
+        let done = self
+            .login_throttles
+            .update_one(
+                doc! {
+                    "_id": key.as_str(),
+                    "$or": [ { "locked_until": null }, { "locked_until": { "$lte": now } } ],
+                },
+                doc! {
+                    "$set": { "locked_until": bson_date(until), "failures": 0_i64, "window_started_at": now },
+                    "$inc": { "lock_count": 1_i64 },
+                },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(done.modified_count == 1)
+    }
+
+    async fn clear_login_throttle(&self, key: &TokenHash) -> StoreResult<()> {
+        self.login_throttles
+            .delete_one(doc! { "_id": key.as_str() })
             .await
             .map_err(map_err)?;
         Ok(())
@@ -887,22 +1060,40 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        throttle_idle_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
         // The TTL indexes do this too; purging here keeps behaviour the same
         // as SQLite's where the TTL monitor lags or is disabled.
         let expired = doc! { "expires_at": { "$lte": bson_date(now) } };
-        let refresh = self
-            .refresh_tokens
-            .delete_many(expired.clone())
+        let mut purged = 0;
+        for collection in [
+            self.refresh_tokens.name(),
+            self.reset_tokens.name(),
+            self.verification_tokens.name(),
+            self.sessions.name(),
+        ] {
+            purged += self
+                .db
+                .collection::<Document>(collection)
+                .delete_many(expired.clone())
+                .await
+                .map_err(map_err)?
+                .deleted_count;
+        }
+        let idle = bson_date(throttle_idle_before);
+        purged += self
+            .login_throttles
+            .delete_many(doc! {
+                "window_started_at": { "$lte": idle },
+                "$or": [ { "locked_until": null }, { "locked_until": { "$lte": idle } } ],
+            })
             .await
-            .map_err(map_err)?;
-        let reset = self
-            .reset_tokens
-            .delete_many(expired.clone())
-            .await
-            .map_err(map_err)?;
-        let sessions = self.sessions.delete_many(expired).await.map_err(map_err)?;
-        Ok(refresh.deleted_count + reset.deleted_count + sessions.deleted_count)
+            .map_err(map_err)?
+            .deleted_count;
+        Ok(purged)
     }
 
     fn backend(&self) -> &'static str {

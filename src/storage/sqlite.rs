@@ -14,8 +14,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, SqlitePool};
 
 use super::{
-    NewRefreshToken, NewResetToken, NewUser, RefreshTokenRecord, RefreshTokenStore,
-    ResetTokenStore, Store, StoreError, StoreResult, UserStore, WebSessionRecord, WebSessionStore,
+    LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
+    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotation, Store,
+    StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -280,6 +281,16 @@ impl UserStore for SqliteStore {
             .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
+
+    async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE users SET verified = 1, updated_at = ? WHERE id = ?")
+            .bind(millis(now))
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
 }
 
 #[async_trait]
@@ -292,8 +303,12 @@ impl RefreshTokenStore for SqliteStore {
         &self,
         old_hash: &TokenHash,
         now: DateTime<Utc>,
+        grace: chrono::Duration,
         replacement: &NewRefreshToken,
-    ) -> StoreResult<Option<RefreshTokenRecord>> {
+    ) -> StoreResult<Rotation> {
+        // Everything happens on the one writer connection inside one
+        // transaction, so the decision (rotate, sibling, revoke) and its
+        // effect cannot interleave with another rotation of the family.
         let mut tx = self.writer.begin().await.map_err(map_err)?;
         // The conditional UPDATE takes SQLite's write lock, so a concurrent
         // rotation of the same token waits and then matches no row.
@@ -308,12 +323,57 @@ impl RefreshTokenStore for SqliteStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
-        let Some(retired) = retired else {
-            return Ok(None);
+        if let Some(retired) = retired {
+            insert_refresh(&mut *tx, replacement).await?;
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Rotation::Rotated(retired.try_into()?));
+        }
+        let old: Option<RefreshRow> = sqlx::query_as(&format!(
+            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
+        ))
+        .bind(old_hash.as_str())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
+            return Ok(Rotation::Rejected);
         };
-        insert_refresh(&mut *tx, replacement).await?;
+        match old.replay_verdict(now, grace) {
+            ReplayVerdict::Reject => return Ok(Rotation::Rejected),
+            ReplayVerdict::RevokeFamily => {}
+            ReplayVerdict::SiblingIfFamilyAlive => {
+                let (alive,): (bool,) = sqlx::query_as(
+                    "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
+                     WHERE family_id = ? AND revoked = 0 AND expires_at > ?)",
+                )
+                .bind(&old.family_id)
+                .bind(millis(now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if !alive {
+                    return Ok(Rotation::Rejected);
+                }
+                insert_refresh(&mut *tx, replacement).await?;
+                tx.commit().await.map_err(map_err)?;
+                return Ok(Rotation::GraceSibling(old));
+            }
+        }
+        let revoked = sqlx::query(
+            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+             WHERE family_id = ? AND revoked = 0",
+        )
+        .bind(millis(now))
+        .bind(&old.family_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
         tx.commit().await.map_err(map_err)?;
-        retired.try_into().map(Some)
+        Ok(Rotation::ReuseDetected {
+            token: old,
+            revoked,
+        })
     }
 
     async fn find_refresh_token(
@@ -404,19 +464,31 @@ impl RefreshTokenStore for SqliteStore {
     }
 }
 
+fn one_time_table(purpose: TokenPurpose) -> &'static str {
+    match purpose {
+        TokenPurpose::PasswordReset => "reset_tokens",
+        TokenPurpose::EmailVerification => "verification_tokens",
+    }
+}
+
 #[async_trait]
-impl ResetTokenStore for SqliteStore {
-    async fn replace_reset_token(&self, token: &NewResetToken) -> StoreResult<()> {
+impl OneTimeTokenStore for SqliteStore {
+    async fn replace_one_time_token(
+        &self,
+        purpose: TokenPurpose,
+        token: &NewOneTimeToken,
+    ) -> StoreResult<()> {
+        let table = one_time_table(purpose);
         let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
+        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = ?"))
             .bind(token.user_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO reset_tokens (user_id, token_hash, expires_at, created_at) \
-             VALUES (?, ?, ?, ?)",
-        )
+        sqlx::query(&format!(
+            "INSERT INTO {table} (user_id, token_hash, expires_at, created_at) \
+             VALUES (?, ?, ?, ?)"
+        ))
         .bind(token.user_id.as_str())
         .bind(token.token_hash.as_str())
         .bind(millis(token.expires_at))
@@ -427,14 +499,16 @@ impl ResetTokenStore for SqliteStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn find_reset_token(
+    async fn find_one_time_token(
         &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>> {
-        let row: Option<(String,)> = sqlx::query_as(
-            "SELECT user_id FROM reset_tokens WHERE token_hash = ? AND expires_at > ?",
-        )
+        let row: Option<(String,)> = sqlx::query_as(&format!(
+            "SELECT user_id FROM {} WHERE token_hash = ? AND expires_at > ?",
+            one_time_table(purpose)
+        ))
         .bind(hash.as_str())
         .bind(millis(now))
         .fetch_optional(&self.pool)
@@ -443,14 +517,16 @@ impl ResetTokenStore for SqliteStore {
         Ok(row.map(|(user_id,)| UserId::new(user_id)))
     }
 
-    async fn consume_reset_token(
+    async fn consume_one_time_token(
         &self,
+        purpose: TokenPurpose,
         hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<UserId>> {
-        let row: Option<(String, i64)> = sqlx::query_as(
-            "DELETE FROM reset_tokens WHERE token_hash = ? RETURNING user_id, expires_at",
-        )
+        let row: Option<(String, i64)> = sqlx::query_as(&format!(
+            "DELETE FROM {} WHERE token_hash = ? RETURNING user_id, expires_at",
+            one_time_table(purpose)
+        ))
         .bind(hash.as_str())
         .fetch_optional(&self.writer)
         .await
@@ -460,9 +536,108 @@ impl ResetTokenStore for SqliteStore {
             .map(|(user_id, _)| UserId::new(user_id)))
     }
 
-    async fn delete_user_reset_tokens(&self, user_id: &UserId) -> StoreResult<()> {
-        sqlx::query("DELETE FROM reset_tokens WHERE user_id = ?")
-            .bind(user_id.as_str())
+    async fn delete_user_one_time_tokens(
+        &self,
+        purpose: TokenPurpose,
+        user_id: &UserId,
+    ) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "DELETE FROM {} WHERE user_id = ?",
+            one_time_table(purpose)
+        ))
+        .bind(user_id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+}
+
+#[derive(FromRow)]
+struct ThrottleRow {
+    failures: i64,
+    window_started_at: i64,
+    locked_until: Option<i64>,
+    lock_count: i64,
+}
+
+impl TryFrom<ThrottleRow> for LoginThrottle {
+    type Error = StoreError;
+
+    fn try_from(row: ThrottleRow) -> StoreResult<Self> {
+        Ok(LoginThrottle {
+            failures: u32::try_from(row.failures).unwrap_or(u32::MAX),
+            window_started_at: from_millis(row.window_started_at)?,
+            locked_until: row.locked_until.map(from_millis).transpose()?,
+            lock_count: u32::try_from(row.lock_count).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+const THROTTLE_COLUMNS: &str = "failures, window_started_at, locked_until, lock_count";
+
+#[async_trait]
+impl LoginThrottleStore for SqliteStore {
+    async fn login_throttle(&self, key: &TokenHash) -> StoreResult<Option<LoginThrottle>> {
+        let row: Option<ThrottleRow> = sqlx::query_as(&format!(
+            "SELECT {THROTTLE_COLUMNS} FROM login_throttles WHERE key_hash = ?"
+        ))
+        .bind(key.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.map(LoginThrottle::try_from).transpose()
+    }
+
+    async fn add_login_failure(
+        &self,
+        key: &TokenHash,
+        now: DateTime<Utc>,
+        window_start: DateTime<Utc>,
+    ) -> StoreResult<LoginThrottle> {
+        // One statement, so concurrent failures are all counted.
+        let row: ThrottleRow = sqlx::query_as(&format!(
+            "INSERT INTO login_throttles (key_hash, failures, window_started_at) VALUES (?, 1, ?) \
+             ON CONFLICT (key_hash) DO UPDATE SET \
+               failures = CASE WHEN window_started_at <= ? THEN 1 ELSE failures + 1 END, \
+               window_started_at = CASE WHEN window_started_at <= ? \
+                 THEN excluded.window_started_at ELSE window_started_at END \
+             RETURNING {THROTTLE_COLUMNS}"
+        ))
+        .bind(key.as_str())
+        .bind(millis(now))
+        .bind(millis(window_start))
+        .bind(millis(window_start))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(map_err)?;
+        row.try_into()
+    }
+
+    async fn lock_login(
+        &self,
+        key: &TokenHash,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE login_throttles SET locked_until = ?, lock_count = lock_count + 1, \
+             failures = 0, window_started_at = ? \
+             WHERE key_hash = ? AND (locked_until IS NULL OR locked_until <= ?)",
+        )
+        .bind(millis(until))
+        .bind(millis(now))
+        .bind(key.as_str())
+        .bind(millis(now))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn clear_login_throttle(&self, key: &TokenHash) -> StoreResult<()> {
+        sqlx::query("DELETE FROM login_throttles WHERE key_hash = ?")
+            .bind(key.as_str())
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
@@ -614,10 +789,19 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn purge_expired(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+    async fn purge_expired(
+        &self,
+        now: DateTime<Utc>,
+        throttle_idle_before: DateTime<Utc>,
+    ) -> StoreResult<u64> {
         let now = millis(now);
         let mut purged = 0;
-        for table in ["refresh_tokens", "reset_tokens", "web_sessions"] {
+        for table in [
+            "refresh_tokens",
+            "reset_tokens",
+            "verification_tokens",
+            "web_sessions",
+        ] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
                 .execute(&self.writer)
@@ -625,6 +809,17 @@ impl Store for SqliteStore {
                 .map_err(map_err)?
                 .rows_affected();
         }
+        let idle = millis(throttle_idle_before);
+        purged += sqlx::query(
+            "DELETE FROM login_throttles WHERE window_started_at <= ? \
+             AND (locked_until IS NULL OR locked_until <= ?)",
+        )
+        .bind(idle)
+        .bind(idle)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
         Ok(purged)
     }
 

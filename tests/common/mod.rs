@@ -288,13 +288,21 @@ pub async fn wait_for_reset_emails(dir: &Path, count: usize) -> Vec<Email> {
     wait_for_subject(dir, "Reset your", count).await
 }
 
+/// Subject of the verification email every registration sends.
+pub const VERIFY_SUBJECT: &str = "Confirm your email address";
+
+/// Emails whose subject starts with `prefix`, oldest first.
+pub fn read_subject(dir: &Path, prefix: &str) -> Vec<Email> {
+    read_emails(dir)
+        .into_iter()
+        .filter(|e| e.subject.starts_with(prefix))
+        .collect()
+}
+
 /// Emails whose subject starts with `prefix`, waiting up to 5 s for `count`.
 pub async fn wait_for_subject(dir: &Path, prefix: &str, count: usize) -> Vec<Email> {
     for _ in 0..100 {
-        let emails: Vec<Email> = read_emails(dir)
-            .into_iter()
-            .filter(|e| e.subject.starts_with(prefix))
-            .collect();
+        let emails = read_subject(dir, prefix);
         if emails.len() >= count {
             return emails;
         }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod health;
+pub mod verification;
 
 use axum::Router;
 
@@ -9,6 +10,9 @@ use super::{AppState, Limiters};
 
 pub fn router(limiters: &Limiters) -> Router<AppState> {
     Router::new()
-        .nest("/api/auth", auth::router(limiters))
+        .nest(
+            "/api/auth",
+            auth::router(limiters).merge(verification::router(limiters)),
+        )
         .merge(health::router())
 }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use super::session::Portal;
 use super::views::{
     AccountPage, ForgotPage, ForgotSentPage, FormState, Layout, LoginPage, PasswordRules,
-    RegisterPage, ResetInvalidPage, ResetPage, SessionRow, UserView,
+    RegisterPage, ResetInvalidPage, ResetPage, SessionRow, UserView, VerifyEmailPage,
 };
 use super::{check_csrf, no_store, render, safe_next, PageError, SignedIn};
 use crate::domain::Password;
@@ -189,6 +189,23 @@ pub async fn login_submit(
         Err(ServiceError::InvalidCredentials) => {
             form_state.error("email", "The email or password is not correct.");
             StatusCode::UNAUTHORIZED
+        }
+        Err(ServiceError::AccountLocked { retry_after }) => {
+            form_state.error(
+                "email",
+                format!(
+                    "Too many failed sign-ins for this email. Try again in {}, or reset your password.",
+                    crate::error::wait_in_words(crate::error::ceil_secs(retry_after))
+                ),
+            );
+            StatusCode::TOO_MANY_REQUESTS
+        }
+        Err(ServiceError::EmailUnverified) => {
+            form_state.error(
+                "email",
+                "Confirm your email address first: we have sent you a new link. Open it, then sign in.",
+            );
+            StatusCode::FORBIDDEN
         }
         Err(ServiceError::Validation(errors)) => {
             form_state.field_errors(errors);
@@ -453,6 +470,45 @@ pub async fn reset_submit(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+// ----- email verification -----
+
+/// The page behind the emailed link. Verifying is safe on GET: it only
+/// confirms what the link proves (someone read that mailbox), so a mail
+/// scanner that prefetches the link does no harm.
+pub async fn verify_email_page(
+    State(state): State<AppState>,
+    portal: Portal,
+    Query(q): Query<PageQuery>,
+) -> PageResult {
+    let (status, verified) = match state.auth.verify_email(&q.token).await {
+        Ok(_) => (StatusCode::OK, true),
+        Err(ServiceError::InvalidVerificationToken) => (StatusCode::BAD_REQUEST, false),
+        Err(e) => return Err(e.into()),
+    };
+    let view = VerifyEmailPage {
+        layout: layout(&state, &portal, None, None),
+        verified,
+        signed_in: portal.data.user_id.is_some(),
+    };
+    page(status, &view)
+}
+
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    mut signed_in: SignedIn,
+    headers: HeaderMap,
+    body: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
+) -> PageResult {
+    let f = form(body)?;
+    check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
+    let message = match state.auth.resend_verification(&signed_in.user).await {
+        Ok(()) => "We have sent a new verification link to your email address.",
+        Err(ServiceError::AlreadyVerified) => "Your email address is already verified.",
+        Err(e) => return Err(e.into()),
+    };
+    flash_and_return(&mut signed_in.portal, message).await
 }
 
 // ----- account -----

@@ -3,7 +3,8 @@
 //! JSON API; these handlers only translate forms to calls and back.
 //!
 //! Post/Redirect/Get throughout; every POST checks the session's CSRF token
-//! and the Origin header; nothing changes state on GET.
+//! and the Origin header; nothing changes state on GET except following an
+//! emailed verification link, which only confirms what the link proves.
 
 mod handlers;
 pub mod session;
@@ -87,7 +88,15 @@ pub fn router(
             get(handlers::reset_page)
                 .merge(post(handlers::reset_submit).layer(limited(&limiters.page_reset))),
         )
+        .route(
+            "/verify-email",
+            get(handlers::verify_email_page).layer(limited(&limiters.page_verify)),
+        )
         .route("/account", get(handlers::account_page))
+        .route(
+            "/account/verify-email",
+            post(handlers::resend_verification).layer(limited(&limiters.resend_verification)),
+        )
         .route("/account/password", post(handlers::change_password))
         .route("/account/sessions/end", post(handlers::end_session))
         .route(

@@ -114,6 +114,14 @@ pub struct ResetInvalidPage {
     pub layout: Layout,
 }
 
+#[derive(Template)]
+#[template(path = "pages/verify_email.html")]
+pub struct VerifyEmailPage {
+    pub layout: Layout,
+    pub verified: bool,
+    pub signed_in: bool,
+}
+
 /// What a new password must be, as the forms explain it.
 pub struct PasswordRules {
     pub min_length: usize,

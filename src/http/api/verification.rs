@@ -1,0 +1,81 @@
+//! /api/auth/verify-email and /api/auth/resend-verification.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use super::auth::{MessageResponse, UserResponse};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::extract::{ApiJson, AuthUser};
+use crate::http::middleware::rate_limit;
+use crate::http::{AppState, Limiters};
+
+pub fn router(limiters: &Limiters) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/verify-email",
+            post(verify_email).layer(rate_limit::layer(&limiters.verify_email)),
+        )
+        .route(
+            "/resend-verification",
+            post(resend_verification).layer(rate_limit::layer(&limiters.resend_verification)),
+        )
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyEmailRequest {
+    /// The token from the emailed link.
+    pub token: String,
+}
+
+/// Confirm an email address with the token from the emailed link.
+#[utoipa::path(
+    post, path = "/api/auth/verify-email", tag = "auth",
+    request_body = VerifyEmailRequest,
+    responses(
+        (status = 200, description = "Verified; the user as it now is", body = UserResponse),
+        (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "The body does not match the schema", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn verify_email(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<VerifyEmailRequest>,
+) -> Result<Json<UserResponse>, ApiError> {
+    let user = state.auth.verify_email(&body.token).await?;
+    Ok(Json(UserResponse::from(&user)))
+}
+
+/// Email the signed-in user a new verification link (the previous one
+/// stops working).
+#[utoipa::path(
+    post, path = "/api/auth/resend-verification", tag = "account",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "A new link is on its way", body = MessageResponse),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody),
+        (status = 409, description = "Already verified (`already_verified`)", body = ErrorBody),
+        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    )
+)]
+pub async fn resend_verification(
+    State(state): State<AppState>,
+    AuthUser(user, _): AuthUser,
+) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
+    state.auth.resend_verification(&user).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageResponse {
+            message: "We have sent a new verification link to your email address.",
+        }),
+    ))
+}

@@ -1,0 +1,113 @@
+//! Per-account lockout (ASVS 6.3.1) that cannot be turned into an
+//! enumeration oracle or a cheap way to keep someone out for long.
+//!
+//! Failures are counted per submitted email string, whether or not an
+//! account has it, so a locked answer says nothing about existence. A lock
+//! starts short and doubles with each further lock, capped; a success or a
+//! completed password reset forgets everything. The per-IP rate limits stay
+//! in front of this: they bound how fast anyone can guess at all.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::domain::{EmailAddress, TokenHash};
+use crate::storage::LoginThrottle;
+
+/// When to lock and for how long.
+#[derive(Debug, Clone)]
+pub struct LockoutPolicy {
+    /// Failures within `window` that lock the email.
+    pub max_failures: u32,
+    pub window: Duration,
+    /// The first lock's length; each further one doubles it.
+    pub first_lock: Duration,
+    pub max_lock: Duration,
+}
+
+impl LockoutPolicy {
+    /// How long the `nth` lock (1 for the first) lasts.
+    pub fn lock_length(&self, nth: u32) -> Duration {
+        let doublings = nth.saturating_sub(1).min(31);
+        self.first_lock
+            .checked_mul(1 << doublings)
+            .unwrap_or(self.max_lock)
+            .min(self.max_lock)
+    }
+
+    /// The lock to start now, given the state after the latest failure:
+    /// `None` while the failures stay under the limit.
+    pub fn lock_after(&self, state: &LoginThrottle) -> Option<Duration> {
+        (state.failures >= self.max_failures).then(|| self.lock_length(state.lock_count + 1))
+    }
+}
+
+/// The time left on a lock, if `state` is locked at `now`.
+pub fn remaining(state: Option<&LoginThrottle>, now: DateTime<Utc>) -> Option<Duration> {
+    let until = state?.locked_until?;
+    (until > now).then(|| (until - now).to_std().unwrap_or_default())
+}
+
+/// The throttle key of a submitted email: the normalised address when it
+/// parses (so "Ann@Clinic.org " and "ann@clinic.org" share a count, and a
+/// reset can clear the owner's key), else the trimmed, lowercased string.
+/// Only its SHA-256 is stored, so the table holds no addresses.
+pub fn key(submitted: &str) -> TokenHash {
+    match EmailAddress::parse(submitted) {
+        Ok(email) => key_of(&email),
+        Err(_) => TokenHash::of(&format!(
+            "login-throttle:{}",
+            submitted.trim().to_lowercase()
+        )),
+    }
+}
+
+/// The key of an account's own address (for clearing it after a reset).
+pub fn key_of(email: &EmailAddress) -> TokenHash {
+    TokenHash::of(&format!("login-throttle:{}", email.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> LockoutPolicy {
+        LockoutPolicy {
+            max_failures: 5,
+            window: Duration::from_secs(900),
+            first_lock: Duration::from_secs(60),
+            max_lock: Duration::from_secs(3600),
+        }
+    }
+
+    #[test]
+    fn locks_double_up_to_the_cap() {
+        let p = policy();
+        let minutes: Vec<u64> = (1..=9).map(|n| p.lock_length(n).as_secs() / 60).collect();
+        assert_eq!(minutes, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.lock_length(u32::MAX), Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn the_limit_th_failure_locks() {
+        let p = policy();
+        let state = |failures, lock_count| LoginThrottle {
+            failures,
+            window_started_at: Utc::now(),
+            locked_until: None,
+            lock_count,
+        };
+        assert_eq!(p.lock_after(&state(4, 0)), None);
+        assert_eq!(p.lock_after(&state(5, 0)), Some(Duration::from_secs(60)));
+        assert_eq!(p.lock_after(&state(5, 2)), Some(Duration::from_secs(240)));
+    }
+
+    #[test]
+    fn keys_ignore_case_and_spaces_and_match_the_owner() {
+        assert_eq!(key(" Ann@Clinic.ORG "), key("ann@clinic.org"));
+        let owner = EmailAddress::parse("ann@clinic.org").unwrap();
+        assert_eq!(key("ANN@clinic.org"), key_of(&owner));
+        assert_eq!(key(" Not An Email "), key("not an email"));
+        assert_ne!(key("ann@clinic.org"), key("bob@clinic.org"));
+    }
+}

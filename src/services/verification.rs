@@ -1,0 +1,72 @@
+//! Email verification: proving the person who registered owns the address
+//! (so reset links and notices reach them, and REQUIRE_VERIFIED_EMAIL can
+//! keep unproven accounts out).
+
+use chrono::Utc;
+
+use super::auth::AuthService;
+use super::ServiceError;
+use crate::domain::{TokenHash, User};
+use crate::email;
+use crate::storage::TokenPurpose;
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Verification tokens are 43 base64url characters; longer input is junk.
+const MAX_TOKEN_LEN: usize = 4096;
+
+impl AuthService {
+    /// Stores a fresh verification link for `user` (the previous one stops
+    /// working) and emails it in the background.
+    pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
+        let link = self
+            .new_link(user, TokenPurpose::EmailVerification, "verify-email")
+            .await?;
+        let expires_hours = self.settings().verification_ttl.as_secs().div_ceil(3600);
+        self.send_in_background(user, "verify_email", move |to, brand| {
+            email::verify_email(
+                to,
+                brand,
+                &email::VerifyEmail {
+                    link: &link,
+                    expires_hours,
+                },
+            )
+        });
+        Ok(())
+    }
+
+    /// Sends the signed-in user a new link. `AlreadyVerified` when there is
+    /// nothing to prove.
+    pub async fn resend_verification(&self, user: &User) -> Result<()> {
+        if user.verified {
+            return Err(ServiceError::AlreadyVerified);
+        }
+        self.send_verification(user).await
+    }
+
+    /// Consumes a verification link and marks its user verified. Single
+    /// use; an unknown, used or expired token is `InvalidVerificationToken`.
+    pub async fn verify_email(&self, token: &str) -> Result<User> {
+        let token = token.trim();
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(ServiceError::InvalidVerificationToken);
+        }
+        let now = Utc::now();
+        let user_id = self
+            .store()
+            .consume_one_time_token(TokenPurpose::EmailVerification, &TokenHash::of(token), now)
+            .await?
+            .ok_or(ServiceError::InvalidVerificationToken)?;
+        if !self.store().set_verified(&user_id, now).await? {
+            return Err(ServiceError::InvalidVerificationToken);
+        }
+        let user = self
+            .store()
+            .find_user_by_id(&user_id)
+            .await?
+            .ok_or(ServiceError::InvalidVerificationToken)?;
+        tracing::info!(user_id = %user.id, "email address verified");
+        Ok(user)
+    }
+}

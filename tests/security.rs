@@ -1,0 +1,424 @@
+//! Issue 5 behaviours over HTTP, on every backend: refresh-token families
+//! and reuse detection, per-account lockout, email verification.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_error, read_emails, wait_for_subject, Backend, Email, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+backend_tests!(
+    replay_after_the_grace_window_ends_the_family,
+    replay_within_the_grace_window_gets_a_sibling,
+    strict_mode_revokes_on_any_replay,
+    repeated_failures_lock_the_email_and_locks_double,
+    unknown_emails_lock_the_same_way,
+    a_completed_reset_lifts_the_lock,
+    registration_sends_a_verification_link,
+    resend_replaces_the_link_and_refuses_when_verified,
+    required_verification_blocks_sign_in_until_verified,
+    verification_page_confirms_the_address,
+);
+
+const SESSION_ENDED: &str = "A Clinic Auth session was ended";
+const LOCKED: &str = "Sign-in to Clinic Auth paused";
+const VERIFY: &str = "Confirm your email address";
+
+fn link_token(email: &Email, page: &str) -> String {
+    let marker = format!("http://localhost:8000/{page}?token=");
+    let start = email.text.find(&marker).expect("the link is in the text") + marker.len();
+    let token: String = email.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    assert!(email.html.contains(&format!("{marker}{token}")));
+    token
+}
+
+async fn refresh_ok(app: &TestApp, token: &str) -> String {
+    let res = app.refresh_with(token).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    common::refresh_cookie(res.headers()).expect("a new refresh cookie")
+}
+
+async fn refresh_refused(app: &TestApp, token: &str) {
+    expect_error(
+        app.refresh_with(token).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+    )
+    .await;
+}
+
+async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE", "1s")]).await;
+    app.register("jane@example.com").await;
+    let (access, first) = app.login("jane@example.com", PASSWORD).await;
+    // A second sign-in (another device) is another family and survives.
+    let (_, other_device) = app.login("jane@example.com", PASSWORD).await;
+    let second = refresh_ok(&app, &first).await;
+    let third = refresh_ok(&app, &second).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+
+    // The thief replays the first token long after it was replaced.
+    refresh_refused(&app, &first).await;
+    // Every descendant is dead, and so are the access tokens issued so far.
+    refresh_refused(&app, &third).await;
+    refresh_refused(&app, &second).await;
+    expect_error(
+        app.me(&access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    // The owner is told, once.
+    let emails = wait_for_subject(&app.outbox(), SESSION_ENDED, 1).await;
+    assert_eq!(emails.len(), 1);
+    assert!(emails[0].to.contains("jane@example.com"));
+    assert!(emails[0]
+        .text
+        .contains("ended that session for your safety"));
+    // The other device's family is untouched.
+    refresh_ok(&app, &other_device).await;
+}
+
+async fn replay_within_the_grace_window_gets_a_sibling(backend: Backend) {
+    // Default grace (5s): two tabs refreshing with the same cookie.
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let (_, first) = app.login("jane@example.com", PASSWORD).await;
+    let tab_a = refresh_ok(&app, &first).await;
+    let tab_b = refresh_ok(&app, &first).await;
+    assert_ne!(tab_a, tab_b);
+    // Both children are live members of the family.
+    refresh_ok(&app, &tab_a).await;
+    refresh_ok(&app, &tab_b).await;
+    // Several tabs at once all succeed too.
+    let (_, shared) = app.login("jane@example.com", PASSWORD).await;
+    let attempts = (0..6).map(|_| app.refresh_with(&shared));
+    for res in futures::future::join_all(attempts).await {
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // A family that was signed out gives nothing back, grace or not.
+    let (_, ended) = app.login("jane@example.com", PASSWORD).await;
+    let child = refresh_ok(&app, &ended).await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("cookie", format!("refresh_token={child}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    refresh_refused(&app, &ended).await;
+    assert!(read_emails(&app.outbox())
+        .iter()
+        .all(|e| !e.subject.starts_with(SESSION_ENDED)));
+}
+
+async fn strict_mode_revokes_on_any_replay(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE", "0s")]).await;
+    app.register("jane@example.com").await;
+    let (_, first) = app.login("jane@example.com", PASSWORD).await;
+    let second = refresh_ok(&app, &first).await;
+    refresh_refused(&app, &first).await;
+    refresh_refused(&app, &second).await;
+    wait_for_subject(&app.outbox(), SESSION_ENDED, 1).await;
+}
+
+async fn login(app: &TestApp, email: &str, password: &str) -> reqwest::Response {
+    app.post_json(
+        "/api/auth/login",
+        json!({"email": email, "password": password}),
+    )
+    .await
+}
+
+/// Fails `n` sign-ins for `email`, each answered 401.
+async fn fail(app: &TestApp, email: &str, n: usize) {
+    for _ in 0..n {
+        expect_error(
+            login(app, email, "Wr0ng!Password99").await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_credentials",
+        )
+        .await;
+    }
+}
+
+/// Expects `account_locked`; returns Retry-After in seconds.
+async fn expect_locked(res: reqwest::Response) -> u64 {
+    let retry: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "account_locked").await;
+    retry
+}
+
+const LOCKOUT: &[(&str, &str)] = &[
+    ("LOGIN_MAX_FAILURES", "3"),
+    ("LOGIN_LOCKOUT", "1s"),
+    ("LOGIN_LOCKOUT_MAX", "2s"),
+];
+
+async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
+    let app = TestApp::spawn_with(backend, LOCKOUT).await;
+    app.register("jane@example.com").await;
+    fail(&app, "jane@example.com", 3).await;
+    // Locked: even the right password is refused, before any hashing.
+    let retry = expect_locked(login(&app, "jane@example.com", PASSWORD).await).await;
+    assert_eq!(retry, 1);
+    // The same email in another spelling shares the lock.
+    expect_locked(login(&app, " JANE@example.com ", PASSWORD).await).await;
+    // Someone else is not affected.
+    app.register("john@example.com").await;
+    app.login("john@example.com", PASSWORD).await;
+
+    // The owner hears about the lock once, with the way out.
+    let emails = wait_for_subject(&app.outbox(), LOCKED, 1).await;
+    assert_eq!(emails.len(), 1);
+    assert!(emails[0].to.contains("jane@example.com"));
+    assert!(emails[0]
+        .text
+        .contains("http://localhost:8000/forgot-password"));
+
+    // The second lock lasts twice as long; the third is capped at the max.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    fail(&app, "jane@example.com", 3).await;
+    assert_eq!(
+        expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
+        2
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    fail(&app, "jane@example.com", 3).await;
+    assert_eq!(
+        expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
+        2
+    );
+    assert_eq!(wait_for_subject(&app.outbox(), LOCKED, 3).await.len(), 3);
+
+    // After the lock, a success resets everything: 2 failures do not lock.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.login("jane@example.com", PASSWORD).await;
+    fail(&app, "jane@example.com", 2).await;
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn unknown_emails_lock_the_same_way(backend: Backend) {
+    let app = TestApp::spawn_with(backend, LOCKOUT).await;
+    app.register("jane@example.com").await;
+    fail(&app, "nobody@example.com", 3).await;
+    fail(&app, "jane@example.com", 3).await;
+    let unknown = login(&app, "nobody@example.com", PASSWORD).await;
+    let known = login(&app, "jane@example.com", PASSWORD).await;
+    let (unknown_retry, known_retry) = (
+        unknown.headers()["retry-after"].clone(),
+        known.headers()["retry-after"].clone(),
+    );
+    let unknown: Value = unknown.json().await.unwrap();
+    let known: Value = known.json().await.unwrap();
+    // Same status, body and wait: nothing tells the two apart.
+    assert_eq!(unknown, known);
+    assert_eq!(unknown_retry, known_retry);
+    assert_eq!(unknown["error"]["code"], "account_locked");
+    // Not even a malformed address is treated differently.
+    fail(&app, "not an email", 3).await;
+    expect_locked(login(&app, "not an email", PASSWORD).await).await;
+    // Only the real account's owner got a notice.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let notices = wait_for_subject(&app.outbox(), LOCKED, 1).await;
+    assert_eq!(notices.len(), 1);
+    assert!(notices[0].to.contains("jane@example.com"));
+}
+
+async fn a_completed_reset_lifts_the_lock(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[("LOGIN_MAX_FAILURES", "2"), ("LOGIN_LOCKOUT", "10m")],
+    )
+    .await;
+    app.register("jane@example.com").await;
+    fail(&app, "jane@example.com", 2).await;
+    assert_eq!(
+        expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
+        600
+    );
+    let res = app
+        .post_json(
+            "/api/auth/forgot-password",
+            json!({"email": "jane@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let res = app
+        .post_json(
+            "/api/auth/reset-password",
+            json!({"token": token, "password": "N3w!Passphrase-2026"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.login("jane@example.com", "N3w!Passphrase-2026").await;
+}
+
+async fn registration_sends_a_verification_link(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = app.register("jane@example.com").await;
+    assert_eq!(user["verified"], false);
+    let emails = wait_for_subject(&app.outbox(), VERIFY, 1).await;
+    assert!(emails[0].to.contains("jane@example.com"));
+    assert!(emails[0].text.contains("within 24 hours"));
+    let token = link_token(&emails[0], "verify-email");
+
+    // Only the hash is stored.
+    let store = app.store().await;
+    let id = clinic_auth::domain::UserId::new(user["id"].as_str().unwrap().to_owned());
+    assert_eq!(
+        store
+            .find_one_time_token(
+                clinic_auth::storage::TokenPurpose::EmailVerification,
+                &clinic_auth::domain::TokenHash::of(&token),
+                chrono::Utc::now(),
+            )
+            .await
+            .unwrap(),
+        Some(id)
+    );
+
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": token}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["verified"], true);
+    assert_eq!(body["email"], "jane@example.com");
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let me: Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["verified"], true);
+
+    // Single use; junk is refused the same way, never a 500.
+    for token in [token.as_str(), "", "nonsense", &"x".repeat(5000)] {
+        verify_refused(&app, token).await;
+    }
+    expect_error(
+        app.post_json("/api/auth/verify-email", json!({"tok": "x"}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // A reset link is not a verification link.
+    app.register("john@example.com").await;
+    app.post_json(
+        "/api/auth/forgot-password",
+        json!({"email": "john@example.com"}),
+    )
+    .await;
+    let reset = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    verify_refused(&app, &reset).await;
+}
+
+async fn verify_refused(app: &TestApp, token: &str) {
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": token}))
+        .await;
+    expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
+}
+
+async fn resend_replaces_the_link_and_refuses_when_verified(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let first = link_token(
+        &wait_for_subject(&app.outbox(), VERIFY, 1).await[0],
+        "verify-email",
+    );
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+
+    expect_error(
+        app.post_json("/api/auth/resend-verification", json!({}))
+            .await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/resend-verification"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let emails = wait_for_subject(&app.outbox(), VERIFY, 2).await;
+    let second = link_token(&emails[1], "verify-email");
+    assert_ne!(first, second);
+    // Only the newest link works.
+    verify_refused(&app, &first).await;
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": second}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .client
+        .post(app.url("/api/auth/resend-verification"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, StatusCode::CONFLICT, "already_verified").await;
+}
+
+async fn required_verification_blocks_sign_in_until_verified(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("REQUIRE_VERIFIED_EMAIL", "true")]).await;
+    app.register("jane@example.com").await;
+    wait_for_subject(&app.outbox(), VERIFY, 1).await;
+    let res = login(&app, "jane@example.com", PASSWORD).await;
+    assert!(common::refresh_cookie(res.headers()).is_none());
+    expect_error(res, StatusCode::FORBIDDEN, "email_unverified").await;
+    // A wrong password is still just wrong: 403 only follows the right one.
+    fail(&app, "jane@example.com", 1).await;
+    // The refusal sent a fresh link (the first no longer works).
+    let emails = wait_for_subject(&app.outbox(), VERIFY, 2).await;
+    let token = link_token(&emails[1], "verify-email");
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": token}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn verification_page_confirms_the_address(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let token = link_token(
+        &wait_for_subject(&app.outbox(), VERIFY, 1).await[0],
+        "verify-email",
+    );
+    let res = app.get(&format!("/verify-email?token={token}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res
+        .headers()
+        .get("content-type")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Email address confirmed"), "{html}");
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let me: Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["verified"], true);
+    // Used, or missing: a friendly 400 page.
+    for path in [
+        format!("/verify-email?token={token}"),
+        "/verify-email".into(),
+    ] {
+        let res = app.get(&path).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+        assert!(res.text().await.unwrap().contains("This link is not valid"));
+    }
+}

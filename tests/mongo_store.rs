@@ -143,7 +143,7 @@ async fn creates_and_finds_users_in_the_python_document_shape() {
 
 fn rotated(rotation: Rotation) -> RefreshTokenRecord {
     match rotation {
-        Rotation::Rotated(retired) => retired,
+        Rotation::Rotated(rotated) => rotated.retired,
         other => panic!("expected a rotation, got {other:?}"),
     }
 }

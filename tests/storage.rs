@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{Duration, DurationRound, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::{
-    NewOneTimeToken, NewRefreshToken, NewUser, Rotation, Store, StoreError, TokenPurpose,
+    NewOneTimeToken, NewRefreshToken, NewUser, Rotated, Rotation, Store, StoreError, TokenPurpose,
     WebSessionRecord,
 };
 use common::{fresh_store, Backend};
@@ -170,7 +170,7 @@ async fn refresh_rotation_retires_the_old_token(backend: Backend) {
 
     let second = refresh(&user, "jti-2", "fam-1", Duration::days(7));
     let at = now();
-    let Rotation::Rotated(retired) = store
+    let Rotation::Rotated(Rotated { retired, owner }) = store
         .rotate_refresh_token(&first.token_hash, at, Duration::zero(), &second)
         .await
         .unwrap()
@@ -178,6 +178,7 @@ async fn refresh_rotation_retires_the_old_token(backend: Backend) {
         panic!("an active token rotates");
     };
     assert_eq!(retired.jti, "jti-1");
+    assert_eq!(owner.expect("the owner is read back").id, user);
     assert_eq!(retired.user_id, user);
     assert_eq!(retired.family_id, "fam-1");
     let old = store
@@ -800,7 +801,10 @@ async fn replay_inside_grace_adds_a_sibling_to_a_live_family(backend: Backend) {
         .await
         .unwrap()
     {
-        Rotation::GraceSibling(retired) => assert_eq!(retired.jti, "a1"),
+        Rotation::GraceSibling(rotated) => {
+            assert_eq!(rotated.retired.jti, "a1");
+            assert_eq!(rotated.owner.unwrap().id, jane);
+        }
         other => panic!("expected a sibling, got {other:?}"),
     }
     for hash in [&a2.token_hash, &sibling.token_hash] {

@@ -398,15 +398,15 @@ impl AuthService {
             .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
         let record = self.refresh_record(&user_id, &claims.fam, &child, client, now);
         let grace = chrono_duration(self.settings.refresh_reuse_grace);
-        let retired = match self
+        let rotated = match self
             .store
             .rotate_refresh_token(&TokenHash::of(raw), now, grace, &record)
             .await?
         {
-            Rotation::Rotated(retired) => retired,
-            Rotation::GraceSibling(retired) => {
+            Rotation::Rotated(rotated) => rotated,
+            Rotation::GraceSibling(rotated) => {
                 tracing::info!(user_id = %user_id, "refresh within the reuse grace: sibling issued");
-                retired
+                rotated
             }
             Rotation::ReuseDetected { token, revoked } => {
                 self.on_refresh_reuse(&token, revoked).await?;
@@ -417,10 +417,12 @@ impl AuthService {
                 return Err(ServiceError::InvalidRefreshToken);
             }
         };
-        let user = self
-            .store
-            .find_user_by_id(&retired.user_id)
-            .await?
+        // A token whose account was deleted, or that names another user
+        // than its record (a forged `sub` cannot pass the signature, but
+        // the store is the authority), signs nobody in.
+        let user = rotated
+            .owner
+            .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
         Ok(LoginOutcome {

@@ -108,15 +108,25 @@ pub struct RefreshTokenRecord {
     pub created_at: DateTime<Utc>,
 }
 
+/// A rotation that stored the replacement.
+#[derive(Debug)]
+pub struct Rotated {
+    /// The presented token, as it was retired.
+    pub retired: RefreshTokenRecord,
+    /// Its owner as stored now (`None` when the account is gone), read in
+    /// the same round trip so the caller can issue the access token.
+    pub owner: Option<User>,
+}
+
 /// What presenting a refresh token for rotation did.
 #[derive(Debug)]
 pub enum Rotation {
     /// The token was active: it is retired and the replacement stored.
-    Rotated(RefreshTokenRecord),
+    Rotated(Rotated),
     /// The token had been rotated away less than the grace period ago (two
     /// tabs refreshing at once) and its family is still alive: the
     /// replacement is stored as a sibling of the token that replaced it.
-    GraceSibling(RefreshTokenRecord),
+    GraceSibling(Rotated),
     /// The token had been rotated away longer ago than the grace period:
     /// someone replayed it. Every active token of its family is revoked and
     /// nothing is stored. Carries the replayed record and how many tokens

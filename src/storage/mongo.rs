@@ -33,8 +33,8 @@ use tokio::sync::OnceCell;
 
 use super::{
     LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
-    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotation, Store,
-    StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
+    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
+    Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -588,7 +588,9 @@ impl RefreshTokenStore for MongoStore {
             // putting the old token back could revive it after a concurrent
             // "revoke all".
             self.insert_refresh_token(replacement).await?;
-            return Ok(Rotation::Rotated(retired.into()));
+            let retired = RefreshTokenRecord::from(retired);
+            let owner = self.find_user_by_id(&retired.user_id).await?;
+            return Ok(Rotation::Rotated(Rotated { retired, owner }));
         }
         let Some(old) = self.find_refresh_token(old_hash).await? else {
             return Ok(Rotation::Rejected);
@@ -615,7 +617,11 @@ impl RefreshTokenStore for MongoStore {
                     return Ok(Rotation::Rejected);
                 }
                 self.insert_refresh_token(replacement).await?;
-                return Ok(Rotation::GraceSibling(old));
+                let owner = self.find_user_by_id(&old.user_id).await?;
+                return Ok(Rotation::GraceSibling(Rotated {
+                    retired: old,
+                    owner,
+                }));
             }
         }
         let revoked = self

@@ -15,8 +15,8 @@ use sqlx::{FromRow, SqlitePool};
 
 use super::{
     LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
-    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotation, Store,
-    StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
+    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
+    Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
 };
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
 
@@ -189,6 +189,19 @@ impl TryFrom<RefreshRow> for RefreshTokenRecord {
 const REFRESH_COLUMNS: &str = "user_id, jti, token_hash, family_id, user_agent, ip_address, \
      revoked, replaced_by, revoked_at, expires_at, created_at";
 
+/// Retire the active token, insert its child only if that worked, and read
+/// the owner only if the child was stored (see `rotate_refresh_token`).
+static ROTATE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "UPDATE refresh_tokens SET revoked = 1, replaced_by = ?, revoked_at = ? \
+         WHERE token_hash = ? AND revoked = 0 AND expires_at > ? RETURNING {REFRESH_COLUMNS}; \
+         INSERT INTO refresh_tokens (user_id, jti, token_hash, family_id, user_agent, \
+         ip_address, revoked, expires_at, created_at) \
+         SELECT ?, ?, ?, ?, ?, ?, 0, ?, ? WHERE changes() = 1; \
+         SELECT {USER_COLUMNS} FROM users WHERE id = ? AND changes() = 1"
+    )
+});
+
 async fn insert_refresh<'e, E>(executor: E, token: &NewRefreshToken) -> StoreResult<()>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
@@ -306,28 +319,42 @@ impl RefreshTokenStore for SqliteStore {
         grace: chrono::Duration,
         replacement: &NewRefreshToken,
     ) -> StoreResult<Rotation> {
-        // Everything happens on the one writer connection inside one
-        // transaction, so the decision (rotate, sibling, revoke) and its
-        // effect cannot interleave with another rotation of the family.
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        // The conditional UPDATE takes SQLite's write lock, so a concurrent
-        // rotation of the same token waits and then matches no row.
-        let retired: Option<RefreshRow> = sqlx::query_as(&format!(
-            "UPDATE refresh_tokens SET revoked = 1, replaced_by = ?, revoked_at = ? \
-             WHERE token_hash = ? AND revoked = 0 AND expires_at > ? RETURNING {REFRESH_COLUMNS}"
-        ))
-        .bind(&replacement.jti)
-        .bind(millis(now))
-        .bind(old_hash.as_str())
-        .bind(millis(now))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if let Some(retired) = retired {
-            insert_refresh(&mut *tx, replacement).await?;
-            tx.commit().await.map_err(map_err)?;
-            return Ok(Rotation::Rotated(retired.try_into()?));
+        // The common case in one round trip to the writer's thread: three
+        // statements in one command, each gated on the previous one's
+        // `changes()`. The single writer connection runs them back to back,
+        // so no other write can slip in between. They commit one by one: a
+        // crash after the UPDATE leaves the old token retired and no child,
+        // which fails closed (sign in again), like the MongoDB store.
+        let rows = sqlx::query(&ROTATE_SQL)
+            .bind(&replacement.jti)
+            .bind(millis(now))
+            .bind(old_hash.as_str())
+            .bind(millis(now))
+            .bind(replacement.user_id.as_str())
+            .bind(&replacement.jti)
+            .bind(replacement.token_hash.as_str())
+            .bind(&replacement.family_id)
+            .bind(&replacement.user_agent)
+            .bind(&replacement.ip_address)
+            .bind(millis(replacement.expires_at))
+            .bind(millis(replacement.created_at))
+            .bind(replacement.user_id.as_str())
+            .fetch_all(&self.writer)
+            .await
+            .map_err(map_err)?;
+        if let Some(retired) = rows.first() {
+            let retired =
+                RefreshTokenRecord::try_from(RefreshRow::from_row(retired).map_err(map_err)?)?;
+            let owner = rows
+                .get(1)
+                .map(|row| UserRow::from_row(row).map_err(map_err)?.try_into())
+                .transpose()?;
+            return Ok(Rotation::Rotated(Rotated { retired, owner }));
         }
+        // Not active: decide what the replay means inside one transaction,
+        // so the decision and its effect cannot interleave with another
+        // rotation of the family.
+        let mut tx = self.writer.begin().await.map_err(map_err)?;
         let old: Option<RefreshRow> = sqlx::query_as(&format!(
             "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
         ))
@@ -356,7 +383,11 @@ impl RefreshTokenStore for SqliteStore {
                 }
                 insert_refresh(&mut *tx, replacement).await?;
                 tx.commit().await.map_err(map_err)?;
-                return Ok(Rotation::GraceSibling(old));
+                let owner = self.find_user_by_id(&old.user_id).await?;
+                return Ok(Rotation::GraceSibling(Rotated {
+                    retired: old,
+                    owner,
+                }));
             }
         }
         let revoked = sqlx::query(

@@ -77,6 +77,14 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client has to send a request's headers, counted from the
+    /// connection's start or the end of its previous response, so it also
+    /// ends idle keep-alive connections (HTTP_HEADER_TIMEOUT; slowloris).
+    pub http_header_timeout: Duration,
+    /// How long a client has to send a whole request body once its headers
+    /// are in (HTTP_BODY_TIMEOUT): a total, so trickling bytes does not
+    /// extend it.
+    pub http_body_timeout: Duration,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -300,6 +308,10 @@ impl Config {
                 )
             })?),
         };
+        let http_header_timeout =
+            parse_timeout_var("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT"), "10s")?;
+        let http_body_timeout =
+            parse_timeout_var("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT"), "10s")?;
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
@@ -307,6 +319,8 @@ impl Config {
 
         Ok(Self {
             trusted_proxies,
+            http_header_timeout,
+            http_body_timeout,
             metrics_addr,
             data_dir,
             session_idle_timeout,
@@ -442,6 +456,35 @@ fn parse_duration_var(
     })
 }
 
+/// A network timeout: the usual durations, plus milliseconds (`500ms`) so
+/// tests can use short ones; zero would refuse every request, so it is
+/// refused here.
+fn parse_timeout_var(
+    var: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    let parsed = match raw.trim().strip_suffix("ms") {
+        Some(millis) if millis.bytes().all(|b| b.is_ascii_digit()) => millis
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= 86_400_000)
+            .map(Duration::from_millis),
+        Some(_) => None,
+        None => parse_duration(&raw).filter(|d| *d <= Duration::from_secs(86_400)),
+    };
+    match parsed {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(err(
+            var,
+            format!(
+                "expected a duration above zero and at most 1d, like 500ms, 10s or 1m, got {raw:?}"
+            ),
+        )),
+    }
+}
+
 /// Parses `<number><unit>` with unit s, m, h or d (e.g. `15m`, `7d`, `0s`).
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
@@ -526,6 +569,8 @@ mod tests {
         assert_eq!(c.password_min_length, 12);
         assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
         assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(10));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -549,6 +594,17 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn http_timeouts_take_milliseconds_too() {
+        let c = dev(&[
+            ("HTTP_HEADER_TIMEOUT", "250ms"),
+            ("HTTP_BODY_TIMEOUT", "1m"),
+        ])
+        .unwrap();
+        assert_eq!(c.http_header_timeout, Duration::from_millis(250));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -596,6 +652,11 @@ mod tests {
                 "TRUSTED_PROXIES",
             ),
             (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
+            (vec![("HTTP_HEADER_TIMEOUT", "0s")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_HEADER_TIMEOUT", "0ms")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_HEADER_TIMEOUT", "-1ms")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_BODY_TIMEOUT", "10")], "HTTP_BODY_TIMEOUT"),
+            (vec![("HTTP_BODY_TIMEOUT", "2d")], "HTTP_BODY_TIMEOUT"),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");

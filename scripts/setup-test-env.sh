@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv in the repository with the Python tools the
 # tests need: nx-27017, the MongoDB wire-protocol stand-in that the MongoStore
-# tests start. Idempotent; a re-run with nothing to do takes well under a
+# tests start, aiosmtpd for the email tests and schemathesis for
+# tests/fuzz.rs. Idempotent; a re-run with nothing to do takes well under a
 # second, so it can be called before every test run.
 set -euo pipefail
 
@@ -29,7 +30,7 @@ fi
 
 want="$(sha256sum "$requirements" | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-    && "$venv/bin/python" -c 'import nx_27017, neosqlite' >/dev/null 2>&1; then
+    && "$venv/bin/python" -c 'import nx_27017, neosqlite, schemathesis' >/dev/null 2>&1; then
     echo "setup-test-env: $venv is up to date" >&2
     exit 0
 fi

@@ -14,7 +14,7 @@ for component in rustfmt clippy; do
     fi
 done
 
-step "test dependencies (Python virtualenv for the MongoDB wire-protocol server)"
+step "test dependencies (Python virtualenv: MongoDB wire-protocol server, SMTP server, schemathesis)"
 bash scripts/setup-test-env.sh
 
 step "browser for the end-to-end tests (Chromium + chromedriver from Debian)"

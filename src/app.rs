@@ -39,6 +39,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
+    header_timeout: Duration,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -120,6 +121,7 @@ impl App {
                 trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(
                     config.trusted_proxies.clone(),
                 )),
+                body_timeout: config.http_body_timeout,
             },
         );
         let addr = SocketAddr::new(config.host, config.port);
@@ -131,11 +133,14 @@ impl App {
                 .await
                 .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
             tracing::info!(%addr, "metrics listening");
-            background.push(tokio::spawn(async move {
-                if let Err(e) = axum::serve(metrics_listener, http::metrics_router()).await {
-                    tracing::error!(error = %e, "metrics listener failed");
-                }
-            }));
+            // Same read timeouts as the main listener; it runs until the
+            // background tasks are aborted at shutdown.
+            background.push(tokio::spawn(crate::server::serve(
+                metrics_listener,
+                http::metrics_router(),
+                config.http_header_timeout,
+                std::future::pending(),
+            )));
         }
         if let MailTransport::Outbox { dir } = &config.mail.transport {
             tracing::info!(outbox = %dir.display(), "no MAIL_SERVER: emails are written to the outbox");
@@ -144,6 +149,7 @@ impl App {
         Ok(Self {
             listener,
             router,
+            header_timeout: config.http_header_timeout,
             background,
         })
     }
@@ -160,16 +166,11 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
         for task in self.background {
             task.abort();
         }
-        result.context("server error")
+        Ok(())
     }
 }
 

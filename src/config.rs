@@ -90,6 +90,14 @@ pub struct Config {
     /// Refuse sign-in until the email address is verified.
     pub require_verified_email: bool,
     pub verification_token_ttl: Duration,
+    /// How long a client has to send a request's headers, counted from the
+    /// connection's start or the end of its previous response, so it also
+    /// ends idle keep-alive connections (HTTP_HEADER_TIMEOUT; slowloris).
+    pub http_header_timeout: Duration,
+    /// How long a client has to send a whole request body once its headers
+    /// are in (HTTP_BODY_TIMEOUT): a total, so trickling bytes does not
+    /// extend it.
+    pub http_body_timeout: Duration,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -358,6 +366,10 @@ impl Config {
                 )
             })?),
         };
+        let http_header_timeout =
+            parse_timeout_var("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT"), "10s")?;
+        let http_body_timeout =
+            parse_timeout_var("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT"), "10s")?;
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
@@ -372,6 +384,8 @@ impl Config {
             login_lockout_max,
             require_verified_email,
             verification_token_ttl,
+            http_header_timeout,
+            http_body_timeout,
             metrics_addr,
             data_dir,
             session_idle_timeout,
@@ -507,6 +521,35 @@ fn parse_duration_var(
     })
 }
 
+/// A network timeout: the usual durations, plus milliseconds (`500ms`) so
+/// tests can use short ones; zero would refuse every request, so it is
+/// refused here.
+fn parse_timeout_var(
+    var: &'static str,
+    value: Option<String>,
+    default: &str,
+) -> Result<Duration, ConfigError> {
+    let raw = value.unwrap_or_else(|| default.to_owned());
+    let parsed = match raw.trim().strip_suffix("ms") {
+        Some(millis) if millis.bytes().all(|b| b.is_ascii_digit()) => millis
+            .parse::<u64>()
+            .ok()
+            .filter(|ms| *ms <= 86_400_000)
+            .map(Duration::from_millis),
+        Some(_) => None,
+        None => parse_duration(&raw).filter(|d| *d <= Duration::from_secs(86_400)),
+    };
+    match parsed {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(err(
+            var,
+            format!(
+                "expected a duration above zero and at most 1d, like 500ms, 10s or 1m, got {raw:?}"
+            ),
+        )),
+    }
+}
+
 /// Parses `<number><unit>` with unit s, m, h or d (e.g. `15m`, `7d`, `0s`).
 pub fn parse_duration(raw: &str) -> Option<Duration> {
     let raw = raw.trim();
@@ -600,6 +643,8 @@ mod tests {
         );
         assert!(!c.require_verified_email);
         assert_eq!(c.verification_token_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(10));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -623,6 +668,17 @@ mod tests {
         ] {
             assert_eq!(parse_duration(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn http_timeouts_take_milliseconds_too() {
+        let c = dev(&[
+            ("HTTP_HEADER_TIMEOUT", "250ms"),
+            ("HTTP_BODY_TIMEOUT", "1m"),
+        ])
+        .unwrap();
+        assert_eq!(c.http_header_timeout, Duration::from_millis(250));
+        assert_eq!(c.http_body_timeout, Duration::from_secs(60));
     }
 
     #[test]
@@ -670,6 +726,11 @@ mod tests {
                 "TRUSTED_PROXIES",
             ),
             (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
+            (vec![("HTTP_HEADER_TIMEOUT", "0s")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_HEADER_TIMEOUT", "0ms")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_HEADER_TIMEOUT", "-1ms")], "HTTP_HEADER_TIMEOUT"),
+            (vec![("HTTP_BODY_TIMEOUT", "10")], "HTTP_BODY_TIMEOUT"),
+            (vec![("HTTP_BODY_TIMEOUT", "2d")], "HTTP_BODY_TIMEOUT"),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");

@@ -105,6 +105,18 @@ impl ApiError {
         )
     }
 
+    /// The body did not arrive within HTTP_BODY_TIMEOUT. The connection is
+    /// closed after this answer: the rest of the body may still be on its
+    /// way and would be read as the next request.
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "The request body did not arrive in time.",
+        )
+        .with_header(header::CONNECTION, HeaderValue::from_static("close"))
+    }
+
     pub fn rate_limited(retry_after_secs: u64) -> Self {
         let secs = retry_after_secs.max(1);
         Self::new(

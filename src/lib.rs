@@ -10,6 +10,7 @@ pub mod email;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod server;
 pub mod services;
 pub mod storage;
 pub mod telemetry;

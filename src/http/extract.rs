@@ -45,6 +45,11 @@ where
                 {
                     ApiError::payload_too_large()
                 }
+                BytesRejection::FailedToBufferBody(ref e)
+                    if super::middleware::body_timeout::is_body_timeout(e) =>
+                {
+                    ApiError::request_timeout()
+                }
                 other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
             })?;
         parse_json(&bytes).map(ApiJson)

@@ -122,6 +122,8 @@ pub struct RouterOptions {
     /// Serve /metrics here (false when it has a listener of its own).
     pub metrics_route: bool,
     pub trusted_proxies: middleware::client_ip::TrustedProxies,
+    /// HTTP_BODY_TIMEOUT: the whole body must arrive within this.
+    pub body_timeout: Duration,
 }
 
 pub fn router(state: AppState, options: RouterOptions) -> Router {
@@ -167,6 +169,10 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         ))
         .layer(axum::middleware::from_fn(
             middleware::request_context::request_context,
+        ))
+        // Outermost, so the body's clock starts as soon as the headers are in.
+        .layer(middleware::body_timeout::BodyTimeoutLayer::new(
+            options.body_timeout,
         ))
 }
 

@@ -69,16 +69,16 @@ pub struct RegisterRequest {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
-    #[schema(example = "jane@example.com")]
+    #[schema(example = "jane@example.com", min_length = 1)]
     pub email: String,
-    #[schema(example = "Str0ng!Pass123", format = "password")]
+    #[schema(example = "Str0ng!Pass123", format = "password", min_length = 1)]
     pub password: String,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ForgotPasswordRequest {
-    #[schema(example = "jane@example.com")]
+    #[schema(example = "jane@example.com", format = "email")]
     pub email: String,
 }
 
@@ -183,16 +183,17 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
 /// Register a new account (always role `doctor`, unverified).
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
-    request_body = RegisterRequest,
+    request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Account created", body = UserResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Email already registered (`email_taken`)", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Validation failed", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn register(
@@ -213,17 +214,18 @@ pub async fn register(
 /// Sign in: access token in the body, refresh token in an HttpOnly cookie.
 #[utoipa::path(
     post, path = "/api/auth/login", tag = "auth",
-    request_body = LoginRequest,
+    request_body(content = LoginRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in; sets the refresh cookie", body = LoginResponse),
+        (status = 200, description = "Signed in; sets the refresh cookie", body = LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Validation failed", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this email (`account_locked`); see Retry-After", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this email (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn login(
@@ -256,10 +258,10 @@ fn signed_in(cookies: &CookieSettings, jar: CookieJar, outcome: LoginOutcome) ->
     post, path = "/api/auth/refresh", tag = "auth",
     security(("refresh_cookie" = [])),
     responses(
-        (status = 200, description = "New access token; sets a new refresh cookie", body = TokenResponse),
-        (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 200, description = "New access token; sets a new refresh cookie", body = TokenResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`); the cookie is cleared", body = ErrorBody, headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn refresh(
@@ -284,11 +286,11 @@ pub async fn refresh(
 /// Sign out: revokes the refresh token and clears the cookie.
 #[utoipa::path(
     post, path = "/api/auth/logout", tag = "auth",
-    security(("refresh_cookie" = [])),
+    security((), ("refresh_cookie" = [])),
     responses(
-        (status = 204, description = "Signed out (also when there was no session)"),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 204, description = "Signed out (also when there was no session)", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Response, ApiError> {
@@ -304,9 +306,9 @@ pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Res
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user behind the access token", body = UserResponse),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn me(AuthUser(user, _): AuthUser) -> Json<UserResponse> {
@@ -320,14 +322,15 @@ const FORGOT_MESSAGE: &str =
 /// the account exists.
 #[utoipa::path(
     post, path = "/api/auth/forgot-password", tag = "auth",
-    request_body = ForgotPasswordRequest,
+    request_body(content = ForgotPasswordRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted (always, for any well-formed email)", body = MessageResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Not an email address", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn forgot_password(
@@ -347,15 +350,16 @@ pub async fn forgot_password(
 /// out everywhere.
 #[utoipa::path(
     post, path = "/api/auth/reset-password", tag = "auth",
-    request_body = ResetPasswordRequest,
+    request_body(content = ResetPasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed", body = MessageResponse),
         (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn reset_password(
@@ -374,7 +378,7 @@ pub async fn reset_password(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChangePasswordRequest {
-    #[schema(format = "password")]
+    #[schema(example = "Str0ng!Pass123", format = "password", min_length = 1)]
     pub current_password: String,
     #[schema(example = "N3w!Passphrase-2026", format = "password")]
     pub new_password: String,
@@ -386,16 +390,17 @@ pub struct ChangePasswordRequest {
 #[utoipa::path(
     post, path = "/api/auth/change-password", tag = "account",
     security(("bearer" = [])),
-    request_body = ChangePasswordRequest,
+    request_body(content = ChangePasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed; a fresh access token for this sign-in", body = TokenResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 401, description = "Bad access token, or wrong current password (`invalid_credentials`)", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 401, description = "Bad access token (`invalid_token`, with `WWW-Authenticate`), or wrong current password (`invalid_credentials`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn change_password(
@@ -430,9 +435,9 @@ pub async fn change_password(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's live sessions, most recently used first", body = Vec<SessionInfo>),
-        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn list_sessions(
@@ -453,10 +458,10 @@ pub async fn list_sessions(
     params(("id" = String, Path, description = "A session id from GET /api/auth/sessions")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
         (status = 404, description = "No such session of this user", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn end_session(
@@ -481,10 +486,10 @@ pub async fn end_session(
     post, path = "/api/auth/logout-all", tag = "account",
     security(("bearer" = [])),
     responses(
-        (status = 204, description = "Signed out everywhere; the refresh cookie is cleared"),
-        (status = 401, description = "Missing, invalid or expired access token", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        (status = 204, description = "Signed out everywhere; the refresh cookie is cleared", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
+        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub async fn logout_all(

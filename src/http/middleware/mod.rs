@@ -1,6 +1,7 @@
 //! Cross-cutting layers: request ids and logging, client IP, security
-//! headers, rate limits.
+//! headers, rate limits, the request-body deadline.
 
+pub mod body_timeout;
 pub mod client_ip;
 pub mod rate_limit;
 pub mod request_context;

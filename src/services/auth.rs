@@ -7,12 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
+use super::audit::{Audit, AuditEntry};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
 use super::{ClientContext, ServiceError};
 use crate::domain::token::random_token;
 use crate::domain::{
-    EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash, User, UserId,
+    AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash,
+    User, UserId,
 };
 use crate::email::{self, Brand, Mailer, ResetEmail};
 use crate::storage::{NewRefreshToken, NewResetToken, NewUser, Store, StoreError};
@@ -64,6 +66,7 @@ pub struct AuthService {
     tokens: Tokens,
     mailer: Arc<dyn Mailer>,
     settings: AuthSettings,
+    audit: Audit,
 }
 
 fn count_login(outcome: &'static str) {
@@ -81,6 +84,7 @@ impl AuthService {
         tokens: Tokens,
         mailer: Arc<dyn Mailer>,
         settings: AuthSettings,
+        audit: Audit,
     ) -> Self {
         Self {
             store,
@@ -88,7 +92,12 @@ impl AuthService {
             tokens,
             mailer,
             settings,
+            audit,
         }
+    }
+
+    pub(super) fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -133,7 +142,7 @@ impl AuthService {
     }
 
     /// Self-registration: always a `doctor`, never verified by the caller.
-    pub async fn register(&self, input: RegisterInput) -> Result<User> {
+    pub async fn register(&self, input: RegisterInput, client: &ClientContext) -> Result<User> {
         let (name, email) =
             self.validate_registration(&input.name, &input.email, &input.password)?;
         let password_hash = self.passwords.hash(&input.password).await?;
@@ -147,6 +156,8 @@ impl AuthService {
         };
         match self.store.create_user(&new_user).await {
             Ok(user) => {
+                let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
+                self.audit.record(entry.email(user.email.as_str())).await;
                 tracing::info!(user_id = %user.id, "user registered");
                 Ok(user)
             }
@@ -182,11 +193,15 @@ impl AuthService {
         let Some(user) = user else {
             self.passwords.verify_dummy(password).await?;
             count_login("invalid_credentials");
+            let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+            self.audit.record(entry).await;
             return Err(ServiceError::InvalidCredentials);
         };
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
                 count_login("invalid_credentials");
+                let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+                self.audit.record(entry.user(&user.id)).await;
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
                 Err(ServiceError::InvalidCredentials)
             }
@@ -196,6 +211,8 @@ impl AuthService {
                 }
                 let outcome = self.start_family(user, client).await?;
                 count_login("success");
+                let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(email);
+                self.audit.record(entry.user(&outcome.user.id)).await;
                 tracing::info!(user_id = %outcome.user.id, "login succeeded");
                 Ok(outcome)
             }
@@ -304,6 +321,8 @@ impl AuthService {
             .await?
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
+        let entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        self.audit.record(entry).await;
         Ok(LoginOutcome {
             user,
             access,
@@ -314,12 +333,15 @@ impl AuthService {
 
     /// Revokes the presented refresh token. Junk or nothing is fine: the
     /// caller is signed out either way.
-    pub async fn logout(&self, presented: Option<&str>) -> Result<()> {
+    pub async fn logout(&self, presented: Option<&str>, client: &ClientContext) -> Result<()> {
         if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
-            if self.tokens.verify_refresh(raw).is_ok() {
+            if let Ok(claims) = self.tokens.verify_refresh(raw) {
                 self.store
                     .revoke_refresh_token(&TokenHash::of(raw), Utc::now())
                     .await?;
+                let user_id = UserId::new(claims.sub);
+                let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
+                self.audit.record(entry).await;
             }
         }
         Ok(())
@@ -352,8 +374,7 @@ impl AuthService {
     /// Refuses every access token of the user issued until now. The cut-off
     /// is rounded up to the next second because `iat` has whole seconds.
     pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<()> {
-        let now = Utc::now();
-        let cut = DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        let cut = super::admin::access_cutoff(Utc::now());
         self.store.set_tokens_valid_after(user_id, cut).await?;
         Ok(())
     }
@@ -378,19 +399,32 @@ impl AuthService {
     /// Starts a password reset. Answers the same whether or not the account
     /// exists: the lookup, token and email all happen in the background, so
     /// not even the response time depends on it.
-    pub fn forgot_password(self: &Arc<Self>, email: &str) -> Result<()> {
+    pub fn forgot_password(self: &Arc<Self>, email: &str, client: &ClientContext) -> Result<()> {
         let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
         let this = Arc::clone(self);
+        let client = client.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.send_reset_email(&email).await {
+            if let Err(e) = this.send_reset_email(&email, &client).await {
                 tracing::error!(error = ?e, "password reset email not sent");
             }
         });
         Ok(())
     }
 
-    async fn send_reset_email(&self, email: &EmailAddress) -> anyhow::Result<()> {
-        let Some(user) = self.store.find_user_by_email(email).await? else {
+    async fn send_reset_email(
+        &self,
+        email: &EmailAddress,
+        client: &ClientContext,
+    ) -> anyhow::Result<()> {
+        let user = self.store.find_user_by_email(email).await?;
+        let entry =
+            AuditEntry::new(AuditEvent::PasswordResetRequested, client).email(email.as_str());
+        let entry = match &user {
+            Some(user) => entry.user(&user.id),
+            None => entry,
+        };
+        self.audit.record(entry).await;
+        let Some(user) = user else {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
@@ -471,7 +505,12 @@ impl AuthService {
 
     /// Completes a reset: sets the new password and signs the user out
     /// everywhere (every refresh token is revoked).
-    pub async fn reset_password(&self, token: &str, password: &Password) -> Result<()> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &Password,
+        client: &ClientContext,
+    ) -> Result<()> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ServiceError::InvalidResetToken);
         }
@@ -512,6 +551,8 @@ impl AuthService {
         self.store.delete_user_web_sessions(&user.id, None).await?;
         self.revoke_access_tokens(&user.id).await?;
         self.notify_password_changed(&user);
+        let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
+        self.audit.record(entry).await;
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

@@ -197,15 +197,19 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
 )]
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
     let user = state
         .auth
-        .register(RegisterInput {
-            name: body.name,
-            email: body.email,
-            password: Password::new(body.password),
-        })
+        .register(
+            RegisterInput {
+                name: body.name,
+                email: body.email,
+                password: Password::new(body.password),
+            },
+            &client,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from(&user))))
 }
@@ -290,9 +294,13 @@ pub async fn refresh(
         (status = 503, description = "Database unavailable", body = ErrorBody),
     )
 )]
-pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    client: ClientContext,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
-    state.auth.logout(presented.as_deref()).await?;
+    state.auth.logout(presented.as_deref(), &client).await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((StatusCode::NO_CONTENT, jar).into_response())
 }
@@ -331,9 +339,10 @@ const FORGOT_MESSAGE: &str =
 )]
 pub async fn forgot_password(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<ForgotPasswordRequest>,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
-    state.auth.forgot_password(&body.email)?;
+    state.auth.forgot_password(&body.email, &client)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(MessageResponse {
@@ -359,11 +368,12 @@ pub async fn forgot_password(
 )]
 pub async fn reset_password(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<ResetPasswordRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     state
         .auth
-        .reset_password(&body.token, &Password::new(body.password))
+        .reset_password(&body.token, &Password::new(body.password), &client)
         .await?;
     Ok(Json(MessageResponse {
         message: "Your password has been changed. Sign in with the new one.",
@@ -400,6 +410,7 @@ pub struct ChangePasswordRequest {
 pub async fn change_password(
     State(state): State<AppState>,
     AuthUser(user, session): AuthUser,
+    client: ClientContext,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let keep = CurrentSession {
@@ -413,6 +424,7 @@ pub async fn change_password(
             &Password::new(body.current_password),
             &Password::new(body.new_password),
             &keep,
+            &client,
         )
         .await?;
     let access = state
@@ -461,9 +473,10 @@ pub async fn list_sessions(
 pub async fn end_session(
     State(state): State<AppState>,
     AuthUser(user, _): AuthUser,
+    client: ClientContext,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.auth.end_session(&user.id, &id).await? {
+    if state.auth.end_session(&user.id, &id, &client).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
@@ -489,11 +502,12 @@ pub async fn end_session(
 pub async fn logout_all(
     State(state): State<AppState>,
     AuthUser(user, _): AuthUser,
+    client: ClientContext,
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     state
         .auth
-        .end_other_sessions(&user.id, &CurrentSession::default())
+        .end_other_sessions(&user.id, &CurrentSession::default(), &client)
         .await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((StatusCode::NO_CONTENT, jar).into_response())

@@ -1,5 +1,6 @@
 //! The JSON API under /api, plus /health.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 
@@ -10,5 +11,6 @@ use super::{AppState, Limiters};
 pub fn router(limiters: &Limiters) -> Router<AppState> {
     Router::new()
         .nest("/api/auth", auth::router(limiters))
+        .nest("/api/admin", admin::router())
         .merge(health::router())
 }

@@ -19,6 +19,8 @@ use serde_json::{json, Value};
 backend_tests!(
     api_actions_are_recorded_with_client_details,
     portal_actions_are_recorded_too,
+    reset_and_session_revocation_are_recorded,
+    shutdown_stores_what_was_queued,
     verify_accepts_a_whole_chain,
     verify_names_an_altered_record,
     verify_names_a_deleted_record,
@@ -329,6 +331,87 @@ async fn portal_actions_are_recorded_too(backend: Backend) {
         assert_eq!(record.user_agent.as_deref(), Some(UA));
         assert_eq!(record.ip.as_deref(), Some("127.0.0.1"));
     }
+}
+
+async fn reset_and_session_revocation_are_recorded(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = app.register("jane@example.com").await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    app.login("jane@example.com", PASSWORD).await;
+    let sessions: Value = app
+        .client
+        .get(app.url("/api/auth/sessions"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == false)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let res = from_desk(
+        app.client
+            .delete(app.url(&format!("/api/auth/sessions/{other}"))),
+        "rid-revoke",
+    )
+    .bearer_auth(&access)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+
+    app.post_json(
+        "/api/auth/forgot-password",
+        json!({"email": "jane@example.com"}),
+    )
+    .await;
+    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let res = from_desk(
+        app.client.post(app.url("/api/auth/reset-password")),
+        "rid-reset",
+    )
+    .json(&json!({"token": token, "password": "N3w!Passphrase-2026"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let store = app.store().await;
+    let events = wait_for_events(&app, &store, 6).await;
+    for (request_id, event) in [
+        ("rid-revoke", AuditEvent::SessionRevoked),
+        ("rid-reset", AuditEvent::PasswordResetCompleted),
+    ] {
+        let record = events
+            .iter()
+            .find(|r| r.request_id.as_deref() == Some(request_id))
+            .unwrap_or_else(|| panic!("{request_id}: {events:#?}"));
+        assert_eq!(record.event, event);
+        assert_eq!(record.user_id.as_deref(), user["id"].as_str());
+        assert_eq!(record.user_agent.as_deref(), Some(UA));
+    }
+    // The reset token never reaches the trail.
+    assert!(events.iter().all(|r| !r.canonical().contains(&token)));
+}
+
+async fn shutdown_stores_what_was_queued(backend: Backend) {
+    let mut app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    for _ in 0..5 {
+        app.login("jane@example.com", PASSWORD).await;
+    }
+    // No flush: stopping the app must drain the queue by itself.
+    app.stop().await;
+    let store = app.store().await;
+    assert_eq!(all_events(&store).await.len(), 6);
 }
 
 async fn verify_accepts_a_whole_chain(backend: Backend) {

@@ -32,3 +32,11 @@ clinic.reset_tokens.createIndex({ expires_at: 1 }, { expireAfterSeconds: 0 });
 // Browser sessions of the portal, keyed by the SHA-256 of the session id.
 clinic.sessions.createIndex({ user_id: 1 });
 clinic.sessions.createIndex({ expires_at: 1 }, { expireAfterSeconds: 0 });
+
+// The audit trail: one linear hash chain, so seq is unique (two instances
+// can never both append the same position); the admin queries filter on
+// user or event and page by seq. No TTL: records are never expired.
+clinic.audit_events.createIndex({ seq: 1 }, { unique: true });
+clinic.audit_events.createIndex({ user_id: 1, seq: -1 });
+clinic.audit_events.createIndex({ event: 1, seq: -1 });
+clinic.audit_events.createIndex({ time: 1 });

@@ -23,7 +23,7 @@ use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::lockout::LockoutPolicy;
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
-use crate::services::{AuthService, AuthSettings};
+use crate::services::{AdminService, Audit, AuthService, AuthSettings};
 use crate::storage::mongo::MongoStore;
 use crate::storage::sqlite::SqliteStore;
 use crate::storage::Store;
@@ -36,17 +36,24 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// How long shutdown waits for queued audit events to reach the database
+/// before giving up (it retries while the database is down).
+const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
     header_timeout: Duration,
     background: Vec<JoinHandle<()>>,
+    audit: Audit,
 }
 
 impl App {
     /// Builds everything and binds `HOST:PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
+        // Not in `background`: it must outlive the server to drain the queue.
+        let (audit, _audit_writer) = Audit::start(store.clone());
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
         let tokens = Tokens::new(
             &access_secret,
@@ -82,7 +89,9 @@ impl App {
                 require_verified_email: config.require_verified_email,
                 verification_ttl: config.verification_token_ttl,
             },
+            audit.clone(),
         ));
+        let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
         let limiters = Limiters::new(
             config.rate_limit_auth_per_min,
             config.rate_limit_global_per_min,
@@ -102,6 +111,7 @@ impl App {
         let router = http::router(
             AppState {
                 auth,
+                admin,
                 cookies: CookieSettings::new(config.is_https(), config.is_production()),
                 portal: Arc::new(PortalSettings {
                     app_name: config.app_name.clone(),
@@ -151,7 +161,13 @@ impl App {
             router,
             header_timeout: config.http_header_timeout,
             background,
+            audit,
         })
+    }
+
+    /// The audit recorder, e.g. for tests to `flush` before reading.
+    pub fn audit(&self) -> Audit {
+        self.audit.clone()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -167,6 +183,15 @@ impl App {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
         crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        // In-flight requests are done; what they recorded must reach the
+        // database before the process exits (and before the background
+        // tasks stop).
+        if tokio::time::timeout(AUDIT_FLUSH_TIMEOUT, self.audit.flush())
+            .await
+            .is_err()
+        {
+            tracing::error!("audit events still queued at exit: the database did not take them");
+        }
         for task in self.background {
             task.abort();
         }

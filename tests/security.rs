@@ -26,6 +26,19 @@ const SESSION_ENDED: &str = "A Clinic Auth session was ended";
 const LOCKED: &str = "Sign-in to Clinic Auth paused";
 const VERIFY: &str = "Confirm your email address";
 
+/// The audit records of one kind, after flushing the recorder.
+async fn recorded(app: &TestApp, event: &str) -> Vec<clinic_auth::domain::AuditRecord> {
+    app.flush_audit().await;
+    let store = app.store().await;
+    store
+        .audit_events_after(0, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.event.as_str() == event)
+        .collect()
+}
+
 fn link_token(email: &Email, page: &str) -> String {
     let marker = format!("http://localhost:8000/{page}?token=");
     let start = email.text.find(&marker).expect("the link is in the text") + marker.len();
@@ -82,6 +95,14 @@ async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
         .contains("ended that session for your safety"));
     // The other device's family is untouched.
     refresh_ok(&app, &other_device).await;
+    // The audit trail has the replay, with who and what it ended (the
+    // second replay found the family already dead).
+    let replays = recorded(&app, "refresh_reuse_detected").await;
+    assert_eq!(replays.len(), 2);
+    assert!(replays[0].detail.as_deref().unwrap().ends_with("revoked=1"));
+    assert!(replays[1].detail.as_deref().unwrap().ends_with("revoked=0"));
+    assert_eq!(replays[0].outcome.as_str(), "failure");
+    assert!(replays[0].user_id.is_some() && replays[0].ip.is_some());
 }
 
 async fn replay_within_the_grace_window_gets_a_sibling(backend: Backend) {
@@ -161,22 +182,40 @@ async fn expect_locked(res: reqwest::Response) -> u64 {
 
 const LOCKOUT: &[(&str, &str)] = &[
     ("LOGIN_MAX_FAILURES", "3"),
-    ("LOGIN_LOCKOUT", "1s"),
-    ("LOGIN_LOCKOUT_MAX", "2s"),
+    ("LOGIN_LOCKOUT", "2s"),
+    ("LOGIN_LOCKOUT_MAX", "4s"),
 ];
+
+/// Fails `LOCKOUT`'s three sign-ins, sees the lock, and returns when it
+/// ends (going by its Retry-After, which must be within `1..=max`).
+async fn lock_and_wait_out(app: &TestApp, email: &str, max: u64) {
+    fail(app, email, 3).await;
+    let seen = std::time::Instant::now();
+    let retry = expect_locked(login(app, email, PASSWORD).await).await;
+    assert!((1..=max).contains(&retry), "Retry-After {retry}, max {max}");
+    tokio::time::sleep_until(
+        (seen + Duration::from_secs(retry) + Duration::from_millis(300)).into(),
+    )
+    .await;
+}
 
 async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
     let app = TestApp::spawn_with(backend, LOCKOUT).await;
     app.register("jane@example.com").await;
-    fail(&app, "jane@example.com", 3).await;
-    // Locked: even the right password is refused, before any hashing.
-    let retry = expect_locked(login(&app, "jane@example.com", PASSWORD).await).await;
-    assert_eq!(retry, 1);
-    // The same email in another spelling shares the lock.
-    expect_locked(login(&app, " JANE@example.com ", PASSWORD).await).await;
-    // Someone else is not affected.
     app.register("john@example.com").await;
+    fail(&app, "jane@example.com", 3).await;
+    // Locked: even the right password is refused, before any hashing; the
+    // same email in another spelling shares the lock; others are not
+    // affected.
+    let seen = std::time::Instant::now();
+    let retry = expect_locked(login(&app, "jane@example.com", PASSWORD).await).await;
+    assert!((1..=2).contains(&retry), "{retry}");
+    expect_locked(login(&app, " JANE@example.com ", PASSWORD).await).await;
     app.login("john@example.com", PASSWORD).await;
+    tokio::time::sleep_until(
+        (seen + Duration::from_secs(retry) + Duration::from_millis(300)).into(),
+    )
+    .await;
 
     // The owner hears about the lock once, with the way out.
     let emails = wait_for_subject(&app.outbox(), LOCKED, 1).await;
@@ -187,29 +226,36 @@ async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
         .contains("http://localhost:8000/forgot-password"));
 
     // The second lock lasts twice as long; the third is capped at the max.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    fail(&app, "jane@example.com", 3).await;
-    assert_eq!(
-        expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
-        2
-    );
-    tokio::time::sleep(Duration::from_millis(2100)).await;
-    fail(&app, "jane@example.com", 3).await;
-    assert_eq!(
-        expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
-        2
-    );
+    lock_and_wait_out(&app, "jane@example.com", 4).await;
+    lock_and_wait_out(&app, "jane@example.com", 4).await;
     assert_eq!(wait_for_subject(&app.outbox(), LOCKED, 3).await.len(), 3);
+    let locks = recorded(&app, "account_locked").await;
+    let lengths: Vec<&str> = locks.iter().filter_map(|r| r.detail.as_deref()).collect();
+    assert_eq!(
+        lengths,
+        ["lock_seconds=2", "lock_seconds=4", "lock_seconds=4"]
+    );
+    assert!(locks
+        .iter()
+        .all(|r| r.email.as_deref() == Some("jane@example.com") && r.user_id.is_some()));
+    // Attempts refused by a lock are failures too, marked as such.
+    let refused = recorded(&app, "login_failure").await;
+    assert!(refused
+        .iter()
+        .any(|r| r.detail.as_deref() == Some("account_locked")));
 
     // After the lock, a success resets everything: 2 failures do not lock.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
     app.login("jane@example.com", PASSWORD).await;
     fail(&app, "jane@example.com", 2).await;
     app.login("jane@example.com", PASSWORD).await;
 }
 
 async fn unknown_emails_lock_the_same_way(backend: Backend) {
-    let app = TestApp::spawn_with(backend, LOCKOUT).await;
+    let app = TestApp::spawn_with(
+        backend,
+        &[("LOGIN_MAX_FAILURES", "3"), ("LOGIN_LOCKOUT", "1m")],
+    )
+    .await;
     app.register("jane@example.com").await;
     fail(&app, "nobody@example.com", 3).await;
     fail(&app, "jane@example.com", 3).await;
@@ -233,6 +279,13 @@ async fn unknown_emails_lock_the_same_way(backend: Backend) {
     let notices = wait_for_subject(&app.outbox(), LOCKED, 1).await;
     assert_eq!(notices.len(), 1);
     assert!(notices[0].to.contains("jane@example.com"));
+    // The trail records every lock, with the email as typed.
+    let locks = recorded(&app, "account_locked").await;
+    let emails: Vec<&str> = locks.iter().filter_map(|r| r.email.as_deref()).collect();
+    assert_eq!(
+        emails,
+        ["nobody@example.com", "jane@example.com", "not an email"]
+    );
 }
 
 async fn a_completed_reset_lifts_the_lock(backend: Backend) {
@@ -299,6 +352,9 @@ async fn registration_sends_a_verification_link(backend: Backend) {
     let (access, _) = app.login("jane@example.com", PASSWORD).await;
     let me: Value = app.me(&access).await.json().await.unwrap();
     assert_eq!(me["verified"], true);
+    let verified = recorded(&app, "email_verified").await;
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].user_id.as_deref(), user["id"].as_str());
 
     // Single use; junk is refused the same way, never a 500.
     for token in [token.as_str(), "", "nonsense", &"x".repeat(5000)] {

@@ -4,12 +4,14 @@
 //! into the services is turned into one of these first, so the services never
 //! have to wonder whether an email is lowercase or a password long enough.
 
+pub mod audit;
 pub mod email;
 pub mod name;
 pub mod password;
 pub mod token;
 pub mod user;
 
+pub use audit::{AuditEvent, AuditOutcome, AuditRecord, NewAuditEvent};
 pub use email::EmailAddress;
 pub use name::PersonName;
 pub use password::{Password, PasswordHash, PasswordPolicy};

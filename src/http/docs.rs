@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{auth, health, verification};
+use super::api::{admin, auth, health, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -20,13 +20,15 @@ use super::AppState;
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
         auth::forgot_password, auth::reset_password, auth::change_password,
         auth::list_sessions, auth::end_session, auth::logout_all,
-        verification::verify_email, verification::resend_verification, health::health,
+        verification::verify_email, verification::resend_verification, admin::audit,
+        health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
         (name = "account", description = "The signed-in user's password and sessions"),
+        (name = "admin", description = "Administration (role `admin` only): the audit trail"),
         (name = "system", description = "Operations"),
     )
 )]

@@ -10,8 +10,9 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use super::middleware::request_context::RequestId;
 use super::AppState;
-use crate::domain::{FieldError, User};
+use crate::domain::{FieldError, Role, User};
 use crate::error::ApiError;
 use crate::services::ClientContext;
 
@@ -137,7 +138,13 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientContext {
                     .map(|c| c.0.ip())
             });
         let user_agent = parts.headers.get(USER_AGENT).and_then(|v| v.to_str().ok());
-        Ok(ClientContext::new(ip, user_agent))
+        // Set by the request-context middleware, which already refused
+        // anything but a short plain id.
+        let request_id = parts
+            .extensions
+            .get::<RequestId>()
+            .and_then(|id| id.0.to_str().ok());
+        Ok(ClientContext::new(ip, user_agent).with_request_id(request_id))
     }
 }
 
@@ -158,6 +165,26 @@ impl<S: Send + Sync> FromRequestParts<S> for BearerToken {
             return Err(ApiError::missing_bearer());
         }
         Ok(BearerToken(token.trim().to_owned()))
+    }
+}
+
+/// A signed-in user with the `admin` role; anyone else signed in gets 403
+/// `forbidden`.
+pub struct AdminUser(pub User);
+
+impl<S> FromRequestParts<S> for AdminUser
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let AuthUser(user, _) = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::forbidden());
+        }
+        Ok(AdminUser(user))
     }
 }
 

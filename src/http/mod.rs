@@ -18,7 +18,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
-use crate::services::AuthService;
+use crate::services::{AdminService, AuthService};
 use middleware::rate_limit::{self, Limiter};
 use middleware::security_headers::SecurityHeaders;
 
@@ -108,6 +108,7 @@ impl Limiters {
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<AuthService>,
+    pub admin: Arc<AdminService>,
     pub cookies: CookieSettings,
     pub portal: Arc<pages::PortalSettings>,
 }

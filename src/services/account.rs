@@ -10,10 +10,11 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
+use super::audit::AuditEntry;
 use super::auth::AuthService;
 use super::passwords::Verification;
-use super::ServiceError;
-use crate::domain::{Password, TokenHash, User, UserId};
+use super::{ClientContext, ServiceError};
+use crate::domain::{AuditEvent, Password, TokenHash, User, UserId};
 use crate::storage::TokenPurpose;
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -99,7 +100,21 @@ impl AuthService {
 
     /// Ends one of the user's sessions by its handle. False when the handle
     /// names nothing of this user's.
-    pub async fn end_session(&self, user_id: &UserId, id: &str) -> Result<bool> {
+    pub async fn end_session(
+        &self,
+        user_id: &UserId,
+        id: &str,
+        client: &ClientContext,
+    ) -> Result<bool> {
+        let ended = self.end_session_by_handle(user_id, id).await?;
+        if ended {
+            let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(user_id);
+            self.audit().record(entry).await;
+        }
+        Ok(ended)
+    }
+
+    async fn end_session_by_handle(&self, user_id: &UserId, id: &str) -> Result<bool> {
         let now = Utc::now();
         if let Some(hash) = id.strip_prefix(WEB_PREFIX) {
             let hash = TokenHash::from_stored(hash.to_owned());
@@ -127,6 +142,21 @@ impl AuthService {
         Ok(false)
     }
 
+    /// Signs out of the portal: ends the browser session and its API family,
+    /// and records the logout.
+    pub async fn sign_out_web_session(
+        &self,
+        user_id: &UserId,
+        id_hash: &TokenHash,
+        family: Option<&str>,
+        client: &ClientContext,
+    ) -> Result<()> {
+        self.end_web_session(user_id, id_hash, family).await?;
+        let entry = AuditEntry::new(AuditEvent::Logout, client).user(user_id);
+        self.audit().record(entry).await;
+        Ok(())
+    }
+
     /// Ends a browser session and the API family issued with it.
     pub async fn end_web_session(
         &self,
@@ -143,9 +173,22 @@ impl AuthService {
         Ok(())
     }
 
-    /// Ends every session of the user except `keep` (pass the default to
-    /// end all, the caller's included). Returns how many ended.
-    pub async fn end_other_sessions(&self, user_id: &UserId, keep: &CurrentSession) -> Result<u64> {
+    /// "Sign out everywhere": ends every session of the user except `keep`
+    /// (pass the default to end all, the caller's included) and records
+    /// `logout_all`. Returns how many ended.
+    pub async fn end_other_sessions(
+        &self,
+        user_id: &UserId,
+        keep: &CurrentSession,
+        client: &ClientContext,
+    ) -> Result<u64> {
+        let ended = self.end_sessions_except(user_id, keep).await?;
+        let entry = AuditEntry::new(AuditEvent::LogoutAll, client).user(user_id);
+        self.audit().record(entry).await;
+        Ok(ended)
+    }
+
+    async fn end_sessions_except(&self, user_id: &UserId, keep: &CurrentSession) -> Result<u64> {
         let now = Utc::now();
         // The kept browser session's own API family stays with it.
         let mut keep_family = keep.family.clone();
@@ -179,6 +222,7 @@ impl AuthService {
         current_password: &Password,
         new_password: &Password,
         keep: &CurrentSession,
+        client: &ClientContext,
     ) -> Result<()> {
         let mut errors = Vec::new();
         if current_password.expose().is_empty() {
@@ -207,11 +251,13 @@ impl AuthService {
         self.store()
             .set_password_hash(&user.id, &hash, Utc::now())
             .await?;
-        self.end_other_sessions(&user.id, keep).await?;
+        self.end_sessions_except(&user.id, keep).await?;
         self.store()
             .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
             .await?;
         self.notify_password_changed(user);
+        let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
+        self.audit().record(entry).await;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(())
     }

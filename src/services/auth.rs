@@ -7,13 +7,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
+use super::audit::{Audit, AuditEntry};
 use super::lockout::{self, LockoutPolicy};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
 use super::{ClientContext, ServiceError};
 use crate::domain::token::random_token;
 use crate::domain::{
-    EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash, User, UserId,
+    AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash,
+    User, UserId,
 };
 use crate::email::{self, Brand, Mailer, OutgoingEmail, ResetEmail};
 use crate::storage::{
@@ -75,6 +77,7 @@ pub struct AuthService {
     tokens: Tokens,
     mailer: Arc<dyn Mailer>,
     settings: AuthSettings,
+    audit: Audit,
 }
 
 fn count_login(outcome: &'static str) {
@@ -92,6 +95,7 @@ impl AuthService {
         tokens: Tokens,
         mailer: Arc<dyn Mailer>,
         settings: AuthSettings,
+        audit: Audit,
     ) -> Self {
         Self {
             store,
@@ -99,7 +103,12 @@ impl AuthService {
             tokens,
             mailer,
             settings,
+            audit,
         }
+    }
+
+    pub(super) fn audit(&self) -> &Audit {
+        &self.audit
     }
 
     pub fn settings(&self) -> &AuthSettings {
@@ -178,7 +187,7 @@ impl AuthService {
     }
 
     /// Self-registration: always a `doctor`, never verified by the caller.
-    pub async fn register(&self, input: RegisterInput) -> Result<User> {
+    pub async fn register(&self, input: RegisterInput, client: &ClientContext) -> Result<User> {
         let (name, email) =
             self.validate_registration(&input.name, &input.email, &input.password)?;
         let password_hash = self.passwords.hash(&input.password).await?;
@@ -192,6 +201,8 @@ impl AuthService {
         };
         match self.store.create_user(&new_user).await {
             Ok(user) => {
+                let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
+                self.audit.record(entry.email(user.email.as_str())).await;
                 tracing::info!(user_id = %user.id, "user registered");
                 self.send_verification(&user).await?;
                 Ok(user)
@@ -228,6 +239,8 @@ impl AuthService {
         if let Some(retry_after) = lockout::remaining(throttle.as_ref(), Utc::now()) {
             count_login("locked");
             tracing::info!("login refused: email locked after failed attempts");
+            let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+            self.audit.record(entry.detail("account_locked")).await;
             return Err(ServiceError::AccountLocked { retry_after });
         }
         let user = match EmailAddress::parse(email) {
@@ -237,14 +250,20 @@ impl AuthService {
         let Some(user) = user else {
             self.passwords.verify_dummy(password).await?;
             count_login("invalid_credentials");
-            self.count_failure(&throttle_key, None).await?;
+            let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+            self.audit.record(entry).await;
+            self.count_failure(&throttle_key, email, None, client)
+                .await?;
             return Err(ServiceError::InvalidCredentials);
         };
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
                 count_login("invalid_credentials");
+                let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+                self.audit.record(entry.user(&user.id)).await;
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
-                self.count_failure(&throttle_key, Some(&user)).await?;
+                self.count_failure(&throttle_key, email, Some(&user), client)
+                    .await?;
                 Err(ServiceError::InvalidCredentials)
             }
             Verification::Valid { needs_rehash } => {
@@ -257,6 +276,9 @@ impl AuthService {
                 if self.settings.require_verified_email && !user.verified {
                     count_login("unverified");
                     tracing::info!(user_id = %user.id, "login refused: email not verified");
+                    let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+                    let entry = entry.user(&user.id).detail("email_unverified");
+                    self.audit.record(entry).await;
                     // The person cannot reach the Bearer-only resend route
                     // without signing in, so the refusal sends a fresh link.
                     self.send_verification(&user).await?;
@@ -264,6 +286,8 @@ impl AuthService {
                 }
                 let outcome = self.start_family(user, client).await?;
                 count_login("success");
+                let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(email);
+                self.audit.record(entry.user(&outcome.user.id)).await;
                 tracing::info!(user_id = %outcome.user.id, "login succeeded");
                 Ok(outcome)
             }
@@ -273,7 +297,13 @@ impl AuthService {
     /// Counts a failed sign-in against the submitted email and starts a lock
     /// when it reaches the limit. The owner of an existing account hears
     /// about each lock once, from whichever request started it.
-    async fn count_failure(&self, key: &TokenHash, user: Option<&User>) -> Result<()> {
+    async fn count_failure(
+        &self,
+        key: &TokenHash,
+        submitted_email: &str,
+        user: Option<&User>,
+        client: &ClientContext,
+    ) -> Result<()> {
         let policy = &self.settings.lockout;
         let now = Utc::now();
         let state = self
@@ -296,6 +326,13 @@ impl AuthService {
             lock_seconds = length.as_secs(),
             "sign-in locked after repeated failures"
         );
+        let mut entry = AuditEntry::new(AuditEvent::AccountLocked, client)
+            .email(submitted_email)
+            .detail(format!("lock_seconds={}", length.as_secs()));
+        if let Some(user) = user {
+            entry = entry.user(&user.id);
+        }
+        self.audit.record(entry).await;
         if let Some(user) = user {
             self.notify_locked(user, length);
         }
@@ -409,7 +446,7 @@ impl AuthService {
                 rotated
             }
             Rotation::ReuseDetected { token, revoked } => {
-                self.on_refresh_reuse(&token, revoked).await?;
+                self.on_refresh_reuse(&token, revoked, client).await?;
                 return Err(ServiceError::InvalidRefreshToken);
             }
             Rotation::Rejected => {
@@ -425,6 +462,8 @@ impl AuthService {
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
+        let entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        self.audit.record(entry).await;
         Ok(LoginOutcome {
             user,
             access,
@@ -437,7 +476,12 @@ impl AuthService {
     /// (ASVS 10.4.5). The store already revoked its family; when that ended
     /// a live family, the user's access tokens die too (the thief may hold
     /// one from the same family) and the owner is told.
-    async fn on_refresh_reuse(&self, token: &RefreshTokenRecord, revoked: u64) -> Result<()> {
+    async fn on_refresh_reuse(
+        &self,
+        token: &RefreshTokenRecord,
+        revoked: u64,
+        client: &ClientContext,
+    ) -> Result<()> {
         metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
         tracing::warn!(
             user_id = %token.user_id,
@@ -445,6 +489,10 @@ impl AuthService {
             revoked,
             "replaced refresh token presented again: family revoked"
         );
+        let entry = AuditEntry::new(AuditEvent::RefreshReuseDetected, client)
+            .user(&token.user_id)
+            .detail(format!("family={} revoked={revoked}", token.family_id));
+        self.audit.record(entry).await;
         if revoked == 0 {
             // The family had already ended (signed out, or an earlier
             // replay): nothing more to stop, nobody to alarm again.
@@ -473,12 +521,15 @@ impl AuthService {
 
     /// Revokes the presented refresh token. Junk or nothing is fine: the
     /// caller is signed out either way.
-    pub async fn logout(&self, presented: Option<&str>) -> Result<()> {
+    pub async fn logout(&self, presented: Option<&str>, client: &ClientContext) -> Result<()> {
         if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
-            if self.tokens.verify_refresh(raw).is_ok() {
+            if let Ok(claims) = self.tokens.verify_refresh(raw) {
                 self.store
                     .revoke_refresh_token(&TokenHash::of(raw), Utc::now())
                     .await?;
+                let user_id = UserId::new(claims.sub);
+                let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
+                self.audit.record(entry).await;
             }
         }
         Ok(())
@@ -511,8 +562,7 @@ impl AuthService {
     /// Refuses every access token of the user issued until now. The cut-off
     /// is rounded up to the next second because `iat` has whole seconds.
     pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<()> {
-        let now = Utc::now();
-        let cut = DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now);
+        let cut = super::admin::access_cutoff(Utc::now());
         self.store.set_tokens_valid_after(user_id, cut).await?;
         Ok(())
     }
@@ -537,19 +587,32 @@ impl AuthService {
     /// Starts a password reset. Answers the same whether or not the account
     /// exists: the lookup, token and email all happen in the background, so
     /// not even the response time depends on it.
-    pub fn forgot_password(self: &Arc<Self>, email: &str) -> Result<()> {
+    pub fn forgot_password(self: &Arc<Self>, email: &str, client: &ClientContext) -> Result<()> {
         let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
         let this = Arc::clone(self);
+        let client = client.clone();
         tokio::spawn(async move {
-            if let Err(e) = this.send_reset_email(&email).await {
+            if let Err(e) = this.send_reset_email(&email, &client).await {
                 tracing::error!(error = ?e, "password reset email not sent");
             }
         });
         Ok(())
     }
 
-    async fn send_reset_email(&self, email: &EmailAddress) -> anyhow::Result<()> {
-        let Some(user) = self.store.find_user_by_email(email).await? else {
+    async fn send_reset_email(
+        &self,
+        email: &EmailAddress,
+        client: &ClientContext,
+    ) -> anyhow::Result<()> {
+        let user = self.store.find_user_by_email(email).await?;
+        let entry =
+            AuditEntry::new(AuditEvent::PasswordResetRequested, client).email(email.as_str());
+        let entry = match &user {
+            Some(user) => entry.user(&user.id),
+            None => entry,
+        };
+        self.audit.record(entry).await;
+        let Some(user) = user else {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
@@ -625,7 +688,12 @@ impl AuthService {
 
     /// Completes a reset: sets the new password and signs the user out
     /// everywhere (every refresh token is revoked).
-    pub async fn reset_password(&self, token: &str, password: &Password) -> Result<()> {
+    pub async fn reset_password(
+        &self,
+        token: &str,
+        password: &Password,
+        client: &ClientContext,
+    ) -> Result<()> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ServiceError::InvalidResetToken);
         }
@@ -676,6 +744,8 @@ impl AuthService {
             .await?;
         self.revoke_access_tokens(&user.id).await?;
         self.notify_password_changed(&user);
+        let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
+        self.audit.record(entry).await;
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

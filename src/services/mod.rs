@@ -2,6 +2,8 @@
 //! password reset that both the JSON API and the pages call.
 
 pub mod account;
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod lockout;
 pub mod passwords;
@@ -14,13 +16,17 @@ use crate::domain::FieldError;
 use crate::storage::StoreError;
 
 pub use account::{CurrentSession, SessionInfo, SessionKind};
+pub use admin::{AdminService, AuditPage};
+pub use audit::{Audit, AuditEntry};
 pub use auth::{AuthService, AuthSettings, LoginOutcome, RegisterInput};
 
-/// Who is asking: recorded with refresh tokens (and later, audit events).
+/// Who is asking: recorded with refresh tokens and audit events.
 #[derive(Debug, Clone, Default)]
 pub struct ClientContext {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
+    /// The request's `X-Request-Id`, so an audit record leads to its logs.
+    pub request_id: Option<String>,
 }
 
 impl ClientContext {
@@ -29,7 +35,16 @@ impl ClientContext {
 
     pub fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> Self {
         let user_agent = user_agent.map(|ua| ua.chars().take(Self::MAX_USER_AGENT).collect());
-        Self { ip, user_agent }
+        Self {
+            ip,
+            user_agent,
+            request_id: None,
+        }
+    }
+
+    pub fn with_request_id(mut self, request_id: Option<&str>) -> Self {
+        self.request_id = request_id.map(str::to_owned);
+        self
     }
 }
 

@@ -4,9 +4,10 @@
 
 use chrono::Utc;
 
+use super::audit::AuditEntry;
 use super::auth::AuthService;
-use super::ServiceError;
-use crate::domain::{TokenHash, User};
+use super::{ClientContext, ServiceError};
+use crate::domain::{AuditEvent, TokenHash, User};
 use crate::email;
 use crate::storage::TokenPurpose;
 
@@ -47,7 +48,7 @@ impl AuthService {
 
     /// Consumes a verification link and marks its user verified. Single
     /// use; an unknown, used or expired token is `InvalidVerificationToken`.
-    pub async fn verify_email(&self, token: &str) -> Result<User> {
+    pub async fn verify_email(&self, token: &str, client: &ClientContext) -> Result<User> {
         let token = token.trim();
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ServiceError::InvalidVerificationToken);
@@ -67,6 +68,8 @@ impl AuthService {
             .await?
             .ok_or(ServiceError::InvalidVerificationToken)?;
         tracing::info!(user_id = %user.id, "email address verified");
+        let entry = AuditEntry::new(AuditEvent::EmailVerified, client).user(&user.id);
+        self.audit().record(entry.email(user.email.as_str())).await;
         Ok(user)
     }
 }

@@ -17,7 +17,10 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+use crate::domain::{
+    AuditEvent, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName, Role,
+    TokenHash, User, UserId,
+};
 
 /// Why a store call failed, in the terms the services branch on.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,17 @@ pub trait UserStore: Send + Sync {
     /// Marks the user's email address as verified and bumps `updated_at`.
     /// Returns false when the user no longer exists.
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Sets the role and, in the same write, `tokens_valid_after = cut`, so
+    /// no access token carrying the old role outlives the change. Returns
+    /// false when the user no longer exists.
+    async fn set_user_role(
+        &self,
+        id: &UserId,
+        role: Role,
+        cut: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 }
 
 /// A refresh token to be stored (its hash only, never the token itself).
@@ -386,10 +400,57 @@ pub trait WebSessionStore: Send + Sync {
     ) -> StoreResult<u64>;
 }
 
+/// Largest page [`AuditStore::query_audit_events`] is asked for.
+pub const AUDIT_PAGE_MAX: u32 = 200;
+
+/// Which audit records to read, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub user_id: Option<String>,
+    pub event: Option<AuditEvent>,
+    /// Inclusive lower bound on `time`.
+    pub since: Option<DateTime<Utc>>,
+    /// Exclusive upper bound on `time`.
+    pub until: Option<DateTime<Utc>>,
+    /// The cursor: only records with a smaller `seq` (the last `seq` of the
+    /// previous page). A cursor on `seq` rather than an offset keeps pages
+    /// stable while new records arrive at the head.
+    pub before_seq: Option<u64>,
+    /// 1..=[`AUDIT_PAGE_MAX`]; the caller validates it.
+    pub limit: u32,
+}
+
+/// The append-only, hash-chained audit trail (`audit_events`).
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Appends `events` in order: each gets the next `seq` (1 for the first
+    /// record ever) and `prev_hash` = the hash of the record before it.
+    /// Concurrent appenders, in this process or in other instances on the
+    /// same database, still form one linear chain.
+    ///
+    /// Idempotent per event id: after an error, calling again with the same
+    /// events appends only those not yet stored (a backend without
+    /// transactions may have stored a prefix).
+    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
+
+    /// Records matching `query`, highest `seq` first, at most `query.limit`.
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Up to `limit` records with `seq > after`, lowest first: the whole
+    /// chain, page by page, for verification. Returns what is stored, even
+    /// when it is damaged (duplicate or missing seqs).
+    async fn audit_events_after(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+}
+
 /// Everything the services need, behind one object.
 #[async_trait]
 pub trait Store:
-    UserStore + RefreshTokenStore + OneTimeTokenStore + LoginThrottleStore + WebSessionStore
+    UserStore
+    + RefreshTokenStore
+    + OneTimeTokenStore
+    + LoginThrottleStore
+    + WebSessionStore
+    + AuditStore
 {
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;

@@ -12,6 +12,10 @@
 //!   which the server applies atomically to one document.
 //! - Expiry is checked in every filter (`expires_at > now`); the TTL indexes
 //!   only keep the collections small, their monitor runs about once a minute.
+//! - `audit_events` is one linear hash chain even with several instances:
+//!   an append reads the head (highest `seq`) and inserts `seq + 1`; the
+//!   unique index on `seq` refuses the loser of a race, which re-reads the
+//!   head and tries again.
 //! - The process must start while MongoDB is down. The driver connects lazily,
 //!   and index creation runs in a background task that retries until the
 //!   server answers (see `IndexState`).
@@ -32,11 +36,16 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::{
-    LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
-    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
-    Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
+    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
+    NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
+    Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord,
+    WebSessionStore,
 };
-use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+use crate::domain::audit::GENESIS_HASH;
+use crate::domain::{
+    AuditEvent, AuditOutcome, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName,
+    Role, TokenHash, User, UserId,
+};
 
 /// Used when the URI names no database, as the Python service did.
 const DEFAULT_DATABASE: &str = "clinic_auth";
@@ -86,6 +95,7 @@ pub struct MongoStore {
     verification_tokens: Collection<OneTimeDoc>,
     login_throttles: Collection<ThrottleDoc>,
     sessions: Collection<SessionDoc>,
+    audit_events: Collection<AuditDoc>,
     indexes: Arc<IndexState>,
 }
 
@@ -128,6 +138,7 @@ impl MongoStore {
             verification_tokens: db.collection("verification_tokens"),
             login_throttles: db.collection("login_throttles"),
             sessions: db.collection("sessions"),
+            audit_events: db.collection("audit_events"),
             db,
             indexes,
         })
@@ -239,6 +250,11 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
             .options(IndexOptions::builder().unique(true).build())
             .build()
     };
+    let by_seq = |key: &str| {
+        IndexModel::builder()
+            .keys(doc! { key: 1, "seq": -1 })
+            .build()
+    };
     let ttl = || {
         IndexModel::builder()
             .keys(doc! { "expires_at": 1 })
@@ -260,6 +276,14 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("verification_tokens", ttl()),
         ("sessions", plain("user_id")),
         ("sessions", ttl()),
+        // The chain's order; unique so two instances can never both append
+        // the same seq (the loser retries on the new head).
+        ("audit_events", unique("seq")),
+        // The admin queries filter on user or event and page by seq; keyed
+        // on seq rather than time because the cursor and sort are on seq.
+        ("audit_events", by_seq("user_id")),
+        ("audit_events", by_seq("event")),
+        ("audit_events", plain("time")),
     ]
 }
 
@@ -540,6 +564,24 @@ impl UserStore for MongoStore {
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
         self.update_user(id, doc! { "verified": true, "updated_at": bson_date(now) })
             .await
+    }
+
+    async fn set_user_role(
+        &self,
+        id: &UserId,
+        role: Role,
+        cut: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.update_user(
+            id,
+            doc! {
+                "role": role.as_str(),
+                "tokens_valid_after": bson_date(cut),
+                "updated_at": bson_date(now),
+            },
+        )
+        .await
     }
 }
 
@@ -1053,6 +1095,213 @@ impl LoginThrottleStore for MongoStore {
             .await
             .map_err(map_err)?;
         Ok(())
+    }
+}
+
+/// `audit_events`. `_id` is the recorder's event id, which is what makes a
+/// retried append idempotent without transactions.
+#[derive(Debug, Serialize, Deserialize)]
+struct AuditDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    seq: i64,
+    time: bson::DateTime,
+    event: String,
+    outcome: String,
+    user_id: Option<String>,
+    email: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    #[serde(default)]
+    detail: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
+
+/// How often one event may lose the race for the next seq before the append
+/// gives up (and the recorder retries later): only reached under a storm of
+/// appends from many instances at once.
+const AUDIT_APPEND_ATTEMPTS: usize = 100;
+
+impl AuditDoc {
+    fn new(id: &str, record: &AuditRecord) -> Self {
+        Self {
+            id: id.to_owned(),
+            seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
+            time: bson_date(record.time),
+            event: record.event.as_str().to_owned(),
+            outcome: record.outcome.as_str().to_owned(),
+            user_id: record.user_id.clone(),
+            email: record.email.clone(),
+            ip: record.ip.clone(),
+            user_agent: record.user_agent.clone(),
+            request_id: record.request_id.clone(),
+            detail: record.detail.clone(),
+            prev_hash: record.prev_hash.clone(),
+            hash: record.hash.clone(),
+        }
+    }
+}
+
+impl TryFrom<AuditDoc> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(doc: AuditDoc) -> StoreResult<Self> {
+        let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+        Ok(AuditRecord {
+            seq: u64::try_from(doc.seq).map_err(|_| damaged("negative seq"))?,
+            time: doc.time.to_chrono(),
+            event: AuditEvent::parse(&doc.event).ok_or_else(|| damaged("unknown event"))?,
+            outcome: AuditOutcome::parse(&doc.outcome).ok_or_else(|| damaged("unknown outcome"))?,
+            user_id: doc.user_id,
+            email: doc.email,
+            ip: doc.ip,
+            user_agent: doc.user_agent,
+            request_id: doc.request_id,
+            detail: doc.detail,
+            prev_hash: doc.prev_hash,
+            hash: doc.hash,
+        })
+    }
+}
+
+impl MongoStore {
+    /// (seq, hash) of the last record, or (0, genesis) for an empty chain.
+    async fn audit_head(&self) -> StoreResult<(u64, String)> {
+        let head = self
+            .audit_events
+            .find_one(doc! {})
+            .sort(doc! { "seq": -1 })
+            .await
+            .map_err(map_err)?;
+        Ok(match head {
+            Some(doc) => (u64::try_from(doc.seq).unwrap_or(0), doc.hash),
+            None => (0, GENESIS_HASH.to_owned()),
+        })
+    }
+
+    async fn audit_event_stored(&self, id: &str) -> StoreResult<bool> {
+        Ok(self
+            .audit_events
+            .clone_with_type::<Document>()
+            .find_one(doc! { "_id": id })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?
+            .is_some())
+    }
+
+    async fn find_audit(
+        &self,
+        filter: Document,
+        sort: i32,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>> {
+        let docs: Vec<AuditDoc> = self
+            .audit_events
+            .find(filter)
+            .sort(doc! { "seq": sort })
+            .limit(i64::from(limit))
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter().map(AuditRecord::try_from).collect()
+    }
+}
+
+#[async_trait]
+impl AuditStore for MongoStore {
+    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // Without the unique seq index two instances could fork the chain.
+        self.indexes.ensure().await?;
+        let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+        let stored: Vec<Document> = self
+            .audit_events
+            .clone_with_type::<Document>()
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        let stored: std::collections::HashSet<String> = stored
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect();
+        let mut head = self.audit_head().await?;
+        for event in events.iter().filter(|e| !stored.contains(&e.id)) {
+            let mut attempts = 0;
+            loop {
+                let record = AuditRecord::chain(head.0 + 1, event, &head.1);
+                match self
+                    .audit_events
+                    .insert_one(AuditDoc::new(&event.id, &record))
+                    .await
+                {
+                    Ok(_) => {
+                        head = (record.seq, record.hash);
+                        break;
+                    }
+                    Err(err) if is_duplicate_key(&err) => {
+                        if self.audit_event_stored(&event.id).await? {
+                            // Our own event after all (an earlier attempt).
+                            head = self.audit_head().await?;
+                            break;
+                        }
+                        // Another instance took this seq first.
+                        attempts += 1;
+                        if attempts >= AUDIT_APPEND_ATTEMPTS {
+                            return Err(StoreError::Other(anyhow::anyhow!(
+                                "audit append lost the race for the next seq {attempts} times"
+                            )));
+                        }
+                        head = self.audit_head().await?;
+                    }
+                    Err(err) => return Err(map_err(err)),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let mut filter = doc! {};
+        if let Some(user_id) = &query.user_id {
+            filter.insert("user_id", user_id.as_str());
+        }
+        if let Some(event) = query.event {
+            filter.insert("event", event.as_str());
+        }
+        let mut time = doc! {};
+        if let Some(since) = query.since {
+            time.insert("$gte", bson_date(since));
+        }
+        if let Some(until) = query.until {
+            time.insert("$lt", bson_date(until));
+        }
+        if !time.is_empty() {
+            filter.insert("time", time);
+        }
+        if let Some(before) = query.before_seq {
+            filter.insert(
+                "seq",
+                doc! { "$lt": i64::try_from(before).unwrap_or(i64::MAX) },
+            );
+        }
+        self.find_audit(filter, -1, query.limit).await
+    }
+
+    async fn audit_events_after(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        self.find_audit(doc! { "seq": { "$gt": after } }, 1, limit)
+            .await
     }
 }
 

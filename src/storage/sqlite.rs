@@ -14,11 +14,16 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{FromRow, SqlitePool};
 
 use super::{
-    LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken, NewUser,
-    OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
-    Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord, WebSessionStore,
+    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
+    NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
+    Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord,
+    WebSessionStore,
 };
-use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, User, UserId};
+use crate::domain::audit::GENESIS_HASH;
+use crate::domain::{
+    AuditEvent, AuditOutcome, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName,
+    Role, TokenHash, User, UserId,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -302,6 +307,26 @@ impl UserStore for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn set_user_role(
+        &self,
+        id: &UserId,
+        role: Role,
+        cut: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE users SET role = ?, tokens_valid_after = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(role.as_str())
+        .bind(millis(cut))
+        .bind(millis(now))
+        .bind(id.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -807,6 +832,149 @@ impl WebSessionStore for SqliteStore {
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
+    }
+}
+
+#[derive(FromRow)]
+struct AuditRow {
+    seq: i64,
+    time: i64,
+    event: String,
+    outcome: String,
+    user_id: Option<String>,
+    email: Option<String>,
+    ip: Option<String>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    detail: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> StoreResult<Self> {
+        let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+        Ok(AuditRecord {
+            seq: u64::try_from(row.seq).map_err(|_| damaged("negative seq"))?,
+            time: from_millis(row.time)?,
+            event: AuditEvent::parse(&row.event).ok_or_else(|| damaged("unknown event"))?,
+            outcome: AuditOutcome::parse(&row.outcome).ok_or_else(|| damaged("unknown outcome"))?,
+            user_id: row.user_id,
+            email: row.email,
+            ip: row.ip,
+            user_agent: row.user_agent,
+            request_id: row.request_id,
+            detail: row.detail,
+            prev_hash: row.prev_hash,
+            hash: row.hash,
+        })
+    }
+}
+
+const AUDIT_COLUMNS: &str = "seq, time, event, outcome, user_id, email, ip, user_agent, \
+     request_id, detail, prev_hash, hash";
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl AuditStore for SqliteStore {
+    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE takes the write lock before the head is read, so another
+        // process on the same file (the CLI beside the server) cannot append
+        // between our read and our insert; it waits in the busy handler.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)?;
+        let head: Option<(i64, String)> =
+            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        let (mut seq, mut prev) = match head {
+            Some((seq, hash)) => (
+                u64::try_from(seq).map_err(|_| {
+                    StoreError::Other(anyhow::anyhow!("audit_events: negative seq"))
+                })?,
+                hash,
+            ),
+            None => (0, GENESIS_HASH.to_owned()),
+        };
+        for event in events {
+            let stored: Option<(i64,)> =
+                sqlx::query_as("SELECT seq FROM audit_events WHERE event_id = ?")
+                    .bind(&event.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            if stored.is_some() {
+                // Committed by an attempt whose success we never heard of.
+                continue;
+            }
+            seq += 1;
+            let record = AuditRecord::chain(seq, event, &prev);
+            sqlx::query(&format!(
+                "INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ))
+            .bind(&event.id)
+            .bind(seq_param(record.seq))
+            .bind(millis(record.time))
+            .bind(record.event.as_str())
+            .bind(record.outcome.as_str())
+            .bind(&record.user_id)
+            .bind(&record.email)
+            .bind(&record.ip)
+            .bind(&record.user_agent)
+            .bind(&record.request_id)
+            .bind(&record.detail)
+            .bind(&record.prev_hash)
+            .bind(&record.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            prev = record.hash;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events \
+             WHERE (?1 IS NULL OR user_id = ?1) AND (?2 IS NULL OR event = ?2) \
+             AND (?3 IS NULL OR time >= ?3) AND (?4 IS NULL OR time < ?4) \
+             AND (?5 IS NULL OR seq < ?5) ORDER BY seq DESC LIMIT ?6"
+        ))
+        .bind(&query.user_id)
+        .bind(query.event.map(AuditEvent::as_str))
+        .bind(query.since.map(millis))
+        .bind(query.until.map(millis))
+        .bind(query.before_seq.map(seq_param))
+        .bind(i64::from(query.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(AuditRecord::try_from).collect()
+    }
+
+    async fn audit_events_after(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditRecord>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > ? ORDER BY seq LIMIT ?"
+        ))
+        .bind(seq_param(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.into_iter().map(AuditRecord::try_from).collect()
     }
 }
 

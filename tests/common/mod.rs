@@ -64,6 +64,7 @@ pub struct TestApp {
     pairs: Vec<(String, String)>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
+    audit: Option<clinic_auth::services::Audit>,
 }
 
 /// A client that keeps no cookies: tests set the Cookie header themselves
@@ -119,6 +120,7 @@ impl TestApp {
             pairs,
             shutdown: None,
             handle: None,
+            audit: None,
         };
         app.start().await;
         app
@@ -133,6 +135,7 @@ impl TestApp {
         let config = Config::from_pairs(&refs).expect("test configuration is valid");
         let app = App::build(config).await.expect("app builds");
         self.addr = app.local_addr();
+        self.audit = Some(app.audit());
         self.base = format!("http://{}", self.addr);
         let (tx, rx) = oneshot::channel();
         self.shutdown = Some(tx);
@@ -226,6 +229,23 @@ impl TestApp {
             .collect();
         let config = Config::from_pairs(&refs).unwrap();
         clinic_auth::app::open_store(&config).await.unwrap()
+    }
+
+    /// Waits until every audit event recorded so far is in the database.
+    pub async fn flush_audit(&self) {
+        if let Some(audit) = &self.audit {
+            audit.flush().await;
+        }
+    }
+
+    /// The variable (`DATABASE_URL` or `MONGO_URI`) and value naming this
+    /// app's database, e.g. to point the CLI binary at it.
+    pub fn database_env(&self) -> (String, String) {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == "DATABASE_URL" || k == "MONGO_URI")
+            .cloned()
+            .expect("a database is configured")
     }
 
     pub fn outbox(&self) -> PathBuf {
@@ -392,7 +412,7 @@ pub async fn fresh_store(
 }
 
 /// The configuration variable that points a fresh app at a fresh database.
-async fn database_pair(backend: Backend, dir: &Path) -> (String, String) {
+pub async fn database_pair(backend: Backend, dir: &Path) -> (String, String) {
     match backend {
         Backend::Sqlite => (
             "DATABASE_URL".into(),

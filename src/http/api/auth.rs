@@ -198,15 +198,19 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
 )]
 pub async fn register(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
     let user = state
         .auth
-        .register(RegisterInput {
-            name: body.name,
-            email: body.email,
-            password: Password::new(body.password),
-        })
+        .register(
+            RegisterInput {
+                name: body.name,
+                email: body.email,
+                password: Password::new(body.password),
+            },
+            &client,
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(UserResponse::from(&user))))
 }
@@ -293,9 +297,13 @@ pub async fn refresh(
         (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
-pub async fn logout(State(state): State<AppState>, jar: CookieJar) -> Result<Response, ApiError> {
+pub async fn logout(
+    State(state): State<AppState>,
+    client: ClientContext,
+    jar: CookieJar,
+) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
-    state.auth.logout(presented.as_deref()).await?;
+    state.auth.logout(presented.as_deref(), &client).await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((StatusCode::NO_CONTENT, jar).into_response())
 }
@@ -335,9 +343,10 @@ const FORGOT_MESSAGE: &str =
 )]
 pub async fn forgot_password(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<ForgotPasswordRequest>,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
-    state.auth.forgot_password(&body.email)?;
+    state.auth.forgot_password(&body.email, &client)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(MessageResponse {
@@ -364,11 +373,12 @@ pub async fn forgot_password(
 )]
 pub async fn reset_password(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<ResetPasswordRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
     state
         .auth
-        .reset_password(&body.token, &Password::new(body.password))
+        .reset_password(&body.token, &Password::new(body.password), &client)
         .await?;
     Ok(Json(MessageResponse {
         message: "Your password has been changed. Sign in with the new one.",
@@ -406,6 +416,7 @@ pub struct ChangePasswordRequest {
 pub async fn change_password(
     State(state): State<AppState>,
     AuthUser(user, session): AuthUser,
+    client: ClientContext,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let keep = CurrentSession {
@@ -419,6 +430,7 @@ pub async fn change_password(
             &Password::new(body.current_password),
             &Password::new(body.new_password),
             &keep,
+            &client,
         )
         .await?;
     let access = state
@@ -467,9 +479,10 @@ pub async fn list_sessions(
 pub async fn end_session(
     State(state): State<AppState>,
     AuthUser(user, _): AuthUser,
+    client: ClientContext,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.auth.end_session(&user.id, &id).await? {
+    if state.auth.end_session(&user.id, &id, &client).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
@@ -495,11 +508,12 @@ pub async fn end_session(
 pub async fn logout_all(
     State(state): State<AppState>,
     AuthUser(user, _): AuthUser,
+    client: ClientContext,
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     state
         .auth
-        .end_other_sessions(&user.id, &CurrentSession::default())
+        .end_other_sessions(&user.id, &CurrentSession::default(), &client)
         .await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((StatusCode::NO_CONTENT, jar).into_response())

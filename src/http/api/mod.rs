@@ -1,5 +1,6 @@
 //! The JSON API under /api, plus /health.
 
+pub mod admin;
 pub mod auth;
 pub mod health;
 pub mod verification;
@@ -14,5 +15,6 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
             "/api/auth",
             auth::router(limiters).merge(verification::router(limiters)),
         )
+        .nest("/api/admin", admin::router())
         .merge(health::router())
 }

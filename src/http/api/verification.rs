@@ -12,6 +12,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, Limiters};
+use crate::services::ClientContext;
 
 pub fn router(limiters: &Limiters) -> Router<AppState> {
     Router::new()
@@ -49,9 +50,10 @@ pub struct VerifyEmailRequest {
 )]
 pub async fn verify_email(
     State(state): State<AppState>,
+    client: ClientContext,
     ApiJson(body): ApiJson<VerifyEmailRequest>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let user = state.auth.verify_email(&body.token).await?;
+    let user = state.auth.verify_email(&body.token, &client).await?;
     Ok(Json(UserResponse::from(&user)))
 }
 

@@ -249,13 +249,24 @@ async fn sign_in(
 }
 
 /// Ends the portal session in the store (and its API family), and empties
-/// the browser's session.
-pub(super) async fn end_portal_session(state: &AppState, portal: &Portal) -> Result<(), PageError> {
+/// the browser's session. `signed_out_by` is the client when the person
+/// signed out (recorded as a logout), `None` when the session simply ran out.
+pub(super) async fn end_portal_session(
+    state: &AppState,
+    portal: &Portal,
+    signed_out_by: Option<&ClientContext>,
+) -> Result<(), PageError> {
     if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
-        state
-            .auth
-            .end_web_session(&user_id, &hash, portal.data.refresh_family.as_deref())
-            .await?;
+        let family = portal.data.refresh_family.as_deref();
+        match signed_out_by {
+            Some(client) => {
+                state
+                    .auth
+                    .sign_out_web_session(&user_id, &hash, family, client)
+                    .await?
+            }
+            None => state.auth.end_web_session(&user_id, &hash, family).await?,
+        }
     }
     portal.session.flush().await?;
     Ok(())
@@ -264,13 +275,14 @@ pub(super) async fn end_portal_session(state: &AppState, portal: &Portal) -> Res
 pub async fn logout(
     State(state): State<AppState>,
     portal: Portal,
+    client: ClientContext,
     jar: CookieJar,
     headers: HeaderMap,
     body: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
     let f = form(body)?;
     check_csrf(&state, &portal, &f.csrf, &headers)?;
-    end_portal_session(&state, &portal).await?;
+    end_portal_session(&state, &portal, Some(&client)).await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((jar, Redirect::to("/login?signed_out=1")).into_response())
 }
@@ -322,11 +334,14 @@ pub async fn register_submit(
     } else {
         state
             .auth
-            .register(RegisterInput {
-                name: f.name.clone(),
-                email: f.email.clone(),
-                password: Password::new(password.expose().to_owned()),
-            })
+            .register(
+                RegisterInput {
+                    name: f.name.clone(),
+                    email: f.email.clone(),
+                    password: Password::new(password.expose().to_owned()),
+                },
+                &client,
+            )
             .await
     };
     let status = match result {
@@ -385,12 +400,13 @@ pub async fn forgot_page(
 pub async fn forgot_submit(
     State(state): State<AppState>,
     portal: Portal,
+    client: ClientContext,
     headers: HeaderMap,
     body: Result<Form<EmailForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
     let f = form(body)?;
     check_csrf(&state, &portal, &f.csrf, &headers)?;
-    match state.auth.forgot_password(&f.email) {
+    match state.auth.forgot_password(&f.email, &client) {
         Ok(()) => Ok(Redirect::to("/forgot-password?sent=1").into_response()),
         Err(ServiceError::Validation(errors)) => {
             let mut form_state = FormState::default().with_value("email", &f.email);
@@ -434,6 +450,7 @@ pub async fn reset_page(
 pub async fn reset_submit(
     State(state): State<AppState>,
     portal: Portal,
+    client: ClientContext,
     headers: HeaderMap,
     body: Result<Form<ResetForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
@@ -449,7 +466,7 @@ pub async fn reset_submit(
     } else {
         state
             .auth
-            .reset_password(&f.token, &Password::new(f.password))
+            .reset_password(&f.token, &Password::new(f.password), &client)
             .await
     };
     match result {
@@ -480,9 +497,10 @@ pub async fn reset_submit(
 pub async fn verify_email_page(
     State(state): State<AppState>,
     portal: Portal,
+    client: ClientContext,
     Query(q): Query<PageQuery>,
 ) -> PageResult {
-    let (status, verified) = match state.auth.verify_email(&q.token).await {
+    let (status, verified) = match state.auth.verify_email(&q.token, &client).await {
         Ok(_) => (StatusCode::OK, true),
         Err(ServiceError::InvalidVerificationToken) => (StatusCode::BAD_REQUEST, false),
         Err(e) => return Err(e.into()),
@@ -593,6 +611,7 @@ async fn flash_and_return(portal: &mut Portal, message: &str) -> PageResult {
 pub async fn change_password(
     State(state): State<AppState>,
     mut signed_in: SignedIn,
+    client: ClientContext,
     headers: HeaderMap,
     body: Result<Form<ChangePasswordForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
@@ -610,6 +629,7 @@ pub async fn change_password(
                 &Password::new(f.current_password),
                 &Password::new(f.new_password),
                 &current(&signed_in.portal),
+                &client,
             )
             .await
     };
@@ -639,6 +659,7 @@ pub async fn change_password(
 pub async fn end_session(
     State(state): State<AppState>,
     mut signed_in: SignedIn,
+    client: ClientContext,
     headers: HeaderMap,
     body: Result<Form<SessionForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
@@ -646,7 +667,7 @@ pub async fn end_session(
     check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
     let message = if state
         .auth
-        .end_session(&signed_in.user.id, &f.session)
+        .end_session(&signed_in.user.id, &f.session, &client)
         .await?
     {
         "That session has been signed out."
@@ -659,6 +680,7 @@ pub async fn end_session(
 pub async fn end_all_sessions(
     State(state): State<AppState>,
     signed_in: SignedIn,
+    client: ClientContext,
     jar: CookieJar,
     headers: HeaderMap,
     body: Result<Form<CsrfForm>, axum::extract::rejection::FormRejection>,
@@ -667,7 +689,7 @@ pub async fn end_all_sessions(
     check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
     state
         .auth
-        .end_other_sessions(&signed_in.user.id, &CurrentSession::default())
+        .end_other_sessions(&signed_in.user.id, &CurrentSession::default(), &client)
         .await?;
     signed_in.portal.session.flush().await?;
     let jar = jar.add(cleared_cookie(&state.cookies));

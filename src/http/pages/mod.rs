@@ -267,7 +267,7 @@ impl FromRequestParts<AppState> for SignedIn {
         let lifetime =
             chrono::Duration::from_std(state.portal.max_lifetime).unwrap_or(chrono::Duration::MAX);
         if chrono::Utc::now() > signed_in_at + lifetime {
-            handlers::end_portal_session(state, &portal)
+            handlers::end_portal_session(state, &portal, None)
                 .await
                 .map_err(IntoResponse::into_response)?;
             return Err(to_login());

@@ -1,0 +1,90 @@
+//! Administration: granting roles and reading the audit trail. Called by
+//! the `clinic-auth` CLI and the admin API; who may call it is decided
+//! there (the CLI runs with the operator's access to the configuration, the
+//! API only for the `admin` role).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::audit::{Audit, AuditEntry};
+use super::{ClientContext, ServiceError};
+use crate::domain::{AuditEvent, AuditRecord, EmailAddress, Role, User};
+use crate::storage::{AuditQuery, Store};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// One page of the audit trail, newest first.
+#[derive(Debug)]
+pub struct AuditPage {
+    pub events: Vec<AuditRecord>,
+    /// The cursor for the next (older) page; `None` on the last page.
+    pub next: Option<u64>,
+}
+
+pub struct AdminService {
+    store: Arc<dyn Store>,
+    audit: Audit,
+}
+
+/// The instant from which access tokens count again after a change that
+/// must end the earlier ones: the next whole second, because `iat` has
+/// whole seconds (a token issued in this second could carry the old role).
+pub(crate) fn access_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now)
+}
+
+impl AdminService {
+    pub fn new(store: Arc<dyn Store>, audit: Audit) -> Self {
+        Self { store, audit }
+    }
+
+    /// Gives the user with `email` the role `role`, records `role_changed`
+    /// and refuses every access token issued so far (they carry the old
+    /// role). `Ok(None)` when no such user exists.
+    pub async fn set_role(
+        &self,
+        email: &str,
+        role: Role,
+        client: &ClientContext,
+    ) -> Result<Option<User>> {
+        let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
+        let Some(user) = self.store.find_user_by_email(&email).await? else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        if !self
+            .store
+            .set_user_role(&user.id, role, access_cutoff(now), now)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.audit
+            .record(
+                AuditEntry::new(AuditEvent::RoleChanged, client)
+                    .user(&user.id)
+                    .email(user.email.as_str())
+                    .detail(format!("from={} to={}", user.role.as_str(), role.as_str())),
+            )
+            .await;
+        tracing::info!(user_id = %user.id, role = role.as_str(), "role changed");
+        Ok(self.store.find_user_by_id(&user.id).await?)
+    }
+
+    /// A page of audit records matching `query` (its limit already checked
+    /// against [`crate::storage::AUDIT_PAGE_MAX`]).
+    pub async fn audit_page(&self, mut query: AuditQuery) -> Result<AuditPage> {
+        let limit = query.limit as usize;
+        // One extra tells whether another page exists.
+        query.limit += 1;
+        let mut events = self.store.query_audit_events(&query).await?;
+        let next = if events.len() > limit {
+            events.truncate(limit);
+            events.last().map(|r| r.seq)
+        } else {
+            None
+        };
+        Ok(AuditPage { events, next })
+    }
+}

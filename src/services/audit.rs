@@ -1,0 +1,282 @@
+//! The audit recorder: how the services write to the audit trail, and the
+//! check that the stored chain is whole.
+//!
+//! Recording must not cost the request a database round trip (login and
+//! refresh are benchmarked), yet must not lose events either. So a service
+//! hands its entry to a bounded channel and goes on; one background task
+//! appends whatever has queued up as a batch (one transaction per batch).
+//! When the channel is full, `record` waits (backpressure) rather than drop
+//! the event; when an append fails, the task logs, counts a store error and
+//! retries the same batch with backoff until the database takes it.
+//!
+//! From a service:
+//! ```ignore
+//! self.audit.record(AuditEntry::new(AuditEvent::LoginSuccess, client).user(&user.id)).await;
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::{ClientContext, ServiceError};
+use crate::domain::audit::{GENESIS_HASH, MAX_EMAIL_CHARS};
+use crate::domain::{AuditEvent, AuditOutcome, AuditRecord, NewAuditEvent, UserId};
+use crate::storage::{AuditStore, StoreError};
+
+/// Entries that may wait for the writer before `record` starts waiting.
+/// Large enough to ride out a slow commit under a login flood.
+const CHANNEL_CAPACITY: usize = 4096;
+/// Most events appended in one transaction.
+const BATCH_MAX: usize = 256;
+/// Retry pacing while the database refuses appends.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Records read per round trip while verifying.
+const VERIFY_PAGE: u32 = 1000;
+
+/// One event about to be recorded, built from the request's context.
+#[derive(Debug, Clone)]
+pub struct AuditEntry(NewAuditEvent);
+
+impl AuditEntry {
+    /// An entry for `event` with the client's IP, user agent and request id,
+    /// stamped now, with the event's usual outcome.
+    pub fn new(event: AuditEvent, client: &ClientContext) -> Self {
+        let now = Utc::now();
+        // Both stores keep milliseconds; truncating here makes the hash
+        // computed at append the one recomputed from what was stored.
+        let time = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
+        Self(NewAuditEvent {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            time,
+            event,
+            outcome: event.default_outcome(),
+            user_id: None,
+            email: None,
+            ip: client.ip.map(|ip| ip.to_string()),
+            user_agent: client.user_agent.clone(),
+            request_id: client.request_id.clone(),
+            detail: None,
+        })
+    }
+
+    pub fn user(mut self, id: &UserId) -> Self {
+        self.0.user_id = Some(id.as_str().to_owned());
+        self
+    }
+
+    /// The email the request named, e.g. the attempted one of a failed
+    /// login (bounded: it is whatever the client sent).
+    pub fn email(mut self, email: &str) -> Self {
+        self.0.email = Some(email.trim().chars().take(MAX_EMAIL_CHARS).collect());
+        self
+    }
+
+    pub fn outcome(mut self, outcome: AuditOutcome) -> Self {
+        self.0.outcome = outcome;
+        self
+    }
+
+    /// A short qualifier such as `role=admin`. Never a secret.
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.0.detail = Some(detail.into());
+        self
+    }
+
+    pub fn into_event(self) -> NewAuditEvent {
+        self.0
+    }
+}
+
+enum Command {
+    Record(NewAuditEvent),
+    /// Answered once everything queued before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The handle the services record through; cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Audit {
+    /// Starts the writer task appending to `store`. The task ends once every
+    /// `Audit` handle is dropped and the queue is drained.
+    pub fn start(store: Arc<dyn AuditStore>) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let task = tokio::spawn(write_batches(store, rx));
+        (Self { tx }, task)
+    }
+
+    /// Queues an entry; waits only when the queue is full.
+    pub async fn record(&self, entry: AuditEntry) {
+        let event = entry.0.event;
+        if self.tx.send(Command::Record(entry.0)).await.is_err() {
+            // Only after the writer is gone, i.e. while the runtime shuts down.
+            tracing::error!(event = %event, "audit writer stopped; event not recorded");
+        }
+    }
+
+    /// Returns once everything recorded before the call is in the store
+    /// (graceful shutdown, the CLI, tests).
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn write_batches(store: Arc<dyn AuditStore>, mut rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut waiting = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Record(event) => batch.push(event),
+                Command::Flush(ack) => waiting.push(ack),
+            }
+            if batch.len() < BATCH_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        append_until_stored(store.as_ref(), &batch).await;
+        batch.clear();
+        for ack in waiting.drain(..) {
+            let _ = ack.send(());
+        }
+    }
+}
+
+async fn append_until_stored(store: &dyn AuditStore, batch: &[NewAuditEvent]) {
+    let mut delay = RETRY_FIRST;
+    loop {
+        match store.append_audit_events(batch).await {
+            Ok(()) => return,
+            Err(err) => {
+                // Through ServiceError so the store-errors metric counts it.
+                let err = ServiceError::from(err);
+                tracing::error!(
+                    error = ?err,
+                    pending = batch.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "cannot append to the audit trail; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// What is wrong at the first bad place of the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainFault {
+    /// The record's content no longer matches its hash, or its link to the
+    /// record before it is broken.
+    Altered,
+    /// A record of the sequence is not there.
+    Missing,
+    /// A record appears where another should (duplicate or backwards seq).
+    OutOfOrder,
+}
+
+impl ChainFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChainFault::Altered => "altered",
+            ChainFault::Missing => "missing",
+            ChainFault::OutOfOrder => "out of order",
+        }
+    }
+}
+
+/// The first place the chain is broken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    pub seq: u64,
+    pub fault: ChainFault,
+    pub reason: String,
+}
+
+/// A whole chain: how long, and its head, which an operator can note
+/// elsewhere (removing records from the end leaves no gap, so only an
+/// outside copy of the head reveals it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSummary {
+    pub records: u64,
+    pub head_hash: String,
+}
+
+/// Reads the whole chain in seq order and checks every record's hash and
+/// link. `Ok(Err(..))` names the first broken record.
+pub async fn verify_chain(
+    store: &dyn AuditStore,
+) -> Result<Result<ChainSummary, ChainBreak>, StoreError> {
+    let mut expected = 1u64;
+    let mut prev_hash = GENESIS_HASH.to_owned();
+    loop {
+        let page = store.audit_events_after(expected - 1, VERIFY_PAGE).await?;
+        if page.is_empty() {
+            return Ok(Ok(ChainSummary {
+                records: expected - 1,
+                head_hash: prev_hash,
+            }));
+        }
+        for record in &page {
+            if let Some(broken) = check(record, expected, &prev_hash) {
+                return Ok(Err(broken));
+            }
+            prev_hash = record.hash.clone();
+            expected += 1;
+        }
+    }
+}
+
+fn check(record: &AuditRecord, expected: u64, prev_hash: &str) -> Option<ChainBreak> {
+    let broken = |seq, fault, reason: String| Some(ChainBreak { seq, fault, reason });
+    if record.seq > expected {
+        let reason = if expected + 1 == record.seq {
+            format!(
+                "record {expected} is missing (the next one stored is {})",
+                record.seq
+            )
+        } else {
+            format!(
+                "records {expected} to {} are missing",
+                record.seq.saturating_sub(1)
+            )
+        };
+        return broken(expected, ChainFault::Missing, reason);
+    }
+    if record.seq < expected {
+        return broken(
+            record.seq,
+            ChainFault::OutOfOrder,
+            format!("record {} appears again after {}", record.seq, expected - 1),
+        );
+    }
+    if record.compute_hash() != record.hash {
+        return broken(
+            record.seq,
+            ChainFault::Altered,
+            "its content does not match its stored hash".to_owned(),
+        );
+    }
+    if record.prev_hash != prev_hash {
+        return broken(
+            record.seq,
+            ChainFault::Altered,
+            format!(
+                "its prev_hash does not match the hash of record {} (one of the two was rewritten)",
+                record.seq - 1
+            ),
+        );
+    }
+    None
+}

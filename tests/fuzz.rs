@@ -93,16 +93,15 @@ impl Service {
     }
 }
 
-fn start(dir: &Path, port: u16) -> Service {
-    let log = dir.join("service.log");
-    let out = File::create(&log).unwrap();
-    let child = Command::new(BIN)
-        .current_dir(dir)
+/// The service's environment: a fresh SQLite database, secrets and outbox
+/// under the working directory.
+fn service_command(dir: &Path, port: u16) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs([
             ("PORT", port.to_string().as_str()),
-            // A fresh SQLite database, secrets and outbox under `dir`.
             ("DATA_DIR", "data"),
             // The fuzzer sends thousands of requests a minute from one IP;
             // 429s would answer in place of the routes under test.
@@ -116,7 +115,14 @@ fn start(dir: &Path, port: u16) -> Service {
             // access token of the user, the fuzzer's Bearer token included.
             ("REFRESH_REUSE_GRACE", "60s"),
             ("RUST_LOG", "warn"),
-        ])
+        ]);
+    cmd
+}
+
+fn start(dir: &Path, port: u16) -> Service {
+    let log = dir.join("service.log");
+    let out = File::create(&log).unwrap();
+    let child = service_command(dir, port)
         .stdout(Stdio::from(out.try_clone().unwrap()))
         .stderr(Stdio::from(out))
         .spawn()
@@ -219,6 +225,12 @@ async fn every_documented_operation_survives_schemathesis() {
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
+    // An admin, so the admin routes answer the fuzzer with more than 403.
+    let promoted = service_command(dir.path(), port)
+        .args(["user", "set-role", EMAIL, "admin"])
+        .output()
+        .unwrap();
+    assert!(promoted.status.success(), "{promoted:?}");
 
     // Everything else first. The Bearer token and the refresh cookie come
     // from different sign-ins, so refreshing (or logging out) with the

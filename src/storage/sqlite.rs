@@ -835,6 +835,10 @@ impl WebSessionStore for SqliteStore {
     }
 }
 
+/// Rows per INSERT statement: 13 parameters each stays far below SQLite's
+/// limit of 32,766.
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
 #[derive(FromRow)]
 struct AuditRow {
     seq: i64,
@@ -894,54 +898,65 @@ impl AuditStore for SqliteStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)?;
-        let head: Option<(i64, String)> =
-            sqlx::query_as("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        let (mut seq, mut prev) = match head {
-            Some((seq, hash)) => (
+        // The head, and whether this very batch is already stored: it is
+        // appended in one transaction, so after an error whose commit did
+        // happen, its first event is there and so are all the others.
+        let (head_seq, head_hash, stored): (Option<i64>, Option<String>, bool) = sqlx::query_as(
+            "SELECT (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1), \
+                    (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), \
+                    EXISTS (SELECT 1 FROM audit_events WHERE event_id = ?)",
+        )
+        .bind(&events[0].id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if stored {
+            return Ok(());
+        }
+        let (mut seq, mut prev) = match (head_seq, head_hash) {
+            (Some(seq), Some(hash)) => (
                 u64::try_from(seq).map_err(|_| {
                     StoreError::Other(anyhow::anyhow!("audit_events: negative seq"))
                 })?,
                 hash,
             ),
-            None => (0, GENESIS_HASH.to_owned()),
+            _ => (0, GENESIS_HASH.to_owned()),
         };
-        for event in events {
-            let stored: Option<(i64,)> =
-                sqlx::query_as("SELECT seq FROM audit_events WHERE event_id = ?")
-                    .bind(&event.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-            if stored.is_some() {
-                // Committed by an attempt whose success we never heard of.
-                continue;
+        let records: Vec<(&str, AuditRecord)> = events
+            .iter()
+            .map(|event| {
+                seq += 1;
+                let record = AuditRecord::chain(seq, event, &prev);
+                prev.clone_from(&record.hash);
+                (event.id.as_str(), record)
+            })
+            .collect();
+        // Multi-row INSERTs: under load a batch is hundreds of events, and
+        // each statement is a round trip to the writer thread. Chunks keep
+        // within SQLite's bound on parameters (13 per row); the varying
+        // text is not worth a slot in the prepared-statement cache.
+        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql =
+                format!("INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) VALUES {values}");
+            let mut insert = sqlx::query(&sql).persistent(false);
+            for (id, record) in chunk {
+                insert = insert
+                    .bind(*id)
+                    .bind(seq_param(record.seq))
+                    .bind(millis(record.time))
+                    .bind(record.event.as_str())
+                    .bind(record.outcome.as_str())
+                    .bind(&record.user_id)
+                    .bind(&record.email)
+                    .bind(&record.ip)
+                    .bind(&record.user_agent)
+                    .bind(&record.request_id)
+                    .bind(&record.detail)
+                    .bind(&record.prev_hash)
+                    .bind(&record.hash);
             }
-            seq += 1;
-            let record = AuditRecord::chain(seq, event, &prev);
-            sqlx::query(&format!(
-                "INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            ))
-            .bind(&event.id)
-            .bind(seq_param(record.seq))
-            .bind(millis(record.time))
-            .bind(record.event.as_str())
-            .bind(record.outcome.as_str())
-            .bind(&record.user_id)
-            .bind(&record.email)
-            .bind(&record.ip)
-            .bind(&record.user_agent)
-            .bind(&record.request_id)
-            .bind(&record.detail)
-            .bind(&record.prev_hash)
-            .bind(&record.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            prev = record.hash;
+            insert.execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

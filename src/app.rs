@@ -53,7 +53,8 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
         // Not in `background`: it must outlive the server to drain the queue.
-        let (audit, _audit_writer) = Audit::start(store.clone());
+        let (audit, _audit_writer) = Audit::start(store.clone(), store.serialized_writes())
+            .context("cannot start the audit writer")?;
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
         let tokens = Tokens::new(
             &access_secret,

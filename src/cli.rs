@@ -99,7 +99,13 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (audit, writer) = Audit::start(store.clone());
+    let (audit, writer) = match Audit::start(store.clone(), store.serialized_writes()) {
+        Ok(started) => started,
+        Err(e) => {
+            eprintln!("cannot start the audit writer: {e}");
+            return ExitCode::from(3);
+        }
+    };
     let admin = AdminService::new(store, audit.clone());
     // Recorded as done from the command line: no IP, no request.
     let client = ClientContext::new(None, Some("clinic-auth user set-role"));

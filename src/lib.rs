@@ -4,6 +4,7 @@
 //! `storage` traits. Only `app` knows which concrete store is in use.
 
 pub mod app;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -21,6 +21,7 @@ backend_tests!(
     refresh_rotation_retires_the_old_token,
     rotation_refuses_revoked_expired_and_unknown,
     concurrent_rotation_has_one_winner,
+    concurrent_rotations_of_many_tokens_each_get_their_child,
     revocation_by_token_and_by_user,
     one_time_tokens_are_single_use_and_expire,
     newer_one_time_token_replaces_older,
@@ -1051,4 +1052,43 @@ async fn purge_forgets_idle_login_throttles(backend: Backend) {
         store.login_throttle(&locked).await.unwrap().is_some(),
         "a lock still running is kept"
     );
+}
+
+async fn concurrent_rotations_of_many_tokens_each_get_their_child(backend: Backend) {
+    // SQLite rotates whatever is queued as one batch: each caller must get
+    // its own retired token back and its own child stored.
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let store = Arc::clone(&store);
+            let user = if i % 2 == 0 {
+                jane.clone()
+            } else {
+                john.clone()
+            };
+            let family = format!("fam-{i}");
+            let parent = refresh(&user, &format!("parent-{i}"), &family, Duration::days(1));
+            let child = refresh(&user, &format!("child-{i}"), &family, Duration::days(1));
+            tokio::spawn(async move {
+                store.insert_refresh_token(&parent).await.unwrap();
+                let rotation = store
+                    .rotate_refresh_token(&parent.token_hash, now(), Duration::zero(), &child)
+                    .await
+                    .unwrap();
+                let Rotation::Rotated(Rotated { retired, owner }) = rotation else {
+                    panic!("{i}: expected a rotation, got {rotation:?}");
+                };
+                assert_eq!(retired.jti, format!("parent-{i}"));
+                assert_eq!(retired.replaced_by.as_deref(), Some(child.jti.as_str()));
+                assert_eq!(owner.unwrap().id, user);
+                let stored = store.find_refresh_token(&child.token_hash).await.unwrap();
+                assert!(stored.is_some_and(|c| !c.revoked && c.family_id == family));
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
 }

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use super::{ClientContext, ServiceError};
 use crate::domain::audit::{GENESIS_HASH, MAX_EMAIL_CHARS};
@@ -31,6 +30,11 @@ use crate::storage::{AuditStore, StoreError};
 const CHANNEL_CAPACITY: usize = 4096;
 /// Most events appended in one transaction.
 const BATCH_MAX: usize = 256;
+/// How long a batch may wait for more events before it is written. Each
+/// append is a transaction on a store's single writer (SQLite), shared with
+/// refresh rotations; under load, fewer and larger appends leave it free.
+/// Nobody waits on this but a flush, which ends the wait at once.
+const BATCH_LINGER: Duration = Duration::from_millis(20);
 /// Retry pacing while the database refuses appends.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -105,11 +109,30 @@ pub struct Audit {
 
 impl Audit {
     /// Starts the writer task appending to `store`. The task ends once every
-    /// `Audit` handle is dropped and the queue is drained.
-    pub fn start(store: Arc<dyn AuditStore>) -> (Self, JoinHandle<()>) {
+    /// `Audit` handle is dropped and the queue is drained; the receiver
+    /// completes then.
+    ///
+    /// With `own_thread` (stores that serialise writes on one connection,
+    /// i.e. SQLite) it runs on a thread of its own: an append holds the one
+    /// writer across several statements, and waiting for each wake-up behind
+    /// the request handlers kept refresh rotations waiting for the writer.
+    pub fn start(
+        store: Arc<dyn AuditStore>,
+        own_thread: bool,
+    ) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let task = tokio::spawn(write_batches(store, rx));
-        (Self { tx }, task)
+        let task = write_batches(store, rx);
+        let finished = if own_thread {
+            crate::background::spawn_dedicated("audit-writer", task)?
+        } else {
+            let (done, finished) = oneshot::channel();
+            tokio::spawn(async move {
+                task.await;
+                let _ = done.send(());
+            });
+            finished
+        };
+        Ok((Self { tx }, finished))
     }
 
     /// Queues an entry; waits only when the queue is full.
@@ -135,15 +158,25 @@ async fn write_batches(store: Arc<dyn AuditStore>, mut rx: mpsc::Receiver<Comman
     let mut batch = Vec::with_capacity(BATCH_MAX);
     let mut waiting = Vec::new();
     while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + BATCH_LINGER;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
                 Command::Record(event) => batch.push(event),
                 Command::Flush(ack) => waiting.push(ack),
             }
-            if batch.len() < BATCH_MAX {
-                next = rx.try_recv().ok();
+            if batch.len() >= BATCH_MAX {
+                break;
             }
+            next = match rx.try_recv() {
+                Ok(command) => Some(command),
+                // Queue empty: linger for more unless someone is waiting.
+                Err(_) if waiting.is_empty() => tokio::time::timeout_at(deadline, rx.recv())
+                    .await
+                    .ok()
+                    .flatten(),
+                Err(_) => None,
+            };
         }
         append_until_stored(store.as_ref(), &batch).await;
         batch.clear();

@@ -183,7 +183,8 @@ impl RefreshTokenRecord {
 
 #[async_trait]
 pub trait RefreshTokenStore: Send + Sync {
-    /// Stores a token issued at login. `Err(Conflict)` on a duplicate jti.
+    /// Stores a token issued at login. `Err(Conflict)` when that token (its
+    /// hash) is already stored.
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()>;
 
     /// Rotates the token with `old_hash` (see [`Rotation`] for the cases).
@@ -468,4 +469,11 @@ pub trait Store:
 
     /// A short name for logs and /health ("sqlite", "mongodb").
     fn backend(&self) -> &'static str;
+
+    /// True when every write goes through one connection (SQLite): a
+    /// background writer then runs on a thread of its own, so the writer is
+    /// not held while its next step waits behind the request handlers.
+    fn serialized_writes(&self) -> bool {
+        false
+    }
 }

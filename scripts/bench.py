@@ -52,6 +52,7 @@ BY_DESIGN = {429, 503}
 SERVICE_VARS = [
     "APP_NAME", "APP_URL", "HOST", "PORT", "APP_ENV", "DATABASE_URL", "MONGO_URI",
     "JWT_ACCESS_SECRET", "JWT_REFRESH_SECRET", "JWT_ACCESS_EXPIRES", "JWT_REFRESH_EXPIRES",
+    "REFRESH_IDLE_TIMEOUT",
     "RESET_TOKEN_EXPIRES_MIN", "CORS_ORIGINS", "MAIL_FROM", "MAIL_SERVER", "MAIL_PORT",
     "MAIL_USERNAME", "MAIL_PASSWORD", "MAIL_TLS", "MAIL_OUTBOX_DIR",
     "RATE_LIMIT_AUTH_PER_MIN", "RATE_LIMIT_GLOBAL_PER_MIN", "PASSWORD_MIN_LENGTH", "RUST_LOG",
@@ -256,6 +257,8 @@ class Server:
             "JWT_ACCESS_SECRET": "bench-access-" + uuid.uuid4().hex + uuid.uuid4().hex,
             "JWT_REFRESH_SECRET": "bench-refresh-" + uuid.uuid4().hex + uuid.uuid4().hex,
             "JWT_ACCESS_EXPIRES": "1h",
+            # Must outlast the access token (the service checks).
+            "REFRESH_IDLE_TIMEOUT": "2h",
             "RATE_LIMIT_AUTH_PER_MIN": "100000000",
             "RATE_LIMIT_GLOBAL_PER_MIN": "100000000",
         })

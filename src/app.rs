@@ -81,6 +81,7 @@ impl App {
                     min_chars: config.password_min_length,
                 },
                 refresh_reuse_grace: config.refresh_reuse_grace,
+                refresh_idle: config.refresh_idle_timeout,
                 lockout: LockoutPolicy {
                     max_failures: config.login_max_failures,
                     window: config.login_failure_window,

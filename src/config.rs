@@ -77,6 +77,9 @@ pub struct Config {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// An API sign-in whose refresh token has not been used for this long
+    /// is over (REFRESH_IDLE_TIMEOUT): the HIPAA automatic log-off for apps.
+    pub refresh_idle_timeout: Duration,
     /// A rotated refresh token presented again this soon is a second tab,
     /// not a thief (REFRESH_REUSE_GRACE; zero means strict single use).
     pub refresh_reuse_grace: Duration,
@@ -312,6 +315,15 @@ impl Config {
                 })
                 .collect::<Result<_, _>>()?,
         };
+        let refresh_idle_timeout =
+            parse_duration_var("REFRESH_IDLE_TIMEOUT", get("REFRESH_IDLE_TIMEOUT"), "30m")?;
+        if refresh_idle_timeout <= jwt_access_ttl {
+            return Err(err(
+                "REFRESH_IDLE_TIMEOUT",
+                "must be longer than JWT_ACCESS_EXPIRES, or apps that refresh when their \
+                 access token expires would be signed out while in use",
+            ));
+        }
         let refresh_reuse_grace =
             parse_duration_var("REFRESH_REUSE_GRACE", get("REFRESH_REUSE_GRACE"), "5s")?;
         if refresh_reuse_grace > Duration::from_secs(60) {
@@ -377,6 +389,7 @@ impl Config {
 
         Ok(Self {
             trusted_proxies,
+            refresh_idle_timeout,
             refresh_reuse_grace,
             login_max_failures,
             login_failure_window,
@@ -635,6 +648,7 @@ mod tests {
         assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
         assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
         assert_eq!(c.refresh_reuse_grace, Duration::from_secs(5));
+        assert_eq!(c.refresh_idle_timeout, Duration::from_secs(30 * 60));
         assert_eq!(c.login_max_failures, 5);
         assert_eq!(c.login_failure_window, Duration::from_secs(15 * 60));
         assert_eq!(
@@ -688,6 +702,11 @@ mod tests {
             (vec![("PORT", "70000")], "PORT"),
             (vec![("JWT_ACCESS_EXPIRES", "soon")], "JWT_ACCESS_EXPIRES"),
             (vec![("JWT_REFRESH_EXPIRES", "1m")], "JWT_REFRESH_EXPIRES"),
+            (vec![("REFRESH_IDLE_TIMEOUT", "10m")], "REFRESH_IDLE_TIMEOUT"),
+            (vec![("REFRESH_REUSE_GRACE", "2m")], "REFRESH_REUSE_GRACE"),
+            (vec![("LOGIN_MAX_FAILURES", "0")], "LOGIN_MAX_FAILURES"),
+            (vec![("LOGIN_LOCKOUT_MAX", "10s")], "LOGIN_LOCKOUT_MAX"),
+            (vec![("REQUIRE_VERIFIED_EMAIL", "maybe")], "REQUIRE_VERIFIED_EMAIL"),
             (
                 vec![("MAIL_TLS", "maybe"), ("MAIL_SERVER", "smtp.example.com")],
                 "MAIL_TLS",

@@ -20,6 +20,8 @@ backend_tests!(
     resend_replaces_the_link_and_refuses_when_verified,
     required_verification_blocks_sign_in_until_verified,
     verification_page_confirms_the_address,
+    signing_out_of_a_session_ends_its_access_tokens,
+    an_idle_api_sign_in_is_signed_out,
 );
 
 const SESSION_ENDED: &str = "A Clinic Auth session was ended";
@@ -477,4 +479,96 @@ async fn verification_page_confirms_the_address(backend: Backend) {
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
         assert!(res.text().await.unwrap().contains("This link is not valid"));
     }
+}
+
+async fn signing_out_of_a_session_ends_its_access_tokens(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let (other_access, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(app.me(&access).await.status(), StatusCode::OK);
+    let res = app
+        .client
+        .post(app.url("/api/auth/logout"))
+        .header("cookie", format!("refresh_token={refresh}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Not in up to 15 minutes: now. Other sign-ins are untouched.
+    expect_error(
+        app.me(&access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(app.me(&other_access).await.status(), StatusCode::OK);
+
+    // Ending a session from another device ends its access tokens too.
+    let (third_access, _) = app.login("jane@example.com", PASSWORD).await;
+    let sessions: Vec<Value> = app
+        .client
+        .get(app.url("/api/auth/sessions"))
+        .bearer_auth(&other_access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let third = sessions
+        .iter()
+        .find(|s| s["current"] == false)
+        .expect("the third sign-in is listed");
+    let res = app
+        .client
+        .delete(app.url(&format!(
+            "/api/auth/sessions/{}",
+            third["id"].as_str().unwrap()
+        )))
+        .bearer_auth(&other_access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    expect_error(
+        app.me(&third_access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+}
+
+async fn an_idle_api_sign_in_is_signed_out(backend: Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[("JWT_ACCESS_EXPIRES", "1s"), ("REFRESH_IDLE_TIMEOUT", "2s")],
+    )
+    .await;
+    app.register("jane@example.com").await;
+    let (_, idle) = app.login("jane@example.com", PASSWORD).await;
+    let (_, active) = app.login("jane@example.com", PASSWORD).await;
+    // In use: each refresh restarts the idle clock.
+    let mut active = active;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        active = refresh_ok(&app, &active).await;
+    }
+    // Unused for longer than REFRESH_IDLE_TIMEOUT: over, and ended for good.
+    refresh_refused(&app, &idle).await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let sessions: Vec<Value> = app
+        .client
+        .get(app.url("/api/auth/sessions"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions.len(), 2, "the idle sign-in is gone: {sessions:?}");
+    let ended = recorded(&app, "session_revoked").await;
+    assert_eq!(ended.len(), 1);
+    assert_eq!(ended[0].detail.as_deref(), Some("idle_timeout"));
 }

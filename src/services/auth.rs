@@ -37,6 +37,8 @@ pub struct AuthSettings {
     pub refresh_ttl: Duration,
     pub reset_ttl: Duration,
     pub password_policy: PasswordPolicy,
+    /// An API sign-in unused for this long is over (automatic log-off).
+    pub refresh_idle: Duration,
     /// How long a rotated refresh token may still be presented by a second
     /// tab before it counts as stolen; zero means strict single use.
     pub refresh_reuse_grace: Duration,
@@ -428,6 +430,21 @@ impl AuthService {
             .map_err(|_| ServiceError::InvalidRefreshToken)?;
         let now = Utc::now();
         let user_id = UserId::new(claims.sub);
+        // Each rotation issues a new token, so `iat` is the sign-in's last
+        // use: past the idle timeout, it ends like an idle portal session.
+        let idle = now.timestamp().saturating_sub(claims.iat);
+        if idle > i64::try_from(self.settings.refresh_idle.as_secs()).unwrap_or(i64::MAX) {
+            let ended = self
+                .store
+                .revoke_refresh_family(&user_id, &claims.fam, now)
+                .await?;
+            if ended > 0 {
+                let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(&user_id);
+                self.audit.record(entry.detail("idle_timeout")).await;
+            }
+            tracing::info!(user_id = %user_id, idle_seconds = idle, "refresh refused: sign-in idle too long");
+            return Err(ServiceError::InvalidRefreshToken);
+        }
         let expires_at =
             DateTime::from_timestamp(claims.exp, 0).ok_or(ServiceError::InvalidRefreshToken)?;
         let child = self
@@ -545,11 +562,26 @@ impl AuthService {
             .tokens
             .verify_access(access_token)
             .map_err(ServiceError::InvalidAccessToken)?;
-        let user = self
-            .store
-            .find_user_by_id(&UserId::new(claims.sub))
-            .await?
-            .ok_or_else(invalid)?;
+        let user_id = UserId::new(claims.sub);
+        // The sign-in the token belongs to must still be alive (ASVS 7.4.1):
+        // signing out of it, ending it from another device, or its
+        // replay-detected revocation ends its access tokens at once. Both
+        // lookups run side by side.
+        let session_alive = async {
+            match &claims.sid {
+                Some(family) => {
+                    self.store
+                        .refresh_family_alive(&user_id, family, Utc::now())
+                        .await
+                }
+                None => Ok(true),
+            }
+        };
+        let (user, alive) = tokio::join!(self.store.find_user_by_id(&user_id), session_alive);
+        let user = user?.ok_or_else(invalid)?;
+        if !alive? {
+            return Err(invalid());
+        }
         if user
             .tokens_valid_after
             .is_some_and(|cut| claims.iat < cut.timestamp())

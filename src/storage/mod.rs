@@ -228,6 +228,15 @@ pub trait RefreshTokenStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Vec<RefreshTokenRecord>>;
 
+    /// Whether the family (one sign-in) of this user still has an active
+    /// token at `now`: the access tokens it issued die with it.
+    async fn refresh_family_alive(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
     /// Revokes every active token of one family of this user; returns how
     /// many (0 when the family is unknown or belongs to someone else).
     async fn revoke_refresh_family(

@@ -751,6 +751,25 @@ impl RefreshTokenStore for MongoStore {
         Ok(docs.into_iter().map(RefreshTokenRecord::from).collect())
     }
 
+    async fn refresh_family_alive(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        Ok(self
+            .refresh_tokens
+            .find_one(doc! {
+                "user_id": user_id.as_str(),
+                "family_id": family_id,
+                "revoked": false,
+                "expires_at": { "$gt": bson_date(now) },
+            })
+            .await
+            .map_err(map_err)?
+            .is_some())
+    }
+
     async fn revoke_refresh_family(
         &self,
         user_id: &UserId,

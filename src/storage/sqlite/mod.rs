@@ -518,6 +518,25 @@ impl RefreshTokenStore for SqliteStore {
         rows.into_iter().map(RefreshTokenRecord::try_from).collect()
     }
 
+    async fn refresh_family_alive(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let (alive,): (bool,) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
+             WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
+        )
+        .bind(user_id.as_str())
+        .bind(family_id)
+        .bind(millis(now))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(alive)
+    }
+
     async fn revoke_refresh_family(
         &self,
         user_id: &UserId,

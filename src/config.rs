@@ -702,11 +702,17 @@ mod tests {
             (vec![("PORT", "70000")], "PORT"),
             (vec![("JWT_ACCESS_EXPIRES", "soon")], "JWT_ACCESS_EXPIRES"),
             (vec![("JWT_REFRESH_EXPIRES", "1m")], "JWT_REFRESH_EXPIRES"),
-            (vec![("REFRESH_IDLE_TIMEOUT", "10m")], "REFRESH_IDLE_TIMEOUT"),
+            (
+                vec![("REFRESH_IDLE_TIMEOUT", "10m")],
+                "REFRESH_IDLE_TIMEOUT",
+            ),
             (vec![("REFRESH_REUSE_GRACE", "2m")], "REFRESH_REUSE_GRACE"),
             (vec![("LOGIN_MAX_FAILURES", "0")], "LOGIN_MAX_FAILURES"),
             (vec![("LOGIN_LOCKOUT_MAX", "10s")], "LOGIN_LOCKOUT_MAX"),
-            (vec![("REQUIRE_VERIFIED_EMAIL", "maybe")], "REQUIRE_VERIFIED_EMAIL"),
+            (
+                vec![("REQUIRE_VERIFIED_EMAIL", "maybe")],
+                "REQUIRE_VERIFIED_EMAIL",
+            ),
             (
                 vec![("MAIL_TLS", "maybe"), ("MAIL_SERVER", "smtp.example.com")],
                 "MAIL_TLS",

@@ -142,15 +142,17 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         .unwrap()
         .to_owned();
 
-    let res = from_desk(http.post(app.url("/api/auth/logout")), "rid-logout")
-        .header("cookie", format!("refresh_token={second_refresh}"))
+    // Sign out everywhere first: it needs a live access token, and the
+    // logout below ends the session this one belongs to.
+    let res = from_desk(http.post(app.url("/api/auth/logout-all")), "rid-all")
+        .bearer_auth(&fresh_access)
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
-    let res = from_desk(http.post(app.url("/api/auth/logout-all")), "rid-all")
-        .bearer_auth(&fresh_access)
+    let res = from_desk(http.post(app.url("/api/auth/logout")), "rid-logout")
+        .header("cookie", format!("refresh_token={second_refresh}"))
         .send()
         .await
         .unwrap();
@@ -206,8 +208,8 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         ),
         ("rid-refresh", AuditEvent::Refresh, me, None),
         ("rid-change", AuditEvent::PasswordChanged, me, None),
-        ("rid-logout", AuditEvent::Logout, me, None),
         ("rid-all", AuditEvent::LogoutAll, me, None),
+        ("rid-logout", AuditEvent::Logout, me, None),
         (
             "rid-forgot",
             AuditEvent::PasswordResetRequested,

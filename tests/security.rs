@@ -22,6 +22,7 @@ backend_tests!(
     verification_page_confirms_the_address,
     signing_out_of_a_session_ends_its_access_tokens,
     an_idle_api_sign_in_is_signed_out,
+    wrong_current_passwords_count_towards_the_lock,
 );
 
 const SESSION_ENDED: &str = "A Clinic Auth session was ended";
@@ -571,4 +572,36 @@ async fn an_idle_api_sign_in_is_signed_out(backend: Backend) {
     let ended = recorded(&app, "session_revoked").await;
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].detail.as_deref(), Some("idle_timeout"));
+}
+
+async fn wrong_current_passwords_count_towards_the_lock(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("LOGIN_MAX_FAILURES", "2")]).await;
+    app.register("jane@example.com").await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let change = |current: &'static str| {
+        app.client
+            .post(app.url("/api/auth/change-password"))
+            .bearer_auth(&access)
+            .json(&json!({"current_password": current, "new_password": "N3w!Passphrase-2026"}))
+            .send()
+    };
+    // A stolen access token cannot be used to guess the password.
+    for _ in 0..2 {
+        let res = change("Wr0ng!Password99").await.unwrap();
+        expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    let res = change(PASSWORD).await.unwrap();
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "account_locked").await;
+    // It is the account's lock: sign-in is paused too, and the owner told.
+    expect_locked(login(&app, "jane@example.com", PASSWORD).await).await;
+    wait_for_subject(&app.outbox(), LOCKED, 1).await;
+    let failures = recorded(&app, "login_failure").await;
+    assert_eq!(
+        failures
+            .iter()
+            .filter(|r| r.detail.as_deref() == Some("change_password"))
+            .count(),
+        2
+    );
 }

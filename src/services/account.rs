@@ -239,13 +239,31 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(ServiceError::Validation(errors));
         }
+        // The current password is a credential check like a sign-in: the
+        // same per-email lock applies (ASVS 6.3.4), so a stolen access token
+        // cannot be used to guess it, and a wrong one is a login_failure.
+        let key = super::lockout::key_of(&user.email);
+        let throttle = self.store().login_throttle(&key).await?;
+        if let Some(retry_after) = super::lockout::remaining(throttle.as_ref(), Utc::now()) {
+            return Err(ServiceError::AccountLocked { retry_after });
+        }
         if self
             .passwords()
             .verify(current_password, &user.password_hash)
             .await?
             == Verification::Invalid
         {
+            let entry = AuditEntry::new(AuditEvent::LoginFailure, client)
+                .user(&user.id)
+                .email(user.email.as_str())
+                .detail("change_password");
+            self.audit().record(entry).await;
+            self.count_failure(&key, user.email.as_str(), Some(user), client)
+                .await?;
             return Err(ServiceError::WrongCurrentPassword);
+        }
+        if throttle.is_some() {
+            self.store().clear_login_throttle(&key).await?;
         }
         let hash = self.passwords().hash(new_password).await?;
         self.store()

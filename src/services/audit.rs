@@ -179,6 +179,23 @@ async fn write_batches(store: Arc<dyn AuditStore>, mut rx: mpsc::Receiver<Comman
             };
         }
         append_until_stored(store.as_ref(), &batch).await;
+        // A copy of each stored event on the log stream (target `audit`), so
+        // shipping stdout to a central system copies the trail off the host
+        // (ASVS 16.4.3); the database copy stays the tamper-evident one.
+        for event in &batch {
+            tracing::info!(
+                target: "audit",
+                event = event.event.as_str(),
+                outcome = event.outcome.as_str(),
+                time = %event.time.to_rfc3339(),
+                user_id = event.user_id.as_deref(),
+                email = event.email.as_deref(),
+                ip = event.ip.as_deref(),
+                request_id = event.request_id.as_deref(),
+                detail = event.detail.as_deref(),
+                "audit event stored"
+            );
+        }
         batch.clear();
         for ack in waiting.drain(..) {
             let _ = ack.send(());

@@ -299,7 +299,7 @@ impl AuthService {
     /// Counts a failed sign-in against the submitted email and starts a lock
     /// when it reaches the limit. The owner of an existing account hears
     /// about each lock once, from whichever request started it.
-    async fn count_failure(
+    pub(super) async fn count_failure(
         &self,
         key: &TokenHash,
         submitted_email: &str,
@@ -541,10 +541,13 @@ impl AuthService {
     pub async fn logout(&self, presented: Option<&str>, client: &ClientContext) -> Result<()> {
         if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
             if let Ok(claims) = self.tokens.verify_refresh(raw) {
-                self.store
-                    .revoke_refresh_token(&TokenHash::of(raw), Utc::now())
-                    .await?;
+                // The whole sign-in ends, not just this token: a second tab's
+                // sibling (REFRESH_REUSE_GRACE) and the access tokens it
+                // issued (their `sid`) go with it.
                 let user_id = UserId::new(claims.sub);
+                self.store
+                    .revoke_refresh_family(&user_id, &claims.fam, Utc::now())
+                    .await?;
                 let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
                 self.audit.record(entry).await;
             }

@@ -409,7 +409,7 @@ pub struct ChangePasswordRequest {
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 429, description = "Rate limited (`rate_limited`), or too many wrong current passwords for this account (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
         (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]

@@ -646,6 +646,16 @@ pub async fn change_password(
             form_state.error("current_password", "Your current password is not correct.");
             StatusCode::UNAUTHORIZED
         }
+        Err(ServiceError::AccountLocked { retry_after }) => {
+            form_state.error(
+                "current_password",
+                format!(
+                    "Too many wrong passwords for this account. Try again in {}.",
+                    crate::error::wait_in_words(crate::error::ceil_secs(retry_after))
+                ),
+            );
+            StatusCode::TOO_MANY_REQUESTS
+        }
         Err(ServiceError::Validation(errors)) => {
             form_state.field_errors(errors);
             StatusCode::UNPROCESSABLE_ENTITY

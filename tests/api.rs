@@ -1079,17 +1079,7 @@ async fn sessions_api_lists_and_ends_sessions(backend: Backend) {
     let (johns_access, _) = app.login("john@example.com", PASSWORD).await;
     let list = |token: String| {
         let app = &app;
-        async move {
-            let res = app
-                .client
-                .get(app.url("/api/auth/sessions"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::OK);
-            res.json::<Vec<Value>>().await.unwrap()
-        }
+        async move { app.sessions(&token).await }
     };
     let sessions = list(access.clone()).await;
     assert_eq!(sessions.len(), 2, "{sessions:?}");
@@ -1181,16 +1171,7 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
             .as_str()
             .unwrap()
             .to_owned();
-        let sessions: Vec<Value> = app
-            .client
-            .get(app.url("/api/auth/sessions"))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sessions = app.sessions(&access).await;
         let recorded = sessions[0]["ip_address"].as_str().unwrap();
         assert_eq!(
             recorded,

@@ -340,22 +340,8 @@ async fn reset_and_session_revocation_are_recorded(backend: Backend) {
     let user = app.register("jane@example.com").await;
     let (access, _) = app.login("jane@example.com", PASSWORD).await;
     app.login("jane@example.com", PASSWORD).await;
-    let sessions: Value = app
-        .client
-        .get(app.url("/api/auth/sessions"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let other = sessions
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["current"] == false)
-        .unwrap()["id"]
+    let sessions = app.sessions(&access).await;
+    let other = sessions.iter().find(|s| s["current"] == false).unwrap()["id"]
         .as_str()
         .unwrap()
         .to_owned();

@@ -507,16 +507,7 @@ async fn signing_out_of_a_session_ends_its_access_tokens(backend: Backend) {
 
     // Ending a session from another device ends its access tokens too.
     let (third_access, _) = app.login("jane@example.com", PASSWORD).await;
-    let sessions: Vec<Value> = app
-        .client
-        .get(app.url("/api/auth/sessions"))
-        .bearer_auth(&other_access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions = app.sessions(&other_access).await;
     let third = sessions
         .iter()
         .find(|s| s["current"] == false)
@@ -558,16 +549,7 @@ async fn an_idle_api_sign_in_is_signed_out(backend: Backend) {
     // Unused for longer than REFRESH_IDLE_TIMEOUT: over, and ended for good.
     refresh_refused(&app, &idle).await;
     let (access, _) = app.login("jane@example.com", PASSWORD).await;
-    let sessions: Vec<Value> = app
-        .client
-        .get(app.url("/api/auth/sessions"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sessions = app.sessions(&access).await;
     assert_eq!(sessions.len(), 2, "the idle sign-in is gone: {sessions:?}");
     let ended = recorded(&app, "session_revoked").await;
     assert_eq!(ended.len(), 1);

@@ -667,14 +667,8 @@ impl RefreshTokenStore for MongoStore {
             }
         }
         let revoked = self
-            .refresh_tokens
-            .update_many(
-                doc! { "family_id": &old.family_id, "revoked": false },
-                doc! { "$set": { "revoked": true, "revoked_at": now_b } },
-            )
-            .await
-            .map_err(map_err)?
-            .modified_count;
+            .revoke_refresh_family(&old.user_id, &old.family_id, now)
+            .await?;
         Ok(Rotation::ReuseDetected {
             token: old,
             revoked,

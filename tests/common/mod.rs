@@ -210,6 +210,19 @@ impl TestApp {
             .unwrap()
     }
 
+    /// GET /api/auth/sessions with `access`, expecting 200.
+    pub async fn sessions(&self, access: &str) -> Vec<Value> {
+        let res = self
+            .client
+            .get(self.url("/api/auth/sessions"))
+            .bearer_auth(access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "GET /api/auth/sessions");
+        res.json().await.unwrap()
+    }
+
     pub async fn me(&self, access: &str) -> Response {
         self.client
             .get(self.url("/api/auth/me"))

@@ -313,34 +313,22 @@ impl UserStore for SqliteStore {
         hash: &PasswordHash,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
+        let update = sqlx::query("UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?")
             .bind(hash.expose())
-            .bind(millis(now))
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+            .bind(millis(now));
+        self.update_user(update, id).await
     }
 
     async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?")
-            .bind(millis(at))
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        let update =
+            sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?").bind(millis(at));
+        self.update_user(update, id).await
     }
 
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
-        let done = sqlx::query("UPDATE users SET verified = 1, updated_at = ? WHERE id = ?")
-            .bind(millis(now))
-            .bind(id.as_str())
-            .execute(&self.writer)
-            .await
-            .map_err(map_err)?;
-        Ok(done.rows_affected() == 1)
+        let update = sqlx::query("UPDATE users SET verified = 1, updated_at = ? WHERE id = ?")
+            .bind(millis(now));
+        self.update_user(update, id).await
     }
 
     async fn set_user_role(
@@ -350,16 +338,29 @@ impl UserStore for SqliteStore {
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let update = sqlx::query(
             "UPDATE users SET role = ?, tokens_valid_after = ?, updated_at = ? WHERE id = ?",
         )
         .bind(role.as_str())
         .bind(millis(cut))
-        .bind(millis(now))
-        .bind(id.as_str())
-        .execute(&self.writer)
-        .await
-        .map_err(map_err)?;
+        .bind(millis(now));
+        self.update_user(update, id).await
+    }
+}
+
+impl SqliteStore {
+    /// Runs an `UPDATE users … WHERE id = ?` given every parameter but the
+    /// last; false when no user has that id.
+    async fn update_user<'q>(
+        &self,
+        update: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        id: &'q UserId,
+    ) -> StoreResult<bool> {
+        let done = update
+            .bind(id.as_str())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
     }
 }

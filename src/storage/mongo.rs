@@ -605,6 +605,13 @@ impl RefreshTokenStore for MongoStore {
     ) -> StoreResult<Rotation> {
         self.indexes.ensure().await?;
         let now_b = bson_date(now);
+        // The child goes in before the parent is retired, so from the moment
+        // a token counts as rotated its replacement exists: a second tab
+        // racing this one (inside the reuse grace) then finds the family
+        // alive, where insert-after-retire showed it a family with no live
+        // token and refused it. A loser removes its child again. A crash in
+        // between leaves an extra child nobody holds, which expires.
+        self.insert_refresh_token(replacement).await?;
         // The single-document update is the whole guard against concurrent
         // use: of several callers, only one matches `revoked: false`.
         let retired = self
@@ -625,15 +632,14 @@ impl RefreshTokenStore for MongoStore {
             .await
             .map_err(map_err)?;
         if let Some(retired) = retired {
-            // Without a transaction the old token stays retired if this
-            // insert fails. That fails closed (the client signs in again);
-            // putting the old token back could revive it after a concurrent
-            // "revoke all".
-            self.insert_refresh_token(replacement).await?;
             let retired = RefreshTokenRecord::from(retired);
             let owner = self.find_user_by_id(&retired.user_id).await?;
             return Ok(Rotation::Rotated(Rotated { retired, owner }));
         }
+        self.refresh_tokens
+            .delete_one(doc! { "jti": &replacement.jti })
+            .await
+            .map_err(map_err)?;
         let Some(old) = self.find_refresh_token(old_hash).await? else {
             return Ok(Rotation::Rejected);
         };

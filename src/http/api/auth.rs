@@ -287,7 +287,8 @@ pub async fn refresh(
     }
 }
 
-/// Sign out: revokes the refresh token and clears the cookie.
+/// Sign out: ends the sign-in (its refresh-token family, and with it the
+/// access tokens it issued) and clears the cookie.
 #[utoipa::path(
     post, path = "/api/auth/logout", tag = "auth",
     security((), ("refresh_cookie" = [])),

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::responses::{RateLimited, Unavailable};
 use crate::domain::{AuditEvent, AuditOutcome, AuditRecord, FieldError};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::AdminUser;
@@ -101,8 +102,8 @@ pub struct AuditPageResponse {
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody),
         (status = 403, description = "Signed in without the admin role (`forbidden`)", body = ErrorBody),
         (status = 422, description = "A filter value is not acceptable (`validation_failed`, naming it)", body = ErrorBody),
-        (status = 429, description = "Rate limited", body = ErrorBody),
-        (status = 503, description = "Database unavailable", body = ErrorBody),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn audit(

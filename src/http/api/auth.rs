@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::responses::{BodyErrors, RateLimited, Unavailable};
 use crate::domain::{Password, Role, User};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, AuthUser};
@@ -188,12 +189,10 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
         (status = 201, description = "Account created", body = UserResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Email already registered (`email_taken`)", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Validation failed", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn register(
@@ -224,12 +223,10 @@ pub async fn register(
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Validation failed", body = ErrorBody),
         (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this email (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        Unavailable,
     )
 )]
 pub async fn login(
@@ -264,8 +261,8 @@ fn signed_in(cookies: &CookieSettings, jar: CookieJar, outcome: LoginOutcome) ->
     responses(
         (status = 200, description = "New access token; sets a new refresh cookie", body = TokenResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
         (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`); the cookie is cleared", body = ErrorBody, headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn refresh(
@@ -294,8 +291,8 @@ pub async fn refresh(
     security((), ("refresh_cookie" = [])),
     responses(
         (status = 204, description = "Signed out (also when there was no session)", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn logout(
@@ -316,8 +313,8 @@ pub async fn logout(
     responses(
         (status = 200, description = "The user behind the access token", body = UserResponse),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn me(AuthUser(user, _): AuthUser) -> Json<UserResponse> {
@@ -335,11 +332,9 @@ const FORGOT_MESSAGE: &str =
     responses(
         (status = 202, description = "Accepted (always, for any well-formed email)", body = MessageResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "Not an email address", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
     )
 )]
 pub async fn forgot_password(
@@ -364,12 +359,10 @@ pub async fn forgot_password(
     responses(
         (status = 200, description = "Password changed", body = MessageResponse),
         (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn reset_password(
@@ -406,12 +399,10 @@ pub struct ChangePasswordRequest {
         (status = 200, description = "Password changed; a fresh access token for this sign-in", body = TokenResponse),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Bad access token (`invalid_token`, with `WWW-Authenticate`), or wrong current password (`invalid_credentials`)", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
         (status = 429, description = "Rate limited (`rate_limited`), or too many wrong current passwords for this account (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        Unavailable,
     )
 )]
 pub async fn change_password(
@@ -449,8 +440,8 @@ pub async fn change_password(
     responses(
         (status = 200, description = "The user's live sessions, most recently used first", body = Vec<SessionInfo>),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn list_sessions(
@@ -473,8 +464,8 @@ pub async fn list_sessions(
         (status = 204, description = "Ended"),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
         (status = 404, description = "No such session of this user", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn end_session(
@@ -502,8 +493,8 @@ pub async fn end_session(
     responses(
         (status = 204, description = "Signed out everywhere; the refresh cookie is cleared", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn logout_all(

@@ -33,7 +33,7 @@ pub fn router() -> Router<AppState> {
     responses(
         (status = 200, description = "Service and database are up", body = HealthResponse),
         (status = 503, description = "The database cannot be reached", body = HealthResponse),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = crate::error::ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        super::responses::RateLimited,
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod health;
+pub(crate) mod responses;
 pub mod verification;
 
 use axum::Router;

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::{MessageResponse, UserResponse};
+use super::responses::{BodyErrors, RateLimited, Unavailable};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
@@ -40,12 +41,10 @@ pub struct VerifyEmailRequest {
     responses(
         (status = 200, description = "Verified; the user as it now is", body = UserResponse),
         (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
-        (status = 408, description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed", body = ErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
-        (status = 415, description = "Not JSON (`unsupported_media_type`)", body = ErrorBody),
+        BodyErrors,
         (status = 422, description = "The body does not match the schema (`validation_failed`)", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn verify_email(
@@ -66,8 +65,8 @@ pub async fn verify_email(
         (status = 202, description = "A new link is on its way", body = MessageResponse),
         (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
         (status = 409, description = "Already verified (`already_verified`)", body = ErrorBody),
-        (status = 429, description = "Rate limited (`rate_limited`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
-        (status = 503, description = "Database unavailable (`database_unavailable`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        RateLimited,
+        Unavailable,
     )
 )]
 pub async fn resend_verification(

@@ -114,6 +114,47 @@ fn form<T>(
     result.map(|Form(f)| f).map_err(|_| PageError::BadRequest)
 }
 
+/// Puts a refused form's reason where the person looks for it (next to
+/// `field`, or next to each invalid field) and returns the status the JSON
+/// API gives the same failure. What no form can explain becomes an error
+/// page.
+fn explain(form: &mut FormState, field: &str, err: ServiceError) -> Result<StatusCode, PageError> {
+    let (message, status) = match err {
+        ServiceError::Validation(errors) => {
+            form.field_errors(errors);
+            return Ok(StatusCode::UNPROCESSABLE_ENTITY);
+        }
+        ServiceError::InvalidCredentials => (
+            "The email or password is not correct.".to_owned(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ServiceError::WrongCurrentPassword => (
+            "Your current password is not correct.".to_owned(),
+            StatusCode::UNAUTHORIZED,
+        ),
+        ServiceError::AccountLocked { retry_after } => (
+            format!(
+                "Too many failed sign-ins for this email. Try again in {}, or reset your password.",
+                crate::error::wait_in_words(crate::error::ceil_secs(retry_after))
+            ),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        ServiceError::EmailUnverified => (
+            "Confirm your email address first: we have sent you a new link. Open it, then sign in."
+                .to_owned(),
+            StatusCode::FORBIDDEN,
+        ),
+        ServiceError::EmailTaken => (
+            "An account with this email already exists. Sign in, or reset your password."
+                .to_owned(),
+            StatusCode::CONFLICT,
+        ),
+        other => return Err(other.into()),
+    };
+    form.error(field, message);
+    Ok(status)
+}
+
 pub async fn index(portal: Portal) -> Response {
     let to = if portal.data.user_id.is_some() {
         "/account"
@@ -186,32 +227,7 @@ pub async fn login_submit(
             let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to(safe_next(&f.next))).into_response());
         }
-        Err(ServiceError::InvalidCredentials) => {
-            form_state.error("email", "The email or password is not correct.");
-            StatusCode::UNAUTHORIZED
-        }
-        Err(ServiceError::AccountLocked { retry_after }) => {
-            form_state.error(
-                "email",
-                format!(
-                    "Too many failed sign-ins for this email. Try again in {}, or reset your password.",
-                    crate::error::wait_in_words(crate::error::ceil_secs(retry_after))
-                ),
-            );
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        Err(ServiceError::EmailUnverified) => {
-            form_state.error(
-                "email",
-                "Confirm your email address first: we have sent you a new link. Open it, then sign in.",
-            );
-            StatusCode::FORBIDDEN
-        }
-        Err(ServiceError::Validation(errors)) => {
-            form_state.field_errors(errors);
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => explain(&mut form_state, "email", e)?,
     };
     let view = LoginPage {
         layout: layout(&state, &portal, None, None),
@@ -353,18 +369,7 @@ pub async fn register_submit(
             let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to("/account")).into_response());
         }
-        Err(ServiceError::EmailTaken) => {
-            form_state.error(
-                "email",
-                "An account with this email already exists. Sign in, or reset your password.",
-            );
-            StatusCode::CONFLICT
-        }
-        Err(ServiceError::Validation(errors)) => {
-            form_state.field_errors(errors);
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => explain(&mut form_state, "email", e)?,
     };
     let view = RegisterPage {
         layout: layout(&state, &portal, None, None),
@@ -406,19 +411,16 @@ pub async fn forgot_submit(
 ) -> PageResult {
     let f = form(body)?;
     check_csrf(&state, &portal, &f.csrf, &headers)?;
-    match state.auth.forgot_password(&f.email, &client) {
-        Ok(()) => Ok(Redirect::to("/forgot-password?sent=1").into_response()),
-        Err(ServiceError::Validation(errors)) => {
-            let mut form_state = FormState::default().with_value("email", &f.email);
-            form_state.field_errors(errors);
-            let view = ForgotPage {
-                layout: layout(&state, &portal, None, None),
-                form: form_state,
-            };
-            page(StatusCode::UNPROCESSABLE_ENTITY, &view)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let Err(err) = state.auth.forgot_password(&f.email, &client) else {
+        return Ok(Redirect::to("/forgot-password?sent=1").into_response());
+    };
+    let mut form_state = FormState::default().with_value("email", &f.email);
+    let status = explain(&mut form_state, "email", err)?;
+    let view = ForgotPage {
+        layout: layout(&state, &portal, None, None),
+        form: form_state,
+    };
+    page(status, &view)
 }
 
 fn reset_invalid(state: &AppState, portal: &Portal) -> PageResult {
@@ -469,24 +471,22 @@ pub async fn reset_submit(
             .reset_password(&f.token, &Password::new(f.password), &client)
             .await
     };
-    match result {
-        Ok(()) => Ok(Redirect::to("/login?reset=1").into_response()),
-        Err(ServiceError::InvalidResetToken) => reset_invalid(&state, &portal),
-        Err(ServiceError::Validation(errors)) => {
-            let mut form_state = FormState::default();
-            form_state.field_errors(errors);
-            let view = ResetPage {
-                layout: layout(&state, &portal, None, None),
-                form: form_state,
-                token: f.token,
-                rules: PasswordRules {
-                    min_length: state.portal.min_password_length,
-                },
-            };
-            page(StatusCode::UNPROCESSABLE_ENTITY, &view)
-        }
-        Err(e) => Err(e.into()),
-    }
+    let err = match result {
+        Ok(()) => return Ok(Redirect::to("/login?reset=1").into_response()),
+        Err(ServiceError::InvalidResetToken) => return reset_invalid(&state, &portal),
+        Err(err) => err,
+    };
+    let mut form_state = FormState::default();
+    let status = explain(&mut form_state, "password", err)?;
+    let view = ResetPage {
+        layout: layout(&state, &portal, None, None),
+        form: form_state,
+        token: f.token,
+        rules: PasswordRules {
+            min_length: state.portal.min_password_length,
+        },
+    };
+    page(status, &view)
 }
 
 // ----- email verification -----
@@ -642,25 +642,7 @@ pub async fn change_password(
             )
             .await
         }
-        Err(ServiceError::WrongCurrentPassword) => {
-            form_state.error("current_password", "Your current password is not correct.");
-            StatusCode::UNAUTHORIZED
-        }
-        Err(ServiceError::AccountLocked { retry_after }) => {
-            form_state.error(
-                "current_password",
-                format!(
-                    "Too many wrong passwords for this account. Try again in {}.",
-                    crate::error::wait_in_words(crate::error::ceil_secs(retry_after))
-                ),
-            );
-            StatusCode::TOO_MANY_REQUESTS
-        }
-        Err(ServiceError::Validation(errors)) => {
-            form_state.field_errors(errors);
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
-        Err(e) => return Err(e.into()),
+        Err(e) => explain(&mut form_state, "current_password", e)?,
     };
     let view = account_view(&state, &signed_in, form_state, None).await?;
     page(status, &view)

@@ -440,13 +440,7 @@ async fn logout_revokes_and_clears_cookie(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("jane@example.com").await;
     let (_, token) = app.login("jane@example.com", PASSWORD).await;
-    let res = app
-        .client
-        .post(app.url("/api/auth/logout"))
-        .header("cookie", format!("refresh_token={token}"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout_with(&token).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let (value, line) = set_cookie(res.headers(), "refresh_token").unwrap();
     assert!(

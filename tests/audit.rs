@@ -158,24 +158,17 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
-    let res = from_desk(
-        http.post(app.url("/api/auth/forgot-password")),
-        "rid-forgot",
-    )
-    .json(&json!({"email": "jane@example.com"}))
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let res = from_desk(
-        http.post(app.url("/api/auth/forgot-password")),
-        "rid-forgot-x",
-    )
-    .json(&json!({"email": "nobody@example.com"}))
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    for (email, request_id) in [
+        ("jane@example.com", "rid-forgot"),
+        ("nobody@example.com", "rid-forgot-x"),
+    ] {
+        let res = from_desk(http.post(app.url("/api/auth/forgot-password")), request_id)
+            .json(&json!({"email": email}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
 
     let store = app.store().await;
     let events = wait_for_events(&app, &store, 10).await;

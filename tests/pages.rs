@@ -87,6 +87,19 @@ fn location(res: &Response) -> String {
         .unwrap_or_default()
 }
 
+/// Posts a form that must answer with a redirect (Post/Redirect/Get);
+/// returns where to.
+async fn post_redirect(
+    app: &TestApp,
+    client: &Client,
+    path: &str,
+    fields: &[(&str, &str)],
+) -> String {
+    let res = post_form(app, client, path, fields).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "POST {path}");
+    location(&res)
+}
+
 /// Signs a browser in through the login form.
 async fn sign_in(app: &TestApp, client: &Client, email: &str, password: &str) -> Response {
     let csrf = page_csrf(app, client, "/login").await;
@@ -330,19 +343,22 @@ async fn login_errors_and_safe_next(backend: Backend) {
     ] {
         let client = browser();
         let csrf = page_csrf(&app, &client, "/login").await;
-        let res = post_form(
-            &app,
-            &client,
-            "/login",
-            &[
-                ("csrf", &csrf),
-                ("email", "jane@example.com"),
-                ("password", PASSWORD),
-                ("next", next),
-            ],
-        )
-        .await;
-        assert_eq!(location(&res), expected, "next={next}");
+        assert_eq!(
+            post_redirect(
+                &app,
+                &client,
+                "/login",
+                &[
+                    ("csrf", &csrf),
+                    ("email", "jane@example.com"),
+                    ("password", PASSWORD),
+                    ("next", next),
+                ],
+            )
+            .await,
+            expected,
+            "next={next}"
+        );
     }
 }
 
@@ -514,14 +530,16 @@ async fn account_lists_and_ends_other_sessions(backend: Backend) {
     // End the office browser's session from the front desk.
     let office_id = others.iter().find(|id| id.starts_with("web_")).unwrap();
     let csrf = csrf_of(&html);
-    let res = post_form(
-        &app,
-        &front_desk,
-        "/account/sessions/end",
-        &[("csrf", &csrf), ("session", office_id)],
-    )
-    .await;
-    assert_eq!(location(&res), "/account");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &front_desk,
+            "/account/sessions/end",
+            &[("csrf", &csrf), ("session", office_id)],
+        )
+        .await,
+        "/account"
+    );
     assert!(get(&app, &front_desk, "/account")
         .await
         .text()
@@ -535,24 +553,28 @@ async fn account_lists_and_ends_other_sessions(backend: Backend) {
     );
 
     // Ending someone else's (or a made-up) handle does nothing.
-    let res = post_form(
-        &app,
-        &front_desk,
-        "/account/sessions/end",
-        &[("csrf", &csrf), ("session", "web_deadbeef")],
-    )
-    .await;
-    assert_eq!(location(&res), "/account");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &front_desk,
+            "/account/sessions/end",
+            &[("csrf", &csrf), ("session", "web_deadbeef")],
+        )
+        .await,
+        "/account"
+    );
 
     // Sign out everywhere: this browser and the API too.
-    let res = post_form(
-        &app,
-        &front_desk,
-        "/account/sessions/end-all",
-        &[("csrf", &csrf)],
-    )
-    .await;
-    assert_eq!(location(&res), "/login?signed_out=1");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &front_desk,
+            "/account/sessions/end-all",
+            &[("csrf", &csrf)],
+        )
+        .await,
+        "/login?signed_out=1"
+    );
     assert_eq!(
         get(&app, &front_desk, "/account").await.status(),
         StatusCode::SEE_OTHER
@@ -606,19 +628,21 @@ async fn change_password_keeps_only_this_session(backend: Backend) {
     .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 
-    let res = post_form(
-        &app,
-        &here,
-        "/account/password",
-        &[
-            ("csrf", &csrf),
-            ("current_password", PASSWORD),
-            ("new_password", new_password),
-            ("password_confirm", new_password),
-        ],
-    )
-    .await;
-    assert_eq!(location(&res), "/account");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &here,
+            "/account/password",
+            &[
+                ("csrf", &csrf),
+                ("current_password", PASSWORD),
+                ("new_password", new_password),
+                ("password_confirm", new_password),
+            ],
+        )
+        .await,
+        "/account"
+    );
     let html = get(&app, &here, "/account").await.text().await.unwrap();
     assert!(html.contains("Your password has been changed"));
     assert!(session_ids(&html).is_empty(), "every other session ended");
@@ -641,14 +665,16 @@ async fn page_reset_flow_and_bad_links(backend: Backend) {
     let (_, api_refresh) = app.login("jane@example.com", PASSWORD).await;
     let client = browser();
     let csrf = page_csrf(&app, &client, "/forgot-password").await;
-    let res = post_form(
-        &app,
-        &client,
-        "/forgot-password",
-        &[("csrf", &csrf), ("email", "jane@example.com")],
-    )
-    .await;
-    assert_eq!(location(&res), "/forgot-password?sent=1");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &client,
+            "/forgot-password",
+            &[("csrf", &csrf), ("email", "jane@example.com")],
+        )
+        .await,
+        "/forgot-password?sent=1"
+    );
     let res = post_form(
         &app,
         &client,
@@ -692,19 +718,21 @@ async fn page_reset_flow_and_bad_links(backend: Backend) {
         StatusCode::UNPROCESSABLE_ENTITY,
         "mismatch keeps the link usable"
     );
-    let res = post_form(
-        &app,
-        &client,
-        "/reset-password",
-        &[
-            ("csrf", &csrf),
-            ("token", &token),
-            ("password", new_password),
-            ("password_confirm", new_password),
-        ],
-    )
-    .await;
-    assert_eq!(location(&res), "/login?reset=1");
+    assert_eq!(
+        post_redirect(
+            &app,
+            &client,
+            "/reset-password",
+            &[
+                ("csrf", &csrf),
+                ("token", &token),
+                ("password", new_password),
+                ("password_confirm", new_password),
+            ],
+        )
+        .await,
+        "/login?reset=1"
+    );
     assert!(get(&app, &client, "/login?reset=1")
         .await
         .text()

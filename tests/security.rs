@@ -128,13 +128,7 @@ async fn replay_within_the_grace_window_gets_a_sibling(backend: Backend) {
     // A family that was signed out gives nothing back, grace or not.
     let (_, ended) = app.login("jane@example.com", PASSWORD).await;
     let child = refresh_ok(&app, &ended).await;
-    let res = app
-        .client
-        .post(app.url("/api/auth/logout"))
-        .header("cookie", format!("refresh_token={child}"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout_with(&child).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     refresh_refused(&app, &ended).await;
     assert!(read_emails(&app.outbox())
@@ -488,13 +482,7 @@ async fn signing_out_of_a_session_ends_its_access_tokens(backend: Backend) {
     let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
     let (other_access, _) = app.login("jane@example.com", PASSWORD).await;
     assert_eq!(app.me(&access).await.status(), StatusCode::OK);
-    let res = app
-        .client
-        .post(app.url("/api/auth/logout"))
-        .header("cookie", format!("refresh_token={refresh}"))
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout_with(&refresh).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     // Not in up to 15 minutes: now. Other sign-ins are untouched.
     expect_error(

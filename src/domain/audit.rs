@@ -149,8 +149,8 @@ pub struct NewAuditEvent {
     pub detail: Option<String>,
 }
 
-/// A stored record of the chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored record of the chain, as the admin API shows it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// 1, 2, 3...: consecutive, so a removed record leaves a visible gap.
     pub seq: u64,
@@ -158,9 +158,11 @@ pub struct AuditRecord {
     pub event: AuditEvent,
     pub outcome: AuditOutcome,
     pub user_id: Option<String>,
+    /// The email the request named (e.g. the attempted one of a failed login).
     pub email: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The `X-Request-Id` of the request that caused it.
     pub request_id: Option<String>,
     pub detail: Option<String>,
     pub prev_hash: String,

@@ -223,6 +223,16 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// POST /api/auth/logout with `token` as the refresh cookie.
+    pub async fn logout_with(&self, token: &str) -> Response {
+        self.client
+            .post(self.url("/api/auth/logout"))
+            .header("cookie", format!("refresh_token={token}"))
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn me(&self, access: &str) -> Response {
         self.client
             .get(self.url("/api/auth/me"))

@@ -9,7 +9,7 @@ use serde::Serialize;
 use utoipa::{IntoParams, ToSchema};
 
 use super::responses::{RateLimited, Unavailable};
-use crate::domain::{AuditEvent, AuditOutcome, AuditRecord, FieldError};
+use crate::domain::{AuditEvent, AuditRecord, FieldError};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::AdminUser;
 use crate::http::AppState;
@@ -44,49 +44,10 @@ pub struct AuditFilters {
     cursor: Option<String>,
 }
 
-/// One record of the audit trail.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct AuditEventResponse {
-    /// Position in the chain: 1, 2, 3...
-    pub seq: u64,
-    pub time: DateTime<Utc>,
-    pub event: AuditEvent,
-    pub outcome: AuditOutcome,
-    pub user_id: Option<String>,
-    /// The email the request named (e.g. the attempted one of a failed login).
-    pub email: Option<String>,
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-    /// The `X-Request-Id` of the request that caused it.
-    pub request_id: Option<String>,
-    pub detail: Option<String>,
-    pub prev_hash: String,
-    pub hash: String,
-}
-
-impl From<AuditRecord> for AuditEventResponse {
-    fn from(r: AuditRecord) -> Self {
-        Self {
-            seq: r.seq,
-            time: r.time,
-            event: r.event,
-            outcome: r.outcome,
-            user_id: r.user_id,
-            email: r.email,
-            ip: r.ip,
-            user_agent: r.user_agent,
-            request_id: r.request_id,
-            detail: r.detail,
-            prev_hash: r.prev_hash,
-            hash: r.hash,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct AuditPageResponse {
     /// Newest first.
-    pub events: Vec<AuditEventResponse>,
+    pub events: Vec<AuditRecord>,
     /// Pass as `cursor` for the next page; null on the last page.
     pub next: Option<String>,
 }
@@ -121,7 +82,7 @@ pub async fn audit(
     let query = parse_filters(&pairs).map_err(ApiError::validation)?;
     let page = state.admin.audit_page(query).await?;
     Ok(Json(AuditPageResponse {
-        events: page.events.into_iter().map(Into::into).collect(),
+        events: page.events,
         next: page.next.map(|seq| seq.to_string()),
     }))
 }

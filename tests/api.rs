@@ -540,12 +540,7 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
 async fn reset_token_is_single_use_and_checked(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("jane@example.com").await;
-    app.post_json(
-        "/api/auth/forgot-password",
-        json!({"email": "jane@example.com"}),
-    )
-    .await;
-    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let token = app.reset_token_for("jane@example.com").await;
     let ok = app
         .post_json(
             "/api/auth/reset-password",
@@ -602,12 +597,7 @@ async fn reset_token_is_single_use_and_checked(backend: Backend) {
 async fn weak_new_password_keeps_the_reset_link(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("jane@example.com").await;
-    app.post_json(
-        "/api/auth/forgot-password",
-        json!({"email": "jane@example.com"}),
-    )
-    .await;
-    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let token = app.reset_token_for("jane@example.com").await;
     for weak in ["short", "password1234", "jane@example.com-x"] {
         let res = app
             .post_json(

@@ -349,12 +349,7 @@ async fn reset_and_session_revocation_are_recorded(backend: Backend) {
     .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
-    app.post_json(
-        "/api/auth/forgot-password",
-        json!({"email": "jane@example.com"}),
-    )
-    .await;
-    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let token = app.reset_token_for("jane@example.com").await;
     let res = from_desk(
         app.client.post(app.url("/api/auth/reset-password")),
         "rid-reset",

@@ -42,6 +42,14 @@ async fn recorded(app: &TestApp, event: &str) -> Vec<clinic_auth::domain::AuditR
         .collect()
 }
 
+/// Exactly one email with that subject went out, to `to`, saying `says`.
+async fn one_email(app: &TestApp, subject: &str, to: &str, says: &str) {
+    let emails = wait_for_subject(&app.outbox(), subject, 1).await;
+    assert_eq!(emails.len(), 1, "{subject}");
+    assert!(emails[0].to.contains(to), "{}", emails[0].to);
+    assert!(emails[0].text.contains(says), "{}", emails[0].text);
+}
+
 fn link_token(email: &Email, page: &str) -> String {
     let marker = format!("http://localhost:8000/{page}?token=");
     let start = email.text.find(&marker).expect("the link is in the text") + marker.len();
@@ -90,12 +98,13 @@ async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
     )
     .await;
     // The owner is told, once.
-    let emails = wait_for_subject(&app.outbox(), SESSION_ENDED, 1).await;
-    assert_eq!(emails.len(), 1);
-    assert!(emails[0].to.contains("jane@example.com"));
-    assert!(emails[0]
-        .text
-        .contains("ended that session for your safety"));
+    one_email(
+        &app,
+        SESSION_ENDED,
+        "jane@example.com",
+        "ended that session for your safety",
+    )
+    .await;
     // The other device's family is untouched.
     refresh_ok(&app, &other_device).await;
     // The audit trail has the replay, with who and what it ended (the
@@ -215,12 +224,13 @@ async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
     .await;
 
     // The owner hears about the lock once, with the way out.
-    let emails = wait_for_subject(&app.outbox(), LOCKED, 1).await;
-    assert_eq!(emails.len(), 1);
-    assert!(emails[0].to.contains("jane@example.com"));
-    assert!(emails[0]
-        .text
-        .contains("http://localhost:8000/forgot-password"));
+    one_email(
+        &app,
+        LOCKED,
+        "jane@example.com",
+        "http://localhost:8000/forgot-password",
+    )
+    .await;
 
     // The second lock lasts twice as long; the third is capped at the max.
     lock_and_wait_out(&app, "jane@example.com", 4).await;
@@ -297,14 +307,7 @@ async fn a_completed_reset_lifts_the_lock(backend: Backend) {
         expect_locked(login(&app, "jane@example.com", PASSWORD).await).await,
         600
     );
-    let res = app
-        .post_json(
-            "/api/auth/forgot-password",
-            json!({"email": "jane@example.com"}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let token = app.reset_token_for("jane@example.com").await;
     let res = app
         .post_json(
             "/api/auth/reset-password",
@@ -366,12 +369,7 @@ async fn registration_sends_a_verification_link(backend: Backend) {
     .await;
     // A reset link is not a verification link.
     app.register("john@example.com").await;
-    app.post_json(
-        "/api/auth/forgot-password",
-        json!({"email": "john@example.com"}),
-    )
-    .await;
-    let reset = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let reset = app.reset_token_for("john@example.com").await;
     verify_refused(&app, &reset).await;
 }
 

@@ -223,6 +223,26 @@ impl TestApp {
         res.json().await.unwrap()
     }
 
+    /// Asks for a password reset for `email` (an account with no reset
+    /// link out yet) and returns the token from the emailed link.
+    pub async fn reset_token_for(&self, email: &str) -> String {
+        let res = self
+            .post_json("/api/auth/forgot-password", json!({"email": email}))
+            .await;
+        assert_eq!(
+            res.status(),
+            StatusCode::ACCEPTED,
+            "forgot-password {email}"
+        );
+        let emails = wait_for_reset_emails(&self.outbox(), 1).await;
+        emails
+            .iter()
+            .rev()
+            .find(|e| e.to.contains(email))
+            .expect("a reset email to that address")
+            .reset_token()
+    }
+
     /// POST /api/auth/logout with `token` as the refresh cookie.
     pub async fn logout_with(&self, token: &str) -> Response {
         self.client

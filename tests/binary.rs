@@ -1,20 +1,16 @@
 //! The real `clinic-auth` binary: start-up from nothing, configuration
 //! errors, and graceful shutdown on SIGTERM.
 
-use std::net::TcpListener;
+#[path = "support/net.rs"]
+mod net;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
+use net::free_port;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
 
 /// Runs the binary in `dir` with only the given variables (plus PATH).
 fn command(dir: &Path, vars: &[(&str, &str)]) -> Command {

@@ -8,17 +8,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::net::free_port;
 use common::{Backend, TestApp};
 use reqwest::StatusCode;
 use serde_json::json;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An aiosmtpd server storing what it receives in a maildir; killed on drop.
 struct SmtpServer {

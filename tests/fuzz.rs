@@ -10,13 +10,17 @@
 //! operation) and `FUZZ_SEED` (to replay a run; the output prints its seed)
 //! tune it.
 
+#[path = "support/net.rs"]
+mod net;
+
 use std::fs::File;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+
+use net::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
 /// The account the fuzzer signs in with. The same email and password as the
@@ -53,14 +57,6 @@ warnings = { fail-on = ["rate_limited"] }
 /// the OpenAPI example, the rest must be the documented 401s.
 /// change-password comes last: it changes the password to its example.
 const SESSION_ENDERS: [&str; 2] = ["/api/auth/logout-all", "/api/auth/change-password"];
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn schemathesis() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/schemathesis");

@@ -8,6 +8,8 @@
 
 #[path = "support/mongo_server.rs"]
 mod mongo_server;
+#[path = "support/net.rs"]
+mod net;
 
 use std::time::{Duration, Instant};
 

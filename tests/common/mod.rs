@@ -29,6 +29,8 @@ pub enum Backend {
 
 #[path = "../support/mongo_server.rs"]
 pub mod mongo_server;
+#[path = "../support/net.rs"]
+pub mod net;
 
 /// Defines each listed `async fn name(backend: Backend)` as a test once per
 /// backend, so every backend runs the very same suite.

@@ -161,7 +161,7 @@ impl Drop for MongoServer {
 async fn start_on_free_port(dir: &Path, db: &str) -> (Child, u16) {
     let mut last_error = String::new();
     for _ in 0..START_ATTEMPTS {
-        let port = free_port();
+        let port = super::net::free_port();
         match start(dir, db, port).await {
             Ok(child) => return (child, port),
             // Most likely someone took the port between our probe and the
@@ -170,15 +170,6 @@ async fn start_on_free_port(dir: &Path, db: &str) -> (Child, u16) {
         }
     }
     panic!("cannot start nx-27017: {last_error}");
-}
-
-/// A port that was free a moment ago. The small race with other processes
-/// is covered by the retries in [`start_on_free_port`].
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .expect("cannot find a free port")
-        .port()
 }
 
 /// Spawns nx-27017 on `port` and waits until it accepts TCP connections.

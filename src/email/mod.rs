@@ -7,7 +7,7 @@
 
 mod templates;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -122,6 +122,30 @@ impl Mailer for SmtpMailer {
     }
 }
 
+/// Writes one message into the outbox as `<time>-<uuid>.eml`: first under a
+/// hidden `.part` name, then renamed, so a reader never sees half a
+/// message. The directory is created only when missing (it may be removed
+/// while the service runs), not checked on every send.
+fn write_eml(dir: &Path, message: &[u8]) -> anyhow::Result<PathBuf> {
+    let name = format!(
+        "{}-{}.eml",
+        chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
+        uuid::Uuid::new_v4().simple()
+    );
+    let partial = dir.join(format!(".{name}.part"));
+    let path = dir.join(&name);
+    let written = match std::fs::write(&partial, message) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create outbox {}", dir.display()))
+            .and_then(|()| std::fs::write(&partial, message).map_err(Into::into)),
+        other => other.map_err(Into::into),
+    };
+    written.with_context(|| format!("cannot write {}", partial.display()))?;
+    std::fs::rename(&partial, &path)
+        .with_context(|| format!("cannot rename {}", partial.display()))?;
+    Ok(path)
+}
+
 struct OutboxMailer {
     from: Mailbox,
     dir: PathBuf,
@@ -131,22 +155,14 @@ struct OutboxMailer {
 #[async_trait]
 impl Mailer for OutboxMailer {
     async fn send(&self, email: OutgoingEmail) -> anyhow::Result<()> {
-        let message = build_message(&self.from, &email)?;
-        tokio::fs::create_dir_all(&self.dir)
+        let message = build_message(&self.from, &email)?.formatted();
+        let dir = self.dir.clone();
+        // One trip to the blocking pool for the whole write: each tokio::fs
+        // call would be a trip of its own (a registration flood spent more
+        // CPU on those hand-offs than on composing the message).
+        let path = tokio::task::spawn_blocking(move || write_eml(&dir, &message))
             .await
-            .with_context(|| format!("cannot create outbox {}", self.dir.display()))?;
-        let name = format!(
-            "{}-{}.eml",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ"),
-            uuid::Uuid::new_v4().simple()
-        );
-        // Write then rename, so a reader never sees half a message.
-        let partial = self.dir.join(format!(".{name}.part"));
-        let path = self.dir.join(&name);
-        tokio::fs::write(&partial, message.formatted())
-            .await
-            .with_context(|| format!("cannot write {}", partial.display()))?;
-        tokio::fs::rename(&partial, &path).await?;
+            .context("outbox writer stopped")??;
         match (&email.action_url, self.log_links) {
             (Some(url), true) => tracing::info!(
                 to = %email.to.email, file = %path.display(), link = %url.expose_secret(),
@@ -157,5 +173,45 @@ impl Mailer for OutboxMailer {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn outbox_is_created_when_missing_and_keeps_no_partial_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("outbox");
+        let first = write_eml(&dir, b"Subject: one\r\n\r\nbody").unwrap();
+        assert_eq!(std::fs::read(&first).unwrap(), b"Subject: one\r\n\r\nbody");
+        // Removed while the service runs (an operator clearing it): the
+        // next message brings it back instead of failing.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let second = write_eml(&dir, b"Subject: two\r\n\r\nbody").unwrap();
+        let names = entries(&dir);
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with(".eml") && !names[0].starts_with('.'));
+        assert_eq!(second.file_name().unwrap().to_string_lossy(), names[0]);
+    }
+
+    #[test]
+    fn an_unwritable_outbox_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        // A file where the directory should be: neither write nor create works.
+        let dir = root.path().join("outbox");
+        std::fs::write(&dir, b"not a directory").unwrap();
+        let err = format!("{:#}", write_eml(&dir, b"x").unwrap_err());
+        assert!(err.contains("outbox"), "{err}");
     }
 }

@@ -582,11 +582,12 @@ class Bench:
                     env_warm if env_warm is not None else env_run)
         if not server.alive():
             raise RuntimeError(f"{name}: server died during warm-up:\n{server.log_tail()}")
-        rounds = a.rounds if name in ROUNDS and not a.no_baseline else 1
+        bracketed = name in ROUNDS and not a.no_baseline
+        rounds = a.rounds if bracketed else 1
         # Hashing-bound routes: the measured time is cut into rounds, with an
         # argon2id baseline run before, between and after them; each round
         # is compared with the two runs around it.
-        baselines = [self.baseline()] if rounds > 1 else []
+        baselines = [self.baseline()] if bracketed else []
         results, hash_s, cpu, window = [], 0.0, (0.0, 0.0), 0.0
         for i in range(rounds):
             env = dict(env_run or {})
@@ -599,7 +600,7 @@ class Bench:
             cpu1, h1, t1 = server.cpu_times(), server.hash_cpu(), time.perf_counter()
             d = cpu_delta(cpu0, cpu1)
             cpu, hash_s, window = (cpu[0] + d[0], cpu[1] + d[1]), hash_s + h1 - h0, window + t1 - t0
-            if rounds > 1:
+            if bracketed:
                 baselines.append(self.baseline())
         row = summarise(name, merge_wrk(results), expected, connections, server, cpu, window)
         if row["requests"]:

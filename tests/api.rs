@@ -189,8 +189,7 @@ async fn login_sets_access_token_and_refresh_cookie(backend: Backend) {
 async fn login_failures_look_identical(backend: Backend) {
     // Many failures for one email: keep the lockout (tests/security.rs)
     // out of this comparison.
-    let app = TestApp::spawn_with(backend, &[("LOGIN_MAX_FAILURES", "1000")]).await;
-    app.register("jane@example.com").await;
+    let app = TestApp::with_jane(backend, &[("LOGIN_MAX_FAILURES", "1000")]).await;
     let attempt = |email: &'static str| {
         let app = &app;
         async move {
@@ -342,8 +341,7 @@ async fn forged_and_mismatched_tokens_are_rejected(backend: Backend) {
 
 async fn refresh_rotates_and_old_token_dies(backend: Backend) {
     // Strict single use; the grace window has its own tests.
-    let app = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE", "0s")]).await;
-    app.register("jane@example.com").await;
+    let app = TestApp::with_jane(backend, &[("REFRESH_REUSE_GRACE", "0s")]).await;
     let (_, first) = app.login("jane@example.com", PASSWORD).await;
 
     let res = app.refresh_with(&first).await;
@@ -394,8 +392,7 @@ async fn refresh_rotates_and_old_token_dies(backend: Backend) {
 
 async fn concurrent_refresh_has_one_winner(backend: Backend) {
     // REFRESH_REUSE_GRACE=0s is strict single use: one winner among tabs.
-    let app = TestApp::spawn_with(backend, &[("REFRESH_REUSE_GRACE", "0s")]).await;
-    app.register("jane@example.com").await;
+    let app = TestApp::with_jane(backend, &[("REFRESH_REUSE_GRACE", "0s")]).await;
     let (_, token) = app.login("jane@example.com", PASSWORD).await;
     let attempts = (0..8).map(|_| app.refresh_with(&token));
     let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
@@ -447,12 +444,7 @@ async fn logout_revokes_and_clears_cookie(backend: Backend) {
         value.is_empty() && line.contains("Max-Age=0") && line.contains("Path=/api/auth"),
         "{line}"
     );
-    expect_error(
-        app.refresh_with(&token).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_refresh_token",
-    )
-    .await;
+    app.refresh_refused(&token).await;
 
     let res = app
         .client
@@ -502,12 +494,7 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
     let token = email.reset_token();
 
     let new_password = "N3w!Passphrase-2026";
-    let res = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": token, "password": new_password}),
-        )
-        .await;
+    let res = app.reset_password(&token, new_password).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.json::<Value>().await.unwrap()["message"].is_string());
 
@@ -519,12 +506,7 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
         .await;
     expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
     app.login("jane@example.com", new_password).await;
-    expect_error(
-        app.refresh_with(&refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_refresh_token",
-    )
-    .await;
+    app.refresh_refused(&refresh).await;
     assert_eq!(
         app.me(&access).await.status(),
         StatusCode::UNAUTHORIZED,
@@ -541,27 +523,12 @@ async fn reset_token_is_single_use_and_checked(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("jane@example.com").await;
     let token = app.reset_token_for("jane@example.com").await;
-    let ok = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": token, "password": "N3w!Passphrase-2026"}),
-        )
-        .await;
+    let ok = app.reset_password(&token, "N3w!Passphrase-2026").await;
     assert_eq!(ok.status(), StatusCode::OK);
-    let again = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": token, "password": "An0ther!Passphrase"}),
-        )
-        .await;
+    let again = app.reset_password(&token, "An0ther!Passphrase").await;
     expect_error(again, StatusCode::BAD_REQUEST, "invalid_token").await;
     for bad in ["", "nonsense", &"a".repeat(5000)] {
-        let res = app
-            .post_json(
-                "/api/auth/reset-password",
-                json!({"token": bad, "password": "An0ther!Passphrase"}),
-            )
-            .await;
+        let res = app.reset_password(bad, "An0ther!Passphrase").await;
         expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
     }
 
@@ -578,19 +545,9 @@ async fn reset_token_is_single_use_and_checked(backend: Backend) {
     )
     .await;
     let newer = common::wait_for_reset_emails(&app.outbox(), 3).await[2].reset_token();
-    let res = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": older, "password": "An0ther!Passphrase"}),
-        )
-        .await;
+    let res = app.reset_password(&older, "An0ther!Passphrase").await;
     expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
-    let res = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": newer, "password": "An0ther!Passphrase"}),
-        )
-        .await;
+    let res = app.reset_password(&newer, "An0ther!Passphrase").await;
     assert_eq!(res.status(), StatusCode::OK);
 }
 
@@ -599,21 +556,11 @@ async fn weak_new_password_keeps_the_reset_link(backend: Backend) {
     app.register("jane@example.com").await;
     let token = app.reset_token_for("jane@example.com").await;
     for weak in ["short", "password1234", "jane@example.com-x"] {
-        let res = app
-            .post_json(
-                "/api/auth/reset-password",
-                json!({"token": token, "password": weak}),
-            )
-            .await;
+        let res = app.reset_password(&token, weak).await;
         let body = expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
         assert!(body["error"]["fields"]["password"].is_array());
     }
-    let res = app
-        .post_json(
-            "/api/auth/reset-password",
-            json!({"token": token, "password": "N3w!Passphrase-2026"}),
-        )
-        .await;
+    let res = app.reset_password(&token, "N3w!Passphrase-2026").await;
     assert_eq!(res.status(), StatusCode::OK);
     let res = app
         .post_json("/api/auth/forgot-password", json!({"email": "nope"}))
@@ -844,12 +791,11 @@ async fn global_rate_limit_answers_429(backend: Backend) {
 async fn restart_keeps_users_and_sessions(backend: Backend) {
     // No secrets configured: the generated development secrets must persist
     // too, or every token would die with the process.
-    let mut app = TestApp::spawn_with(
+    let mut app = TestApp::with_jane(
         backend,
         &[("JWT_ACCESS_SECRET", ""), ("JWT_REFRESH_SECRET", "")],
     )
     .await;
-    app.register("jane@example.com").await;
     let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
     app.restart().await;
     assert_eq!(app.me(&access).await.status(), StatusCode::OK);
@@ -868,8 +814,7 @@ async fn restart_keeps_users_and_sessions(backend: Backend) {
 }
 
 async fn https_app_url_hardens_cookies(backend: Backend) {
-    let app = TestApp::spawn_with(backend, &[("APP_URL", "https://auth.clinic.example")]).await;
-    app.register("jane@example.com").await;
+    let app = TestApp::with_jane(backend, &[("APP_URL", "https://auth.clinic.example")]).await;
     let res = app
         .post_json(
             "/api/auth/login",
@@ -957,12 +902,7 @@ async fn logout_all_ends_everything_and_kills_access_tokens(backend: Backend) {
         );
     }
     for token in [&refresh_a, &refresh_b] {
-        expect_error(
-            app.refresh_with(token).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_refresh_token",
-        )
-        .await;
+        app.refresh_refused(token).await;
     }
     // Signing in again works straight away.
     let (fresh, _) = app.login("jane@example.com", PASSWORD).await;
@@ -1029,12 +969,7 @@ async fn change_password_keeps_only_the_callers_sign_in(backend: Backend) {
         StatusCode::OK,
         "the caller's sign-in stays"
     );
-    expect_error(
-        app.refresh_with(&other_refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_refresh_token",
-    )
-    .await;
+    app.refresh_refused(&other_refresh).await;
     app.login("jane@example.com", new_password).await;
     common::wait_for_subject(&app.outbox(), "Your Clinic Auth password was changed", 1).await;
     assert_eq!(
@@ -1110,12 +1045,7 @@ async fn sessions_api_lists_and_ends_sessions(backend: Backend) {
         delete(access.clone(), other.clone()).await.status(),
         StatusCode::NO_CONTENT
     );
-    expect_error(
-        app.refresh_with(&other_refresh).await,
-        StatusCode::UNAUTHORIZED,
-        "invalid_refresh_token",
-    )
-    .await;
+    app.refresh_refused(&other_refresh).await;
     expect_error(
         delete(access.clone(), other).await,
         StatusCode::NOT_FOUND,
@@ -1133,7 +1063,7 @@ async fn sessions_api_lists_and_ends_sessions(backend: Backend) {
 
 async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
     for (trusted, expect_forwarded) in [("", false), ("127.0.0.1/32", true)] {
-        let app = TestApp::spawn_with(
+        let app = TestApp::with_jane(
             backend,
             &[
                 ("TRUSTED_PROXIES", trusted),
@@ -1141,7 +1071,6 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
             ],
         )
         .await;
-        app.register("jane@example.com").await;
         let login_from = |ip: &'static str| {
             app.client
                 .post(app.url("/api/auth/login"))

@@ -55,6 +55,20 @@ fn from_desk(req: RequestBuilder, request_id: &str) -> RequestBuilder {
         .header("x-request-id", request_id)
 }
 
+/// The one record of a request sent `from_desk`: exactly one, carrying the
+/// desk's user agent and the loopback address.
+fn recorded<'a>(events: &'a [AuditRecord], request_id: &str) -> &'a AuditRecord {
+    let found: Vec<&AuditRecord> = events
+        .iter()
+        .filter(|r| r.request_id.as_deref() == Some(request_id))
+        .collect();
+    assert_eq!(found.len(), 1, "{request_id}: {events:#?}");
+    let record = found[0];
+    assert_eq!(record.ip.as_deref(), Some("127.0.0.1"), "{request_id}");
+    assert_eq!(record.user_agent.as_deref(), Some(UA), "{request_id}");
+    record
+}
+
 fn echoed_id(res: &reqwest::Response) -> String {
     res.headers()["x-request-id"].to_str().unwrap().to_owned()
 }
@@ -217,17 +231,10 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         ),
     ];
     for (request_id, event, user, email) in expected {
-        let found: Vec<&AuditRecord> = events
-            .iter()
-            .filter(|r| r.request_id.as_deref() == Some(request_id))
-            .collect();
-        assert_eq!(found.len(), 1, "{request_id}: {events:#?}");
-        let record = found[0];
+        let record = recorded(&events, request_id);
         assert_eq!(record.event, event, "{request_id}");
         assert_eq!(record.user_id.as_deref(), user, "{request_id}");
         assert_eq!(record.email.as_deref(), email, "{request_id}");
-        assert_eq!(record.ip.as_deref(), Some("127.0.0.1"), "{request_id}");
-        assert_eq!(record.user_agent.as_deref(), Some(UA), "{request_id}");
         let failure = event == AuditEvent::LoginFailure;
         assert_eq!(
             record.outcome,
@@ -317,14 +324,9 @@ async fn portal_actions_are_recorded_too(backend: Backend) {
         ("rid-portal-in", AuditEvent::LoginSuccess),
         ("rid-portal-out", AuditEvent::Logout),
     ] {
-        let record = events
-            .iter()
-            .find(|r| r.request_id.as_deref() == Some(request_id))
-            .unwrap_or_else(|| panic!("{request_id} recorded: {events:#?}"));
+        let record = recorded(&events, request_id);
         assert_eq!(record.event, event);
         assert_eq!(record.user_id.as_deref(), user["id"].as_str());
-        assert_eq!(record.user_agent.as_deref(), Some(UA));
-        assert_eq!(record.ip.as_deref(), Some("127.0.0.1"));
     }
 }
 
@@ -366,13 +368,9 @@ async fn reset_and_session_revocation_are_recorded(backend: Backend) {
         ("rid-revoke", AuditEvent::SessionRevoked),
         ("rid-reset", AuditEvent::PasswordResetCompleted),
     ] {
-        let record = events
-            .iter()
-            .find(|r| r.request_id.as_deref() == Some(request_id))
-            .unwrap_or_else(|| panic!("{request_id}: {events:#?}"));
+        let record = recorded(&events, request_id);
         assert_eq!(record.event, event);
         assert_eq!(record.user_id.as_deref(), user["id"].as_str());
-        assert_eq!(record.user_agent.as_deref(), Some(UA));
     }
     // The reset token never reaches the trail.
     assert!(events.iter().all(|r| !r.canonical().contains(&token)));
@@ -466,12 +464,12 @@ impl Raw {
     async fn alter_ip(&self, seq: i64) {
         match self {
             Raw::Sqlite(pool) => {
-                let done = sqlx::query("UPDATE audit_events SET ip = '10.6.6.6' WHERE seq = ?")
-                    .bind(seq)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                assert_eq!(done.rows_affected(), 1);
+                sqlite_on_one(
+                    pool,
+                    "UPDATE audit_events SET ip = '10.6.6.6' WHERE seq = ?",
+                    seq,
+                )
+                .await
             }
             Raw::Mongo(c) => {
                 let done = c
@@ -489,12 +487,7 @@ impl Raw {
     async fn delete(&self, seq: i64) {
         match self {
             Raw::Sqlite(pool) => {
-                let done = sqlx::query("DELETE FROM audit_events WHERE seq = ?")
-                    .bind(seq)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-                assert_eq!(done.rows_affected(), 1);
+                sqlite_on_one(pool, "DELETE FROM audit_events WHERE seq = ?", seq).await
             }
             Raw::Mongo(c) => {
                 let done = c.delete_one(bson::doc! { "seq": seq }).await.unwrap();
@@ -502,6 +495,12 @@ impl Raw {
             }
         }
     }
+}
+
+/// Runs `sql` for the record `seq`, which it must touch.
+async fn sqlite_on_one(pool: &sqlx::SqlitePool, sql: &str, seq: i64) {
+    let done = sqlx::query(sql).bind(seq).execute(pool).await.unwrap();
+    assert_eq!(done.rows_affected(), 1, "{sql}");
 }
 
 /// A store with five chained events, and a raw handle on its database.
@@ -519,28 +518,24 @@ async fn chain_of_five(backend: Backend) -> (Arc<dyn Store>, Raw, tempfile::Temp
     (store, Raw::open(&pair).await, dir)
 }
 
+/// Where verification finds the first break of a chain that must be broken.
+async fn first_break(store: &dyn Store) -> (u64, ChainFault) {
+    let broken = verify_chain(store).await.unwrap().unwrap_err();
+    (broken.seq, broken.fault)
+}
+
 async fn verify_names_an_altered_record(backend: Backend) {
     let (store, raw, _guard) = chain_of_five(backend).await;
     raw.defeat_triggers().await;
     raw.alter_ip(3).await;
-    let broken = verify_chain(store.as_ref()).await.unwrap().unwrap_err();
-    assert_eq!(
-        (broken.seq, broken.fault),
-        (3, ChainFault::Altered),
-        "{broken:?}"
-    );
+    assert_eq!(first_break(store.as_ref()).await, (3, ChainFault::Altered));
 }
 
 async fn verify_names_a_deleted_record(backend: Backend) {
     let (store, raw, _guard) = chain_of_five(backend).await;
     raw.defeat_triggers().await;
     raw.delete(2).await;
-    let broken = verify_chain(store.as_ref()).await.unwrap().unwrap_err();
-    assert_eq!(
-        (broken.seq, broken.fault),
-        (2, ChainFault::Missing),
-        "{broken:?}"
-    );
+    assert_eq!(first_break(store.as_ref()).await, (2, ChainFault::Missing));
 }
 
 async fn concurrent_appends_form_one_chain(backend: Backend) {

@@ -63,8 +63,7 @@ async fn legacy_bcrypt_hash_logs_in_and_is_upgraded(backend: Backend) {
 async fn mongo_outage_answers_503_and_recovers_without_restart() {
     let mut server = MongoServer::start().await;
     let uri = server.uri("outage");
-    let app = TestApp::spawn_with(Backend::Mongo, &[("MONGO_URI", uri.as_str())]).await;
-    app.register("jane@example.com").await;
+    let app = TestApp::with_jane(Backend::Mongo, &[("MONGO_URI", uri.as_str())]).await;
     let (access, _) = app.login("jane@example.com", PASSWORD).await;
 
     server.stop().await;

@@ -95,7 +95,7 @@ impl Drop for SmtpServer {
 async fn reset_email_goes_out_over_smtp() {
     let smtp = SmtpServer::start().await;
     let port = smtp.port.to_string();
-    let app = TestApp::spawn_with(
+    let app = TestApp::with_jane(
         Backend::Sqlite,
         &[
             ("MAIL_SERVER", "127.0.0.1"),
@@ -106,7 +106,6 @@ async fn reset_email_goes_out_over_smtp() {
         ],
     )
     .await;
-    app.register("jane@example.com").await;
     let res = app
         .post_json(
             "/api/auth/forgot-password",
@@ -154,7 +153,7 @@ async fn reset_email_goes_out_over_smtp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_mail_server_changes_nothing_for_the_client() {
     let port = free_port().to_string();
-    let app = TestApp::spawn_with(
+    let app = TestApp::with_jane(
         Backend::Sqlite,
         &[
             ("MAIL_SERVER", "127.0.0.1"),
@@ -163,7 +162,6 @@ async fn a_dead_mail_server_changes_nothing_for_the_client() {
         ],
     )
     .await;
-    app.register("jane@example.com").await;
     let started = Instant::now();
     let res = app
         .post_json(

@@ -84,6 +84,14 @@ impl TestApp {
         Self::spawn_with(backend, &[]).await
     }
 
+    /// `spawn_with`, then registers jane@example.com (password `PASSWORD`):
+    /// the start of most single-user tests.
+    pub async fn with_jane(backend: Backend, overrides: &[(&str, &str)]) -> Self {
+        let app = Self::spawn_with(backend, overrides).await;
+        app.register("jane@example.com").await;
+        app
+    }
+
     /// Starts an app; `overrides` replace or add configuration variables
     /// (an empty value removes a default).
     pub async fn spawn_with(backend: Backend, overrides: &[(&str, &str)]) -> Self {
@@ -203,13 +211,39 @@ impl TestApp {
         (body["access_token"].as_str().unwrap().to_owned(), refresh)
     }
 
-    pub async fn refresh_with(&self, token: &str) -> Response {
+    /// POST `path` with `token` as the refresh cookie.
+    async fn post_with_refresh_cookie(&self, path: &str, token: &str) -> Response {
         self.client
-            .post(self.url("/api/auth/refresh"))
+            .post(self.url(path))
             .header("cookie", format!("refresh_token={token}"))
             .send()
             .await
             .unwrap()
+    }
+
+    pub async fn refresh_with(&self, token: &str) -> Response {
+        self.post_with_refresh_cookie("/api/auth/refresh", token)
+            .await
+    }
+
+    /// Expects `token` to be refused by POST /api/auth/refresh.
+    pub async fn refresh_refused(&self, token: &str) {
+        expect_error(
+            self.refresh_with(token).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_refresh_token",
+        )
+        .await;
+    }
+
+    /// Expects the access token to be refused by GET /api/auth/me.
+    pub async fn access_refused(&self, access: &str) {
+        expect_error(
+            self.me(access).await,
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+        )
+        .await;
     }
 
     /// GET /api/auth/sessions with `access`, expecting 200.
@@ -245,14 +279,19 @@ impl TestApp {
             .reset_token()
     }
 
+    /// POST /api/auth/reset-password with the emailed token.
+    pub async fn reset_password(&self, token: &str, password: &str) -> Response {
+        self.post_json(
+            "/api/auth/reset-password",
+            json!({"token": token, "password": password}),
+        )
+        .await
+    }
+
     /// POST /api/auth/logout with `token` as the refresh cookie.
     pub async fn logout_with(&self, token: &str) -> Response {
-        self.client
-            .post(self.url("/api/auth/logout"))
-            .header("cookie", format!("refresh_token={token}"))
-            .send()
+        self.post_with_refresh_cookie("/api/auth/logout", token)
             .await
-            .unwrap()
     }
 
     pub async fn me(&self, access: &str) -> Response {

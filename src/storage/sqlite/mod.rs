@@ -572,25 +572,23 @@ impl OneTimeTokenStore for SqliteStore {
         purpose: TokenPurpose,
         token: &NewOneTimeToken,
     ) -> StoreResult<()> {
-        let table = one_time_table(purpose);
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
-        sqlx::query(&format!("DELETE FROM {table} WHERE user_id = ?"))
-            .bind(token.user_id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // One statement, atomic on its own: user_id is unique (migration
+        // 12), so the user's previous link, if any, is overwritten in place.
         sqlx::query(&format!(
-            "INSERT INTO {table} (user_id, token_hash, expires_at, created_at) \
-             VALUES (?, ?, ?, ?)"
+            "INSERT INTO {} (user_id, token_hash, expires_at, created_at) \
+             VALUES (?, ?, ?, ?) \
+             ON CONFLICT (user_id) DO UPDATE SET token_hash = excluded.token_hash, \
+             expires_at = excluded.expires_at, created_at = excluded.created_at",
+            one_time_table(purpose)
         ))
         .bind(token.user_id.as_str())
         .bind(token.token_hash.as_str())
         .bind(millis(token.expires_at))
         .bind(millis(token.created_at))
-        .execute(&mut *tx)
+        .execute(&self.writer)
         .await
         .map_err(map_err)?;
-        tx.commit().await.map_err(map_err)
+        Ok(())
     }
 
     async fn find_one_time_token(
@@ -1081,5 +1079,62 @@ impl Store for SqliteStore {
 
     fn serialized_writes(&self) -> bool {
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Migration 12 makes `user_id` unique in the one-time token tables. A
+    /// database from before it must migrate even if it somehow holds two
+    /// links of one user, keeping the newer.
+    #[tokio::test]
+    async fn one_link_per_user_migration_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let before: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| m.version < 20261124000012)
+            .cloned()
+            .collect();
+        let mut old = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
+            .await
+            .unwrap();
+        old.migrations = std::borrow::Cow::Owned(before);
+        old.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, \
+             updated_at) VALUES ('u1', 'a@example.com', 'x', 'A', 'doctor', 0, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for table in ["reset_tokens", "verification_tokens"] {
+            for hash in ["older", "newer"] {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (user_id, token_hash, expires_at, created_at) \
+                     VALUES ('u1', ?, 1, 1)"
+                ))
+                .bind(hash)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+        pool.close().await;
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+        for table in ["reset_tokens", "verification_tokens"] {
+            let left: Vec<(String,)> = sqlx::query_as(&format!("SELECT token_hash FROM {table}"))
+                .fetch_all(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(left, vec![("newer".to_owned(),)], "{table}");
+        }
     }
 }

@@ -228,22 +228,12 @@ impl TestApp {
 
     /// Expects `token` to be refused by POST /api/auth/refresh.
     pub async fn refresh_refused(&self, token: &str) {
-        expect_error(
-            self.refresh_with(token).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_refresh_token",
-        )
-        .await;
+        expect_unauthorized(self.refresh_with(token).await, "invalid_refresh_token").await;
     }
 
     /// Expects the access token to be refused by GET /api/auth/me.
     pub async fn access_refused(&self, access: &str) {
-        expect_error(
-            self.me(access).await,
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-        )
-        .await;
+        expect_unauthorized(self.me(access).await, "invalid_token").await;
     }
 
     /// GET /api/auth/sessions with `access`, expecting 200.
@@ -361,6 +351,11 @@ pub fn set_cookie(headers: &HeaderMap, name: &str) -> Option<(String, String)> {
 }
 
 /// Asserts the API error shape and returns the body.
+/// A 401 in the documented error format, with `code`.
+pub async fn expect_unauthorized(res: Response, code: &str) -> Value {
+    expect_error(res, StatusCode::UNAUTHORIZED, code).await
+}
+
 pub async fn expect_error(res: Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(res.status(), status, "status for expected {code}");
     assert!(res.headers().get("x-request-id").is_some());

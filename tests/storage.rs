@@ -22,6 +22,7 @@ backend_tests!(
     rotation_refuses_revoked_expired_and_unknown,
     concurrent_rotation_has_one_winner,
     concurrent_rotations_of_many_tokens_each_get_their_child,
+    a_rotation_whose_child_collides_retires_nothing,
     revocation_by_token_and_by_user,
     one_time_tokens_are_single_use_and_expire,
     newer_one_time_token_replaces_older,
@@ -1091,4 +1092,91 @@ async fn concurrent_rotations_of_many_tokens_each_get_their_child(backend: Backe
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+async fn a_rotation_whose_child_collides_retires_nothing(backend: Backend) {
+    // A child that cannot be stored (its hash is taken) fails that rotation
+    // alone: its parent stays active and usable, and the rotations queued
+    // beside it (one SQLite batch) still go through.
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let taken = refresh(&jane, "taken", "fam-taken", Duration::days(1));
+    store.insert_refresh_token(&taken).await.unwrap();
+    let parent = refresh(&jane, "parent", "fam", Duration::days(1));
+    store.insert_refresh_token(&parent).await.unwrap();
+    let colliding = NewRefreshToken {
+        token_hash: taken.token_hash.clone(),
+        ..refresh(&jane, "colliding", "fam", Duration::days(1))
+    };
+    let others: Vec<_> = (0..16)
+        .map(|i| {
+            let family = format!("fam-{i}");
+            let other = refresh(&jane, &format!("other-{i}"), &family, Duration::days(1));
+            let child = refresh(
+                &jane,
+                &format!("other-child-{i}"),
+                &family,
+                Duration::days(1),
+            );
+            (other, child)
+        })
+        .collect();
+    for (other, _) in &others {
+        store.insert_refresh_token(other).await.unwrap();
+    }
+    let mut tasks: Vec<_> = others
+        .into_iter()
+        .map(|(other, child)| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .rotate_refresh_token(&other.token_hash, now(), Duration::zero(), &child)
+                    .await
+            })
+        })
+        .collect();
+    let store2 = Arc::clone(&store);
+    let hash = parent.token_hash.clone();
+    tasks.insert(
+        8,
+        tokio::spawn(async move {
+            store2
+                .rotate_refresh_token(&hash, now(), Duration::zero(), &colliding)
+                .await
+        }),
+    );
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i == 8 {
+            assert!(matches!(result, Err(StoreError::Conflict)), "{result:?}");
+        } else {
+            assert!(
+                matches!(result, Ok(Rotation::Rotated(_))),
+                "{i}: {result:?}"
+            );
+        }
+    }
+    let kept = store
+        .find_refresh_token(&parent.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!kept.revoked && kept.replaced_by.is_none(), "{kept:?}");
+    let still = store
+        .find_refresh_token(&taken.token_hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.jti, "taken");
+    // The store is still good for the next rotation of the same parent.
+    let good = refresh(&jane, "good", "fam", Duration::days(1));
+    let rotation = store
+        .rotate_refresh_token(&parent.token_hash, now(), Duration::zero(), &good)
+        .await
+        .unwrap();
+    let Rotation::Rotated(Rotated { retired, owner }) = rotation else {
+        panic!("expected a rotation, got {rotation:?}");
+    };
+    assert_eq!(retired.replaced_by.as_deref(), Some("good"));
+    assert_eq!(owner.unwrap().id, jane);
 }

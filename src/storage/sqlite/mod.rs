@@ -166,7 +166,7 @@ fn map_err(err: sqlx::Error) -> StoreError {
     }
 }
 
-#[derive(FromRow)]
+#[derive(FromRow, Clone)]
 struct UserRow {
     id: String,
     email: String,
@@ -388,10 +388,8 @@ impl RefreshTokenStore for SqliteStore {
         };
         let stopped = || StoreError::Unavailable(anyhow::anyhow!("rotation batcher stopped"));
         self.rotations.send(job).await.map_err(|_| stopped())?;
-        if let Some(retired) = answer.await.map_err(|_| stopped())?? {
-            // Read beside the writer, on the reader pool.
-            let owner = self.find_user_by_id(&retired.user_id).await?;
-            return Ok(Rotation::Rotated(Rotated { retired, owner }));
+        if let Some(rotated) = answer.await.map_err(|_| stopped())?? {
+            return Ok(Rotation::Rotated(rotated));
         }
         // Not active: decide what the replay means inside one transaction,
         // so the decision and its effect cannot interleave with another

@@ -5,13 +5,14 @@
 //! so a single writer is not the bottleneck (argon2 is).
 
 use std::str::FromStr;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sqlx::{Connection, FromRow};
 
 use super::{
     AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
@@ -25,18 +26,21 @@ use crate::domain::{
     Role, TokenHash, User, UserId,
 };
 
+mod connections;
 mod rotation;
+
+use connections::{Connections, Lease};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct SqliteStore {
     /// Readers: WAL lets them run beside the writer.
-    pool: SqlitePool,
+    readers: Arc<Connections>,
     /// The one connection that writes. SQLite has a single write lock; with
     /// several writing connections, the losers of a race sleep in SQLite's
     /// busy handler (1 to 100 ms steps). Queueing writes here instead keeps
     /// them back to back.
-    writer: SqlitePool,
+    writer: Arc<Connections>,
     /// Queue of the batched refresh-token rotations (on `writer`).
     rotations: tokio::sync::mpsc::Sender<rotation::Job>,
 }
@@ -54,7 +58,11 @@ impl SqliteStore {
             // an OS crash can lose the last commits, and never corrupts.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // A multi-row write inside a transaction keeps a statement
+            // journal; past 64 KiB (an audit batch) SQLite spilled it to a
+            // temporary file, created and deleted on every such commit.
+            .pragma("temp_store", "memory");
         let file = options.get_filename().to_path_buf();
         if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
             if !dir.exists() {
@@ -65,43 +73,47 @@ impl SqliteStore {
                 restrict(dir, 0o700);
             }
         }
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            // A local file does not drop connections; pinging before every
-            // query only costs a round trip to the connection thread.
-            .test_before_acquire(false)
-            .connect_with(options.clone())
-            .await
-            .with_context(|| format!("cannot open SQLite database {url}"))?;
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .test_before_acquire(false)
-            // Room for every batch size of the rotation statements.
-            .connect_with(
-                options
-                    .statement_cache_capacity(256)
-                    // Checkpoints run beside it (see `spawn_checkpoints`).
-                    .pragma("wal_autocheckpoint", "0"),
-            )
-            .await
-            .with_context(|| format!("cannot open SQLite database {url}"))?;
+        let open = |options: SqliteConnectOptions, size| async move {
+            Connections::open(options, size, Duration::from_secs(5))
+                .await
+                .map(Arc::new)
+                .with_context(|| format!("cannot open SQLite database {url}"))
+        };
+        let readers = open(options.clone(), 8).await?;
+        let writer = open(
+            options
+                // Room for every batch size of the rotation statements.
+                .statement_cache_capacity(256)
+                // Checkpoints run beside it (see `spawn_checkpoints`).
+                .pragma("wal_autocheckpoint", "0"),
+            1,
+        )
+        .await?;
         MIGRATOR
-            .run(&writer)
+            .run(writer.get().await?.conn()?)
             .await
             .context("cannot apply database migrations")?;
         restrict(&file, 0o600);
-        let rotations = rotation::spawn(writer.clone())
+        let rotations = rotation::spawn(Arc::clone(&writer))
             .context("cannot start the refresh-token rotation thread")?;
-        spawn_checkpoints(pool.clone());
+        spawn_checkpoints(Arc::downgrade(&readers));
         Ok(Self {
-            pool,
+            readers,
             writer,
             rotations,
         })
+    }
+}
+
+impl SqliteStore {
+    /// A reader connection for one call.
+    async fn read(&self) -> StoreResult<Lease<'_>> {
+        self.readers.get().await.map_err(map_err)
+    }
+
+    /// The writer, for one call or one transaction.
+    async fn write(&self) -> StoreResult<Lease<'_>> {
+        self.writer.get().await.map_err(map_err)
     }
 }
 
@@ -115,19 +127,22 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 /// queued write, waits: under a refresh flood that was the 20 ms p99. A
 /// PASSIVE checkpoint here copies what no reader still needs without taking
 /// the write lock; the WAL restarts from the top once all of it is copied.
-fn spawn_checkpoints(pool: SqlitePool) {
+fn spawn_checkpoints(readers: Weak<Connections>) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if pool.is_closed() {
+            // Ends with the store.
+            let Some(readers) = readers.upgrade() else {
                 return;
-            }
-            if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&pool)
-                .await
-            {
+            };
+            let checkpoint = async {
+                sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .execute(&mut readers.get().await?)
+                    .await
+            };
+            if let Err(e) = checkpoint.await {
                 tracing::warn!(error = %e, "WAL checkpoint failed");
             }
         }
@@ -159,9 +174,10 @@ fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
 fn map_err(err: sqlx::Error) -> StoreError {
     match err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-            StoreError::Unavailable(err.into())
-        }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_) => StoreError::Unavailable(err.into()),
         other => StoreError::Other(other.into()),
     }
 }
@@ -281,7 +297,7 @@ impl UserStore for SqliteStore {
         .bind(user.verified)
         .bind(now)
         .bind(now)
-        .fetch_one(&self.writer)
+        .fetch_one(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         row.try_into()
@@ -291,7 +307,7 @@ impl UserStore for SqliteStore {
         let row: Option<UserRow> =
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?"))
                 .bind(email.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut self.read().await?)
                 .await
                 .map_err(map_err)?;
         row.map(User::try_from).transpose()
@@ -301,7 +317,7 @@ impl UserStore for SqliteStore {
         let row: Option<UserRow> =
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
                 .bind(id.as_str())
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut self.read().await?)
                 .await
                 .map_err(map_err)?;
         row.map(User::try_from).transpose()
@@ -358,7 +374,7 @@ impl SqliteStore {
     ) -> StoreResult<bool> {
         let done = update
             .bind(id.as_str())
-            .execute(&self.writer)
+            .execute(&mut self.write().await?)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -368,7 +384,7 @@ impl SqliteStore {
 #[async_trait]
 impl RefreshTokenStore for SqliteStore {
     async fn insert_refresh_token(&self, token: &NewRefreshToken) -> StoreResult<()> {
-        insert_refresh(&self.writer, token).await
+        insert_refresh(&mut self.write().await?, token).await
     }
 
     async fn rotate_refresh_token(
@@ -394,7 +410,13 @@ impl RefreshTokenStore for SqliteStore {
         // Not active: decide what the replay means inside one transaction,
         // so the decision and its effect cannot interleave with another
         // rotation of the family.
-        let mut tx = self.writer.begin().await.map_err(map_err)?;
+        let mut writer = self.write().await?;
+        let mut tx = writer
+            .conn()
+            .map_err(map_err)?
+            .begin()
+            .await
+            .map_err(map_err)?;
         let old: Option<RefreshRow> = sqlx::query_as(&format!(
             "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
         ))
@@ -457,7 +479,7 @@ impl RefreshTokenStore for SqliteStore {
             "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
         ))
         .bind(hash.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         row.map(RefreshTokenRecord::try_from).transpose()
@@ -474,7 +496,7 @@ impl RefreshTokenStore for SqliteStore {
         )
         .bind(millis(now))
         .bind(hash.as_str())
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -494,7 +516,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(keep_family)
         .bind(keep_family)
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -511,7 +533,7 @@ impl RefreshTokenStore for SqliteStore {
         ))
         .bind(user_id.as_str())
         .bind(millis(now))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         rows.into_iter().map(RefreshTokenRecord::try_from).collect()
@@ -530,7 +552,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(family_id)
         .bind(millis(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         Ok(alive)
@@ -549,7 +571,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(millis(now))
         .bind(user_id.as_str())
         .bind(family_id)
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -583,7 +605,7 @@ impl OneTimeTokenStore for SqliteStore {
         .bind(token.token_hash.as_str())
         .bind(millis(token.expires_at))
         .bind(millis(token.created_at))
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -601,7 +623,7 @@ impl OneTimeTokenStore for SqliteStore {
         ))
         .bind(hash.as_str())
         .bind(millis(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         Ok(row.map(|(user_id,)| UserId::new(user_id)))
@@ -618,7 +640,7 @@ impl OneTimeTokenStore for SqliteStore {
             one_time_table(purpose)
         ))
         .bind(hash.as_str())
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(row
@@ -636,7 +658,7 @@ impl OneTimeTokenStore for SqliteStore {
             one_time_table(purpose)
         ))
         .bind(user_id.as_str())
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -673,7 +695,7 @@ impl LoginThrottleStore for SqliteStore {
             "SELECT {THROTTLE_COLUMNS} FROM login_throttles WHERE key_hash = ?"
         ))
         .bind(key.as_str())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         row.map(LoginThrottle::try_from).transpose()
@@ -698,7 +720,7 @@ impl LoginThrottleStore for SqliteStore {
         .bind(millis(now))
         .bind(millis(window_start))
         .bind(millis(window_start))
-        .fetch_one(&self.writer)
+        .fetch_one(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         row.try_into()
@@ -719,7 +741,7 @@ impl LoginThrottleStore for SqliteStore {
         .bind(millis(now))
         .bind(key.as_str())
         .bind(millis(now))
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected() == 1)
@@ -728,7 +750,7 @@ impl LoginThrottleStore for SqliteStore {
     async fn clear_login_throttle(&self, key: &TokenHash) -> StoreResult<()> {
         sqlx::query("DELETE FROM login_throttles WHERE key_hash = ?")
             .bind(key.as_str())
-            .execute(&self.writer)
+            .execute(&mut self.write().await?)
             .await
             .map_err(map_err)?;
         Ok(())
@@ -791,7 +813,7 @@ impl SqliteStore {
         .bind(millis(s.created_at))
         .bind(millis(s.last_used_at))
         .bind(millis(s.expires_at))
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(())
@@ -818,7 +840,7 @@ impl WebSessionStore for SqliteStore {
         ))
         .bind(id_hash.as_str())
         .bind(millis(now))
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         row.map(WebSessionRecord::try_from).transpose()
@@ -827,7 +849,7 @@ impl WebSessionStore for SqliteStore {
     async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool> {
         let done = sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
             .bind(id_hash.as_str())
-            .execute(&self.writer)
+            .execute(&mut self.write().await?)
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
@@ -844,7 +866,7 @@ impl WebSessionStore for SqliteStore {
         ))
         .bind(user_id.as_str())
         .bind(millis(now))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         rows.into_iter().map(WebSessionRecord::try_from).collect()
@@ -862,7 +884,7 @@ impl WebSessionStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(keep)
         .bind(keep)
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
         Ok(done.rows_affected())
@@ -927,8 +949,10 @@ impl AuditStore for SqliteStore {
         // IMMEDIATE takes the write lock before the head is read, so another
         // process on the same file (the CLI beside the server) cannot append
         // between our read and our insert; it waits in the busy handler.
-        let mut tx = self
-            .writer
+        let mut writer = self.write().await?;
+        let mut tx = writer
+            .conn()
+            .map_err(map_err)?
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(map_err)?;
@@ -1008,7 +1032,7 @@ impl AuditStore for SqliteStore {
         .bind(query.until.map(millis))
         .bind(query.before_seq.map(seq_param))
         .bind(i64::from(query.limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         rows.into_iter().map(AuditRecord::try_from).collect()
@@ -1020,7 +1044,7 @@ impl AuditStore for SqliteStore {
         ))
         .bind(seq_param(after))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut self.read().await?)
         .await
         .map_err(map_err)?;
         rows.into_iter().map(AuditRecord::try_from).collect()
@@ -1031,7 +1055,7 @@ impl AuditStore for SqliteStore {
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&mut self.read().await?)
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))?;
         Ok(())
@@ -1052,7 +1076,7 @@ impl Store for SqliteStore {
         ] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
-                .execute(&self.writer)
+                .execute(&mut self.write().await?)
                 .await
                 .map_err(map_err)?
                 .rows_affected();
@@ -1064,7 +1088,7 @@ impl Store for SqliteStore {
         )
         .bind(idle)
         .bind(idle)
-        .execute(&self.writer)
+        .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?
         .rows_affected();
@@ -1094,7 +1118,7 @@ mod tests {
         let options = SqliteConnectOptions::from_str(&url)
             .unwrap()
             .create_if_missing(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
         let before: Vec<_> = MIGRATOR
             .iter()
             .filter(|m| m.version < 20261124000012)
@@ -1129,7 +1153,7 @@ mod tests {
         let store = SqliteStore::connect(&url).await.unwrap();
         for table in ["reset_tokens", "verification_tokens"] {
             let left: Vec<(String,)> = sqlx::query_as(&format!("SELECT token_hash FROM {table}"))
-                .fetch_all(&store.pool)
+                .fetch_all(&mut store.read().await.unwrap())
                 .await
                 .unwrap();
             assert_eq!(left, vec![("newer".to_owned(),)], "{table}");

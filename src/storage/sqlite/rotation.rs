@@ -18,9 +18,12 @@
 use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
-use sqlx::{Column, FromRow, Row, SqliteConnection, SqlitePool};
+use std::sync::Arc;
+
+use sqlx::{Column, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
+use super::connections::{Connections, Lease};
 use super::{map_err, millis, RefreshRow, UserRow, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::domain::{TokenHash, User};
 use crate::storage::{NewRefreshToken, RefreshTokenRecord, Rotated, StoreError, StoreResult};
@@ -45,13 +48,13 @@ pub(super) struct Job {
 /// It runs on a thread of its own rather than as a task among the request
 /// handlers: it holds the writer while a batch runs, and on the shared
 /// runtime its wake-up would wait behind queued requests.
-pub(super) fn spawn(writer: SqlitePool) -> std::io::Result<mpsc::Sender<Job>> {
+pub(super) fn spawn(writer: Arc<Connections>) -> std::io::Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel(QUEUE);
     crate::background::spawn_dedicated("sqlite-rotations", run(writer, rx))?;
     Ok(tx)
 }
 
-async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Job>) {
+async fn run(writer: Arc<Connections>, mut rx: mpsc::Receiver<Job>) {
     let mut jobs = Vec::with_capacity(BATCH_MAX);
     while let Some(first) = rx.recv().await {
         jobs.push(first);
@@ -96,19 +99,19 @@ async fn run(writer: SqlitePool, mut rx: mpsc::Receiver<Job>) {
 /// plus an owner read per rotation on the reader pool, they were about a
 /// fifth of a refresh's CPU (BENCHMARKS.md, "`refresh`, third look").
 async fn rotate(
-    writer: &SqlitePool,
+    writer: &Connections,
     jobs: &[Job],
 ) -> StoreResult<Vec<StoreResult<Option<Rotated>>>> {
-    let mut conn = writer.acquire().await.map_err(map_err)?;
+    let mut conn = writer.get().await.map_err(map_err)?;
     let rows = run_batch(&mut conn, jobs).await;
     if rows.is_err() {
         // The batch stopped somewhere between BEGIN and COMMIT (or before
         // BEGIN, when ROLLBACK answers that no transaction is active). A
-        // connection that cannot even roll back is not given back to the
-        // pool half inside a transaction; the pool opens a new one.
-        if let Err(err) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+        // connection that cannot even roll back is not reused half inside
+        // a transaction; the next batch opens a new one.
+        if let Err(err) = sqlx::query("ROLLBACK").execute(&mut conn).await {
             if !err.to_string().contains("no transaction is active") {
-                let _ = conn.close().await;
+                conn.discard();
             }
         }
     }
@@ -135,7 +138,7 @@ async fn rotate(
 
 /// Runs `jobs`' batch (`BATCH_SQL`): the retired tokens and their owners.
 async fn run_batch(
-    conn: &mut SqliteConnection,
+    conn: &mut Lease<'_>,
     jobs: &[Job],
 ) -> StoreResult<(Vec<RefreshRow>, Vec<UserRow>)> {
     // Each job's own `now` judges its token and stamps its retirement. When

@@ -89,6 +89,15 @@ impl Lease<'_> {
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
+    /// The connection and the lease's mark, borrowed apart so a query's
+    /// future can hold the one and set the other.
+    fn parts(&mut self) -> Result<(&mut SqliteConnection, &mut bool), sqlx::Error> {
+        match self.conn.as_mut() {
+            Some(conn) => Ok((conn, &mut self.broken)),
+            None => Err(sqlx::Error::PoolClosed),
+        }
+    }
+
     /// Drops the connection instead of handing it out again.
     pub fn discard(&mut self) {
         self.broken = true;
@@ -130,13 +139,12 @@ impl<'c> Executor<'c> for &'c mut Lease<'_> {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        let Lease { conn, broken, .. } = self;
-        match conn.as_mut() {
-            Some(conn) => conn
+        match self.parts() {
+            Ok((conn, broken)) => conn
                 .fetch_many(query)
                 .inspect_err(move |e| watch(broken, e))
                 .boxed(),
-            None => futures_util::stream::once(async { Err(sqlx::Error::PoolClosed) }).boxed(),
+            Err(e) => futures_util::stream::once(async { Err(e) }).boxed(),
         }
     }
 
@@ -148,13 +156,12 @@ impl<'c> Executor<'c> for &'c mut Lease<'_> {
         'c: 'e,
         E: 'q + Execute<'q, Sqlite>,
     {
-        let Lease { conn, broken, .. } = self;
-        match conn.as_mut() {
-            Some(conn) => conn
+        match self.parts() {
+            Ok((conn, broken)) => conn
                 .fetch_optional(query)
                 .inspect_err(move |e| watch(broken, e))
                 .boxed(),
-            None => async { Err(sqlx::Error::PoolClosed) }.boxed(),
+            Err(e) => async { Err(e) }.boxed(),
         }
     }
 

@@ -256,25 +256,36 @@ impl TryFrom<RefreshRow> for RefreshTokenRecord {
 const REFRESH_COLUMNS: &str = "user_id, jti, token_hash, family_id, user_agent, ip_address, \
      revoked, replaced_by, revoked_at, expires_at, created_at";
 
+/// The parameters of one `refresh_tokens` row, in the column order of
+/// `insert_refresh` (user_id, jti, token_hash, family_id, user_agent,
+/// ip_address, expires_at, created_at; `revoked` is always 0).
+fn bind_new_refresh<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+    token: &'q NewRefreshToken,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    query
+        .bind(token.user_id.as_str())
+        .bind(&token.jti)
+        .bind(token.token_hash.as_str())
+        .bind(&token.family_id)
+        .bind(&token.user_agent)
+        .bind(&token.ip_address)
+        .bind(millis(token.expires_at))
+        .bind(millis(token.created_at))
+}
+
 async fn insert_refresh<'e, E>(executor: E, token: &NewRefreshToken) -> StoreResult<()>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO refresh_tokens (user_id, jti, token_hash, family_id, user_agent, \
          ip_address, revoked, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
-    )
-    .bind(token.user_id.as_str())
-    .bind(&token.jti)
-    .bind(token.token_hash.as_str())
-    .bind(&token.family_id)
-    .bind(&token.user_agent)
-    .bind(&token.ip_address)
-    .bind(millis(token.expires_at))
-    .bind(millis(token.created_at))
-    .execute(executor)
-    .await
-    .map_err(map_err)?;
+    );
+    bind_new_refresh(insert, token)
+        .execute(executor)
+        .await
+        .map_err(map_err)?;
     Ok(())
 }
 

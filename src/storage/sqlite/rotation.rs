@@ -24,7 +24,9 @@ use sqlx::{Column, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::{Connections, Lease};
-use super::{map_err, millis, RefreshRow, UserRow, REFRESH_COLUMNS, USER_COLUMNS};
+use super::{
+    bind_new_refresh, map_err, millis, RefreshRow, UserRow, REFRESH_COLUMNS, USER_COLUMNS,
+};
 use crate::domain::{TokenHash, User};
 use crate::storage::{NewRefreshToken, RefreshTokenRecord, Rotated, StoreError, StoreResult};
 
@@ -152,17 +154,7 @@ async fn run_batch(
             .bind(millis(job.now));
     }
     for job in jobs {
-        let child = &job.replacement;
-        batch = batch
-            .bind(job.old_hash.as_str())
-            .bind(child.user_id.as_str())
-            .bind(&child.jti)
-            .bind(child.token_hash.as_str())
-            .bind(&child.family_id)
-            .bind(&child.user_agent)
-            .bind(&child.ip_address)
-            .bind(millis(child.expires_at))
-            .bind(millis(child.created_at));
+        batch = bind_new_refresh(batch.bind(job.old_hash.as_str()), &job.replacement);
     }
     for job in jobs {
         batch = batch.bind(job.replacement.user_id.as_str());

@@ -76,6 +76,22 @@ async fn user_in(store: &Arc<dyn Store>, email: &str) -> UserId {
     store.create_user(&new_user(email)).await.unwrap().id
 }
 
+/// Rotates the token with `hash` into `child` now, which must succeed.
+async fn rotate_active(
+    store: &Arc<dyn Store>,
+    hash: &TokenHash,
+    child: &NewRefreshToken,
+) -> Rotated {
+    let rotation = store
+        .rotate_refresh_token(hash, now(), Duration::zero(), child)
+        .await
+        .unwrap();
+    let Rotation::Rotated(rotated) = rotation else {
+        panic!("{}: expected a rotation, got {rotation:?}", child.jti);
+    };
+    rotated
+}
+
 async fn users_round_trip(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let input = new_user("jane@example.com");
@@ -1074,13 +1090,8 @@ async fn concurrent_rotations_of_many_tokens_each_get_their_child(backend: Backe
             let child = refresh(&user, &format!("child-{i}"), &family, Duration::days(1));
             tokio::spawn(async move {
                 store.insert_refresh_token(&parent).await.unwrap();
-                let rotation = store
-                    .rotate_refresh_token(&parent.token_hash, now(), Duration::zero(), &child)
-                    .await
-                    .unwrap();
-                let Rotation::Rotated(Rotated { retired, owner }) = rotation else {
-                    panic!("{i}: expected a rotation, got {rotation:?}");
-                };
+                let Rotated { retired, owner } =
+                    rotate_active(&store, &parent.token_hash, &child).await;
                 assert_eq!(retired.jti, format!("parent-{i}"));
                 assert_eq!(retired.replaced_by.as_deref(), Some(child.jti.as_str()));
                 assert_eq!(owner.unwrap().id, user);
@@ -1170,13 +1181,7 @@ async fn a_rotation_whose_child_collides_retires_nothing(backend: Backend) {
     assert_eq!(still.jti, "taken");
     // The store is still good for the next rotation of the same parent.
     let good = refresh(&jane, "good", "fam", Duration::days(1));
-    let rotation = store
-        .rotate_refresh_token(&parent.token_hash, now(), Duration::zero(), &good)
-        .await
-        .unwrap();
-    let Rotation::Rotated(Rotated { retired, owner }) = rotation else {
-        panic!("expected a rotation, got {rotation:?}");
-    };
+    let Rotated { retired, owner } = rotate_active(&store, &parent.token_hash, &good).await;
     assert_eq!(retired.replaced_by.as_deref(), Some("good"));
     assert_eq!(owner.unwrap().id, jane);
 }

@@ -395,6 +395,28 @@ mod tests {
         (dir, Arc::new(counted))
     }
 
+    /// A writer on a fresh counted store, `n` records queued through it.
+    async fn writer_with(
+        n: usize,
+    ) -> (
+        tempfile::TempDir,
+        Arc<Counted>,
+        Audit,
+        oneshot::Receiver<()>,
+    ) {
+        let (dir, store) = counted().await;
+        let (audit, finished) = Audit::start(store.clone(), true).unwrap();
+        for i in 0..n {
+            audit.record(entry(i)).await;
+        }
+        (dir, store, audit, finished)
+    }
+
+    /// Records in the stored chain, which must be whole.
+    async fn stored(store: &Counted) -> u64 {
+        verify_chain(store).await.unwrap().unwrap().records
+    }
+
     fn entry(i: usize) -> AuditEntry {
         AuditEntry::new(AuditEvent::LoginFailure, &ClientContext::default())
             .email(&format!("user{i}@clinic.example"))
@@ -404,14 +426,9 @@ mod tests {
     /// and a flush ends the linger with everything stored, in order.
     #[tokio::test]
     async fn records_queued_during_the_linger_share_one_append() {
-        let (_dir, store) = counted().await;
-        let (audit, finished) = Audit::start(store.clone(), true).unwrap();
-        for i in 0..100 {
-            audit.record(entry(i)).await;
-        }
+        let (_dir, store, audit, finished) = writer_with(100).await;
         audit.flush().await;
-        let summary = verify_chain(store.as_ref()).await.unwrap().unwrap();
-        assert_eq!(summary.records, 100);
+        assert_eq!(stored(&store).await, 100);
         // Typically one append; a few if this thread stalls past a linger.
         let appends = store.appends.load(Ordering::SeqCst);
         assert!(appends <= 10, "{appends} appends for 100 queued records");
@@ -423,15 +440,10 @@ mod tests {
     /// for a flush, and the chain stays whole across them.
     #[tokio::test]
     async fn a_full_batch_is_written_and_the_rest_follows() {
-        let (_dir, store) = counted().await;
-        let (audit, finished) = Audit::start(store.clone(), true).unwrap();
         let total = 2 * BATCH_MAX + 10;
-        for i in 0..total {
-            audit.record(entry(i)).await;
-        }
+        let (_dir, store, audit, finished) = writer_with(total).await;
         audit.flush().await;
-        let summary = verify_chain(store.as_ref()).await.unwrap().unwrap();
-        assert_eq!(summary.records, total as u64);
+        assert_eq!(stored(&store).await, total as u64);
         let appends = store.appends.load(Ordering::SeqCst);
         assert!(appends >= 3, "{total} records in {appends} appends");
         let newest = store
@@ -453,14 +465,9 @@ mod tests {
     /// queued, with no flush and no linger left to wait out.
     #[tokio::test]
     async fn dropping_the_handles_drains_the_queue() {
-        let (_dir, store) = counted().await;
-        let (audit, finished) = Audit::start(store.clone(), true).unwrap();
-        for i in 0..10 {
-            audit.record(entry(i)).await;
-        }
+        let (_dir, store, audit, finished) = writer_with(10).await;
         drop(audit);
         finished.await.unwrap();
-        let summary = verify_chain(store.as_ref()).await.unwrap().unwrap();
-        assert_eq!(summary.records, 10);
+        assert_eq!(stored(&store).await, 10);
     }
 }

@@ -13,6 +13,7 @@ backend_tests!(
     index_redirects_by_sign_in_state,
     pages_render_with_security_headers,
     register_signs_in_and_lands_on_account,
+    register_with_required_verification_sends_one_working_link,
     register_errors_keep_input_but_never_passwords,
     login_errors_and_safe_next,
     post_without_csrf_or_from_foreign_origin_is_refused,
@@ -254,6 +255,51 @@ async fn register_signs_in_and_lands_on_account(backend: Backend) {
     }
     // The same account works on the API: one implementation.
     app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn register_with_required_verification_sends_one_working_link(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("REQUIRE_VERIFIED_EMAIL", "true")]).await;
+    let client = browser();
+    let csrf = page_csrf(&app, &client, "/register").await;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Dr Jane Smith"),
+        ("email", "jane@example.com"),
+        ("password", PASSWORD),
+        ("password_confirm", PASSWORD),
+    ];
+    let res = post_form(&app, &client, "/register", &fields).await;
+    // Not signed in yet: the page says where the link went.
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/login?registered=1");
+    assert!(set_cookie(res.headers(), "refresh_token").is_none());
+    let html = get(&app, &client, "/login?registered=1")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("Open the link we have sent"), "{html}");
+    // The first (and only) link works: no second email voided it.
+    let emails = common::wait_for_subject(&app.outbox(), common::VERIFY_SUBJECT, 1).await;
+    let marker = "http://localhost:8000";
+    let link = emails[0]
+        .text
+        .lines()
+        .find(|l| l.starts_with(marker))
+        .unwrap()
+        .trim()
+        .trim_start_matches(marker)
+        .to_owned();
+    let res = get(&app, &client, &link).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Email address confirmed"), "{html}");
+    let res = sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        common::read_subject(&app.outbox(), common::VERIFY_SUBJECT).len(),
+        1
+    );
 }
 
 async fn register_errors_keep_input_but_never_passwords(backend: Backend) {

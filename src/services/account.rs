@@ -231,8 +231,15 @@ impl AuthService {
                 "Enter your current password.",
             ));
         }
-        if let Err(e) =
-            new_password.check_new(self.password_policy(), Some(&user.email), "new_password")
+        if let Err(e) = self
+            .passwords()
+            .check_new(
+                new_password,
+                self.password_policy(),
+                Some(&user.email),
+                "new_password",
+            )
+            .await?
         {
             errors.push(e);
         }

@@ -82,6 +82,18 @@ pub struct AuthService {
     audit: Audit,
 }
 
+/// A registration's name and email, each parsed if valid, and what is wrong
+/// with the others.
+fn parse_identity(
+    name: &str,
+    email: &str,
+) -> (Option<PersonName>, Option<EmailAddress>, Vec<FieldError>) {
+    let mut errors = Vec::new();
+    let name = PersonName::parse(name).map_err(|e| errors.push(e)).ok();
+    let email = EmailAddress::parse(email).map_err(|e| errors.push(e)).ok();
+    (name, email, errors)
+}
+
 fn count_login(outcome: &'static str) {
     metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
 }
@@ -168,31 +180,65 @@ impl AuthService {
     }
 
     /// Checks registration input without creating anything.
-    pub fn validate_registration(
+    pub async fn validate_registration(
         &self,
         name: &str,
         email: &str,
         password: &Password,
     ) -> Result<(PersonName, EmailAddress)> {
-        let mut errors = Vec::new();
-        let name = PersonName::parse(name).map_err(|e| errors.push(e)).ok();
-        let email = EmailAddress::parse(email).map_err(|e| errors.push(e)).ok();
-        if let Err(e) =
-            password.check_new(&self.settings.password_policy, email.as_ref(), "password")
-        {
-            errors.push(e);
-        }
-        match (name, email, errors.is_empty()) {
-            (Some(name), Some(email), true) => Ok((name, email)),
+        let (name, email, mut errors) = parse_identity(name, email);
+        self.check_new_password(password, email.as_ref(), &mut errors)
+            .await?;
+        match (name, email) {
+            (Some(name), Some(email)) if errors.is_empty() => Ok((name, email)),
             _ => Err(ServiceError::Validation(errors)),
         }
     }
 
+    /// Adds the policy's objections to `password` (if any) to `errors`.
+    async fn check_new_password(
+        &self,
+        password: &Password,
+        email: Option<&EmailAddress>,
+        errors: &mut Vec<FieldError>,
+    ) -> Result<()> {
+        let policy = &self.settings.password_policy;
+        if let Err(e) = self
+            .passwords
+            .check_new(password, policy, email, "password")
+            .await?
+        {
+            errors.push(e);
+        }
+        Ok(())
+    }
+
     /// Self-registration: always a `doctor`, never verified by the caller.
     pub async fn register(&self, input: RegisterInput, client: &ClientContext) -> Result<User> {
-        let (name, email) =
-            self.validate_registration(&input.name, &input.email, &input.password)?;
-        let password_hash = self.passwords.hash(&input.password).await?;
+        let (name, email, mut errors) = parse_identity(&input.name, &input.email);
+        let password_hash = match (&name, &email) {
+            (Some(_), Some(email)) => self
+                .passwords
+                .check_and_hash_new(
+                    &input.password,
+                    &self.settings.password_policy,
+                    Some(email),
+                    "password",
+                )
+                .await?
+                .map_err(|e| errors.push(e))
+                .ok(),
+            // Nothing will be created, but the answer should still list the
+            // password's problems: check it without hashing it.
+            _ => {
+                self.check_new_password(&input.password, email.as_ref(), &mut errors)
+                    .await?;
+                None
+            }
+        };
+        let (Some(name), Some(email), Some(password_hash)) = (name, email, password_hash) else {
+            return Err(ServiceError::Validation(errors));
+        };
         let new_user = NewUser {
             email,
             name,
@@ -286,14 +332,42 @@ impl AuthService {
                     self.send_verification(&user).await?;
                     return Err(ServiceError::EmailUnverified);
                 }
-                let outcome = self.start_family(user, client).await?;
-                count_login("success");
-                let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(email);
-                self.audit.record(entry.user(&outcome.user.id)).await;
-                tracing::info!(user_id = %outcome.user.id, "login succeeded");
-                Ok(outcome)
+                self.signed_in(user, email, client).await
             }
         }
+    }
+
+    /// Registers and signs the new user in, unless the address must be
+    /// verified first (`None`: the link is on its way). Someone who has just
+    /// chosen the password needs no second argon2 run to prove it, and a
+    /// sign-in through `login` would refuse the unverified address by
+    /// mailing a second link that voids the first.
+    pub async fn register_and_sign_in(
+        &self,
+        input: RegisterInput,
+        client: &ClientContext,
+    ) -> Result<Option<LoginOutcome>> {
+        let user = self.register(input, client).await?;
+        if self.settings.require_verified_email && !user.verified {
+            return Ok(None);
+        }
+        let email = user.email.as_str().to_owned();
+        self.signed_in(user, &email, client).await.map(Some)
+    }
+
+    /// Starts the session of a user whose credentials were just proven.
+    async fn signed_in(
+        &self,
+        user: User,
+        submitted_email: &str,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
+        let outcome = self.start_family(user, client).await?;
+        count_login("success");
+        let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(submitted_email);
+        self.audit.record(entry.user(&outcome.user.id)).await;
+        tracing::info!(user_id = %outcome.user.id, "login succeeded");
+        Ok(outcome)
     }
 
     /// Counts a failed sign-in against the submitted email and starts a lock
@@ -745,14 +819,16 @@ impl AuthService {
             .find_user_by_id(&user_id)
             .await?
             .ok_or(ServiceError::InvalidResetToken)?;
-        password
-            .check_new(
+        let new_hash = self
+            .passwords
+            .check_and_hash_new(
+                password,
                 &self.settings.password_policy,
                 Some(&user.email),
                 "password",
             )
+            .await?
             .map_err(|e| ServiceError::Validation(vec![e]))?;
-        let new_hash = self.passwords.hash(password).await?;
         match self
             .store
             .consume_one_time_token(TokenPurpose::PasswordReset, &hash, Utc::now())

@@ -105,6 +105,7 @@ pub struct PageQuery {
     signed_out: Option<String>,
     reset: Option<String>,
     expired: Option<String>,
+    registered: Option<String>,
 }
 
 /// Unreadable form bodies are a 400 page, not axum's plain-text rejection.
@@ -180,6 +181,12 @@ pub async fn login_page(
         Some("Your password has been changed. Sign in with the new one.".to_owned())
     } else if q.expired.is_some() {
         Some("Your session ended. Sign in again.".to_owned())
+    } else if q.registered.is_some() {
+        Some(
+            "Your account is ready. Open the link we have sent to your email address, \
+             then sign in."
+                .to_owned(),
+        )
     } else {
         None
     };
@@ -338,6 +345,7 @@ pub async fn register_submit(
         let mut errors = match state
             .auth
             .validate_registration(&f.name, &f.email, &password)
+            .await
         {
             Err(ServiceError::Validation(errors)) => errors,
             _ => Vec::new(),
@@ -350,25 +358,23 @@ pub async fn register_submit(
     } else {
         state
             .auth
-            .register(
+            .register_and_sign_in(
                 RegisterInput {
                     name: f.name.clone(),
                     email: f.email.clone(),
-                    password: Password::new(password.expose().to_owned()),
+                    password,
                 },
                 &client,
             )
             .await
     };
     let status = match result {
-        Ok(user) => {
-            let outcome = state
-                .auth
-                .login(user.email.as_str(), &password, &client)
-                .await?;
+        Ok(Some(outcome)) => {
             let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to("/account")).into_response());
         }
+        // The address must be confirmed before the first sign-in.
+        Ok(None) => return Ok(Redirect::to("/login?registered=1").into_response()),
         Err(e) => explain(&mut form_state, "email", e)?,
     };
     let view = RegisterPage {

@@ -81,6 +81,14 @@ async fn post_form(
         .unwrap()
 }
 
+/// The path of the link in an email (they point at the tests' APP_URL).
+fn link_path(email: &common::Email) -> String {
+    let marker = "http://localhost:8000";
+    let line = email.text.lines().find(|l| l.starts_with(marker));
+    let line = line.expect("the email has a link");
+    line.trim().trim_start_matches(marker).to_owned()
+}
+
 fn location(res: &Response) -> String {
     res.headers()
         .get("location")
@@ -281,15 +289,7 @@ async fn register_with_required_verification_sends_one_working_link(backend: Bac
     assert!(html.contains("Open the link we have sent"), "{html}");
     // The first (and only) link works: no second email voided it.
     let emails = common::wait_for_subject(&app.outbox(), common::VERIFY_SUBJECT, 1).await;
-    let marker = "http://localhost:8000";
-    let link = emails[0]
-        .text
-        .lines()
-        .find(|l| l.starts_with(marker))
-        .unwrap()
-        .trim()
-        .trim_start_matches(marker)
-        .to_owned();
+    let link = link_path(&emails[0]);
     let res = get(&app, &client, &link).await;
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
@@ -1011,15 +1011,7 @@ async fn account_page_resends_the_verification_link(backend: Backend) {
     );
     let emails = common::wait_for_subject(&app.outbox(), common::VERIFY_SUBJECT, 2).await;
     // Following the new link from this browser confirms the address.
-    let marker = "http://localhost:8000";
-    let link = emails[1]
-        .text
-        .lines()
-        .find(|l| l.starts_with(marker))
-        .unwrap()
-        .trim()
-        .trim_start_matches(marker)
-        .to_owned();
+    let link = link_path(&emails[1]);
     let res = get(&app, &client, &link).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains("Go to your account"));

@@ -50,11 +50,14 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by method and route"
     );
-    describe_gauge!(HASH_QUEUE, "Password hashes waiting or running");
+    describe_gauge!(
+        HASH_QUEUE,
+        "Password jobs (hash, verify, new-password strength check) waiting or running"
+    );
     describe_histogram!(
         HASH_DURATION,
         Unit::Seconds,
-        "Time to hash or verify one password"
+        "Time to run one password job: a hash or verification, with the strength check of a new password"
     );
     describe_counter!(LOGINS, "Sign-in attempts by outcome");
     describe_counter!(REFRESH_REUSE, "Replaced refresh tokens presented again");

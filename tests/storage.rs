@@ -8,14 +8,15 @@ use std::sync::Arc;
 use chrono::{Duration, DurationRound, Utc};
 use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::{
-    NewOneTimeToken, NewRefreshToken, NewUser, Rotated, Rotation, Store, StoreError, TokenPurpose,
-    WebSessionRecord,
+    NewLink, NewOneTimeToken, NewRefreshToken, NewUser, Rotated, Rotation, Store, StoreError,
+    TokenPurpose, WebSessionRecord,
 };
 use common::{fresh_store, Backend};
 
 backend_tests!(
     users_round_trip,
     duplicate_email_is_a_conflict,
+    a_user_is_created_with_its_first_link,
     unknown_and_malformed_ids_are_none,
     password_hash_can_be_replaced,
     refresh_rotation_retires_the_old_token,
@@ -131,6 +132,59 @@ async fn duplicate_email_is_a_conflict(backend: Backend) {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err:?}");
+}
+
+async fn a_user_is_created_with_its_first_link(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let purpose = TokenPurpose::EmailVerification;
+    let link = |raw: &str| NewLink {
+        token_hash: TokenHash::of(raw),
+        expires_at: now() + Duration::hours(24),
+        created_at: now(),
+    };
+    let jane = store
+        .create_user_with_link(&new_user("jane@example.com"), purpose, &link("first"))
+        .await
+        .unwrap();
+    assert_eq!(jane.email.as_str(), "jane@example.com");
+    assert!(!jane.verified);
+    let by_email = store
+        .find_user_by_email(&jane.email)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(by_email.id, jane.id);
+    let first = TokenHash::of("first");
+    let owner = store.find_one_time_token(purpose, &first, now()).await;
+    assert_eq!(owner.unwrap(), Some(jane.id.clone()));
+    let other = TokenPurpose::PasswordReset;
+    let none = store.find_one_time_token(other, &first, now()).await;
+    assert_eq!(none.unwrap(), None, "only the purpose asked for");
+
+    // A taken email stores nothing: neither a user nor its link.
+    let err = store
+        .create_user_with_link(&new_user("jane@example.com"), purpose, &link("second"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict), "{err:?}");
+    let second = TokenHash::of("second");
+    let none = store.find_one_time_token(purpose, &second, now()).await;
+    assert_eq!(none.unwrap(), None);
+    let owner = store.find_one_time_token(purpose, &first, now()).await;
+    assert_eq!(
+        owner.unwrap(),
+        Some(jane.id.clone()),
+        "the first link lives"
+    );
+
+    // The store still takes writes after the refused one (no transaction
+    // was left open on SQLite's writer).
+    let john = store
+        .create_user_with_link(&new_user("john@example.com"), purpose, &link("third"))
+        .await
+        .unwrap();
+    assert_ne!(john.id, jane.id);
+    store.ping().await.unwrap();
 }
 
 async fn unknown_and_malformed_ids_are_none(backend: Backend) {

@@ -11,6 +11,7 @@ use super::audit::{Audit, AuditEntry};
 use super::lockout::{self, LockoutPolicy};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
+use super::verification::VERIFY_PAGE;
 use super::{ClientContext, ServiceError};
 use crate::domain::token::random_token;
 use crate::domain::{
@@ -19,7 +20,7 @@ use crate::domain::{
 };
 use crate::email::{self, Brand, Mailer, OutgoingEmail, ResetEmail};
 use crate::storage::{
-    NewOneTimeToken, NewRefreshToken, NewUser, RefreshTokenRecord, Rotation, Store, StoreError,
+    NewLink, NewRefreshToken, NewUser, RefreshTokenRecord, Rotation, Store, StoreError,
     TokenPurpose,
 };
 
@@ -247,12 +248,20 @@ impl AuthService {
             verified: false,
             created_at: Utc::now(),
         };
-        match self.store.create_user(&new_user).await {
+        // The user and its verification link are stored together (one
+        // commit where the store can), then the link is emailed.
+        let purpose = TokenPurpose::EmailVerification;
+        let (link, url) = self.fresh_link(purpose, VERIFY_PAGE);
+        match self
+            .store
+            .create_user_with_link(&new_user, purpose, &link)
+            .await
+        {
             Ok(user) => {
                 let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
                 self.audit.record(entry.email(user.email.as_str())).await;
                 tracing::info!(user_id = %user.id, "user registered");
-                self.send_verification(&user).await?;
+                self.email_verification(&user, url);
                 Ok(user)
             }
             Err(StoreError::Conflict) => Err(ServiceError::EmailTaken),
@@ -750,24 +759,31 @@ impl AuthService {
         purpose: TokenPurpose,
         page: &str,
     ) -> std::result::Result<String, StoreError> {
+        let (link, url) = self.fresh_link(purpose, page);
+        self.store
+            .replace_one_time_token(purpose, &link.for_user(&user.id))
+            .await?;
+        Ok(url)
+    }
+
+    /// A new single-use link for `purpose`: what to store (its hash) and
+    /// the URL to email (the token itself, never stored).
+    pub(super) fn fresh_link(&self, purpose: TokenPurpose, page: &str) -> (NewLink, String) {
         let token = random_token();
         let now = Utc::now();
         let ttl = match purpose {
             TokenPurpose::PasswordReset => self.settings.reset_ttl,
             TokenPurpose::EmailVerification => self.settings.verification_ttl,
         };
-        self.store
-            .replace_one_time_token(
-                purpose,
-                &NewOneTimeToken {
-                    user_id: user.id.clone(),
-                    token_hash: TokenHash::of(&token),
-                    expires_at: now + chrono_duration(ttl),
-                    created_at: now,
-                },
-            )
-            .await?;
-        Ok(format!("{}/{page}?token={token}", self.settings.app_url))
+        let link = NewLink {
+            token_hash: TokenHash::of(&token),
+            expires_at: now + chrono_duration(ttl),
+            created_at: now,
+        };
+        (
+            link,
+            format!("{}/{page}?token={token}", self.settings.app_url),
+        )
     }
 
     /// Tells the owner their password changed (ASVS 6.3.7), off the request

@@ -13,6 +13,9 @@ use crate::storage::TokenPurpose;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
+/// The page a verification link opens.
+pub(super) const VERIFY_PAGE: &str = "verify-email";
+
 /// Verification tokens are 43 base64url characters; longer input is junk.
 const MAX_TOKEN_LEN: usize = 4096;
 
@@ -20,9 +23,15 @@ impl AuthService {
     /// Stores a fresh verification link for `user` (the previous one stops
     /// working) and emails it in the background.
     pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
-        let link = self
-            .new_link(user, TokenPurpose::EmailVerification, "verify-email")
+        let url = self
+            .new_link(user, TokenPurpose::EmailVerification, VERIFY_PAGE)
             .await?;
+        self.email_verification(user, url);
+        Ok(())
+    }
+
+    /// Emails a stored verification link, in the background.
+    pub(super) fn email_verification(&self, user: &User, link: String) {
         let expires_hours = self.settings().verification_ttl.as_secs().div_ceil(3600);
         self.send_in_background(user, "verify_email", move |to, brand| {
             email::verify_email(
@@ -34,7 +43,6 @@ impl AuthService {
                 },
             )
         });
-        Ok(())
     }
 
     /// Sends the signed-in user a new link. `AlreadyVerified` when there is

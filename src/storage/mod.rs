@@ -266,6 +266,26 @@ pub struct NewOneTimeToken {
     pub created_at: DateTime<Utc>,
 }
 
+/// A single-use token for a user who does not exist yet (see
+/// [`Store::create_user_with_link`]).
+#[derive(Debug, Clone)]
+pub struct NewLink {
+    pub token_hash: TokenHash,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewLink {
+    pub fn for_user(&self, user_id: &UserId) -> NewOneTimeToken {
+        NewOneTimeToken {
+            user_id: user_id.clone(),
+            token_hash: self.token_hash.clone(),
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+        }
+    }
+}
+
 #[async_trait]
 pub trait OneTimeTokenStore: Send + Sync {
     /// Stores a token, replacing any earlier one of the same user and
@@ -462,6 +482,23 @@ pub trait Store:
     + WebSessionStore
     + AuditStore
 {
+    /// Creates a user together with its first single-use link (the
+    /// verification link of a registration). `Err(Conflict)` when the email
+    /// is taken, and then nothing is stored. This default makes two writes,
+    /// so a failure between them leaves the user without the link (they can
+    /// ask for a new one); a backend with transactions makes it one.
+    async fn create_user_with_link(
+        &self,
+        user: &NewUser,
+        purpose: TokenPurpose,
+        link: &NewLink,
+    ) -> StoreResult<User> {
+        let user = self.create_user(user).await?;
+        self.replace_one_time_token(purpose, &link.for_user(&user.id))
+            .await?;
+        Ok(user)
+    }
+
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;
 

@@ -15,10 +15,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, FromRow};
 
 use super::{
-    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
-    NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
-    Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord,
-    WebSessionStore,
+    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewLink, NewOneTimeToken,
+    NewRefreshToken, NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore,
+    ReplayVerdict, Rotated, Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore,
+    WebSessionRecord, WebSessionStore,
 };
 use crate::domain::audit::GENESIS_HASH;
 use crate::domain::{
@@ -182,6 +182,18 @@ fn map_err(err: sqlx::Error) -> StoreError {
     }
 }
 
+/// Ends the transaction a multi-statement command began, after it stopped
+/// somewhere between BEGIN and COMMIT (or before BEGIN, when ROLLBACK
+/// answers that no transaction is active). A connection that cannot even
+/// roll back is not reused half inside a transaction.
+async fn roll_back(conn: &mut Lease<'_>) {
+    if let Err(err) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
+        if !err.to_string().contains("no transaction is active") {
+            conn.discard();
+        }
+    }
+}
+
 #[derive(FromRow, Clone)]
 struct UserRow {
     id: String,
@@ -292,25 +304,11 @@ where
 #[async_trait]
 impl UserStore for SqliteStore {
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-        // UUIDv7 ids are time-ordered, which keeps the primary-key index
-        // append-mostly.
-        let id = uuid::Uuid::now_v7().simple().to_string();
-        let now = millis(user.created_at);
-        let row: UserRow = sqlx::query_as(&format!(
-            "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
-        ))
-        .bind(&id)
-        .bind(user.email.as_str())
-        .bind(user.password_hash.expose())
-        .bind(user.name.as_str())
-        .bind(user.role.as_str())
-        .bind(user.verified)
-        .bind(now)
-        .bind(now)
-        .fetch_one(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        let id = new_user_id();
+        let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
+            .fetch_one(&mut self.write().await?)
+            .await
+            .map_err(map_err)?;
         row.try_into()
     }
 
@@ -596,6 +594,48 @@ fn one_time_table(purpose: TokenPurpose) -> &'static str {
     }
 }
 
+/// UUIDv7 ids are time-ordered, which keeps the primary-key index
+/// append-mostly.
+fn new_user_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Inserts a user (parameters: [`bind_user`]) and returns its row.
+fn insert_user_sql() -> String {
+    format!(
+        "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, \
+         updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING {USER_COLUMNS}"
+    )
+}
+
+fn bind_user<'q, O>(
+    query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>>,
+    id: &'q str,
+    user: &'q NewUser,
+) -> sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments<'q>> {
+    let created = millis(user.created_at);
+    query
+        .bind(id)
+        .bind(user.email.as_str())
+        .bind(user.password_hash.expose())
+        .bind(user.name.as_str())
+        .bind(user.role.as_str())
+        .bind(user.verified)
+        .bind(created)
+        .bind(created)
+}
+
+/// Stores a user's single-use link, replacing the one before (parameters:
+/// [`bind_link`]).
+fn upsert_link_sql(purpose: TokenPurpose) -> String {
+    format!(
+        "INSERT INTO {} (user_id, token_hash, expires_at, created_at) VALUES (?, ?, ?, ?) \
+         ON CONFLICT (user_id) DO UPDATE SET token_hash = excluded.token_hash, \
+         expires_at = excluded.expires_at, created_at = excluded.created_at",
+        one_time_table(purpose)
+    )
+}
+
 #[async_trait]
 impl OneTimeTokenStore for SqliteStore {
     async fn replace_one_time_token(
@@ -605,20 +645,14 @@ impl OneTimeTokenStore for SqliteStore {
     ) -> StoreResult<()> {
         // One statement, atomic on its own: user_id is unique (migration
         // 12), so the user's previous link, if any, is overwritten in place.
-        sqlx::query(&format!(
-            "INSERT INTO {} (user_id, token_hash, expires_at, created_at) \
-             VALUES (?, ?, ?, ?) \
-             ON CONFLICT (user_id) DO UPDATE SET token_hash = excluded.token_hash, \
-             expires_at = excluded.expires_at, created_at = excluded.created_at",
-            one_time_table(purpose)
-        ))
-        .bind(token.user_id.as_str())
-        .bind(token.token_hash.as_str())
-        .bind(millis(token.expires_at))
-        .bind(millis(token.created_at))
-        .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        sqlx::query(&upsert_link_sql(purpose))
+            .bind(token.user_id.as_str())
+            .bind(token.token_hash.as_str())
+            .bind(millis(token.expires_at))
+            .bind(millis(token.created_at))
+            .execute(&mut self.write().await?)
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 
@@ -1064,6 +1098,43 @@ impl AuditStore for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// One transaction, sent to the writer's thread as one command: a
+    /// registration is one commit instead of two, and a user never exists
+    /// without its link.
+    async fn create_user_with_link(
+        &self,
+        user: &NewUser,
+        purpose: TokenPurpose,
+        link: &NewLink,
+    ) -> StoreResult<User> {
+        let id = new_user_id();
+        let sql = format!(
+            "BEGIN IMMEDIATE; {}; {}; COMMIT",
+            insert_user_sql(),
+            upsert_link_sql(purpose)
+        );
+        let mut conn = self.write().await?;
+        // Only the INSERT's RETURNING gives a row.
+        let rows: Result<Vec<UserRow>, _> = bind_user(sqlx::query_as(&sql), &id, user)
+            .bind(&id)
+            .bind(link.token_hash.as_str())
+            .bind(millis(link.expires_at))
+            .bind(millis(link.created_at))
+            .fetch_all(&mut conn)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(map_err(err));
+            }
+        };
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the new user's row is missing")))?
+            .try_into()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&mut self.read().await?)

@@ -107,15 +107,8 @@ async fn rotate(
     let mut conn = writer.get().await.map_err(map_err)?;
     let rows = run_batch(&mut conn, jobs).await;
     if rows.is_err() {
-        // The batch stopped somewhere between BEGIN and COMMIT (or before
-        // BEGIN, when ROLLBACK answers that no transaction is active). A
-        // connection that cannot even roll back is not reused half inside
-        // a transaction; the next batch opens a new one.
-        if let Err(err) = sqlx::query("ROLLBACK").execute(&mut conn).await {
-            if !err.to_string().contains("no transaction is active") {
-                conn.discard();
-            }
-        }
+        // The next batch opens a transaction of its own.
+        super::roll_back(&mut conn).await;
     }
     let (retired, owners) = rows?;
     // What the rows say is judged per rotation from here: a stored value

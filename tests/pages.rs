@@ -14,6 +14,7 @@ backend_tests!(
     pages_render_with_security_headers,
     register_signs_in_and_lands_on_account,
     register_with_required_verification_sends_one_working_link,
+    register_signs_in_even_when_the_email_was_locked_before,
     register_errors_keep_input_but_never_passwords,
     login_errors_and_safe_next,
     post_without_csrf_or_from_foreign_origin_is_refused,
@@ -79,6 +80,19 @@ async fn post_form(
         .send()
         .await
         .unwrap()
+}
+
+/// Fills in and sends the registration form as Dr Jane Smith.
+async fn register_on_page(app: &TestApp, client: &Client, email: &str) -> Response {
+    let csrf = page_csrf(app, client, "/register").await;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Dr Jane Smith"),
+        ("email", email),
+        ("password", PASSWORD),
+        ("password_confirm", PASSWORD),
+    ];
+    post_form(app, client, "/register", &fields).await
 }
 
 /// The path of the link in an email (they point at the tests' APP_URL).
@@ -230,20 +244,7 @@ async fn pages_render_with_security_headers(backend: Backend) {
 async fn register_signs_in_and_lands_on_account(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let client = browser();
-    let csrf = page_csrf(&app, &client, "/register").await;
-    let res = post_form(
-        &app,
-        &client,
-        "/register",
-        &[
-            ("csrf", &csrf),
-            ("name", "Dr Jane Smith"),
-            ("email", "Jane@Example.com"),
-            ("password", PASSWORD),
-            ("password_confirm", PASSWORD),
-        ],
-    )
-    .await;
+    let res = register_on_page(&app, &client, "Jane@Example.com").await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/account");
     // A page sign-in signs a same-site SPA in too.
@@ -268,15 +269,7 @@ async fn register_signs_in_and_lands_on_account(backend: Backend) {
 async fn register_with_required_verification_sends_one_working_link(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("REQUIRE_VERIFIED_EMAIL", "true")]).await;
     let client = browser();
-    let csrf = page_csrf(&app, &client, "/register").await;
-    let fields = [
-        ("csrf", csrf.as_str()),
-        ("name", "Dr Jane Smith"),
-        ("email", "jane@example.com"),
-        ("password", PASSWORD),
-        ("password_confirm", PASSWORD),
-    ];
-    let res = post_form(&app, &client, "/register", &fields).await;
+    let res = register_on_page(&app, &client, "jane@example.com").await;
     // Not signed in yet: the page says where the link went.
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/login?registered=1");
@@ -300,6 +293,25 @@ async fn register_with_required_verification_sends_one_working_link(backend: Bac
         common::read_subject(&app.outbox(), common::VERIFY_SUBJECT).len(),
         1
     );
+}
+
+/// Someone may fail sign-ins for an address before it has an account (the
+/// lock counts unknown emails too). The person who then registers it has
+/// just chosen the password and is signed in, not shown the lock.
+async fn register_signs_in_even_when_the_email_was_locked_before(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("LOGIN_MAX_FAILURES", "2")]).await;
+    let client = browser();
+    for _ in 0..2 {
+        let res = sign_in(&app, &client, "jane@example.com", "Wr0ng!Password99").await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS, "locked");
+    let res = register_on_page(&app, &client, "jane@example.com").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/account");
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    assert!(html.contains("Dr Jane Smith"), "{html}");
 }
 
 async fn register_errors_keep_input_but_never_passwords(backend: Backend) {

@@ -32,6 +32,7 @@ async fn legacy_bcrypt_hash_logs_in_and_is_upgraded(backend: Backend) {
             role: Role::Doctor,
             verified: true,
             created_at: Utc::now(),
+            verification_link: None,
         })
         .await
         .unwrap();

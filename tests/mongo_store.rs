@@ -57,6 +57,7 @@ fn new_user(email: &str) -> NewUser {
         role: Role::Doctor,
         verified: false,
         created_at: now_ms(),
+        verification_link: None,
     }
 }
 

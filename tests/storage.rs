@@ -57,6 +57,7 @@ fn new_user(email: &str) -> NewUser {
         role: Role::Doctor,
         verified: false,
         created_at: now(),
+        verification_link: None,
     }
 }
 
@@ -137,13 +138,16 @@ async fn duplicate_email_is_a_conflict(backend: Backend) {
 async fn a_user_is_created_with_its_first_link(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let purpose = TokenPurpose::EmailVerification;
-    let link = |raw: &str| NewLink {
-        token_hash: TokenHash::of(raw),
-        expires_at: now() + Duration::hours(24),
-        created_at: now(),
+    let with_link = |email: &str, raw: &str| NewUser {
+        verification_link: Some(NewLink {
+            token_hash: TokenHash::of(raw),
+            expires_at: now() + Duration::hours(24),
+            created_at: now(),
+        }),
+        ..new_user(email)
     };
     let jane = store
-        .create_user_with_link(&new_user("jane@example.com"), purpose, &link("first"))
+        .create_user(&with_link("jane@example.com", "first"))
         .await
         .unwrap();
     assert_eq!(jane.email.as_str(), "jane@example.com");
@@ -159,11 +163,11 @@ async fn a_user_is_created_with_its_first_link(backend: Backend) {
     assert_eq!(owner.unwrap(), Some(jane.id.clone()));
     let other = TokenPurpose::PasswordReset;
     let none = store.find_one_time_token(other, &first, now()).await;
-    assert_eq!(none.unwrap(), None, "only the purpose asked for");
+    assert_eq!(none.unwrap(), None, "only as a verification link");
 
     // A taken email stores nothing: neither a user nor its link.
     let err = store
-        .create_user_with_link(&new_user("jane@example.com"), purpose, &link("second"))
+        .create_user(&with_link("jane@example.com", "second"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err:?}");
@@ -180,7 +184,7 @@ async fn a_user_is_created_with_its_first_link(backend: Backend) {
     // The store still takes writes after the refused one (no transaction
     // was left open on SQLite's writer).
     let john = store
-        .create_user_with_link(&new_user("john@example.com"), purpose, &link("third"))
+        .create_user(&with_link("john@example.com", "third"))
         .await
         .unwrap();
     assert_ne!(john.id, jane.id);

@@ -240,6 +240,9 @@ impl AuthService {
         let (Some(name), Some(email), Some(password_hash)) = (name, email, password_hash) else {
             return Err(ServiceError::Validation(errors));
         };
+        // The user and its verification link are stored together (one
+        // commit where the store can), then the link is emailed.
+        let (link, url) = self.fresh_link(TokenPurpose::EmailVerification, VERIFY_PAGE);
         let new_user = NewUser {
             email,
             name,
@@ -247,16 +250,9 @@ impl AuthService {
             role: Role::Doctor,
             verified: false,
             created_at: Utc::now(),
+            verification_link: Some(link),
         };
-        // The user and its verification link are stored together (one
-        // commit where the store can), then the link is emailed.
-        let purpose = TokenPurpose::EmailVerification;
-        let (link, url) = self.fresh_link(purpose, VERIFY_PAGE);
-        match self
-            .store
-            .create_user_with_link(&new_user, purpose, &link)
-            .await
-        {
+        match self.store.create_user(&new_user).await {
             Ok(user) => {
                 let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
                 self.audit.record(entry.email(user.email.as_str())).await;

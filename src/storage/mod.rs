@@ -48,11 +48,19 @@ pub struct NewUser {
     pub role: Role,
     pub verified: bool,
     pub created_at: DateTime<Utc>,
+    /// The first email-verification link (a registration's), stored with
+    /// the user.
+    pub verification_link: Option<NewLink>,
 }
 
 #[async_trait]
 pub trait UserStore: Send + Sync {
-    /// Creates a user. `Err(Conflict)` when the email is already registered.
+    /// Creates a user, and its `verification_link` when there is one.
+    /// `Err(Conflict)` when the email is already registered, and then
+    /// nothing is stored. A store with transactions writes both at once; one
+    /// without (MongoDB without a replica set) writes the user first, so a
+    /// failure between the two leaves the user without the link (they can
+    /// ask for a new one).
     async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
 
     /// `Ok(None)` when no user has that (already normalised) email.
@@ -267,7 +275,7 @@ pub struct NewOneTimeToken {
 }
 
 /// A single-use token for a user who does not exist yet (see
-/// [`Store::create_user_with_link`]).
+/// [`NewUser::verification_link`]).
 #[derive(Debug, Clone)]
 pub struct NewLink {
     pub token_hash: TokenHash,
@@ -482,23 +490,6 @@ pub trait Store:
     + WebSessionStore
     + AuditStore
 {
-    /// Creates a user together with its first single-use link (the
-    /// verification link of a registration). `Err(Conflict)` when the email
-    /// is taken, and then nothing is stored. This default makes two writes,
-    /// so a failure between them leaves the user without the link (they can
-    /// ask for a new one); a backend with transactions makes it one.
-    async fn create_user_with_link(
-        &self,
-        user: &NewUser,
-        purpose: TokenPurpose,
-        link: &NewLink,
-    ) -> StoreResult<User> {
-        let user = self.create_user(user).await?;
-        self.replace_one_time_token(purpose, &link.for_user(&user.id))
-            .await?;
-        Ok(user)
-    }
-
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;
 

@@ -519,7 +519,15 @@ impl UserStore for MongoStore {
             tokens_valid_after: None,
         };
         self.users.insert_one(&doc).await.map_err(map_err)?;
-        doc.try_into()
+        let created: User = doc.try_into()?;
+        // A second write: multi-document transactions need a replica set,
+        // which a single-server install does not have.
+        if let Some(link) = &user.verification_link {
+            let token = link.for_user(&created.id);
+            self.replace_one_time_token(TokenPurpose::EmailVerification, &token)
+                .await?;
+        }
+        Ok(created)
     }
 
     async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {

@@ -15,10 +15,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, FromRow};
 
 use super::{
-    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewLink, NewOneTimeToken,
-    NewRefreshToken, NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore,
-    ReplayVerdict, Rotated, Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore,
-    WebSessionRecord, WebSessionStore,
+    AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
+    NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
+    Rotation, Store, StoreError, StoreResult, TokenPurpose, UserStore, WebSessionRecord,
+    WebSessionStore,
 };
 use crate::domain::audit::GENESIS_HASH;
 use crate::domain::{
@@ -303,13 +303,43 @@ where
 
 #[async_trait]
 impl UserStore for SqliteStore {
+    /// With a verification link, one transaction sent to the writer's
+    /// thread as one command: a registration is one commit instead of two,
+    /// and a user never exists without its link.
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
         let id = new_user_id();
-        let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
-            .fetch_one(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
-        row.try_into()
+        let Some(link) = &user.verification_link else {
+            let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
+                .fetch_one(&mut self.write().await?)
+                .await
+                .map_err(map_err)?;
+            return row.try_into();
+        };
+        let sql = format!(
+            "BEGIN IMMEDIATE; {}; {}; COMMIT",
+            insert_user_sql(),
+            upsert_link_sql(TokenPurpose::EmailVerification)
+        );
+        let mut conn = self.write().await?;
+        // Only the INSERT's RETURNING gives a row.
+        let rows: Result<Vec<UserRow>, _> = bind_user(sqlx::query_as(&sql), &id, user)
+            .bind(&id)
+            .bind(link.token_hash.as_str())
+            .bind(millis(link.expires_at))
+            .bind(millis(link.created_at))
+            .fetch_all(&mut conn)
+            .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(map_err(err));
+            }
+        };
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the new user's row is missing")))?
+            .try_into()
     }
 
     async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {
@@ -1098,43 +1128,6 @@ impl AuditStore for SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    /// One transaction, sent to the writer's thread as one command: a
-    /// registration is one commit instead of two, and a user never exists
-    /// without its link.
-    async fn create_user_with_link(
-        &self,
-        user: &NewUser,
-        purpose: TokenPurpose,
-        link: &NewLink,
-    ) -> StoreResult<User> {
-        let id = new_user_id();
-        let sql = format!(
-            "BEGIN IMMEDIATE; {}; {}; COMMIT",
-            insert_user_sql(),
-            upsert_link_sql(purpose)
-        );
-        let mut conn = self.write().await?;
-        // Only the INSERT's RETURNING gives a row.
-        let rows: Result<Vec<UserRow>, _> = bind_user(sqlx::query_as(&sql), &id, user)
-            .bind(&id)
-            .bind(link.token_hash.as_str())
-            .bind(millis(link.expires_at))
-            .bind(millis(link.created_at))
-            .fetch_all(&mut conn)
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(err) => {
-                roll_back(&mut conn).await;
-                return Err(map_err(err));
-            }
-        };
-        rows.into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the new user's row is missing")))?
-            .try_into()
-    }
-
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&mut self.read().await?)

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, Database, MailTransport};
 use crate::domain::PasswordPolicy;
 use crate::http::middleware::rate_limit;
+use crate::http::pages::csrf::AnonCsrfCookie;
 use crate::http::pages::session::StoreBackedSessions;
 use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
@@ -128,6 +129,7 @@ impl App {
                 hsts: config.is_https(),
                 limiters,
                 sessions: StoreBackedSessions::new(web_sessions),
+                anon_csrf: AnonCsrfCookie::derived_from(&refresh_secret, config.is_https()),
                 session_idle_timeout: config.session_idle_timeout,
                 metrics_route: config.metrics_addr.is_none(),
                 trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(

@@ -10,12 +10,59 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Where the service keeps its data.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// Embedded SQLite file (the zero-setup default).
     Sqlite { url: String },
-    /// MongoDB, selected by a non-empty MONGO_URI.
+    /// MongoDB, selected by a non-empty MONGO_URI. The URI may carry a
+    /// password: `Debug` shows it redacted.
     Mongo { uri: String },
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Database::Sqlite { url } => f.debug_struct("Sqlite").field("url", url).finish(),
+            Database::Mongo { uri } => f
+                .debug_struct("Mongo")
+                .field("uri", &redacted_uri(uri))
+                .finish(),
+        }
+    }
+}
+
+/// A connection string with its credentials blanked: the user info before
+/// `@`, and the value of any query option whose name mentions a password
+/// (e.g. `tlsCertificateKeyFilePassword`).
+pub fn redacted_uri(uri: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let hosts = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, hosts)| hosts);
+    let userinfo = if authority.contains('@') {
+        "[REDACTED]@"
+    } else {
+        ""
+    };
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let query: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, _)) if k.to_ascii_lowercase().contains("password") => {
+                format!("{k}=[REDACTED]")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    format!("{scheme}://{userinfo}{hosts}{path}{query}")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -619,6 +666,30 @@ fn parse_origin(raw: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_mongo_credentials() {
+        let c = Config::from_pairs(&[(
+            "MONGO_URI",
+            "mongodb://clinic:s3cret-pw@db1:27017,db2/clinic_auth?replicaSet=rs0&tlsCertificateKeyFilePassword=k3y-pw",
+        )])
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("s3cret-pw"), "{printed}");
+        assert!(!printed.contains("k3y-pw"), "{printed}");
+        assert!(
+            printed.contains("mongodb://[REDACTED]@db1:27017,db2/clinic_auth?replicaSet=rs0"),
+            "{printed}"
+        );
+        assert_eq!(
+            redacted_uri("mongodb://localhost:27017/clinic_auth"),
+            "mongodb://localhost:27017/clinic_auth"
+        );
+        assert_eq!(
+            redacted_uri("mongodb+srv://u:p@cluster.example"),
+            "mongodb+srv://[REDACTED]@cluster.example"
+        );
+    }
 
     fn dev(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         Config::from_pairs(pairs)

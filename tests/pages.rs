@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::portal::*;
 use common::{expect_error, set_cookie, Backend, TestApp, PASSWORD};
 use reqwest::{Client, Response, StatusCode};
 use serde_json::json;
@@ -33,55 +34,6 @@ backend_tests!(
     account_page_resends_the_verification_link,
 );
 
-/// A browser-like client: keeps cookies, does not follow redirects.
-fn browser() -> Client {
-    Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-const HTML: &str = "text/html,application/xhtml+xml,*/*;q=0.8";
-
-async fn get(app: &TestApp, client: &Client, path: &str) -> Response {
-    client
-        .get(app.url(path))
-        .header("accept", HTML)
-        .send()
-        .await
-        .unwrap()
-}
-
-/// The CSRF token in a page's first form.
-fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf\" value=\"";
-    let start = html.find(marker).expect("page has a CSRF field") + marker.len();
-    html[start..].split('"').next().unwrap().to_owned()
-}
-
-async fn page_csrf(app: &TestApp, client: &Client, path: &str) -> String {
-    let res = get(app, client, path).await;
-    assert_eq!(res.status(), StatusCode::OK, "{path}");
-    csrf_of(&res.text().await.unwrap())
-}
-
-async fn post_form(
-    app: &TestApp,
-    client: &Client,
-    path: &str,
-    fields: &[(&str, &str)],
-) -> Response {
-    client
-        .post(app.url(path))
-        .header("accept", HTML)
-        .header("origin", app.base.clone())
-        .form(fields)
-        .send()
-        .await
-        .unwrap()
-}
-
 /// Fills in and sends the registration form as Dr Jane Smith.
 async fn register_on_page(app: &TestApp, client: &Client, email: &str) -> Response {
     let csrf = page_csrf(app, client, "/register").await;
@@ -101,51 +53,6 @@ fn link_path(email: &common::Email) -> String {
     let line = email.text.lines().find(|l| l.starts_with(marker));
     let line = line.expect("the email has a link");
     line.trim().trim_start_matches(marker).to_owned()
-}
-
-fn location(res: &Response) -> String {
-    res.headers()
-        .get("location")
-        .map(|v| v.to_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
-/// Posts a form that must answer with a redirect (Post/Redirect/Get);
-/// returns where to.
-async fn post_redirect(
-    app: &TestApp,
-    client: &Client,
-    path: &str,
-    fields: &[(&str, &str)],
-) -> String {
-    let res = post_form(app, client, path, fields).await;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER, "POST {path}");
-    location(&res)
-}
-
-/// Signs a browser in through the login form.
-async fn sign_in(app: &TestApp, client: &Client, email: &str, password: &str) -> Response {
-    let csrf = page_csrf(app, client, "/login").await;
-    post_form(
-        app,
-        client,
-        "/login",
-        &[
-            ("csrf", &csrf),
-            ("email", email),
-            ("password", password),
-            ("next", ""),
-        ],
-    )
-    .await
-}
-
-async fn signed_in_browser(app: &TestApp, email: &str) -> Client {
-    let client = browser();
-    let res = sign_in(app, &client, email, PASSWORD).await;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&res), "/account");
-    client
 }
 
 async fn index_redirects_by_sign_in_state(backend: Backend) {
@@ -231,11 +138,25 @@ async fn pages_render_with_security_headers(backend: Backend) {
         css.text().await.unwrap().contains(":focus-visible"),
         "visible focus"
     );
-    // The session cookie: HttpOnly, SameSite=Lax, idle Max-Age.
+    // An anonymous page gets no session, only the cookie its forms' CSRF
+    // tokens are derived from: HttpOnly, SameSite=Lax.
     let res = get(&app, &browser(), "/login").await;
-    let (_, line) = set_cookie(res.headers(), "session").expect("session cookie");
+    assert!(set_cookie(res.headers(), "session").is_none());
+    let (_, line) = set_cookie(res.headers(), "csrf").expect("form cookie");
     assert!(
         line.contains("HttpOnly") && line.contains("SameSite=Lax") && line.contains("Path=/"),
+        "{line}"
+    );
+    assert!(!line.contains("Secure"), "plain http in development");
+    // The session cookie, set at sign-in: HttpOnly, SameSite=Lax, idle Max-Age.
+    app.register("jane@example.com").await;
+    let res = sign_in(&app, &browser(), "jane@example.com", PASSWORD).await;
+    let (_, line) = set_cookie(res.headers(), "session").expect("session cookie");
+    assert!(
+        line.contains("HttpOnly")
+            && line.contains("SameSite=Lax")
+            && line.contains("Path=/")
+            && line.contains("Max-Age="),
         "{line}"
     );
     assert!(!line.contains("Secure"), "plain http in development");
@@ -480,13 +401,33 @@ async fn post_without_csrf_or_from_foreign_origin_is_refused(backend: Backend) {
 async fn session_id_is_renewed_at_sign_in(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     app.register("jane@example.com").await;
-    let client = browser();
-    let res = get(&app, &client, "/login").await;
+    // A session id planted in the browser before sign-in (well-formed,
+    // never issued) is not adopted.
+    let planted = "AAAAAAAAAAAAAAAAAAAAAA";
+    let client = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let page = client.get(app.url("/login")).send().await.unwrap();
+    let (form_cookie, _) = set_cookie(page.headers(), "csrf").unwrap();
+    let csrf = csrf_of(&page.text().await.unwrap());
+    let cookie = format!("session={planted}; csrf={form_cookie}");
+    let res = jane_login_form(&app, &client, &cookie, &app.base, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (first, _) = set_cookie(res.headers(), "session").expect("a session cookie");
+    assert_ne!(first, planted, "no session fixation");
+    // Signing in again in a signed-in browser renews the id too, and the
+    // previous one is worthless.
+    let signed_in = browser();
+    let res = sign_in(&app, &signed_in, "jane@example.com", PASSWORD).await;
     let (before, _) = set_cookie(res.headers(), "session").unwrap();
-    let csrf = csrf_of(&res.text().await.unwrap());
+    let csrf = page_csrf(&app, &signed_in, "/account").await;
     let res = post_form(
         &app,
-        &client,
+        &signed_in,
         "/login",
         &[
             ("csrf", &csrf),
@@ -495,20 +436,18 @@ async fn session_id_is_renewed_at_sign_in(backend: Backend) {
         ],
     )
     .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let (after, _) = set_cookie(res.headers(), "session").expect("a new session cookie");
     assert_ne!(before, after, "no session fixation");
-    // The pre-sign-in id is worthless now.
-    let planted = Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let res = planted
-        .get(app.url("/account"))
-        .header("cookie", format!("session={before}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    for old in [planted, before.as_str()] {
+        let res = client
+            .get(app.url("/account"))
+            .header("cookie", format!("session={old}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::SEE_OTHER, "{old}");
+    }
 }
 
 async fn sign_out_ends_page_session_and_api_refresh(backend: Backend) {
@@ -857,7 +796,7 @@ async fn absolute_lifetime_signs_out(backend: Backend) {
     let aged = (now - chrono::Duration::seconds(61)).to_rfc3339();
     data["portal"]["signed_in_at"] = json!(aged);
     record.data = data.to_string();
-    store.save_web_session(&record).await.unwrap();
+    assert!(store.update_web_session(&record, now).await.unwrap());
     assert_eq!(
         location(&get(&app, &client, "/account").await),
         "/login?next=/account"
@@ -958,17 +897,31 @@ async fn page_forms_are_rate_limited_with_a_friendly_page(backend: Backend) {
 
 async fn https_portal_cookies_are_host_prefixed(backend: Backend) {
     let app = TestApp::spawn_with(backend, &[("APP_URL", "https://auth.clinic.example")]).await;
-    let res = get(&app, &browser(), "/login").await;
-    let (_, line) =
+    app.register("jane@example.com").await;
+    let page = get(&app, &browser(), "/login").await;
+    let (seed, line) =
+        set_cookie(page.headers(), "__Host-csrf").expect("__Host- prefixed form cookie");
+    let csrf = csrf_of(&page.text().await.unwrap());
+    // A cookie jar would not send Secure cookies back over plain http.
+    let cookie = format!("__Host-csrf={seed}");
+    let origin = "https://auth.clinic.example";
+    let res = jane_login_form(&app, &browser(), &cookie, origin, &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let (_, session) =
         set_cookie(res.headers(), "__Host-session").expect("__Host- prefixed session cookie");
-    assert!(
-        line.contains("Secure") && line.contains("HttpOnly") && line.contains("Path=/"),
-        "{line}"
-    );
-    assert!(
-        !line.contains("Domain="),
-        "__Host- cookies carry no Domain: {line}"
-    );
+    for line in [line, session] {
+        assert!(
+            line.contains("Secure") && line.contains("HttpOnly") && line.contains("Path=/"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("Domain="),
+            "__Host- cookies carry no Domain: {line}"
+        );
+    }
     assert!(res.headers()["strict-transport-security"]
         .to_str()
         .unwrap()

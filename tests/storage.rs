@@ -688,7 +688,7 @@ async fn web_sessions_round_trip_and_expire(backend: Backend) {
     signed_in.refresh_family = Some("fam-signed-in".into());
     signed_in.created_at = now() + Duration::minutes(5);
     signed_in.last_used_at = now() + Duration::minutes(5);
-    store.save_web_session(&signed_in).await.unwrap();
+    assert!(store.update_web_session(&signed_in, now()).await.unwrap());
     let loaded = store
         .load_web_session(&anonymous.id_hash, now())
         .await
@@ -704,30 +704,33 @@ async fn web_sessions_round_trip_and_expire(backend: Backend) {
     assert_eq!(loaded.ip_address.as_deref(), Some("10.0.0.7"));
     assert_eq!(loaded.refresh_family.as_deref(), Some("fam-signed-in"));
 
-    // save also creates; expiry is judged by the time given.
+    // An update never creates: a session that is not stored stays absent.
     let fresh = web_session("fresh", Some(&jane), Duration::minutes(15));
-    store.save_web_session(&fresh).await.unwrap();
-    assert!(store
-        .load_web_session(&fresh.id_hash, now())
+    let stored_at = |at| {
+        let store = &store;
+        let hash = &fresh.id_hash;
+        async move { store.load_web_session(hash, at).await.unwrap().is_some() }
+    };
+    assert!(!store.update_web_session(&fresh, now()).await.unwrap());
+    assert!(!stored_at(now()).await);
+    // Expiry is judged by the time given.
+    store.insert_web_session(&fresh).await.unwrap();
+    assert!(stored_at(now()).await);
+    assert!(!stored_at(now() + Duration::minutes(16)).await);
+    // An expired session is not brought back by a late update either.
+    assert!(!store
+        .update_web_session(&fresh, now() + Duration::minutes(16))
         .await
-        .unwrap()
-        .is_some());
-    assert!(store
-        .load_web_session(&fresh.id_hash, now() + Duration::minutes(16))
-        .await
-        .unwrap()
-        .is_none());
+        .unwrap());
 
     assert!(store.delete_web_session(&fresh.id_hash).await.unwrap());
     assert!(!store.delete_web_session(&fresh.id_hash).await.unwrap());
-    assert!(store
-        .load_web_session(&fresh.id_hash, now())
-        .await
-        .unwrap()
-        .is_none());
+    // A deleted session stays deleted, whatever a late save says.
+    assert!(!store.update_web_session(&fresh, now()).await.unwrap());
+    assert!(!stored_at(now()).await);
 
     let stale = web_session("stale", None, Duration::seconds(1));
-    store.save_web_session(&stale).await.unwrap();
+    store.insert_web_session(&stale).await.unwrap();
     store
         .purge_expired(now() + Duration::minutes(1), now() - Duration::days(1))
         .await
@@ -757,7 +760,7 @@ async fn web_sessions_are_listed_and_deleted_per_user(backend: Backend) {
     let expired = web_session("expired", Some(&jane), Duration::seconds(-5));
     let johns = web_session("johns", Some(&john), Duration::minutes(15));
     for s in [&older, &newer, &expired, &johns] {
-        store.save_web_session(s).await.unwrap();
+        store.insert_web_session(s).await.unwrap();
     }
     let listed = store.list_user_web_sessions(&jane, now()).await.unwrap();
     let hashes: Vec<&TokenHash> = listed.iter().map(|s| &s.id_hash).collect();

@@ -68,6 +68,12 @@ pub struct User {
     pub password_hash: PasswordHash,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
-    /// Access tokens issued before this instant are refused.
+    /// When the user's access tokens were last cut off (sign-out
+    /// everywhere, a password change or reset, a role change).
     pub tokens_valid_after: Option<DateTime<Utc>>,
+    /// Raised by one at every cut-off. Access tokens and portal sessions
+    /// carry the version they were issued under and are refused once it is
+    /// behind: exact, where comparing whole-second `iat` with the cut-off's
+    /// instant let a token of the same second through.
+    pub token_version: u64,
 }

@@ -119,6 +119,8 @@ pub struct RouterOptions {
     pub hsts: bool,
     pub limiters: Limiters,
     pub sessions: pages::session::StoreBackedSessions,
+    /// Keys the CSRF tokens of forms shown before sign-in.
+    pub anon_csrf: pages::csrf::AnonCsrfCookie,
     pub session_idle_timeout: Duration,
     /// Serve /metrics here (false when it has a listener of its own).
     pub metrics_route: bool,
@@ -135,6 +137,7 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .merge(pages::router(
             &options.limiters,
             options.sessions,
+            options.anon_csrf,
             options.hsts,
             options.session_idle_timeout,
         ))

@@ -182,13 +182,20 @@ impl AuthService {
         keep: &CurrentSession,
         client: &ClientContext,
     ) -> Result<u64> {
-        let ended = self.end_sessions_except(user_id, keep).await?;
+        let (ended, _) = self.end_sessions_except(user_id, keep).await?;
         let entry = AuditEntry::new(AuditEvent::LogoutAll, client).user(user_id);
         self.audit().record(entry).await;
         Ok(ended)
     }
 
-    async fn end_sessions_except(&self, user_id: &UserId, keep: &CurrentSession) -> Result<u64> {
+    /// Ends every session of the user but `keep`, and cuts off their access
+    /// tokens. Returns how many sessions ended and the token version the
+    /// cut-off set (`None` when the user is gone).
+    async fn end_sessions_except(
+        &self,
+        user_id: &UserId,
+        keep: &CurrentSession,
+    ) -> Result<(u64, Option<u64>)> {
         let now = Utc::now();
         // The kept browser session's own API family stays with it.
         let mut keep_family = keep.family.clone();
@@ -205,17 +212,18 @@ impl AuthService {
             .store()
             .delete_user_web_sessions(user_id, keep.web.as_ref())
             .await?;
-        self.revoke_access_tokens(user_id).await?;
+        let version = self.revoke_access_tokens(user_id).await?;
         let api = self
             .store()
             .revoke_user_refresh_tokens(user_id, keep_family.as_deref(), now)
             .await?;
         tracing::info!(user_id = %user_id, web, api, "sessions ended");
-        Ok(web + api)
+        Ok((web + api, version))
     }
 
     /// Changes the password after checking the current one, then ends every
-    /// other session (ASVS 7.4.3).
+    /// other session (ASVS 7.4.3). Returns the token version of the cut-off
+    /// that ended them: the caller's own session carries it from now on.
     pub async fn change_password(
         &self,
         user: &User,
@@ -223,7 +231,7 @@ impl AuthService {
         new_password: &Password,
         keep: &CurrentSession,
         client: &ClientContext,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let mut errors = Vec::new();
         if current_password.expose().is_empty() {
             errors.push(crate::domain::FieldError::new(
@@ -276,7 +284,11 @@ impl AuthService {
         self.store()
             .set_password_hash(&user.id, &hash, Utc::now())
             .await?;
-        self.end_sessions_except(&user.id, keep).await?;
+        let (_, version) = self.end_sessions_except(&user.id, keep).await?;
+        // The user was deleted meanwhile: nobody is signed in any more.
+        let version = version.ok_or(ServiceError::InvalidAccessToken(
+            super::tokens::TokenError::Invalid,
+        ))?;
         self.store()
             .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
             .await?;
@@ -284,6 +296,6 @@ impl AuthService {
         let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
         self.audit().record(entry).await;
         tracing::info!(user_id = %user.id, "password changed");
-        Ok(())
+        Ok(version)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 
 use super::audit::{Audit, AuditEntry};
 use super::{ClientContext, ServiceError};
@@ -27,13 +27,6 @@ pub struct AdminService {
     audit: Audit,
 }
 
-/// The instant from which access tokens count again after a change that
-/// must end the earlier ones: the next whole second, because `iat` has
-/// whole seconds (a token issued in this second could carry the old role).
-pub(crate) fn access_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
-    DateTime::from_timestamp(now.timestamp() + 1, 0).unwrap_or(now)
-}
-
 impl AdminService {
     pub fn new(store: Arc<dyn Store>, audit: Audit) -> Self {
         Self { store, audit }
@@ -53,11 +46,7 @@ impl AdminService {
             return Ok(None);
         };
         let now = Utc::now();
-        if !self
-            .store
-            .set_user_role(&user.id, role, access_cutoff(now), now)
-            .await?
-        {
+        if !self.store.set_user_role(&user.id, role, now, now).await? {
             return Ok(None);
         }
         self.audit

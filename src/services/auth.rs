@@ -103,6 +103,18 @@ pub(super) fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
+/// Whether a cut-off of the user's tokens came after this access token was
+/// issued. Versions decide exactly; a token from before versions existed
+/// (no `tv`) also falls back to comparing its `iat` with the cut-off.
+fn issued_before_cut_off(claims: &super::tokens::AccessClaims, user: &User) -> bool {
+    let behind = claims.tv.unwrap_or(0) < user.token_version;
+    let legacy_behind = claims.tv.is_none()
+        && user
+            .tokens_valid_after
+            .is_some_and(|cut| claims.iat < cut.timestamp());
+    behind || legacy_behind
+}
+
 impl AuthService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -644,7 +656,7 @@ impl AuthService {
             .tokens
             .verify_access(access_token)
             .map_err(ServiceError::InvalidAccessToken)?;
-        let user_id = UserId::new(claims.sub);
+        let user_id = UserId::new(claims.sub.clone());
         // The sign-in the token belongs to must still be alive (ASVS 7.4.1):
         // signing out of it, ending it from another device, or its
         // replay-detected revocation ends its access tokens at once. Both
@@ -664,37 +676,37 @@ impl AuthService {
         if !alive? {
             return Err(invalid());
         }
-        if user
-            .tokens_valid_after
-            .is_some_and(|cut| claims.iat < cut.timestamp())
-        {
+        if issued_before_cut_off(&claims, &user) {
             return Err(invalid());
         }
         Ok((user, claims.sid))
     }
 
-    /// Refuses every access token of the user issued until now. The cut-off
-    /// is rounded up to the next second because `iat` has whole seconds.
-    pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<()> {
-        let cut = super::admin::access_cutoff(Utc::now());
-        self.store.set_tokens_valid_after(user_id, cut).await?;
-        Ok(())
+    /// Refuses every access token (and portal session) of the user issued
+    /// until now. Returns the user's new token version, `None` when the
+    /// user is gone.
+    pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<Option<u64>> {
+        Ok(self.store.cut_access_tokens(user_id, Utc::now()).await?)
     }
 
     /// A fresh access token for a user still signed in on `session`, e.g.
-    /// after a password change refused the old ones.
+    /// after a password change refused the old ones. It carries
+    /// `token_version`, the version that change set: should another cut-off
+    /// have followed it, the fresh token dies with the rest.
     pub async fn fresh_access(
         &self,
         user_id: &UserId,
         session: Option<&str>,
+        token_version: u64,
     ) -> Result<AccessToken> {
-        let user =
+        let mut user =
             self.store
                 .find_user_by_id(user_id)
                 .await?
                 .ok_or(ServiceError::InvalidAccessToken(
                     super::tokens::TokenError::Invalid,
                 ))?;
+        user.token_version = token_version;
         Ok(self.tokens.issue_access(&user, session, Utc::now())?)
     }
 

@@ -33,6 +33,12 @@ pub struct AccessClaims {
     /// can tell which session is "current".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// The user's token version when this token was issued: once a cut-off
+    /// (sign-out everywhere, password change or reset, role change) raises
+    /// the stored version past it, the token is refused. Absent only in
+    /// tokens issued before versions existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tv: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -127,20 +133,17 @@ impl Tokens {
         session: Option<&str>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<AccessToken> {
-        // Never issued "before" the user's cut-off, even within its second.
-        let iat = user
-            .tokens_valid_after
-            .map_or(now.timestamp(), |t| t.timestamp().max(now.timestamp()));
         let claims = AccessClaims {
             sub: user.id.as_str().to_owned(),
             role: user.role,
-            iat,
+            iat: now.timestamp(),
             exp: now.timestamp() + self.access_ttl.as_secs() as i64,
             jti: new_id(),
             typ: TYP_ACCESS.to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sid: session.map(str::to_owned),
+            tv: Some(user.token_version),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -250,6 +253,7 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             tokens_valid_after: None,
+            token_version: 0,
         }
     }
 

@@ -78,17 +78,21 @@ pub trait UserStore: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
 
-    /// Sets the instant before which the user's access tokens are refused.
-    /// Returns false when the user no longer exists.
-    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// Cuts off every access token (and portal session) issued so far: in
+    /// one atomic write, records `at` as `tokens_valid_after` and raises
+    /// `token_version` by one. Returns the new version, `None` when the user
+    /// no longer exists.
+    async fn cut_access_tokens(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<Option<u64>>;
 
     /// Marks the user's email address as verified and bumps `updated_at`.
     /// Returns false when the user no longer exists.
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool>;
 
-    /// Sets the role and, in the same write, `tokens_valid_after = cut`, so
-    /// no access token carrying the old role outlives the change. Returns
-    /// false when the user no longer exists.
+    /// Sets the role and, in the same write, cuts off the user's access
+    /// tokens as [`UserStore::cut_access_tokens`] does (`tokens_valid_after
+    /// = cut`, `token_version` + 1), so no access token or portal session
+    /// from before the change outlives it. Returns false when the user no
+    /// longer exists.
     async fn set_user_role(
         &self,
         id: &UserId,
@@ -409,9 +413,15 @@ pub trait WebSessionStore: Send + Sync {
     /// Stores a new session. `Err(Conflict)` when the id is taken.
     async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()>;
 
-    /// Inserts or updates a session; an update keeps the original
-    /// `created_at`.
-    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()>;
+    /// Updates a session that is stored and unexpired at `now` (keeping its
+    /// `created_at`); never creates one. Returns false when there was none:
+    /// a session that was deleted or ran out stays ended, however late a
+    /// request that loaded it before saves it.
+    async fn update_web_session(
+        &self,
+        session: &WebSessionRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// `Ok(None)` when unknown or expired at `now`.
     async fn load_web_session(

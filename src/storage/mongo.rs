@@ -403,6 +403,9 @@ struct UserDoc {
     /// Added by this service; absent on the Python service's documents.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tokens_valid_after: Option<bson::DateTime>,
+    /// Added by this service; absent (0) on the Python service's documents.
+    #[serde(default)]
+    token_version: i64,
 }
 
 impl TryFrom<UserDoc> for User {
@@ -422,6 +425,11 @@ impl TryFrom<UserDoc> for User {
             created_at: doc.created_at.to_chrono(),
             updated_at: doc.updated_at.to_chrono(),
             tokens_valid_after: doc.tokens_valid_after.map(|t| t.to_chrono()),
+            token_version: u64::try_from(doc.token_version).map_err(|_| {
+                StoreError::Other(anyhow::anyhow!(
+                    "negative token_version in users collection"
+                ))
+            })?,
         })
     }
 }
@@ -517,6 +525,7 @@ impl UserStore for MongoStore {
             created_at: now,
             updated_at: now,
             tokens_valid_after: None,
+            token_version: 0,
         };
         self.users.insert_one(&doc).await.map_err(map_err)?;
         let created: User = doc.try_into()?;
@@ -564,9 +573,28 @@ impl UserStore for MongoStore {
         .await
     }
 
-    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
-        self.update_user(id, doc! { "tokens_valid_after": bson_date(at) })
+    async fn cut_access_tokens(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<Option<u64>> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(None);
+        };
+        // One atomic update that answers the version it set, so the caller
+        // issues its fresh token under exactly this cut-off.
+        let updated = self
+            .users
+            .find_one_and_update(
+                doc! { "_id": oid },
+                doc! {
+                    "$set": { "tokens_valid_after": bson_date(at) },
+                    "$inc": { "token_version": 1_i64 },
+                },
+            )
+            .return_document(ReturnDocument::After)
             .await
+            .map_err(map_err)?;
+        updated
+            .map(User::try_from)
+            .transpose()
+            .map(|user| user.map(|u| u.token_version))
     }
 
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
@@ -581,15 +609,25 @@ impl UserStore for MongoStore {
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        self.update_user(
-            id,
-            doc! {
-                "role": role.as_str(),
-                "tokens_valid_after": bson_date(cut),
-                "updated_at": bson_date(now),
-            },
-        )
-        .await
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        let done = self
+            .users
+            .update_one(
+                doc! { "_id": oid },
+                doc! {
+                    "$set": {
+                        "role": role.as_str(),
+                        "tokens_valid_after": bson_date(cut),
+                        "updated_at": bson_date(now),
+                    },
+                    "$inc": { "token_version": 1_i64 },
+                },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(done.matched_count == 1)
     }
 }
 
@@ -858,38 +896,33 @@ impl WebSessionStore for MongoStore {
         Ok(())
     }
 
-    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
+    async fn update_web_session(
+        &self,
+        session: &WebSessionRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
         let doc = SessionDoc::new(session);
-        let user_id = doc
-            .user_id
-            .as_ref()
-            .map_or(bson::Bson::Null, |u| u.clone().into());
-        let user_agent = doc.user_agent.clone().map_or(bson::Bson::Null, Into::into);
-        let ip_address = doc.ip_address.clone().map_or(bson::Bson::Null, Into::into);
-        let refresh_family = doc
-            .refresh_family
-            .clone()
-            .map_or(bson::Bson::Null, Into::into);
-        self.sessions
+        let optional = |v: Option<String>| v.map_or(bson::Bson::Null, Into::into);
+        // No upsert: a session deleted or expired meanwhile stays ended.
+        let done = self
+            .sessions
             .update_one(
-                doc! { "_id": &doc.id_hash },
+                doc! { "_id": &doc.id_hash, "expires_at": { "$gt": bson_date(now) } },
                 doc! {
                     "$set": {
-                        "user_id": user_id,
+                        "user_id": optional(doc.user_id.clone()),
                         "data": &doc.data,
-                        "user_agent": user_agent,
-                        "ip_address": ip_address,
-                        "refresh_family": refresh_family,
+                        "user_agent": optional(doc.user_agent.clone()),
+                        "ip_address": optional(doc.ip_address.clone()),
+                        "refresh_family": optional(doc.refresh_family.clone()),
                         "last_used_at": doc.last_used_at,
                         "expires_at": doc.expires_at,
                     },
-                    "$setOnInsert": { "created_at": doc.created_at },
                 },
             )
-            .upsert(true)
             .await
             .map_err(map_err)?;
-        Ok(())
+        Ok(done.matched_count == 1)
     }
 
     async fn load_web_session(

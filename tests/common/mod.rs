@@ -31,6 +31,7 @@ pub enum Backend {
 pub mod mongo_server;
 #[path = "../support/net.rs"]
 pub mod net;
+pub mod portal;
 
 /// Defines each listed `async fn name(backend: Backend)` as a test once per
 /// backend, so every backend runs the very same suite.

@@ -415,7 +415,7 @@ pub async fn change_password(
         web: None,
         family: session.clone(),
     };
-    state
+    let version = state
         .auth
         .change_password(
             &user,
@@ -427,7 +427,7 @@ pub async fn change_password(
         .await?;
     let access = state
         .auth
-        .fresh_access(&user.id, session.as_deref())
+        .fresh_access(&user.id, session.as_deref(), version)
         .await?;
     Ok(Json(TokenResponse::from(&access)))
 }

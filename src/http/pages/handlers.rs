@@ -27,7 +27,7 @@ fn layout(
 ) -> Layout {
     Layout {
         app_name: state.portal.app_name.clone(),
-        csrf: portal.data.csrf.clone(),
+        csrf: portal.csrf().to_owned(),
         signed_in_as,
         notice,
     }
@@ -207,10 +207,10 @@ pub async fn login_submit(
     body: Result<Form<LoginForm>, axum::extract::rejection::FormRejection>,
 ) -> PageResult {
     let f = form(body)?;
-    if portal.fresh && !f.csrf.is_empty() {
-        // The sign-in form outlived its session (a front-desk screen left
-        // open past the idle timeout): nothing was done, so offer the form
-        // again rather than an error page.
+    if portal.lost_its_form_cookie() && !f.csrf.is_empty() {
+        // The sign-in form outlived the browser's form cookie (a browser
+        // restarted with the page still open): nothing was done, so offer
+        // the form again rather than an error page.
         let view = LoginPage {
             layout: layout(
                 &state,
@@ -260,10 +260,10 @@ async fn sign_in(
             .end_web_session(&user_id, &hash, portal.data.refresh_family.as_deref())
             .await?;
     }
-    portal.session.cycle_id().await?;
-    portal.data.csrf = crate::domain::token::random_token();
+    portal.begin_sign_in().await?;
     portal.data.user_id = Some(outcome.user.id.as_str().to_owned());
     portal.data.signed_in_at = Some(chrono::Utc::now());
+    portal.data.token_version = outcome.user.token_version;
     portal.data.refresh_family = Some(outcome.refresh_family.clone());
     portal.data.user_agent = client.user_agent.clone();
     portal.data.ip = client.ip.map(|ip| ip.to_string());
@@ -641,12 +641,15 @@ pub async fn change_password(
     };
     let mut form_state = FormState::default();
     let status = match result {
-        Ok(()) => {
+        Ok(token_version) => {
+            // This session stays signed in across the cut-off that ended
+            // every other one.
+            signed_in.portal.data.token_version = token_version;
             return flash_and_return(
                 &mut signed_in.portal,
                 "Your password has been changed. You were signed out everywhere else.",
             )
-            .await
+            .await;
         }
         Err(e) => explain(&mut form_state, "current_password", e)?,
     };

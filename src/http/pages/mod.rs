@@ -6,6 +6,7 @@
 //! and the Origin header; nothing changes state on GET except following an
 //! emailed verification link, which only confirms what the link proves.
 
+pub mod csrf;
 mod handlers;
 pub mod session;
 mod views;
@@ -50,6 +51,7 @@ const STYLESHEET: &str = include_str!("../../../static/css/app.css");
 pub fn router(
     limiters: &Limiters,
     sessions: StoreBackedSessions,
+    anon_csrf: csrf::AnonCsrfCookie,
     https: bool,
     idle: Duration,
 ) -> Router<AppState> {
@@ -105,6 +107,7 @@ pub fn router(
         )
         .route("/logout", post(handlers::logout))
         .layer(session_layer)
+        .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))
         .route("/static/app.css", get(stylesheet))
 }
 
@@ -246,7 +249,12 @@ impl FromRequestParts<AppState> for Portal {
         let session = tower_sessions::Session::from_request_parts(parts, state)
             .await
             .map_err(|_| PageError::Internal)?;
-        Ok(Portal::load(session).await?)
+        let anon = parts
+            .extensions
+            .get::<csrf::AnonCsrf>()
+            .cloned()
+            .ok_or(PageError::Internal)?;
+        Ok(Portal::load(session, anon).await?)
     }
 }
 
@@ -273,6 +281,15 @@ impl FromRequestParts<AppState> for SignedIn {
             return Err(to_login());
         }
         match state.auth.user_by_id(&user_id).await {
+            // A cut-off since this sign-in (sign-out everywhere, password
+            // change or reset, role change) ends the session as it ends
+            // access tokens, whether or not its stored row was deleted.
+            Ok(Some(user)) if portal.data.token_version < user.token_version => {
+                handlers::end_portal_session(state, &portal, None)
+                    .await
+                    .map_err(IntoResponse::into_response)?;
+                Err(to_login())
+            }
             Ok(Some(user)) => Ok(SignedIn { portal, user }),
             Ok(None) => {
                 portal
@@ -314,23 +331,20 @@ pub fn safe_next(next: &str) -> &str {
     }
 }
 
-/// CSRF defence for every POST: the session's token must match (compared
-/// in constant time), and a browser-sent Origin must be our own.
+/// CSRF defence for every POST: the browser's token must match (compared
+/// in constant time), and a browser-sent Origin must be our own: the whole
+/// origin, scheme and port included (`http://host` is not `https://host`).
 pub fn check_csrf(
     state: &AppState,
     portal: &Portal,
     submitted: &str,
     headers: &HeaderMap,
 ) -> Result<(), PageError> {
-    let expected = portal.data.csrf.as_bytes();
+    let expected = portal.csrf().as_bytes();
     let given = submitted.as_bytes();
     let same = expected.len() == given.len()
         && !expected.is_empty()
-        && expected
-            .iter()
-            .zip(given)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
+        && bool::from(subtle::ConstantTimeEq::ct_eq(expected, given));
     if !same {
         tracing::warn!("POST refused: CSRF token missing or wrong");
         return Err(PageError::Forbidden);
@@ -343,20 +357,26 @@ pub fn check_csrf(
         return Err(PageError::Forbidden);
     }
     if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        let host = headers
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let own_host = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"))
-            .is_some_and(|rest| rest == host);
-        if origin != state.portal.app_origin && !own_host {
+        if !same_origin(&state.portal.app_origin, origin, headers) {
             tracing::warn!(origin, "POST refused: foreign Origin");
             return Err(PageError::Forbidden);
         }
     }
     Ok(())
+}
+
+/// An Origin is ours when it is APP_URL's origin, or the origin the request
+/// was addressed to (its Host, under APP_URL's scheme: the service may be
+/// reached by another name than APP_URL's, never by another scheme).
+fn same_origin(app_origin: &str, origin: &str, headers: &HeaderMap) -> bool {
+    if origin == app_origin {
+        return true;
+    }
+    let scheme = app_origin.split_once("://").map_or("http", |(s, _)| s);
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| origin == format!("{scheme}://{host}"))
 }
 
 /// Outside /api, an error answered in JSON (404, 405, 413, 429, 500...) is

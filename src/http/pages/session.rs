@@ -13,6 +13,7 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::Session;
 
+use super::csrf::AnonCsrf;
 use crate::domain::token::random_token;
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{StoreError, WebSessionRecord, WebSessionStore};
@@ -20,13 +21,19 @@ use crate::storage::{StoreError, WebSessionRecord, WebSessionStore};
 /// The key under which [`PortalData`] lives in the session.
 const KEY: &str = "portal";
 
-/// Everything the portal remembers about a browser.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// Everything the portal remembers about a signed-in browser. Nothing is
+/// stored for a browser that has not signed in (see [`super::csrf`]).
+#[derive(Clone, Default, Serialize, Deserialize)]
 pub struct PortalData {
     /// Per-session CSRF token, checked on every POST.
     pub csrf: String,
     pub user_id: Option<String>,
     pub signed_in_at: Option<DateTime<Utc>>,
+    /// The user's token version at sign-in (or at this session's own
+    /// password change): a later cut-off raises the stored version past it
+    /// and ends the session, as it refuses access tokens.
+    #[serde(default)]
+    pub token_version: u64,
     /// The API refresh family issued at sign-in, revoked at sign-out.
     pub refresh_family: Option<String>,
     pub user_agent: Option<String>,
@@ -35,36 +42,66 @@ pub struct PortalData {
     pub flash: Option<String>,
 }
 
+impl std::fmt::Debug for PortalData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The CSRF token is a secret of the session: never printed.
+        f.debug_struct("PortalData")
+            .field("user_id", &self.user_id)
+            .field("signed_in_at", &self.signed_in_at)
+            .field("token_version", &self.token_version)
+            .field("refresh_family", &self.refresh_family)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The portal's view of the tower-sessions `Session`.
 pub struct Portal {
     pub session: Session,
     pub data: PortalData,
-    /// The session began with this request: whatever form the browser
-    /// sent was rendered for a session that has since expired.
-    pub fresh: bool,
+    /// The CSRF token of forms shown before sign-in.
+    anon: AnonCsrf,
 }
 
 impl Portal {
-    /// Loads the portal data, creating a CSRF token on first use.
-    pub async fn load(session: Session) -> Result<Self, session_store::Error> {
-        let mut data: PortalData = session
+    /// Loads the portal data. Only reads: a browser that has not signed in
+    /// gets no stored session, however many pages it views.
+    pub async fn load(session: Session, anon: AnonCsrf) -> Result<Self, session_store::Error> {
+        let data: PortalData = session
             .get(KEY)
             .await
             .map_err(|e| session_store::Error::Backend(e.to_string()))?
             .unwrap_or_default();
-        let fresh = data.csrf.is_empty();
-        if fresh {
-            data.csrf = random_token();
-            session
-                .insert(KEY, &data)
-                .await
-                .map_err(|e| session_store::Error::Backend(e.to_string()))?;
-        }
         Ok(Self {
             session,
             data,
-            fresh,
+            anon,
         })
+    }
+
+    /// The CSRF token this browser's forms carry and its POSTs must return:
+    /// the session's own once signed in, the anonymous one before.
+    pub fn csrf(&self) -> &str {
+        if self.data.user_id.is_some() && !self.data.csrf.is_empty() {
+            &self.data.csrf
+        } else {
+            &self.anon.token
+        }
+    }
+
+    /// The browser came without its anonymous CSRF cookie: a form it sends
+    /// was rendered for a cookie it no longer has (e.g. the browser was
+    /// restarted), so nothing it sent can be trusted, but nothing was done
+    /// either.
+    pub fn lost_its_form_cookie(&self) -> bool {
+        self.data.user_id.is_none() && self.anon.fresh
+    }
+
+    /// Makes this browser's session a signed-in one: a new session id (no
+    /// fixation) and a new CSRF token. The caller fills in the rest.
+    pub async fn begin_sign_in(&mut self) -> Result<(), tower_sessions::session::Error> {
+        self.session.cycle_id().await?;
+        self.data.csrf = random_token();
+        Ok(())
     }
 
     pub async fn save(&self) -> Result<(), session_store::Error> {
@@ -146,11 +183,21 @@ impl SessionStore for StoreBackedSessions {
         }
     }
 
+    /// Updates the session only while it is still stored and alive. The
+    /// session layer saves after every response (activity restarts the idle
+    /// timer), including responses to requests that began before the
+    /// session was ended: an upsert there would bring an ended session back
+    /// to life. A save that finds nothing means the session is over.
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        self.store
-            .save_web_session(&Self::to_record(record)?)
+        let updated = self
+            .store
+            .update_web_session(&Self::to_record(record)?, Utc::now())
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        if !updated {
+            tracing::debug!("session ended while a request was in flight; not saved");
+        }
+        Ok(())
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
@@ -179,5 +226,22 @@ impl SessionStore for StoreBackedSessions {
             .await
             .map(|_| ())
             .map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_csrf_token() {
+        let data = PortalData {
+            csrf: "csrf-secret-value".to_owned(),
+            user_id: Some("u1".to_owned()),
+            ..PortalData::default()
+        };
+        let printed = format!("{data:?}");
+        assert!(!printed.contains("csrf-secret-value"), "{printed}");
+        assert!(printed.contains("u1"), "{printed}");
     }
 }

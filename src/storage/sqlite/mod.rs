@@ -205,6 +205,7 @@ struct UserRow {
     created_at: i64,
     updated_at: i64,
     tokens_valid_after: Option<i64>,
+    token_version: i64,
 }
 
 impl TryFrom<UserRow> for User {
@@ -223,12 +224,15 @@ impl TryFrom<UserRow> for User {
             created_at: from_millis(row.created_at)?,
             updated_at: from_millis(row.updated_at)?,
             tokens_valid_after: row.tokens_valid_after.map(from_millis).transpose()?,
+            token_version: u64::try_from(row.token_version).map_err(|_| {
+                StoreError::Other(anyhow::anyhow!("negative token_version in users table"))
+            })?,
         })
     }
 }
 
-const USER_COLUMNS: &str =
-    "id, email, password_hash, name, role, verified, created_at, updated_at, tokens_valid_after";
+const USER_COLUMNS: &str = "id, email, password_hash, name, role, verified, created_at, \
+     updated_at, tokens_valid_after, token_version";
 
 #[derive(FromRow)]
 struct RefreshRow {
@@ -374,10 +378,17 @@ impl UserStore for SqliteStore {
         self.update_user(update, id).await
     }
 
-    async fn set_tokens_valid_after(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<bool> {
-        let update =
-            sqlx::query("UPDATE users SET tokens_valid_after = ? WHERE id = ?").bind(millis(at));
-        self.update_user(update, id).await
+    async fn cut_access_tokens(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<Option<u64>> {
+        let version: Option<(i64,)> = sqlx::query_as(
+            "UPDATE users SET tokens_valid_after = ?, token_version = token_version + 1 \
+             WHERE id = ? RETURNING token_version",
+        )
+        .bind(millis(at))
+        .bind(id.as_str())
+        .fetch_optional(&mut self.write().await?)
+        .await
+        .map_err(map_err)?;
+        Ok(version.map(|(v,)| v.max(0) as u64))
     }
 
     async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool> {
@@ -394,7 +405,8 @@ impl UserStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
         let update = sqlx::query(
-            "UPDATE users SET role = ?, tokens_valid_after = ?, updated_at = ? WHERE id = ?",
+            "UPDATE users SET role = ?, tokens_valid_after = ?, token_version = token_version + 1, \
+             updated_at = ? WHERE id = ?",
         )
         .bind(role.as_str())
         .bind(millis(cut))
@@ -866,18 +878,11 @@ impl TryFrom<WebSessionRow> for WebSessionRecord {
 const WEB_SESSION_COLUMNS: &str = "id_hash, user_id, data, user_agent, ip_address, \
      refresh_family, created_at, last_used_at, expires_at";
 
-impl SqliteStore {
-    async fn write_web_session(&self, s: &WebSessionRecord, upsert: bool) -> StoreResult<()> {
-        let conflict = if upsert {
-            " ON CONFLICT (id_hash) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
-             user_agent = excluded.user_agent, ip_address = excluded.ip_address, \
-             refresh_family = excluded.refresh_family, \
-             last_used_at = excluded.last_used_at, expires_at = excluded.expires_at"
-        } else {
-            ""
-        };
+#[async_trait]
+impl WebSessionStore for SqliteStore {
+    async fn insert_web_session(&self, s: &WebSessionRecord) -> StoreResult<()> {
         sqlx::query(&format!(
-            "INSERT INTO web_sessions ({WEB_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?){conflict}"
+            "INSERT INTO web_sessions ({WEB_SESSION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(s.id_hash.as_str())
         .bind(s.user_id.as_ref().map(UserId::as_str))
@@ -893,16 +898,30 @@ impl SqliteStore {
         .map_err(map_err)?;
         Ok(())
     }
-}
 
-#[async_trait]
-impl WebSessionStore for SqliteStore {
-    async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
-        self.write_web_session(session, false).await
-    }
-
-    async fn save_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
-        self.write_web_session(session, true).await
+    async fn update_web_session(
+        &self,
+        s: &WebSessionRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE web_sessions SET user_id = ?, data = ?, user_agent = ?, ip_address = ?, \
+             refresh_family = ?, last_used_at = ?, expires_at = ? \
+             WHERE id_hash = ? AND expires_at > ?",
+        )
+        .bind(s.user_id.as_ref().map(UserId::as_str))
+        .bind(&s.data)
+        .bind(&s.user_agent)
+        .bind(&s.ip_address)
+        .bind(&s.refresh_family)
+        .bind(millis(s.last_used_at))
+        .bind(millis(s.expires_at))
+        .bind(s.id_hash.as_str())
+        .bind(millis(now))
+        .execute(&mut self.write().await?)
+        .await
+        .map_err(map_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
     async fn load_web_session(

@@ -129,7 +129,7 @@ impl App {
                 limiters,
                 sessions: StoreBackedSessions::new(web_sessions),
                 session_idle_timeout: config.session_idle_timeout,
-                metrics_route: config.metrics_addr.is_none(),
+                metrics: metrics_on_main_listener(&config),
                 trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(
                     config.trusted_proxies.clone(),
                 )),
@@ -149,7 +149,10 @@ impl App {
             // background tasks are aborted at shutdown.
             background.push(tokio::spawn(crate::server::serve(
                 metrics_listener,
-                http::metrics_router(),
+                http::metrics_router(match &config.metrics_token {
+                    Some(token) => http::MetricsAccess::bearer(token),
+                    None => http::MetricsAccess::Public,
+                }),
                 config.http_header_timeout,
                 std::future::pending(),
             )));
@@ -199,6 +202,36 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// Who may read /metrics on the main listener, said once in the log. It
+/// carries request counts per route, lock and reuse counters: useful to an
+/// attacker probing the service, so production never serves it there to
+/// anyone (ASVS 5.0 13.4.5). METRICS_ADDR moves it to a listener of its
+/// own; METRICS_TOKEN admits only a scraper holding the token.
+fn metrics_on_main_listener(config: &Config) -> http::MetricsAccess {
+    let with_token = config.metrics_token.is_some();
+    let access = match (&config.metrics_addr, &config.metrics_token) {
+        (Some(_), _) => http::MetricsAccess::Off,
+        (None, Some(token)) => http::MetricsAccess::bearer(token),
+        (None, None) if config.is_production() => http::MetricsAccess::Off,
+        (None, None) => http::MetricsAccess::Public,
+    };
+    match (&access, config.metrics_addr) {
+        (http::MetricsAccess::Off, Some(addr)) => {
+            tracing::info!(%addr, bearer_token = with_token, "/metrics served on METRICS_ADDR only");
+        }
+        (http::MetricsAccess::Off, None) => tracing::info!(
+            "/metrics is off: production without METRICS_ADDR or METRICS_TOKEN answers 404 there"
+        ),
+        (http::MetricsAccess::Bearer(_), _) => {
+            tracing::info!("/metrics on the main listener, for the METRICS_TOKEN bearer only");
+        }
+        (http::MetricsAccess::Public, _) => {
+            tracing::info!("/metrics is public on the main listener (development)");
+        }
+    }
+    access
 }
 
 /// scheme://host[:port] of a base URL (what browsers send as Origin).

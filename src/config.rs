@@ -75,6 +75,10 @@ pub struct Config {
     pub session_max_lifetime: Duration,
     /// Serve /metrics on this address instead of the main listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// When set, /metrics answers only `Authorization: Bearer <token>`
+    /// (METRICS_TOKEN); without it or METRICS_ADDR, production keeps
+    /// /metrics off the main listener.
+    pub metrics_token: Option<SecretString>,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// An API sign-in whose refresh token has not been used for this long
@@ -378,6 +382,18 @@ impl Config {
                 )
             })?),
         };
+        let metrics_token = get("METRICS_TOKEN").map(SecretString::from);
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < MIN_SECRET_BYTES)
+        {
+            // A scrape token guards the whole metrics feed: as strong as a
+            // JWT secret (`openssl rand -hex 32`).
+            return Err(err(
+                "METRICS_TOKEN",
+                format!("must be at least {MIN_SECRET_BYTES} characters"),
+            ));
+        }
         let http_header_timeout =
             parse_timeout_var("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT"), "10s")?;
         let http_body_timeout =
@@ -400,6 +416,7 @@ impl Config {
             http_header_timeout,
             http_body_timeout,
             metrics_addr,
+            metrics_token,
             data_dir,
             session_idle_timeout,
             session_max_lifetime,
@@ -746,6 +763,7 @@ mod tests {
             ),
             (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
             (vec![("METRICS_ADDR", "9100")], "METRICS_ADDR"),
+            (vec![("METRICS_TOKEN", "short")], "METRICS_TOKEN"),
             (
                 vec![("TRUSTED_PROXIES", "10.0.0.0/8, proxy")],
                 "TRUSTED_PROXIES",

@@ -164,3 +164,110 @@ async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
     assert!(logs.contains("shutdown requested"), "{logs}");
     assert!(!logs.contains("Str0ng!Pass123"), "no passwords in logs");
 }
+
+/// Starts the binary in `dir` on a free port with `vars` (after `adjust`
+/// has had its say on the command) and waits until it answers.
+async fn start_with(
+    dir: &Path,
+    vars: &[(&str, &str)],
+    adjust: impl FnOnce(&mut Command),
+) -> (Child, String) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut vars = vars.to_vec();
+    vars.push(("PORT", &port_text));
+    let mut cmd = command(dir, &vars);
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    wait_healthy(port, &mut child).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+async fn start(dir: &Path, vars: &[(&str, &str)]) -> (Child, String) {
+    start_with(dir, vars, |_| {}).await
+}
+
+/// POSTs `body` as JSON to `base` + `path` and returns the status.
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> u16 {
+    client
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn jane() -> serde_json::Value {
+    serde_json::json!({"name": "Jane", "email": "jane@example.com", "password": "Str0ng!Pass123"})
+}
+
+/// Every file the service creates is readable by its owner only, and every
+/// directory enterable by its owner only, from the first start: the SQLite
+/// WAL and shared-memory files hold the same rows as the database, and
+/// outbox emails hold live reset links.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_it_creates_is_private_from_the_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let forgot = serde_json::json!({"email": "jane@example.com"});
+    assert_eq!(
+        post(&client, &base, "/api/auth/forgot-password", forgot).await,
+        202
+    );
+    // The verification and the reset email are written in the background.
+    let outbox = dir.path().join("data/outbox");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let emails = loop {
+        let emails = std::fs::read_dir(&outbox)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if emails >= 2 || Instant::now() > deadline {
+            break emails;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(emails, 2, "the two emails reached the outbox");
+
+    let mut seen = Vec::new();
+    let mut pending = vec![dir.path().join("data")];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let name = path.strip_prefix(dir.path()).unwrap().display().to_string();
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{name} is {mode:o}");
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
+        seen.push(name);
+    }
+    // The files the finding was about were there to be checked.
+    for wanted in [
+        "data/clinic-auth.db",
+        "data/clinic-auth.db-wal",
+        "data/clinic-auth.db-shm",
+        "data/jwt-secrets",
+        "data/outbox",
+    ] {
+        assert!(seen.iter().any(|s| s == wanted), "{wanted} in {seen:?}");
+    }
+    assert_eq!(seen.iter().filter(|s| s.ends_with(".eml")).count(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

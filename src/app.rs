@@ -130,9 +130,10 @@ impl App {
                 sessions: StoreBackedSessions::new(web_sessions),
                 session_idle_timeout: config.session_idle_timeout,
                 metrics: metrics_on_main_listener(&config),
-                trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(
-                    config.trusted_proxies.clone(),
-                )),
+                client_ip: crate::http::middleware::client_ip::ClientIpPolicy::new(
+                    &config.trusted_proxies,
+                    config.rate_limit_ipv6_prefix,
+                ),
                 body_timeout: config.http_body_timeout,
             },
         );

@@ -65,6 +65,9 @@ pub struct Config {
     pub mail: MailConfig,
     pub rate_limit_auth_per_min: u32,
     pub rate_limit_global_per_min: u32,
+    /// IPv6 clients are rate limited per network of this many bits
+    /// (RATE_LIMIT_IPV6_PREFIX): one /64 is usually one site or host.
+    pub rate_limit_ipv6_prefix: u8,
     pub password_min_length: usize,
     /// Where generated development secrets live (DATA_DIR).
     pub data_dir: PathBuf,
@@ -279,6 +282,14 @@ impl Config {
         if rate_limit_global_per_min == 0 {
             return Err(err("RATE_LIMIT_GLOBAL_PER_MIN", "must be at least 1"));
         }
+        let rate_limit_ipv6_prefix =
+            parse_num::<u8>("RATE_LIMIT_IPV6_PREFIX", get("RATE_LIMIT_IPV6_PREFIX"), 64)?;
+        if !(1..=128).contains(&rate_limit_ipv6_prefix) {
+            return Err(err(
+                "RATE_LIMIT_IPV6_PREFIX",
+                "must be a prefix length between 1 and 128",
+            ));
+        }
         let password_min_length =
             parse_num::<usize>("PASSWORD_MIN_LENGTH", get("PASSWORD_MIN_LENGTH"), 12)?;
         if !(8..=64).contains(&password_min_length) {
@@ -435,6 +446,7 @@ impl Config {
             mail,
             rate_limit_auth_per_min,
             rate_limit_global_per_min,
+            rate_limit_ipv6_prefix,
             password_min_length,
         })
     }
@@ -661,6 +673,7 @@ mod tests {
             (c.rate_limit_auth_per_min, c.rate_limit_global_per_min),
             (10, 300)
         );
+        assert_eq!(c.rate_limit_ipv6_prefix, 64);
         assert_eq!(c.password_min_length, 12);
         assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
         assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
@@ -753,6 +766,18 @@ mod tests {
                 "RATE_LIMIT_AUTH_PER_MIN",
             ),
             (vec![("PASSWORD_MIN_LENGTH", "4")], "PASSWORD_MIN_LENGTH"),
+            (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "0")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "129")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "/64")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
             (
                 vec![("RESET_TOKEN_EXPIRES_MIN", "0")],
                 "RESET_TOKEN_EXPIRES_MIN",

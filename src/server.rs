@@ -7,6 +7,7 @@
 //! knows when it reads the body.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
@@ -54,6 +55,9 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        // An IPv4 client of a socket bound to `::` arrives as ::ffff:a.b.c.d;
+        // from here on (ConnectInfo, client IP, logs) it is plain IPv4.
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // The same wrapping `into_make_service_with_connect_info` does: one
         // router clone (an Arc) per connection, nothing extra per request.
         let service = TowerToHyperService::new(Extension(ConnectInfo(peer)).layer(router.clone()));

@@ -271,3 +271,180 @@ async fn every_file_it_creates_is_private_from_the_first_start() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Set in the copy of a test that runs inside its own network namespace.
+const IN_NETNS: &str = "CLINIC_AUTH_TEST_IN_NETNS";
+
+/// Runs `test` (a test of this file) again in a private network namespace,
+/// where it may add addresses to `lo` without touching the host, and fails
+/// with its output unless it passed there. Root (as in CI) gets a plain
+/// `unshare --net`; anyone else a user namespace that maps them to root.
+/// Not being able to make the namespace is a failure, never a skip.
+fn run_in_network_namespace(test: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let mut refused = String::new();
+    for map_root in [false, true] {
+        let mut cmd = Command::new("unshare");
+        if map_root {
+            cmd.arg("--map-root-user");
+        }
+        let output = cmd
+            .arg("--net")
+            .arg(&exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(IN_NETNS, "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `unshare` (util-linux) for {test}: {e}"));
+        let text = stderr_of(output.clone());
+        if output.status.success() {
+            assert!(
+                text.contains("1 passed"),
+                "{test} did not run in the namespace:\n{text}"
+            );
+            return;
+        }
+        // unshare itself refused (not root, no user namespaces): try the
+        // other way. The test failing inside is final.
+        if !text.starts_with("unshare:") {
+            panic!("{test} failed inside its network namespace:\n{text}");
+        }
+        refused = text;
+    }
+    panic!(
+        "{test} needs a private network namespace (`unshare --net` as root, as CI runs, \
+         or unprivileged user namespaces); neither was allowed here:\n{refused}"
+    );
+}
+
+/// Inside the namespace: brings `lo` up with the given IPv6 addresses.
+fn loopback_with(addresses: &[&str]) {
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["link", "set", "lo", "up"]);
+    for address in addresses {
+        // nodad: usable at once, without duplicate address detection.
+        ip(&["-6", "addr", "add", address, "dev", "lo", "nodad"]);
+    }
+}
+
+/// One IPv6 /64 is one client: a botnet on one /64 shares a single per-IP
+/// budget instead of getting one per address (RATE_LIMIT_IPV6_PREFIX,
+/// default 64). Driven from real source addresses on the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_of_one_ipv6_slash64_share_a_rate_limit() {
+    if std::env::var_os(IN_NETNS).is_none() {
+        return run_in_network_namespace("addresses_of_one_ipv6_slash64_share_a_rate_limit");
+    }
+    loopback_with(&[
+        "2001:db8:1::1/64",
+        "2001:db8:1::2/64",
+        "2001:db8:1::3/64",
+        "2001:db8:1::4/64",
+        "2001:db8:1::5/64",
+        "2001:db8:2::1/64",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("HOST", "::"), ("RATE_LIMIT_AUTH_PER_MIN", "3")];
+    let (mut child, base) = start(dir.path(), &vars).await;
+    let port = base.rsplit(':').next().unwrap();
+    let server = format!("http://[2001:db8:1::1]:{port}");
+    let forgot = |from: &str| {
+        // Connections that leave from `from`.
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let server = server.clone();
+        async move {
+            let body = serde_json::json!({"email": "nobody@example.com"});
+            post(&client, &server, "/api/auth/forgot-password", body).await
+        }
+    };
+    // Three addresses of one /64 use up its budget of three...
+    for from in ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4"] {
+        assert_eq!(forgot(from).await, 202, "{from}");
+    }
+    // ...so a fourth address of the same /64 is refused...
+    assert_eq!(forgot("2001:db8:1::5").await, 429, "same /64");
+    // ...while another /64 has a budget of its own.
+    assert_eq!(forgot("2001:db8:2::1").await, 202, "another /64");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// With HOST=:: an IPv4 client reaches the IPv6 socket as ::ffff:a.b.c.d;
+/// it is still the IPv4 address everywhere: TRUSTED_PROXIES matching, the
+/// session list, the audit records and the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_an_ipv6_socket_are_seen_as_ipv4() {
+    if std::env::var_os(IN_NETNS).is_none() {
+        return run_in_network_namespace("ipv4_clients_of_an_ipv6_socket_are_seen_as_ipv4");
+    }
+    loopback_with(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("HOST", "::"), ("TRUSTED_PROXIES", "127.0.0.1")];
+    let (child, base) = start(dir.path(), &vars).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let login = |forwarded_for: Option<&'static str>| {
+        let mut req = client
+            .post(format!("{base}/api/auth/login"))
+            .json(&serde_json::json!({"email": "jane@example.com", "password": "Str0ng!Pass123"}));
+        if let Some(ip) = forwarded_for {
+            req = req.header("x-forwarded-for", ip);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let body: serde_json::Value = res.json().await.unwrap();
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Straight from the IPv4 loopback, and through "our proxy" on it.
+    login(None).await;
+    let access = login(Some("198.51.100.7")).await;
+    let sessions: Vec<serde_json::Value> = client
+        .get(format!("{base}/api/auth/sessions"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ips: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["ip_address"].as_str().unwrap())
+        .collect();
+    ips.sort_unstable();
+    assert_eq!(ips, ["127.0.0.1", "198.51.100.7"], "{sessions:?}");
+
+    // SIGTERM: the audit writer drains, and its copy of every record is in
+    // the log stream.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let logs = stderr_of(child.wait_with_output().unwrap());
+    let audit_lines = |event: &str| -> Vec<&str> {
+        logs.lines()
+            .filter(|l| l.contains("audit") && l.contains(event))
+            .collect()
+    };
+    let registered = audit_lines("register");
+    assert!(
+        registered.len() == 1 && registered[0].contains("127.0.0.1"),
+        "{registered:?}"
+    );
+    let logins = audit_lines("login_success");
+    assert_eq!(logins.len(), 2, "{logs}");
+    assert!(logins[0].contains("127.0.0.1"), "{logins:?}");
+    assert!(logins[1].contains("198.51.100.7"), "{logins:?}");
+    assert!(!logs.contains("::ffff:"), "{logs}");
+}

@@ -122,7 +122,8 @@ pub struct RouterOptions {
     pub session_idle_timeout: Duration,
     /// Who may read /metrics on this listener.
     pub metrics: MetricsAccess,
-    pub trusted_proxies: middleware::client_ip::TrustedProxies,
+    /// TRUSTED_PROXIES and RATE_LIMIT_IPV6_PREFIX.
+    pub client_ip: middleware::client_ip::ClientIpPolicy,
     /// HTTP_BODY_TIMEOUT: the whole body must arrive within this.
     pub body_timeout: Duration,
 }
@@ -152,7 +153,7 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         ))
         .layer(rate_limit::layer(&options.limiters.global))
         .layer(axum::middleware::from_fn_with_state(
-            options.trusted_proxies,
+            options.client_ip,
             middleware::client_ip::client_ip,
         ))
         .layer(cors(&options.cors_origins))

@@ -40,10 +40,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// before giving up (it retries while the database is down).
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The METRICS_ADDR listener's connection cap: a scraper needs one or two,
+/// and a flood there must not eat the main listener's descriptors.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
     header_timeout: Duration,
+    max_connections: usize,
     background: Vec<JoinHandle<()>>,
     audit: Audit,
 }
@@ -155,6 +160,7 @@ impl App {
                     None => http::MetricsAccess::Public,
                 }),
                 config.http_header_timeout,
+                METRICS_MAX_CONNECTIONS,
                 std::future::pending(),
             )));
         }
@@ -166,6 +172,7 @@ impl App {
             listener,
             router,
             header_timeout: config.http_header_timeout,
+            max_connections: max_connections(&config),
             background,
             audit,
         })
@@ -188,7 +195,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
-        crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        crate::server::serve(
+            self.listener,
+            self.router,
+            self.header_timeout,
+            self.max_connections,
+            shutdown,
+        )
+        .await;
         // In-flight requests are done; what they recorded must reach the
         // database before the process exits (and before the background
         // tasks stop).
@@ -233,6 +247,37 @@ fn metrics_on_main_listener(config: &Config) -> http::MetricsAccess {
         }
     }
     access
+}
+
+/// MAX_CONNECTIONS, or its default from the descriptor limit; said in the
+/// log, with a warning when a set value leaves too few descriptors for the
+/// rest of the process.
+fn max_connections(config: &Config) -> usize {
+    let limit = crate::server::descriptor_limit();
+    let fits = crate::server::default_max_connections(limit);
+    match config.max_connections {
+        Some(set) if set > fits => {
+            tracing::warn!(
+                max_connections = set,
+                descriptor_limit = limit,
+                "MAX_CONNECTIONS is more than the descriptor limit leaves room for; \
+                 a flood could still run the process out of descriptors"
+            );
+            set
+        }
+        Some(set) => {
+            tracing::info!(max_connections = set, "connection cap");
+            set
+        }
+        None => {
+            tracing::info!(
+                max_connections = fits,
+                descriptor_limit = limit,
+                "connection cap"
+            );
+            fits
+        }
+    }
 }
 
 /// scheme://host[:port] of a base URL (what browsers send as Origin).

@@ -108,6 +108,10 @@ pub struct Config {
     /// are in (HTTP_BODY_TIMEOUT): a total, so trickling bytes does not
     /// extend it.
     pub http_body_timeout: Duration,
+    /// Most client connections open at once on the main listener
+    /// (MAX_CONNECTIONS); `None`: derived from the descriptor limit at start
+    /// (`server::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -409,6 +413,18 @@ impl Config {
             parse_timeout_var("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT"), "10s")?;
         let http_body_timeout =
             parse_timeout_var("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT"), "10s")?;
+        let max_connections = match get("MAX_CONNECTIONS") {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    return Err(err(
+                        "MAX_CONNECTIONS",
+                        format!("expected a whole number from 1 to 1000000, got {v:?}"),
+                    ))
+                }
+            },
+        };
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
@@ -426,6 +442,7 @@ impl Config {
             verification_token_ttl,
             http_header_timeout,
             http_body_timeout,
+            max_connections,
             metrics_addr,
             metrics_token,
             data_dir,
@@ -689,6 +706,7 @@ mod tests {
         assert_eq!(c.verification_token_ttl, Duration::from_secs(86_400));
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, None, "derived from the fd limit");
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -799,6 +817,8 @@ mod tests {
             (vec![("HTTP_HEADER_TIMEOUT", "-1ms")], "HTTP_HEADER_TIMEOUT"),
             (vec![("HTTP_BODY_TIMEOUT", "10")], "HTTP_BODY_TIMEOUT"),
             (vec![("HTTP_BODY_TIMEOUT", "2d")], "HTTP_BODY_TIMEOUT"),
+            (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (vec![("MAX_CONNECTIONS", "lots")], "MAX_CONNECTIONS"),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");

@@ -9,6 +9,9 @@ use clinic_auth::config::Config;
 
 fn main() -> ExitCode {
     private_files();
+    // Before anything is opened, so the connection cap derived from it
+    // (MAX_CONNECTIONS's default) sees the raised limit.
+    clinic_auth::server::raise_descriptor_limit();
     run()
 }
 

@@ -272,6 +272,112 @@ async fn every_file_it_creates_is_private_from_the_first_start() {
     child.wait().unwrap();
 }
 
+/// Open descriptors of a running process.
+#[cfg(target_os = "linux")]
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A flood of idle connections neither runs the process out of file
+/// descriptors (the accept loop stops at MAX_CONNECTIONS until one closes)
+/// nor stops it answering: the header timeout (the only timing here)
+/// frees the slots, and a real request gets its turn.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_cannot_exhaust_descriptors() {
+    use std::os::unix::process::CommandExt;
+
+    const CAP: usize = 20;
+    const FLOOD: usize = 200;
+    // Far below the flood: without a cap the accept loop runs out of
+    // descriptors (EMFILE) long before the flood is in.
+    const FD_LIMIT: libc::rlim_t = 128;
+    let header_timeout = Duration::from_secs(1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = CAP.to_string();
+    let vars = [
+        ("MAX_CONNECTIONS", cap.as_str()),
+        ("HTTP_HEADER_TIMEOUT", "1s"),
+    ];
+    let (mut child, base) = start_with(dir.path(), &vars, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches
+        // no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: FD_LIMIT,
+                    rlim_max: FD_LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+    .await;
+    let pid = child.id();
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Opens the database connections a request needs, so they count in
+    // the baseline rather than as growth.
+    assert_eq!(
+        post(&reqwest::Client::new(), &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let baseline = open_fds(pid);
+
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A real client behind the flood: answered once the header timeout has
+    // cleared the idle connections ahead of it, a round of CAP at a time.
+    let started = Instant::now();
+    let answer = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(60))
+            .send(),
+    );
+    let mut most = 0;
+    while !answer.is_finished() {
+        most = most.max(open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let res = answer
+        .await
+        .unwrap()
+        .expect("the request behind the flood was answered");
+    let waited = started.elapsed();
+    // Shown with a failure: how the run went.
+    eprintln!("answered after {waited:?}; at most {most} descriptors (baseline {baseline})");
+    assert_eq!(res.status(), 200);
+    let rounds = (FLOOD / CAP + 2) as u32;
+    assert!(
+        waited < header_timeout * rounds + Duration::from_secs(3),
+        "answered only after {waited:?}"
+    );
+    assert!(
+        most <= baseline + CAP + 8,
+        "{most} descriptors open during the flood (baseline {baseline}, cap {CAP})"
+    );
+    drop(idle);
+
+    // Still serving afterwards, through the whole stack.
+    let login = serde_json::json!({"email": "jane@example.com", "password": "Str0ng!Pass123"});
+    assert_eq!(
+        post(&reqwest::Client::new(), &base, "/api/auth/login", login).await,
+        200
+    );
+    child.kill().unwrap();
+    let logs = stderr_of(child.wait_with_output().unwrap());
+    assert!(!logs.contains("accept failed"), "{logs}");
+}
+
 /// Set in the copy of a test that runs inside its own network namespace.
 const IN_NETNS: &str = "CLINIC_AUTH_TEST_IN_NETNS";
 

@@ -41,10 +41,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// before giving up (it retries while the database is down).
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The METRICS_ADDR listener's connection cap: a scraper needs one or two,
+/// and a flood there must not eat the main listener's descriptors.
+const METRICS_MAX_CONNECTIONS: usize = 16;
+
 pub struct App {
     listener: TcpListener,
     router: axum::Router,
     header_timeout: Duration,
+    max_connections: usize,
     background: Vec<JoinHandle<()>>,
     audit: Audit,
 }
@@ -131,10 +136,11 @@ impl App {
                 sessions: StoreBackedSessions::new(web_sessions),
                 anon_csrf: AnonCsrfCookie::derived_from(&refresh_secret, config.is_https()),
                 session_idle_timeout: config.session_idle_timeout,
-                metrics_route: config.metrics_addr.is_none(),
-                trusted_proxies: crate::http::middleware::client_ip::TrustedProxies(Arc::new(
-                    config.trusted_proxies.clone(),
-                )),
+                metrics: metrics_on_main_listener(&config),
+                client_ip: crate::http::middleware::client_ip::ClientIpPolicy::new(
+                    &config.trusted_proxies,
+                    config.rate_limit_ipv6_prefix,
+                ),
                 body_timeout: config.http_body_timeout,
             },
         );
@@ -151,8 +157,12 @@ impl App {
             // background tasks are aborted at shutdown.
             background.push(tokio::spawn(crate::server::serve(
                 metrics_listener,
-                http::metrics_router(),
+                http::metrics_router(match &config.metrics_token {
+                    Some(token) => http::MetricsAccess::bearer(token),
+                    None => http::MetricsAccess::Public,
+                }),
                 config.http_header_timeout,
+                METRICS_MAX_CONNECTIONS,
                 std::future::pending(),
             )));
         }
@@ -164,6 +174,7 @@ impl App {
             listener,
             router,
             header_timeout: config.http_header_timeout,
+            max_connections: max_connections(&config),
             background,
             audit,
         })
@@ -186,7 +197,14 @@ impl App {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "listening");
-        crate::server::serve(self.listener, self.router, self.header_timeout, shutdown).await;
+        crate::server::serve(
+            self.listener,
+            self.router,
+            self.header_timeout,
+            self.max_connections,
+            shutdown,
+        )
+        .await;
         // In-flight requests are done; what they recorded must reach the
         // database before the process exits (and before the background
         // tasks stop).
@@ -200,6 +218,67 @@ impl App {
             task.abort();
         }
         Ok(())
+    }
+}
+
+/// Who may read /metrics on the main listener, said once in the log. It
+/// carries request counts per route, lock and reuse counters: useful to an
+/// attacker probing the service, so production never serves it there to
+/// anyone (ASVS 5.0 13.4.5). METRICS_ADDR moves it to a listener of its
+/// own; METRICS_TOKEN admits only a scraper holding the token.
+fn metrics_on_main_listener(config: &Config) -> http::MetricsAccess {
+    let with_token = config.metrics_token.is_some();
+    let access = match (&config.metrics_addr, &config.metrics_token) {
+        (Some(_), _) => http::MetricsAccess::Off,
+        (None, Some(token)) => http::MetricsAccess::bearer(token),
+        (None, None) if config.is_production() => http::MetricsAccess::Off,
+        (None, None) => http::MetricsAccess::Public,
+    };
+    match (&access, config.metrics_addr) {
+        (http::MetricsAccess::Off, Some(addr)) => {
+            tracing::info!(%addr, bearer_token = with_token, "/metrics served on METRICS_ADDR only");
+        }
+        (http::MetricsAccess::Off, None) => tracing::info!(
+            "/metrics is off: production without METRICS_ADDR or METRICS_TOKEN answers 404 there"
+        ),
+        (http::MetricsAccess::Bearer(_), _) => {
+            tracing::info!("/metrics on the main listener, for the METRICS_TOKEN bearer only");
+        }
+        (http::MetricsAccess::Public, _) => {
+            tracing::info!("/metrics is public on the main listener (development)");
+        }
+    }
+    access
+}
+
+/// MAX_CONNECTIONS, or its default from the descriptor limit; said in the
+/// log, with a warning when a set value leaves too few descriptors for the
+/// rest of the process.
+fn max_connections(config: &Config) -> usize {
+    let limit = crate::server::descriptor_limit();
+    let fits = crate::server::default_max_connections(limit);
+    match config.max_connections {
+        Some(set) if set > fits => {
+            tracing::warn!(
+                max_connections = set,
+                descriptor_limit = limit,
+                "MAX_CONNECTIONS is more than the descriptor limit leaves room for; \
+                 a flood could still run the process out of descriptors"
+            );
+            set
+        }
+        Some(set) => {
+            tracing::info!(max_connections = set, "connection cap");
+            set
+        }
+        None => {
+            tracing::info!(
+                max_connections = fits,
+                descriptor_limit = limit,
+                "connection cap"
+            );
+            fits
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub struct Config {
     pub mail: MailConfig,
     pub rate_limit_auth_per_min: u32,
     pub rate_limit_global_per_min: u32,
+    /// IPv6 clients are rate limited per network of this many bits
+    /// (RATE_LIMIT_IPV6_PREFIX): one /64 is usually one site or host.
+    pub rate_limit_ipv6_prefix: u8,
     pub password_min_length: usize,
     /// Where generated development secrets live (DATA_DIR).
     pub data_dir: PathBuf,
@@ -122,6 +125,10 @@ pub struct Config {
     pub session_max_lifetime: Duration,
     /// Serve /metrics on this address instead of the main listener.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// When set, /metrics answers only `Authorization: Bearer <token>`
+    /// (METRICS_TOKEN); without it or METRICS_ADDR, production keeps
+    /// /metrics off the main listener.
+    pub metrics_token: Option<SecretString>,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// An API sign-in whose refresh token has not been used for this long
@@ -148,6 +155,10 @@ pub struct Config {
     /// are in (HTTP_BODY_TIMEOUT): a total, so trickling bytes does not
     /// extend it.
     pub http_body_timeout: Duration,
+    /// Most client connections open at once on the main listener
+    /// (MAX_CONNECTIONS); `None`: derived from the descriptor limit at start
+    /// (`server::default_max_connections`).
+    pub max_connections: Option<usize>,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -322,6 +333,14 @@ impl Config {
         if rate_limit_global_per_min == 0 {
             return Err(err("RATE_LIMIT_GLOBAL_PER_MIN", "must be at least 1"));
         }
+        let rate_limit_ipv6_prefix =
+            parse_num::<u8>("RATE_LIMIT_IPV6_PREFIX", get("RATE_LIMIT_IPV6_PREFIX"), 64)?;
+        if !(1..=128).contains(&rate_limit_ipv6_prefix) {
+            return Err(err(
+                "RATE_LIMIT_IPV6_PREFIX",
+                "must be a prefix length between 1 and 128",
+            ));
+        }
         let password_min_length =
             parse_num::<usize>("PASSWORD_MIN_LENGTH", get("PASSWORD_MIN_LENGTH"), 12)?;
         if !(8..=64).contains(&password_min_length) {
@@ -425,10 +444,34 @@ impl Config {
                 )
             })?),
         };
+        let metrics_token = get("METRICS_TOKEN").map(SecretString::from);
+        if metrics_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < MIN_SECRET_BYTES)
+        {
+            // A scrape token guards the whole metrics feed: as strong as a
+            // JWT secret (`openssl rand -hex 32`).
+            return Err(err(
+                "METRICS_TOKEN",
+                format!("must be at least {MIN_SECRET_BYTES} characters"),
+            ));
+        }
         let http_header_timeout =
             parse_timeout_var("HTTP_HEADER_TIMEOUT", get("HTTP_HEADER_TIMEOUT"), "10s")?;
         let http_body_timeout =
             parse_timeout_var("HTTP_BODY_TIMEOUT", get("HTTP_BODY_TIMEOUT"), "10s")?;
+        let max_connections = match get("MAX_CONNECTIONS") {
+            None => None,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=1_000_000).contains(&n) => Some(n),
+                _ => {
+                    return Err(err(
+                        "MAX_CONNECTIONS",
+                        format!("expected a whole number from 1 to 1000000, got {v:?}"),
+                    ))
+                }
+            },
+        };
         let data_dir = match get("DATA_DIR") {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
@@ -446,7 +489,9 @@ impl Config {
             verification_token_ttl,
             http_header_timeout,
             http_body_timeout,
+            max_connections,
             metrics_addr,
+            metrics_token,
             data_dir,
             session_idle_timeout,
             session_max_lifetime,
@@ -465,6 +510,7 @@ impl Config {
             mail,
             rate_limit_auth_per_min,
             rate_limit_global_per_min,
+            rate_limit_ipv6_prefix,
             password_min_length,
         })
     }
@@ -715,6 +761,7 @@ mod tests {
             (c.rate_limit_auth_per_min, c.rate_limit_global_per_min),
             (10, 300)
         );
+        assert_eq!(c.rate_limit_ipv6_prefix, 64);
         assert_eq!(c.password_min_length, 12);
         assert_eq!(c.session_idle_timeout, Duration::from_secs(15 * 60));
         assert_eq!(c.session_max_lifetime, Duration::from_secs(12 * 3600));
@@ -730,6 +777,7 @@ mod tests {
         assert_eq!(c.verification_token_ttl, Duration::from_secs(86_400));
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_body_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, None, "derived from the fd limit");
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -808,6 +856,18 @@ mod tests {
             ),
             (vec![("PASSWORD_MIN_LENGTH", "4")], "PASSWORD_MIN_LENGTH"),
             (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "0")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "129")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
+                vec![("RATE_LIMIT_IPV6_PREFIX", "/64")],
+                "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
                 vec![("RESET_TOKEN_EXPIRES_MIN", "0")],
                 "RESET_TOKEN_EXPIRES_MIN",
             ),
@@ -817,6 +877,7 @@ mod tests {
             ),
             (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
             (vec![("METRICS_ADDR", "9100")], "METRICS_ADDR"),
+            (vec![("METRICS_TOKEN", "short")], "METRICS_TOKEN"),
             (
                 vec![("TRUSTED_PROXIES", "10.0.0.0/8, proxy")],
                 "TRUSTED_PROXIES",
@@ -827,6 +888,8 @@ mod tests {
             (vec![("HTTP_HEADER_TIMEOUT", "-1ms")], "HTTP_HEADER_TIMEOUT"),
             (vec![("HTTP_BODY_TIMEOUT", "10")], "HTTP_BODY_TIMEOUT"),
             (vec![("HTTP_BODY_TIMEOUT", "2d")], "HTTP_BODY_TIMEOUT"),
+            (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
+            (vec![("MAX_CONNECTIONS", "lots")], "MAX_CONNECTIONS"),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");

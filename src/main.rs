@@ -7,8 +7,29 @@ use clinic_auth::app::{shutdown_signal, App};
 use clinic_auth::cli::{self, Command};
 use clinic_auth::config::Config;
 
+fn main() -> ExitCode {
+    private_files();
+    // Before anything is opened, so the connection cap derived from it
+    // (MAX_CONNECTIONS's default) sees the raised limit.
+    clinic_auth::server::raise_descriptor_limit();
+    run()
+}
+
+/// Everything the process creates is for its own user only (files 0600,
+/// directories 0700): the SQLite database and its -wal/-shm files, the
+/// outbox's .eml files (live reset links), generated secrets. A umask set
+/// before the runtime starts, so no thread and no file predates it.
+fn private_files() {
+    #[cfg(unix)]
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot
+    // fail and touches no memory. It runs before any other thread exists.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match cli::parse(&args) {
         Ok(Command::Help) => {

@@ -27,6 +27,7 @@ backend_tests!(
     errors_use_one_format,
     cors_only_for_configured_origins,
     security_headers_on_every_response,
+    every_api_answer_is_no_store,
     auth_rate_limit_answers_429,
     global_rate_limit_answers_429,
     restart_keeps_users_and_sessions,
@@ -692,6 +693,63 @@ async fn cors_only_for_configured_origins(backend: Backend) {
         .headers()
         .get("access-control-allow-origin")
         .is_none());
+}
+
+/// Nothing under /api may sit in a browser or proxy cache: not tokens, not
+/// the admin's audit pages, not even errors.
+async fn every_api_answer_is_no_store(backend: Backend) {
+    use clinic_auth::domain::{Role, UserId};
+
+    let app = TestApp::spawn(backend).await;
+    let user = app.register("admin@example.com").await;
+    let now = chrono::Utc::now();
+    assert!(app
+        .store()
+        .await
+        .set_user_role(
+            &UserId::new(user["id"].as_str().unwrap().to_owned()),
+            Role::Admin,
+            now,
+            now
+        )
+        .await
+        .unwrap());
+    let (admin, _) = app.login("admin@example.com", PASSWORD).await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = app.client.get(app.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send()
+    };
+    let answers = [
+        (
+            "200 audit",
+            get("/api/admin/audit", Some(&admin)).await.unwrap(),
+        ),
+        ("401 audit", get("/api/admin/audit", None).await.unwrap()),
+        (
+            "422 audit",
+            get("/api/admin/audit?limit=0", Some(&admin)).await.unwrap(),
+        ),
+        ("404 api", get("/api/nothing-here", None).await.unwrap()),
+        (
+            "404 admin",
+            get("/api/admin/nothing-here", Some(&admin)).await.unwrap(),
+        ),
+        ("200 me", get("/api/auth/me", Some(&admin)).await.unwrap()),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|(_, r)| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 401, 422, 404, 404, 200]);
+    for (what, res) in answers {
+        assert_eq!(
+            res.headers()
+                .get("cache-control")
+                .map(|v| v.to_str().unwrap()),
+            Some("no-store"),
+            "{what}"
+        );
+    }
 }
 
 async fn security_headers_on_every_response(backend: Backend) {

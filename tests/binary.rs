@@ -164,3 +164,393 @@ async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
     assert!(logs.contains("shutdown requested"), "{logs}");
     assert!(!logs.contains("Str0ng!Pass123"), "no passwords in logs");
 }
+
+/// Starts the binary in `dir` on a free port with `vars` (after `adjust`
+/// has had its say on the command) and waits until it answers.
+async fn start_with(
+    dir: &Path,
+    vars: &[(&str, &str)],
+    adjust: impl FnOnce(&mut Command),
+) -> (Child, String) {
+    let port = free_port();
+    let port_text = port.to_string();
+    let mut vars = vars.to_vec();
+    vars.push(("PORT", &port_text));
+    let mut cmd = command(dir, &vars);
+    adjust(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
+    wait_healthy(port, &mut child).await;
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+async fn start(dir: &Path, vars: &[(&str, &str)]) -> (Child, String) {
+    start_with(dir, vars, |_| {}).await
+}
+
+/// POSTs `body` as JSON to `base` + `path` and returns the status.
+async fn post(client: &reqwest::Client, base: &str, path: &str, body: serde_json::Value) -> u16 {
+    client
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn jane() -> serde_json::Value {
+    serde_json::json!({"name": "Jane", "email": "jane@example.com", "password": "Str0ng!Pass123"})
+}
+
+/// Every file the service creates is readable by its owner only, and every
+/// directory enterable by its owner only, from the first start: the SQLite
+/// WAL and shared-memory files hold the same rows as the database, and
+/// outbox emails hold live reset links.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_it_creates_is_private_from_the_first_start() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, base) = start(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let forgot = serde_json::json!({"email": "jane@example.com"});
+    assert_eq!(
+        post(&client, &base, "/api/auth/forgot-password", forgot).await,
+        202
+    );
+    // The verification and the reset email are written in the background.
+    let outbox = dir.path().join("data/outbox");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let emails = loop {
+        let emails = std::fs::read_dir(&outbox)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if emails >= 2 || Instant::now() > deadline {
+            break emails;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(emails, 2, "the two emails reached the outbox");
+
+    let mut seen = Vec::new();
+    let mut pending = vec![dir.path().join("data")];
+    while let Some(path) = pending.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let name = path.strip_prefix(dir.path()).unwrap().display().to_string();
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{name} is {mode:o}");
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{name} is {mode:o}");
+        }
+        seen.push(name);
+    }
+    // The files the finding was about were there to be checked.
+    for wanted in [
+        "data/clinic-auth.db",
+        "data/clinic-auth.db-wal",
+        "data/clinic-auth.db-shm",
+        "data/jwt-secrets",
+        "data/outbox",
+    ] {
+        assert!(seen.iter().any(|s| s == wanted), "{wanted} in {seen:?}");
+    }
+    assert_eq!(seen.iter().filter(|s| s.ends_with(".eml")).count(), 2);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Open descriptors of a running process.
+#[cfg(target_os = "linux")]
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A flood of idle connections neither runs the process out of file
+/// descriptors (the accept loop stops at MAX_CONNECTIONS until one closes)
+/// nor stops it answering: the header timeout (the only timing here)
+/// frees the slots, and a real request gets its turn.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_cannot_exhaust_descriptors() {
+    use std::os::unix::process::CommandExt;
+
+    const CAP: usize = 20;
+    const FLOOD: usize = 200;
+    // Far below the flood: without a cap the accept loop runs out of
+    // descriptors (EMFILE) long before the flood is in.
+    const FD_LIMIT: libc::rlim_t = 128;
+    let header_timeout = Duration::from_secs(1);
+
+    let dir = tempfile::tempdir().unwrap();
+    let cap = CAP.to_string();
+    let vars = [
+        ("MAX_CONNECTIONS", cap.as_str()),
+        ("HTTP_HEADER_TIMEOUT", "1s"),
+    ];
+    let (mut child, base) = start_with(dir.path(), &vars, |cmd| {
+        // SAFETY: setrlimit is async-signal-safe, and the closure touches
+        // no memory shared with the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: FD_LIMIT,
+                    rlim_max: FD_LIMIT,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    })
+    .await;
+    let pid = child.id();
+    let addr = base.trim_start_matches("http://").to_owned();
+    // Opens the database connections a request needs, so they count in
+    // the baseline rather than as growth.
+    assert_eq!(
+        post(&reqwest::Client::new(), &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let baseline = open_fds(pid);
+
+    let mut idle = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // A real client behind the flood: answered once the header timeout has
+    // cleared the idle connections ahead of it, a round of CAP at a time.
+    let started = Instant::now();
+    let answer = tokio::spawn(
+        reqwest::Client::new()
+            .get(format!("{base}/health"))
+            .timeout(Duration::from_secs(60))
+            .send(),
+    );
+    let mut most = 0;
+    while !answer.is_finished() {
+        most = most.max(open_fds(pid));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let res = answer
+        .await
+        .unwrap()
+        .expect("the request behind the flood was answered");
+    let waited = started.elapsed();
+    // Shown with a failure: how the run went.
+    eprintln!("answered after {waited:?}; at most {most} descriptors (baseline {baseline})");
+    assert_eq!(res.status(), 200);
+    let rounds = (FLOOD / CAP + 2) as u32;
+    assert!(
+        waited < header_timeout * rounds + Duration::from_secs(3),
+        "answered only after {waited:?}"
+    );
+    assert!(
+        most <= baseline + CAP + 8,
+        "{most} descriptors open during the flood (baseline {baseline}, cap {CAP})"
+    );
+    drop(idle);
+
+    // Still serving afterwards, through the whole stack.
+    let login = serde_json::json!({"email": "jane@example.com", "password": "Str0ng!Pass123"});
+    assert_eq!(
+        post(&reqwest::Client::new(), &base, "/api/auth/login", login).await,
+        200
+    );
+    child.kill().unwrap();
+    let logs = stderr_of(child.wait_with_output().unwrap());
+    assert!(!logs.contains("accept failed"), "{logs}");
+}
+
+/// Set in the copy of a test that runs inside its own network namespace.
+const IN_NETNS: &str = "CLINIC_AUTH_TEST_IN_NETNS";
+
+/// Runs `test` (a test of this file) again in a private network namespace,
+/// where it may add addresses to `lo` without touching the host, and fails
+/// with its output unless it passed there. Root (as in CI) gets a plain
+/// `unshare --net`; anyone else a user namespace that maps them to root.
+/// Not being able to make the namespace is a failure, never a skip.
+fn run_in_network_namespace(test: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let mut refused = String::new();
+    for map_root in [false, true] {
+        let mut cmd = Command::new("unshare");
+        if map_root {
+            cmd.arg("--map-root-user");
+        }
+        let output = cmd
+            .arg("--net")
+            .arg(&exe)
+            .args([test, "--exact", "--nocapture", "--test-threads=1"])
+            .env(IN_NETNS, "1")
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run `unshare` (util-linux) for {test}: {e}"));
+        let text = stderr_of(output.clone());
+        if output.status.success() {
+            assert!(
+                text.contains("1 passed"),
+                "{test} did not run in the namespace:\n{text}"
+            );
+            return;
+        }
+        // unshare itself refused (not root, no user namespaces): try the
+        // other way. The test failing inside is final.
+        if !text.starts_with("unshare:") {
+            panic!("{test} failed inside its network namespace:\n{text}");
+        }
+        refused = text;
+    }
+    panic!(
+        "{test} needs a private network namespace (`unshare --net` as root, as CI runs, \
+         or unprivileged user namespaces); neither was allowed here:\n{refused}"
+    );
+}
+
+/// Inside the namespace: brings `lo` up with the given IPv6 addresses.
+fn loopback_with(addresses: &[&str]) {
+    let ip = |args: &[&str]| {
+        let status = Command::new("ip").args(args).status().unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["link", "set", "lo", "up"]);
+    for address in addresses {
+        // nodad: usable at once, without duplicate address detection.
+        ip(&["-6", "addr", "add", address, "dev", "lo", "nodad"]);
+    }
+}
+
+/// One IPv6 /64 is one client: a botnet on one /64 shares a single per-IP
+/// budget instead of getting one per address (RATE_LIMIT_IPV6_PREFIX,
+/// default 64). Driven from real source addresses on the real server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_of_one_ipv6_slash64_share_a_rate_limit() {
+    if std::env::var_os(IN_NETNS).is_none() {
+        return run_in_network_namespace("addresses_of_one_ipv6_slash64_share_a_rate_limit");
+    }
+    loopback_with(&[
+        "2001:db8:1::1/64",
+        "2001:db8:1::2/64",
+        "2001:db8:1::3/64",
+        "2001:db8:1::4/64",
+        "2001:db8:1::5/64",
+        "2001:db8:2::1/64",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("HOST", "::"), ("RATE_LIMIT_AUTH_PER_MIN", "3")];
+    let (mut child, base) = start(dir.path(), &vars).await;
+    let port = base.rsplit(':').next().unwrap();
+    let server = format!("http://[2001:db8:1::1]:{port}");
+    let forgot = |from: &str| {
+        // Connections that leave from `from`.
+        let client = reqwest::Client::builder()
+            .local_address(from.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        let server = server.clone();
+        async move {
+            let body = serde_json::json!({"email": "nobody@example.com"});
+            post(&client, &server, "/api/auth/forgot-password", body).await
+        }
+    };
+    // Three addresses of one /64 use up its budget of three...
+    for from in ["2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4"] {
+        assert_eq!(forgot(from).await, 202, "{from}");
+    }
+    // ...so a fourth address of the same /64 is refused...
+    assert_eq!(forgot("2001:db8:1::5").await, 429, "same /64");
+    // ...while another /64 has a budget of its own.
+    assert_eq!(forgot("2001:db8:2::1").await, 202, "another /64");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// With HOST=:: an IPv4 client reaches the IPv6 socket as ::ffff:a.b.c.d;
+/// it is still the IPv4 address everywhere: TRUSTED_PROXIES matching, the
+/// session list, the audit records and the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_clients_of_an_ipv6_socket_are_seen_as_ipv4() {
+    if std::env::var_os(IN_NETNS).is_none() {
+        return run_in_network_namespace("ipv4_clients_of_an_ipv6_socket_are_seen_as_ipv4");
+    }
+    loopback_with(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let vars = [("HOST", "::"), ("TRUSTED_PROXIES", "127.0.0.1")];
+    let (child, base) = start(dir.path(), &vars).await;
+    let client = reqwest::Client::new();
+    assert_eq!(
+        post(&client, &base, "/api/auth/register", jane()).await,
+        201
+    );
+    let login = |forwarded_for: Option<&'static str>| {
+        let mut req = client
+            .post(format!("{base}/api/auth/login"))
+            .json(&serde_json::json!({"email": "jane@example.com", "password": "Str0ng!Pass123"}));
+        if let Some(ip) = forwarded_for {
+            req = req.header("x-forwarded-for", ip);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let body: serde_json::Value = res.json().await.unwrap();
+            body["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    // Straight from the IPv4 loopback, and through "our proxy" on it.
+    login(None).await;
+    let access = login(Some("198.51.100.7")).await;
+    let sessions: Vec<serde_json::Value> = client
+        .get(format!("{base}/api/auth/sessions"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ips: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["ip_address"].as_str().unwrap())
+        .collect();
+    ips.sort_unstable();
+    assert_eq!(ips, ["127.0.0.1", "198.51.100.7"], "{sessions:?}");
+
+    // SIGTERM: the audit writer drains, and its copy of every record is in
+    // the log stream.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let logs = stderr_of(child.wait_with_output().unwrap());
+    let audit_lines = |event: &str| -> Vec<&str> {
+        logs.lines()
+            .filter(|l| l.contains("audit") && l.contains(event))
+            .collect()
+    };
+    let registered = audit_lines("register");
+    assert!(
+        registered.len() == 1 && registered[0].contains("127.0.0.1"),
+        "{registered:?}"
+    );
+    let logins = audit_lines("login_success");
+    assert_eq!(logins.len(), 2, "{logs}");
+    assert!(logins[0].contains("127.0.0.1"), "{logins:?}");
+    assert!(logins[1].contains("198.51.100.7"), "{logins:?}");
+    assert!(!logs.contains("::ffff:"), "{logs}");
+}

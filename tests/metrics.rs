@@ -108,3 +108,49 @@ async fn metrics_can_live_on_their_own_address() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains("clinic_auth_build_info"));
 }
+
+/// Production keeps /metrics off the public listener unless told where it
+/// may go: no METRICS_ADDR and no METRICS_TOKEN means 404 there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_hides_metrics_from_the_public_listener() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("APP_ENV", "production")]).await;
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_found");
+    // The service itself is up.
+    assert_eq!(app.get("/health").await.status(), StatusCode::OK);
+}
+
+/// With METRICS_TOKEN, /metrics answers only a matching Bearer token; any
+/// other request gets the same 404 as a route that does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_serves_metrics_to_the_metrics_token_only() {
+    let token = "scrape-0123456789abcdef0123456789abcdef";
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("APP_ENV", "production"), ("METRICS_TOKEN", token)],
+    )
+    .await;
+    let with = |auth: Option<String>| {
+        let mut req = app.client.get(app.url("/metrics"));
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        req.send()
+    };
+    for wrong in [
+        None,
+        Some("Bearer wrong".to_owned()),
+        Some(format!("Bearer {token}x")),
+        Some(format!("Bearer {}", &token[..token.len() - 1])),
+        Some(format!("Basic {token}")),
+        Some(token.to_owned()),
+    ] {
+        let res = with(wrong.clone()).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{wrong:?}");
+    }
+    let res = with(Some(format!("Bearer {token}"))).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("clinic_auth_build_info"));
+}

@@ -122,9 +122,10 @@ pub struct RouterOptions {
     /// Keys the CSRF tokens of forms shown before sign-in.
     pub anon_csrf: pages::csrf::AnonCsrfCookie,
     pub session_idle_timeout: Duration,
-    /// Serve /metrics here (false when it has a listener of its own).
-    pub metrics_route: bool,
-    pub trusted_proxies: middleware::client_ip::TrustedProxies,
+    /// Who may read /metrics on this listener.
+    pub metrics: MetricsAccess,
+    /// TRUSTED_PROXIES and RATE_LIMIT_IPV6_PREFIX.
+    pub client_ip: middleware::client_ip::ClientIpPolicy,
     /// HTTP_BODY_TIMEOUT: the whole body must arrive within this.
     pub body_timeout: Duration,
 }
@@ -145,9 +146,7 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state);
 
-    if options.metrics_route {
-        routes = routes.merge(metrics_router());
-    }
+    routes = routes.merge(metrics_router(options.metrics));
     // Layers run outside-in in the reverse of the order they are added.
     routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -157,7 +156,7 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         ))
         .layer(rate_limit::layer(&options.limiters.global))
         .layer(axum::middleware::from_fn_with_state(
-            options.trusted_proxies,
+            options.client_ip,
             middleware::client_ip::client_ip,
         ))
         .layer(cors(&options.cors_origins))
@@ -203,10 +202,32 @@ fn cors(origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(600))
 }
 
-/// GET /metrics in the Prometheus text format.
-pub fn metrics_router() -> Router {
+/// Who may read /metrics on one listener.
+#[derive(Clone)]
+pub enum MetricsAccess {
+    /// No route: /metrics is a 404 like any unknown path.
+    Off,
+    /// Anyone who can reach the listener.
+    Public,
+    /// Only `Authorization: Bearer <token>`; the SHA-256 of the token is
+    /// kept, so the comparison runs over fixed-length digests.
+    Bearer(Arc<[u8; 32]>),
+}
+
+impl MetricsAccess {
+    pub fn bearer(token: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret;
+        use sha2::{Digest, Sha256};
+        Self::Bearer(Arc::new(
+            Sha256::digest(token.expose_secret().as_bytes()).into(),
+        ))
+    }
+}
+
+/// GET /metrics in the Prometheus text format, for those `access` admits.
+pub fn metrics_router(access: MetricsAccess) -> Router {
     let handle = crate::metrics::handle();
-    Router::new().route(
+    let route = Router::new().route(
         "/metrics",
         axum::routing::get(move || {
             let handle = handle.clone();
@@ -220,5 +241,44 @@ pub fn metrics_router() -> Router {
                 )
             }
         }),
-    )
+    );
+    match access {
+        MetricsAccess::Off => Router::new(),
+        MetricsAccess::Public => route,
+        MetricsAccess::Bearer(digest) => {
+            route.route_layer(axum::middleware::from_fn_with_state(digest, metrics_token))
+        }
+    }
+}
+
+/// Lets a request through only with the metrics Bearer token. Anything
+/// else gets the same 404 as an unknown path: a scanner learns nothing,
+/// not even that the route exists.
+async fn metrics_token(
+    axum::extract::State(digest): axum::extract::State<Arc<[u8; 32]>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use sha2::{Digest, Sha256};
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| Sha256::digest(token.trim().as_bytes()));
+    // Constant time over the digests: no early exit on the first byte
+    // that differs.
+    let admitted = given.is_some_and(|given| {
+        given
+            .iter()
+            .zip(digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    });
+    if admitted {
+        next.run(req).await
+    } else {
+        ApiError::not_found().into_response()
+    }
 }

@@ -5,6 +5,11 @@
 //! X-Forwarded-For chain is walked from the right (the entries our own
 //! proxies appended) to the first address that is not a trusted proxy.
 //! Anything a client writes at the left of the header is never believed.
+//!
+//! Every address is made canonical here, once: an IPv4-mapped IPv6 address
+//! (`::ffff:a.b.c.d`, what an IPv4 client looks like on a socket bound to
+//! `::`) becomes the IPv4 address, so proxy matching, rate limits, audit
+//! records, session lists and logs all see the same client.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -12,27 +17,42 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::http::extract::ClientIp;
+use crate::http::middleware::rate_limit::{self, RateLimitKey};
 
-#[derive(Debug, Clone, Default)]
-pub struct TrustedProxies(pub Arc<Vec<IpNet>>);
+/// How the client's address is settled: whose X-Forwarded-For is believed
+/// (TRUSTED_PROXIES) and how much of an IPv6 address the rate limits key
+/// on (RATE_LIMIT_IPV6_PREFIX).
+#[derive(Debug, Clone)]
+pub struct ClientIpPolicy {
+    trusted_proxies: Arc<Vec<IpNet>>,
+    ipv6_prefix: u8,
+}
 
-impl TrustedProxies {
-    fn trusts(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(&ip))
+impl ClientIpPolicy {
+    pub fn new(trusted_proxies: &[IpNet], ipv6_prefix: u8) -> Self {
+        Self {
+            trusted_proxies: Arc::new(trusted_proxies.iter().map(|n| canonical_net(*n)).collect()),
+            ipv6_prefix,
+        }
     }
 
-    /// The client address for a request from `peer` carrying these
-    /// X-Forwarded-For values.
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The (canonical) client address for a request from `peer` carrying
+    /// these X-Forwarded-For values.
     pub fn client(&self, peer: IpAddr, forwarded_for: &[&str]) -> IpAddr {
+        let peer = peer.to_canonical();
         if !self.trusts(peer) {
             return peer;
         }
         let mut client = peer;
         for entry in forwarded_for.iter().flat_map(|v| v.split(',')).rev() {
-            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            let Ok(ip) = entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) else {
                 // Junk in the chain: stop at the last address we could trust.
                 break;
             };
@@ -45,8 +65,23 @@ impl TrustedProxies {
     }
 }
 
+/// A TRUSTED_PROXIES entry written as IPv4-mapped IPv6
+/// (`::ffff:10.0.0.0/104`) is the IPv4 network it maps, since the addresses
+/// it is matched against are canonical.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
 pub async fn client_ip(
-    State(trusted): State<TrustedProxies>,
+    State(policy): State<ClientIpPolicy>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -61,7 +96,10 @@ pub async fn client_ip(
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
-        let ip = trusted.client(peer, &forwarded);
+        let ip = policy.client(peer, &forwarded);
+        // Records keep the full address; only the limiters' key is widened.
+        req.extensions_mut()
+            .insert(RateLimitKey(rate_limit::key_for(ip, policy.ipv6_prefix)));
         req.extensions_mut().insert(ClientIp(ip));
     }
     next.run(req).await
@@ -71,8 +109,15 @@ pub async fn client_ip(
 mod tests {
     use super::*;
 
-    fn trusted(nets: &[&str]) -> TrustedProxies {
-        TrustedProxies(Arc::new(nets.iter().map(|n| n.parse().unwrap()).collect()))
+    fn trusted(nets: &[&str]) -> ClientIpPolicy {
+        let nets: Vec<IpNet> = nets
+            .iter()
+            .map(|n| {
+                n.parse()
+                    .unwrap_or_else(|_| IpNet::from(n.parse::<IpAddr>().unwrap()))
+            })
+            .collect();
+        ClientIpPolicy::new(&nets, 64)
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -113,5 +158,37 @@ mod tests {
             t.client(ip("10.0.0.1"), &["198.51.100.7, garbage"]),
             ip("10.0.0.1")
         );
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_their_ipv4_address() {
+        // HOST=:: hands an IPv4 client over as ::ffff:a.b.c.d; an IPv4
+        // proxy entry must still match it, and what it forwards counts.
+        let t = trusted(&["127.0.0.1"]);
+        assert_eq!(
+            t.client(ip("::ffff:127.0.0.1"), &["198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(t.client(ip("::ffff:127.0.0.1"), &[]), ip("127.0.0.1"));
+        // Mapped entries in the chain are canonical too, and skipped as
+        // proxies when they are ours.
+        assert_eq!(
+            t.client(ip("127.0.0.1"), &["::ffff:198.51.100.7, ::ffff:127.0.0.1"]),
+            ip("198.51.100.7")
+        );
+        // Untrusted mapped peers are still reported as IPv4.
+        let none = trusted(&[]);
+        assert_eq!(
+            none.client(ip("::ffff:203.0.113.9"), &["1.2.3.4"]),
+            ip("203.0.113.9")
+        );
+        // A proxy range written in the mapped form matches IPv4 peers.
+        let mapped = trusted(&["::ffff:10.0.0.0/104"]);
+        assert_eq!(
+            mapped.client(ip("10.1.2.3"), &["198.51.100.7"]),
+            ip("198.51.100.7")
+        );
+        // Real IPv6 is left alone.
+        assert_eq!(none.client(ip("2001:db8::1"), &[]), ip("2001:db8::1"));
     }
 }

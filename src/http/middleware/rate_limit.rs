@@ -1,5 +1,10 @@
 //! Per-client-IP rate limits (GCRA via `governor`, wired by
 //! `tower_governor`), answered in the API's error format with Retry-After.
+//!
+//! An IPv4 client is one address. An IPv6 client is its whole prefix
+//! (RATE_LIMIT_IPV6_PREFIX, default /64): a single host, home or cloud VM
+//! is routinely handed a /64, and keying by /128 would give it 2^64
+//! budgets.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,14 +14,28 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::response::IntoResponse;
 use governor::middleware::NoOpMiddleware;
+use ipnet::Ipv6Net;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 
 use crate::error::ApiError;
-use crate::http::extract::ClientIp;
 
-/// Keys requests by the IP the client-IP middleware settled on.
+/// What the limiters count a request against: the client's address, or for
+/// IPv6 its network (set by the client-IP middleware beside `ClientIp`).
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimitKey(pub IpAddr);
+
+/// The limiter key of a canonical client address: IPv4 as it is, IPv6
+/// masked to its first `ipv6_prefix` bits (1..=128, checked in config).
+pub fn key_for(ip: IpAddr, ipv6_prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => Ipv6Net::new(v6, ipv6_prefix).map_or(ip, |net| IpAddr::V6(net.network())),
+    }
+}
+
+/// Keys requests by the [`RateLimitKey`] the client-IP middleware set.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIpKey;
 
@@ -25,8 +44,8 @@ impl KeyExtractor for ClientIpKey {
 
     fn extract<T>(&self, req: &Request<T>) -> Result<IpAddr, GovernorError> {
         req.extensions()
-            .get::<ClientIp>()
-            .map(|ip| ip.0)
+            .get::<RateLimitKey>()
+            .map(|key| key.0)
             .ok_or(GovernorError::UnableToExtractKey)
     }
 }
@@ -78,4 +97,32 @@ pub fn spawn_cleanup(limiters: Vec<Limiter>) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(ip: &str, prefix: u8) -> String {
+        key_for(ip.parse().unwrap(), prefix).to_string()
+    }
+
+    #[test]
+    fn ipv6_clients_are_keyed_by_their_prefix_and_ipv4_by_address() {
+        // Every address of one /64 is one client...
+        assert_eq!(key("2001:db8:1::1", 64), "2001:db8:1::");
+        assert_eq!(
+            key("2001:db8:1:0:ffff:ffff:ffff:ffff", 64),
+            key("2001:db8:1::2", 64)
+        );
+        // ...and the next /64 another.
+        assert_ne!(key("2001:db8:1:1::1", 64), key("2001:db8:1::1", 64));
+        // Other prefixes as configured, /128 being one address.
+        assert_eq!(key("2001:db8:1:2:3::1", 48), "2001:db8:1::");
+        assert_eq!(key("2001:db8::7", 128), "2001:db8::7");
+        assert_eq!(key("2001:db8::7", 1), "::");
+        // IPv4 stays per address whatever the IPv6 prefix.
+        assert_eq!(key("198.51.100.7", 64), "198.51.100.7");
+        assert_eq!(key("198.51.100.7", 1), "198.51.100.7");
+    }
 }

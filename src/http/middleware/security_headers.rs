@@ -72,8 +72,10 @@ pub async fn security_headers(
         );
     }
     // Tokens, CSRF tokens and user data must never sit in a shared or
-    // browser cache (a front-desk computer's back button included).
-    if path.starts_with("/api/auth")
+    // browser cache (a front-desk computer's back button included). That is
+    // every /api answer, errors too: the admin's audit pages hold emails and
+    // IPs, and a cached 401 or 404 could be served for a later success.
+    if path.starts_with("/api/")
         || !(is_api || path.starts_with("/static/") || path.starts_with("/docs"))
     {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -15,12 +15,14 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, Database, MailTransport};
+use crate::domain::AuditKey;
 use crate::domain::PasswordPolicy;
 use crate::http::middleware::rate_limit;
 use crate::http::pages::csrf::AnonCsrfCookie;
 use crate::http::pages::session::StoreBackedSessions;
 use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
+use crate::services::checkpoints::Checkpointer;
 use crate::services::lockout::LockoutPolicy;
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
@@ -52,15 +54,25 @@ pub struct App {
     max_connections: usize,
     background: Vec<JoinHandle<()>>,
     audit: Audit,
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl App {
     /// Builds everything and binds `HOST:PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
+        let audit_key = audit_key(&config)?;
+        // Opened before the first record is written: a keyed chain always
+        // has its checkpoint file.
+        let checkpointer = Arc::new(Checkpointer::open(
+            store.clone(),
+            audit_key.clone(),
+            &config.audit_checkpoint_file,
+        )?);
         // Not in `background`: it must outlive the server to drain the queue.
-        let (audit, _audit_writer) = Audit::start(store.clone(), store.serialized_writes())
-            .context("cannot start the audit writer")?;
+        let (audit, _audit_writer) =
+            Audit::start(store.clone(), store.serialized_writes(), audit_key)
+                .context("cannot start the audit writer")?;
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
         let tokens = Tokens::new(
             &access_secret,
@@ -114,6 +126,7 @@ impl App {
                     .max(Duration::from_secs(86_400)),
             ),
             crate::metrics::spawn_upkeep(crate::metrics::handle()),
+            checkpointer.spawn(config.audit_checkpoint_interval),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
@@ -177,6 +190,7 @@ impl App {
             max_connections: max_connections(&config),
             background,
             audit,
+            checkpointer,
         })
     }
 
@@ -213,6 +227,10 @@ impl App {
             .is_err()
         {
             tracing::error!("audit events still queued at exit: the database did not take them");
+        }
+        // The head we stop with, signed after the last event is stored.
+        if let Err(e) = self.checkpointer.checkpoint().await {
+            tracing::error!(target: "audit", error = format!("{e:#}"), "no audit checkpoint at shutdown");
         }
         for task in self.background {
             task.abort();
@@ -369,42 +387,75 @@ fn load_or_create_secrets(path: &Path) -> anyhow::Result<(SecretString, SecretSt
         (access.len() >= 32 && refresh.len() >= 32 && access != refresh)
             .then(|| (SecretString::from(access), SecretString::from(refresh)))
     };
+    let text = load_or_create_file(path, || {
+        format!(
+            "{}\n{}\n",
+            crate::domain::token::random_token(),
+            crate::domain::token::random_token()
+        )
+    })?;
+    parse(&text).with_context(|| {
+        format!(
+            "{} is damaged; delete it to generate new secrets",
+            path.display()
+        )
+    })
+}
+
+const AUDIT_KEY_FILE: &str = "audit-key";
+
+/// The configured AUDIT_KEY, or (development only, when none is set) a key
+/// generated once and kept in the data directory, so the chain stays
+/// verifiable across restarts. Config validation already refused production
+/// without one. The service and the CLI both load it here, so both key the
+/// chain alike.
+pub fn audit_key(config: &Config) -> anyhow::Result<AuditKey> {
+    if let Some(key) = &config.audit_key {
+        return Ok(key.clone());
+    }
+    let path = config.data_dir().join(AUDIT_KEY_FILE);
+    let text = load_or_create_file(&path, || format!("{}\n", AuditKey::generate().to_hex()))?;
+    // Never replaced when damaged: a new key would make every keyed record
+    // fail verification.
+    let key = AuditKey::from_hex(&text).with_context(|| {
+        format!(
+            "{} is damaged (it must hold 64 hex characters); restore it from a backup",
+            path.display()
+        )
+    })?;
+    tracing::warn!(
+        file = %path.display(),
+        "AUDIT_KEY not set: keying the audit trail with the generated development key from this file; \
+         set AUDIT_KEY (and APP_ENV=production) before going live"
+    );
+    Ok(key)
+}
+
+/// The text of `path`, first creating it (0600, its directory 0700) with
+/// `make()` when it does not exist. Another process creating it at the same
+/// moment wins, and both read what it wrote.
+fn load_or_create_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => {
-            return parse(&text).with_context(|| {
-                format!(
-                    "{} is damaged; delete it to generate new secrets",
-                    path.display()
-                )
-            })
-        }
+        Ok(text) => return Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        crate::private_fs::create_dir(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let content = format!(
-        "{}\n{}\n",
-        crate::domain::token::random_token(),
-        crate::domain::token::random_token()
-    );
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
+    match crate::private_fs::file_options()
+        .write(true)
+        .create_new(true)
+        .open(path)
     {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    match options.open(path) {
         Ok(mut file) => {
-            file.write_all(content.as_bytes())?;
+            file.write_all(make().as_bytes())?;
             file.sync_all()?;
         }
         // Another instance won the race: use what it wrote.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
     }
-    let text = std::fs::read_to_string(path)?;
-    parse(&text).with_context(|| format!("{} is damaged", path.display()))
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }

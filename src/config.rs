@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::domain::AuditKey;
+
 /// Where the service keeps its data.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Database {
@@ -159,6 +161,15 @@ pub struct Config {
     /// (MAX_CONNECTIONS); `None`: derived from the descriptor limit at start
     /// (`server::default_max_connections`).
     pub max_connections: Option<usize>,
+    /// Keys the audit chain and signs its checkpoints (AUDIT_KEY). `None`
+    /// means "generate and persist one" (development only).
+    pub audit_key: Option<AuditKey>,
+    /// Where signed checkpoints of the audit chain are appended
+    /// (AUDIT_CHECKPOINT_FILE, default `<DATA_DIR>/audit-checkpoints`).
+    pub audit_checkpoint_file: PathBuf,
+    /// How often the chain's head is checkpointed while it moves
+    /// (AUDIT_CHECKPOINT_INTERVAL).
+    pub audit_checkpoint_interval: Duration,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -260,6 +271,7 @@ impl Config {
             jwt_access_secret.as_ref(),
             jwt_refresh_secret.as_ref(),
         )?;
+        let audit_key = parse_audit_key(environment, get("AUDIT_KEY"))?;
 
         let jwt_access_ttl =
             parse_duration_var("JWT_ACCESS_EXPIRES", get("JWT_ACCESS_EXPIRES"), "15m")?;
@@ -476,8 +488,18 @@ impl Config {
             Some(dir) => PathBuf::from(dir),
             None => default_data_dir(&database),
         };
+        let audit_checkpoint_file = get("AUDIT_CHECKPOINT_FILE")
+            .map_or_else(|| data_dir.join("audit-checkpoints"), PathBuf::from);
+        let audit_checkpoint_interval = parse_timeout_var(
+            "AUDIT_CHECKPOINT_INTERVAL",
+            get("AUDIT_CHECKPOINT_INTERVAL"),
+            "1m",
+        )?;
 
         Ok(Self {
+            audit_key,
+            audit_checkpoint_file,
+            audit_checkpoint_interval,
             trusted_proxies,
             refresh_idle_timeout,
             refresh_reuse_grace,
@@ -584,6 +606,29 @@ fn check_secrets(
             }
             Ok(())
         }
+    }
+}
+
+/// AUDIT_KEY: required in production (like the JWT secrets), optional in
+/// development (a key is generated into the data directory). The value is
+/// never echoed: it is a secret even when malformed.
+fn parse_audit_key(
+    environment: Environment,
+    value: Option<String>,
+) -> Result<Option<AuditKey>, ConfigError> {
+    match value {
+        None if environment == Environment::Production => Err(err(
+            "AUDIT_KEY",
+            "must be set in production: 64 hex characters (`openssl rand -hex 32`), \
+             kept outside the database and its backups",
+        )),
+        None => Ok(None),
+        Some(v) => AuditKey::from_hex(&v).map(Some).ok_or_else(|| {
+            err(
+                "AUDIT_KEY",
+                "must be exactly 64 hex characters (32 bytes, e.g. `openssl rand -hex 32`)",
+            )
+        }),
     }
 }
 
@@ -778,6 +823,9 @@ mod tests {
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_body_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, None, "derived from the fd limit");
+        assert!(c.audit_key.is_none());
+        assert_eq!(c.audit_checkpoint_file, Path::new("data/audit-checkpoints"));
+        assert_eq!(c.audit_checkpoint_interval, Duration::from_secs(60));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
         assert!(!c.is_https() && !c.is_production());
     }
@@ -890,6 +938,16 @@ mod tests {
             (vec![("HTTP_BODY_TIMEOUT", "2d")], "HTTP_BODY_TIMEOUT"),
             (vec![("MAX_CONNECTIONS", "0")], "MAX_CONNECTIONS"),
             (vec![("MAX_CONNECTIONS", "lots")], "MAX_CONNECTIONS"),
+            (vec![("AUDIT_KEY", "0123abcd")], "AUDIT_KEY"),
+            (vec![("AUDIT_KEY", "z".repeat(64).as_str())], "AUDIT_KEY"),
+            (
+                vec![("AUDIT_CHECKPOINT_INTERVAL", "0s")],
+                "AUDIT_CHECKPOINT_INTERVAL",
+            ),
+            (
+                vec![("AUDIT_CHECKPOINT_INTERVAL", "often")],
+                "AUDIT_CHECKPOINT_INTERVAL",
+            ),
         ] {
             let e = dev(&pairs).unwrap_err();
             assert_eq!(e.var, var, "{pairs:?} -> {e}");
@@ -920,7 +978,37 @@ mod tests {
             prod(&strong_a, &strong_a).unwrap_err().var,
             "JWT_REFRESH_SECRET"
         );
-        assert!(prod(&strong_a, &strong_b).unwrap().is_production());
+        // The audit key is required too, after the JWT secrets.
+        assert_eq!(prod(&strong_a, &strong_b).unwrap_err().var, "AUDIT_KEY");
+    }
+
+    #[test]
+    fn the_audit_key_is_read_and_never_shown() {
+        let hex = "00112233445566778899aabbccddeeff".repeat(2);
+        let c = dev(&[
+            ("APP_ENV", "production"),
+            ("JWT_ACCESS_SECRET", &"a".repeat(32)),
+            ("JWT_REFRESH_SECRET", &"b".repeat(32)),
+            ("AUDIT_KEY", &hex),
+            ("DATA_DIR", "/var/lib/clinic-auth"),
+            ("AUDIT_CHECKPOINT_INTERVAL", "250ms"),
+        ])
+        .unwrap();
+        assert!(c.is_production());
+        assert_eq!(
+            c.audit_key.as_ref().map(AuditKey::to_hex),
+            Some(hex.clone())
+        );
+        assert_eq!(
+            c.audit_checkpoint_file,
+            Path::new("/var/lib/clinic-auth/audit-checkpoints")
+        );
+        assert_eq!(c.audit_checkpoint_interval, Duration::from_millis(250));
+        assert!(!format!("{c:?}").contains(&hex[..16]));
+        let e = dev(&[("AUDIT_KEY", &format!("{hex}ff"))]).unwrap_err();
+        assert!(!e.to_string().contains(&hex[..16]), "{e}");
+        let c = dev(&[("AUDIT_CHECKPOINT_FILE", "/srv/audit/checkpoints")]).unwrap();
+        assert_eq!(c.audit_checkpoint_file, Path::new("/srv/audit/checkpoints"));
     }
 
     #[test]

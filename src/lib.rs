@@ -12,6 +12,7 @@ pub mod email;
 pub mod error;
 pub mod http;
 pub mod metrics;
+pub mod private_fs;
 pub mod server;
 pub mod services;
 pub mod storage;

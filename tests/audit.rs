@@ -4,13 +4,21 @@
 
 mod common;
 
+#[path = "support/audit_db.rs"]
+mod audit_db;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use audit_db::Raw;
 use chrono::Utc;
 use clinic_auth::domain::audit::GENESIS_HASH;
-use clinic_auth::domain::{AuditEvent, AuditOutcome, AuditRecord, NewAuditEvent, Role, UserId};
+use clinic_auth::domain::{
+    AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent, Role, UserId,
+};
 use clinic_auth::services::audit::{verify_chain, ChainFault};
+use clinic_auth::services::checkpoints::Checkpoint;
 use clinic_auth::storage::Store;
 use common::{database_pair, expect_error, refresh_cookie, Backend, TestApp, PASSWORD};
 use reqwest::{RequestBuilder, StatusCode};
@@ -21,9 +29,12 @@ backend_tests!(
     portal_actions_are_recorded_too,
     reset_and_session_revocation_are_recorded,
     shutdown_stores_what_was_queued,
+    checkpoints_are_written_at_the_interval,
+    a_checkpoint_is_written_at_shutdown,
     verify_accepts_a_whole_chain,
     verify_names_an_altered_record,
     verify_names_a_deleted_record,
+    verify_holds_the_chain_to_its_checkpoints,
     concurrent_appends_form_one_chain,
     admin_api_is_for_admins_only,
     admin_api_filters_and_pages,
@@ -31,6 +42,17 @@ backend_tests!(
 );
 
 const UA: &str = "AuditTest/1.0 (clinic desk 3)";
+
+/// A key for tests that write to a store directly.
+fn key() -> AuditKey {
+    AuditKey::from_hex(&"c3".repeat(32)).unwrap()
+}
+
+/// The AUDIT_KEY a test app generated into its data directory.
+fn app_key(app: &TestApp) -> AuditKey {
+    let path = app.dir.path().join("data/audit-key");
+    AuditKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
 
 async fn all_events(store: &Arc<dyn Store>) -> Vec<AuditRecord> {
     store.audit_events_after(0, 100_000).await.unwrap()
@@ -276,7 +298,10 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
             assert!(!stored.contains(secret.as_str()), "secret in {stored}");
         }
     }
-    assert!(verify_chain(store.as_ref()).await.unwrap().is_ok());
+    assert!(verify_chain(store.as_ref(), &app_key(&app), &[])
+        .await
+        .unwrap()
+        .is_ok());
 }
 
 async fn portal_actions_are_recorded_too(backend: Backend) {
@@ -388,9 +413,78 @@ async fn shutdown_stores_what_was_queued(backend: Backend) {
     assert_eq!(all_events(&store).await.len(), 6);
 }
 
+/// The checkpoint lines in `path` naming `seq`, waiting up to 10 s for one:
+/// the writer works on its own schedule.
+async fn wait_for_checkpoint(path: &Path, seq: u64) -> Vec<String> {
+    let marker = format!(" seq={seq} ");
+    for _ in 0..200 {
+        let lines: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        if lines.iter().any(|l| l.contains(&marker)) {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint of seq {seq} in {}", path.display());
+}
+
+/// While the app runs, a checkpoint of the head is signed once per
+/// AUDIT_CHECKPOINT_INTERVAL, into an owner-only file.
+async fn checkpoints_are_written_at_the_interval(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("AUDIT_CHECKPOINT_INTERVAL", "200ms")]).await;
+    let path = app.dir.path().join("data/audit-checkpoints");
+    app.register("jane@example.com").await;
+    app.flush_audit().await;
+    wait_for_checkpoint(&path, 1).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+    }
+    app.login("jane@example.com", PASSWORD).await;
+    app.flush_audit().await;
+    let lines = wait_for_checkpoint(&path, 2).await;
+    let store = app.store().await;
+    let head = all_events(&store).await.pop().unwrap();
+    assert!(
+        lines
+            .last()
+            .unwrap()
+            .contains(&format!(" head={} ", head.hash)),
+        "{lines:?}"
+    );
+}
+
+/// With an interval that never comes, stopping the app still signs the
+/// head it ended with, after the last queued event is stored.
+async fn a_checkpoint_is_written_at_shutdown(backend: Backend) {
+    let mut app = TestApp::spawn_with(backend, &[("AUDIT_CHECKPOINT_INTERVAL", "1h")]).await;
+    let path = app.dir.path().join("data/audit-checkpoints");
+    app.register("jane@example.com").await;
+    app.login("jane@example.com", PASSWORD).await;
+    app.stop().await;
+    let content = std::fs::read_to_string(&path).unwrap();
+    let last = content.lines().last().unwrap();
+    let store = app.store().await;
+    let head = all_events(&store).await.pop().unwrap();
+    assert_eq!(head.seq, 2);
+    assert!(
+        last.contains(" seq=2 ") && last.contains(&format!(" head={} ", head.hash)),
+        "{content}"
+    );
+}
+
 async fn verify_accepts_a_whole_chain(backend: Backend) {
     let (store, _guard) = common::fresh_store(backend).await;
-    let summary = verify_chain(store.as_ref()).await.unwrap().unwrap();
+    let summary = verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (summary.records, summary.head_hash.as_str()),
         (0, GENESIS_HASH)
@@ -398,11 +492,12 @@ async fn verify_accepts_a_whole_chain(backend: Backend) {
     let batch: Vec<NewAuditEvent> = (0..5)
         .map(|i| new_event(AuditEvent::LoginSuccess, &format!("u{i}")))
         .collect();
-    store.append_audit_events(&batch).await.unwrap();
-    // A retried batch is not appended twice.
-    store.append_audit_events(&batch).await.unwrap();
-    store
-        .append_audit_events(&[new_event(AuditEvent::Logout, "u0")])
+    let links = store.append_audit_events(&batch, &key()).await.unwrap();
+    // A retried batch is not appended twice, and reports the same links.
+    let again = store.append_audit_events(&batch, &key()).await.unwrap();
+    assert_eq!(again, links);
+    let last = store
+        .append_audit_events(&[new_event(AuditEvent::Logout, "u0")], &key())
         .await
         .unwrap();
     let events = all_events(&store).await;
@@ -412,95 +507,23 @@ async fn verify_accepts_a_whole_chain(backend: Backend) {
         assert_eq!(pair[1].prev_hash, pair[0].hash);
         assert_eq!(pair[1].seq, pair[0].seq + 1);
     }
+    // What the append reported is what was stored, and every record is keyed.
+    let reported: Vec<(u64, String)> = links
+        .iter()
+        .chain(&last)
+        .map(|l| (l.seq, l.hash.clone()))
+        .collect();
+    let stored: Vec<(u64, String)> = events.iter().map(|r| (r.seq, r.hash.clone())).collect();
+    assert_eq!(reported, stored);
+    assert!(events.iter().all(|r| r.version == HashVersion::V2));
     assert_eq!(events[5].email.as_deref(), Some("u0@example.com"));
-    let summary = verify_chain(store.as_ref()).await.unwrap().unwrap();
+    let summary = verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.records, 6);
     assert_eq!(summary.head_hash, events[5].hash);
-}
-
-/// A raw handle on the database, as an attacker with access to it has.
-enum Raw {
-    Sqlite(sqlx::SqlitePool),
-    Mongo(mongodb::Collection<bson::Document>),
-}
-
-impl Raw {
-    async fn open(url: &(String, String)) -> Self {
-        if url.0 == "DATABASE_URL" {
-            Raw::Sqlite(sqlx::SqlitePool::connect(&url.1).await.unwrap())
-        } else {
-            let client = mongodb::Client::with_uri_str(&url.1).await.unwrap();
-            Raw::Mongo(
-                client
-                    .default_database()
-                    .unwrap()
-                    .collection("audit_events"),
-            )
-        }
-    }
-
-    /// The append-only triggers refuse, so the attacker drops them first.
-    async fn defeat_triggers(&self) {
-        if let Raw::Sqlite(pool) = self {
-            let refused = sqlx::query("UPDATE audit_events SET ip = '10.6.6.6' WHERE seq = 3")
-                .execute(pool)
-                .await
-                .unwrap_err();
-            assert!(refused.to_string().contains("append-only"), "{refused}");
-            let refused = sqlx::query("DELETE FROM audit_events WHERE seq = 3")
-                .execute(pool)
-                .await
-                .unwrap_err();
-            assert!(refused.to_string().contains("append-only"), "{refused}");
-            for trigger in ["audit_events_no_update", "audit_events_no_delete"] {
-                sqlx::query(&format!("DROP TRIGGER {trigger}"))
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-
-    async fn alter_ip(&self, seq: i64) {
-        match self {
-            Raw::Sqlite(pool) => {
-                sqlite_on_one(
-                    pool,
-                    "UPDATE audit_events SET ip = '10.6.6.6' WHERE seq = ?",
-                    seq,
-                )
-                .await
-            }
-            Raw::Mongo(c) => {
-                let done = c
-                    .update_one(
-                        bson::doc! { "seq": seq },
-                        bson::doc! { "$set": { "ip": "10.6.6.6" } },
-                    )
-                    .await
-                    .unwrap();
-                assert_eq!(done.modified_count, 1);
-            }
-        }
-    }
-
-    async fn delete(&self, seq: i64) {
-        match self {
-            Raw::Sqlite(pool) => {
-                sqlite_on_one(pool, "DELETE FROM audit_events WHERE seq = ?", seq).await
-            }
-            Raw::Mongo(c) => {
-                let done = c.delete_one(bson::doc! { "seq": seq }).await.unwrap();
-                assert_eq!(done.deleted_count, 1);
-            }
-        }
-    }
-}
-
-/// Runs `sql` for the record `seq`, which it must touch.
-async fn sqlite_on_one(pool: &sqlx::SqlitePool, sql: &str, seq: i64) {
-    let done = sqlx::query(sql).bind(seq).execute(pool).await.unwrap();
-    assert_eq!(done.rows_affected(), 1, "{sql}");
+    assert_eq!(summary.first_keyed, Some(1));
 }
 
 /// A store with five chained events, and a raw handle on its database.
@@ -513,14 +536,17 @@ async fn chain_of_five(backend: Backend) -> (Arc<dyn Store>, Raw, tempfile::Temp
     let batch: Vec<NewAuditEvent> = (0..5)
         .map(|i| new_event(AuditEvent::Refresh, &format!("u{i}")))
         .collect();
-    store.append_audit_events(&batch).await.unwrap();
-    assert!(verify_chain(store.as_ref()).await.unwrap().is_ok());
+    store.append_audit_events(&batch, &key()).await.unwrap();
+    assert!(verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .is_ok());
     (store, Raw::open(&pair).await, dir)
 }
 
 /// Where verification finds the first break of a chain that must be broken.
 async fn first_break(store: &dyn Store) -> (u64, ChainFault) {
-    let broken = verify_chain(store).await.unwrap().unwrap_err();
+    let broken = verify_chain(store, &key(), &[]).await.unwrap().unwrap_err();
     (broken.seq, broken.fault)
 }
 
@@ -536,6 +562,77 @@ async fn verify_names_a_deleted_record(backend: Backend) {
     raw.defeat_triggers().await;
     raw.delete(2).await;
     assert_eq!(first_break(store.as_ref()).await, (2, ChainFault::Missing));
+}
+
+/// The chain's links and keyed hashes say nothing about records removed
+/// from its end, nor about a chain rewritten whole in the legacy format;
+/// checkpoints signed outside the database do.
+async fn verify_holds_the_chain_to_its_checkpoints(backend: Backend) {
+    let (store, raw, _guard) = chain_of_five(backend).await;
+    let events = all_events(&store).await;
+    let now = Utc::now();
+    let at = |seq: u64| Checkpoint {
+        seq,
+        head: if seq == 0 {
+            GENESIS_HASH.to_owned()
+        } else {
+            events[seq as usize - 1].hash.clone()
+        },
+        time: now,
+    };
+    let checkpoints = [at(0), at(3), at(5)];
+    let summary = verify_chain(store.as_ref(), &key(), &checkpoints)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.latest_checkpoint, Some(at(5)));
+
+    // Re-hashing from record 4 on without the key: unkeyed after keyed.
+    raw.rewrite_without_key(4).await;
+    let broken = verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((broken.seq, broken.fault), (4, ChainFault::Unkeyed));
+    // The whole chain: a valid legacy chain, which only a checkpoint exposes.
+    raw.rewrite_without_key(1).await;
+    let summary = verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((summary.records, summary.first_keyed), (5, None));
+    let broken = verify_chain(store.as_ref(), &key(), &checkpoints)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((broken.seq, broken.fault), (3, ChainFault::Rewritten));
+
+    // Tail truncation of the untouched chain.
+    let (store, raw, _guard) = chain_of_five(backend).await;
+    let events = all_events(&store).await;
+    let newest = Checkpoint {
+        seq: 5,
+        head: events[4].hash.clone(),
+        time: Utc::now(),
+    };
+    raw.truncate(2).await;
+    let broken = verify_chain(store.as_ref(), &key(), &[newest])
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((broken.seq, broken.fault), (4, ChainFault::Truncated));
+    assert!(
+        broken
+            .reason
+            .starts_with("records 4..5 were removed after the checkpoint of"),
+        "{}",
+        broken.reason
+    );
+    // Without the checkpoint, the shorter chain looks whole.
+    assert!(verify_chain(store.as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .is_ok());
 }
 
 async fn concurrent_appends_form_one_chain(backend: Backend) {
@@ -556,7 +653,7 @@ async fn concurrent_appends_form_one_chain(backend: Backend) {
                     let batch: Vec<NewAuditEvent> = (0..3)
                         .map(|i| new_event(AuditEvent::LoginSuccess, &format!("t{t}r{round}i{i}")))
                         .collect();
-                    store.append_audit_events(&batch).await.unwrap();
+                    store.append_audit_events(&batch, &key()).await.unwrap();
                 }
             })
         })
@@ -564,7 +661,10 @@ async fn concurrent_appends_form_one_chain(backend: Backend) {
     for task in tasks {
         task.await.unwrap();
     }
-    let summary = verify_chain(stores[0].as_ref()).await.unwrap().unwrap();
+    let summary = verify_chain(stores[0].as_ref(), &key(), &[])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.records, 90);
     let events = all_events(&stores[1]).await;
     let users: std::collections::HashSet<_> = events.iter().map(|r| r.user_id.clone()).collect();

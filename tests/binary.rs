@@ -49,6 +49,23 @@ fn stderr_of(output: std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
 }
 
+/// Runs `cmd` to its end, killing it if it is still running after `limit`
+/// (a configuration it should refuse would otherwise start the service and
+/// hang the test).
+fn exits_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd.spawn().unwrap();
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!("still running after {limit:?}: {}", stderr_of(output));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 #[test]
 fn bad_configuration_exits_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
@@ -67,8 +84,20 @@ fn bad_configuration_exits_naming_the_variable() {
             ],
             "JWT_REFRESH_SECRET",
         ),
+        // The audit chain's key lives outside the database: production
+        // must be given one, and it must be 32 bytes of hex.
+        (
+            vec![
+                ("APP_ENV", "production"),
+                ("JWT_ACCESS_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("JWT_REFRESH_SECRET", "fedcba9876543210fedcba9876543210"),
+            ],
+            "AUDIT_KEY",
+        ),
+        (vec![("AUDIT_KEY", "0123456789abcdef")], "AUDIT_KEY"),
+        (vec![("AUDIT_KEY", "g".repeat(64).as_str())], "AUDIT_KEY"),
     ] {
-        let output = command(dir.path(), &vars).output().unwrap();
+        let output = exits_within(command(dir.path(), &vars), Duration::from_secs(10));
         assert_eq!(output.status.code(), Some(2), "{vars:?}");
         let text = stderr_of(output);
         assert_eq!(text.lines().count(), 1, "one clear line: {text}");
@@ -102,6 +131,8 @@ async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
     assert!(dir.path().join("data/clinic-auth.db").exists());
     let secrets = dir.path().join("data/jwt-secrets");
     assert!(secrets.exists());
+    let audit_key = dir.path().join("data/audit-key");
+    let checkpoints = dir.path().join("data/audit-checkpoints");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -109,7 +140,14 @@ async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
         assert_eq!(mode(&dir.path().join("data")), 0o700);
         assert_eq!(mode(&dir.path().join("data/clinic-auth.db")), 0o600);
         assert_eq!(mode(&secrets), 0o600);
+        assert_eq!(mode(&audit_key), 0o600);
+        assert_eq!(mode(&checkpoints), 0o600);
     }
+    let key = std::fs::read_to_string(&audit_key).unwrap();
+    assert!(
+        key.trim().len() == 64 && key.trim().bytes().all(|b| b.is_ascii_hexdigit()),
+        "a generated AUDIT_KEY is 32 bytes of hex"
+    );
 
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -163,6 +201,44 @@ async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
     let logs = stderr_of(output);
     assert!(logs.contains("shutdown requested"), "{logs}");
     assert!(!logs.contains("Str0ng!Pass123"), "no passwords in logs");
+    assert!(
+        !logs.contains(key.trim()),
+        "the audit key never reaches the logs"
+    );
+
+    // The log copy of each stored audit event carries its place in the
+    // chain, so the log system holds a second copy that anchors it.
+    let stored: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("audit event stored"))
+        .collect();
+    assert_eq!(stored.len(), 7, "a registration and six sign-ins: {logs}");
+    for (i, line) in stored.iter().enumerate() {
+        assert!(line.contains(&format!(" seq={} ", i + 1)), "{line}");
+        assert!(hex_after(line, "hash=").is_some(), "{line}");
+    }
+    // The shutdown checkpoint covers all seven, in the file and in the log.
+    let last = std::fs::read_to_string(&checkpoints).unwrap();
+    let last = last.lines().last().unwrap().to_owned();
+    assert!(last.contains(" seq=7 "), "{last}");
+    let head = hex_after(stored[6], "hash=").unwrap();
+    assert!(last.contains(&format!(" head={head} ")), "{last}");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("audit checkpoint") && l.contains(&last)),
+        "{logs}"
+    );
+}
+
+/// The 64 hex digits after `marker` in `line` (quoted or not).
+fn hex_after(line: &str, marker: &str) -> Option<String> {
+    let start = line.find(marker)? + marker.len();
+    let value: String = line[start..]
+        .trim_start_matches('"')
+        .chars()
+        .take_while(char::is_ascii_hexdigit)
+        .collect();
+    (value.len() == 64).then_some(value)
 }
 
 /// Starts the binary in `dir` on a free port with `vars` (after `adjust`

@@ -2,16 +2,134 @@
 //! integrity): which security events exist, what one record holds, and how
 //! a record is hashed into the chain.
 //!
-//! Every record stores the SHA-256 of its canonical content, and that content
+//! Every record stores a hash of its canonical content, and that content
 //! includes the previous record's hash, so altering, removing or reordering
 //! any stored record breaks the chain from that point on. Only non-secret
 //! facts go in: never a password, a hash of one, or a raw token.
+//!
+//! Records are versioned ([`HashVersion`]). The first release stored plain
+//! SHA-256 (v1): anyone who can write the database can recompute that after
+//! changing a record, so new records are v2, an HMAC-SHA256 under
+//! [`AuditKey`], a secret kept outside the database. v1 records written
+//! before stay valid, so an existing chain is not broken by the upgrade.
 
 use std::fmt;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// AUDIT_KEY: 32 random bytes that key the chain (v2 records) and sign the
+/// checkpoints. Whoever can write the database but does not hold it cannot
+/// produce a record or checkpoint that verifies. Never printed: `Debug` is
+/// redacted and nothing else formats it except [`AuditKey::to_hex`], which
+/// only writes the development key file.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuditKey([u8; 32]);
+
+impl AuditKey {
+    /// Exactly 64 hex characters (what `openssl rand -hex 32` prints).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// A fresh random key (development, when none is configured).
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        Self(bytes)
+    }
+
+    /// The key as 64 hex characters, for the development key file only.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.0).expect("HMAC takes a key of any length")
+    }
+
+    /// HMAC-SHA256 of `data` under the key, lowercase hex.
+    pub fn mac_hex(&self, data: &[u8]) -> String {
+        let mut mac = self.mac();
+        mac.update(data);
+        hex::encode(mac.finalize().into_bytes())
+    }
+
+    /// Whether `tag` (hex) is the MAC of `data`, compared in constant time.
+    pub fn verify_hex(&self, data: &[u8], tag: &str) -> bool {
+        let Ok(tag) = hex::decode(tag) else {
+            return false;
+        };
+        let mut mac = self.mac();
+        mac.update(data);
+        mac.verify_slice(&tag).is_ok()
+    }
+
+    /// A short public name for the key (16 hex characters of a MAC of a
+    /// fixed label): written beside each checkpoint so that verifying with
+    /// another key says "wrong key" rather than "every line altered". It
+    /// reveals nothing that helps to find the key.
+    pub fn id(&self) -> String {
+        self.mac_hex(b"clinic-auth audit key id")[..16].to_owned()
+    }
+}
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(<redacted>)")
+    }
+}
+
+impl Drop for AuditKey {
+    fn drop(&mut self) {
+        // Freed memory does not keep the key around.
+        secrecy::zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+/// How a record's hash was made; stored with the record (a missing value,
+/// in rows and documents from the first release, means v1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum HashVersion {
+    /// SHA-256 of the canonical content: the first release's records. Anyone
+    /// can recompute it, so after the first v2 record a v1 record is a sign
+    /// that the chain was rewritten.
+    #[serde(rename = "v1")]
+    V1,
+    /// HMAC-SHA256 under AUDIT_KEY of the canonical content, which then also
+    /// names its version (`"v":2`), so the two forms never digest alike.
+    #[serde(rename = "v2")]
+    V2,
+}
+
+impl HashVersion {
+    /// The stored number.
+    pub fn number(self) -> i64 {
+        match self {
+            HashVersion::V1 => 1,
+            HashVersion::V2 => 2,
+        }
+    }
+
+    pub fn from_number(n: i64) -> Option<Self> {
+        match n {
+            1 => Some(HashVersion::V1),
+            2 => Some(HashVersion::V2),
+            _ => None,
+        }
+    }
+}
 
 /// The `prev_hash` of the first record: there is nothing before it.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -165,15 +283,19 @@ pub struct AuditRecord {
     /// The `X-Request-Id` of the request that caused it.
     pub request_id: Option<String>,
     pub detail: Option<String>,
+    /// How `hash` was made: `v1` plain SHA-256 (first release), `v2` keyed.
+    pub version: HashVersion,
     pub prev_hash: String,
     pub hash: String,
 }
 
 /// The hashed form, with a fixed field order (serde keeps declaration
 /// order) and JSON's unambiguous string escaping: no two different records
-/// serialise alike.
+/// serialise alike. v1 has no `v` field, exactly as the first release wrote.
 #[derive(Serialize)]
 struct Canonical<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    v: Option<i64>,
     seq: u64,
     time: String,
     event: &'a str,
@@ -193,8 +315,10 @@ pub fn canonical_time(t: DateTime<Utc>) -> String {
 }
 
 impl AuditRecord {
-    /// Chains `event` after a record whose hash is `prev_hash`.
-    pub fn chain(seq: u64, event: &NewAuditEvent, prev_hash: &str) -> Self {
+    /// Chains `event` after a record whose hash is `prev_hash` (of either
+    /// version: the first keyed record links to the last v1 one), as a v2
+    /// record keyed with `key`.
+    pub fn chain(seq: u64, event: &NewAuditEvent, prev_hash: &str, key: &AuditKey) -> Self {
         let mut record = AuditRecord {
             seq,
             time: event.time,
@@ -206,16 +330,21 @@ impl AuditRecord {
             user_agent: event.user_agent.clone(),
             request_id: event.request_id.clone(),
             detail: event.detail.clone(),
+            version: HashVersion::V2,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        record.hash = record.compute_hash();
+        record.hash = record.keyed_hash(key);
         record
     }
 
-    /// The canonical content that [`Self::compute_hash`] digests.
+    /// The canonical content that the record's hash digests.
     pub fn canonical(&self) -> String {
         let canonical = Canonical {
+            v: match self.version {
+                HashVersion::V1 => None,
+                HashVersion::V2 => Some(2),
+            },
             seq: self.seq,
             time: canonical_time(self.time),
             event: self.event.as_str(),
@@ -231,9 +360,24 @@ impl AuditRecord {
         serde_json::to_string(&canonical).expect("strings and numbers always serialise")
     }
 
-    /// SHA-256 of the canonical content, lowercase hex.
-    pub fn compute_hash(&self) -> String {
+    /// Plain SHA-256 of the canonical content, lowercase hex: a v1 record's
+    /// hash, and all that someone without the key can compute.
+    pub fn plain_hash(&self) -> String {
         hex::encode(Sha256::digest(self.canonical().as_bytes()))
+    }
+
+    /// HMAC-SHA256 of the canonical content under `key`, lowercase hex: a
+    /// v2 record's hash.
+    pub fn keyed_hash(&self, key: &AuditKey) -> String {
+        key.mac_hex(self.canonical().as_bytes())
+    }
+
+    /// The hash this record must carry, by its version.
+    pub fn expected_hash(&self, key: &AuditKey) -> String {
+        match self.version {
+            HashVersion::V1 => self.plain_hash(),
+            HashVersion::V2 => self.keyed_hash(key),
+        }
     }
 }
 
@@ -265,9 +409,21 @@ mod tests {
         assert_eq!(AuditEvent::parse("nope"), None);
     }
 
+    fn key() -> AuditKey {
+        AuditKey::from_hex(&"0f".repeat(32)).unwrap()
+    }
+
+    /// A v1 record exactly as the first release made it.
+    fn legacy(seq: u64) -> AuditRecord {
+        let mut record = AuditRecord::chain(seq, &event(), GENESIS_HASH, &key());
+        record.version = HashVersion::V1;
+        record.hash = record.plain_hash();
+        record
+    }
+
     #[test]
-    fn canonical_content_is_stable_and_every_field_counts() {
-        let record = AuditRecord::chain(7, &event(), GENESIS_HASH);
+    fn v1_canonical_content_is_the_first_releases() {
+        let record = legacy(7);
         assert_eq!(
             record.canonical(),
             format!(
@@ -277,12 +433,50 @@ mod tests {
                  \"detail\":null,\"prev_hash\":\"{GENESIS_HASH}\"}}"
             )
         );
-        assert_eq!(record.hash, record.compute_hash());
+        assert_eq!(record.hash, record.expected_hash(&key()));
         let mut altered = record.clone();
         altered.ip = Some("10.0.0.1".into());
-        assert_ne!(altered.compute_hash(), record.hash);
+        assert_ne!(altered.expected_hash(&key()), record.hash);
         let mut moved = record.clone();
         moved.seq = 8;
-        assert_ne!(moved.compute_hash(), record.hash);
+        assert_ne!(moved.expected_hash(&key()), record.hash);
+    }
+
+    #[test]
+    fn v2_records_are_keyed_and_every_field_counts() {
+        let record = AuditRecord::chain(7, &event(), GENESIS_HASH, &key());
+        assert_eq!(record.version, HashVersion::V2);
+        assert!(record.canonical().starts_with("{\"v\":2,\"seq\":7,"));
+        assert_eq!(record.hash, record.expected_hash(&key()));
+        // Neither a plain digest nor another key's MAC passes for it.
+        assert_ne!(record.hash, record.plain_hash());
+        let other = AuditKey::from_hex(&"f0".repeat(32)).unwrap();
+        assert_ne!(record.hash, record.expected_hash(&other));
+        let mut altered = record.clone();
+        altered.detail = Some("role=admin".into());
+        assert_ne!(altered.expected_hash(&key()), record.hash);
+        // Relabelling it v1 changes what is digested, too.
+        let mut relabelled = record.clone();
+        relabelled.version = HashVersion::V1;
+        assert_ne!(relabelled.canonical(), record.canonical());
+    }
+
+    #[test]
+    fn the_key_is_64_hex_characters_and_never_printed() {
+        let hex = "0123456789abcdef".repeat(4);
+        let key = AuditKey::from_hex(&hex).unwrap();
+        assert_eq!(key.to_hex(), hex);
+        assert_eq!(AuditKey::from_hex(&hex.to_uppercase()), Some(key.clone()));
+        for bad in ["", "0123", &"g".repeat(64), &format!("{hex}00"), &hex[1..]] {
+            assert_eq!(AuditKey::from_hex(bad), None, "{bad:?}");
+        }
+        let debug = format!("{key:?}");
+        assert!(!debug.contains(&hex[..8]), "{debug}");
+        assert_eq!(key.id().len(), 16);
+        assert_ne!(key.id(), AuditKey::generate().id());
+        let tag = key.mac_hex(b"line");
+        assert!(key.verify_hex(b"line", &tag));
+        assert!(!key.verify_hex(b"line!", &tag));
+        assert!(!key.verify_hex(b"line", "zz"));
     }
 }

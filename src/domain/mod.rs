@@ -11,7 +11,7 @@ pub mod password;
 pub mod token;
 pub mod user;
 
-pub use audit::{AuditEvent, AuditOutcome, AuditRecord, NewAuditEvent};
+pub use audit::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 pub use email::EmailAddress;
 pub use name::PersonName;
 pub use password::{Password, PasswordHash, PasswordPolicy};

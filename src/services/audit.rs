@@ -1,5 +1,6 @@
 //! The audit recorder: how the services write to the audit trail, and the
-//! check that the stored chain is whole.
+//! check that the stored chain is whole (its links, its keyed hashes, and
+//! the signed checkpoints kept outside the database: see `checkpoints`).
 //!
 //! Recording must not cost the request a database round trip (login and
 //! refresh are benchmarked), yet must not lose events either. So a service
@@ -14,16 +15,20 @@
 //! self.audit.record(AuditEntry::new(AuditEvent::LoginSuccess, client).user(&user.id)).await;
 //! ```
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::checkpoints::Checkpoint;
 use super::{ClientContext, ServiceError};
-use crate::domain::audit::{GENESIS_HASH, MAX_EMAIL_CHARS};
-use crate::domain::{AuditEvent, AuditOutcome, AuditRecord, NewAuditEvent, UserId};
-use crate::storage::{AuditStore, StoreError};
+use crate::domain::audit::{canonical_time, GENESIS_HASH, MAX_EMAIL_CHARS};
+use crate::domain::{
+    AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent, UserId,
+};
+use crate::storage::{AuditStore, ChainLink, StoreError};
 
 /// Entries that may wait for the writer before `record` starts waiting.
 /// Large enough to ride out a slow commit under a login flood.
@@ -119,13 +124,16 @@ impl Audit {
     /// i.e. SQLite) it runs on a thread of its own: an append holds the one
     /// writer across several statements, and waiting for each wake-up behind
     /// the request handlers kept refresh rotations waiting for the writer.
+    ///
+    /// Records are keyed with `key` (AUDIT_KEY).
     pub fn start(
         store: Arc<dyn AuditStore>,
         own_thread: bool,
+        key: AuditKey,
     ) -> std::io::Result<(Self, oneshot::Receiver<()>)> {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let flushes = Arc::new(Notify::new());
-        let task = write_batches(store, rx, Arc::clone(&flushes));
+        let task = write_batches(store, key, rx, Arc::clone(&flushes));
         let finished = if own_thread {
             crate::background::spawn_dedicated("audit-writer", task)?
         } else {
@@ -161,6 +169,7 @@ impl Audit {
 
 async fn write_batches(
     store: Arc<dyn AuditStore>,
+    key: AuditKey,
     mut rx: mpsc::Receiver<Command>,
     flushes: Arc<Notify>,
 ) {
@@ -195,13 +204,16 @@ async fn write_batches(
             lingered = true;
             next = rx.try_recv().ok();
         }
-        append_until_stored(store.as_ref(), &batch).await;
+        let links = append_until_stored(store.as_ref(), &batch, &key).await;
         // A copy of each stored event on the log stream (target `audit`), so
         // shipping stdout to a central system copies the trail off the host
-        // (ASVS 16.4.3); the database copy stays the tamper-evident one.
-        for event in &batch {
+        // (ASVS 16.4.3). Its seq and hash make that copy a second record of
+        // the chain's links, which an insider on the host cannot take back.
+        for (event, link) in batch.iter().zip(&links) {
             tracing::info!(
                 target: "audit",
+                seq = link.seq,
+                hash = %link.hash,
                 event = event.event.as_str(),
                 outcome = event.outcome.as_str(),
                 time = %event.time.to_rfc3339(),
@@ -220,11 +232,15 @@ async fn write_batches(
     }
 }
 
-async fn append_until_stored(store: &dyn AuditStore, batch: &[NewAuditEvent]) {
+async fn append_until_stored(
+    store: &dyn AuditStore,
+    batch: &[NewAuditEvent],
+    key: &AuditKey,
+) -> Vec<ChainLink> {
     let mut delay = RETRY_FIRST;
     loop {
-        match store.append_audit_events(batch).await {
-            Ok(()) => return,
+        match store.append_audit_events(batch, key).await {
+            Ok(links) => return links,
             Err(err) => {
                 // Through ServiceError so the store-errors metric counts it.
                 let err = ServiceError::from(err);
@@ -251,6 +267,16 @@ pub enum ChainFault {
     Missing,
     /// A record appears where another should (duplicate or backwards seq).
     OutOfOrder,
+    /// The record's hash is one anyone can compute (plain SHA-256) where
+    /// only AUDIT_KEY's holder could have made it: an unkeyed record after
+    /// keyed ones, or a keyed one re-hashed without the key.
+    Unkeyed,
+    /// The record is not the one a signed checkpoint recorded at its seq:
+    /// the chain up to it was rewritten.
+    Rewritten,
+    /// The chain ends before a signed checkpoint's seq: its newest records
+    /// were removed.
+    Truncated,
 }
 
 impl ChainFault {
@@ -259,6 +285,9 @@ impl ChainFault {
             ChainFault::Altered => "altered",
             ChainFault::Missing => "missing",
             ChainFault::OutOfOrder => "out of order",
+            ChainFault::Unkeyed => "recomputed without the key",
+            ChainFault::Rewritten => "rewritten",
+            ChainFault::Truncated => "truncated",
         }
     }
 }
@@ -271,41 +300,103 @@ pub struct ChainBreak {
     pub reason: String,
 }
 
-/// A whole chain: how long, and its head, which an operator can note
-/// elsewhere (removing records from the end leaves no gap, so only an
-/// outside copy of the head reveals it).
+/// A whole chain: how long, its head, where its keyed records start, and
+/// the newest checkpoint that vouches for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSummary {
     pub records: u64,
     pub head_hash: String,
+    /// The first v2 (keyed) record; those before it are v1 (legacy).
+    pub first_keyed: Option<u64>,
+    /// The checkpoint with the highest seq, which the chain matched.
+    pub latest_checkpoint: Option<Checkpoint>,
 }
 
-/// Reads the whole chain in seq order and checks every record's hash and
-/// link. `Ok(Err(..))` names the first broken record.
+/// Reads the whole chain in seq order and checks every record's hash (v1:
+/// plain SHA-256; v2: HMAC under `key`) and link, that no v1 record follows
+/// a v2 one, that the chain holds each of `checkpoints` (already checked
+/// signatures) at its seq with its exact hash, and that it reaches the
+/// highest one. `Ok(Err(..))` names the first break.
 pub async fn verify_chain(
     store: &dyn AuditStore,
+    key: &AuditKey,
+    checkpoints: &[Checkpoint],
 ) -> Result<Result<ChainSummary, ChainBreak>, StoreError> {
+    let mut anchors: BTreeMap<u64, Vec<&Checkpoint>> = BTreeMap::new();
+    for checkpoint in checkpoints {
+        anchors.entry(checkpoint.seq).or_default().push(checkpoint);
+    }
+    let mismatch = |seq: u64, hash: &str| {
+        let checkpoint = anchors.get(&seq)?.iter().find(|c| c.head != hash)?;
+        Some(ChainBreak {
+            seq,
+            fault: ChainFault::Rewritten,
+            reason: format!(
+                "record {seq} does not match the checkpoint of {}: the chain up to it was \
+                 rewritten (recomputed without AUDIT_KEY, or restored from elsewhere)",
+                canonical_time(checkpoint.time)
+            ),
+        })
+    };
+    if let Some(broken) = mismatch(0, GENESIS_HASH) {
+        return Ok(Err(broken));
+    }
     let mut expected = 1u64;
     let mut prev_hash = GENESIS_HASH.to_owned();
+    let mut first_keyed = None;
     loop {
         let page = store.audit_events_after(expected - 1, VERIFY_PAGE).await?;
         if page.is_empty() {
-            return Ok(Ok(ChainSummary {
-                records: expected - 1,
-                head_hash: prev_hash,
-            }));
+            break;
         }
         for record in &page {
-            if let Some(broken) = check(record, expected, &prev_hash) {
+            if let Some(broken) = check(record, expected, &prev_hash, key, first_keyed.is_some())
+                .or_else(|| mismatch(record.seq, &record.hash))
+            {
                 return Ok(Err(broken));
+            }
+            if record.version == HashVersion::V2 && first_keyed.is_none() {
+                first_keyed = Some(record.seq);
             }
             prev_hash = record.hash.clone();
             expected += 1;
         }
     }
+    let records = expected - 1;
+    if let Some((&last, newest)) = anchors.range(records + 1..).next_back() {
+        let removed = if records + 1 == last {
+            format!("record {last} was")
+        } else {
+            format!("records {}..{last} were", records + 1)
+        };
+        return Ok(Err(ChainBreak {
+            seq: records + 1,
+            fault: ChainFault::Truncated,
+            reason: format!(
+                "{removed} removed after the checkpoint of {}",
+                canonical_time(newest[0].time)
+            ),
+        }));
+    }
+    Ok(Ok(ChainSummary {
+        records,
+        head_hash: prev_hash,
+        first_keyed,
+        latest_checkpoint: anchors
+            .values()
+            .next_back()
+            .and_then(|at| at.iter().max_by_key(|c| c.time))
+            .map(|c| (*c).clone()),
+    }))
 }
 
-fn check(record: &AuditRecord, expected: u64, prev_hash: &str) -> Option<ChainBreak> {
+fn check(
+    record: &AuditRecord,
+    expected: u64,
+    prev_hash: &str,
+    key: &AuditKey,
+    after_keyed: bool,
+) -> Option<ChainBreak> {
     let broken = |seq, fault, reason: String| Some(ChainBreak { seq, fault, reason });
     if record.seq > expected {
         let reason = if expected + 1 == record.seq {
@@ -328,12 +419,32 @@ fn check(record: &AuditRecord, expected: u64, prev_hash: &str) -> Option<ChainBr
             format!("record {} appears again after {}", record.seq, expected - 1),
         );
     }
-    if record.compute_hash() != record.hash {
+    if record.version == HashVersion::V1 && after_keyed {
         return broken(
             record.seq,
-            ChainFault::Altered,
-            "its content does not match its stored hash".to_owned(),
+            ChainFault::Unkeyed,
+            "an unkeyed (v1) record after keyed ones: the chain was recomputed without AUDIT_KEY"
+                .to_owned(),
         );
+    }
+    if record.expected_hash(key) != record.hash {
+        if record.version == HashVersion::V2 && record.plain_hash() == record.hash {
+            return broken(
+                record.seq,
+                ChainFault::Unkeyed,
+                "its hash is a plain SHA-256, not the HMAC under AUDIT_KEY: the record was \
+                 recomputed without AUDIT_KEY"
+                    .to_owned(),
+            );
+        }
+        let reason = match record.version {
+            HashVersion::V1 => "its content does not match its stored hash",
+            HashVersion::V2 => {
+                "its content does not match its stored hash under AUDIT_KEY (the record was \
+                 altered, or AUDIT_KEY is not the key it was written with)"
+            }
+        };
+        return broken(record.seq, ChainFault::Altered, reason.to_owned());
     }
     if record.prev_hash != prev_hash {
         return broken(
@@ -366,9 +477,13 @@ mod tests {
 
     #[async_trait]
     impl AuditStore for Counted {
-        async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+        async fn append_audit_events(
+            &self,
+            events: &[NewAuditEvent],
+            key: &AuditKey,
+        ) -> StoreResult<Vec<ChainLink>> {
             self.appends.fetch_add(1, Ordering::SeqCst);
-            self.store.append_audit_events(events).await
+            self.store.append_audit_events(events, key).await
         }
 
         async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
@@ -405,21 +520,59 @@ mod tests {
         oneshot::Receiver<()>,
     ) {
         let (dir, store) = counted().await;
-        let (audit, finished) = Audit::start(store.clone(), true).unwrap();
+        let (audit, finished) = Audit::start(store.clone(), true, key()).unwrap();
         for i in 0..n {
             audit.record(entry(i)).await;
         }
         (dir, store, audit, finished)
     }
 
+    fn key() -> AuditKey {
+        AuditKey::from_hex(&"5a".repeat(32)).unwrap()
+    }
+
     /// Records in the stored chain, which must be whole.
     async fn stored(store: &Counted) -> u64 {
-        verify_chain(store).await.unwrap().unwrap().records
+        verify_chain(store, &key(), &[])
+            .await
+            .unwrap()
+            .unwrap()
+            .records
     }
 
     fn entry(i: usize) -> AuditEntry {
         AuditEntry::new(AuditEvent::LoginFailure, &ClientContext::default())
             .email(&format!("user{i}@clinic.example"))
+    }
+
+    /// Re-hashing a keyed record with plain SHA-256 is told apart from a
+    /// plain alteration, and verifying with another key names AUDIT_KEY.
+    #[test]
+    fn a_keyed_record_rehashed_without_the_key_is_named_so() {
+        let record = AuditRecord::chain(1, &entry(1).into_event(), GENESIS_HASH, &key());
+        assert_eq!(check(&record, 1, GENESIS_HASH, &key(), false), None);
+        let fault = |r: &AuditRecord, key: &AuditKey| {
+            let broken = check(r, 1, GENESIS_HASH, key, false).unwrap();
+            (broken.fault, broken.reason)
+        };
+        let mut forged = record.clone();
+        forged.ip = Some("10.6.6.6".into());
+        forged.hash = forged.plain_hash();
+        assert_eq!(fault(&forged, &key()).0, ChainFault::Unkeyed);
+        let mut altered = record.clone();
+        altered.ip = Some("10.6.6.6".into());
+        assert_eq!(fault(&altered, &key()).0, ChainFault::Altered);
+        let other = AuditKey::from_hex(&"a5".repeat(32)).unwrap();
+        let (wrong_key, reason) = fault(&record, &other);
+        assert_eq!(wrong_key, ChainFault::Altered);
+        assert!(reason.contains("AUDIT_KEY is not the key"), "{reason}");
+        // A legacy record is fine first, but not after a keyed one.
+        let mut legacy = record.clone();
+        legacy.version = HashVersion::V1;
+        legacy.hash = legacy.plain_hash();
+        assert_eq!(check(&legacy, 1, GENESIS_HASH, &key(), false), None);
+        let after_keyed = check(&legacy, 1, GENESIS_HASH, &key(), true).unwrap();
+        assert_eq!(after_keyed.fault, ChainFault::Unkeyed);
     }
 
     /// Records sent while the writer lingers after the first join its batch,

@@ -5,6 +5,7 @@ pub mod account;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod checkpoints;
 pub mod lockout;
 pub mod passwords;
 pub mod tokens;

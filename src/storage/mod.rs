@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{
-    AuditEvent, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName, Role,
+    AuditEvent, AuditKey, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName, Role,
     TokenHash, User, UserId,
 };
 
@@ -468,18 +468,37 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// Where an appended event landed in the chain. The log copy of each event
+/// carries it, so a log system off the host holds a second copy of the
+/// chain's links.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLink {
+    pub seq: u64,
+    pub hash: String,
+}
+
 /// The append-only, hash-chained audit trail (`audit_events`).
 #[async_trait]
 pub trait AuditStore: Send + Sync {
     /// Appends `events` in order: each gets the next `seq` (1 for the first
-    /// record ever) and `prev_hash` = the hash of the record before it.
-    /// Concurrent appenders, in this process or in other instances on the
-    /// same database, still form one linear chain.
+    /// record ever) and `prev_hash` = the hash of the record before it, and
+    /// is stored as a v2 record keyed with `key` ([`AuditRecord::chain`]).
+    /// The key is passed in rather than held by the store so that the one
+    /// secret of the chain stays with the recorder and never sits in the
+    /// storage layer's state. Concurrent appenders, in this process or in
+    /// other instances on the same database, still form one linear chain.
+    ///
+    /// Returns each event's [`ChainLink`], in the order given.
     ///
     /// Idempotent per event id: after an error, calling again with the same
     /// events appends only those not yet stored (a backend without
-    /// transactions may have stored a prefix).
-    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()>;
+    /// transactions may have stored a prefix), and returns the links of all
+    /// of them, those stored by the earlier attempt included.
+    async fn append_audit_events(
+        &self,
+        events: &[NewAuditEvent],
+        key: &AuditKey,
+    ) -> StoreResult<Vec<ChainLink>>;
 
     /// Records matching `query`, highest `seq` first, at most `query.limit`.
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>>;

@@ -35,6 +35,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
+use super::ChainLink;
 use super::{
     AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
     NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
@@ -46,6 +47,7 @@ use crate::domain::{
     AuditEvent, AuditOutcome, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName,
     Role, TokenHash, User, UserId,
 };
+use crate::domain::{AuditKey, HashVersion};
 
 /// Used when the URI names no database, as the Python service did.
 const DEFAULT_DATABASE: &str = "clinic_auth";
@@ -1175,6 +1177,10 @@ struct AuditDoc {
     request_id: Option<String>,
     #[serde(default)]
     detail: Option<String>,
+    /// The record's [`HashVersion`] number; documents from the first
+    /// release have none, which means v1.
+    #[serde(default)]
+    version: Option<i64>,
     prev_hash: String,
     hash: String,
 }
@@ -1198,10 +1204,26 @@ impl AuditDoc {
             user_agent: record.user_agent.clone(),
             request_id: record.request_id.clone(),
             detail: record.detail.clone(),
+            version: Some(record.version.number()),
             prev_hash: record.prev_hash.clone(),
             hash: record.hash.clone(),
         }
     }
+}
+
+/// The `_id` and [`ChainLink`] of a stored audit document (projected to
+/// `_id`, `seq` and `hash`).
+fn audit_link(doc: &Document) -> Option<(String, ChainLink)> {
+    let seq = match doc.get("seq")? {
+        bson::Bson::Int64(n) => u64::try_from(*n).ok()?,
+        bson::Bson::Int32(n) => u64::try_from(*n).ok()?,
+        _ => return None,
+    };
+    let link = ChainLink {
+        seq,
+        hash: doc.get_str("hash").ok()?.to_owned(),
+    };
+    Some((doc.get_str("_id").ok()?.to_owned(), link))
 }
 
 impl TryFrom<AuditDoc> for AuditRecord {
@@ -1220,6 +1242,12 @@ impl TryFrom<AuditDoc> for AuditRecord {
             user_agent: doc.user_agent,
             request_id: doc.request_id,
             detail: doc.detail,
+            version: match doc.version {
+                None => HashVersion::V1,
+                Some(n) => {
+                    HashVersion::from_number(n).ok_or_else(|| damaged("unknown record version"))?
+                }
+            },
             prev_hash: doc.prev_hash,
             hash: doc.hash,
         })
@@ -1241,15 +1269,18 @@ impl MongoStore {
         })
     }
 
-    async fn audit_event_stored(&self, id: &str) -> StoreResult<bool> {
+    /// The link of the stored event `id`, if it is stored.
+    async fn audit_event_stored(&self, id: &str) -> StoreResult<Option<ChainLink>> {
         Ok(self
             .audit_events
             .clone_with_type::<Document>()
             .find_one(doc! { "_id": id })
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "seq": 1, "hash": 1 })
             .await
             .map_err(map_err)?
-            .is_some())
+            .as_ref()
+            .and_then(audit_link)
+            .map(|(_, link)| link))
     }
 
     async fn find_audit(
@@ -1274,9 +1305,13 @@ impl MongoStore {
 
 #[async_trait]
 impl AuditStore for MongoStore {
-    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+    async fn append_audit_events(
+        &self,
+        events: &[NewAuditEvent],
+        key: &AuditKey,
+    ) -> StoreResult<Vec<ChainLink>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // Without the unique seq index two instances could fork the chain.
         self.indexes.ensure().await?;
@@ -1285,33 +1320,41 @@ impl AuditStore for MongoStore {
             .audit_events
             .clone_with_type::<Document>()
             .find(doc! { "_id": { "$in": ids } })
-            .projection(doc! { "_id": 1 })
+            .projection(doc! { "_id": 1, "seq": 1, "hash": 1 })
             .await
             .map_err(map_err)?
             .try_collect()
             .await
             .map_err(map_err)?;
-        let stored: std::collections::HashSet<String> = stored
-            .iter()
-            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
-            .collect();
+        let stored: std::collections::HashMap<String, ChainLink> =
+            stored.iter().filter_map(audit_link).collect();
         let mut head = self.audit_head().await?;
-        for event in events.iter().filter(|e| !stored.contains(&e.id)) {
+        let mut links = Vec::with_capacity(events.len());
+        for event in events {
+            if let Some(link) = stored.get(&event.id) {
+                links.push(link.clone());
+                continue;
+            }
             let mut attempts = 0;
             loop {
-                let record = AuditRecord::chain(head.0 + 1, event, &head.1);
+                let record = AuditRecord::chain(head.0 + 1, event, &head.1, key);
                 match self
                     .audit_events
                     .insert_one(AuditDoc::new(&event.id, &record))
                     .await
                 {
                     Ok(_) => {
+                        links.push(ChainLink {
+                            seq: record.seq,
+                            hash: record.hash.clone(),
+                        });
                         head = (record.seq, record.hash);
                         break;
                     }
                     Err(err) if is_duplicate_key(&err) => {
-                        if self.audit_event_stored(&event.id).await? {
+                        if let Some(link) = self.audit_event_stored(&event.id).await? {
                             // Our own event after all (an earlier attempt).
+                            links.push(link);
                             head = self.audit_head().await?;
                             break;
                         }
@@ -1328,7 +1371,7 @@ impl AuditStore for MongoStore {
                 }
             }
         }
-        Ok(())
+        Ok(links)
     }
 
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {

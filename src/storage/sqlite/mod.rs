@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sqlx::{Connection, FromRow};
 
+use super::ChainLink;
 use super::{
     AuditQuery, AuditStore, LoginThrottle, LoginThrottleStore, NewOneTimeToken, NewRefreshToken,
     NewUser, OneTimeTokenStore, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated,
@@ -25,6 +26,7 @@ use crate::domain::{
     AuditEvent, AuditOutcome, AuditRecord, EmailAddress, NewAuditEvent, PasswordHash, PersonName,
     Role, TokenHash, User, UserId,
 };
+use crate::domain::{AuditKey, HashVersion};
 
 mod connections;
 mod rotation;
@@ -985,7 +987,7 @@ impl WebSessionStore for SqliteStore {
     }
 }
 
-/// Rows per INSERT statement: 13 parameters each stays far below SQLite's
+/// Rows per INSERT statement: 14 parameters each stays far below SQLite's
 /// limit of 32,766.
 const AUDIT_ROWS_PER_INSERT: usize = 500;
 
@@ -1001,6 +1003,7 @@ struct AuditRow {
     user_agent: Option<String>,
     request_id: Option<String>,
     detail: Option<String>,
+    version: i64,
     prev_hash: String,
     hash: String,
 }
@@ -1021,6 +1024,8 @@ impl TryFrom<AuditRow> for AuditRecord {
             user_agent: row.user_agent,
             request_id: row.request_id,
             detail: row.detail,
+            version: HashVersion::from_number(row.version)
+                .ok_or_else(|| damaged("unknown record version"))?,
             prev_hash: row.prev_hash,
             hash: row.hash,
         })
@@ -1028,7 +1033,7 @@ impl TryFrom<AuditRow> for AuditRecord {
 }
 
 const AUDIT_COLUMNS: &str = "seq, time, event, outcome, user_id, email, ip, user_agent, \
-     request_id, detail, prev_hash, hash";
+     request_id, detail, version, prev_hash, hash";
 
 fn seq_param(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
@@ -1036,9 +1041,13 @@ fn seq_param(seq: u64) -> i64 {
 
 #[async_trait]
 impl AuditStore for SqliteStore {
-    async fn append_audit_events(&self, events: &[NewAuditEvent]) -> StoreResult<()> {
+    async fn append_audit_events(
+        &self,
+        events: &[NewAuditEvent],
+        key: &AuditKey,
+    ) -> StoreResult<Vec<ChainLink>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // IMMEDIATE takes the write lock before the head is read, so another
         // process on the same file (the CLI beside the server) cannot append
@@ -1063,7 +1072,26 @@ impl AuditStore for SqliteStore {
         .await
         .map_err(map_err)?;
         if stored {
-            return Ok(());
+            // Its records are consecutive from the first event's seq on.
+            let links: Vec<(i64, String)> = sqlx::query_as(
+                "SELECT seq, hash FROM audit_events \
+                 WHERE seq >= (SELECT seq FROM audit_events WHERE event_id = ?) \
+                 ORDER BY seq LIMIT ?",
+            )
+            .bind(&events[0].id)
+            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            return links
+                .into_iter()
+                .map(|(seq, hash)| {
+                    let seq = u64::try_from(seq).map_err(|_| {
+                        StoreError::Other(anyhow::anyhow!("audit_events: negative seq"))
+                    })?;
+                    Ok(ChainLink { seq, hash })
+                })
+                .collect();
         }
         let (mut seq, mut prev) = match (head_seq, head_hash) {
             (Some(seq), Some(hash)) => (
@@ -1078,7 +1106,7 @@ impl AuditStore for SqliteStore {
             .iter()
             .map(|event| {
                 seq += 1;
-                let record = AuditRecord::chain(seq, event, &prev);
+                let record = AuditRecord::chain(seq, event, &prev, key);
                 prev.clone_from(&record.hash);
                 (event.id.as_str(), record)
             })
@@ -1088,7 +1116,7 @@ impl AuditStore for SqliteStore {
         // within SQLite's bound on parameters (13 per row); the varying
         // text is not worth a slot in the prepared-statement cache.
         for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql =
                 format!("INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) VALUES {values}");
             let mut insert = sqlx::query(&sql).persistent(false);
@@ -1105,12 +1133,20 @@ impl AuditStore for SqliteStore {
                     .bind(&record.user_agent)
                     .bind(&record.request_id)
                     .bind(&record.detail)
+                    .bind(record.version.number())
                     .bind(&record.prev_hash)
                     .bind(&record.hash);
             }
             insert.execute(&mut *tx).await.map_err(map_err)?;
         }
-        tx.commit().await.map_err(map_err)
+        tx.commit().await.map_err(map_err)?;
+        Ok(records
+            .into_iter()
+            .map(|(_, record)| ChainLink {
+                seq: record.seq,
+                hash: record.hash,
+            })
+            .collect())
     }
 
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {

@@ -3,6 +3,9 @@
 
 mod common;
 
+/// Production refuses to start without an audit key.
+const AUDIT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 use common::{Backend, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -113,7 +116,11 @@ async fn metrics_can_live_on_their_own_address() {
 /// may go: no METRICS_ADDR and no METRICS_TOKEN means 404 there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_hides_metrics_from_the_public_listener() {
-    let app = TestApp::spawn_with(Backend::Sqlite, &[("APP_ENV", "production")]).await;
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("APP_ENV", "production"), ("AUDIT_KEY", AUDIT_KEY)],
+    )
+    .await;
     let res = app.get("/metrics").await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     let body: serde_json::Value = res.json().await.unwrap();
@@ -129,7 +136,11 @@ async fn production_serves_metrics_to_the_metrics_token_only() {
     let token = "scrape-0123456789abcdef0123456789abcdef";
     let app = TestApp::spawn_with(
         Backend::Sqlite,
-        &[("APP_ENV", "production"), ("METRICS_TOKEN", token)],
+        &[
+            ("APP_ENV", "production"),
+            ("AUDIT_KEY", AUDIT_KEY),
+            ("METRICS_TOKEN", token),
+        ],
     )
     .await;
     let with = |auth: Option<String>| {

@@ -23,6 +23,7 @@ backend_tests!(
     signing_out_of_a_session_ends_its_access_tokens,
     an_idle_api_sign_in_is_signed_out,
     wrong_current_passwords_count_towards_the_lock,
+    a_completed_reset_verifies_the_address,
 );
 
 const SESSION_ENDED: &str = "A Clinic Auth session was ended";
@@ -48,6 +49,17 @@ async fn one_email(app: &TestApp, subject: &str, to: &str, says: &str) {
     assert_eq!(emails.len(), 1, "{subject}");
     assert!(emails[0].to.contains(to), "{}", emails[0].to);
     assert!(emails[0].text.contains(says), "{}", emails[0].text);
+}
+
+/// Jane got exactly one "session ended for your safety" email.
+async fn owner_told_of_ended_session(app: &TestApp) {
+    one_email(
+        app,
+        SESSION_ENDED,
+        "jane@example.com",
+        "ended that session for your safety",
+    )
+    .await;
 }
 
 fn link_token(email: &Email, page: &str) -> String {
@@ -83,13 +95,7 @@ async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
     app.refresh_refused(&second).await;
     app.access_refused(&access).await;
     // The owner is told, once.
-    one_email(
-        &app,
-        SESSION_ENDED,
-        "jane@example.com",
-        "ended that session for your safety",
-    )
-    .await;
+    owner_told_of_ended_session(&app).await;
     // The other device's family is untouched.
     refresh_ok(&app, &other_device).await;
     // The audit trail has the replay, with who and what it ended (the
@@ -535,4 +541,18 @@ async fn wrong_current_passwords_count_towards_the_lock(backend: Backend) {
             .count(),
         2
     );
+}
+
+async fn a_completed_reset_verifies_the_address(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let token = app.reset_token_for("jane@example.com").await;
+    let res = app.reset_password(&token, "N3w!Passphrase-2026").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (access, _) = app.login("jane@example.com", "N3w!Passphrase-2026").await;
+    let me: Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["verified"], true, "the reset link proved the mailbox");
+    let verified = recorded(&app, "email_verified").await;
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].detail.as_deref(), Some("password_reset"));
+    assert_eq!(verified[0].user_id.as_deref(), me["id"].as_str());
 }

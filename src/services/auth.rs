@@ -869,6 +869,15 @@ impl AuthService {
         self.notify_password_changed(&user);
         let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
         self.audit.record(entry).await;
+        // The link reached this mailbox and came back: the same proof a
+        // verification link gives, so the address counts as verified.
+        if !user.verified && self.store.set_verified(&user.id, now).await? {
+            let entry = AuditEntry::new(AuditEvent::EmailVerified, client)
+                .user(&user.id)
+                .email(user.email.as_str())
+                .detail("password_reset");
+            self.audit.record(entry).await;
+        }
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

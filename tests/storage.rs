@@ -40,6 +40,7 @@ backend_tests!(
     login_failures_are_counted_locked_and_cleared,
     concurrent_login_failures_are_all_counted,
     purge_forgets_idle_login_throttles,
+    concurrent_failures_after_an_expired_window_are_all_counted,
 );
 
 fn now() -> chrono::DateTime<Utc> {
@@ -1066,6 +1067,28 @@ async fn login_failures_are_counted_locked_and_cleared(backend: Backend) {
     );
 }
 
+/// `n` failures of `key` at once, each in a 15-minute window ending at its
+/// own now; the failure counts they saw.
+async fn concurrent_failures(store: &Arc<dyn Store>, key: &TokenHash, n: usize) -> Vec<u32> {
+    let attempts = (0..n).map(|_| {
+        let store = Arc::clone(store);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let at = now();
+            store
+                .add_login_failure(&key, at, at - Duration::minutes(15))
+                .await
+                .unwrap()
+                .failures
+        })
+    });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 async fn concurrent_login_failures_are_all_counted(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let key = TokenHash::of("login-throttle:contested");
@@ -1074,20 +1097,7 @@ async fn concurrent_login_failures_are_all_counted(backend: Backend) {
         .add_login_failure(&key, t0, t0 - Duration::minutes(15))
         .await
         .unwrap();
-    let attempts = (0..10).map(|_| {
-        let store = Arc::clone(&store);
-        let key = key.clone();
-        tokio::spawn(async move {
-            let at = now();
-            store
-                .add_login_failure(&key, at, at - Duration::minutes(15))
-                .await
-                .unwrap()
-        })
-    });
-    for r in futures::future::join_all(attempts).await {
-        r.unwrap();
-    }
+    concurrent_failures(&store, &key, 10).await;
     assert_eq!(
         store.login_throttle(&key).await.unwrap().unwrap().failures,
         11
@@ -1242,4 +1252,28 @@ async fn a_rotation_whose_child_collides_retires_nothing(backend: Backend) {
     let Rotated { retired, owner } = rotate_active(&store, &parent.token_hash, &good).await;
     assert_eq!(retired.replaced_by.as_deref(), Some("good"));
     assert_eq!(owner.unwrap().id, jane);
+}
+
+async fn concurrent_failures_after_an_expired_window_are_all_counted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let key = TokenHash::of("login-throttle:expired-window");
+    let long_ago = now() - Duration::hours(1);
+    store
+        .add_login_failure(&key, long_ago, long_ago - Duration::minutes(15))
+        .await
+        .unwrap();
+    // Every one of these finds the window over: one restarts it, and the
+    // others must count in the restarted window, not restart it again.
+    // So must the first failures ever of a key: one inserts it, the others
+    // count in its window.
+    let fresh = TokenHash::of("login-throttle:never-seen");
+    for key in [&key, &fresh] {
+        let mut counts = concurrent_failures(&store, key, 20).await;
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=20).collect::<Vec<u32>>());
+        assert_eq!(
+            store.login_throttle(key).await.unwrap().unwrap().failures,
+            20
+        );
+    }
 }

@@ -1018,6 +1018,11 @@ impl OneTimeTokenStore for MongoStore {
     }
 }
 
+/// Passes of `add_login_failure` before giving up: each pass that writes
+/// nothing lost to another request's write, so more than a few means
+/// something is wrong, not contention.
+const MAX_COUNT_ATTEMPTS: usize = 5;
+
 /// `login_throttles`, keyed by the hash of the submitted email.
 #[derive(Serialize, Deserialize)]
 struct ThrottleDoc {
@@ -1059,37 +1064,63 @@ impl LoginThrottleStore for MongoStore {
         now: DateTime<Utc>,
         window_start: DateTime<Utc>,
     ) -> StoreResult<LoginThrottle> {
-        // Two single-document updates instead of one pipeline update (which
-        // older servers and the test server lack): count within the open
-        // window, else restart the window. Concurrent first failures may
-        // each restart it, undercounting by at most the number of racers.
-        let counted = self
-            .login_throttles
-            .find_one_and_update(
-                doc! { "_id": key.as_str(), "window_started_at": { "$gt": bson_date(window_start) } },
-                doc! { "$inc": { "failures": 1_i64 } },
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?;
-        if let Some(doc) = counted {
-            return Ok(doc.into());
+        // Without a pipeline update (older servers and the test server lack
+        // it) a window restart and an increment are separate writes; each is
+        // conditional so concurrent failures are all counted:
+        // 1. count in the open window;
+        // 2. else restart a window that is over: the filter names the old
+        //    window, so of several racers exactly one matches, and the others
+        //    find the restarted window open at step 1 when they loop;
+        // 3. else no document exists: insert the first failure; a racer that
+        //    inserted first makes this a duplicate key, and the loop counts
+        //    in its window instead.
+        // Each pass that writes nothing saw another request's write, so a
+        // few passes always settle.
+        let open_window = doc! { "$gt": bson_date(window_start) };
+        for _ in 0..MAX_COUNT_ATTEMPTS {
+            let counted = self
+                .login_throttles
+                .find_one_and_update(
+                    doc! { "_id": key.as_str(), "window_started_at": open_window.clone() },
+                    doc! { "$inc": { "failures": 1_i64 } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(map_err)?;
+            if let Some(doc) = counted {
+                return Ok(doc.into());
+            }
+            let restarted = self
+                .login_throttles
+                .find_one_and_update(
+                    doc! {
+                        "_id": key.as_str(),
+                        "window_started_at": { "$lte": bson_date(window_start) },
+                    },
+                    doc! { "$set": { "failures": 1_i64, "window_started_at": bson_date(now) } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(map_err)?;
+            if let Some(doc) = restarted {
+                return Ok(doc.into());
+            }
+            let first = ThrottleDoc {
+                key_hash: key.as_str().to_owned(),
+                failures: 1,
+                window_started_at: bson_date(now),
+                locked_until: None,
+                lock_count: 0,
+            };
+            match self.login_throttles.insert_one(&first).await {
+                Ok(_) => return Ok(first.into()),
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(map_err(e)),
+            }
         }
-        let restarted = self
-            .login_throttles
-            .find_one_and_update(
-                doc! { "_id": key.as_str() },
-                doc! {
-                    "$set": { "failures": 1_i64, "window_started_at": bson_date(now) },
-                    "$setOnInsert": { "lock_count": 0_i64 },
-                },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("upsert returned no document")))?;
-        Ok(restarted.into())
+        Err(StoreError::Other(anyhow::anyhow!(
+            "login failure not counted after {MAX_COUNT_ATTEMPTS} attempts"
+        )))
     }
 
     async fn lock_login(

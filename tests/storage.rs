@@ -40,6 +40,8 @@ backend_tests!(
     login_failures_are_counted_locked_and_cleared,
     concurrent_login_failures_are_all_counted,
     purge_forgets_idle_login_throttles,
+    a_retired_token_gets_one_grace_sibling,
+    concurrent_grace_replays_get_one_sibling,
     concurrent_failures_after_an_expired_window_are_all_counted,
 );
 
@@ -902,11 +904,23 @@ async fn replay_inside_grace_adds_a_sibling_to_a_live_family(backend: Backend) {
             .unwrap(),
         Rotation::ReuseDetected { revoked: 2, .. }
     ));
-    // A family with nothing live left gets no sibling, even in the grace.
-    let late = refresh(&jane, "a2-late", "fam-a", Duration::days(1));
+    // A family with nothing live left (here: signed out) gets no sibling,
+    // even in the grace.
+    let b1 = refresh(&jane, "b1", "fam-b", Duration::days(1));
+    store.insert_refresh_token(&b1).await.unwrap();
+    let b2 = refresh(&jane, "b2", "fam-b", Duration::days(1));
+    store
+        .rotate_refresh_token(&b1.token_hash, t0, grace, &b2)
+        .await
+        .unwrap();
+    store
+        .revoke_refresh_family(&jane, "fam-b", t0)
+        .await
+        .unwrap();
+    let late = refresh(&jane, "b2-late", "fam-b", Duration::days(1));
     assert!(matches!(
         store
-            .rotate_refresh_token(&a1.token_hash, t0 + Duration::seconds(3), grace, &late)
+            .rotate_refresh_token(&b1.token_hash, t0 + Duration::seconds(3), grace, &late)
             .await
             .unwrap(),
         Rotation::Rejected
@@ -1252,6 +1266,80 @@ async fn a_rotation_whose_child_collides_retires_nothing(backend: Backend) {
     let Rotated { retired, owner } = rotate_active(&store, &parent.token_hash, &good).await;
     assert_eq!(retired.replaced_by.as_deref(), Some("good"));
     assert_eq!(owner.unwrap().id, jane);
+}
+
+/// a1 rotated to a2 at `t0`, in a fresh store: the start of the grace tests.
+async fn rotated_family(
+    backend: Backend,
+) -> (Arc<dyn Store>, tempfile::TempDir, UserId, NewRefreshToken) {
+    let (store, guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let a1 = refresh(&jane, "a1", "fam-a", Duration::days(1));
+    store.insert_refresh_token(&a1).await.unwrap();
+    let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
+    rotate_active(&store, &a1.token_hash, &a2).await;
+    (store, guard, jane, a1)
+}
+
+async fn a_retired_token_gets_one_grace_sibling(backend: Backend) {
+    let (store, _guard, jane, a1) = rotated_family(backend).await;
+    let grace = Duration::seconds(5);
+    let sibling = refresh(&jane, "a2-sibling", "fam-a", Duration::days(1));
+    let rotation = store
+        .rotate_refresh_token(&a1.token_hash, now(), grace, &sibling)
+        .await
+        .unwrap();
+    assert!(
+        matches!(rotation, Rotation::GraceSibling(_)),
+        "{rotation:?}"
+    );
+    // The second replay of the same retired token, still inside the grace
+    // period, is a theft: the family ends, sibling included.
+    let second = refresh(&jane, "a2-second", "fam-a", Duration::days(1));
+    match store
+        .rotate_refresh_token(&a1.token_hash, now(), grace, &second)
+        .await
+        .unwrap()
+    {
+        Rotation::ReuseDetected { token, revoked } => {
+            assert_eq!(token.jti, "a1");
+            assert_eq!(revoked, 2, "a2 and its sibling");
+        }
+        other => panic!("expected reuse detection, got {other:?}"),
+    }
+    for hash in [&sibling.token_hash, &second.token_hash] {
+        let found = store.find_refresh_token(hash).await.unwrap();
+        assert!(found.is_none_or(|t| t.revoked));
+    }
+}
+
+async fn concurrent_grace_replays_get_one_sibling(backend: Backend) {
+    let (store, _guard, jane, a1) = rotated_family(backend).await;
+    let replays = (0..8).map(|n| {
+        let store = Arc::clone(&store);
+        let hash = a1.token_hash.clone();
+        let sibling = refresh(&jane, &format!("a2-tab{n}"), "fam-a", Duration::days(1));
+        tokio::spawn(async move {
+            store
+                .rotate_refresh_token(&hash, now(), Duration::seconds(5), &sibling)
+                .await
+                .unwrap()
+        })
+    });
+    let mut siblings = 0;
+    for rotation in futures::future::join_all(replays).await {
+        match rotation.unwrap() {
+            Rotation::GraceSibling(_) => siblings += 1,
+            Rotation::ReuseDetected { .. } => {}
+            other => panic!("expected a sibling or reuse, got {other:?}"),
+        }
+    }
+    assert_eq!(siblings, 1, "one retired token, one sibling");
+    // The replays after the first ended the family: nothing of it is live.
+    assert!(!store
+        .refresh_family_alive(&jane, "fam-a", now())
+        .await
+        .unwrap());
 }
 
 async fn concurrent_failures_after_an_expired_window_are_all_counted(backend: Backend) {

@@ -509,10 +509,21 @@ impl AuthService {
             .map_err(|_| ServiceError::InvalidRefreshToken)?;
         let now = Utc::now();
         let user_id = UserId::new(claims.sub);
+        let presented_hash = TokenHash::of(raw);
         // Each rotation issues a new token, so `iat` is the sign-in's last
         // use: past the idle timeout, it ends like an idle portal session.
+        // But a token that was already replaced is a replay, whatever else
+        // is true of it: a thief who waits out the idle timeout must still
+        // be caught, so such a token goes on to the rotation, which judges
+        // it. Only this rare path reads the record; the common one does not.
         let idle = now.timestamp().saturating_sub(claims.iat);
-        if idle > i64::try_from(self.settings.refresh_idle.as_secs()).unwrap_or(i64::MAX) {
+        if idle > i64::try_from(self.settings.refresh_idle.as_secs()).unwrap_or(i64::MAX)
+            && self
+                .store
+                .find_refresh_token(&presented_hash)
+                .await?
+                .is_none_or(|token| token.replaced_by.is_none())
+        {
             let ended = self
                 .store
                 .revoke_refresh_family(&user_id, &claims.fam, now)
@@ -531,15 +542,15 @@ impl AuthService {
             .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
         let record = self.refresh_record(&user_id, &claims.fam, &child, client, now);
         let grace = chrono_duration(self.settings.refresh_reuse_grace);
-        let rotated = match self
+        let (rotated, sibling) = match self
             .store
-            .rotate_refresh_token(&TokenHash::of(raw), now, grace, &record)
+            .rotate_refresh_token(&presented_hash, now, grace, &record)
             .await?
         {
-            Rotation::Rotated(rotated) => rotated,
+            Rotation::Rotated(rotated) => (rotated, false),
             Rotation::GraceSibling(rotated) => {
                 tracing::info!(user_id = %user_id, "refresh within the reuse grace: sibling issued");
-                rotated
+                (rotated, true)
             }
             Rotation::ReuseDetected { token, revoked } => {
                 self.on_refresh_reuse(&token, revoked, client).await?;
@@ -558,7 +569,12 @@ impl AuthService {
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
-        let entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        let mut entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        if sibling {
+            // Two tokens of one sign-in now live side by side: worth telling
+            // apart from a plain rotation when reading the trail.
+            entry = entry.detail("grace_sibling");
+        }
         self.audit.record(entry).await;
         Ok(LoginOutcome {
             user,

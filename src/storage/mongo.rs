@@ -446,6 +446,9 @@ struct RefreshDoc {
     replaced_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revoked_at: Option<bson::DateTime>,
+    /// Set on a retired token once its one grace sibling exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sibling_issued: bool,
     expires_at: bson::DateTime,
     created_at: bson::DateTime,
 }
@@ -463,6 +466,7 @@ impl RefreshDoc {
             revoked: false,
             replaced_by: None,
             revoked_at: None,
+            sibling_issued: false,
             expires_at: bson_date(token.expires_at),
             created_at: bson_date(token.created_at),
         }
@@ -483,6 +487,7 @@ impl From<RefreshDoc> for RefreshTokenRecord {
             revoked: doc.revoked,
             replaced_by: doc.replaced_by,
             revoked_at: doc.revoked_at.map(bson::DateTime::to_chrono),
+            sibling_issued: doc.sibling_issued,
             expires_at: doc.expires_at.to_chrono(),
             created_at: doc.created_at.to_chrono(),
         }
@@ -672,12 +677,38 @@ impl RefreshTokenStore for MongoStore {
                 if !alive {
                     return Ok(Rotation::Rejected);
                 }
+                // One sibling per retired token. The sibling goes in before
+                // the mark (as a child goes in before its parent is retired
+                // above): a concurrent replay that loses the mark and
+                // revokes the family then revokes this sibling too, where
+                // mark-then-insert could store it after that revocation.
+                // `$in: [false, null]` (null also matches a document without
+                // the field) rather than `$ne: true`: the same on MongoDB, and
+                // nx-27017 0.8.1 never matches `$ne` on a missing field in an
+                // update.
                 self.insert_refresh_token(replacement).await?;
-                let owner = self.find_user_by_id(&old.user_id).await?;
-                return Ok(Rotation::GraceSibling(Rotated {
-                    retired: old,
-                    owner,
-                }));
+                let marked = self
+                    .refresh_tokens
+                    .update_one(
+                        doc! {
+                            "token_hash": old_hash.as_str(),
+                            "sibling_issued": { "$in": [false, bson::Bson::Null] },
+                        },
+                        doc! { "$set": { "sibling_issued": true } },
+                    )
+                    .await
+                    .map_err(map_err)?;
+                if marked.modified_count == 1 {
+                    let owner = self.find_user_by_id(&old.user_id).await?;
+                    return Ok(Rotation::GraceSibling(Rotated {
+                        retired: old,
+                        owner,
+                    }));
+                }
+                self.refresh_tokens
+                    .delete_one(doc! { "jti": &replacement.jti })
+                    .await
+                    .map_err(map_err)?;
             }
         }
         let revoked = self

@@ -25,6 +25,7 @@ backend_tests!(
     wrong_current_passwords_count_towards_the_lock,
     a_replaced_token_is_reuse_even_after_the_idle_timeout,
     a_second_replay_within_the_grace_window_ends_the_family,
+    logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited,
     a_completed_reset_verifies_the_address,
 );
 
@@ -635,6 +636,22 @@ async fn a_second_replay_within_the_grace_window_ends_the_family(backend: Backen
         .collect();
     let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
     assert_eq!(ok, 2, "{statuses:?}");
+}
+
+async fn logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[("RATE_LIMIT_AUTH_PER_MIN", "3")]).await;
+    let (_, refresh) = app.login("jane@example.com", PASSWORD).await;
+    for _ in 0..3 {
+        let res = app.logout_with(&refresh).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    // Ending an ended sign-in ended nothing, so nothing was recorded.
+    assert_eq!(recorded(&app, "logout").await.len(), 1);
+    // And logout has the per-IP limit of the other auth routes.
+    let res = app.logout_with(&refresh).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(recorded(&app, "logout").await.len(), 1);
 }
 
 async fn a_completed_reset_verifies_the_address(backend: Backend) {

@@ -43,6 +43,7 @@ backend_tests!(
     a_retired_token_gets_one_grace_sibling,
     concurrent_grace_replays_get_one_sibling,
     concurrent_failures_after_an_expired_window_are_all_counted,
+    web_sessions_of_one_family_are_deleted,
 );
 
 fn now() -> chrono::DateTime<Utc> {
@@ -1364,4 +1365,45 @@ async fn concurrent_failures_after_an_expired_window_are_all_counted(backend: Ba
             20
         );
     }
+}
+async fn web_sessions_of_one_family_are_deleted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let signed_out = web_session("signed-out", Some(&jane), Duration::minutes(15));
+    let other_tab = web_session("other-tab", Some(&jane), Duration::minutes(15));
+    // Another user's session naming the same family string is not hers.
+    let mut johns = web_session("johns", Some(&john), Duration::minutes(15));
+    johns.refresh_family = signed_out.refresh_family.clone();
+    for s in [&signed_out, &other_tab, &johns] {
+        store.insert_web_session(s).await.unwrap();
+    }
+    let family = signed_out.refresh_family.as_deref().unwrap();
+    assert_eq!(
+        store
+            .delete_family_web_sessions(&jane, family)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .load_web_session(&signed_out.id_hash, now())
+        .await
+        .unwrap()
+        .is_none());
+    for kept in [&other_tab, &johns] {
+        assert!(store
+            .load_web_session(&kept.id_hash, now())
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(
+        store
+            .delete_family_web_sessions(&jane, family)
+            .await
+            .unwrap(),
+        0,
+        "nothing left to end"
+    );
 }

@@ -637,14 +637,25 @@ impl AuthService {
         if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
             if let Ok(claims) = self.tokens.verify_refresh(raw) {
                 // The whole sign-in ends, not just this token: a second tab's
-                // sibling (REFRESH_REUSE_GRACE) and the access tokens it
-                // issued (their `sid`) go with it.
+                // sibling (REFRESH_REUSE_GRACE), the access tokens it issued
+                // (their `sid`) and, for a portal sign-in, its page session
+                // go with it: one sign-in, one end.
                 let user_id = UserId::new(claims.sub);
-                self.store
+                let revoked = self
+                    .store
                     .revoke_refresh_family(&user_id, &claims.fam, Utc::now())
                     .await?;
-                let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
-                self.audit.record(entry).await;
+                let pages = self
+                    .store
+                    .delete_family_web_sessions(&user_id, &claims.fam)
+                    .await?;
+                // Ending a sign-in that had already ended changes nothing:
+                // recording it would let anyone holding an old cookie fill
+                // the audit trail.
+                if revoked + pages > 0 {
+                    let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
+                    self.audit.record(entry).await;
+                }
             }
         }
         Ok(())

@@ -449,6 +449,15 @@ pub trait WebSessionStore: Send + Sync {
         user_id: &UserId,
         keep: Option<&TokenHash>,
     ) -> StoreResult<u64>;
+
+    /// Deletes the user's sessions whose sign-in issued the refresh family
+    /// `family_id` (signing out through the API ends the portal session of
+    /// the same sign-in); returns how many.
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+    ) -> StoreResult<u64>;
 }
 
 /// Largest page [`AuditStore::query_audit_events`] is asked for.

@@ -974,6 +974,19 @@ impl WebSessionStore for MongoStore {
         let done = self.sessions.delete_many(filter).await.map_err(map_err)?;
         Ok(done.deleted_count)
     }
+
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+    ) -> StoreResult<u64> {
+        let done = self
+            .sessions
+            .delete_many(doc! { "user_id": user_id.as_str(), "refresh_family": family_id })
+            .await
+            .map_err(map_err)?;
+        Ok(done.deleted_count)
+    }
 }
 
 #[async_trait]

@@ -980,6 +980,20 @@ impl WebSessionStore for SqliteStore {
         .map_err(map_err)?;
         Ok(done.rows_affected())
     }
+
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE user_id = ? AND refresh_family = ?")
+            .bind(user_id.as_str())
+            .bind(family_id)
+            .execute(&mut self.write().await?)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
 }
 
 /// Rows per INSERT statement: 13 parameters each stays far below SQLite's

@@ -26,6 +26,7 @@ backend_tests!(
     a_replaced_token_is_reuse_even_after_the_idle_timeout,
     a_second_replay_within_the_grace_window_ends_the_family,
     logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited,
+    reset_and_verification_mail_is_capped_per_account,
     a_completed_reset_verifies_the_address,
 );
 
@@ -652,6 +653,107 @@ async fn logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited(backen
     assert!(res.headers().contains_key("retry-after"));
     expect_error(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
     assert_eq!(recorded(&app, "logout").await.len(), 1);
+}
+
+async fn reset_and_verification_mail_is_capped_per_account(backend: Backend) {
+    let app = TestApp::with_jane(
+        backend,
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+            // One request per IP: the cap must hold across IPs.
+            ("RATE_LIMIT_AUTH_PER_MIN", "1"),
+        ],
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/register"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .json(&json!({"name": "Dr John Smith", "email": "john@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let forgot = |n: usize| {
+        app.client
+            .post(app.url("/api/auth/forgot-password"))
+            .header("x-forwarded-for", format!("203.0.113.{n}"))
+            .json(&json!({"email": "jane@example.com"}))
+            .send()
+    };
+    let mut answers = Vec::new();
+    for n in 1..=5 {
+        let res = forgot(n).await.unwrap();
+        answers.push((res.status(), res.text().await.unwrap()));
+        if n <= 3 {
+            // One at a time, so the emails arrive in the order asked for.
+            common::wait_for_reset_emails(&app.outbox(), n).await;
+        }
+    }
+    assert_eq!(answers[0].0, StatusCode::ACCEPTED);
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // Every request is recorded; the two over the cap say so (and are
+    // recorded only once the decision not to send is taken).
+    let mut requested = Vec::new();
+    for _ in 0..100 {
+        requested = recorded(&app, "password_reset_requested").await;
+        if requested.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requested.len(), 5);
+    let over_cap = requested
+        .iter()
+        .filter(|r| r.detail.as_deref() == Some("mail_limit"))
+        .count();
+    assert_eq!(over_cap, 2);
+    let emails = common::wait_for_reset_emails(&app.outbox(), 3).await;
+    assert_eq!(emails.len(), 3);
+    // The last link sent still works: the suppressed requests replaced
+    // nothing.
+    let res = app
+        .reset_password(&emails[2].reset_token(), "N3w!Passphrase-2026")
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // The verification email has a budget of the same size per account.
+    let (access, _) = app.login("john@example.com", PASSWORD).await;
+    let verify_emails = || -> Vec<Email> {
+        common::read_subject(&app.outbox(), VERIFY)
+            .into_iter()
+            .filter(|e| e.to.contains("john@example.com"))
+            .collect()
+    };
+    let mut answers = Vec::new();
+    for n in 1..=5 {
+        let res = app
+            .client
+            .post(app.url("/api/auth/resend-verification"))
+            .header("x-forwarded-for", format!("198.51.100.{n}"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        answers.push((res.status(), res.text().await.unwrap()));
+        // Registration's link, then one per resend within the cap.
+        for _ in 0..100 {
+            if n > 3 || verify_emails().len() > n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(answers[0].0, StatusCode::ACCEPTED);
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let sent = verify_emails();
+    assert_eq!(sent.len(), 4);
+    // The newest link sent works: the suppressed resends replaced nothing.
+    let token = link_token(&sent[3], "verify-email");
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": token}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 async fn a_completed_reset_verifies_the_address(backend: Backend) {

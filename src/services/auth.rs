@@ -47,6 +47,9 @@ pub struct AuthSettings {
     /// Refuse sign-in (403) until the email address is verified.
     pub require_verified_email: bool,
     pub verification_ttl: Duration,
+    /// Reset and verification emails per account per hour, whatever the
+    /// IPs asking.
+    pub mail_per_account_per_hour: u32,
 }
 
 pub struct RegisterInput {
@@ -178,6 +181,36 @@ impl AuthService {
                 }
             }
         });
+    }
+
+    /// Counts one `what` email to `user` against MAIL_PER_ACCOUNT_PER_HOUR
+    /// and says whether it may go. The per-IP limits do not stop a botnet
+    /// from flooding one mailbox with links, so the count is per account
+    /// and kept in the store (shared by every instance). It reuses the
+    /// login-throttle counter (an hour-long window from the first email)
+    /// under a key no submitted email can produce. Callers answer the same
+    /// either way, so the limit reveals nothing.
+    pub(super) async fn mail_allowed(
+        &self,
+        user: &User,
+        what: &'static str,
+    ) -> std::result::Result<bool, StoreError> {
+        let now = Utc::now();
+        let key = TokenHash::of(&format!("mail-quota:{}", user.id));
+        let sent = self
+            .store
+            .add_login_failure(&key, now, now - chrono::Duration::hours(1))
+            .await?;
+        if sent.failures <= self.settings.mail_per_account_per_hour {
+            return Ok(true);
+        }
+        metrics::counter!(crate::metrics::EMAILS_SUPPRESSED, "email" => what).increment(1);
+        tracing::warn!(
+            user_id = %user.id,
+            email = what,
+            "email not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
+        );
+        Ok(false)
     }
 
     /// Checks registration input without creating anything.
@@ -746,17 +779,26 @@ impl AuthService {
         client: &ClientContext,
     ) -> anyhow::Result<()> {
         let user = self.store.find_user_by_email(email).await?;
-        let entry =
+        let mut entry =
             AuditEntry::new(AuditEvent::PasswordResetRequested, client).email(email.as_str());
-        let entry = match &user {
-            Some(user) => entry.user(&user.id),
-            None => entry,
-        };
+        let mut allowed = true;
+        if let Some(user) = &user {
+            entry = entry.user(&user.id);
+            allowed = self.mail_allowed(user, "password_reset").await?;
+            if !allowed {
+                entry = entry.detail("mail_limit");
+            }
+        }
         self.audit.record(entry).await;
         let Some(user) = user else {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
+        // Over the limit nothing changes, not even the stored link: the one
+        // already emailed keeps working.
+        if !allowed {
+            return Ok(());
+        }
         let link = self
             .new_link(&user, TokenPurpose::PasswordReset, "reset-password")
             .await?;

@@ -347,7 +347,9 @@ pub trait OneTimeTokenStore: Send + Sync {
 
 /// Failed sign-ins counted against one submitted email (ASVS 6.3.1). The
 /// key is a hash of the normalised string, whether or not an account has
-/// it, so the table reveals neither addresses nor which ones exist.
+/// it, so the table reveals neither addresses nor which ones exist. The
+/// same counter, under keys of another namespace, counts the emails sent to
+/// one account (MAIL_PER_ACCOUNT_PER_HOUR).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginThrottle {
     /// Failures since `window_started_at`.

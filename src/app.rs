@@ -108,6 +108,7 @@ impl App {
                 },
                 require_verified_email: config.require_verified_email,
                 verification_ttl: config.verification_token_ttl,
+                mail_per_account_per_hour: config.mail_per_account_per_hour,
             },
             audit.clone(),
         ));

@@ -149,6 +149,9 @@ pub struct Config {
     /// Refuse sign-in until the email address is verified.
     pub require_verified_email: bool,
     pub verification_token_ttl: Duration,
+    /// Reset and verification emails one account may be sent per hour,
+    /// whatever the IPs asking (MAIL_PER_ACCOUNT_PER_HOUR).
+    pub mail_per_account_per_hour: u32,
     /// How long a client has to send a request's headers, counted from the
     /// connection's start or the end of its previous response, so it also
     /// ends idle keep-alive connections (HTTP_HEADER_TIMEOUT; slowloris).
@@ -447,6 +450,15 @@ impl Config {
                 "must be longer than zero",
             ));
         }
+        let mail_per_account_per_hour = parse_num::<u32>(
+            "MAIL_PER_ACCOUNT_PER_HOUR",
+            get("MAIL_PER_ACCOUNT_PER_HOUR"),
+            3,
+        )?;
+        if mail_per_account_per_hour == 0 {
+            // Zero would make a password reset impossible, not safer.
+            return Err(err("MAIL_PER_ACCOUNT_PER_HOUR", "must be at least 1"));
+        }
         let metrics_addr = match get("METRICS_ADDR") {
             None => None,
             Some(v) => Some(v.parse().map_err(|_| {
@@ -509,6 +521,7 @@ impl Config {
             login_lockout_max,
             require_verified_email,
             verification_token_ttl,
+            mail_per_account_per_hour,
             http_header_timeout,
             http_body_timeout,
             max_connections,
@@ -820,6 +833,7 @@ mod tests {
         );
         assert!(!c.require_verified_email);
         assert_eq!(c.verification_token_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.mail_per_account_per_hour, 3);
         assert_eq!(c.http_header_timeout, Duration::from_secs(10));
         assert_eq!(c.http_body_timeout, Duration::from_secs(10));
         assert_eq!(c.max_connections, None, "derived from the fd limit");
@@ -914,6 +928,10 @@ mod tests {
             (
                 vec![("RATE_LIMIT_IPV6_PREFIX", "/64")],
                 "RATE_LIMIT_IPV6_PREFIX",
+            ),
+            (
+                vec![("MAIL_PER_ACCOUNT_PER_HOUR", "0")],
+                "MAIL_PER_ACCOUNT_PER_HOUR",
             ),
             (
                 vec![("RESET_TOKEN_EXPIRES_MIN", "0")],

@@ -14,6 +14,7 @@ pub const HASH_DURATION: &str = "clinic_auth_password_hash_duration_seconds";
 pub const LOGINS: &str = "clinic_auth_logins_total";
 pub const REFRESH_REUSE: &str = "clinic_auth_refresh_reuse_detected_total";
 pub const ACCOUNT_LOCKS: &str = "clinic_auth_account_locks_total";
+pub const EMAILS_SUPPRESSED: &str = "clinic_auth_emails_suppressed_total";
 pub const RATE_LIMITED: &str = "clinic_auth_rate_limited_total";
 pub const STORE_ERRORS: &str = "clinic_auth_store_errors_total";
 pub const BUILD_INFO: &str = "clinic_auth_build_info";
@@ -64,6 +65,10 @@ fn describe() {
     describe_counter!(
         ACCOUNT_LOCKS,
         "Sign-in locks started after repeated failures for one email"
+    );
+    describe_counter!(
+        EMAILS_SUPPRESSED,
+        "Reset and verification emails not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a per-IP rate limit");
     describe_counter!(STORE_ERRORS, "Database calls that failed, by kind");

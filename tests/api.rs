@@ -37,6 +37,7 @@ backend_tests!(
     change_password_keeps_only_the_callers_sign_in,
     sessions_api_lists_and_ends_sessions,
     forwarded_for_is_believed_only_from_trusted_proxies,
+    names_with_invisible_or_direction_characters_are_refused,
 );
 
 async fn health_reports_database_state(backend: Backend) {
@@ -1175,5 +1176,46 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies(backend: Backend) {
             StatusCode::TOO_MANY_REQUESTS
         };
         assert_eq!(other, expected, "trusted={trusted:?}");
+    }
+}
+
+async fn names_with_invisible_or_direction_characters_are_refused(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let register = |name: &str, email: String| {
+        app.post_json(
+            "/api/auth/register",
+            json!({"name": name, "email": email, "password": PASSWORD}),
+        )
+    };
+    // A right-to-left override shows "Dr Jane Smith" for a name stored as
+    // something else; zero-width characters make two names look the same.
+    for (n, name) in [
+        "Dr \u{202E}htimS enaJ",
+        "Dr Jane\u{2066} Smith",
+        "Dr Ja\u{200B}ne Smith",
+        "Dr Jane\u{200D}Smith",
+        "\u{FEFF}Dr Jane Smith",
+        "Dr Jane\u{2060}Smith",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let res = register(name, format!("doc{n}@example.com")).await;
+        let body = expect_error(res, StatusCode::UNPROCESSABLE_ENTITY, "validation_failed").await;
+        let fields = body["error"]["fields"].as_object().unwrap();
+        assert_eq!(
+            fields.keys().collect::<Vec<_>>(),
+            ["name"],
+            "{name:?}: {body}"
+        );
+    }
+    // Letters of any script, right-to-left ones included, and accents stay
+    // welcome: only the invisible controls are refused.
+    for (n, name) in ["Dr Zoë Ångström-Núñez", "د. نور الهدى", "ד\"ר שרה לוי"]
+        .into_iter()
+        .enumerate()
+    {
+        let res = register(name, format!("ok{n}@example.com")).await;
+        assert_eq!(res.status(), StatusCode::CREATED, "{name}");
     }
 }

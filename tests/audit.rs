@@ -178,17 +178,24 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         .unwrap()
         .to_owned();
 
-    // Sign out everywhere first: it needs a live access token, and the
-    // logout below ends the session this one belongs to.
-    let res = from_desk(http.post(app.url("/api/auth/logout-all")), "rid-all")
-        .bearer_auth(&fresh_access)
+    // A second sign-in to sign out of: a logout that ends nothing (as it
+    // would after sign-out everywhere) records nothing.
+    let res = from_desk(http.post(app.url("/api/auth/login")), "rid-login-2")
+        .json(&json!({"email": "jane@example.com", "password": new_password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let other_refresh = refresh_cookie(res.headers()).unwrap();
+    let res = from_desk(http.post(app.url("/api/auth/logout")), "rid-logout")
+        .header("cookie", format!("refresh_token={other_refresh}"))
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 
-    let res = from_desk(http.post(app.url("/api/auth/logout")), "rid-logout")
-        .header("cookie", format!("refresh_token={second_refresh}"))
+    let res = from_desk(http.post(app.url("/api/auth/logout-all")), "rid-all")
+        .bearer_auth(&fresh_access)
         .send()
         .await
         .unwrap();
@@ -207,10 +214,10 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
     }
 
     let store = app.store().await;
-    let events = wait_for_events(&app, &store, 10).await;
-    assert_eq!(events.len(), 10, "{events:#?}");
+    let events = wait_for_events(&app, &store, 11).await;
+    assert_eq!(events.len(), 11, "{events:#?}");
     let me = Some(user_id.as_str());
-    let expected: [(&str, AuditEvent, Option<&str>, Option<&str>); 10] = [
+    let expected: [(&str, AuditEvent, Option<&str>, Option<&str>); 11] = [
         (
             "rid-register",
             AuditEvent::Register,
@@ -237,8 +244,14 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         ),
         ("rid-refresh", AuditEvent::Refresh, me, None),
         ("rid-change", AuditEvent::PasswordChanged, me, None),
-        ("rid-all", AuditEvent::LogoutAll, me, None),
+        (
+            "rid-login-2",
+            AuditEvent::LoginSuccess,
+            me,
+            Some("jane@example.com"),
+        ),
         ("rid-logout", AuditEvent::Logout, me, None),
+        ("rid-all", AuditEvent::LogoutAll, me, None),
         (
             "rid-forgot",
             AuditEvent::PasswordResetRequested,
@@ -269,7 +282,7 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         assert!((Utc::now() - record.time).num_seconds() < 60);
     }
     let seqs: Vec<u64> = events.iter().map(|r| r.seq).collect();
-    assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    assert_eq!(seqs, (1..=11).collect::<Vec<_>>());
 
     // Nothing secret in any stored field.
     let user = store
@@ -284,6 +297,7 @@ async fn api_actions_are_recorded_with_client_details(backend: Backend) {
         new_password.to_owned(),
         first_refresh.clone(),
         second_refresh.clone(),
+        other_refresh.clone(),
         first_access.clone(),
         fresh_access.clone(),
         user.password_hash.expose().to_owned(),
@@ -388,14 +402,26 @@ async fn reset_and_session_revocation_are_recorded(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
 
     let store = app.store().await;
-    let events = wait_for_events(&app, &store, 6).await;
-    for (request_id, event) in [
-        ("rid-revoke", AuditEvent::SessionRevoked),
-        ("rid-reset", AuditEvent::PasswordResetCompleted),
-    ] {
-        let record = recorded(&events, request_id);
-        assert_eq!(record.event, event);
+    let events = wait_for_events(&app, &store, 7).await;
+    let revoked = recorded(&events, "rid-revoke");
+    assert_eq!(revoked.event, AuditEvent::SessionRevoked);
+    assert_eq!(revoked.user_id.as_deref(), user["id"].as_str());
+    // The reset also proved the (unverified) mailbox: two records.
+    let reset: Vec<&AuditRecord> = events
+        .iter()
+        .filter(|r| r.request_id.as_deref() == Some("rid-reset"))
+        .collect();
+    let kinds: Vec<AuditEvent> = reset.iter().map(|r| r.event).collect();
+    assert_eq!(
+        kinds,
+        [
+            AuditEvent::PasswordResetCompleted,
+            AuditEvent::EmailVerified
+        ]
+    );
+    for record in reset {
         assert_eq!(record.user_id.as_deref(), user["id"].as_str());
+        assert_eq!(record.user_agent.as_deref(), Some(UA));
     }
     // The reset token never reaches the trail.
     assert!(events.iter().all(|r| !r.canonical().contains(&token)));

@@ -32,6 +32,7 @@ backend_tests!(
     https_portal_cookies_are_host_prefixed,
     login_page_explains_locks_and_unverified_addresses,
     account_page_resends_the_verification_link,
+    api_logout_with_the_page_refresh_cookie_ends_the_portal_session,
 );
 
 /// Fills in and sends the registration form as Dr Jane Smith.
@@ -991,4 +992,26 @@ async fn account_page_resends_the_verification_link(backend: Backend) {
     )
     .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
+
+async fn api_logout_with_the_page_refresh_cookie_ends_the_portal_session(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let client = browser();
+    let res = sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    let (refresh, _) = set_cookie(res.headers(), "refresh_token").unwrap();
+    // Another portal sign-in of hers, which this logout must leave alone.
+    let other = signed_in_browser(&app, "jane@example.com").await;
+    assert_eq!(
+        get(&app, &client, "/account").await.status(),
+        StatusCode::OK
+    );
+    // The SPA on the same site signs out with the cookie the page set.
+    let res = app.logout_with(&refresh).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // One sign-in, one end: the page session is over too.
+    assert_eq!(
+        location(&get(&app, &client, "/account").await),
+        "/login?next=/account"
+    );
+    assert_eq!(get(&app, &other, "/account").await.status(), StatusCode::OK);
 }

@@ -23,6 +23,11 @@ backend_tests!(
     signing_out_of_a_session_ends_its_access_tokens,
     an_idle_api_sign_in_is_signed_out,
     wrong_current_passwords_count_towards_the_lock,
+    a_replaced_token_is_reuse_even_after_the_idle_timeout,
+    a_second_replay_within_the_grace_window_ends_the_family,
+    logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited,
+    reset_and_verification_mail_is_capped_per_account,
+    a_completed_reset_verifies_the_address,
 );
 
 const SESSION_ENDED: &str = "A Clinic Auth session was ended";
@@ -48,6 +53,17 @@ async fn one_email(app: &TestApp, subject: &str, to: &str, says: &str) {
     assert_eq!(emails.len(), 1, "{subject}");
     assert!(emails[0].to.contains(to), "{}", emails[0].to);
     assert!(emails[0].text.contains(says), "{}", emails[0].text);
+}
+
+/// Jane got exactly one "session ended for your safety" email.
+async fn owner_told_of_ended_session(app: &TestApp) {
+    one_email(
+        app,
+        SESSION_ENDED,
+        "jane@example.com",
+        "ended that session for your safety",
+    )
+    .await;
 }
 
 fn link_token(email: &Email, page: &str) -> String {
@@ -83,13 +99,7 @@ async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
     app.refresh_refused(&second).await;
     app.access_refused(&access).await;
     // The owner is told, once.
-    one_email(
-        &app,
-        SESSION_ENDED,
-        "jane@example.com",
-        "ended that session for your safety",
-    )
-    .await;
+    owner_told_of_ended_session(&app).await;
     // The other device's family is untouched.
     refresh_ok(&app, &other_device).await;
     // The audit trail has the replay, with who and what it ended (the
@@ -113,12 +123,6 @@ async fn replay_within_the_grace_window_gets_a_sibling(backend: Backend) {
     // Both children are live members of the family.
     refresh_ok(&app, &tab_a).await;
     refresh_ok(&app, &tab_b).await;
-    // Several tabs at once all succeed too.
-    let (_, shared) = app.login("jane@example.com", PASSWORD).await;
-    let attempts = (0..6).map(|_| app.refresh_with(&shared));
-    for res in futures::future::join_all(attempts).await {
-        assert_eq!(res.status(), StatusCode::OK);
-    }
     // A family that was signed out gives nothing back, grace or not.
     let (_, ended) = app.login("jane@example.com", PASSWORD).await;
     let child = refresh_ok(&app, &ended).await;
@@ -535,4 +539,233 @@ async fn wrong_current_passwords_count_towards_the_lock(backend: Backend) {
             .count(),
         2
     );
+}
+
+/// The claims of a JWT, unverified.
+fn claims_of(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&json).unwrap()
+}
+
+async fn a_replaced_token_is_reuse_even_after_the_idle_timeout(backend: Backend) {
+    use chrono::{Duration as Span, Utc};
+    use clinic_auth::domain::{TokenHash, UserId};
+    use clinic_auth::storage::{NewRefreshToken, Rotation};
+
+    let app = TestApp::with_jane(backend, &[("REFRESH_IDLE_TIMEOUT", "30m")]).await;
+    let (access, current) = app.login("jane@example.com", PASSWORD).await;
+    // A token of this sign-in issued an hour ago, copied by a thief, and
+    // rotated away by the owner's app a minute later: made here with the
+    // test's refresh secret and stored as the app would have, rather than
+    // waiting out an idle timeout.
+    let mut claims = claims_of(&current);
+    let issued = Utc::now() - Span::hours(1);
+    claims["iat"] = json!(issued.timestamp());
+    claims["jti"] = json!("copied-an-hour-ago");
+    let copied = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(common::REFRESH_SECRET.as_bytes()),
+    )
+    .unwrap();
+    let record = |jti: &str, hash: TokenHash, at| NewRefreshToken {
+        user_id: UserId::new(claims["sub"].as_str().unwrap().to_owned()),
+        jti: jti.to_owned(),
+        token_hash: hash,
+        family_id: claims["fam"].as_str().unwrap().to_owned(),
+        user_agent: None,
+        ip_address: None,
+        expires_at: Utc::now() + Span::days(1),
+        created_at: at,
+    };
+    let store = app.store().await;
+    let copied_hash = TokenHash::of(&copied);
+    store
+        .insert_refresh_token(&record("copied-an-hour-ago", copied_hash.clone(), issued))
+        .await
+        .unwrap();
+    let rotated_at = issued + Span::minutes(1);
+    let child = record("its-child", TokenHash::of("its-child"), rotated_at);
+    let rotation = store
+        .rotate_refresh_token(&copied_hash, rotated_at, Span::seconds(5), &child)
+        .await
+        .unwrap();
+    assert!(matches!(rotation, Rotation::Rotated(_)), "{rotation:?}");
+
+    // Replayed now, long past REFRESH_IDLE_TIMEOUT: still a replay of a
+    // replaced token, and handled as one.
+    app.refresh_refused(&copied).await;
+    app.refresh_refused(&current).await;
+    app.access_refused(&access).await;
+    owner_told_of_ended_session(&app).await;
+    let replays = recorded(&app, "refresh_reuse_detected").await;
+    assert_eq!(replays.len(), 1);
+    assert!(replays[0].detail.as_deref().unwrap().ends_with("revoked=2"));
+    assert!(recorded(&app, "session_revoked").await.is_empty());
+}
+
+async fn a_second_replay_within_the_grace_window_ends_the_family(backend: Backend) {
+    // Default grace (5s).
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (access, first) = app.login("jane@example.com", PASSWORD).await;
+    let tab_a = refresh_ok(&app, &first).await;
+    let tab_b = refresh_ok(&app, &first).await;
+    // A third presentation of the same retired token, even seconds later,
+    // is not a second tab: the family ends and the owner is told.
+    app.refresh_refused(&first).await;
+    app.refresh_refused(&tab_a).await;
+    app.refresh_refused(&tab_b).await;
+    app.access_refused(&access).await;
+    wait_for_subject(&app.outbox(), SESSION_ENDED, 1).await;
+    assert_eq!(recorded(&app, "refresh_reuse_detected").await.len(), 1);
+    let refreshes = recorded(&app, "refresh").await;
+    let details: Vec<Option<&str>> = refreshes.iter().map(|r| r.detail.as_deref()).collect();
+    assert_eq!(details, [None, Some("grace_sibling")]);
+
+    // Several tabs at once: one rotation and one sibling, then the family
+    // is over for all of them.
+    let (_, shared) = app.login("jane@example.com", PASSWORD).await;
+    let attempts = (0..6).map(|_| app.refresh_with(&shared));
+    let statuses: Vec<StatusCode> = futures::future::join_all(attempts)
+        .await
+        .iter()
+        .map(reqwest::Response::status)
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert_eq!(ok, 2, "{statuses:?}");
+}
+
+async fn logging_out_an_ended_sign_in_records_nothing_and_is_rate_limited(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[("RATE_LIMIT_AUTH_PER_MIN", "3")]).await;
+    let (_, refresh) = app.login("jane@example.com", PASSWORD).await;
+    for _ in 0..3 {
+        let res = app.logout_with(&refresh).await;
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+    // Ending an ended sign-in ended nothing, so nothing was recorded.
+    assert_eq!(recorded(&app, "logout").await.len(), 1);
+    // And logout has the per-IP limit of the other auth routes.
+    let res = app.logout_with(&refresh).await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_error(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    assert_eq!(recorded(&app, "logout").await.len(), 1);
+}
+
+async fn reset_and_verification_mail_is_capped_per_account(backend: Backend) {
+    let app = TestApp::with_jane(
+        backend,
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+            // One request per IP: the cap must hold across IPs.
+            ("RATE_LIMIT_AUTH_PER_MIN", "1"),
+        ],
+    )
+    .await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/register"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .json(&json!({"name": "Dr John Smith", "email": "john@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let forgot = |n: usize| {
+        app.client
+            .post(app.url("/api/auth/forgot-password"))
+            .header("x-forwarded-for", format!("203.0.113.{n}"))
+            .json(&json!({"email": "jane@example.com"}))
+            .send()
+    };
+    let mut answers = Vec::new();
+    for n in 1..=5 {
+        let res = forgot(n).await.unwrap();
+        answers.push((res.status(), res.text().await.unwrap()));
+        if n <= 3 {
+            // One at a time, so the emails arrive in the order asked for.
+            common::wait_for_reset_emails(&app.outbox(), n).await;
+        }
+    }
+    assert_eq!(answers[0].0, StatusCode::ACCEPTED);
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    // Every request is recorded; the two over the cap say so (and are
+    // recorded only once the decision not to send is taken).
+    let mut requested = Vec::new();
+    for _ in 0..100 {
+        requested = recorded(&app, "password_reset_requested").await;
+        if requested.len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requested.len(), 5);
+    let over_cap = requested
+        .iter()
+        .filter(|r| r.detail.as_deref() == Some("mail_limit"))
+        .count();
+    assert_eq!(over_cap, 2);
+    let emails = common::wait_for_reset_emails(&app.outbox(), 3).await;
+    assert_eq!(emails.len(), 3);
+    // The last link sent still works: the suppressed requests replaced
+    // nothing.
+    let res = app
+        .reset_password(&emails[2].reset_token(), "N3w!Passphrase-2026")
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // The verification email has a budget of the same size per account.
+    let (access, _) = app.login("john@example.com", PASSWORD).await;
+    let verify_emails = || -> Vec<Email> {
+        common::read_subject(&app.outbox(), VERIFY)
+            .into_iter()
+            .filter(|e| e.to.contains("john@example.com"))
+            .collect()
+    };
+    let mut answers = Vec::new();
+    for n in 1..=5 {
+        let res = app
+            .client
+            .post(app.url("/api/auth/resend-verification"))
+            .header("x-forwarded-for", format!("198.51.100.{n}"))
+            .bearer_auth(&access)
+            .send()
+            .await
+            .unwrap();
+        answers.push((res.status(), res.text().await.unwrap()));
+        // Registration's link, then one per resend within the cap.
+        for _ in 0..100 {
+            if n > 3 || verify_emails().len() > n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(answers[0].0, StatusCode::ACCEPTED);
+    assert!(answers.iter().all(|a| *a == answers[0]), "{answers:?}");
+    let sent = verify_emails();
+    assert_eq!(sent.len(), 4);
+    // The newest link sent works: the suppressed resends replaced nothing.
+    let token = link_token(&sent[3], "verify-email");
+    let res = app
+        .post_json("/api/auth/verify-email", json!({"token": token}))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+}
+
+async fn a_completed_reset_verifies_the_address(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let token = app.reset_token_for("jane@example.com").await;
+    let res = app.reset_password(&token, "N3w!Passphrase-2026").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (access, _) = app.login("jane@example.com", "N3w!Passphrase-2026").await;
+    let me: Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["verified"], true, "the reset link proved the mailbox");
+    let verified = recorded(&app, "email_verified").await;
+    assert_eq!(verified.len(), 1);
+    assert_eq!(verified[0].detail.as_deref(), Some("password_reset"));
+    assert_eq!(verified[0].user_id.as_deref(), me["id"].as_str());
 }

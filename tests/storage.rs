@@ -40,6 +40,10 @@ backend_tests!(
     login_failures_are_counted_locked_and_cleared,
     concurrent_login_failures_are_all_counted,
     purge_forgets_idle_login_throttles,
+    a_retired_token_gets_one_grace_sibling,
+    concurrent_grace_replays_get_one_sibling,
+    concurrent_failures_after_an_expired_window_are_all_counted,
+    web_sessions_of_one_family_are_deleted,
 );
 
 fn now() -> chrono::DateTime<Utc> {
@@ -904,11 +908,23 @@ async fn replay_inside_grace_adds_a_sibling_to_a_live_family(backend: Backend) {
             .unwrap(),
         Rotation::ReuseDetected { revoked: 2, .. }
     ));
-    // A family with nothing live left gets no sibling, even in the grace.
-    let late = refresh(&jane, "a2-late", "fam-a", Duration::days(1));
+    // A family with nothing live left (here: signed out) gets no sibling,
+    // even in the grace.
+    let b1 = refresh(&jane, "b1", "fam-b", Duration::days(1));
+    store.insert_refresh_token(&b1).await.unwrap();
+    let b2 = refresh(&jane, "b2", "fam-b", Duration::days(1));
+    store
+        .rotate_refresh_token(&b1.token_hash, t0, grace, &b2)
+        .await
+        .unwrap();
+    store
+        .revoke_refresh_family(&jane, "fam-b", t0)
+        .await
+        .unwrap();
+    let late = refresh(&jane, "b2-late", "fam-b", Duration::days(1));
     assert!(matches!(
         store
-            .rotate_refresh_token(&a1.token_hash, t0 + Duration::seconds(3), grace, &late)
+            .rotate_refresh_token(&b1.token_hash, t0 + Duration::seconds(3), grace, &late)
             .await
             .unwrap(),
         Rotation::Rejected
@@ -1069,6 +1085,28 @@ async fn login_failures_are_counted_locked_and_cleared(backend: Backend) {
     );
 }
 
+/// `n` failures of `key` at once, each in a 15-minute window ending at its
+/// own now; the failure counts they saw.
+async fn concurrent_failures(store: &Arc<dyn Store>, key: &TokenHash, n: usize) -> Vec<u32> {
+    let attempts = (0..n).map(|_| {
+        let store = Arc::clone(store);
+        let key = key.clone();
+        tokio::spawn(async move {
+            let at = now();
+            store
+                .add_login_failure(&key, at, at - Duration::minutes(15))
+                .await
+                .unwrap()
+                .failures
+        })
+    });
+    futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 async fn concurrent_login_failures_are_all_counted(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let key = TokenHash::of("login-throttle:contested");
@@ -1077,20 +1115,7 @@ async fn concurrent_login_failures_are_all_counted(backend: Backend) {
         .add_login_failure(&key, t0, t0 - Duration::minutes(15))
         .await
         .unwrap();
-    let attempts = (0..10).map(|_| {
-        let store = Arc::clone(&store);
-        let key = key.clone();
-        tokio::spawn(async move {
-            let at = now();
-            store
-                .add_login_failure(&key, at, at - Duration::minutes(15))
-                .await
-                .unwrap()
-        })
-    });
-    for r in futures::future::join_all(attempts).await {
-        r.unwrap();
-    }
+    concurrent_failures(&store, &key, 10).await;
     assert_eq!(
         store.login_throttle(&key).await.unwrap().unwrap().failures,
         11
@@ -1245,4 +1270,143 @@ async fn a_rotation_whose_child_collides_retires_nothing(backend: Backend) {
     let Rotated { retired, owner } = rotate_active(&store, &parent.token_hash, &good).await;
     assert_eq!(retired.replaced_by.as_deref(), Some("good"));
     assert_eq!(owner.unwrap().id, jane);
+}
+
+/// a1 rotated to a2 at `t0`, in a fresh store: the start of the grace tests.
+async fn rotated_family(
+    backend: Backend,
+) -> (Arc<dyn Store>, tempfile::TempDir, UserId, NewRefreshToken) {
+    let (store, guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let a1 = refresh(&jane, "a1", "fam-a", Duration::days(1));
+    store.insert_refresh_token(&a1).await.unwrap();
+    let a2 = refresh(&jane, "a2", "fam-a", Duration::days(1));
+    rotate_active(&store, &a1.token_hash, &a2).await;
+    (store, guard, jane, a1)
+}
+
+async fn a_retired_token_gets_one_grace_sibling(backend: Backend) {
+    let (store, _guard, jane, a1) = rotated_family(backend).await;
+    let grace = Duration::seconds(5);
+    let sibling = refresh(&jane, "a2-sibling", "fam-a", Duration::days(1));
+    let rotation = store
+        .rotate_refresh_token(&a1.token_hash, now(), grace, &sibling)
+        .await
+        .unwrap();
+    assert!(
+        matches!(rotation, Rotation::GraceSibling(_)),
+        "{rotation:?}"
+    );
+    // The second replay of the same retired token, still inside the grace
+    // period, is a theft: the family ends, sibling included.
+    let second = refresh(&jane, "a2-second", "fam-a", Duration::days(1));
+    match store
+        .rotate_refresh_token(&a1.token_hash, now(), grace, &second)
+        .await
+        .unwrap()
+    {
+        Rotation::ReuseDetected { token, revoked } => {
+            assert_eq!(token.jti, "a1");
+            assert_eq!(revoked, 2, "a2 and its sibling");
+        }
+        other => panic!("expected reuse detection, got {other:?}"),
+    }
+    for hash in [&sibling.token_hash, &second.token_hash] {
+        let found = store.find_refresh_token(hash).await.unwrap();
+        assert!(found.is_none_or(|t| t.revoked));
+    }
+}
+
+async fn concurrent_grace_replays_get_one_sibling(backend: Backend) {
+    let (store, _guard, jane, a1) = rotated_family(backend).await;
+    let replays = (0..8).map(|n| {
+        let store = Arc::clone(&store);
+        let hash = a1.token_hash.clone();
+        let sibling = refresh(&jane, &format!("a2-tab{n}"), "fam-a", Duration::days(1));
+        tokio::spawn(async move {
+            store
+                .rotate_refresh_token(&hash, now(), Duration::seconds(5), &sibling)
+                .await
+                .unwrap()
+        })
+    });
+    let mut siblings = 0;
+    for rotation in futures::future::join_all(replays).await {
+        match rotation.unwrap() {
+            Rotation::GraceSibling(_) => siblings += 1,
+            Rotation::ReuseDetected { .. } => {}
+            other => panic!("expected a sibling or reuse, got {other:?}"),
+        }
+    }
+    assert_eq!(siblings, 1, "one retired token, one sibling");
+    // The replays after the first ended the family: nothing of it is live.
+    assert!(!store
+        .refresh_family_alive(&jane, "fam-a", now())
+        .await
+        .unwrap());
+}
+
+async fn concurrent_failures_after_an_expired_window_are_all_counted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let key = TokenHash::of("login-throttle:expired-window");
+    let long_ago = now() - Duration::hours(1);
+    store
+        .add_login_failure(&key, long_ago, long_ago - Duration::minutes(15))
+        .await
+        .unwrap();
+    // Every one of these finds the window over: one restarts it, and the
+    // others must count in the restarted window, not restart it again.
+    // So must the first failures ever of a key: one inserts it, the others
+    // count in its window.
+    let fresh = TokenHash::of("login-throttle:never-seen");
+    for key in [&key, &fresh] {
+        let mut counts = concurrent_failures(&store, key, 20).await;
+        counts.sort_unstable();
+        assert_eq!(counts, (1..=20).collect::<Vec<u32>>());
+        assert_eq!(
+            store.login_throttle(key).await.unwrap().unwrap().failures,
+            20
+        );
+    }
+}
+async fn web_sessions_of_one_family_are_deleted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let john = user_in(&store, "john@example.com").await;
+    let signed_out = web_session("signed-out", Some(&jane), Duration::minutes(15));
+    let other_tab = web_session("other-tab", Some(&jane), Duration::minutes(15));
+    // Another user's session naming the same family string is not hers.
+    let mut johns = web_session("johns", Some(&john), Duration::minutes(15));
+    johns.refresh_family = signed_out.refresh_family.clone();
+    for s in [&signed_out, &other_tab, &johns] {
+        store.insert_web_session(s).await.unwrap();
+    }
+    let family = signed_out.refresh_family.as_deref().unwrap();
+    assert_eq!(
+        store
+            .delete_family_web_sessions(&jane, family)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store
+        .load_web_session(&signed_out.id_hash, now())
+        .await
+        .unwrap()
+        .is_none());
+    for kept in [&other_tab, &johns] {
+        assert!(store
+            .load_web_session(&kept.id_hash, now())
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(
+        store
+            .delete_family_web_sessions(&jane, family)
+            .await
+            .unwrap(),
+        0,
+        "nothing left to end"
+    );
 }

@@ -58,6 +58,7 @@ pub struct Limiters {
     pub reset_password: Limiter,
     pub verify_email: Limiter,
     pub resend_verification: Limiter,
+    pub logout: Limiter,
     // The portal's forms get the same limits with budgets of their own.
     pub page_login: Limiter,
     pub page_register: Limiter,
@@ -77,6 +78,7 @@ impl Limiters {
             reset_password: rate_limit::per_minute(auth_per_min),
             verify_email: rate_limit::per_minute(auth_per_min),
             resend_verification: rate_limit::per_minute(auth_per_min),
+            logout: rate_limit::per_minute(auth_per_min),
             page_login: rate_limit::per_minute(auth_per_min),
             page_register: rate_limit::per_minute(auth_per_min),
             page_forgot: rate_limit::per_minute(auth_per_min),
@@ -95,6 +97,7 @@ impl Limiters {
             self.reset_password.clone(),
             self.verify_email.clone(),
             self.resend_verification.clone(),
+            self.logout.clone(),
             self.page_login.clone(),
             self.page_register.clone(),
             self.page_forgot.clone(),

@@ -133,11 +133,17 @@ impl AuthService {
             return Ok(true);
         }
         if let Some(family) = id.strip_prefix(API_PREFIX) {
-            return Ok(self
+            let revoked = self
                 .store()
                 .revoke_refresh_family(user_id, family, now)
-                .await?
-                > 0);
+                .await?;
+            // A portal sign-in's family ends with its page session, whichever
+            // handle named it.
+            let pages = self
+                .store()
+                .delete_family_web_sessions(user_id, family)
+                .await?;
+            return Ok(revoked + pages > 0);
         }
         Ok(false)
     }

@@ -47,6 +47,9 @@ pub struct AuthSettings {
     /// Refuse sign-in (403) until the email address is verified.
     pub require_verified_email: bool,
     pub verification_ttl: Duration,
+    /// Reset and verification emails per account per hour, whatever the
+    /// IPs asking.
+    pub mail_per_account_per_hour: u32,
 }
 
 pub struct RegisterInput {
@@ -190,6 +193,36 @@ impl AuthService {
                 }
             }
         });
+    }
+
+    /// Counts one `what` email to `user` against MAIL_PER_ACCOUNT_PER_HOUR
+    /// and says whether it may go. The per-IP limits do not stop a botnet
+    /// from flooding one mailbox with links, so the count is per account
+    /// and kept in the store (shared by every instance). It reuses the
+    /// login-throttle counter (an hour-long window from the first email)
+    /// under a key no submitted email can produce. Callers answer the same
+    /// either way, so the limit reveals nothing.
+    pub(super) async fn mail_allowed(
+        &self,
+        user: &User,
+        what: &'static str,
+    ) -> std::result::Result<bool, StoreError> {
+        let now = Utc::now();
+        let key = TokenHash::of(&format!("mail-quota:{}", user.id));
+        let sent = self
+            .store
+            .add_login_failure(&key, now, now - chrono::Duration::hours(1))
+            .await?;
+        if sent.failures <= self.settings.mail_per_account_per_hour {
+            return Ok(true);
+        }
+        metrics::counter!(crate::metrics::EMAILS_SUPPRESSED, "email" => what).increment(1);
+        tracing::warn!(
+            user_id = %user.id,
+            email = what,
+            "email not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
+        );
+        Ok(false)
     }
 
     /// Checks registration input without creating anything.
@@ -521,10 +554,21 @@ impl AuthService {
             .map_err(|_| ServiceError::InvalidRefreshToken)?;
         let now = Utc::now();
         let user_id = UserId::new(claims.sub);
+        let presented_hash = TokenHash::of(raw);
         // Each rotation issues a new token, so `iat` is the sign-in's last
         // use: past the idle timeout, it ends like an idle portal session.
+        // But a token that was already replaced is a replay, whatever else
+        // is true of it: a thief who waits out the idle timeout must still
+        // be caught, so such a token goes on to the rotation, which judges
+        // it. Only this rare path reads the record; the common one does not.
         let idle = now.timestamp().saturating_sub(claims.iat);
-        if idle > i64::try_from(self.settings.refresh_idle.as_secs()).unwrap_or(i64::MAX) {
+        if idle > i64::try_from(self.settings.refresh_idle.as_secs()).unwrap_or(i64::MAX)
+            && self
+                .store
+                .find_refresh_token(&presented_hash)
+                .await?
+                .is_none_or(|token| token.replaced_by.is_none())
+        {
             let ended = self
                 .store
                 .revoke_refresh_family(&user_id, &claims.fam, now)
@@ -543,15 +587,15 @@ impl AuthService {
             .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
         let record = self.refresh_record(&user_id, &claims.fam, &child, client, now);
         let grace = chrono_duration(self.settings.refresh_reuse_grace);
-        let rotated = match self
+        let (rotated, sibling) = match self
             .store
-            .rotate_refresh_token(&TokenHash::of(raw), now, grace, &record)
+            .rotate_refresh_token(&presented_hash, now, grace, &record)
             .await?
         {
-            Rotation::Rotated(rotated) => rotated,
+            Rotation::Rotated(rotated) => (rotated, false),
             Rotation::GraceSibling(rotated) => {
                 tracing::info!(user_id = %user_id, "refresh within the reuse grace: sibling issued");
-                rotated
+                (rotated, true)
             }
             Rotation::ReuseDetected { token, revoked } => {
                 self.on_refresh_reuse(&token, revoked, client).await?;
@@ -570,7 +614,12 @@ impl AuthService {
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
-        let entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        let mut entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        if sibling {
+            // Two tokens of one sign-in now live side by side: worth telling
+            // apart from a plain rotation when reading the trail.
+            entry = entry.detail("grace_sibling");
+        }
         self.audit.record(entry).await;
         Ok(LoginOutcome {
             user,
@@ -633,14 +682,25 @@ impl AuthService {
         if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
             if let Ok(claims) = self.tokens.verify_refresh(raw) {
                 // The whole sign-in ends, not just this token: a second tab's
-                // sibling (REFRESH_REUSE_GRACE) and the access tokens it
-                // issued (their `sid`) go with it.
+                // sibling (REFRESH_REUSE_GRACE), the access tokens it issued
+                // (their `sid`) and, for a portal sign-in, its page session
+                // go with it: one sign-in, one end.
                 let user_id = UserId::new(claims.sub);
-                self.store
+                let revoked = self
+                    .store
                     .revoke_refresh_family(&user_id, &claims.fam, Utc::now())
                     .await?;
-                let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
-                self.audit.record(entry).await;
+                let pages = self
+                    .store
+                    .delete_family_web_sessions(&user_id, &claims.fam)
+                    .await?;
+                // Ending a sign-in that had already ended changes nothing:
+                // recording it would let anyone holding an old cookie fill
+                // the audit trail.
+                if revoked + pages > 0 {
+                    let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
+                    self.audit.record(entry).await;
+                }
             }
         }
         Ok(())
@@ -731,17 +791,26 @@ impl AuthService {
         client: &ClientContext,
     ) -> anyhow::Result<()> {
         let user = self.store.find_user_by_email(email).await?;
-        let entry =
+        let mut entry =
             AuditEntry::new(AuditEvent::PasswordResetRequested, client).email(email.as_str());
-        let entry = match &user {
-            Some(user) => entry.user(&user.id),
-            None => entry,
-        };
+        let mut allowed = true;
+        if let Some(user) = &user {
+            entry = entry.user(&user.id);
+            allowed = self.mail_allowed(user, "password_reset").await?;
+            if !allowed {
+                entry = entry.detail("mail_limit");
+            }
+        }
         self.audit.record(entry).await;
         let Some(user) = user else {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
+        // Over the limit nothing changes, not even the stored link: the one
+        // already emailed keeps working.
+        if !allowed {
+            return Ok(());
+        }
         let link = self
             .new_link(&user, TokenPurpose::PasswordReset, "reset-password")
             .await?;
@@ -881,6 +950,15 @@ impl AuthService {
         self.notify_password_changed(&user);
         let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
         self.audit.record(entry).await;
+        // The link reached this mailbox and came back: the same proof a
+        // verification link gives, so the address counts as verified.
+        if !user.verified && self.store.set_verified(&user.id, now).await? {
+            let entry = AuditEntry::new(AuditEvent::EmailVerified, client)
+                .user(&user.id)
+                .email(user.email.as_str())
+                .detail("password_reset");
+            self.audit.record(entry).await;
+        }
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())
     }

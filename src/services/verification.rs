@@ -21,8 +21,12 @@ const MAX_TOKEN_LEN: usize = 4096;
 
 impl AuthService {
     /// Stores a fresh verification link for `user` (the previous one stops
-    /// working) and emails it in the background.
+    /// working) and emails it in the background; past the account's hourly
+    /// email limit, does nothing (the link already emailed keeps working).
     pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
+        if !self.mail_allowed(user, "verify_email").await? {
+            return Ok(());
+        }
         let url = self
             .new_link(user, TokenPurpose::EmailVerification, VERIFY_PAGE)
             .await?;

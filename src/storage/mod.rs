@@ -130,6 +130,9 @@ pub struct RefreshTokenRecord {
     pub replaced_by: Option<String>,
     /// When it was revoked or rotated away.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// A replay within the grace period already got a sibling for it: a
+    /// retired token gets at most one.
+    pub sibling_issued: bool,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
 }
@@ -150,13 +153,14 @@ pub enum Rotation {
     /// The token was active: it is retired and the replacement stored.
     Rotated(Rotated),
     /// The token had been rotated away less than the grace period ago (two
-    /// tabs refreshing at once) and its family is still alive: the
-    /// replacement is stored as a sibling of the token that replaced it.
+    /// tabs refreshing at once), had no sibling yet, and its family is still
+    /// alive: the replacement is stored as a sibling of the token that
+    /// replaced it, and the retired token is marked as having one.
     GraceSibling(Rotated),
-    /// The token had been rotated away longer ago than the grace period:
-    /// someone replayed it. Every active token of its family is revoked and
-    /// nothing is stored. Carries the replayed record and how many tokens
-    /// the family lost.
+    /// The token had been rotated away longer ago than the grace period, or
+    /// already got its one sibling: someone replayed it. Every active token
+    /// of its family is revoked and nothing is stored. Carries the replayed
+    /// record and how many tokens the family lost.
     ReuseDetected {
         token: RefreshTokenRecord,
         revoked: u64,
@@ -170,9 +174,13 @@ pub enum Rotation {
 pub enum ReplayVerdict {
     /// Unknown state, expired, or revoked other than by rotation.
     Reject,
-    /// Rotated away within the grace period: a sibling, if the family lives.
+    /// Rotated away within the grace period and no sibling yet: one
+    /// sibling, if the family lives. The backend marks the retired token as
+    /// it stores the sibling, so of concurrent replays only one gets it and
+    /// the others revoke the family.
     SiblingIfFamilyAlive,
-    /// Rotated away before the grace period: revoke the family.
+    /// Rotated away before the grace period, or its sibling already issued:
+    /// revoke the family.
     RevokeFamily,
 }
 
@@ -185,7 +193,10 @@ impl RefreshTokenRecord {
         };
         if self.expires_at <= now {
             ReplayVerdict::Reject
-        } else if grace > chrono::Duration::zero() && now - rotated_at <= grace {
+        } else if grace > chrono::Duration::zero()
+            && now - rotated_at <= grace
+            && !self.sibling_issued
+        {
             ReplayVerdict::SiblingIfFamilyAlive
         } else {
             ReplayVerdict::RevokeFamily
@@ -205,8 +216,10 @@ pub trait RefreshTokenStore: Send + Sync {
     /// `replacement.jti` as its successor and `replacement` is stored; of
     /// several concurrent calls with the same hash at most one gets
     /// `Rotated`. A token rotated away at most `grace` ago whose family still
-    /// has an active token gets `replacement` as a sibling; a zero `grace`
-    /// never does, so every replay revokes the family.
+    /// has an active token gets `replacement` as a sibling, once: of several
+    /// such replays (concurrent or not) exactly one gets it and the others
+    /// revoke the family. A zero `grace` never gives one, so every replay
+    /// revokes the family.
     async fn rotate_refresh_token(
         &self,
         old_hash: &TokenHash,
@@ -338,7 +351,9 @@ pub trait OneTimeTokenStore: Send + Sync {
 
 /// Failed sign-ins counted against one submitted email (ASVS 6.3.1). The
 /// key is a hash of the normalised string, whether or not an account has
-/// it, so the table reveals neither addresses nor which ones exist.
+/// it, so the table reveals neither addresses nor which ones exist. The
+/// same counter, under keys of another namespace, counts the emails sent to
+/// one account (MAIL_PER_ACCOUNT_PER_HOUR).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoginThrottle {
     /// Failures since `window_started_at`.
@@ -445,6 +460,15 @@ pub trait WebSessionStore: Send + Sync {
         &self,
         user_id: &UserId,
         keep: Option<&TokenHash>,
+    ) -> StoreResult<u64>;
+
+    /// Deletes the user's sessions whose sign-in issued the refresh family
+    /// `family_id` (signing out through the API ends the portal session of
+    /// the same sign-in); returns how many.
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
     ) -> StoreResult<u64>;
 }
 

@@ -456,6 +456,9 @@ struct RefreshDoc {
     replaced_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     revoked_at: Option<bson::DateTime>,
+    /// Set on a retired token once its one grace sibling exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sibling_issued: bool,
     expires_at: bson::DateTime,
     created_at: bson::DateTime,
 }
@@ -473,6 +476,7 @@ impl RefreshDoc {
             revoked: false,
             replaced_by: None,
             revoked_at: None,
+            sibling_issued: false,
             expires_at: bson_date(token.expires_at),
             created_at: bson_date(token.created_at),
         }
@@ -493,6 +497,7 @@ impl From<RefreshDoc> for RefreshTokenRecord {
             revoked: doc.revoked,
             replaced_by: doc.replaced_by,
             revoked_at: doc.revoked_at.map(bson::DateTime::to_chrono),
+            sibling_issued: doc.sibling_issued,
             expires_at: doc.expires_at.to_chrono(),
             created_at: doc.created_at.to_chrono(),
         }
@@ -712,12 +717,38 @@ impl RefreshTokenStore for MongoStore {
                 if !alive {
                     return Ok(Rotation::Rejected);
                 }
+                // One sibling per retired token. The sibling goes in before
+                // the mark (as a child goes in before its parent is retired
+                // above): a concurrent replay that loses the mark and
+                // revokes the family then revokes this sibling too, where
+                // mark-then-insert could store it after that revocation.
+                // `$in: [false, null]` (null also matches a document without
+                // the field) rather than `$ne: true`: the same on MongoDB, and
+                // nx-27017 0.8.1 never matches `$ne` on a missing field in an
+                // update.
                 self.insert_refresh_token(replacement).await?;
-                let owner = self.find_user_by_id(&old.user_id).await?;
-                return Ok(Rotation::GraceSibling(Rotated {
-                    retired: old,
-                    owner,
-                }));
+                let marked = self
+                    .refresh_tokens
+                    .update_one(
+                        doc! {
+                            "token_hash": old_hash.as_str(),
+                            "sibling_issued": { "$in": [false, bson::Bson::Null] },
+                        },
+                        doc! { "$set": { "sibling_issued": true } },
+                    )
+                    .await
+                    .map_err(map_err)?;
+                if marked.modified_count == 1 {
+                    let owner = self.find_user_by_id(&old.user_id).await?;
+                    return Ok(Rotation::GraceSibling(Rotated {
+                        retired: old,
+                        owner,
+                    }));
+                }
+                self.refresh_tokens
+                    .delete_one(doc! { "jti": &replacement.jti })
+                    .await
+                    .map_err(map_err)?;
             }
         }
         let revoked = self
@@ -978,6 +1009,19 @@ impl WebSessionStore for MongoStore {
         let done = self.sessions.delete_many(filter).await.map_err(map_err)?;
         Ok(done.deleted_count)
     }
+
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+    ) -> StoreResult<u64> {
+        let done = self
+            .sessions
+            .delete_many(doc! { "user_id": user_id.as_str(), "refresh_family": family_id })
+            .await
+            .map_err(map_err)?;
+        Ok(done.deleted_count)
+    }
 }
 
 #[async_trait]
@@ -1053,6 +1097,11 @@ impl OneTimeTokenStore for MongoStore {
     }
 }
 
+/// Passes of `add_login_failure` before giving up: each pass that writes
+/// nothing lost to another request's write, so more than a few means
+/// something is wrong, not contention.
+const MAX_COUNT_ATTEMPTS: usize = 5;
+
 /// `login_throttles`, keyed by the hash of the submitted email.
 #[derive(Serialize, Deserialize)]
 struct ThrottleDoc {
@@ -1094,37 +1143,63 @@ impl LoginThrottleStore for MongoStore {
         now: DateTime<Utc>,
         window_start: DateTime<Utc>,
     ) -> StoreResult<LoginThrottle> {
-        // Two single-document updates instead of one pipeline update (which
-        // older servers and the test server lack): count within the open
-        // window, else restart the window. Concurrent first failures may
-        // each restart it, undercounting by at most the number of racers.
-        let counted = self
-            .login_throttles
-            .find_one_and_update(
-                doc! { "_id": key.as_str(), "window_started_at": { "$gt": bson_date(window_start) } },
-                doc! { "$inc": { "failures": 1_i64 } },
-            )
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?;
-        if let Some(doc) = counted {
-            return Ok(doc.into());
+        // Without a pipeline update (older servers and the test server lack
+        // it) a window restart and an increment are separate writes; each is
+        // conditional so concurrent failures are all counted:
+        // 1. count in the open window;
+        // 2. else restart a window that is over: the filter names the old
+        //    window, so of several racers exactly one matches, and the others
+        //    find the restarted window open at step 1 when they loop;
+        // 3. else no document exists: insert the first failure; a racer that
+        //    inserted first makes this a duplicate key, and the loop counts
+        //    in its window instead.
+        // Each pass that writes nothing saw another request's write, so a
+        // few passes always settle.
+        let open_window = doc! { "$gt": bson_date(window_start) };
+        for _ in 0..MAX_COUNT_ATTEMPTS {
+            let counted = self
+                .login_throttles
+                .find_one_and_update(
+                    doc! { "_id": key.as_str(), "window_started_at": open_window.clone() },
+                    doc! { "$inc": { "failures": 1_i64 } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(map_err)?;
+            if let Some(doc) = counted {
+                return Ok(doc.into());
+            }
+            let restarted = self
+                .login_throttles
+                .find_one_and_update(
+                    doc! {
+                        "_id": key.as_str(),
+                        "window_started_at": { "$lte": bson_date(window_start) },
+                    },
+                    doc! { "$set": { "failures": 1_i64, "window_started_at": bson_date(now) } },
+                )
+                .return_document(ReturnDocument::After)
+                .await
+                .map_err(map_err)?;
+            if let Some(doc) = restarted {
+                return Ok(doc.into());
+            }
+            let first = ThrottleDoc {
+                key_hash: key.as_str().to_owned(),
+                failures: 1,
+                window_started_at: bson_date(now),
+                locked_until: None,
+                lock_count: 0,
+            };
+            match self.login_throttles.insert_one(&first).await {
+                Ok(_) => return Ok(first.into()),
+                Err(e) if is_duplicate_key(&e) => continue,
+                Err(e) => return Err(map_err(e)),
+            }
         }
-        let restarted = self
-            .login_throttles
-            .find_one_and_update(
-                doc! { "_id": key.as_str() },
-                doc! {
-                    "$set": { "failures": 1_i64, "window_started_at": bson_date(now) },
-                    "$setOnInsert": { "lock_count": 0_i64 },
-                },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("upsert returned no document")))?;
-        Ok(restarted.into())
+        Err(StoreError::Other(anyhow::anyhow!(
+            "login failure not counted after {MAX_COUNT_ATTEMPTS} attempts"
+        )))
     }
 
     async fn lock_login(

@@ -33,7 +33,7 @@ pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
         )
         .route("/login", post(login).layer(limited(&limiters.login)))
         .route("/refresh", post(refresh).layer(limited(&limiters.refresh)))
-        .route("/logout", post(logout))
+        .route("/logout", post(logout).layer(limited(&limiters.logout)))
         .route("/me", get(me))
         .route("/change-password", post(change_password))
         .route("/sessions", get(list_sessions))

@@ -247,6 +247,7 @@ struct RefreshRow {
     revoked: bool,
     replaced_by: Option<String>,
     revoked_at: Option<i64>,
+    sibling_issued: bool,
     expires_at: i64,
     created_at: i64,
 }
@@ -265,6 +266,7 @@ impl TryFrom<RefreshRow> for RefreshTokenRecord {
             revoked: row.revoked,
             replaced_by: row.replaced_by,
             revoked_at: row.revoked_at.map(from_millis).transpose()?,
+            sibling_issued: row.sibling_issued,
             expires_at: from_millis(row.expires_at)?,
             created_at: from_millis(row.created_at)?,
         })
@@ -272,7 +274,7 @@ impl TryFrom<RefreshRow> for RefreshTokenRecord {
 }
 
 const REFRESH_COLUMNS: &str = "user_id, jti, token_hash, family_id, user_agent, ip_address, \
-     revoked, replaced_by, revoked_at, expires_at, created_at";
+     revoked, replaced_by, revoked_at, sibling_issued, expires_at, created_at";
 
 /// The parameters of one `refresh_tokens` row, in the column order of
 /// `insert_refresh` (user_id, jti, token_hash, family_id, user_agent,
@@ -497,13 +499,27 @@ impl RefreshTokenStore for SqliteStore {
                 if !alive {
                     return Ok(Rotation::Rejected);
                 }
-                insert_refresh(&mut *tx, replacement).await?;
-                tx.commit().await.map_err(map_err)?;
-                let owner = self.find_user_by_id(&old.user_id).await?;
-                return Ok(Rotation::GraceSibling(Rotated {
-                    retired: old,
-                    owner,
-                }));
+                // One sibling per retired token: the mark and the sibling
+                // commit together, and the writer runs one such transaction
+                // at a time, so the next replay finds the mark and revokes.
+                let marked = sqlx::query(
+                    "UPDATE refresh_tokens SET sibling_issued = 1 \
+                     WHERE token_hash = ? AND sibling_issued = 0",
+                )
+                .bind(old_hash.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if marked == 1 {
+                    insert_refresh(&mut *tx, replacement).await?;
+                    tx.commit().await.map_err(map_err)?;
+                    let owner = self.find_user_by_id(&old.user_id).await?;
+                    return Ok(Rotation::GraceSibling(Rotated {
+                        retired: old,
+                        owner,
+                    }));
+                }
             }
         }
         let revoked = sqlx::query(
@@ -983,6 +999,20 @@ impl WebSessionStore for SqliteStore {
         .execute(&mut self.write().await?)
         .await
         .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_family_web_sessions(
+        &self,
+        user_id: &UserId,
+        family_id: &str,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query("DELETE FROM web_sessions WHERE user_id = ? AND refresh_family = ?")
+            .bind(user_id.as_str())
+            .bind(family_id)
+            .execute(&mut self.write().await?)
+            .await
+            .map_err(map_err)?;
         Ok(done.rows_affected())
     }
 }

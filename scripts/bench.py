@@ -50,7 +50,7 @@ WRONG_PASSWORD = "Wr0ng!Pass456-x"
 LONG_PASSWORD = ("a1!0@3$5|7+8" * 11)[:128]
 
 ALL_SCENARIOS = ["health", "me", "refresh", "login", "login_fail", "register", "mixed", "strength",
-                 "flood"]
+                 "flood", "scale"]
 BY_DESIGN = {429, 503}
 # Scenarios whose every request costs one argon2id run: measured against a
 # baseline taken right before and after them.
@@ -630,6 +630,7 @@ class Bench:
         self.run_id = uuid.uuid4().hex[:8]
         self.failures: list[dict] = []
         self.baselines: list[dict] = []  # every argon2id baseline run, in order
+        self.scale: dict | None = None  # what the scale scenario loaded and measured
 
     def baseline(self) -> dict:
         b = argon2_baseline(self.a.baseline_secs)
@@ -652,17 +653,20 @@ class Bench:
     def measured(self, name: str, server: Server, path: str, script: str, connections: int,
                  threads: int, expected: int, env_warm: dict | None = None,
                  env_run: dict | None = None, timeout_s: int = 10,
-                 env_rounds: list[dict] | None = None) -> dict:
+                 env_rounds: list[dict] | None = None, like: str | None = None) -> dict:
         """`env_rounds`, when given, holds one wrk environment per round (a
-        scenario whose requests consume what the environment names)."""
+        scenario whose requests consume what the environment names). `like`
+        names the scenario whose rounds and ratio this one takes (the scale
+        scenario's `me` is measured like `me`)."""
         a = self.a
+        kind = like or name
         if a.warmup > 0:
             run_wrk(server, path, script, connections, threads, a.warmup, timeout_s,
                     env_warm if env_warm is not None else env_run)
         if not server.alive():
             raise RuntimeError(f"{name}: server died during warm-up:\n{server.log_tail()}")
-        bracketed = name in ROUNDS and not a.no_baseline
-        against_health = name in HEALTH_ROUNDS and a.rounds > 1
+        bracketed = kind in ROUNDS and not a.no_baseline
+        against_health = kind in HEALTH_ROUNDS and a.rounds > 1
         rounds = a.hash_rounds if bracketed else a.rounds if against_health else 1
         # Every round is as long as one of --rounds rounds in --duration.
         seconds = a.duration if rounds == 1 else max(1, round(a.duration / a.rounds))
@@ -694,6 +698,7 @@ class Bench:
             if against_health:
                 health_runs.append(self.health_run(server, seconds))
         row = summarise(name, merge_wrk(results), expected, connections, server, cpu, window)
+        row["like"] = kind
         if health_runs:
             row["health_runs"] = health_runs
             row["round_rps_wrk"] = [ok_count(r, expected) / (r["duration_us"] / 1e6)
@@ -801,6 +806,12 @@ class Bench:
 
     def s_flood(self, s: Server) -> None:
         self._login(s, "flood", PASSWORD, 200, self.a.flood_connections, timeout_s=60)
+
+    def s_scale(self, s: Server) -> None:
+        """me, refresh and login with --scale-users users and as many live
+        sign-ins in the store (scripts/bench_scale.py)."""
+        import bench_scale
+        bench_scale.run(self, s, self.a.scale_users, log, PASSWORD)
 
     def s_mixed(self, s: Server) -> None:
         """Login flood at 64 connections; meanwhile two light probes measure
@@ -1006,7 +1017,7 @@ def argon2_ratio(row: dict | None, overall: float | None) -> float | None:
 def ratios(rows: list[dict], baseline_hps: float | None, baseline_cpu_ms: float | None) -> None:
     health = row_of(rows, "health")
     for r in rows:
-        n = r["scenario"]
+        n = r.get("like", r["scenario"])
         ratio, label = None, None
         if n == "health" and health["rps"]:
             ratio, label = 1.0, "x health"
@@ -1029,7 +1040,7 @@ def status_list(counts: dict) -> str:
 
 
 def budgets(rows: list[dict], starts: list[dict], baseline_hps: float | None,
-            tolerance: float) -> list[dict]:
+            tolerance: float, scale: dict | None = None) -> list[dict]:
     out = []
 
     def line(name: str, value, limit, passed, shown: str) -> None:
@@ -1108,6 +1119,29 @@ def budgets(rows: list[dict], starts: list[dict], baseline_hps: float | None,
         med = statistics.median(ms)
         line("exec to healthy <= 150 ms", round(med, 1), 150, med <= 150,
              f"median {med:.1f} ms (min {ms[0]:.1f}, max {ms[-1]:.1f}) over {len(ms)} starts")
+
+    # A clinic group's worth of data (the scale scenario) must not slow the
+    # hot routes by more than 15 %: each ratio (to health, or to argon2id)
+    # against the same ratio on the empty database.
+    for what, empty, full, ratio_of in (
+            ("me", me, g("scale: me"), lambda r: health_ratio(r, health)),
+            ("refresh", refresh, g("scale: refresh"), lambda r: health_ratio(r, health)),
+            ("login", login, g("scale: login"), lambda r: argon2_ratio(r, baseline_hps))):
+        name = f"scale: {what} >= 85% of the empty database's"
+        e, f = ratio_of(empty), ratio_of(full)
+        if e and f:
+            v = f / e
+            line(name, round(v, 3), 0.85, v >= 0.85,
+                 f"{v:.0%}: {f:.1%} vs {e:.1%} ({'x health' if what != 'login' else 'x argon2id'})")
+        else:
+            line(name, None, 0.85, None, "not measured (needs both scenarios)")
+    if scale:
+        line("scale: exec to healthy <= 1 s", scale["startup_ms"], 1000,
+             scale["startup_ms"] <= 1000,
+             f"{scale['startup_ms']:.1f} ms with {scale['users']} users and as many sign-ins "
+             f"({scale['db_bytes'] / 2**20:.0f} MiB, {scale['db_bytes_per_user']} bytes per user)")
+    else:
+        line("scale: exec to healthy <= 1 s", None, 1000, None, "not measured")
 
     fail_ratio, ok_ratio = argon2_ratio(login_fail, baseline_hps), argon2_ratio(login, baseline_hps)
     if login and login_fail and login["rps"] > 0:
@@ -1195,6 +1229,12 @@ def markdown(report: dict) -> str:
             f"{cpu_cell(r)} | {fmt(r['cpu_ms_per_req'], 3)} | {fmt(r.get('other_cpu_ms_per_req'), 3)} | "
             f"{fmt(r['idle_rss_mib'])} | "
             f"{fmt(r['peak_rss_mib'])} | {fmt(r['startup_ms'])} |")
+    sc = report.get("scale")
+    if sc:
+        lines += ["", f"Scale: {sc['users']:,} users and as many live sign-ins loaded straight into "
+                  f"SQLite in {sc['load_s']} s; database {sc['db_bytes'] / 2**20:.0f} MiB "
+                  f"({sc['db_bytes_per_user']} bytes per user with its sign-in); exec to healthy "
+                  f"{sc['startup_ms']:.1f} ms, idle RSS {sc['idle_rss_mib']:.1f} MiB."]
     for f in report.get("failed_scenarios") or []:
         lines.append(f"\n**Scenario {f['scenario']} could not run:** {f['error'].splitlines()[0]}")
     lines += ["", "| budget | result | measured |", "| --- | --- | --- |"]
@@ -1234,6 +1274,8 @@ def main() -> int:
     ap.add_argument("--probe-delay-ms", type=int, default=10, help="pause between probe requests (10)")
     ap.add_argument("--flood-connections", type=int, default=256, help="connections of `flood` (256)")
     ap.add_argument("--baseline-secs", type=float, default=2, help="seconds per argon2id baseline run (2)")
+    ap.add_argument("--scale-users", type=int, default=1_000_000,
+                    help="users (each with a live sign-in) loaded for the scale scenario (1000000)")
     ap.add_argument("--rounds", type=int, default=5,
                     help="rounds of me and refresh, with a health run between each two; "
                          "--duration / --rounds is every round's length (5)")
@@ -1316,7 +1358,7 @@ def main() -> int:
     if baseline is not None:
         baseline["cpu_ms_per_hash"] = statistics.mean(cpu_runs) if cpu_runs else None
     ratios(bench.rows, hps, baseline["cpu_ms_per_hash"] if baseline else None)
-    checks = budgets(bench.rows, bench.starts, hps, a.tolerance)
+    checks = budgets(bench.rows, bench.starts, hps, a.tolerance, bench.scale)
     report = {
         "started": started.isoformat(),
         "machine": machine_info(),
@@ -1330,6 +1372,7 @@ def main() -> int:
         "rows": bench.rows,
         "starts": bench.starts,
         "budgets": checks,
+        "scale": bench.scale,
         "failed_scenarios": bench.failures,
     }
     md = markdown(report)

@@ -22,7 +22,7 @@
 //!   whose delivery was not confirmed may then be delivered twice (SMTP has
 //!   no exactly-once), with the same Message-ID.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -78,6 +78,11 @@ pub struct Outbox {
     wake: Notify,
     /// Tells [`Outbox::settled`] waiters that something moved.
     progress: Notify,
+    /// A message was queued here: claim now.
+    due_now: AtomicBool,
+    /// The earliest retry this sender's attempts scheduled since it last
+    /// looked (Unix milliseconds; `i64::MAX`: none).
+    next_retry: AtomicI64,
     /// Attempts running now.
     in_flight: AtomicUsize,
     /// Requests that will queue a message and have not yet (see
@@ -170,6 +175,8 @@ impl Outbox {
             instance: uuid::Uuid::new_v4().simple().to_string(),
             wake: Notify::new(),
             progress: Notify::new(),
+            due_now: AtomicBool::new(true),
+            next_retry: AtomicI64::new(i64::MAX),
             in_flight: AtomicUsize::new(0),
             pending: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
@@ -206,6 +213,7 @@ impl Outbox {
 
     /// A message was stored: send it now rather than at the next poll.
     pub fn queued(&self) {
+        self.due_now.store(true, Ordering::SeqCst);
         self.wake.notify_one();
     }
 
@@ -263,25 +271,44 @@ impl Outbox {
                     _ => {}
                 }
             }
-            self.wake.notify_one();
+            self.queued();
             // The sender signals progress; the timer only covers a due
             // message that another instance holds.
             let _ = tokio::time::timeout(Duration::from_millis(50), progressed).await;
         }
     }
 
+    /// The sender. It claims only when it knows something is due: a
+    /// message was queued here, one of its own attempts scheduled a retry
+    /// that has come, or the queue's next due time (read every [`POLL`],
+    /// which also moves the gauges and catches messages whose sender died)
+    /// has passed. So a message costs three store calls here (claim, link
+    /// check, finish), not a claim and a read at every wake-up.
     async fn run(self: Arc<Self>) {
         let slots = Arc::new(Semaphore::new(self.settings.concurrency));
-        let mut store_retry = STORE_RETRY_FIRST;
         let lease = to_chrono(self.settings.timeout.saturating_mul(2) + LEASE_MARGIN);
+        let mut store_retry = STORE_RETRY_FIRST;
+        // When the next message not in our hands falls due, as far as we
+        // know; `None`: nothing known before the next observation.
+        let mut next_due: Option<DateTime<Utc>> = None;
+        let mut observed: Option<tokio::time::Instant> = None;
         loop {
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
+            if observed.is_none_or(|at| at.elapsed() >= POLL) {
+                next_due = earliest(next_due, self.observe().await);
+                observed = Some(tokio::time::Instant::now());
+            }
+            if self.due_now.swap(false, Ordering::SeqCst) {
+                next_due = Some(Utc::now());
+            }
+            let retry = self.next_retry.swap(i64::MAX, Ordering::SeqCst);
+            next_due = earliest(next_due, DateTime::from_timestamp_millis(retry));
+            let now = Utc::now();
             let free = slots.available_permits();
-            let mut wait = POLL;
-            if free > 0 {
-                let now = Utc::now();
+            let mut wait = POLL.saturating_sub(observed.map_or(POLL, |at| at.elapsed()));
+            if free > 0 && next_due.is_some_and(|due| due <= now) {
                 let claim = format!("{}-{}", self.instance, uuid::Uuid::new_v4().simple());
                 let limit = u32::try_from(free).unwrap_or(u32::MAX);
                 match self
@@ -291,7 +318,11 @@ impl Outbox {
                 {
                     Ok(batch) => {
                         store_retry = STORE_RETRY_FIRST;
-                        let more = batch.len() == free;
+                        // A full batch may have left more due: claim again
+                        // once a slot frees. Otherwise nothing else is due
+                        // now; later ones are our own retries (tracked) or
+                        // another sender's (seen at the next observation).
+                        next_due = (batch.len() == free).then_some(now);
                         for email in batch {
                             let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
                                 break;
@@ -306,26 +337,24 @@ impl Outbox {
                                 this.progress.notify_waiters();
                             });
                         }
-                        if more {
-                            // Perhaps more are due: claim again as soon as
-                            // a slot is free.
-                            continue;
-                        }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %format!("{:#}", anyhow::Error::from(e)), retry_in_ms = store_retry.as_millis() as u64, "cannot claim queued emails");
-                        wait = store_retry;
+                        tracing::warn!(
+                            error = %format!("{:#}", anyhow::Error::from(e)),
+                            retry_in_ms = store_retry.as_millis() as u64,
+                            "cannot claim queued emails"
+                        );
+                        // Still due: tried again after the pause.
+                        next_due = Some(now + to_chrono(store_retry));
                         store_retry = (store_retry * 2).min(STORE_RETRY_MAX);
                     }
                 }
             }
-            if let Some(next) = self.observe().await {
-                if slots.available_permits() > 0 {
-                    let until = (next - Utc::now()).to_std().unwrap_or_default();
-                    // A floor, so a message due "now" that someone else
-                    // holds cannot spin this loop.
-                    wait = wait.min(until).max(Duration::from_millis(20));
-                }
+            if let Some(due) = next_due.filter(|_| slots.available_permits() > 0) {
+                // A floor, so a due message that another sender holds
+                // cannot spin this loop.
+                let until = (due - Utc::now()).to_std().unwrap_or_default();
+                wait = wait.min(until).max(Duration::from_millis(20));
             }
             self.progress.notify_waiters();
             tokio::select! {
@@ -398,6 +427,7 @@ impl Outbox {
                     self.store.finish_email(&email.id, &email.claim).await
                 } else {
                     let delay = backoff(email.attempts);
+                    let due = now + to_chrono(delay);
                     tracing::warn!(
                         user_id,
                         email = kind,
@@ -407,9 +437,14 @@ impl Outbox {
                         error = %format!("{error:#}"),
                         "email not delivered; will retry"
                     );
-                    self.store
-                        .retry_email_at(&email.id, &email.claim, now + to_chrono(delay))
-                        .await
+                    let released = self
+                        .store
+                        .retry_email_at(&email.id, &email.claim, due)
+                        .await;
+                    // Our own sender wakes for it when it falls due.
+                    self.next_retry
+                        .fetch_min(due.timestamp_millis(), Ordering::SeqCst);
+                    released
                 }
             }
         };
@@ -483,6 +518,14 @@ impl Outbox {
                 ),
             },
         }
+    }
+}
+
+/// The earlier of two known times.
+fn earliest(a: Option<DateTime<Utc>>, b: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

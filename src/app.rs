@@ -24,6 +24,7 @@ use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::checkpoints::Checkpointer;
 use crate::services::lockout::LockoutPolicy;
+use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{AdminService, Audit, AuthService, AuthSettings};
@@ -55,6 +56,8 @@ pub struct App {
     background: Vec<JoinHandle<()>>,
     audit: Audit,
     checkpointer: Arc<Checkpointer>,
+    outbox: Arc<Outbox>,
+    mail_timeout: Duration,
 }
 
 impl App {
@@ -81,15 +84,12 @@ impl App {
             &config.app_name,
             config.jwt_access_ttl,
         );
-        let mailer: Arc<dyn crate::email::Mailer> = Arc::from(crate::email::from_config(
-            &config.mail,
-            !config.is_production(),
-        )?);
+        let outbox = outbox(&config, &store, &refresh_secret)?;
         let auth = Arc::new(AuthService::new(
             Arc::clone(&store),
             Passwords::for_this_machine(),
             tokens,
-            mailer,
+            Arc::clone(&outbox),
             AuthSettings {
                 app_name: config.app_name.clone(),
                 app_url: config.app_url.clone(),
@@ -128,6 +128,7 @@ impl App {
             ),
             crate::metrics::spawn_upkeep(crate::metrics::handle()),
             checkpointer.spawn(config.audit_checkpoint_interval),
+            outbox.spawn(),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
@@ -189,15 +190,22 @@ impl App {
             router,
             header_timeout: config.http_header_timeout,
             max_connections: max_connections(&config),
+            mail_timeout: config.mail.timeout,
             background,
             audit,
             checkpointer,
+            outbox,
         })
     }
 
     /// The audit recorder, e.g. for tests to `flush` before reading.
     pub fn audit(&self) -> Audit {
         self.audit.clone()
+    }
+
+    /// The email outbox, e.g. for tests to wait until it has `settled`.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        Arc::clone(&self.outbox)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -233,6 +241,8 @@ impl App {
         if let Err(e) = self.checkpointer.checkpoint().await {
             tracing::error!(target: "audit", error = format!("{e:#}"), "no audit checkpoint at shutdown");
         }
+        // Attempts in flight may finish; whatever is left stays queued.
+        self.outbox.stop(self.mail_timeout).await;
         for task in self.background {
             task.abort();
         }
@@ -308,6 +318,37 @@ fn origin_of(url: &str) -> String {
         Some(slash) => url[..after_scheme + slash].to_owned(),
         None => url.to_owned(),
     }
+}
+
+/// The email outbox over the configured transport (SMTP, or the `.eml`
+/// directory without MAIL_SERVER: both go through the same queue).
+fn outbox(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    refresh_secret: &SecretString,
+) -> anyhow::Result<Arc<Outbox>> {
+    let mailer: Arc<dyn crate::email::Mailer> = Arc::from(crate::email::from_config(
+        &config.mail,
+        !config.is_production(),
+    )?);
+    let from: lettre::message::Mailbox = config
+        .mail
+        .from
+        .parse()
+        .context("MAIL_FROM is not a valid mailbox")?;
+    Ok(Outbox::new(
+        Arc::clone(store),
+        mailer,
+        crate::email::sealed::Sealer::derive_from(refresh_secret),
+        OutboxSettings {
+            app_name: config.app_name.clone(),
+            app_url: config.app_url.clone(),
+            message_id_domain: from.email.domain().to_owned(),
+            timeout: config.mail.timeout,
+            retry_for: config.mail.retry_for,
+            concurrency: config.mail.concurrency,
+        },
+    ))
 }
 
 /// Resolves when the process gets Ctrl-C or SIGTERM.

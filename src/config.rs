@@ -92,6 +92,14 @@ pub enum MailTransport {
 pub struct MailConfig {
     pub from: String,
     pub transport: MailTransport,
+    /// The whole of one delivery attempt, connect, TLS and every SMTP reply
+    /// included (MAIL_TIMEOUT).
+    pub timeout: Duration,
+    /// How long after it was queued a message is still retried
+    /// (MAIL_RETRY_FOR).
+    pub retry_for: Duration,
+    /// Delivery attempts in flight at once per instance (MAIL_CONCURRENCY).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -327,7 +335,17 @@ impl Config {
                     ),
                 },
             },
+            timeout: parse_timeout_var("MAIL_TIMEOUT", get("MAIL_TIMEOUT"), "15s")?,
+            retry_for: parse_duration_var("MAIL_RETRY_FOR", get("MAIL_RETRY_FOR"), "24h")?,
+            concurrency: parse_num::<usize>("MAIL_CONCURRENCY", get("MAIL_CONCURRENCY"), 4)?,
         };
+        if mail.retry_for.is_zero() {
+            // Zero would give up on every message at its first failure.
+            return Err(err("MAIL_RETRY_FOR", "must be above zero, e.g. 24h"));
+        }
+        if !(1..=64).contains(&mail.concurrency) {
+            return Err(err("MAIL_CONCURRENCY", "must be between 1 and 64"));
+        }
         if let Err(e) = mail.from.parse::<lettre::message::Mailbox>() {
             return Err(err("MAIL_FROM", format!("not a valid mailbox ({e})")));
         }
@@ -841,6 +859,9 @@ mod tests {
         assert_eq!(c.audit_checkpoint_file, Path::new("data/audit-checkpoints"));
         assert_eq!(c.audit_checkpoint_interval, Duration::from_secs(60));
         assert!(matches!(c.mail.transport, MailTransport::Outbox { .. }));
+        assert_eq!(c.mail.timeout, Duration::from_secs(15));
+        assert_eq!(c.mail.retry_for, Duration::from_secs(86_400));
+        assert_eq!(c.mail.concurrency, 4);
         assert!(!c.is_https() && !c.is_production());
     }
 
@@ -933,6 +954,12 @@ mod tests {
                 vec![("MAIL_PER_ACCOUNT_PER_HOUR", "0")],
                 "MAIL_PER_ACCOUNT_PER_HOUR",
             ),
+            (vec![("MAIL_TIMEOUT", "0s")], "MAIL_TIMEOUT"),
+            (vec![("MAIL_TIMEOUT", "15")], "MAIL_TIMEOUT"),
+            (vec![("MAIL_RETRY_FOR", "0s")], "MAIL_RETRY_FOR"),
+            (vec![("MAIL_RETRY_FOR", "forever")], "MAIL_RETRY_FOR"),
+            (vec![("MAIL_CONCURRENCY", "0")], "MAIL_CONCURRENCY"),
+            (vec![("MAIL_CONCURRENCY", "65")], "MAIL_CONCURRENCY"),
             (
                 vec![("RESET_TOKEN_EXPIRES_MIN", "0")],
                 "RESET_TOKEN_EXPIRES_MIN",

@@ -18,6 +18,10 @@ pub const EMAILS_SUPPRESSED: &str = "clinic_auth_emails_suppressed_total";
 pub const RATE_LIMITED: &str = "clinic_auth_rate_limited_total";
 pub const STORE_ERRORS: &str = "clinic_auth_store_errors_total";
 pub const BUILD_INFO: &str = "clinic_auth_build_info";
+pub const EMAIL_QUEUE_DEPTH: &str = "clinic_auth_email_queue_depth";
+pub const EMAIL_OLDEST_AGE: &str = "clinic_auth_email_oldest_age_seconds";
+pub const EMAIL_ATTEMPTS: &str = "clinic_auth_email_attempts_total";
+pub const EMAILS_DROPPED: &str = "clinic_auth_emails_dropped_total";
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -72,6 +76,23 @@ fn describe() {
     );
     describe_counter!(RATE_LIMITED, "Requests refused by a per-IP rate limit");
     describe_counter!(STORE_ERRORS, "Database calls that failed, by kind");
+    describe_gauge!(
+        EMAIL_QUEUE_DEPTH,
+        "Emails in the outbox queue: due, waiting for a retry, or being sent"
+    );
+    describe_gauge!(
+        EMAIL_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest email in the outbox queue (0 when empty)"
+    );
+    describe_counter!(
+        EMAIL_ATTEMPTS,
+        "Email delivery attempts by outcome: sent, failed, timeout (no answer within MAIL_TIMEOUT)"
+    );
+    describe_counter!(
+        EMAILS_DROPPED,
+        "Emails that will never be sent, by reason: link_dead (used, replaced or expired first), gave_up (MAIL_RETRY_FOR passed), unreadable (sealed under another key), not_queued (the database refused it)"
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs"

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine;
 use common::{expect_error, plain_client, refresh_cookie, set_cookie, Backend, TestApp, PASSWORD};
@@ -484,7 +484,7 @@ async fn forgot_and_reset_password_end_to_end(backend: Backend) {
     );
 
     let emails = common::wait_for_reset_emails(&app.outbox(), 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle_email().await;
     assert_eq!(
         common::read_subject(&app.outbox(), "Reset your").len(),
         1,

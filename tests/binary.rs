@@ -1,6 +1,8 @@
 //! The real `clinic-auth` binary: start-up from nothing, configuration
 //! errors, and graceful shutdown on SIGTERM.
 
+#[path = "support/fds.rs"]
+mod fds;
 #[path = "support/net.rs"]
 mod net;
 
@@ -8,6 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fds::open_fds;
 use net::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
@@ -350,12 +353,6 @@ async fn every_file_it_creates_is_private_from_the_first_start() {
 
 /// Open descriptors of a running process.
 #[cfg(target_os = "linux")]
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
-
 /// A flood of idle connections neither runs the process out of file
 /// descriptors (the accept loop stops at MAX_CONNECTIONS until one closes)
 /// nor stops it answering: the header timeout (the only timing here)
@@ -363,8 +360,6 @@ fn open_fds(pid: u32) -> usize {
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_connections_cannot_exhaust_descriptors() {
-    use std::os::unix::process::CommandExt;
-
     const CAP: usize = 20;
     const FLOOD: usize = 200;
     // Far below the flood: without a cap the accept loop runs out of
@@ -378,24 +373,8 @@ async fn a_flood_of_idle_connections_cannot_exhaust_descriptors() {
         ("MAX_CONNECTIONS", cap.as_str()),
         ("HTTP_HEADER_TIMEOUT", "1s"),
     ];
-    let (mut child, base) = start_with(dir.path(), &vars, |cmd| {
-        // SAFETY: setrlimit is async-signal-safe, and the closure touches
-        // no memory shared with the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                let limit = libc::rlimit {
-                    rlim_cur: FD_LIMIT,
-                    rlim_max: FD_LIMIT,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-    })
-    .await;
+    let (mut child, base) =
+        start_with(dir.path(), &vars, |cmd| fds::limit_fds(cmd, FD_LIMIT)).await;
     let pid = child.id();
     let addr = base.trim_start_matches("http://").to_owned();
     // Opens the database connections a request needs, so they count in

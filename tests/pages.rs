@@ -671,7 +671,7 @@ async fn page_reset_flow_and_bad_links(backend: Backend) {
         "same answer for unknown emails"
     );
     let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.settle_email().await;
     assert_eq!(common::read_subject(&app.outbox(), "Reset your").len(), 1);
 
     let res = get(&app, &client, &format!("/reset-password?token={token}")).await;

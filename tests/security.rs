@@ -268,7 +268,7 @@ async fn unknown_emails_lock_the_same_way(backend: Backend) {
     fail(&app, "not an email", 3).await;
     expect_locked(login(&app, "not an email", PASSWORD).await).await;
     // Only the real account's owner got a notice.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.settle_email().await;
     let notices = wait_for_subject(&app.outbox(), LOCKED, 1).await;
     assert_eq!(notices.len(), 1);
     assert!(notices[0].to.contains("jane@example.com"));

@@ -1,10 +1,13 @@
 //! Outgoing email: composing messages from templates and handing them to a
 //! transport (SMTP via lettre, or `.eml` files in an outbox directory).
 //!
-//! Sending is never on a request's critical path: the services spawn it and
-//! a failure is logged, so a slow or broken mail server cannot change an
-//! answer or reveal whether an account exists.
+//! Sending is never on a request's critical path: requests queue a sealed
+//! [`sealed::Letter`] in the database and the outbox sender
+//! (`services::outbox`) delivers it through a [`Mailer`], with a deadline
+//! per attempt and retries, so a slow or broken mail server cannot change
+//! an answer, reveal whether an account exists, or lose a message.
 
+pub mod sealed;
 mod templates;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +35,10 @@ pub struct OutgoingEmail {
     /// The link the message exists to deliver; the outbox logs it in
     /// development so the flow can be followed without a mail client.
     pub action_url: Option<SecretString>,
+    /// The same for every attempt at one queued message, so a receiving
+    /// system can tell a retry after an unconfirmed delivery from a new
+    /// message.
+    pub message_id: Option<String>,
 }
 
 impl std::fmt::Debug for OutgoingEmail {
@@ -75,9 +82,9 @@ pub fn from_config(config: &MailConfig, log_links: bool) -> anyhow::Result<Box<d
             } else {
                 AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(server)?
             };
-            builder = builder
-                .port(*port)
-                .timeout(Some(std::time::Duration::from_secs(15)));
+            // lettre applies this to the connect only; the outbox sender
+            // bounds each whole attempt with the same MAIL_TIMEOUT.
+            builder = builder.port(*port).timeout(Some(config.timeout));
             if let Some(user) = username {
                 let password = password
                     .as_ref()
@@ -95,6 +102,7 @@ pub fn from_config(config: &MailConfig, log_links: bool) -> anyhow::Result<Box<d
 
 fn build_message(from: &Mailbox, email: &OutgoingEmail) -> anyhow::Result<Message> {
     Message::builder()
+        .message_id(email.message_id.clone())
         .from(from.clone())
         .to(email.to.clone())
         .subject(email.subject.clone())

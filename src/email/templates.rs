@@ -117,6 +117,7 @@ fn compose(
         text: text.render()?,
         html: html.render()?,
         action_url: action_url.map(|url| SecretString::from(url.to_owned())),
+        message_id: None,
     })
 }
 

@@ -298,7 +298,7 @@ impl AuthService {
         self.store()
             .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
             .await?;
-        self.notify_password_changed(user);
+        self.notify_password_changed(user).await;
         let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
         self.audit().record(entry).await;
         tracing::info!(user_id = %user.id, "password changed");

@@ -9,6 +9,7 @@ use secrecy::ExposeSecret;
 
 use super::audit::{Audit, AuditEntry};
 use super::lockout::{self, LockoutPolicy};
+use super::outbox::{self, Outbox};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
 use super::verification::VERIFY_PAGE;
@@ -18,9 +19,9 @@ use crate::domain::{
     AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash,
     User, UserId,
 };
-use crate::email::{self, Brand, Mailer, OutgoingEmail, ResetEmail};
+use crate::email::sealed::Content;
 use crate::storage::{
-    NewLink, NewRefreshToken, NewUser, RefreshTokenRecord, Rotation, Store, StoreError,
+    NewLink, NewRefreshToken, NewUser, QueuedLink, RefreshTokenRecord, Rotation, Store, StoreError,
     TokenPurpose,
 };
 
@@ -81,7 +82,7 @@ pub struct AuthService {
     store: Arc<dyn Store>,
     passwords: Passwords,
     tokens: Tokens,
-    mailer: Arc<dyn Mailer>,
+    outbox: Arc<Outbox>,
     settings: AuthSettings,
     audit: Audit,
 }
@@ -100,6 +101,12 @@ fn parse_identity(
 
 fn count_login(outcome: &'static str) {
     metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
+}
+
+/// When something happened, for people: "24 Nov 2026, 09:15 UTC". Taken
+/// when the event happens, not when a retry finally sends the notice.
+fn human_time(t: DateTime<Utc>) -> String {
+    t.format("%d %b %Y, %H:%M UTC").to_string()
 }
 
 pub(super) fn chrono_duration(d: Duration) -> chrono::Duration {
@@ -123,7 +130,7 @@ impl AuthService {
         store: Arc<dyn Store>,
         passwords: Passwords,
         tokens: Tokens,
-        mailer: Arc<dyn Mailer>,
+        outbox: Arc<Outbox>,
         settings: AuthSettings,
         audit: Audit,
     ) -> Self {
@@ -131,7 +138,7 @@ impl AuthService {
             store,
             passwords,
             tokens,
-            mailer,
+            outbox,
             settings,
             audit,
         }
@@ -161,38 +168,57 @@ impl AuthService {
         chrono_duration(self.settings.refresh_ttl)
     }
 
-    /// Emails `user` off the request path: a slow or failing mail server
-    /// changes no answer, and a failure is logged (without the message).
-    pub(super) fn send_in_background<F>(&self, user: &User, what: &'static str, compose: F)
-    where
-        F: FnOnce(lettre::message::Mailbox, &Brand<'_>) -> anyhow::Result<OutgoingEmail>
-            + Send
-            + 'static,
-    {
-        let mailer = Arc::clone(&self.mailer);
-        let app_name = self.settings.app_name.clone();
-        let app_url = self.settings.app_url.clone();
-        let name = user.name.as_str().to_owned();
-        let address = user.email.as_str().to_owned();
-        let user_id = user.id.clone();
-        tokio::spawn(async move {
-            let result = async {
-                let to = lettre::message::Mailbox::new(Some(name.clone()), address.parse()?);
-                let brand = Brand {
-                    app_name: &app_name,
-                    app_url: &app_url,
-                    name: &name,
-                };
-                mailer.send(compose(to, &brand)?).await
+    /// Queues a notice (no link) to `user`, before the caller answers; the
+    /// outbox sends it in the background, so a slow or failing mail server
+    /// changes no answer. The change the notice is about has already
+    /// happened, so a database that refuses the notice does not undo or
+    /// fail it: the loss is logged and counted
+    /// (`clinic_auth_emails_dropped_total{reason="not_queued"}`).
+    pub(super) async fn queue_notice(&self, user: &User, content: Content) {
+        let kind = content.kind();
+        let queued = async {
+            let email = self.outbox.letter(user.into(), content, None)?;
+            self.store
+                .queue_email(&email)
+                .await
+                .map_err(ServiceError::from)?;
+            Ok::<_, ServiceError>(())
+        }
+        .await;
+        match queued {
+            Ok(()) => self.outbox.queued(),
+            Err(e) => {
+                outbox::count_dropped("not_queued");
+                tracing::error!(user_id = %user.id, email = kind, error = ?e, "email not queued");
             }
-            .await;
-            match result {
-                Ok(()) => tracing::info!(user_id = %user_id, email = what, "email sent"),
-                Err(e) => {
-                    tracing::error!(user_id = %user_id, email = what, error = ?e, "email not sent")
-                }
-            }
-        });
+        }
+    }
+
+    /// Stores a fresh single-use link for `purpose` (replacing the user's
+    /// previous one) together with the queued message that carries it.
+    pub(super) async fn queue_link(
+        &self,
+        user: &User,
+        purpose: TokenPurpose,
+        content: impl FnOnce(String) -> Content,
+    ) -> Result<()> {
+        let page = match purpose {
+            TokenPurpose::PasswordReset => "reset-password",
+            TokenPurpose::EmailVerification => VERIFY_PAGE,
+        };
+        let (link, url) = self.fresh_link(purpose, page);
+        let queued = QueuedLink {
+            purpose,
+            token_hash: link.token_hash.clone(),
+        };
+        let email = self
+            .outbox
+            .letter(user.into(), content(url), Some(queued))?;
+        self.store
+            .replace_link_and_queue(purpose, &link.for_user(&user.id), &email)
+            .await?;
+        self.outbox.queued();
+        Ok(())
     }
 
     /// Counts one `what` email to `user` against MAIL_PER_ACCOUNT_PER_HOUR
@@ -285,9 +311,13 @@ impl AuthService {
         let (Some(name), Some(email), Some(password_hash)) = (name, email, password_hash) else {
             return Err(ServiceError::Validation(errors));
         };
-        // The user and its verification link are stored together (one
-        // commit where the store can), then the link is emailed.
+        // The user, its verification link and the queued email carrying
+        // the link are stored together (one commit where the store can).
         let (link, url) = self.fresh_link(TokenPurpose::EmailVerification, VERIFY_PAGE);
+        let queued = QueuedLink {
+            purpose: TokenPurpose::EmailVerification,
+            token_hash: link.token_hash.clone(),
+        };
         let new_user = NewUser {
             email,
             name,
@@ -297,12 +327,20 @@ impl AuthService {
             created_at: Utc::now(),
             verification_link: Some(link),
         };
-        match self.store.create_user(&new_user).await {
+        let to = outbox::Recipient {
+            name: new_user.name.as_str(),
+            address: new_user.email.as_str(),
+            user_id: None,
+        };
+        let email = self
+            .outbox
+            .letter(to, self.verification_content(url), Some(queued))?;
+        match self.store.create_user_and_queue(&new_user, &email).await {
             Ok(user) => {
+                self.outbox.queued();
                 let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
                 self.audit.record(entry.email(user.email.as_str())).await;
                 tracing::info!(user_id = %user.id, "user registered");
-                self.email_verification(&user, url);
                 Ok(user)
             }
             Err(StoreError::Conflict) => Err(ServiceError::EmailTaken),
@@ -460,24 +498,13 @@ impl AuthService {
         }
         self.audit.record(entry).await;
         if let Some(user) = user {
-            self.notify_locked(user, length);
+            let content = Content::AccountLocked {
+                when: human_time(now),
+                minutes: length.as_secs().div_ceil(60),
+            };
+            self.queue_notice(user, content).await;
         }
         Ok(())
-    }
-
-    fn notify_locked(&self, user: &User, length: Duration) {
-        let minutes = length.as_secs().div_ceil(60);
-        self.send_in_background(user, "account_locked", move |to, brand| {
-            let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
-            email::account_locked(
-                to,
-                brand,
-                &email::LockedEmail {
-                    when: &when,
-                    minutes,
-                },
-            )
-        });
     }
 
     /// Replaces a legacy (bcrypt) or weaker hash while the plaintext is at
@@ -661,17 +688,11 @@ impl AuthService {
                 .user_agent
                 .clone()
                 .unwrap_or_else(|| "unknown device".to_owned());
-            self.send_in_background(&user, "session_ended", move |to, brand| {
-                let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
-                email::session_ended(
-                    to,
-                    brand,
-                    &email::SessionEndedEmail {
-                        when: &when,
-                        device: &device,
-                    },
-                )
-            });
+            let content = Content::SessionEnded {
+                when: human_time(Utc::now()),
+                device,
+            };
+            self.queue_notice(&user, content).await;
         }
         Ok(())
     }
@@ -777,10 +798,12 @@ impl AuthService {
         let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
         let this = Arc::clone(self);
         let client = client.clone();
+        let pending = self.outbox.will_queue();
         tokio::spawn(async move {
             if let Err(e) = this.send_reset_email(&email, &client).await {
-                tracing::error!(error = ?e, "password reset email not sent");
+                tracing::error!(error = ?e, "password reset email not queued");
             }
+            drop(pending);
         });
         Ok(())
     }
@@ -811,36 +834,15 @@ impl AuthService {
         if !allowed {
             return Ok(());
         }
-        let link = self
-            .new_link(&user, TokenPurpose::PasswordReset, "reset-password")
-            .await?;
         let expires_minutes = self.settings.reset_ttl.as_secs() / 60;
-        self.send_in_background(&user, "password_reset", move |to, brand| {
-            email::password_reset(
-                to,
-                brand,
-                &ResetEmail {
-                    link: &link,
-                    expires_minutes,
-                },
-            )
-        });
+        self.queue_link(&user, TokenPurpose::PasswordReset, |link| {
+            Content::PasswordReset {
+                link,
+                expires_minutes,
+            }
+        })
+        .await?;
         Ok(())
-    }
-
-    /// Stores a fresh single-use token for `purpose` (replacing the user's
-    /// previous one) and returns the page link that carries it.
-    pub(super) async fn new_link(
-        &self,
-        user: &User,
-        purpose: TokenPurpose,
-        page: &str,
-    ) -> std::result::Result<String, StoreError> {
-        let (link, url) = self.fresh_link(purpose, page);
-        self.store
-            .replace_one_time_token(purpose, &link.for_user(&user.id))
-            .await?;
-        Ok(url)
     }
 
     /// A new single-use link for `purpose`: what to store (its hash) and
@@ -863,13 +865,13 @@ impl AuthService {
         )
     }
 
-    /// Tells the owner their password changed (ASVS 6.3.7), off the request
-    /// path: a failure is logged and changes nothing for the caller.
-    pub(super) fn notify_password_changed(&self, user: &User) {
-        self.send_in_background(user, "password_changed", |to, brand| {
-            let when = Utc::now().format("%d %b %Y, %H:%M UTC").to_string();
-            email::password_changed(to, brand, &email::ChangedEmail { when: &when })
-        });
+    /// Tells the owner their password changed (ASVS 6.3.7): queued before
+    /// the answer, sent in the background.
+    pub(super) async fn notify_password_changed(&self, user: &User) {
+        let content = Content::PasswordChanged {
+            when: human_time(Utc::now()),
+        };
+        self.queue_notice(user, content).await;
     }
 
     /// Whether a reset link is still usable (for the page behind the link).
@@ -947,7 +949,7 @@ impl AuthService {
             .clear_login_throttle(&lockout::key_of(&user.email))
             .await?;
         self.revoke_access_tokens(&user.id).await?;
-        self.notify_password_changed(&user);
+        self.notify_password_changed(&user).await;
         let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
         self.audit.record(entry).await;
         // The link reached this mailbox and came back: the same proof a

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod checkpoints;
 pub mod lockout;
+pub mod outbox;
 pub mod passwords;
 pub mod tokens;
 pub mod verification;

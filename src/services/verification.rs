@@ -8,7 +8,7 @@ use super::audit::AuditEntry;
 use super::auth::AuthService;
 use super::{ClientContext, ServiceError};
 use crate::domain::{AuditEvent, TokenHash, User};
-use crate::email;
+use crate::email::sealed::Content;
 use crate::storage::TokenPurpose;
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -21,32 +21,24 @@ const MAX_TOKEN_LEN: usize = 4096;
 
 impl AuthService {
     /// Stores a fresh verification link for `user` (the previous one stops
-    /// working) and emails it in the background; past the account's hourly
+    /// working) with the queued email that carries it; past the account's hourly
     /// email limit, does nothing (the link already emailed keeps working).
     pub(super) async fn send_verification(&self, user: &User) -> Result<()> {
         if !self.mail_allowed(user, "verify_email").await? {
             return Ok(());
         }
-        let url = self
-            .new_link(user, TokenPurpose::EmailVerification, VERIFY_PAGE)
-            .await?;
-        self.email_verification(user, url);
-        Ok(())
+        self.queue_link(user, TokenPurpose::EmailVerification, |link| {
+            self.verification_content(link)
+        })
+        .await
     }
 
-    /// Emails a stored verification link, in the background.
-    pub(super) fn email_verification(&self, user: &User, link: String) {
-        let expires_hours = self.settings().verification_ttl.as_secs().div_ceil(3600);
-        self.send_in_background(user, "verify_email", move |to, brand| {
-            email::verify_email(
-                to,
-                brand,
-                &email::VerifyEmail {
-                    link: &link,
-                    expires_hours,
-                },
-            )
-        });
+    /// What a verification email with `link` says.
+    pub(super) fn verification_content(&self, link: String) -> Content {
+        Content::VerifyEmail {
+            link,
+            expires_hours: self.settings().verification_ttl.as_secs().div_ceil(3600),
+        }
     }
 
     /// Sends the signed-in user a new link. `AlreadyVerified` when there is

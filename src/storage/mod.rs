@@ -11,8 +11,11 @@
 //! - Consuming a token is atomic: of two concurrent callers at most one wins.
 //! - A lookup by an id the backend cannot even parse returns `Ok(None)`.
 
+pub mod email_queue;
 pub mod mongo;
 pub mod sqlite;
+
+pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -542,6 +545,7 @@ pub trait Store:
     + LoginThrottleStore
     + WebSessionStore
     + AuditStore
+    + EmailQueueStore
 {
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;

@@ -49,6 +49,8 @@ use crate::domain::{
 };
 use crate::domain::{AuditKey, HashVersion};
 
+mod email_queue;
+
 /// Used when the URI names no database, as the Python service did.
 const DEFAULT_DATABASE: &str = "clinic_auth";
 
@@ -286,6 +288,8 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("audit_events", by_seq("user_id")),
         ("audit_events", by_seq("event")),
         ("audit_events", plain("time")),
+        // The outbox's senders claim by due time (also the lease's end).
+        (email_queue::COLLECTION, plain("due_at")),
     ]
 }
 

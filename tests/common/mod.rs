@@ -32,6 +32,8 @@ pub mod mongo_server;
 #[path = "../support/net.rs"]
 pub mod net;
 pub mod portal;
+#[path = "../support/smtp_server.rs"]
+pub mod smtp_server;
 
 /// Defines each listed `async fn name(backend: Backend)` as a test once per
 /// backend, so every backend runs the very same suite.
@@ -68,6 +70,7 @@ pub struct TestApp {
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
     audit: Option<clinic_auth::services::Audit>,
+    outbox: Option<Arc<clinic_auth::services::outbox::Outbox>>,
 }
 
 /// A client that keeps no cookies: tests set the Cookie header themselves
@@ -132,6 +135,7 @@ impl TestApp {
             shutdown: None,
             handle: None,
             audit: None,
+            outbox: None,
         };
         app.start().await;
         app
@@ -147,6 +151,7 @@ impl TestApp {
         let app = App::build(config).await.expect("app builds");
         self.addr = app.local_addr();
         self.audit = Some(app.audit());
+        self.outbox = Some(app.outbox());
         self.base = format!("http://{}", self.addr);
         let (tx, rx) = oneshot::channel();
         self.shutdown = Some(tx);
@@ -310,6 +315,16 @@ impl TestApp {
     pub async fn flush_audit(&self) {
         if let Some(audit) = &self.audit {
             audit.flush().await;
+        }
+    }
+
+    /// Waits until the email outbox has nothing left to do now: every email
+    /// requested so far is queued and sent (or waits for a retry, or was
+    /// dropped). Lets a test check that an email was *not* sent without
+    /// sleeping.
+    pub async fn settle_email(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.settled().await;
         }
     }
 

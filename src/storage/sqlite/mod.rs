@@ -29,6 +29,7 @@ use crate::domain::{
 use crate::domain::{AuditKey, HashVersion};
 
 mod connections;
+mod email_queue;
 mod rotation;
 
 use connections::{Connections, Lease};
@@ -315,39 +316,7 @@ impl UserStore for SqliteStore {
     /// thread as one command: a registration is one commit instead of two,
     /// and a user never exists without its link.
     async fn create_user(&self, user: &NewUser) -> StoreResult<User> {
-        let id = new_user_id();
-        let Some(link) = &user.verification_link else {
-            let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
-                .fetch_one(&mut self.write().await?)
-                .await
-                .map_err(map_err)?;
-            return row.try_into();
-        };
-        let sql = format!(
-            "BEGIN IMMEDIATE; {}; {}; COMMIT",
-            insert_user_sql(),
-            upsert_link_sql(TokenPurpose::EmailVerification)
-        );
-        let mut conn = self.write().await?;
-        // Only the INSERT's RETURNING gives a row.
-        let rows: Result<Vec<UserRow>, _> = bind_user(sqlx::query_as(&sql), &id, user)
-            .bind(&id)
-            .bind(link.token_hash.as_str())
-            .bind(millis(link.expires_at))
-            .bind(millis(link.created_at))
-            .fetch_all(&mut conn)
-            .await;
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(err) => {
-                roll_back(&mut conn).await;
-                return Err(map_err(err));
-            }
-        };
-        rows.into_iter()
-            .next()
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the new user's row is missing")))?
-            .try_into()
+        self.create_user_with(user, None).await
     }
 
     async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {
@@ -420,6 +389,55 @@ impl UserStore for SqliteStore {
 }
 
 impl SqliteStore {
+    /// Creates a user, with its verification link and, when given, the
+    /// queued email carrying that link (see `email_queue`).
+    async fn create_user_with(
+        &self,
+        user: &NewUser,
+        email: Option<&super::NewQueuedEmail>,
+    ) -> StoreResult<User> {
+        let id = new_user_id();
+        let Some(link) = &user.verification_link else {
+            let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
+                .fetch_one(&mut self.write().await?)
+                .await
+                .map_err(map_err)?;
+            return row.try_into();
+        };
+        let sql = format!(
+            "BEGIN IMMEDIATE; {}; {}; {}COMMIT",
+            insert_user_sql(),
+            upsert_link_sql(TokenPurpose::EmailVerification),
+            if email.is_some() {
+                email_queue::INSERT_SQL
+            } else {
+                ""
+            }
+        );
+        let mut conn = self.write().await?;
+        // Only the INSERT's RETURNING gives a row.
+        let mut query = bind_user(sqlx::query_as(&sql), &id, user)
+            .bind(&id)
+            .bind(link.token_hash.as_str())
+            .bind(millis(link.expires_at))
+            .bind(millis(link.created_at));
+        if let Some(email) = email {
+            query = email_queue::bind_email(query, email, Some(&id));
+        }
+        let rows: Result<Vec<UserRow>, _> = query.fetch_all(&mut conn).await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(map_err(err));
+            }
+        };
+        rows.into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("the new user's row is missing")))?
+            .try_into()
+    }
+
     /// Runs an `UPDATE users … WHERE id = ?` given every parameter but the
     /// last; false when no user has that id.
     async fn update_user<'q>(

@@ -838,4 +838,70 @@ mod tests {
         assert!(audit.ready().is_ok());
         assert_eq!(stored(&store).await, 3);
     }
+    /// A log sink for one test (the writer task logs on the test's thread).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Shutdown gives up on a store that still refuses: the writer stops
+    /// retrying, logs each event it could not store with its fields and how
+    /// many, and ends; the request still waiting gets a 503.
+    #[tokio::test]
+    async fn abandoning_at_shutdown_logs_what_was_not_stored() {
+        use sqlx::Connection;
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        // The writer runs as a task on this (single) thread, so it logs
+        // through this subscriber.
+        let _default = tracing::subscriber::set_default(subscriber);
+        let (dir, store) = counted().await;
+        let (audit, finished) = Audit::start(store, false, key()).unwrap();
+        let url = format!("sqlite://{}/audit.db", dir.path().display());
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER audit_fault BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        let waiting = {
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.record(entry(7)).await })
+        };
+        tokio::time::timeout(Duration::from_secs(10), audit.append_failed())
+            .await
+            .expect("the append fails");
+        audit.abandon();
+        tokio::time::timeout(Duration::from_secs(10), finished)
+            .await
+            .expect("the writer stops once abandoned")
+            .unwrap();
+        assert!(matches!(
+            waiting.await.unwrap(),
+            Err(ServiceError::Unavailable(_))
+        ));
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.contains("audit event NOT stored"))
+            .unwrap_or_else(|| panic!("no report of the unstored event: {text}"));
+        assert!(line.contains("user7@clinic.example"), "{line}");
+        assert!(line.contains("login_failure"), "{line}");
+        assert!(text.contains("not_stored=1"), "{text}");
+    }
 }

@@ -23,6 +23,7 @@ use crate::http::pages::session::StoreBackedSessions;
 use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::checkpoints::Checkpointer;
+use crate::services::health::WriteHealth;
 use crate::services::lockout::LockoutPolicy;
 use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
@@ -43,6 +44,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 /// How long shutdown waits for queued audit events to reach the database
 /// before giving up (it retries while the database is down).
 const AUDIT_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+/// After giving up: how long the writer has to finish an append in flight
+/// (SQLite's busy wait is 5 s) and log what it could not store.
+const AUDIT_ABANDON_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The METRICS_ADDR listener's connection cap: a scraper needs one or two,
 /// and a flood there must not eat the main listener's descriptors.
@@ -55,6 +59,8 @@ pub struct App {
     max_connections: usize,
     background: Vec<JoinHandle<()>>,
     audit: Audit,
+    /// Completes when the audit writer has ended.
+    audit_writer: tokio::sync::oneshot::Receiver<()>,
     checkpointer: Arc<Checkpointer>,
     outbox: Arc<Outbox>,
     mail_timeout: Duration,
@@ -73,7 +79,7 @@ impl App {
             &config.audit_checkpoint_file,
         )?);
         // Not in `background`: it must outlive the server to drain the queue.
-        let (audit, _audit_writer) =
+        let (audit, audit_writer) =
             Audit::start(store.clone(), store.serialized_writes(), audit_key)
                 .context("cannot start the audit writer")?;
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
@@ -113,6 +119,7 @@ impl App {
             audit.clone(),
         ));
         let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
+        let health = WriteHealth::new(audit.clone());
         let limiters = Limiters::new(
             config.rate_limit_auth_per_min,
             config.rate_limit_global_per_min,
@@ -129,12 +136,14 @@ impl App {
             crate::metrics::spawn_upkeep(crate::metrics::handle()),
             checkpointer.spawn(config.audit_checkpoint_interval),
             outbox.spawn(),
+            health.spawn(Arc::clone(&store)),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {
                 auth,
                 admin,
+                health,
                 cookies: CookieSettings::new(config.is_https(), config.is_production()),
                 portal: Arc::new(PortalSettings {
                     app_name: config.app_name.clone(),
@@ -193,6 +202,7 @@ impl App {
             mail_timeout: config.mail.timeout,
             background,
             audit,
+            audit_writer,
             checkpointer,
             outbox,
         })
@@ -235,7 +245,14 @@ impl App {
             .await
             .is_err()
         {
-            tracing::error!("audit events still queued at exit: the database did not take them");
+            // The writer logs each event it holds ("audit event NOT
+            // stored"), so the log stream keeps them, and how many.
+            tracing::error!(
+                target: "audit",
+                "audit events still queued at exit: the database did not take them"
+            );
+            self.audit.abandon();
+            let _ = tokio::time::timeout(AUDIT_ABANDON_TIMEOUT, self.audit_writer).await;
         }
         // The head we stop with, signed after the last event is stored.
         if let Err(e) = self.checkpointer.checkpoint().await {

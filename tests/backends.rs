@@ -65,7 +65,7 @@ async fn mongo_outage_answers_503_and_recovers_without_restart() {
     let mut server = MongoServer::start().await;
     let uri = server.uri("outage");
     let app = TestApp::with_jane(Backend::Mongo, &[("MONGO_URI", uri.as_str())]).await;
-    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
 
     server.stop().await;
     let started = Instant::now();
@@ -82,6 +82,32 @@ async fn mongo_outage_answers_503_and_recovers_without_restart() {
     let res = app.me(&access).await;
     assert!(res.headers().get("retry-after").is_some());
     expect_error(res, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
+    // Writes, audited ones included, are 503s too: promptly, never a 500.
+    let writes = [
+        (
+            "/api/auth/register",
+            json!({"name": "Dr Down", "email": "down@example.com", "password": PASSWORD}),
+        ),
+        (
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        ),
+        (
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": "Wr0ng!Password99"}),
+        ),
+    ];
+    for (path, body) in writes {
+        let started = Instant::now();
+        let res = app.post_json(path, body).await;
+        assert!(started.elapsed() < Duration::from_secs(10), "{path} hung");
+        assert!(res.headers().get("retry-after").is_some(), "{path}");
+        expect_error(res, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
+    }
+    let started = Instant::now();
+    let res = app.refresh_with(&refresh).await;
+    assert!(started.elapsed() < Duration::from_secs(10), "refresh hung");
+    expect_error(res, StatusCode::SERVICE_UNAVAILABLE, "database_unavailable").await;
 
     server.restart().await;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -97,6 +123,10 @@ async fn mongo_outage_answers_503_and_recovers_without_restart() {
         StatusCode::OK,
         "data survived"
     );
+    // Writes and their audit records work again without a restart.
+    app.register("after@example.com").await;
+    app.login("after@example.com", PASSWORD).await;
+    assert_eq!(app.refresh_with(&refresh).await.status(), StatusCode::OK);
 }
 
 /// The service starts while MongoDB is down, and serves once it is up.

@@ -112,6 +112,8 @@ impl Limiters {
 pub struct AppState {
     pub auth: Arc<AuthService>,
     pub admin: Arc<AdminService>,
+    /// Whether the store takes writes (for /health).
+    pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,
     pub portal: Arc<pages::PortalSettings>,
 }

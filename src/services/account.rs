@@ -109,7 +109,7 @@ impl AuthService {
         let ended = self.end_session_by_handle(user_id, id).await?;
         if ended {
             let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(user_id);
-            self.audit().record(entry).await;
+            self.audit().record(entry).await?;
         }
         Ok(ended)
     }
@@ -159,7 +159,7 @@ impl AuthService {
     ) -> Result<()> {
         self.end_web_session(user_id, id_hash, family).await?;
         let entry = AuditEntry::new(AuditEvent::Logout, client).user(user_id);
-        self.audit().record(entry).await;
+        self.audit().record(entry).await?;
         Ok(())
     }
 
@@ -190,7 +190,7 @@ impl AuthService {
     ) -> Result<u64> {
         let (ended, _) = self.end_sessions_except(user_id, keep).await?;
         let entry = AuditEntry::new(AuditEvent::LogoutAll, client).user(user_id);
-        self.audit().record(entry).await;
+        self.audit().record(entry).await?;
         Ok(ended)
     }
 
@@ -260,6 +260,9 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(ServiceError::Validation(errors));
         }
+        // Audited either way; refuse before hashing while the trail cannot
+        // be written.
+        self.audit().ready()?;
         // The current password is a credential check like a sign-in: the
         // same per-email lock applies (ASVS 6.3.4), so a stolen access token
         // cannot be used to guess it, and a wrong one is a login_failure.
@@ -278,9 +281,11 @@ impl AuthService {
                 .user(&user.id)
                 .email(user.email.as_str())
                 .detail("change_password");
-            self.audit().record(entry).await;
+            // Counted even when the record times out, as at sign-in.
+            let recorded = self.audit().record(entry).await;
             self.count_failure(&key, user.email.as_str(), Some(user), client)
                 .await?;
+            recorded?;
             return Err(ServiceError::WrongCurrentPassword);
         }
         if throttle.is_some() {
@@ -300,7 +305,7 @@ impl AuthService {
             .await?;
         self.notify_password_changed(user).await;
         let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
-        self.audit().record(entry).await;
+        self.audit().record(entry).await?;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(version)
     }

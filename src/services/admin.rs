@@ -56,7 +56,7 @@ impl AdminService {
                     .email(user.email.as_str())
                     .detail(format!("from={} to={}", user.role.as_str(), role.as_str())),
             )
-            .await;
+            .await?;
         tracing::info!(user_id = %user.id, role = role.as_str(), "role changed");
         Ok(self.store.find_user_by_id(&user.id).await?)
     }

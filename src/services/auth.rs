@@ -287,6 +287,7 @@ impl AuthService {
 
     /// Self-registration: always a `doctor`, never verified by the caller.
     pub async fn register(&self, input: RegisterInput, client: &ClientContext) -> Result<User> {
+        self.audit.ready()?;
         let (name, email, mut errors) = parse_identity(&input.name, &input.email);
         let password_hash = match (&name, &email) {
             (Some(_), Some(email)) => self
@@ -339,7 +340,7 @@ impl AuthService {
             Ok(user) => {
                 self.outbox.queued();
                 let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
-                self.audit.record(entry.email(user.email.as_str())).await;
+                self.audit.record(entry.email(user.email.as_str())).await?;
                 tracing::info!(user_id = %user.id, "user registered");
                 Ok(user)
             }
@@ -368,6 +369,9 @@ impl AuthService {
         if !errors.is_empty() {
             return Err(ServiceError::Validation(errors));
         }
+        // Every outcome from here on is audited; while the trail cannot be
+        // written, refuse before hashing or changing anything.
+        self.audit.ready()?;
         // Checked before any password work, for known and unknown emails
         // alike, so a locked answer is cheap and reveals nothing.
         let throttle_key = lockout::key(email);
@@ -376,7 +380,7 @@ impl AuthService {
             count_login("locked");
             tracing::info!("login refused: email locked after failed attempts");
             let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
-            self.audit.record(entry.detail("account_locked")).await;
+            self.audit.record(entry.detail("account_locked")).await?;
             return Err(ServiceError::AccountLocked { retry_after });
         }
         let user = match EmailAddress::parse(email) {
@@ -387,19 +391,23 @@ impl AuthService {
             self.passwords.verify_dummy(password).await?;
             count_login("invalid_credentials");
             let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
-            self.audit.record(entry).await;
+            // Counted even when the record times out: a guess answered with
+            // 503 still counts towards the lock.
+            let recorded = self.audit.record(entry).await;
             self.count_failure(&throttle_key, email, None, client)
                 .await?;
+            recorded?;
             return Err(ServiceError::InvalidCredentials);
         };
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
                 count_login("invalid_credentials");
                 let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
-                self.audit.record(entry.user(&user.id)).await;
+                let recorded = self.audit.record(entry.user(&user.id)).await;
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
                 self.count_failure(&throttle_key, email, Some(&user), client)
                     .await?;
+                recorded?;
                 Err(ServiceError::InvalidCredentials)
             }
             Verification::Valid { needs_rehash } => {
@@ -414,7 +422,7 @@ impl AuthService {
                     tracing::info!(user_id = %user.id, "login refused: email not verified");
                     let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
                     let entry = entry.user(&user.id).detail("email_unverified");
-                    self.audit.record(entry).await;
+                    self.audit.record(entry).await?;
                     // The person cannot reach the Bearer-only resend route
                     // without signing in, so the refusal sends a fresh link.
                     self.send_verification(&user).await?;
@@ -453,7 +461,7 @@ impl AuthService {
         let outcome = self.start_family(user, client).await?;
         count_login("success");
         let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(submitted_email);
-        self.audit.record(entry.user(&outcome.user.id)).await;
+        self.audit.record(entry.user(&outcome.user.id)).await?;
         tracing::info!(user_id = %outcome.user.id, "login succeeded");
         Ok(outcome)
     }
@@ -496,7 +504,7 @@ impl AuthService {
         if let Some(user) = user {
             entry = entry.user(&user.id);
         }
-        self.audit.record(entry).await;
+        self.audit.record(entry).await?;
         if let Some(user) = user {
             let content = Content::AccountLocked {
                 when: human_time(now),
@@ -579,6 +587,11 @@ impl AuthService {
             .tokens
             .verify_refresh(raw)
             .map_err(|_| ServiceError::InvalidRefreshToken)?;
+        // A rotation acknowledged with 503 (its record not stored) would
+        // leave the client holding a retired token, which its retry after
+        // the grace window presents as a replay: refuse before rotating
+        // while the trail cannot be written.
+        self.audit.ready()?;
         let now = Utc::now();
         let user_id = UserId::new(claims.sub);
         let presented_hash = TokenHash::of(raw);
@@ -602,7 +615,7 @@ impl AuthService {
                 .await?;
             if ended > 0 {
                 let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(&user_id);
-                self.audit.record(entry.detail("idle_timeout")).await;
+                self.audit.record(entry.detail("idle_timeout")).await?;
             }
             tracing::info!(user_id = %user_id, idle_seconds = idle, "refresh refused: sign-in idle too long");
             return Err(ServiceError::InvalidRefreshToken);
@@ -647,7 +660,7 @@ impl AuthService {
             // apart from a plain rotation when reading the trail.
             entry = entry.detail("grace_sibling");
         }
-        self.audit.record(entry).await;
+        self.audit.record(entry).await?;
         Ok(LoginOutcome {
             user,
             access,
@@ -676,11 +689,13 @@ impl AuthService {
         let entry = AuditEntry::new(AuditEvent::RefreshReuseDetected, client)
             .user(&token.user_id)
             .detail(format!("family={} revoked={revoked}", token.family_id));
-        self.audit.record(entry).await;
+        // The thief's access tokens are cut and the owner told even when
+        // the record is late; the answer still waits for it.
+        let recorded = self.audit.record(entry).await;
         if revoked == 0 {
             // The family had already ended (signed out, or an earlier
             // replay): nothing more to stop, nobody to alarm again.
-            return Ok(());
+            return recorded;
         }
         self.revoke_access_tokens(&token.user_id).await?;
         if let Some(user) = self.store.find_user_by_id(&token.user_id).await? {
@@ -694,7 +709,7 @@ impl AuthService {
             };
             self.queue_notice(&user, content).await;
         }
-        Ok(())
+        recorded
     }
 
     /// Revokes the presented refresh token. Junk or nothing is fine: the
@@ -720,7 +735,7 @@ impl AuthService {
                 // the audit trail.
                 if revoked + pages > 0 {
                     let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
-                    self.audit.record(entry).await;
+                    self.audit.record(entry).await?;
                 }
             }
         }
@@ -824,7 +839,7 @@ impl AuthService {
                 entry = entry.detail("mail_limit");
             }
         }
-        self.audit.record(entry).await;
+        self.audit.record(entry).await?;
         let Some(user) = user else {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
@@ -901,6 +916,9 @@ impl AuthService {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ServiceError::InvalidResetToken);
         }
+        // Consuming the link is final: refuse before it while the trail
+        // cannot record the reset.
+        self.audit.ready()?;
         let hash = TokenHash::of(token);
         let now = Utc::now();
         // Peek first so a password the policy rejects does not burn the link.
@@ -951,7 +969,7 @@ impl AuthService {
         self.revoke_access_tokens(&user.id).await?;
         self.notify_password_changed(&user).await;
         let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
-        self.audit.record(entry).await;
+        self.audit.record(entry).await?;
         // The link reached this mailbox and came back: the same proof a
         // verification link gives, so the address counts as verified.
         if !user.verified && self.store.set_verified(&user.id, now).await? {
@@ -959,7 +977,7 @@ impl AuthService {
                 .user(&user.id)
                 .email(user.email.as_str())
                 .detail("password_reset");
-            self.audit.record(entry).await;
+            self.audit.record(entry).await?;
         }
         tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
         Ok(())

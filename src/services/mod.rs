@@ -6,6 +6,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod checkpoints;
+pub mod health;
 pub mod lockout;
 pub mod outbox;
 pub mod passwords;

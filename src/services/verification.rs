@@ -73,7 +73,9 @@ impl AuthService {
             .ok_or(ServiceError::InvalidVerificationToken)?;
         tracing::info!(user_id = %user.id, "email address verified");
         let entry = AuditEntry::new(AuditEvent::EmailVerified, client).user(&user.id);
-        self.audit().record(entry.email(user.email.as_str())).await;
+        self.audit()
+            .record(entry.email(user.email.as_str()))
+            .await?;
         Ok(user)
     }
 }

@@ -550,6 +550,13 @@ pub trait Store:
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;
 
+    /// One small real write, an upsert of the single row (document) of
+    /// `health_probe`, for the write probe behind /health: succeeds only
+    /// while the store takes writes. A disk that is full, a database that
+    /// is read-only or a lock held past the busy timeout make it fail where
+    /// `ping` still succeeds.
+    async fn probe_write(&self, now: DateTime<Utc>) -> StoreResult<()>;
+
     /// Deletes tokens that expired before `now`, and login throttles idle
     /// since `throttle_idle_before` (not locked and no failure since then);
     /// returns how many. Backends with their own expiry (MongoDB TTL

@@ -71,11 +71,16 @@ const INDEX_OPTIONS_CONFLICT: i32 = 85;
 /// An index with this name already exists with other keys.
 const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 /// Server codes that mean "this server cannot serve you right now" (network
-/// trouble, shutdown, primary stepping down): the caller should answer 503
-/// and try again later rather than report a bug.
+/// trouble, shutdown, primary stepping down, a full disk, a lock or write
+/// concern that timed out): the caller should answer 503 and try again
+/// later rather than report a bug.
 const TRANSIENT_CODES: &[i32] = &[
     6,     // HostUnreachable
     7,     // HostNotFound
+    24,    // LockTimeout
+    46,    // LockBusy
+    50,    // MaxTimeMSExpired
+    64,    // WriteConcernFailed
     89,    // NetworkTimeout
     91,    // ShutdownInProgress
     189,   // PrimarySteppedDown
@@ -86,6 +91,8 @@ const TRANSIENT_CODES: &[i32] = &[
     11602, // InterruptedDueToReplStateChange
     13435, // NotPrimaryNoSecondaryOk
     13436, // NotPrimaryOrSecondary
+    10058, // LegacyNotPrimary
+    14031, // OutOfDiskSpace
 ];
 
 /// A store over one MongoDB database. Make one per process and share it (the
@@ -374,6 +381,18 @@ fn is_transient(err: &mongodb::error::Error) -> bool {
             ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
             ErrorKind::Write(WriteFailure::WriteConcernError(c)) => {
                 TRANSIENT_CODES.contains(&c.code)
+            }
+            // A write refused by the server for its own state (out of disk
+            // space, not primary any more) comes back as a write error.
+            ErrorKind::Write(WriteFailure::WriteError(e)) => TRANSIENT_CODES.contains(&e.code),
+            ErrorKind::InsertMany(e) => {
+                e.write_errors
+                    .iter()
+                    .flatten()
+                    .any(|e| TRANSIENT_CODES.contains(&e.code))
+                    || e.write_concern_error
+                        .as_ref()
+                        .is_some_and(|c| TRANSIENT_CODES.contains(&c.code))
             }
             _ => false,
         };
@@ -1497,6 +1516,21 @@ impl Store for MongoStore {
         Ok(())
     }
 
+    /// One document, shared by every instance on the database; each probe
+    /// only moves its time.
+    async fn probe_write(&self, now: DateTime<Utc>) -> StoreResult<()> {
+        self.db
+            .collection::<Document>("health_probe")
+            .update_one(
+                doc! { "_id": "probe" },
+                doc! { "$set": { "probed_at": bson_date(now) } },
+            )
+            .upsert(true)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,
@@ -1535,5 +1569,46 @@ impl Store for MongoStore {
 
     fn backend(&self) -> &'static str {
         "mongodb"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind(err: mongodb::error::Error) -> &'static str {
+        match map_err(err) {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Conflict => "conflict",
+            StoreError::Other(_) => "other",
+        }
+    }
+
+    fn command(code: i32) -> mongodb::error::Error {
+        let error = bson::from_document(doc! { "code": code, "codeName": "x", "errmsg": "x" });
+        ErrorKind::Command(error.unwrap()).into()
+    }
+
+    fn write(code: i32) -> mongodb::error::Error {
+        let error = bson::from_document(doc! { "code": code, "errmsg": "x" });
+        ErrorKind::Write(WriteFailure::WriteError(error.unwrap())).into()
+    }
+
+    /// Writes the server refuses for its own state (out of disk space, no
+    /// longer primary, a lock or time limit exceeded) are 503s, whether they
+    /// come back as a command error or a write error; a duplicate stays a
+    /// conflict and a refused document a 500. (nx-27017 reports every
+    /// storage failure as code 8, UnknownError, which must stay a 500 for a
+    /// real server, so these cannot be caused against it.)
+    #[test]
+    fn server_write_faults_map_to_unavailable() {
+        for code in [14031, 10107, 13435, 91, 189, 24, 50] {
+            assert_eq!(kind(command(code)), "unavailable", "command error {code}");
+            assert_eq!(kind(write(code)), "unavailable", "write error {code}");
+        }
+        assert_eq!(kind(write(DUPLICATE_KEY)), "conflict");
+        assert_eq!(kind(command(2)), "other", "BadValue");
+        assert_eq!(kind(write(121)), "other", "DocumentValidationFailure");
+        assert_eq!(kind(write(8)), "other", "UnknownError");
     }
 }

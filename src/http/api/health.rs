@@ -1,5 +1,9 @@
-//! Liveness and readiness in one: 200 when the database answers, 503 when
-//! it does not, so a load balancer stops sending traffic to a stuck node.
+//! Liveness and readiness in one: 200 when the database answers and takes
+//! writes, 503 when it does not, so a load balancer stops sending traffic
+//! to a node that cannot serve (unreachable database, full disk, read-only
+//! file, a lock held past the busy timeout). Whether writes work is read
+//! from `services::health`, kept current in the background: no write per
+//! request.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,12 +36,13 @@ pub fn router() -> Router<AppState> {
     tag = "system",
     responses(
         (status = 200, description = "Service and database are up", body = HealthResponse),
-        (status = 503, description = "The database cannot be reached", body = HealthResponse),
+        (status = 503, description = "The database cannot be reached or does not take writes", body = HealthResponse),
         super::responses::RateLimited,
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
-    if state.auth.database_ok().await {
+    // The cached write state first: while it is bad, no round trip.
+    if state.health.writable() && state.auth.database_ok().await {
         (
             StatusCode::OK,
             Json(HealthResponse {

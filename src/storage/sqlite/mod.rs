@@ -174,9 +174,36 @@ fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("timestamp out of range: {ms}")))
 }
 
+/// SQLite primary result codes that say the database cannot take the call
+/// right now, not that the request or the code is wrong: busy or locked
+/// past the busy timeout, read-only, an I/O error, full, cannot be opened.
+/// They clear by themselves or by an operator's hand (space freed, a lock
+/// released, permissions fixed), so the caller answers 503 with Retry-After
+/// rather than 500.
+const SQLITE_UNAVAILABLE: [i32; 6] = [
+    5,  // SQLITE_BUSY
+    6,  // SQLITE_LOCKED
+    8,  // SQLITE_READONLY
+    10, // SQLITE_IOERR
+    13, // SQLITE_FULL
+    14, // SQLITE_CANTOPEN
+];
+
+/// By the typed result code, never the message: sqlx reports SQLite's
+/// extended code, whose low byte is the primary one (SQLITE_IOERR_WRITE,
+/// 778, is an SQLITE_IOERR).
+fn is_unavailable(err: &dyn sqlx::error::DatabaseError) -> bool {
+    err.code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| SQLITE_UNAVAILABLE.contains(&(code & 0xff)))
+}
+
 fn map_err(err: sqlx::Error) -> StoreError {
     match err {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::Database(ref db) if is_unavailable(db.as_ref()) => {
+            StoreError::Unavailable(err.into())
+        }
         sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
@@ -1097,104 +1124,15 @@ impl AuditStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        // IMMEDIATE takes the write lock before the head is read, so another
-        // process on the same file (the CLI beside the server) cannot append
-        // between our read and our insert; it waits in the busy handler.
         let mut writer = self.write().await?;
-        let mut tx = writer
-            .conn()
-            .map_err(map_err)?
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(map_err)?;
-        // The head, and whether this very batch is already stored: it is
-        // appended in one transaction, so after an error whose commit did
-        // happen, its first event is there and so are all the others.
-        let (head_seq, head_hash, stored): (Option<i64>, Option<String>, bool) = sqlx::query_as(
-            "SELECT (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1), \
-                    (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), \
-                    EXISTS (SELECT 1 FROM audit_events WHERE event_id = ?)",
-        )
-        .bind(&events[0].id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if stored {
-            // Its records are consecutive from the first event's seq on.
-            let links: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT seq, hash FROM audit_events \
-                 WHERE seq >= (SELECT seq FROM audit_events WHERE event_id = ?) \
-                 ORDER BY seq LIMIT ?",
-            )
-            .bind(&events[0].id)
-            .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            return links
-                .into_iter()
-                .map(|(seq, hash)| {
-                    let seq = u64::try_from(seq).map_err(|_| {
-                        StoreError::Other(anyhow::anyhow!("audit_events: negative seq"))
-                    })?;
-                    Ok(ChainLink { seq, hash })
-                })
-                .collect();
+        let appended = append_audit(&mut writer, events, key).await;
+        if appended.is_err() {
+            // Whatever state the failure left (SQLite may already have
+            // rolled the transaction back itself, e.g. on a full disk), the
+            // connection goes back outside a transaction, or is replaced.
+            roll_back(&mut writer).await;
         }
-        let (mut seq, mut prev) = match (head_seq, head_hash) {
-            (Some(seq), Some(hash)) => (
-                u64::try_from(seq).map_err(|_| {
-                    StoreError::Other(anyhow::anyhow!("audit_events: negative seq"))
-                })?,
-                hash,
-            ),
-            _ => (0, GENESIS_HASH.to_owned()),
-        };
-        let records: Vec<(&str, AuditRecord)> = events
-            .iter()
-            .map(|event| {
-                seq += 1;
-                let record = AuditRecord::chain(seq, event, &prev, key);
-                prev.clone_from(&record.hash);
-                (event.id.as_str(), record)
-            })
-            .collect();
-        // Multi-row INSERTs: under load a batch is hundreds of events, and
-        // each statement is a round trip to the writer thread. Chunks keep
-        // within SQLite's bound on parameters (13 per row); the varying
-        // text is not worth a slot in the prepared-statement cache.
-        for chunk in records.chunks(AUDIT_ROWS_PER_INSERT) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
-            let sql =
-                format!("INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) VALUES {values}");
-            let mut insert = sqlx::query(&sql).persistent(false);
-            for (id, record) in chunk {
-                insert = insert
-                    .bind(*id)
-                    .bind(seq_param(record.seq))
-                    .bind(millis(record.time))
-                    .bind(record.event.as_str())
-                    .bind(record.outcome.as_str())
-                    .bind(&record.user_id)
-                    .bind(&record.email)
-                    .bind(&record.ip)
-                    .bind(&record.user_agent)
-                    .bind(&record.request_id)
-                    .bind(&record.detail)
-                    .bind(record.version.number())
-                    .bind(&record.prev_hash)
-                    .bind(&record.hash);
-            }
-            insert.execute(&mut *tx).await.map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)?;
-        Ok(records
-            .into_iter()
-            .map(|(_, record)| ChainLink {
-                seq: record.seq,
-                hash: record.hash,
-            })
-            .collect())
+        appended
     }
 
     async fn query_audit_events(&self, query: &AuditQuery) -> StoreResult<Vec<AuditRecord>> {
@@ -1229,6 +1167,119 @@ impl AuditStore for SqliteStore {
     }
 }
 
+/// Appends `events` in one transaction of explicit statements on the
+/// writer. Not sqlx's `begin()`: sqlx counts open transactions itself, and
+/// when SQLite had already ended one (a full disk rolls the transaction
+/// back), sqlx's ROLLBACK failed, its count stayed at one, and every later
+/// `begin` on the connection failed: the trail stopped for good after one
+/// full disk (issue 16). Here the caller rolls back (or discards the
+/// connection) on any error, and SQLite's own state is the only state.
+async fn append_audit(
+    conn: &mut Lease<'_>,
+    events: &[NewAuditEvent],
+    key: &AuditKey,
+) -> StoreResult<Vec<ChainLink>> {
+    // IMMEDIATE takes the write lock before the head is read, so another
+    // process on the same file (the CLI beside the server) cannot append
+    // between our read and our insert; it waits in the busy handler. The
+    // BEGIN and the read are one command to the writer's thread.
+    //
+    // The head, and whether this very batch is already stored: it is
+    // appended in one transaction, so after an error whose commit did
+    // happen, its first event is there and so are all the others.
+    let heads: Vec<(Option<i64>, Option<String>, bool)> = sqlx::query_as(
+        "BEGIN IMMEDIATE; \
+         SELECT (SELECT seq FROM audit_events ORDER BY seq DESC LIMIT 1), \
+                (SELECT hash FROM audit_events ORDER BY seq DESC LIMIT 1), \
+                EXISTS (SELECT 1 FROM audit_events WHERE event_id = ?)",
+    )
+    .bind(&events[0].id)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let Some((head_seq, head_hash, stored)) = heads.into_iter().next() else {
+        return Err(StoreError::Other(anyhow::anyhow!(
+            "audit_events: the head query returned no row"
+        )));
+    };
+    let negative = || StoreError::Other(anyhow::anyhow!("audit_events: negative seq"));
+    if stored {
+        // Its records are consecutive from the first event's seq on.
+        let links: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT seq, hash FROM audit_events \
+             WHERE seq >= (SELECT seq FROM audit_events WHERE event_id = ?) \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(&events[0].id)
+        .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        return links
+            .into_iter()
+            .map(|(seq, hash)| {
+                let seq = u64::try_from(seq).map_err(|_| negative())?;
+                Ok(ChainLink { seq, hash })
+            })
+            .collect();
+    }
+    let (mut seq, mut prev) = match (head_seq, head_hash) {
+        (Some(seq), Some(hash)) => (u64::try_from(seq).map_err(|_| negative())?, hash),
+        _ => (0, GENESIS_HASH.to_owned()),
+    };
+    let records: Vec<(&str, AuditRecord)> = events
+        .iter()
+        .map(|event| {
+            seq += 1;
+            let record = AuditRecord::chain(seq, event, &prev, key);
+            prev.clone_from(&record.hash);
+            (event.id.as_str(), record)
+        })
+        .collect();
+    // Multi-row INSERTs: under load a batch is hundreds of events, and
+    // each statement is a round trip to the writer thread. Chunks keep
+    // within SQLite's bound on parameters (13 per row); the varying
+    // text is not worth a slot in the prepared-statement cache. The last
+    // one carries the COMMIT, saving a round trip.
+    let chunks = records.chunks(AUDIT_ROWS_PER_INSERT).count();
+    for (i, chunk) in records.chunks(AUDIT_ROWS_PER_INSERT).enumerate() {
+        let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+        let commit = if i + 1 == chunks { "; COMMIT" } else { "" };
+        let sql =
+            format!("INSERT INTO audit_events (event_id, {AUDIT_COLUMNS}) VALUES {values}{commit}");
+        let mut insert = sqlx::query(&sql).persistent(false);
+        for (id, record) in chunk {
+            insert = insert
+                .bind(*id)
+                .bind(seq_param(record.seq))
+                .bind(millis(record.time))
+                .bind(record.event.as_str())
+                .bind(record.outcome.as_str())
+                .bind(&record.user_id)
+                .bind(&record.email)
+                .bind(&record.ip)
+                .bind(&record.user_agent)
+                .bind(&record.request_id)
+                .bind(&record.detail)
+                .bind(record.version.number())
+                .bind(&record.prev_hash)
+                .bind(&record.hash);
+        }
+        insert.execute(&mut *conn).await.map_err(map_err)?;
+    }
+    Ok(records
+        .into_iter()
+        .map(|(_, record)| ChainLink {
+            seq: record.seq,
+            hash: record.hash,
+        })
+        .collect())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
@@ -1236,6 +1287,20 @@ impl Store for SqliteStore {
             .execute(&mut self.read().await?)
             .await
             .map_err(|e| StoreError::Unavailable(e.into()))?;
+        Ok(())
+    }
+
+    /// Through the writer, like every write: it waits its turn there, and
+    /// fails as the next real write would.
+    async fn probe_write(&self, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO health_probe (id, probed_at) VALUES (1, ?) \
+             ON CONFLICT (id) DO UPDATE SET probed_at = excluded.probed_at",
+        )
+        .bind(millis(now))
+        .execute(&mut self.write().await?)
+        .await
+        .map_err(map_err)?;
         Ok(())
     }
 
@@ -1285,6 +1350,97 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Write faults are 503s, not 500s: SQLite's own errors for a
+    /// read-only database, a lock held past the busy timeout, a full
+    /// database and a file that cannot be opened map to `Unavailable`; a
+    /// duplicate stays a conflict and a bad statement a 500.
+    #[tokio::test]
+    async fn write_faults_map_to_unavailable() {
+        use sqlx::ConnectOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(dir.path().join("faults.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal);
+        let mut conn = options.connect().await.unwrap();
+        sqlx::query("CREATE TABLE t (x UNIQUE)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let kind = |err: sqlx::Error| match map_err(err) {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Conflict => "conflict",
+            StoreError::Other(_) => "other",
+        };
+
+        let mut read_only = options.clone().read_only(true).connect().await.unwrap();
+        let err = sqlx::query("INSERT INTO t VALUES (1)")
+            .execute(&mut read_only)
+            .await
+            .unwrap_err();
+        assert_eq!(kind(err), "unavailable", "SQLITE_READONLY");
+
+        let mut holder = options.connect().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        let mut waiter = options
+            .clone()
+            .busy_timeout(Duration::ZERO)
+            .connect()
+            .await
+            .unwrap();
+        let err = sqlx::query("INSERT INTO t VALUES (2)")
+            .execute(&mut waiter)
+            .await
+            .unwrap_err();
+        assert_eq!(kind(err), "unavailable", "SQLITE_BUSY");
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+
+        // The same error as a full disk, from SQLite itself: the file may
+        // not grow past the pages it has.
+        let (pages,): (i64,) = sqlx::query_as("PRAGMA page_count")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(&format!("PRAGMA max_page_count = {pages}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let err = sqlx::query("INSERT INTO t VALUES (randomblob(100000))")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(kind(err), "unavailable", "SQLITE_FULL");
+
+        let missing = SqliteConnectOptions::new()
+            .filename(dir.path().join("no-such-dir/x.db"))
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(kind(missing), "unavailable", "SQLITE_CANTOPEN");
+
+        sqlx::query("PRAGMA max_page_count = 1000000")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t VALUES (3)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let duplicate = sqlx::query("INSERT INTO t VALUES (3)")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(kind(duplicate), "conflict");
+        let bad = sqlx::query("INSERT INTO nowhere VALUES (1)")
+            .execute(&mut conn)
+            .await
+            .unwrap_err();
+        assert_eq!(kind(bad), "other");
+    }
 
     /// Migration 12 makes `user_id` unique in the one-time token tables. A
     /// database from before it must migrate even if it somehow holds two

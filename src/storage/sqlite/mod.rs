@@ -91,10 +91,7 @@ impl SqliteStore {
             1,
         )
         .await?;
-        MIGRATOR
-            .run(writer.get().await?.conn()?)
-            .await
-            .context("cannot apply database migrations")?;
+        migrate(&writer).await?;
         restrict(&file, 0o600);
         let rotations = rotation::spawn(Arc::clone(&writer))
             .context("cannot start the refresh-token rotation thread")?;
@@ -104,6 +101,37 @@ impl SqliteStore {
             writer,
             rotations,
         })
+    }
+}
+
+/// Passes at applying migrations before giving up (see [`migrate`]).
+const MIGRATION_ATTEMPTS: u32 = 3;
+
+/// Applies pending migrations.
+///
+/// Instances started together on one file (a deployment bringing them up
+/// at once, or an upgrade to a release with a new migration) race to apply
+/// the same migration: sqlx reads which are applied, then applies the rest,
+/// and the loser's statements fail after the winner committed ("table
+/// already exists", or the `_sqlx_migrations` row taken). The next pass
+/// finds the migration applied; a migration that really fails fails every
+/// pass.
+async fn migrate(writer: &Connections) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let mut conn = writer.get().await?;
+        let result = MIGRATOR.run(conn.conn()?).await;
+        let Err(err) = result else {
+            return Ok(());
+        };
+        // Its transaction may still be open: the next pass gets a fresh one.
+        conn.discard();
+        if attempt == MIGRATION_ATTEMPTS {
+            return Err(err).context("cannot apply database migrations");
+        }
+        tracing::info!(error = %err, "a migration failed, perhaps applied by another instance just now: trying again");
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -464,80 +492,40 @@ impl RefreshTokenStore for SqliteStore {
         }
         // Not active: decide what the replay means inside one transaction,
         // so the decision and its effect cannot interleave with another
-        // rotation of the family.
-        let mut writer = self.write().await?;
-        let mut tx = writer
-            .conn()
-            .map_err(map_err)?
-            .begin()
+        // rotation of the family, in this process or another one on the
+        // same file. IMMEDIATE takes the write lock before the first read:
+        // a deferred transaction would read first and then ask for the lock,
+        // and SQLite fails that upgrade at once with SQLITE_BUSY (or
+        // BUSY_SNAPSHOT when another process committed in between) instead
+        // of waiting in the busy handler, which answered 500 and skipped
+        // reuse detection. Plain statements rather than sqlx's `begin_with`,
+        // like every other transaction here: a failed ROLLBACK then discards
+        // the connection instead of leaving sqlx's transaction depth behind.
+        let mut conn = self.write().await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
             .await
             .map_err(map_err)?;
-        let old: Option<RefreshRow> = sqlx::query_as(&format!(
-            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
-        ))
-        .bind(old_hash.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
-            return Ok(Rotation::Rejected);
+        let committed = match decide_replay(&mut conn, old_hash, now, grace, replacement).await {
+            Ok(rotation) => sqlx::query("COMMIT")
+                .execute(&mut conn)
+                .await
+                .map(|_| rotation)
+                .map_err(map_err),
+            Err(err) => Err(err),
         };
-        match old.replay_verdict(now, grace) {
-            ReplayVerdict::Reject => return Ok(Rotation::Rejected),
-            ReplayVerdict::RevokeFamily => {}
-            ReplayVerdict::SiblingIfFamilyAlive => {
-                let (alive,): (bool,) = sqlx::query_as(
-                    "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
-                     WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
-                )
-                .bind(old.user_id.as_str())
-                .bind(&old.family_id)
-                .bind(millis(now))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                if !alive {
-                    return Ok(Rotation::Rejected);
-                }
-                // One sibling per retired token: the mark and the sibling
-                // commit together, and the writer runs one such transaction
-                // at a time, so the next replay finds the mark and revokes.
-                let marked = sqlx::query(
-                    "UPDATE refresh_tokens SET sibling_issued = 1 \
-                     WHERE token_hash = ? AND sibling_issued = 0",
-                )
-                .bind(old_hash.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if marked == 1 {
-                    insert_refresh(&mut *tx, replacement).await?;
-                    tx.commit().await.map_err(map_err)?;
-                    let owner = self.find_user_by_id(&old.user_id).await?;
-                    return Ok(Rotation::GraceSibling(Rotated {
-                        retired: old,
-                        owner,
-                    }));
-                }
+        let mut rotation = match committed {
+            Ok(rotation) => rotation,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(err);
             }
+        };
+        drop(conn);
+        if let Rotation::GraceSibling(sibling) = &mut rotation {
+            sibling.owner = self.find_user_by_id(&sibling.retired.user_id).await?;
         }
-        let revoked = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
-             WHERE user_id = ? AND family_id = ? AND revoked = 0",
-        )
-        .bind(millis(now))
-        .bind(old.user_id.as_str())
-        .bind(&old.family_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        tx.commit().await.map_err(map_err)?;
-        Ok(Rotation::ReuseDetected {
-            token: old,
-            revoked,
-        })
+        Ok(rotation)
     }
 
     async fn find_refresh_token(
@@ -645,6 +633,83 @@ impl RefreshTokenStore for SqliteStore {
         .map_err(map_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// What presenting the inactive token `old_hash` means (see [`Rotation`]),
+/// and its effect, on a connection inside `BEGIN IMMEDIATE`; the caller
+/// commits. A grace sibling comes back without its owner (read after the
+/// commit).
+async fn decide_replay(
+    conn: &mut Lease<'_>,
+    old_hash: &TokenHash,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+    replacement: &NewRefreshToken,
+) -> StoreResult<Rotation> {
+    let old: Option<RefreshRow> = sqlx::query_as(&format!(
+        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
+    ))
+    .bind(old_hash.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
+        return Ok(Rotation::Rejected);
+    };
+    match old.replay_verdict(now, grace) {
+        ReplayVerdict::Reject => return Ok(Rotation::Rejected),
+        ReplayVerdict::RevokeFamily => {}
+        ReplayVerdict::SiblingIfFamilyAlive => {
+            let (alive,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
+                 WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
+            )
+            .bind(old.user_id.as_str())
+            .bind(&old.family_id)
+            .bind(millis(now))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if !alive {
+                return Ok(Rotation::Rejected);
+            }
+            // One sibling per retired token: the mark and the sibling
+            // commit together, and the write lock admits one such
+            // transaction at a time, so the next replay finds the mark and
+            // revokes.
+            let marked = sqlx::query(
+                "UPDATE refresh_tokens SET sibling_issued = 1 \
+                 WHERE token_hash = ? AND sibling_issued = 0",
+            )
+            .bind(old_hash.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            if marked == 1 {
+                insert_refresh(&mut *conn, replacement).await?;
+                return Ok(Rotation::GraceSibling(Rotated {
+                    retired: old,
+                    owner: None,
+                }));
+            }
+        }
+    }
+    let revoked = sqlx::query(
+        "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+         WHERE user_id = ? AND family_id = ? AND revoked = 0",
+    )
+    .bind(millis(now))
+    .bind(old.user_id.as_str())
+    .bind(&old.family_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    Ok(Rotation::ReuseDetected {
+        token: old,
+        revoked,
+    })
 }
 
 fn one_time_table(purpose: TokenPurpose) -> &'static str {

@@ -12,7 +12,10 @@
 //! - A lookup by an id the backend cannot even parse returns `Ok(None)`.
 
 pub mod mongo;
+mod rate_limits;
 pub mod sqlite;
+
+pub use rate_limits::RateLimitStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -542,6 +545,7 @@ pub trait Store:
     + LoginThrottleStore
     + WebSessionStore
     + AuditStore
+    + RateLimitStore
 {
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;

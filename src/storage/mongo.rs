@@ -49,6 +49,8 @@ use crate::domain::{
 };
 use crate::domain::{AuditKey, HashVersion};
 
+mod rate_limits;
+
 /// Used when the URI names no database, as the Python service did.
 const DEFAULT_DATABASE: &str = "clinic_auth";
 
@@ -286,6 +288,7 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("audit_events", by_seq("user_id")),
         ("audit_events", by_seq("event")),
         ("audit_events", plain("time")),
+        (rate_limits::COLLECTION, ttl()),
     ]
 }
 
@@ -1507,6 +1510,7 @@ impl Store for MongoStore {
             self.reset_tokens.name(),
             self.verification_tokens.name(),
             self.sessions.name(),
+            rate_limits::COLLECTION,
         ] {
             purged += self
                 .db

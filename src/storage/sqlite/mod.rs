@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+pub use sqlx::sqlite::SqliteSynchronous;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, FromRow};
 
 use super::ChainLink;
@@ -29,6 +30,7 @@ use crate::domain::{
 use crate::domain::{AuditKey, HashVersion};
 
 mod connections;
+mod rate_limits;
 mod rotation;
 
 use connections::{Connections, Lease};
@@ -50,15 +52,23 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies pending
     /// migrations. `url` is `sqlite://path/to/file.db`, relative to the
-    /// working directory.
+    /// working directory. Every commit is fsynced (see [`Self::connect_with`]).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, SqliteSynchronous::Full).await
+    }
+
+    /// [`Self::connect`] with the given `synchronous` (SQLITE_SYNCHRONOUS).
+    /// In WAL mode FULL fsyncs the WAL at every commit, so a commit that was
+    /// answered survives a power loss or an OS crash; NORMAL fsyncs only at
+    /// checkpoints, which survives a crash of the process but can lose the
+    /// last commits to a power loss (a rotated or revoked refresh token
+    /// active again, a lockout lifted), though it never corrupts the file.
+    pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("DATABASE_URL is not a valid SQLite URL: {url}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable across application crashes in WAL mode; only
-            // an OS crash can lose the last commits, and never corrupts.
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true)
             // A multi-row write inside a transaction keeps a statement
@@ -1298,6 +1308,7 @@ impl Store for SqliteStore {
             "reset_tokens",
             "verification_tokens",
             "web_sessions",
+            "rate_limits",
         ] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
@@ -1332,6 +1343,35 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every connection, the writer above all, fsyncs at each commit unless
+    /// SQLITE_SYNCHRONOUS=normal says otherwise (PRAGMA synchronous: 2 is
+    /// FULL, 1 NORMAL).
+    #[tokio::test]
+    async fn commits_are_fsynced_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sync.db", dir.path().display());
+        let level = |store: SqliteStore| async move {
+            let mut levels = Vec::new();
+            for conn in [store.write().await.unwrap(), store.read().await.unwrap()] {
+                let mut conn = conn;
+                let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                levels.push(level);
+            }
+            levels
+        };
+        assert_eq!(
+            level(SqliteStore::connect(&url).await.unwrap()).await,
+            [2, 2]
+        );
+        let normal = SqliteStore::connect_with(&url, SqliteSynchronous::Normal)
+            .await
+            .unwrap();
+        assert_eq!(level(normal).await, [1, 1]);
+    }
 
     /// Migration 12 makes `user_id` unique in the one-time token tables. A
     /// database from before it must migrate even if it somehow holds two

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use bson::doc;
 use chrono::{DateTime, Utc};
-use mongodb::options::ReturnDocument;
+use mongodb::options::{ReturnDocument, WriteConcern};
 use serde::Deserialize;
 
 use super::{bson_date, map_err, MongoStore};
@@ -51,6 +51,12 @@ impl RateLimitStore for MongoStore {
                 )
                 .upsert(true)
                 .return_document(ReturnDocument::After)
+                // The primary's word is enough for a count that is worth
+                // nothing after a minute: waiting for a majority (the
+                // replica-set default) would put a replication round trip
+                // on every request, and a failover that loses the last
+                // counts lets a client a few more requests.
+                .write_concern(WriteConcern::nodes(1))
         };
         let counted = match count().await.map_err(map_err) {
             // Two first requests of a window both inserted; the loser's

@@ -47,6 +47,8 @@ pub struct SqliteStore {
     writer: Arc<Connections>,
     /// Queue of the batched refresh-token rotations (on `writer`).
     rotations: tokio::sync::mpsc::Sender<rotation::Job>,
+    /// SQLITE_SYNCHRONOUS, which the rate-limit counters set aside.
+    synchronous: SqliteSynchronous,
 }
 
 impl SqliteStore {
@@ -110,6 +112,7 @@ impl SqliteStore {
             readers,
             writer,
             rotations,
+            synchronous,
         })
     }
 }

@@ -40,3 +40,7 @@ clinic.audit_events.createIndex({ seq: 1 }, { unique: true });
 clinic.audit_events.createIndex({ user_id: 1, seq: -1 });
 clinic.audit_events.createIndex({ event: 1, seq: -1 });
 clinic.audit_events.createIndex({ time: 1 });
+
+// RATE_LIMIT_BACKEND=store: one counter per limit, client and minute; the
+// TTL index removes each once its minute is over.
+clinic.rate_limits.createIndex({ expires_at: 1 }, { expireAfterSeconds: 0 });

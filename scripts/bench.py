@@ -74,8 +74,12 @@ SERVICE_VARS = [
     "DATA_DIR", "HTTP_BODY_TIMEOUT", "HTTP_HEADER_TIMEOUT", "LOGIN_FAILURE_WINDOW",
     "LOGIN_LOCKOUT", "LOGIN_LOCKOUT_MAX", "METRICS_ADDR", "REFRESH_REUSE_GRACE",
     "REQUIRE_VERIFIED_EMAIL", "SESSION_IDLE_TIMEOUT", "SESSION_MAX_LIFETIME", "TRUSTED_PROXIES",
-    "VERIFICATION_TOKEN_EXPIRES",
+    "VERIFICATION_TOKEN_EXPIRES", "SQLITE_SYNCHRONOUS", "RATE_LIMIT_BACKEND",
 ]
+
+# --env KEY=VALUE: service settings every server of the run gets on top of
+# the bench's own (e.g. SQLITE_SYNCHRONOUS=normal to measure what it costs).
+EXTRA_ENV: dict[str, str] = {}
 
 # Processes started here, stopped by cleanup() whatever happens.
 _children: list[subprocess.Popen] = []
@@ -355,6 +359,7 @@ class Server:
         })
         if rust_log:
             self.env["RUST_LOG"] = rust_log
+        self.env.update(EXTRA_ENV)
         self.proc: subprocess.Popen | None = None
         self.startup_ms = float("nan")
         self.idle_rss_mib = float("nan")
@@ -1191,7 +1196,8 @@ def markdown(report: dict) -> str:
         f"each; argon2id baseline runs of {p['baseline_secs']:g} s; "
         f"mixed: {p['mixed_connections']}-connection login flood + {p['probe_connections']}-connection "
         f"/me and /health probes paced at {p['probe_delay_ms']} ms; strength: the same with a "
-        f"registration flood of 128-character passwords; flood: {p['flood_connections']} connections.",
+        f"registration flood of 128-character passwords; flood: {p['flood_connections']} connections."
+        + (f" Service settings: {', '.join(f'`{e}`' for e in p['env'])}." if p.get("env") else ""),
         "",
     ]
     b = report.get("baseline")
@@ -1287,6 +1293,9 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=0.05,
                     help="noise tolerance of the login_fail >= login comparison (0.05)")
     ap.add_argument("--rust-log", default=None, help="RUST_LOG for the server (default: the service's)")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="a service setting for every server, on top of the bench's own "
+                         "(repeatable), e.g. --env SQLITE_SYNCHRONOUS=normal")
     ap.add_argument("--out", default=str(REPO / "target" / "bench"), help="results directory")
     ap.add_argument("--write-doc", action="store_true", help="replace the results in BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the servers' data directories")
@@ -1300,6 +1309,11 @@ def main() -> int:
                     help="requests per callgrind profile (2000)")
     a = ap.parse_args()
     DATA_ROOT = Path(a.data_root).resolve()
+    for pair in a.env:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            ap.error(f"--env expects KEY=VALUE, got {pair!r}")
+        EXTRA_ENV[key] = value
 
     if a.profile:
         handle_signals()
@@ -1367,7 +1381,7 @@ def main() -> int:
         "params": {k: getattr(a, k) for k in ("connections", "duration", "warmup", "mixed_connections",
                                               "probe_connections", "probe_delay_ms", "flood_connections",
                                               "baseline_secs", "rounds", "hash_rounds",
-                                              "tolerance", "rust_log")},
+                                              "tolerance", "rust_log", "env")},
         "baseline": baseline,
         "rows": bench.rows,
         "starts": bench.starts,

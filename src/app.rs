@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, Database, MailTransport};
+use crate::config::{Config, Database, MailTransport, RateLimitBackend, SqliteSynchronous};
 use crate::domain::AuditKey;
 use crate::domain::PasswordPolicy;
 use crate::http::middleware::rate_limit;
@@ -30,13 +30,20 @@ use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{AdminService, Audit, AuthService, AuthSettings};
 use crate::storage::mongo::MongoStore;
-use crate::storage::sqlite::SqliteStore;
+use crate::storage::sqlite::{self, SqliteStore};
 use crate::storage::Store;
 
 /// Opens the configured store (SQLite file, or MongoDB when MONGO_URI is set).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match &config.database {
-        Database::Sqlite { url } => Arc::new(SqliteStore::connect(url).await?),
+        Database::Sqlite { url } => {
+            let synchronous = match config.sqlite_synchronous {
+                SqliteSynchronous::Full => sqlite::SqliteSynchronous::Full,
+                SqliteSynchronous::Normal => sqlite::SqliteSynchronous::Normal,
+            };
+            tracing::info!(synchronous = ?config.sqlite_synchronous, "SQLite commits");
+            Arc::new(SqliteStore::connect_with(url, synchronous).await?)
+        }
         Database::Mongo { uri } => Arc::new(MongoStore::connect(uri).await?),
     })
 }
@@ -120,9 +127,15 @@ impl App {
         ));
         let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
         let health = WriteHealth::new(audit.clone());
+        let counters = match config.rate_limit_backend {
+            RateLimitBackend::Memory => None,
+            RateLimitBackend::Store => Some(rate_limit::SharedCounters::new(store.clone())),
+        };
+        tracing::info!(backend = ?config.rate_limit_backend, "per-IP rate limits");
         let limiters = Limiters::new(
             config.rate_limit_auth_per_min,
             config.rate_limit_global_per_min,
+            counters,
         );
         let mut background = vec![
             rate_limit::spawn_cleanup(limiters.all()),

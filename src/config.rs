@@ -11,6 +11,9 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::AuditKey;
 
+mod store;
+pub use store::{RateLimitBackend, SqliteSynchronous};
+
 /// Where the service keeps its data.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Database {
@@ -181,6 +184,10 @@ pub struct Config {
     /// How often the chain's head is checkpointed while it moves
     /// (AUDIT_CHECKPOINT_INTERVAL).
     pub audit_checkpoint_interval: Duration,
+    /// When a SQLite commit is on disk (SQLITE_SYNCHRONOUS).
+    pub sqlite_synchronous: SqliteSynchronous,
+    /// Where the per-IP rate-limit counters live (RATE_LIMIT_BACKEND).
+    pub rate_limit_backend: RateLimitBackend,
 }
 
 /// A configuration problem, always naming the variable at fault.
@@ -526,7 +533,12 @@ impl Config {
             "1m",
         )?;
 
+        let sqlite_synchronous = store::sqlite_synchronous(get("SQLITE_SYNCHRONOUS"))?;
+        let rate_limit_backend = store::rate_limit_backend(get("RATE_LIMIT_BACKEND"), &database)?;
+
         Ok(Self {
+            sqlite_synchronous,
+            rate_limit_backend,
             audit_key,
             audit_checkpoint_file,
             audit_checkpoint_interval,

@@ -164,6 +164,7 @@ async fn creates_the_documented_indexes() {
         "refresh_tokens",
         "reset_tokens",
         "verification_tokens",
+        "rate_limits",
     ] {
         let mut cursor = db
             .collection::<Document>(collection)
@@ -194,6 +195,7 @@ async fn creates_the_documented_indexes() {
         "verification_tokens.token_hash unique=true",
         "verification_tokens.user_id unique=false",
         "verification_tokens.expires_at unique=false",
+        "rate_limits.expires_at unique=false",
     ] {
         assert!(
             found.iter().any(|f| f == expected),

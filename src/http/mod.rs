@@ -68,22 +68,29 @@ pub struct Limiters {
 }
 
 impl Limiters {
-    pub fn new(auth_per_min: u32, global_per_min: u32) -> Self {
+    /// With `counters` (RATE_LIMIT_BACKEND=store) every limit is counted in
+    /// the store, one budget per limit for all instances on it.
+    pub fn new(
+        auth_per_min: u32,
+        global_per_min: u32,
+        counters: Option<rate_limit::SharedCounters>,
+    ) -> Self {
+        let limit = |name, per_min| Limiter::new(name, per_min, counters.as_ref());
         Self {
-            global: rate_limit::per_minute(global_per_min),
-            register: rate_limit::per_minute(auth_per_min),
-            login: rate_limit::per_minute(auth_per_min),
-            refresh: rate_limit::per_minute(auth_per_min),
-            forgot_password: rate_limit::per_minute(auth_per_min),
-            reset_password: rate_limit::per_minute(auth_per_min),
-            verify_email: rate_limit::per_minute(auth_per_min),
-            resend_verification: rate_limit::per_minute(auth_per_min),
-            logout: rate_limit::per_minute(auth_per_min),
-            page_login: rate_limit::per_minute(auth_per_min),
-            page_register: rate_limit::per_minute(auth_per_min),
-            page_forgot: rate_limit::per_minute(auth_per_min),
-            page_reset: rate_limit::per_minute(auth_per_min),
-            page_verify: rate_limit::per_minute(auth_per_min),
+            global: limit("global", global_per_min),
+            register: limit("register", auth_per_min),
+            login: limit("login", auth_per_min),
+            refresh: limit("refresh", auth_per_min),
+            forgot_password: limit("forgot_password", auth_per_min),
+            reset_password: limit("reset_password", auth_per_min),
+            verify_email: limit("verify_email", auth_per_min),
+            resend_verification: limit("resend_verification", auth_per_min),
+            logout: limit("logout", auth_per_min),
+            page_login: limit("page_login", auth_per_min),
+            page_register: limit("page_register", auth_per_min),
+            page_forgot: limit("page_forgot", auth_per_min),
+            page_reset: limit("page_reset", auth_per_min),
+            page_verify: limit("page_verify", auth_per_min),
         }
     }
 

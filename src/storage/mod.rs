@@ -13,9 +13,11 @@
 
 pub mod email_queue;
 pub mod mongo;
+mod rate_limits;
 pub mod sqlite;
 
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
+pub use rate_limits::RateLimitStore;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -546,6 +548,7 @@ pub trait Store:
     + WebSessionStore
     + AuditStore
     + EmailQueueStore
+    + RateLimitStore
 {
     /// Cheap round trip to prove the database answers (for /health).
     async fn ping(&self) -> StoreResult<()>;

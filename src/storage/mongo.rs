@@ -50,6 +50,7 @@ use crate::domain::{
 use crate::domain::{AuditKey, HashVersion};
 
 mod email_queue;
+mod rate_limits;
 
 /// Used when the URI names no database, as the Python service did.
 const DEFAULT_DATABASE: &str = "clinic_auth";
@@ -297,6 +298,7 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("audit_events", plain("time")),
         // The outbox's senders claim by due time (also the lease's end).
         (email_queue::COLLECTION, plain("due_at")),
+        (rate_limits::COLLECTION, ttl()),
     ]
 }
 
@@ -1545,6 +1547,7 @@ impl Store for MongoStore {
             self.reset_tokens.name(),
             self.verification_tokens.name(),
             self.sessions.name(),
+            rate_limits::COLLECTION,
         ] {
             purged += self
                 .db

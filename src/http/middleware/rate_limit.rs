@@ -1,10 +1,17 @@
-//! Per-client-IP rate limits (GCRA via `governor`, wired by
-//! `tower_governor`), answered in the API's error format with Retry-After.
+//! Per-client-IP rate limits, answered in the API's error format with
+//! Retry-After.
+//!
+//! Two backends (RATE_LIMIT_BACKEND): `memory`, GCRA via `governor` (wired
+//! by `tower_governor`) in this process, so N instances allow N times the
+//! limit; `store`, a counter per client and fixed one-minute window in the
+//! database ([`shared`]), so every instance on one store enforces one limit.
 //!
 //! An IPv4 client is one address. An IPv6 client is its whole prefix
 //! (RATE_LIMIT_IPV6_PREFIX, default /64): a single host, home or cloud VM
 //! is routinely handed a /64, and keying by /128 would give it 2^64
 //! budgets.
+
+mod shared;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,14 +19,17 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::Request;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use governor::middleware::NoOpMiddleware;
 use ipnet::Ipv6Net;
+use tower::util::Either;
 use tower_governor::governor::{GovernorConfig, GovernorConfigBuilder};
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
 
 use crate::error::ApiError;
+pub use shared::SharedCounters;
+use shared::{SharedLimit, SharedLimitLayer};
 
 /// What the limiters count a request against: the client's address, or for
 /// IPv6 its network (set by the client-IP middleware beside `ClientIp`).
@@ -50,10 +60,43 @@ impl KeyExtractor for ClientIpKey {
     }
 }
 
-pub type Limiter = Arc<GovernorConfig<ClientIpKey, NoOpMiddleware>>;
+type MemoryLimit = Arc<GovernorConfig<ClientIpKey, NoOpMiddleware>>;
 
-/// `per_minute` requests per minute per IP, allowed to arrive as a burst.
-pub fn per_minute(per_minute: u32) -> Limiter {
+/// One per-IP limit.
+#[derive(Clone)]
+pub struct Limiter {
+    /// GCRA in this process: the limit itself with the `memory` backend;
+    /// with `store`, what applies while the store cannot answer.
+    memory: MemoryLimit,
+    /// The counter in the store (`store` backend).
+    shared: Option<Arc<SharedLimit>>,
+}
+
+impl Limiter {
+    /// `per_minute` requests per minute per IP, allowed to arrive as a
+    /// burst. With `counters` the count is kept in the store under `name`
+    /// (unique per limit), shared by every instance on it.
+    pub fn new(name: &'static str, per_minute: u32, counters: Option<&SharedCounters>) -> Self {
+        let memory = in_memory(per_minute);
+        let shared = counters.map(|c| Arc::new(c.limit(name, per_minute, memory.clone())));
+        Self { memory, shared }
+    }
+}
+
+/// The 429 every limiter answers (the portal turns it into its friendly
+/// page), counted in `clinic_auth_rate_limited_total`.
+fn too_many_requests(wait_secs: u64) -> Response {
+    metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
+    ApiError::rate_limited(wait_secs).into_response()
+}
+
+/// A request without a [`RateLimitKey`]: the layers are wired wrongly.
+fn no_key() -> Response {
+    tracing::error!("rate limiter could not tell the client's IP");
+    ApiError::internal().into_response()
+}
+
+fn in_memory(per_minute: u32) -> MemoryLimit {
     let interval = Duration::from_secs(60) / per_minute.max(1);
     let config = GovernorConfigBuilder::default()
         .period(interval)
@@ -61,17 +104,10 @@ pub fn per_minute(per_minute: u32) -> Limiter {
         .key_extractor(ClientIpKey)
         .error_handler(|err| {
             match err {
-                GovernorError::TooManyRequests { wait_time, .. } => {
-                    metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
-                    ApiError::rate_limited(wait_time)
-                }
-                GovernorError::UnableToExtractKey => {
-                    tracing::error!("rate limiter could not tell the client's IP");
-                    ApiError::internal()
-                }
-                GovernorError::Other { .. } => ApiError::internal(),
+                GovernorError::TooManyRequests { wait_time, .. } => too_many_requests(wait_time),
+                GovernorError::UnableToExtractKey => no_key(),
+                GovernorError::Other { .. } => ApiError::internal().into_response(),
             }
-            .into_response()
             .map(Body::new)
         })
         .finish()
@@ -79,9 +115,14 @@ pub fn per_minute(per_minute: u32) -> Limiter {
     Arc::new(config)
 }
 
-pub fn layer(limiter: &Limiter) -> GovernorLayer<ClientIpKey, NoOpMiddleware> {
-    GovernorLayer {
-        config: Arc::clone(limiter),
+pub fn layer(
+    limiter: &Limiter,
+) -> Either<GovernorLayer<ClientIpKey, NoOpMiddleware>, SharedLimitLayer> {
+    match &limiter.shared {
+        None => Either::Left(GovernorLayer {
+            config: Arc::clone(&limiter.memory),
+        }),
+        Some(shared) => Either::Right(SharedLimitLayer::new(Arc::clone(shared))),
     }
 }
 
@@ -92,8 +133,8 @@ pub fn spawn_cleanup(limiters: Vec<Limiter>) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             for limiter in &limiters {
-                limiter.limiter().retain_recent();
-                limiter.limiter().shrink_to_fit();
+                limiter.memory.limiter().retain_recent();
+                limiter.memory.limiter().shrink_to_fit();
             }
         }
     })

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
-use sqlx::{Connection, FromRow};
+pub use sqlx::sqlite::SqliteSynchronous;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
+use sqlx::FromRow;
 
 use super::ChainLink;
 use super::{
@@ -30,6 +31,7 @@ use crate::domain::{AuditKey, HashVersion};
 
 mod connections;
 mod email_queue;
+mod rate_limits;
 mod rotation;
 
 use connections::{Connections, Lease};
@@ -46,20 +48,30 @@ pub struct SqliteStore {
     writer: Arc<Connections>,
     /// Queue of the batched refresh-token rotations (on `writer`).
     rotations: tokio::sync::mpsc::Sender<rotation::Job>,
+    /// SQLITE_SYNCHRONOUS, which the rate-limit counters set aside.
+    synchronous: SqliteSynchronous,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` and applies pending
     /// migrations. `url` is `sqlite://path/to/file.db`, relative to the
-    /// working directory.
+    /// working directory. Every commit is fsynced (see [`Self::connect_with`]).
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_with(url, SqliteSynchronous::Full).await
+    }
+
+    /// [`Self::connect`] with the given `synchronous` (SQLITE_SYNCHRONOUS).
+    /// In WAL mode FULL fsyncs the WAL at every commit, so a commit that was
+    /// answered survives a power loss or an OS crash; NORMAL fsyncs only at
+    /// checkpoints, which survives a crash of the process but can lose the
+    /// last commits to a power loss (a rotated or revoked refresh token
+    /// active again, a lockout lifted), though it never corrupts the file.
+    pub async fn connect_with(url: &str, synchronous: SqliteSynchronous) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("DATABASE_URL is not a valid SQLite URL: {url}"))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // NORMAL is durable across application crashes in WAL mode; only
-            // an OS crash can lose the last commits, and never corrupts.
-            .synchronous(SqliteSynchronous::Normal)
+            .synchronous(synchronous)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true)
             // A multi-row write inside a transaction keeps a statement
@@ -92,10 +104,7 @@ impl SqliteStore {
             1,
         )
         .await?;
-        MIGRATOR
-            .run(writer.get().await?.conn()?)
-            .await
-            .context("cannot apply database migrations")?;
+        migrate(&writer).await?;
         restrict(&file, 0o600);
         let rotations = rotation::spawn(Arc::clone(&writer))
             .context("cannot start the refresh-token rotation thread")?;
@@ -104,7 +113,39 @@ impl SqliteStore {
             readers,
             writer,
             rotations,
+            synchronous,
         })
+    }
+}
+
+/// Passes at applying migrations before giving up (see [`migrate`]).
+const MIGRATION_ATTEMPTS: u32 = 3;
+
+/// Applies pending migrations.
+///
+/// Instances started together on one file (a deployment bringing them up
+/// at once, or an upgrade to a release with a new migration) race to apply
+/// the same migration: sqlx reads which are applied, then applies the rest,
+/// and the loser's statements fail after the winner committed ("table
+/// already exists", or the `_sqlx_migrations` row taken). The next pass
+/// finds the migration applied; a migration that really fails fails every
+/// pass.
+async fn migrate(writer: &Connections) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        let mut conn = writer.get().await?;
+        let result = MIGRATOR.run(conn.conn()?).await;
+        let Err(err) = result else {
+            return Ok(());
+        };
+        // Its transaction may still be open: the next pass gets a fresh one.
+        conn.discard();
+        if attempt == MIGRATION_ATTEMPTS {
+            return Err(err).context("cannot apply database migrations");
+        }
+        tracing::info!(error = %err, "a migration failed, perhaps applied by another instance just now: trying again");
+        attempt += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -509,80 +550,40 @@ impl RefreshTokenStore for SqliteStore {
         }
         // Not active: decide what the replay means inside one transaction,
         // so the decision and its effect cannot interleave with another
-        // rotation of the family.
-        let mut writer = self.write().await?;
-        let mut tx = writer
-            .conn()
-            .map_err(map_err)?
-            .begin()
+        // rotation of the family, in this process or another one on the
+        // same file. IMMEDIATE takes the write lock before the first read:
+        // a deferred transaction would read first and then ask for the lock,
+        // and SQLite fails that upgrade at once with SQLITE_BUSY (or
+        // BUSY_SNAPSHOT when another process committed in between) instead
+        // of waiting in the busy handler, which answered 500 and skipped
+        // reuse detection. Plain statements rather than sqlx's `begin_with`,
+        // like every other transaction here: a failed ROLLBACK then discards
+        // the connection instead of leaving sqlx's transaction depth behind.
+        let mut conn = self.write().await?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut conn)
             .await
             .map_err(map_err)?;
-        let old: Option<RefreshRow> = sqlx::query_as(&format!(
-            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
-        ))
-        .bind(old_hash.as_str())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
-            return Ok(Rotation::Rejected);
+        let committed = match decide_replay(&mut conn, old_hash, now, grace, replacement).await {
+            Ok(rotation) => sqlx::query("COMMIT")
+                .execute(&mut conn)
+                .await
+                .map(|_| rotation)
+                .map_err(map_err),
+            Err(err) => Err(err),
         };
-        match old.replay_verdict(now, grace) {
-            ReplayVerdict::Reject => return Ok(Rotation::Rejected),
-            ReplayVerdict::RevokeFamily => {}
-            ReplayVerdict::SiblingIfFamilyAlive => {
-                let (alive,): (bool,) = sqlx::query_as(
-                    "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
-                     WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
-                )
-                .bind(old.user_id.as_str())
-                .bind(&old.family_id)
-                .bind(millis(now))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                if !alive {
-                    return Ok(Rotation::Rejected);
-                }
-                // One sibling per retired token: the mark and the sibling
-                // commit together, and the writer runs one such transaction
-                // at a time, so the next replay finds the mark and revokes.
-                let marked = sqlx::query(
-                    "UPDATE refresh_tokens SET sibling_issued = 1 \
-                     WHERE token_hash = ? AND sibling_issued = 0",
-                )
-                .bind(old_hash.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if marked == 1 {
-                    insert_refresh(&mut *tx, replacement).await?;
-                    tx.commit().await.map_err(map_err)?;
-                    let owner = self.find_user_by_id(&old.user_id).await?;
-                    return Ok(Rotation::GraceSibling(Rotated {
-                        retired: old,
-                        owner,
-                    }));
-                }
+        let mut rotation = match committed {
+            Ok(rotation) => rotation,
+            Err(err) => {
+                roll_back(&mut conn).await;
+                return Err(err);
             }
+        };
+        drop(conn);
+        if let Rotation::GraceSibling(sibling) = &mut rotation {
+            sibling.owner = self.find_user_by_id(&sibling.retired.user_id).await?;
         }
-        let revoked = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
-             WHERE user_id = ? AND family_id = ? AND revoked = 0",
-        )
-        .bind(millis(now))
-        .bind(old.user_id.as_str())
-        .bind(&old.family_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        tx.commit().await.map_err(map_err)?;
-        Ok(Rotation::ReuseDetected {
-            token: old,
-            revoked,
-        })
+        Ok(rotation)
     }
 
     async fn find_refresh_token(
@@ -690,6 +691,83 @@ impl RefreshTokenStore for SqliteStore {
         .map_err(map_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// What presenting the inactive token `old_hash` means (see [`Rotation`]),
+/// and its effect, on a connection inside `BEGIN IMMEDIATE`; the caller
+/// commits. A grace sibling comes back without its owner (read after the
+/// commit).
+async fn decide_replay(
+    conn: &mut Lease<'_>,
+    old_hash: &TokenHash,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+    replacement: &NewRefreshToken,
+) -> StoreResult<Rotation> {
+    let old: Option<RefreshRow> = sqlx::query_as(&format!(
+        "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
+    ))
+    .bind(old_hash.as_str())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(map_err)?;
+    let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
+        return Ok(Rotation::Rejected);
+    };
+    match old.replay_verdict(now, grace) {
+        ReplayVerdict::Reject => return Ok(Rotation::Rejected),
+        ReplayVerdict::RevokeFamily => {}
+        ReplayVerdict::SiblingIfFamilyAlive => {
+            let (alive,): (bool,) = sqlx::query_as(
+                "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
+                 WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
+            )
+            .bind(old.user_id.as_str())
+            .bind(&old.family_id)
+            .bind(millis(now))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(map_err)?;
+            if !alive {
+                return Ok(Rotation::Rejected);
+            }
+            // One sibling per retired token: the mark and the sibling
+            // commit together, and the write lock admits one such
+            // transaction at a time, so the next replay finds the mark and
+            // revokes.
+            let marked = sqlx::query(
+                "UPDATE refresh_tokens SET sibling_issued = 1 \
+                 WHERE token_hash = ? AND sibling_issued = 0",
+            )
+            .bind(old_hash.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            if marked == 1 {
+                insert_refresh(&mut *conn, replacement).await?;
+                return Ok(Rotation::GraceSibling(Rotated {
+                    retired: old,
+                    owner: None,
+                }));
+            }
+        }
+    }
+    let revoked = sqlx::query(
+        "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
+         WHERE user_id = ? AND family_id = ? AND revoked = 0",
+    )
+    .bind(millis(now))
+    .bind(old.user_id.as_str())
+    .bind(&old.family_id)
+    .execute(&mut *conn)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    Ok(Rotation::ReuseDetected {
+        token: old,
+        revoked,
+    })
 }
 
 fn one_time_table(purpose: TokenPurpose) -> &'static str {
@@ -1316,6 +1394,7 @@ impl Store for SqliteStore {
             "reset_tokens",
             "verification_tokens",
             "web_sessions",
+            "rate_limits",
         ] {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
@@ -1440,6 +1519,35 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(kind(bad), "other");
+    }
+
+    /// Every connection, the writer above all, fsyncs at each commit unless
+    /// SQLITE_SYNCHRONOUS=normal says otherwise (PRAGMA synchronous: 2 is
+    /// FULL, 1 NORMAL).
+    #[tokio::test]
+    async fn commits_are_fsynced_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/sync.db", dir.path().display());
+        let level = |store: SqliteStore| async move {
+            let mut levels = Vec::new();
+            for conn in [store.write().await.unwrap(), store.read().await.unwrap()] {
+                let mut conn = conn;
+                let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                levels.push(level);
+            }
+            levels
+        };
+        assert_eq!(
+            level(SqliteStore::connect(&url).await.unwrap()).await,
+            [2, 2]
+        );
+        let normal = SqliteStore::connect_with(&url, SqliteSynchronous::Normal)
+            .await
+            .unwrap();
+        assert_eq!(level(normal).await, [1, 1]);
     }
 
     /// Migration 12 makes `user_id` unique in the one-time token tables. A

@@ -1,5 +1,5 @@
 //! RATE_LIMIT_BACKEND=store on SQLite: one row per limit and client holding
-//! its current window (`rate_limits`, migration 20261206000300), so the
+//! its current window (`rate_limits`, migration 20261206000400), so the
 //! table holds the clients seen lately rather than a row per minute each.
 
 use std::sync::Arc;

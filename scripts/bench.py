@@ -704,6 +704,13 @@ class Bench:
                 health_runs.append(self.health_run(server, seconds))
         row = summarise(name, merge_wrk(results), expected, connections, server, cpu, window)
         row["like"] = kind
+        if any(int(status) >= 500 for status in row.get("errors_by_status", {})):
+            # A 5xx is a defect to chase, and the data directory (with its
+            # log) is removed at the end of the run unless --keep.
+            kept = Path(a.out) / f"{name}-server.log"
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(server.dir / "server.log", kept)
+            log(f"  {name}: server errors {row['errors_by_status']}; its log is kept at {kept}")
         if health_runs:
             row["health_runs"] = health_runs
             row["round_rps_wrk"] = [ok_count(r, expected) / (r["duration_us"] / 1e6)

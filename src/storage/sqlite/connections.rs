@@ -10,14 +10,22 @@
 //! died, is caught where it shows: a query through a [`Lease`] that fails
 //! with `WorkerCrashed` marks it, and that connection is dropped rather than
 //! reused; the next lease opens a fresh one.
+//!
+//! A lease also knows whether its connection is in a known state: a caller
+//! can stop waiting half-way through a command (a request future dropped
+//! because its client hung up) or between the statements of a transaction.
+//! Such a connection may still be inside that transaction, and the next
+//! caller's BEGIN would fail; it is closed instead (SQLite rolls back what a
+//! closed connection left uncommitted) and the next lease opens a fresh one.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use futures_util::{FutureExt, StreamExt, TryFutureExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteQueryResult, SqliteRow, SqliteStatement};
 use sqlx::{ConnectOptions, Describe, Either, Execute, Executor, Sqlite, SqliteConnection};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -64,7 +72,7 @@ impl Connections {
         };
         Ok(Lease {
             conn: Some(conn),
-            broken: false,
+            marks: Marks::default(),
             home: self,
             _permit: permit,
         })
@@ -76,7 +84,7 @@ impl Connections {
 pub(super) struct Lease<'a> {
     /// `None` only inside `drop`.
     conn: Option<SqliteConnection>,
-    broken: bool,
+    marks: Marks,
     home: &'a Connections,
     // Released after `drop` has put the connection back.
     _permit: SemaphorePermit<'a>,
@@ -89,26 +97,102 @@ impl Lease<'_> {
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
     }
 
-    /// The connection and the lease's mark, borrowed apart so a query's
+    /// The connection and the lease's marks, borrowed apart so a query's
     /// future can hold the one and set the other.
-    fn parts(&mut self) -> Result<(&mut SqliteConnection, &mut bool), sqlx::Error> {
+    fn parts(&mut self) -> Result<(&mut SqliteConnection, &Marks), sqlx::Error> {
         match self.conn.as_mut() {
-            Some(conn) => Ok((conn, &mut self.broken)),
+            Some(conn) => Ok((conn, &self.marks)),
             None => Err(sqlx::Error::PoolClosed),
         }
     }
 
     /// Drops the connection instead of handing it out again.
     pub fn discard(&mut self) {
-        self.broken = true;
+        self.marks.broken.store(true, Ordering::Relaxed);
     }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take().filter(|_| !self.broken) {
+        let reusable = self.marks.reusable();
+        if let Some(conn) = self.conn.take().filter(|_| reusable) {
             let mut idle = self.home.idle.lock().unwrap_or_else(|p| p.into_inner());
             idle.push(conn);
+        }
+    }
+}
+
+/// What a lease knows about its connection's state. Atomics only because a
+/// query's boxed future must be `Send`; one task uses a lease at a time.
+#[derive(Default)]
+struct Marks {
+    /// The connection's thread is gone, or its owner said to drop it.
+    broken: AtomicBool,
+    /// A command was sent and its answer not read to the end.
+    in_flight: AtomicBool,
+    /// A BEGIN ran and no COMMIT or ROLLBACK has since.
+    in_transaction: AtomicBool,
+}
+
+impl Marks {
+    fn reusable(&self) -> bool {
+        !(self.broken.load(Ordering::Relaxed)
+            || self.in_flight.load(Ordering::Relaxed)
+            || self.in_transaction.load(Ordering::Relaxed))
+    }
+
+    /// Before `sql` is sent. Our transactions are written out as plain
+    /// BEGIN … COMMIT / ROLLBACK statements (never sqlx's `begin`), so the
+    /// text says where one starts and ends.
+    fn sending(&self, sql: &str) {
+        self.in_flight.store(true, Ordering::Relaxed);
+        if Statements::of(sql).begins {
+            self.in_transaction.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Once the answer to `sql` has been read to its end.
+    fn answered(&self, sql: &str, result: Result<(), &sqlx::Error>) {
+        let statements = Statements::of(sql);
+        match result {
+            Ok(()) if statements.ends => self.in_transaction.store(false, Ordering::Relaxed),
+            Ok(()) => {}
+            Err(err) => {
+                if matches!(err, sqlx::Error::WorkerCrashed) {
+                    self.broken.store(true, Ordering::Relaxed);
+                }
+                // A ROLLBACK that failed either found no transaction or
+                // left the connection to be discarded by its caller; a
+                // lone BEGIN that failed began nothing.
+                if statements.only_rollback || statements.only_begin {
+                    self.in_transaction.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        self.in_flight.store(false, Ordering::Relaxed);
+    }
+}
+
+/// How a command's text opens or closes a transaction.
+struct Statements {
+    begins: bool,
+    ends: bool,
+    only_begin: bool,
+    only_rollback: bool,
+}
+
+impl Statements {
+    fn of(sql: &str) -> Self {
+        let text = sql.trim().trim_end_matches(';').trim_end();
+        let first = text.split_whitespace().next().unwrap_or("");
+        let last = text.rsplit([';', ' ', '\n']).next().unwrap_or("");
+        let is = |word: &str, keyword: &str| word.eq_ignore_ascii_case(keyword);
+        let single = !text.contains(';');
+        Self {
+            begins: is(first, "BEGIN"),
+            ends: is(last, "COMMIT") || is(last, "ROLLBACK") || is(first, "ROLLBACK"),
+            only_begin: single && is(first, "BEGIN"),
+            only_rollback: single && is(first, "ROLLBACK"),
         }
     }
 }
@@ -116,15 +200,8 @@ impl Drop for Lease<'_> {
 impl fmt::Debug for Lease<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
-            .field("broken", &self.broken)
+            .field("reusable", &self.marks.reusable())
             .finish_non_exhaustive()
-    }
-}
-
-/// Marks the lease when its connection's thread is gone.
-fn watch(broken: &mut bool, err: &sqlx::Error) {
-    if matches!(err, sqlx::Error::WorkerCrashed) {
-        *broken = true;
     }
 }
 
@@ -140,10 +217,25 @@ impl<'c> Executor<'c> for &'c mut Lease<'_> {
         E: 'q + Execute<'q, Sqlite>,
     {
         match self.parts() {
-            Ok((conn, broken)) => conn
-                .fetch_many(query)
-                .inspect_err(move |e| watch(broken, e))
-                .boxed(),
+            Ok((conn, marks)) => {
+                let sql = query.sql();
+                marks.sending(sql);
+                conn.fetch_many(query)
+                    .inspect(move |item| {
+                        if let Err(e) = item {
+                            marks.answered(sql, Err(e));
+                        }
+                    })
+                    .chain(futures_util::stream::poll_fn(move |_| {
+                        // The stream's end: every answer has been read.
+                        // Still in flight unless an error answered it.
+                        if marks.in_flight.load(Ordering::Relaxed) {
+                            marks.answered(sql, Ok(()));
+                        }
+                        std::task::Poll::Ready(None)
+                    }))
+                    .boxed()
+            }
             Err(e) => futures_util::stream::once(async { Err(e) }).boxed(),
         }
     }
@@ -157,10 +249,13 @@ impl<'c> Executor<'c> for &'c mut Lease<'_> {
         E: 'q + Execute<'q, Sqlite>,
     {
         match self.parts() {
-            Ok((conn, broken)) => conn
-                .fetch_optional(query)
-                .inspect_err(move |e| watch(broken, e))
-                .boxed(),
+            Ok((conn, marks)) => {
+                let sql = query.sql();
+                marks.sending(sql);
+                conn.fetch_optional(query)
+                    .inspect(move |result| marks.answered(sql, result.as_ref().map(|_| ())))
+                    .boxed()
+            }
             Err(e) => async { Err(e) }.boxed(),
         }
     }
@@ -247,13 +342,107 @@ mod tests {
         drop(second);
     }
 
+    /// A caller that stops waiting in the middle of a multi-statement
+    /// transaction (a request future dropped because its client hung up)
+    /// must not hand the next caller a connection still inside that
+    /// transaction: its BEGIN would fail ("cannot start a transaction
+    /// within a transaction"), a 500.
+    #[tokio::test]
+    async fn a_transaction_abandoned_midway_does_not_reach_the_next_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = one_connection(&dir, 1).await;
+        let mut lease = set.get().await.unwrap();
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut lease)
+            .await
+            .unwrap();
+        let slow = "BEGIN IMMEDIATE; INSERT INTO t VALUES (1); \
+                    WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c \
+                    WHERE x < 5000000) SELECT count(*) FROM c; COMMIT";
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(20),
+            sqlx::query(slow).execute(&mut lease),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the command outlived the timeout");
+        drop(lease);
+        let mut next = set.get().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut next)
+            .await
+            .expect("the next lease starts a transaction of its own");
+        sqlx::query("ROLLBACK").execute(&mut next).await.unwrap();
+    }
+
+    /// The same for a transaction whose statements run one call at a time
+    /// and whose caller goes away between two of them.
+    #[tokio::test]
+    async fn a_transaction_left_open_between_calls_does_not_reach_the_next_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = one_connection(&dir, 1).await;
+        let mut lease = set.get().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut lease)
+            .await
+            .unwrap();
+        drop(lease);
+        let mut next = set.get().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut next)
+            .await
+            .expect("the next lease starts a transaction of its own");
+        sqlx::query("ROLLBACK").execute(&mut next).await.unwrap();
+        // A command that failed part-way, whose caller left without
+        // rolling back.
+        let failed = sqlx::query("BEGIN IMMEDIATE; INSERT INTO nowhere VALUES (1); COMMIT")
+            .execute(&mut next)
+            .await;
+        assert!(failed.is_err());
+        drop(next);
+        let mut last = set.get().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut last)
+            .await
+            .expect("a fresh transaction after a failed one");
+        sqlx::query("ROLLBACK").execute(&mut last).await.unwrap();
+    }
+
     #[test]
     fn only_a_dead_connection_thread_marks_the_lease() {
-        let mut broken = false;
-        watch(&mut broken, &sqlx::Error::RowNotFound);
-        watch(&mut broken, &sqlx::Error::PoolTimedOut);
-        assert!(!broken);
-        watch(&mut broken, &sqlx::Error::WorkerCrashed);
-        assert!(broken);
+        let marks = Marks::default();
+        for err in [sqlx::Error::RowNotFound, sqlx::Error::PoolTimedOut] {
+            marks.sending("SELECT 1");
+            marks.answered("SELECT 1", Err(&err));
+        }
+        assert!(marks.reusable());
+        marks.sending("SELECT 1");
+        marks.answered("SELECT 1", Err(&sqlx::Error::WorkerCrashed));
+        assert!(!marks.reusable());
+    }
+
+    #[test]
+    fn the_text_says_where_a_transaction_starts_and_ends() {
+        let marks = Marks::default();
+        marks.sending("BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT");
+        marks.answered("BEGIN IMMEDIATE; INSERT INTO t VALUES (1); COMMIT", Ok(()));
+        assert!(marks.reusable(), "a whole transaction in one command");
+        marks.sending("BEGIN IMMEDIATE");
+        marks.answered("BEGIN IMMEDIATE", Ok(()));
+        marks.sending("SELECT 1");
+        marks.answered("SELECT 1", Ok(()));
+        assert!(!marks.reusable(), "inside a transaction");
+        marks.sending("COMMIT");
+        marks.answered("COMMIT", Ok(()));
+        assert!(marks.reusable(), "committed");
+        let busy = sqlx::Error::PoolTimedOut;
+        marks.sending("BEGIN IMMEDIATE");
+        marks.answered("BEGIN IMMEDIATE", Err(&busy));
+        assert!(marks.reusable(), "a failed BEGIN began nothing");
+        marks.sending("BEGIN IMMEDIATE; UPDATE t SET x = 2; COMMIT");
+        marks.answered("BEGIN IMMEDIATE; UPDATE t SET x = 2; COMMIT", Err(&busy));
+        assert!(!marks.reusable(), "stopped part-way: until a ROLLBACK");
+        marks.sending("ROLLBACK");
+        marks.answered("ROLLBACK", Err(&busy));
+        assert!(marks.reusable(), "rolled back, or nothing to roll back");
     }
 }

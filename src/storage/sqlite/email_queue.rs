@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{from_millis, map_err, millis, roll_back, upsert_link_sql, SqliteStore};
+use super::one_time_tokens::upsert_link_sql;
+use super::{from_millis, map_err, millis, roll_back, SqliteStore};
 use crate::domain::{User, UserId};
 use crate::storage::email_queue::require_verification_link;
 use crate::storage::{

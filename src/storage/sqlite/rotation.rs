@@ -24,9 +24,9 @@ use sqlx::{Column, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::{Connections, Lease};
-use super::{
-    bind_new_refresh, map_err, millis, RefreshRow, UserRow, REFRESH_COLUMNS, USER_COLUMNS,
-};
+use super::refresh_tokens::{bind_new_refresh, RefreshRow, REFRESH_COLUMNS};
+use super::users::{UserRow, USER_COLUMNS};
+use super::{map_err, millis};
 use crate::domain::{TokenHash, User};
 use crate::storage::{NewRefreshToken, RefreshTokenRecord, Rotated, StoreError, StoreResult};
 

@@ -6,7 +6,7 @@ use bson::{doc, Document};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, is_duplicate_key, map_err, MongoStore};
+use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::audit::GENESIS_HASH;
 use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 use crate::storage::{AuditQuery, AuditStore, ChainLink, StoreError, StoreResult};
@@ -112,8 +112,7 @@ impl MongoStore {
             .audit_events
             .find_one(doc! {})
             .sort(doc! { "seq": -1 })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(match head {
             Some(doc) => (u64::try_from(doc.seq).unwrap_or(0), doc.hash),
             None => (0, GENESIS_HASH.to_owned()),
@@ -127,8 +126,7 @@ impl MongoStore {
             .clone_with_type::<Document>()
             .find_one(doc! { "_id": id })
             .projection(doc! { "_id": 1, "seq": 1, "hash": 1 })
-            .await
-            .map_err(map_err)?
+            .await?
             .as_ref()
             .and_then(audit_link)
             .map(|(_, link)| link))
@@ -145,11 +143,9 @@ impl MongoStore {
             .find(filter)
             .sort(doc! { "seq": sort })
             .limit(i64::from(limit))
-            .await
-            .map_err(map_err)?
+            .await?
             .try_collect()
-            .await
-            .map_err(map_err)?;
+            .await?;
         docs.into_iter().map(AuditRecord::try_from).collect()
     }
 }
@@ -172,11 +168,9 @@ impl AuditStore for MongoStore {
             .clone_with_type::<Document>()
             .find(doc! { "_id": { "$in": ids } })
             .projection(doc! { "_id": 1, "seq": 1, "hash": 1 })
-            .await
-            .map_err(map_err)?
+            .await?
             .try_collect()
-            .await
-            .map_err(map_err)?;
+            .await?;
         let stored: std::collections::HashMap<String, ChainLink> =
             stored.iter().filter_map(audit_link).collect();
         let mut head = self.audit_head().await?;
@@ -218,7 +212,7 @@ impl AuditStore for MongoStore {
                         }
                         head = self.audit_head().await?;
                     }
-                    Err(err) => return Err(map_err(err)),
+                    Err(err) => return Err(err.into()),
                 }
             }
         }

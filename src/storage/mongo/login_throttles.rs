@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, is_duplicate_key, map_err, MongoStore};
+use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::TokenHash;
 use crate::storage::{LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
 
@@ -46,8 +46,7 @@ impl LoginThrottleStore for MongoStore {
         Ok(self
             .login_throttles
             .find_one(doc! { "_id": key.as_str() })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(LoginThrottle::from))
     }
 
@@ -78,8 +77,7 @@ impl LoginThrottleStore for MongoStore {
                     doc! { "$inc": { "failures": 1_i64 } },
                 )
                 .return_document(ReturnDocument::After)
-                .await
-                .map_err(map_err)?;
+                .await?;
             if let Some(doc) = counted {
                 return Ok(doc.into());
             }
@@ -93,8 +91,7 @@ impl LoginThrottleStore for MongoStore {
                     doc! { "$set": { "failures": 1_i64, "window_started_at": bson_date(now) } },
                 )
                 .return_document(ReturnDocument::After)
-                .await
-                .map_err(map_err)?;
+                .await?;
             if let Some(doc) = restarted {
                 return Ok(doc.into());
             }
@@ -108,7 +105,7 @@ impl LoginThrottleStore for MongoStore {
             match self.login_throttles.insert_one(&first).await {
                 Ok(_) => return Ok(first.into()),
                 Err(e) if is_duplicate_key(&e) => continue,
-                Err(e) => return Err(map_err(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(StoreError::Other(anyhow::anyhow!(
@@ -135,16 +132,14 @@ impl LoginThrottleStore for MongoStore {
                     "$inc": { "lock_count": 1_i64 },
                 },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.modified_count == 1)
     }
 
     async fn clear_login_throttle(&self, key: &TokenHash) -> StoreResult<()> {
         self.login_throttles
             .delete_one(doc! { "_id": key.as_str() })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 }

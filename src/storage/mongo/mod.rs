@@ -299,7 +299,7 @@ async fn create_indexes(db: &Database) -> StoreResult<()> {
                     "an index on these keys already exists with other options; keeping it"
                 );
             }
-            // Not map_err: a duplicate key here means duplicate data already
+            // Not `StoreError::from`: a duplicate key here means duplicate data already
             // stored, which is no write conflict of the caller's.
             Err(err) if is_transient(&err) => return Err(StoreError::Unavailable(err.into())),
             Err(err) => {
@@ -320,15 +320,19 @@ fn is_index_conflict(err: &mongodb::error::Error) -> bool {
     )
 }
 
-/// Sorts a driver error into what the services branch on.
-fn map_err(err: mongodb::error::Error) -> StoreError {
-    if is_duplicate_key(&err) {
-        return StoreError::Conflict;
+/// Sorts a driver error into what the services branch on: the one place
+/// MongoDB's errors become the services' terms, so every store call can use
+/// `?`.
+impl From<mongodb::error::Error> for StoreError {
+    fn from(err: mongodb::error::Error) -> Self {
+        if is_duplicate_key(&err) {
+            return StoreError::Conflict;
+        }
+        if is_transient(&err) {
+            return StoreError::Unavailable(err.into());
+        }
+        StoreError::Other(err.into())
     }
-    if is_transient(&err) {
-        return StoreError::Unavailable(err.into());
-    }
-    StoreError::Other(err.into())
 }
 
 fn is_duplicate_key(err: &mongodb::error::Error) -> bool {
@@ -399,6 +403,8 @@ impl Store for MongoStore {
         self.db
             .run_command(doc! { "ping": 1 })
             .await
+            // Not the usual conversion: whatever the error, a ping that
+            // fails means the database does not answer (503), not a bug.
             .map_err(|e| StoreError::Unavailable(e.into()))?;
         Ok(())
     }
@@ -413,8 +419,7 @@ impl Store for MongoStore {
                 doc! { "$set": { "probed_at": bson_date(now) } },
             )
             .upsert(true)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 
@@ -438,8 +443,7 @@ impl Store for MongoStore {
                 .db
                 .collection::<Document>(collection)
                 .delete_many(expired.clone())
-                .await
-                .map_err(map_err)?
+                .await?
                 .deleted_count;
         }
         let idle = bson_date(throttle_idle_before);
@@ -449,8 +453,7 @@ impl Store for MongoStore {
                 "window_started_at": { "$lte": idle },
                 "$or": [ { "locked_until": null }, { "locked_until": { "$lte": idle } } ],
             })
-            .await
-            .map_err(map_err)?
+            .await?
             .deleted_count;
         Ok(purged)
     }
@@ -465,7 +468,7 @@ mod tests {
     use super::*;
 
     fn kind(err: mongodb::error::Error) -> &'static str {
-        match map_err(err) {
+        match StoreError::from(err) {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Conflict => "conflict",
             StoreError::Other(_) => "other",

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, map_err, MongoStore};
+use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{NewOneTimeToken, OneTimeTokenStore, StoreResult, TokenPurpose};
 
@@ -52,11 +52,10 @@ impl OneTimeTokenStore for MongoStore {
         // Insert first, then delete every other token of the user: if the
         // delete fails the new link still works. Two concurrent requests can
         // at worst delete each other's token, which fails closed (ask again).
-        collection.insert_one(&doc).await.map_err(map_err)?;
+        collection.insert_one(&doc).await?;
         collection
             .delete_many(doc! { "user_id": &doc.user_id, "_id": { "$ne": new_id } })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 
@@ -69,8 +68,7 @@ impl OneTimeTokenStore for MongoStore {
         Ok(self
             .one_time(purpose)
             .find_one(doc! { "token_hash": hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(|doc| UserId::new(doc.user_id)))
     }
 
@@ -85,8 +83,7 @@ impl OneTimeTokenStore for MongoStore {
         let consumed = self
             .one_time(purpose)
             .find_one_and_delete(doc! { "token_hash": hash.as_str() })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(consumed
             .filter(|doc| doc.expires_at > bson_date(now))
             .map(|doc| UserId::new(doc.user_id)))
@@ -99,8 +96,7 @@ impl OneTimeTokenStore for MongoStore {
     ) -> StoreResult<()> {
         self.one_time(purpose)
             .delete_many(doc! { "user_id": user_id.as_str() })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, map_err, MongoStore};
+use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{
     NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
@@ -90,8 +90,7 @@ impl RefreshTokenStore for MongoStore {
         self.indexes.ensure().await?;
         self.refresh_tokens
             .insert_one(RefreshDoc::new(token))
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 
@@ -128,8 +127,7 @@ impl RefreshTokenStore for MongoStore {
                 } },
             )
             .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?;
+            .await?;
         if let Some(retired) = retired {
             let retired = RefreshTokenRecord::from(retired);
             let owner = self.find_user_by_id(&retired.user_id).await?;
@@ -137,8 +135,7 @@ impl RefreshTokenStore for MongoStore {
         }
         self.refresh_tokens
             .delete_one(doc! { "jti": &replacement.jti })
-            .await
-            .map_err(map_err)?;
+            .await?;
         let Some(old) = self.find_refresh_token(old_hash).await? else {
             return Ok(Rotation::Rejected);
         };
@@ -157,8 +154,7 @@ impl RefreshTokenStore for MongoStore {
                         "revoked": false,
                         "expires_at": { "$gt": now_b },
                     })
-                    .await
-                    .map_err(map_err)?
+                    .await?
                     .is_some();
                 if !alive {
                     return Ok(Rotation::Rejected);
@@ -182,8 +178,7 @@ impl RefreshTokenStore for MongoStore {
                         },
                         doc! { "$set": { "sibling_issued": true } },
                     )
-                    .await
-                    .map_err(map_err)?;
+                    .await?;
                 if marked.modified_count == 1 {
                     let owner = self.find_user_by_id(&old.user_id).await?;
                     return Ok(Rotation::GraceSibling(Rotated {
@@ -193,8 +188,7 @@ impl RefreshTokenStore for MongoStore {
                 }
                 self.refresh_tokens
                     .delete_one(doc! { "jti": &replacement.jti })
-                    .await
-                    .map_err(map_err)?;
+                    .await?;
             }
         }
         let revoked = self
@@ -213,8 +207,7 @@ impl RefreshTokenStore for MongoStore {
         Ok(self
             .refresh_tokens
             .find_one(doc! { "token_hash": hash.as_str() })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(RefreshTokenRecord::from))
     }
 
@@ -229,8 +222,7 @@ impl RefreshTokenStore for MongoStore {
                 doc! { "token_hash": hash.as_str(), "revoked": false },
                 doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.modified_count == 1)
     }
 
@@ -250,8 +242,7 @@ impl RefreshTokenStore for MongoStore {
                 filter,
                 doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.modified_count)
     }
 
@@ -268,11 +259,9 @@ impl RefreshTokenStore for MongoStore {
                 "expires_at": { "$gt": bson_date(now) },
             })
             .sort(doc! { "created_at": -1 })
-            .await
-            .map_err(map_err)?
+            .await?
             .try_collect()
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(docs.into_iter().map(RefreshTokenRecord::from).collect())
     }
 
@@ -290,8 +279,7 @@ impl RefreshTokenStore for MongoStore {
                 "revoked": false,
                 "expires_at": { "$gt": bson_date(now) },
             })
-            .await
-            .map_err(map_err)?
+            .await?
             .is_some())
     }
 
@@ -307,8 +295,7 @@ impl RefreshTokenStore for MongoStore {
                 doc! { "user_id": user_id.as_str(), "family_id": family_id, "revoked": false },
                 doc! { "$set": { "revoked": true, "revoked_at": bson_date(now) } },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.modified_count)
     }
 }

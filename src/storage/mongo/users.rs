@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, map_err, parse_user_id, MongoStore};
+use super::{bson_date, parse_user_id, MongoStore};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 use crate::storage::{
     NewUser, OneTimeTokenStore, StoreError, StoreResult, TokenPurpose, UserStore,
@@ -69,8 +69,7 @@ impl MongoStore {
         let done = self
             .users
             .update_one(doc! { "_id": oid }, doc! { "$set": set })
-            .await
-            .map_err(map_err)?;
+            .await?;
         // matched, not modified: setting the same value again still means
         // the user exists.
         Ok(done.matched_count == 1)
@@ -96,7 +95,7 @@ impl UserStore for MongoStore {
             tokens_valid_after: None,
             token_version: 0,
         };
-        self.users.insert_one(&doc).await.map_err(map_err)?;
+        self.users.insert_one(&doc).await?;
         let created: User = doc.try_into()?;
         // A second write: multi-document transactions need a replica set,
         // which a single-server install does not have.
@@ -111,8 +110,7 @@ impl UserStore for MongoStore {
     async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>> {
         self.users
             .find_one(doc! { "email": email.as_str() })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(User::try_from)
             .transpose()
     }
@@ -123,8 +121,7 @@ impl UserStore for MongoStore {
         };
         self.users
             .find_one(doc! { "_id": oid })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(User::try_from)
             .transpose()
     }
@@ -158,8 +155,7 @@ impl UserStore for MongoStore {
                 },
             )
             .return_document(ReturnDocument::After)
-            .await
-            .map_err(map_err)?;
+            .await?;
         updated
             .map(User::try_from)
             .transpose()
@@ -194,8 +190,7 @@ impl UserStore for MongoStore {
                     "$inc": { "token_version": 1_i64 },
                 },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.matched_count == 1)
     }
 }

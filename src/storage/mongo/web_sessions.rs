@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, map_err, MongoStore};
+use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{StoreResult, WebSessionRecord, WebSessionStore};
 
@@ -66,10 +66,7 @@ impl From<SessionDoc> for WebSessionRecord {
 #[async_trait]
 impl WebSessionStore for MongoStore {
     async fn insert_web_session(&self, session: &WebSessionRecord) -> StoreResult<()> {
-        self.sessions
-            .insert_one(SessionDoc::new(session))
-            .await
-            .map_err(map_err)?;
+        self.sessions.insert_one(SessionDoc::new(session)).await?;
         Ok(())
     }
 
@@ -97,8 +94,7 @@ impl WebSessionStore for MongoStore {
                     },
                 },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.matched_count == 1)
     }
 
@@ -110,8 +106,7 @@ impl WebSessionStore for MongoStore {
         Ok(self
             .sessions
             .find_one(doc! { "_id": id_hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
-            .await
-            .map_err(map_err)?
+            .await?
             .map(WebSessionRecord::from))
     }
 
@@ -119,8 +114,7 @@ impl WebSessionStore for MongoStore {
         let done = self
             .sessions
             .delete_one(doc! { "_id": id_hash.as_str() })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.deleted_count > 0)
     }
 
@@ -133,11 +127,9 @@ impl WebSessionStore for MongoStore {
             .sessions
             .find(doc! { "user_id": user_id.as_str(), "expires_at": { "$gt": bson_date(now) } })
             .sort(doc! { "last_used_at": -1 })
-            .await
-            .map_err(map_err)?
+            .await?
             .try_collect()
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(docs.into_iter().map(WebSessionRecord::from).collect())
     }
 
@@ -150,7 +142,7 @@ impl WebSessionStore for MongoStore {
         if let Some(keep) = keep {
             filter.insert("_id", doc! { "$ne": keep.as_str() });
         }
-        let done = self.sessions.delete_many(filter).await.map_err(map_err)?;
+        let done = self.sessions.delete_many(filter).await?;
         Ok(done.deleted_count)
     }
 
@@ -162,8 +154,7 @@ impl WebSessionStore for MongoStore {
         let done = self
             .sessions
             .delete_many(doc! { "user_id": user_id.as_str(), "refresh_family": family_id })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.deleted_count)
     }
 }

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use sqlx::FromRow;
 
 use super::connections::Lease;
-use super::{from_millis, map_err, millis, roll_back, SqliteStore};
+use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::audit::GENESIS_HASH;
 use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 use crate::storage::{AuditQuery, AuditStore, ChainLink, StoreError, StoreResult};
@@ -97,8 +97,7 @@ impl AuditStore for SqliteStore {
         .bind(query.before_seq.map(seq_param))
         .bind(i64::from(query.limit))
         .fetch_all(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
 
@@ -109,8 +108,7 @@ impl AuditStore for SqliteStore {
         .bind(seq_param(after))
         .bind(i64::from(limit))
         .fetch_all(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         rows.into_iter().map(AuditRecord::try_from).collect()
     }
 }
@@ -143,8 +141,7 @@ async fn append_audit(
     )
     .bind(&events[0].id)
     .fetch_all(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    .await?;
     let Some((head_seq, head_hash, stored)) = heads.into_iter().next() else {
         return Err(StoreError::Other(anyhow::anyhow!(
             "audit_events: the head query returned no row"
@@ -161,12 +158,8 @@ async fn append_audit(
         .bind(&events[0].id)
         .bind(i64::try_from(events.len()).unwrap_or(i64::MAX))
         .fetch_all(&mut *conn)
-        .await
-        .map_err(map_err)?;
-        sqlx::query("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map_err(map_err)?;
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
         return links
             .into_iter()
             .map(|(seq, hash)| {
@@ -217,7 +210,7 @@ async fn append_audit(
                 .bind(&record.prev_hash)
                 .bind(&record.hash);
         }
-        insert.execute(&mut *conn).await.map_err(map_err)?;
+        insert.execute(&mut *conn).await?;
     }
     Ok(records
         .into_iter()

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{from_millis, map_err, millis, SqliteStore};
+use super::{from_millis, millis, SqliteStore};
 use crate::domain::TokenHash;
 use crate::storage::{LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
 
@@ -40,8 +40,7 @@ impl LoginThrottleStore for SqliteStore {
         ))
         .bind(key.as_str())
         .fetch_optional(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         row.map(LoginThrottle::try_from).transpose()
     }
 
@@ -65,8 +64,7 @@ impl LoginThrottleStore for SqliteStore {
         .bind(millis(window_start))
         .bind(millis(window_start))
         .fetch_one(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         row.try_into()
     }
 
@@ -86,8 +84,7 @@ impl LoginThrottleStore for SqliteStore {
         .bind(key.as_str())
         .bind(millis(now))
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -95,8 +92,7 @@ impl LoginThrottleStore for SqliteStore {
         sqlx::query("DELETE FROM login_throttles WHERE key_hash = ?")
             .bind(key.as_str())
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 }

@@ -145,12 +145,12 @@ async fn migrate(writer: &Connections) -> anyhow::Result<()> {
 impl SqliteStore {
     /// A reader connection for one call.
     async fn read(&self) -> StoreResult<Lease<'_>> {
-        self.readers.get().await.map_err(map_err)
+        Ok(self.readers.get().await?)
     }
 
     /// The writer, for one call or one transaction.
     async fn write(&self) -> StoreResult<Lease<'_>> {
-        self.writer.get().await.map_err(map_err)
+        Ok(self.writer.get().await?)
     }
 }
 
@@ -232,17 +232,21 @@ fn is_unavailable(err: &dyn sqlx::error::DatabaseError) -> bool {
         .is_some_and(|code| SQLITE_UNAVAILABLE.contains(&(code & 0xff)))
 }
 
-fn map_err(err: sqlx::Error) -> StoreError {
-    match err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
-        sqlx::Error::Database(ref db) if is_unavailable(db.as_ref()) => {
-            StoreError::Unavailable(err.into())
+/// The one place SQLite's errors become the services' terms, so every store
+/// call can use `?`.
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+            sqlx::Error::Database(ref db) if is_unavailable(db.as_ref()) => {
+                StoreError::Unavailable(err.into())
+            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Io(_) => StoreError::Unavailable(err.into()),
+            other => StoreError::Other(other.into()),
         }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Io(_) => StoreError::Unavailable(err.into()),
-        other => StoreError::Other(other.into()),
     }
 }
 
@@ -252,10 +256,22 @@ fn map_err(err: sqlx::Error) -> StoreError {
 /// roll back is not reused half inside a transaction.
 async fn roll_back(conn: &mut Lease<'_>) {
     if let Err(err) = sqlx::query("ROLLBACK").execute(&mut *conn).await {
-        if !err.to_string().contains("no transaction is active") {
+        if !no_transaction_active(&err) {
             conn.discard();
         }
     }
+}
+
+/// Whether a ROLLBACK failed only because no transaction was open (SQLite
+/// ended it itself, or it never began). SQLite says so with its generic
+/// result code, SQLITE_ERROR (1, "cannot rollback - no transaction is
+/// active"), which has no code of its own; matched by that code rather than
+/// by the message, as [`is_unavailable`] is. A bare ROLLBACK names no table
+/// and binds nothing, so that is the one SQLITE_ERROR it can meet; a
+/// connection that cannot roll back fails with another code (BUSY, IOERR,
+/// ...) or outside SQLite (its thread gone), and is discarded.
+fn no_transaction_active(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("1"))
 }
 
 #[async_trait]
@@ -264,6 +280,8 @@ impl Store for SqliteStore {
         sqlx::query("SELECT 1")
             .execute(&mut self.read().await?)
             .await
+            // Not the usual conversion: whatever the error, a ping that
+            // fails means the database does not answer (503), not a bug.
             .map_err(|e| StoreError::Unavailable(e.into()))?;
         Ok(())
     }
@@ -277,8 +295,7 @@ impl Store for SqliteStore {
         )
         .bind(millis(now))
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(())
     }
 
@@ -299,8 +316,7 @@ impl Store for SqliteStore {
             purged += sqlx::query(&format!("DELETE FROM {table} WHERE expires_at <= ?"))
                 .bind(now)
                 .execute(&mut self.write().await?)
-                .await
-                .map_err(map_err)?
+                .await?
                 .rows_affected();
         }
         let idle = millis(throttle_idle_before);
@@ -311,8 +327,7 @@ impl Store for SqliteStore {
         .bind(idle)
         .bind(idle)
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?
+        .await?
         .rows_affected();
         Ok(purged)
     }
@@ -347,7 +362,7 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        let kind = |err: sqlx::Error| match map_err(err) {
+        let kind = |err: sqlx::Error| match StoreError::from(err) {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Conflict => "conflict",
             StoreError::Other(_) => "other",

@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{map_err, millis, SqliteStore};
+use super::{millis, SqliteStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{NewOneTimeToken, OneTimeTokenStore, StoreResult, TokenPurpose};
 
@@ -41,8 +41,7 @@ impl OneTimeTokenStore for SqliteStore {
             .bind(millis(token.expires_at))
             .bind(millis(token.created_at))
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 
@@ -59,8 +58,7 @@ impl OneTimeTokenStore for SqliteStore {
         .bind(hash.as_str())
         .bind(millis(now))
         .fetch_optional(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(row.map(|(user_id,)| UserId::new(user_id)))
     }
 
@@ -76,8 +74,7 @@ impl OneTimeTokenStore for SqliteStore {
         ))
         .bind(hash.as_str())
         .fetch_optional(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(row
             .filter(|(_, expires_at)| *expires_at > millis(now))
             .map(|(user_id, _)| UserId::new(user_id)))
@@ -94,8 +91,7 @@ impl OneTimeTokenStore for SqliteStore {
         ))
         .bind(user_id.as_str())
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(())
     }
 }

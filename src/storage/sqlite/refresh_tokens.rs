@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::connections::Lease;
-use super::{from_millis, map_err, millis, roll_back, rotation, SqliteStore};
+use super::{from_millis, millis, roll_back, rotation, SqliteStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{
     NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
@@ -81,10 +81,7 @@ where
         "INSERT INTO refresh_tokens (user_id, jti, token_hash, family_id, user_agent, \
          ip_address, revoked, expires_at, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?)",
     );
-    bind_new_refresh(insert, token)
-        .execute(executor)
-        .await
-        .map_err(map_err)?;
+    bind_new_refresh(insert, token).execute(executor).await?;
     Ok(())
 }
 
@@ -126,16 +123,13 @@ impl RefreshTokenStore for SqliteStore {
         // like every other transaction here: a failed ROLLBACK then discards
         // the connection instead of leaving sqlx's transaction depth behind.
         let mut conn = self.write().await?;
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut conn)
-            .await
-            .map_err(map_err)?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
         let committed = match decide_replay(&mut conn, old_hash, now, grace, replacement).await {
             Ok(rotation) => sqlx::query("COMMIT")
                 .execute(&mut conn)
                 .await
                 .map(|_| rotation)
-                .map_err(map_err),
+                .map_err(StoreError::from),
             Err(err) => Err(err),
         };
         let mut rotation = match committed {
@@ -161,8 +155,7 @@ impl RefreshTokenStore for SqliteStore {
         ))
         .bind(hash.as_str())
         .fetch_optional(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         row.map(RefreshTokenRecord::try_from).transpose()
     }
 
@@ -178,8 +171,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(millis(now))
         .bind(hash.as_str())
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -198,8 +190,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(keep_family)
         .bind(keep_family)
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -215,8 +206,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(millis(now))
         .fetch_all(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         rows.into_iter().map(RefreshTokenRecord::try_from).collect()
     }
 
@@ -234,8 +224,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(family_id)
         .bind(millis(now))
         .fetch_one(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(alive)
     }
 
@@ -253,8 +242,7 @@ impl RefreshTokenStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(family_id)
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected())
     }
 }
@@ -275,8 +263,7 @@ async fn decide_replay(
     ))
     .bind(old_hash.as_str())
     .fetch_optional(&mut *conn)
-    .await
-    .map_err(map_err)?;
+    .await?;
     let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
         return Ok(Rotation::Rejected);
     };
@@ -292,8 +279,7 @@ async fn decide_replay(
             .bind(&old.family_id)
             .bind(millis(now))
             .fetch_one(&mut *conn)
-            .await
-            .map_err(map_err)?;
+            .await?;
             if !alive {
                 return Ok(Rotation::Rejected);
             }
@@ -307,8 +293,7 @@ async fn decide_replay(
             )
             .bind(old_hash.as_str())
             .execute(&mut *conn)
-            .await
-            .map_err(map_err)?
+            .await?
             .rows_affected();
             if marked == 1 {
                 insert_refresh(&mut *conn, replacement).await?;
@@ -327,8 +312,7 @@ async fn decide_replay(
     .bind(old.user_id.as_str())
     .bind(&old.family_id)
     .execute(&mut *conn)
-    .await
-    .map_err(map_err)?
+    .await?
     .rows_affected();
     Ok(Rotation::ReuseDetected {
         token: old,

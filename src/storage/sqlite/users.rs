@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
 use super::one_time_tokens::upsert_link_sql;
-use super::{email_queue, from_millis, map_err, millis, roll_back, SqliteStore};
+use super::{email_queue, from_millis, millis, roll_back, SqliteStore};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 use crate::storage::{NewQueuedEmail, NewUser, StoreError, StoreResult, TokenPurpose, UserStore};
 
@@ -64,8 +64,7 @@ impl UserStore for SqliteStore {
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?"))
                 .bind(email.as_str())
                 .fetch_optional(&mut self.read().await?)
-                .await
-                .map_err(map_err)?;
+                .await?;
         row.map(User::try_from).transpose()
     }
 
@@ -74,8 +73,7 @@ impl UserStore for SqliteStore {
             sqlx::query_as(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?"))
                 .bind(id.as_str())
                 .fetch_optional(&mut self.read().await?)
-                .await
-                .map_err(map_err)?;
+                .await?;
         row.map(User::try_from).transpose()
     }
 
@@ -99,8 +97,7 @@ impl UserStore for SqliteStore {
         .bind(millis(at))
         .bind(id.as_str())
         .fetch_optional(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(version.map(|(v,)| v.max(0) as u64))
     }
 
@@ -140,8 +137,7 @@ impl SqliteStore {
         let Some(link) = &user.verification_link else {
             let row: UserRow = bind_user(sqlx::query_as(&insert_user_sql()), &id, user)
                 .fetch_one(&mut self.write().await?)
-                .await
-                .map_err(map_err)?;
+                .await?;
             return row.try_into();
         };
         let sql = format!(
@@ -169,7 +165,7 @@ impl SqliteStore {
             Ok(rows) => rows,
             Err(err) => {
                 roll_back(&mut conn).await;
-                return Err(map_err(err));
+                return Err(err.into());
             }
         };
         rows.into_iter()
@@ -188,8 +184,7 @@ impl SqliteStore {
         let done = update
             .bind(id.as_str())
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 }

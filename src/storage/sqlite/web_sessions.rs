@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{from_millis, map_err, millis, SqliteStore};
+use super::{from_millis, millis, SqliteStore};
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{StoreError, StoreResult, WebSessionRecord, WebSessionStore};
 
@@ -59,8 +59,7 @@ impl WebSessionStore for SqliteStore {
         .bind(millis(s.last_used_at))
         .bind(millis(s.expires_at))
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(())
     }
 
@@ -84,8 +83,7 @@ impl WebSessionStore for SqliteStore {
         .bind(s.id_hash.as_str())
         .bind(millis(now))
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -100,8 +98,7 @@ impl WebSessionStore for SqliteStore {
         .bind(id_hash.as_str())
         .bind(millis(now))
         .fetch_optional(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         row.map(WebSessionRecord::try_from).transpose()
     }
 
@@ -109,8 +106,7 @@ impl WebSessionStore for SqliteStore {
         let done = sqlx::query("DELETE FROM web_sessions WHERE id_hash = ?")
             .bind(id_hash.as_str())
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -126,8 +122,7 @@ impl WebSessionStore for SqliteStore {
         .bind(user_id.as_str())
         .bind(millis(now))
         .fetch_all(&mut self.read().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         rows.into_iter().map(WebSessionRecord::try_from).collect()
     }
 
@@ -144,8 +139,7 @@ impl WebSessionStore for SqliteStore {
         .bind(keep)
         .bind(keep)
         .execute(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         Ok(done.rows_affected())
     }
 
@@ -158,8 +152,7 @@ impl WebSessionStore for SqliteStore {
             .bind(user_id.as_str())
             .bind(family_id)
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.rows_affected())
     }
 }

@@ -516,4 +516,32 @@ mod tests {
             assert_eq!(left, vec![("newer".to_owned(),)], "{table}");
         }
     }
+
+    /// A ROLLBACK with no transaction open (SQLite ended it, or it never
+    /// began) is recognised by its result code and keeps the connection:
+    /// the writer's session state, here a TEMP table, is still there after.
+    #[tokio::test]
+    async fn rollback_outside_a_transaction_keeps_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/rollback.db", dir.path().display());
+        let store = SqliteStore::connect(&url).await.unwrap();
+        let mut writer = store.write().await.unwrap();
+        sqlx::query("CREATE TEMP TABLE marker (x)")
+            .execute(&mut writer)
+            .await
+            .unwrap();
+        let err = sqlx::query("ROLLBACK")
+            .execute(&mut writer)
+            .await
+            .unwrap_err();
+        assert!(no_transaction_active(&err), "{err}");
+        assert!(!no_transaction_active(&sqlx::Error::WorkerCrashed));
+        roll_back(&mut writer).await;
+        drop(writer);
+        let mut writer = store.write().await.unwrap();
+        sqlx::query("SELECT x FROM marker")
+            .execute(&mut writer)
+            .await
+            .expect("the same connection, not a fresh one");
+    }
 }

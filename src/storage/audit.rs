@@ -3,8 +3,8 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreResult;
-use crate::domain::{AuditEvent, AuditKey, AuditRecord, NewAuditEvent};
+use super::{StoreError, StoreResult};
+use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 
 /// Largest page [`AuditStore::query_audit_events`] is asked for.
 pub const AUDIT_PAGE_MAX: u32 = 200;
@@ -65,4 +65,27 @@ pub trait AuditStore: Send + Sync {
     /// chain, page by page, for verification. Returns what is stored, even
     /// when it is damaged (duplicate or missing seqs).
     async fn audit_events_after(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
+}
+
+/// The parts of a stored audit record that must make sense for it to be
+/// read at all: a seq that is not negative, an event and an outcome this
+/// version knows, and a hash version (`None`, a record from the first
+/// release, is v1). Checked here so that every backend tells damage to the
+/// trail apart the same way: as an error, never as a record verification
+/// would misjudge.
+pub(crate) fn checked_audit_parts(
+    seq: i64,
+    event: &str,
+    outcome: &str,
+    version: Option<i64>,
+) -> StoreResult<(u64, AuditEvent, AuditOutcome, HashVersion)> {
+    let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+    let seq = u64::try_from(seq).map_err(|_| damaged("negative seq"))?;
+    let event = AuditEvent::parse(event).ok_or_else(|| damaged("unknown event"))?;
+    let outcome = AuditOutcome::parse(outcome).ok_or_else(|| damaged("unknown outcome"))?;
+    let version = match version {
+        None => HashVersion::V1,
+        Some(n) => HashVersion::from_number(n).ok_or_else(|| damaged("unknown record version"))?,
+    };
+    Ok((seq, event, outcome, version))
 }

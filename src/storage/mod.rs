@@ -55,6 +55,14 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A count the database keeps as an i64 (failures, locks, send attempts), as
+/// the u32 the services use. A value out of range, which this service never
+/// writes, reads as `u32::MAX`: erring towards a lock or giving up rather
+/// than towards a fresh start.
+pub(crate) fn stored_count(n: i64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Everything the services need, behind one object.
 #[async_trait]
 pub trait Store:

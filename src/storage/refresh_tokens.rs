@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::StoreResult;
+use super::{StoreResult, UserStore};
 use crate::domain::{TokenHash, User, UserId};
 
 /// A refresh token to be stored (its hash only, never the token itself).
@@ -107,6 +107,70 @@ impl RefreshTokenRecord {
             ReplayVerdict::RevokeFamily
         }
     }
+}
+
+/// The steps of acting on a replay, which each backend takes its own way
+/// (SQLite inside one transaction, MongoDB as single-document writes).
+#[async_trait]
+pub(crate) trait ReplaySteps: Send {
+    /// Whether the family of `token` still has an active token.
+    async fn family_alive(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool>;
+
+    /// Stores the replacement as the one grace sibling of `token` and marks
+    /// `token` as having it. False, with nothing stored, when another replay
+    /// marked it first.
+    async fn issue_sibling(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool>;
+
+    /// Revokes every active token of the family of `token`; returns how
+    /// many.
+    async fn revoke_family(&mut self, token: &RefreshTokenRecord) -> StoreResult<u64>;
+}
+
+/// What presenting the inactive token `old` (`None`: unknown) means, and its
+/// effect through `steps`: the one course both backends follow (see
+/// [`Rotation`]). A grace sibling comes back without its owner, which the
+/// caller reads once the effect is stored.
+pub(crate) async fn act_on_replay<S: ReplaySteps>(
+    steps: &mut S,
+    old: Option<RefreshTokenRecord>,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> StoreResult<Rotation> {
+    let Some(old) = old else {
+        return Ok(Rotation::Rejected);
+    };
+    match old.replay_verdict(now, grace) {
+        ReplayVerdict::Reject => return Ok(Rotation::Rejected),
+        ReplayVerdict::RevokeFamily => {}
+        ReplayVerdict::SiblingIfFamilyAlive => {
+            if !steps.family_alive(&old).await? {
+                return Ok(Rotation::Rejected);
+            }
+            if steps.issue_sibling(&old).await? {
+                return Ok(Rotation::GraceSibling(Rotated {
+                    retired: old,
+                    owner: None,
+                }));
+            }
+        }
+    }
+    let revoked = steps.revoke_family(&old).await?;
+    Ok(Rotation::ReuseDetected {
+        token: old,
+        revoked,
+    })
+}
+
+/// Reads the owner of a grace sibling, which [`act_on_replay`] leaves out
+/// so that a backend reads it once the sibling is stored.
+pub(crate) async fn with_sibling_owner<U: UserStore + ?Sized>(
+    users: &U,
+    mut rotation: Rotation,
+) -> StoreResult<Rotation> {
+    if let Rotation::GraceSibling(sibling) = &mut rotation {
+        sibling.owner = users.find_user_by_id(&sibling.retired.user_id).await?;
+    }
+    Ok(rotation)
 }
 
 #[async_trait]

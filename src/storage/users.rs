@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{NewLink, StoreResult};
+use super::{NewLink, StoreError, StoreResult};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 
 /// A user to be created; the store assigns the id.
@@ -67,4 +67,16 @@ pub trait UserStore: Send + Sync {
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+}
+
+/// The role of a stored user, which must be one this version knows; `home`
+/// ("users table") names where it was read, for the error.
+pub(crate) fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
+    Role::parse(role).ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in {home}")))
+}
+
+/// The token version of a stored user, which is never negative.
+pub(crate) fn stored_token_version(version: i64, home: &str) -> StoreResult<u64> {
+    u64::try_from(version)
+        .map_err(|_| StoreError::Other(anyhow::anyhow!("negative token_version in {home}")))
 }

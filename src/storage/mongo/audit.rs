@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::audit::GENESIS_HASH;
-use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
+use crate::domain::{AuditKey, AuditRecord, NewAuditEvent};
+use crate::storage::audit::checked_audit_parts;
 use crate::storage::{AuditQuery, AuditStore, ChainLink, StoreError, StoreResult};
 
 /// `audit_events`. `_id` is the recorder's event id, which is what makes a
@@ -28,7 +29,7 @@ pub(super) struct AuditDoc {
     request_id: Option<String>,
     #[serde(default)]
     detail: Option<String>,
-    /// The record's [`HashVersion`] number; documents from the first
+    /// The record's [`HashVersion`](crate::domain::HashVersion) number; documents from the first
     /// release have none, which means v1.
     #[serde(default)]
     version: Option<i64>,
@@ -81,24 +82,20 @@ impl TryFrom<AuditDoc> for AuditRecord {
     type Error = StoreError;
 
     fn try_from(doc: AuditDoc) -> StoreResult<Self> {
-        let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+        let (seq, event, outcome, version) =
+            checked_audit_parts(doc.seq, &doc.event, &doc.outcome, doc.version)?;
         Ok(AuditRecord {
-            seq: u64::try_from(doc.seq).map_err(|_| damaged("negative seq"))?,
+            seq,
             time: doc.time.to_chrono(),
-            event: AuditEvent::parse(&doc.event).ok_or_else(|| damaged("unknown event"))?,
-            outcome: AuditOutcome::parse(&doc.outcome).ok_or_else(|| damaged("unknown outcome"))?,
+            event,
+            outcome,
             user_id: doc.user_id,
             email: doc.email,
             ip: doc.ip,
             user_agent: doc.user_agent,
             request_id: doc.request_id,
             detail: doc.detail,
-            version: match doc.version {
-                None => HashVersion::V1,
-                Some(n) => {
-                    HashVersion::from_number(n).ok_or_else(|| damaged("unknown record version"))?
-                }
-            },
+            version,
             prev_hash: doc.prev_hash,
             hash: doc.hash,
         })

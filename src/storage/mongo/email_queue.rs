@@ -21,8 +21,8 @@ use super::{bson_date, MongoStore};
 use crate::domain::{User, UserId};
 use crate::storage::email_queue::require_verification_link;
 use crate::storage::{
-    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore, QueueStats,
-    QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose, UserStore,
+    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore,
+    QueueStats, QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose, UserStore,
 };
 
 pub(super) const COLLECTION: &str = "email_queue";
@@ -84,7 +84,7 @@ impl TryFrom<QueueDoc> for QueuedEmail {
             link: QueuedLink::from_stored(doc.link_purpose, doc.link_hash)?,
             payload: doc.payload.bytes,
             created_at: doc.created_at.to_chrono(),
-            attempts: u32::try_from(doc.attempts).unwrap_or(u32::MAX),
+            attempts: stored_count(doc.attempts),
             claim: doc.claimed_by.unwrap_or_default(),
         })
     }

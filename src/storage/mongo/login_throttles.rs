@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::TokenHash;
-use crate::storage::{LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
+use crate::storage::{stored_count, LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
 
 /// Passes of `add_login_failure` before giving up: each pass that writes
 /// nothing lost to another request's write, so more than a few means
@@ -32,10 +32,10 @@ pub(super) struct ThrottleDoc {
 impl From<ThrottleDoc> for LoginThrottle {
     fn from(doc: ThrottleDoc) -> Self {
         LoginThrottle {
-            failures: u32::try_from(doc.failures).unwrap_or(u32::MAX),
+            failures: stored_count(doc.failures),
             window_started_at: doc.window_started_at.to_chrono(),
             locked_until: doc.locked_until.map(bson::DateTime::to_chrono),
-            lock_count: u32::try_from(doc.lock_count).unwrap_or(u32::MAX),
+            lock_count: stored_count(doc.lock_count),
         }
     }
 }

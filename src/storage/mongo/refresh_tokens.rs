@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
+use crate::storage::refresh_tokens::{act_on_replay, with_sibling_owner, ReplaySteps};
 use crate::storage::{
-    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
-    StoreResult, UserStore,
+    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotated, Rotation, StoreResult,
+    UserStore,
 };
 
 /// `refresh_tokens`. The rotation fields are optional because documents
@@ -136,68 +137,14 @@ impl RefreshTokenStore for MongoStore {
         self.refresh_tokens
             .delete_one(doc! { "jti": &replacement.jti })
             .await?;
-        let Some(old) = self.find_refresh_token(old_hash).await? else {
-            return Ok(Rotation::Rejected);
+        let old = self.find_refresh_token(old_hash).await?;
+        let mut steps = Replay {
+            store: self,
+            now,
+            replacement,
         };
-        match old.replay_verdict(now, grace) {
-            ReplayVerdict::Reject => return Ok(Rotation::Rejected),
-            ReplayVerdict::RevokeFamily => {}
-            ReplayVerdict::SiblingIfFamilyAlive => {
-                // No transaction: a family revoked between this check and the
-                // insert leaves one live sibling behind, which the next replay
-                // of any retired member revokes again. The window is one round
-                // trip wide and needs a token already inside the grace period.
-                let alive = self
-                    .refresh_tokens
-                    .find_one(doc! {
-                        "family_id": &old.family_id,
-                        "revoked": false,
-                        "expires_at": { "$gt": now_b },
-                    })
-                    .await?
-                    .is_some();
-                if !alive {
-                    return Ok(Rotation::Rejected);
-                }
-                // One sibling per retired token. The sibling goes in before
-                // the mark (as a child goes in before its parent is retired
-                // above): a concurrent replay that loses the mark and
-                // revokes the family then revokes this sibling too, where
-                // mark-then-insert could store it after that revocation.
-                // `$in: [false, null]` (null also matches a document without
-                // the field) rather than `$ne: true`: the same on MongoDB, and
-                // nx-27017 0.8.1 never matches `$ne` on a missing field in an
-                // update.
-                self.insert_refresh_token(replacement).await?;
-                let marked = self
-                    .refresh_tokens
-                    .update_one(
-                        doc! {
-                            "token_hash": old_hash.as_str(),
-                            "sibling_issued": { "$in": [false, bson::Bson::Null] },
-                        },
-                        doc! { "$set": { "sibling_issued": true } },
-                    )
-                    .await?;
-                if marked.modified_count == 1 {
-                    let owner = self.find_user_by_id(&old.user_id).await?;
-                    return Ok(Rotation::GraceSibling(Rotated {
-                        retired: old,
-                        owner,
-                    }));
-                }
-                self.refresh_tokens
-                    .delete_one(doc! { "jti": &replacement.jti })
-                    .await?;
-            }
-        }
-        let revoked = self
-            .revoke_refresh_family(&old.user_id, &old.family_id, now)
-            .await?;
-        Ok(Rotation::ReuseDetected {
-            token: old,
-            revoked,
-        })
+        let rotation = act_on_replay(&mut steps, old, now, grace).await?;
+        with_sibling_owner(self, rotation).await
     }
 
     async fn find_refresh_token(
@@ -297,5 +244,63 @@ impl RefreshTokenStore for MongoStore {
             )
             .await?;
         Ok(done.modified_count)
+    }
+}
+
+/// The steps of a replay, as single-document writes: no transactions on a
+/// standalone server.
+struct Replay<'a> {
+    store: &'a MongoStore,
+    now: DateTime<Utc>,
+    replacement: &'a NewRefreshToken,
+}
+
+#[async_trait]
+impl<'a> ReplaySteps for Replay<'a> {
+    /// No transaction: a family revoked between this check and the insert
+    /// leaves one live sibling behind, which the next replay of any retired
+    /// member revokes again. The window is one round trip wide and needs a
+    /// token already inside the grace period.
+    async fn family_alive(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool> {
+        self.store
+            .refresh_family_alive(&token.user_id, &token.family_id, self.now)
+            .await
+    }
+
+    /// The sibling goes in before the mark (as a child goes in before its
+    /// parent is retired at rotation): a concurrent replay that loses the
+    /// mark and revokes the family then revokes this sibling too, where
+    /// mark-then-insert could store it after that revocation. A loser
+    /// removes its sibling again.
+    async fn issue_sibling(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool> {
+        self.store.insert_refresh_token(self.replacement).await?;
+        // `$in: [false, null]` (null also matches a document without the
+        // field) rather than `$ne: true`: the same on MongoDB, and nx-27017
+        // 0.8.1 never matches `$ne` on a missing field in an update.
+        let marked = self
+            .store
+            .refresh_tokens
+            .update_one(
+                doc! {
+                    "token_hash": token.token_hash.as_str(),
+                    "sibling_issued": { "$in": [false, bson::Bson::Null] },
+                },
+                doc! { "$set": { "sibling_issued": true } },
+            )
+            .await?;
+        if marked.modified_count == 1 {
+            return Ok(true);
+        }
+        self.store
+            .refresh_tokens
+            .delete_one(doc! { "jti": &self.replacement.jti })
+            .await?;
+        Ok(false)
+    }
+
+    async fn revoke_family(&mut self, token: &RefreshTokenRecord) -> StoreResult<u64> {
+        self.store
+            .revoke_refresh_family(&token.user_id, &token.family_id, self.now)
+            .await
     }
 }

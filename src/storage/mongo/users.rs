@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{bson_date, parse_user_id, MongoStore};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
+use crate::storage::users::{stored_role, stored_token_version};
 use crate::storage::{
     NewUser, OneTimeTokenStore, StoreError, StoreResult, TokenPurpose, UserStore,
 };
@@ -34,28 +35,24 @@ pub(super) struct UserDoc {
     token_version: i64,
 }
 
+/// Where a user is read from, for errors about what was read.
+const HOME: &str = "users collection";
+
 impl TryFrom<UserDoc> for User {
     type Error = StoreError;
 
     fn try_from(doc: UserDoc) -> StoreResult<Self> {
-        let role = Role::parse(&doc.role).ok_or_else(|| {
-            StoreError::Other(anyhow::anyhow!("unknown role in users collection"))
-        })?;
         Ok(User {
             id: UserId::new(doc.id.to_hex()),
             email: EmailAddress::from_stored(doc.email),
             name: PersonName::from_stored(doc.name),
-            role,
+            role: stored_role(&doc.role, HOME)?,
             verified: doc.verified,
             password_hash: PasswordHash::new(doc.password_hash),
             created_at: doc.created_at.to_chrono(),
             updated_at: doc.updated_at.to_chrono(),
             tokens_valid_after: doc.tokens_valid_after.map(|t| t.to_chrono()),
-            token_version: u64::try_from(doc.token_version).map_err(|_| {
-                StoreError::Other(anyhow::anyhow!(
-                    "negative token_version in users collection"
-                ))
-            })?,
+            token_version: stored_token_version(doc.token_version, HOME)?,
         })
     }
 }

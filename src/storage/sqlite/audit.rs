@@ -7,7 +7,8 @@ use sqlx::FromRow;
 use super::connections::Lease;
 use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::audit::GENESIS_HASH;
-use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
+use crate::domain::{AuditEvent, AuditKey, AuditRecord, NewAuditEvent};
+use crate::storage::audit::checked_audit_parts;
 use crate::storage::{AuditQuery, AuditStore, ChainLink, StoreError, StoreResult};
 
 /// Rows per INSERT statement: 14 parameters each stays far below SQLite's
@@ -35,20 +36,20 @@ impl TryFrom<AuditRow> for AuditRecord {
     type Error = StoreError;
 
     fn try_from(row: AuditRow) -> StoreResult<Self> {
-        let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+        let (seq, event, outcome, version) =
+            checked_audit_parts(row.seq, &row.event, &row.outcome, Some(row.version))?;
         Ok(AuditRecord {
-            seq: u64::try_from(row.seq).map_err(|_| damaged("negative seq"))?,
+            seq,
             time: from_millis(row.time)?,
-            event: AuditEvent::parse(&row.event).ok_or_else(|| damaged("unknown event"))?,
-            outcome: AuditOutcome::parse(&row.outcome).ok_or_else(|| damaged("unknown outcome"))?,
+            event,
+            outcome,
             user_id: row.user_id,
             email: row.email,
             ip: row.ip,
             user_agent: row.user_agent,
             request_id: row.request_id,
             detail: row.detail,
-            version: HashVersion::from_number(row.version)
-                .ok_or_else(|| damaged("unknown record version"))?,
+            version,
             prev_hash: row.prev_hash,
             hash: row.hash,
         })

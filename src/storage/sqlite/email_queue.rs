@@ -14,8 +14,8 @@ use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::{User, UserId};
 use crate::storage::email_queue::require_verification_link;
 use crate::storage::{
-    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats, QueuedEmail, QueuedLink,
-    StoreError, StoreResult, TokenPurpose,
+    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats,
+    QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose,
 };
 
 /// Inserts one message (parameters: [`bind_email`]), ending with `;` so it
@@ -67,7 +67,7 @@ impl TryFrom<QueueRow> for QueuedEmail {
             link: QueuedLink::from_stored(row.link_purpose, row.link_hash)?,
             payload: row.payload,
             created_at: from_millis(row.created_at)?,
-            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+            attempts: stored_count(row.attempts),
             claim: row.claimed_by.unwrap_or_default(),
         })
     }

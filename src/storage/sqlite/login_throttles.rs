@@ -7,7 +7,7 @@ use sqlx::FromRow;
 
 use super::{from_millis, millis, SqliteStore};
 use crate::domain::TokenHash;
-use crate::storage::{LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
+use crate::storage::{stored_count, LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
 
 #[derive(FromRow)]
 struct ThrottleRow {
@@ -22,10 +22,10 @@ impl TryFrom<ThrottleRow> for LoginThrottle {
 
     fn try_from(row: ThrottleRow) -> StoreResult<Self> {
         Ok(LoginThrottle {
-            failures: u32::try_from(row.failures).unwrap_or(u32::MAX),
+            failures: stored_count(row.failures),
             window_started_at: from_millis(row.window_started_at)?,
             locked_until: row.locked_until.map(from_millis).transpose()?,
-            lock_count: u32::try_from(row.lock_count).unwrap_or(u32::MAX),
+            lock_count: stored_count(row.lock_count),
         })
     }
 }

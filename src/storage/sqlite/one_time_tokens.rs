@@ -95,3 +95,65 @@ impl OneTimeTokenStore for SqliteStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::sqlite::SqliteConnectOptions;
+
+    use super::super::MIGRATOR;
+    use super::*;
+
+    /// Migration 12 makes `user_id` unique in the one-time token tables. A
+    /// database from before it must migrate even if it somehow holds two
+    /// links of one user, keeping the newer.
+    #[tokio::test]
+    async fn one_link_per_user_migration_keeps_the_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db", dir.path().display());
+        let options = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let before: Vec<_> = MIGRATOR
+            .iter()
+            .filter(|m| m.version < 20261124000012)
+            .cloned()
+            .collect();
+        let mut old = sqlx::migrate::Migrator::new(std::path::Path::new("./migrations"))
+            .await
+            .unwrap();
+        old.migrations = std::borrow::Cow::Owned(before);
+        old.run(&pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, \
+             updated_at) VALUES ('u1', 'a@example.com', 'x', 'A', 'doctor', 0, 0, 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for table in ["reset_tokens", "verification_tokens"] {
+            for hash in ["older", "newer"] {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (user_id, token_hash, expires_at, created_at) \
+                     VALUES ('u1', ?, 1, 1)"
+                ))
+                .bind(hash)
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+        pool.close().await;
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+        for table in ["reset_tokens", "verification_tokens"] {
+            let left: Vec<(String,)> = sqlx::query_as(&format!("SELECT token_hash FROM {table}"))
+                .fetch_all(&mut store.read().await.unwrap())
+                .await
+                .unwrap();
+            assert_eq!(left, vec![("newer".to_owned(),)], "{table}");
+        }
+    }
+}

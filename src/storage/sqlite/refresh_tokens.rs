@@ -9,9 +9,9 @@ use sqlx::FromRow;
 use super::connections::Lease;
 use super::{from_millis, millis, roll_back, rotation, SqliteStore};
 use crate::domain::{TokenHash, UserId};
+use crate::storage::refresh_tokens::{act_on_replay, with_sibling_owner, ReplaySteps};
 use crate::storage::{
-    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
-    StoreError, StoreResult, UserStore,
+    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, StoreError, StoreResult,
 };
 
 #[derive(FromRow)]
@@ -132,7 +132,7 @@ impl RefreshTokenStore for SqliteStore {
                 .map_err(StoreError::from),
             Err(err) => Err(err),
         };
-        let mut rotation = match committed {
+        let rotation = match committed {
             Ok(rotation) => rotation,
             Err(err) => {
                 roll_back(&mut conn).await;
@@ -140,23 +140,14 @@ impl RefreshTokenStore for SqliteStore {
             }
         };
         drop(conn);
-        if let Rotation::GraceSibling(sibling) = &mut rotation {
-            sibling.owner = self.find_user_by_id(&sibling.retired.user_id).await?;
-        }
-        Ok(rotation)
+        with_sibling_owner(self, rotation).await
     }
 
     async fn find_refresh_token(
         &self,
         hash: &TokenHash,
     ) -> StoreResult<Option<RefreshTokenRecord>> {
-        let row: Option<RefreshRow> = sqlx::query_as(&format!(
-            "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
-        ))
-        .bind(hash.as_str())
-        .fetch_optional(&mut self.read().await?)
-        .await?;
-        row.map(RefreshTokenRecord::try_from).transpose()
+        find_refresh(&mut self.read().await?, hash).await
     }
 
     async fn revoke_refresh_token(
@@ -216,16 +207,7 @@ impl RefreshTokenStore for SqliteStore {
         family_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
-        let (alive,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
-             WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
-        )
-        .bind(user_id.as_str())
-        .bind(family_id)
-        .bind(millis(now))
-        .fetch_one(&mut self.read().await?)
-        .await?;
-        Ok(alive)
+        family_alive(&mut self.read().await?, user_id, family_id, now).await
     }
 
     async fn revoke_refresh_family(
@@ -234,16 +216,7 @@ impl RefreshTokenStore for SqliteStore {
         family_id: &str,
         now: DateTime<Utc>,
     ) -> StoreResult<u64> {
-        let done = sqlx::query(
-            "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
-             WHERE user_id = ? AND family_id = ? AND revoked = 0",
-        )
-        .bind(millis(now))
-        .bind(user_id.as_str())
-        .bind(family_id)
-        .execute(&mut self.write().await?)
-        .await?;
-        Ok(done.rows_affected())
+        revoke_family(&mut self.write().await?, user_id, family_id, now).await
     }
 }
 
@@ -258,64 +231,108 @@ async fn decide_replay(
     grace: chrono::Duration,
     replacement: &NewRefreshToken,
 ) -> StoreResult<Rotation> {
-    let old: Option<RefreshRow> = sqlx::query_as(&format!(
+    let old = find_refresh(&mut *conn, old_hash).await?;
+    let mut steps = InTransaction {
+        conn,
+        now,
+        replacement,
+    };
+    act_on_replay(&mut steps, old, now, grace).await
+}
+
+/// The steps of a replay, on the connection of the caller's transaction.
+struct InTransaction<'c, 'l> {
+    conn: &'c mut Lease<'l>,
+    now: DateTime<Utc>,
+    replacement: &'c NewRefreshToken,
+}
+
+#[async_trait]
+impl<'c, 'l> ReplaySteps for InTransaction<'c, 'l> {
+    async fn family_alive(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool> {
+        family_alive(&mut *self.conn, &token.user_id, &token.family_id, self.now).await
+    }
+
+    async fn issue_sibling(&mut self, token: &RefreshTokenRecord) -> StoreResult<bool> {
+        // One sibling per retired token: the mark and the sibling commit
+        // together, and the write lock admits one such transaction at a
+        // time, so the next replay finds the mark and revokes.
+        let marked = sqlx::query(
+            "UPDATE refresh_tokens SET sibling_issued = 1 \
+             WHERE token_hash = ? AND sibling_issued = 0",
+        )
+        .bind(token.token_hash.as_str())
+        .execute(&mut *self.conn)
+        .await?
+        .rows_affected();
+        if marked == 1 {
+            insert_refresh(&mut *self.conn, self.replacement).await?;
+        }
+        Ok(marked == 1)
+    }
+
+    async fn revoke_family(&mut self, token: &RefreshTokenRecord) -> StoreResult<u64> {
+        revoke_family(&mut *self.conn, &token.user_id, &token.family_id, self.now).await
+    }
+}
+
+/// The record with that hash, whatever its state.
+async fn find_refresh<'e, E>(
+    executor: E,
+    hash: &TokenHash,
+) -> StoreResult<Option<RefreshTokenRecord>>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let row: Option<RefreshRow> = sqlx::query_as(&format!(
         "SELECT {REFRESH_COLUMNS} FROM refresh_tokens WHERE token_hash = ?"
     ))
-    .bind(old_hash.as_str())
-    .fetch_optional(&mut *conn)
+    .bind(hash.as_str())
+    .fetch_optional(executor)
     .await?;
-    let Some(old) = old.map(RefreshTokenRecord::try_from).transpose()? else {
-        return Ok(Rotation::Rejected);
-    };
-    match old.replay_verdict(now, grace) {
-        ReplayVerdict::Reject => return Ok(Rotation::Rejected),
-        ReplayVerdict::RevokeFamily => {}
-        ReplayVerdict::SiblingIfFamilyAlive => {
-            let (alive,): (bool,) = sqlx::query_as(
-                "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
-                 WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
-            )
-            .bind(old.user_id.as_str())
-            .bind(&old.family_id)
-            .bind(millis(now))
-            .fetch_one(&mut *conn)
-            .await?;
-            if !alive {
-                return Ok(Rotation::Rejected);
-            }
-            // One sibling per retired token: the mark and the sibling
-            // commit together, and the write lock admits one such
-            // transaction at a time, so the next replay finds the mark and
-            // revokes.
-            let marked = sqlx::query(
-                "UPDATE refresh_tokens SET sibling_issued = 1 \
-                 WHERE token_hash = ? AND sibling_issued = 0",
-            )
-            .bind(old_hash.as_str())
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-            if marked == 1 {
-                insert_refresh(&mut *conn, replacement).await?;
-                return Ok(Rotation::GraceSibling(Rotated {
-                    retired: old,
-                    owner: None,
-                }));
-            }
-        }
-    }
-    let revoked = sqlx::query(
+    row.map(RefreshTokenRecord::try_from).transpose()
+}
+
+/// Whether the family has an active token at `now`.
+async fn family_alive<'e, E>(
+    executor: E,
+    user_id: &UserId,
+    family_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<bool>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let (alive,): (bool,) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM refresh_tokens \
+         WHERE user_id = ? AND family_id = ? AND revoked = 0 AND expires_at > ?)",
+    )
+    .bind(user_id.as_str())
+    .bind(family_id)
+    .bind(millis(now))
+    .fetch_one(executor)
+    .await?;
+    Ok(alive)
+}
+
+/// Revokes every active token of the family; returns how many.
+async fn revoke_family<'e, E>(
+    executor: E,
+    user_id: &UserId,
+    family_id: &str,
+    now: DateTime<Utc>,
+) -> StoreResult<u64>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    let done = sqlx::query(
         "UPDATE refresh_tokens SET revoked = 1, revoked_at = ? \
          WHERE user_id = ? AND family_id = ? AND revoked = 0",
     )
     .bind(millis(now))
-    .bind(old.user_id.as_str())
-    .bind(&old.family_id)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(Rotation::ReuseDetected {
-        token: old,
-        revoked,
-    })
+    .bind(user_id.as_str())
+    .bind(family_id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
 }

@@ -7,6 +7,7 @@ use sqlx::FromRow;
 use super::one_time_tokens::upsert_link_sql;
 use super::{email_queue, from_millis, millis, roll_back, SqliteStore};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
+use crate::storage::users::{stored_role, stored_token_version};
 use crate::storage::{NewQueuedEmail, NewUser, StoreError, StoreResult, TokenPurpose, UserStore};
 
 #[derive(FromRow, Clone)]
@@ -23,25 +24,24 @@ pub(super) struct UserRow {
     token_version: i64,
 }
 
+/// Where a user is read from, for errors about what was read.
+const HOME: &str = "users table";
+
 impl TryFrom<UserRow> for User {
     type Error = StoreError;
 
     fn try_from(row: UserRow) -> StoreResult<Self> {
-        let role = Role::parse(&row.role)
-            .ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in users table")))?;
         Ok(User {
             id: UserId::new(row.id),
             email: EmailAddress::from_stored(row.email),
             name: PersonName::from_stored(row.name),
-            role,
+            role: stored_role(&row.role, HOME)?,
             verified: row.verified,
             password_hash: PasswordHash::new(row.password_hash),
             created_at: from_millis(row.created_at)?,
             updated_at: from_millis(row.updated_at)?,
             tokens_valid_after: row.tokens_valid_after.map(from_millis).transpose()?,
-            token_version: u64::try_from(row.token_version).map_err(|_| {
-                StoreError::Other(anyhow::anyhow!("negative token_version in users table"))
-            })?,
+            token_version: stored_token_version(row.token_version, HOME)?,
         })
     }
 }

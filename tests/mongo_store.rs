@@ -6,6 +6,8 @@
 //! `$set`, the indexes, and starting and recovering without a reachable
 //! server.
 
+#[path = "common/fixtures.rs"]
+mod fixtures;
 #[path = "support/mongo_server.rs"]
 mod mongo_server;
 #[path = "support/net.rs"]
@@ -15,15 +17,15 @@ use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, Document};
-use chrono::{DateTime, TimeDelta, Utc};
-use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
+use chrono::TimeDelta;
+use clinic_auth::domain::{EmailAddress, PasswordHash, Role, TokenHash, UserId};
 use clinic_auth::storage::mongo::MongoStore;
 use clinic_auth::storage::{
-    NewRefreshToken, NewUser, RefreshTokenRecord, RefreshTokenStore, Rotation, Store, StoreError,
-    UserStore,
+    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, Store, StoreError, UserStore,
 };
 use mongodb::Database;
 
+use fixtures::{new_user, now as now_ms};
 use mongo_server::{test_mongo_uri, MongoServer};
 
 /// A store on a fresh database, plus a raw handle on the same database for
@@ -41,24 +43,6 @@ async fn raw_db(uri: &str) -> Database {
     client
         .default_database()
         .expect("test URIs name a database")
-}
-
-/// Now, at the millisecond precision BSON dates keep, so values compare
-/// equal after a round trip.
-fn now_ms() -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).unwrap()
-}
-
-fn new_user(email: &str) -> NewUser {
-    NewUser {
-        email: EmailAddress::parse(email).unwrap(),
-        name: PersonName::parse("Dr Jane Smith").unwrap(),
-        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-        role: Role::Doctor,
-        verified: false,
-        created_at: now_ms(),
-        verification_link: None,
-    }
 }
 
 fn refresh(user: &UserId, name: &str, expires_in: TimeDelta) -> (NewRefreshToken, TokenHash) {

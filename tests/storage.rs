@@ -5,12 +5,13 @@ mod common;
 
 use std::sync::Arc;
 
-use chrono::{Duration, DurationRound, Utc};
-use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
+use chrono::Duration;
+use clinic_auth::domain::{EmailAddress, PasswordHash, Role, TokenHash, UserId};
 use clinic_auth::storage::{
-    NewLink, NewOneTimeToken, NewRefreshToken, NewUser, Rotated, Rotation, Store, StoreError,
-    TokenPurpose, WebSessionRecord,
+    NewOneTimeToken, NewRefreshToken, Rotated, Rotation, Store, StoreError, TokenPurpose,
+    WebSessionRecord,
 };
+use common::fixtures::{new_user, new_user_with_link, now};
 use common::{fresh_store, Backend};
 
 backend_tests!(
@@ -45,25 +46,6 @@ backend_tests!(
     concurrent_failures_after_an_expired_window_are_all_counted,
     web_sessions_of_one_family_are_deleted,
 );
-
-fn now() -> chrono::DateTime<Utc> {
-    // Stores keep millisecond precision.
-    Utc::now()
-        .duration_trunc(Duration::milliseconds(1))
-        .unwrap()
-}
-
-fn new_user(email: &str) -> NewUser {
-    NewUser {
-        email: EmailAddress::parse(email).unwrap(),
-        name: PersonName::parse("Dr Jane Smith").unwrap(),
-        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-        role: Role::Doctor,
-        verified: false,
-        created_at: now(),
-        verification_link: None,
-    }
-}
 
 fn refresh(user: &UserId, jti: &str, family: &str, expires_in: Duration) -> NewRefreshToken {
     NewRefreshToken {
@@ -142,16 +124,8 @@ async fn duplicate_email_is_a_conflict(backend: Backend) {
 async fn a_user_is_created_with_its_first_link(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let purpose = TokenPurpose::EmailVerification;
-    let with_link = |email: &str, raw: &str| NewUser {
-        verification_link: Some(NewLink {
-            token_hash: TokenHash::of(raw),
-            expires_at: now() + Duration::hours(24),
-            created_at: now(),
-        }),
-        ..new_user(email)
-    };
     let jane = store
-        .create_user(&with_link("jane@example.com", "first"))
+        .create_user(&new_user_with_link("jane@example.com", "first"))
         .await
         .unwrap();
     assert_eq!(jane.email.as_str(), "jane@example.com");
@@ -171,7 +145,7 @@ async fn a_user_is_created_with_its_first_link(backend: Backend) {
 
     // A taken email stores nothing: neither a user nor its link.
     let err = store
-        .create_user(&with_link("jane@example.com", "second"))
+        .create_user(&new_user_with_link("jane@example.com", "second"))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Conflict), "{err:?}");
@@ -188,7 +162,7 @@ async fn a_user_is_created_with_its_first_link(backend: Backend) {
     // The store still takes writes after the refused one (no transaction
     // was left open on SQLite's writer).
     let john = store
-        .create_user(&with_link("john@example.com", "third"))
+        .create_user(&new_user_with_link("john@example.com", "third"))
         .await
         .unwrap();
     assert_ne!(john.id, jane.id);

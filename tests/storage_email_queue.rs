@@ -6,11 +6,12 @@ mod common;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use chrono::{Duration, DurationRound, Utc};
-use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
+use chrono::{Duration, Utc};
+use clinic_auth::domain::{TokenHash, UserId};
 use clinic_auth::storage::{
-    NewLink, NewOneTimeToken, NewQueuedEmail, NewUser, QueuedLink, Store, StoreError, TokenPurpose,
+    NewOneTimeToken, NewQueuedEmail, QueuedLink, Store, StoreError, TokenPurpose,
 };
+use common::fixtures::{new_user, new_user_with_link, now};
 use common::{fresh_store, Backend};
 
 backend_tests!(
@@ -22,13 +23,6 @@ backend_tests!(
     a_new_user_and_its_verification_email_are_stored_together,
     queue_stats_count_and_date_what_is_waiting,
 );
-
-fn now() -> chrono::DateTime<Utc> {
-    // Stores keep millisecond precision.
-    Utc::now()
-        .duration_trunc(Duration::milliseconds(1))
-        .unwrap()
-}
 
 fn email(id: &str, due_in: Duration) -> NewQueuedEmail {
     NewQueuedEmail {
@@ -52,22 +46,6 @@ fn carrying(id: &str, purpose: TokenPurpose, raw: &str, user_id: Option<UserId>)
             token_hash: TokenHash::of(raw),
         }),
         ..email(id, Duration::zero())
-    }
-}
-
-fn new_user(address: &str, link: &str) -> NewUser {
-    NewUser {
-        email: EmailAddress::parse(address).unwrap(),
-        name: PersonName::parse("Dr Jane Smith").unwrap(),
-        password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-        role: Role::Doctor,
-        verified: false,
-        created_at: now(),
-        verification_link: Some(NewLink {
-            token_hash: TokenHash::of(link),
-            expires_at: now() + Duration::hours(24),
-            created_at: now(),
-        }),
     }
 }
 
@@ -221,10 +199,7 @@ async fn concurrent_claims_never_share_a_message(backend: Backend) {
 async fn a_link_and_its_email_are_stored_together(backend: Backend) {
     let (store, _guard) = fresh_store(backend).await;
     let user = store
-        .create_user(&NewUser {
-            verification_link: None,
-            ..new_user("jane@example.com", "unused")
-        })
+        .create_user(&new_user("jane@example.com"))
         .await
         .unwrap();
     let purpose = TokenPurpose::PasswordReset;
@@ -291,7 +266,7 @@ async fn a_new_user_and_its_verification_email_are_stored_together(backend: Back
     let verification = |id: &str, raw: &str| carrying(id, purpose, raw, None);
     let jane = store
         .create_user_and_queue(
-            &new_user("jane@example.com", "link"),
+            &new_user_with_link("jane@example.com", "link"),
             &verification("v1", "link"),
         )
         .await
@@ -311,7 +286,7 @@ async fn a_new_user_and_its_verification_email_are_stored_together(backend: Back
     // A taken address queues nothing.
     let err = store
         .create_user_and_queue(
-            &new_user("jane@example.com", "other"),
+            &new_user_with_link("jane@example.com", "other"),
             &verification("v2", "other"),
         )
         .await

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
 use axum::http::request::Parts;
@@ -39,11 +39,8 @@ where
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|rejection| match rejection {
-                BytesRejection::FailedToBufferBody(ref e)
-                    if std::error::Error::source(e)
-                        .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                        || e.body_text().contains("length limit") =>
-                {
+                // axum sorts a body over the limit into its own variant.
+                BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
                     ApiError::payload_too_large()
                 }
                 BytesRejection::FailedToBufferBody(ref e)
@@ -92,6 +89,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 "The request body is not valid JSON.",
             ));
         }
+        // serde_json tells data errors apart only in their text: its typed
+        // side stops at `Category::Data`, and which field is unknown or
+        // missing exists only in the message serde's `unknown_field` and
+        // `missing_field` write (and the position only as its " at line"
+        // suffix). So these few fixed phrasings are matched here, with
+        // `json_errors_name_the_field` below failing should they change.
         let message = inner.to_string();
         let message = message
             .split(" at line ")

@@ -27,6 +27,7 @@ pub enum Backend {
     Mongo,
 }
 
+pub mod fixtures;
 #[path = "../support/mongo_server.rs"]
 pub mod mongo_server;
 #[path = "../support/net.rs"]

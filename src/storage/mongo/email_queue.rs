@@ -17,12 +17,12 @@ use mongodb::options::ReturnDocument;
 use mongodb::Collection;
 use serde::{Deserialize, Serialize};
 
-use super::{bson_date, map_err, MongoStore};
+use super::{bson_date, MongoStore};
 use crate::domain::{User, UserId};
 use crate::storage::email_queue::require_verification_link;
 use crate::storage::{
-    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore, QueueStats,
-    QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose, UserStore,
+    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore,
+    QueueStats, QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose, UserStore,
 };
 
 pub(super) const COLLECTION: &str = "email_queue";
@@ -84,7 +84,7 @@ impl TryFrom<QueueDoc> for QueuedEmail {
             link: QueuedLink::from_stored(doc.link_purpose, doc.link_hash)?,
             payload: doc.payload.bytes,
             created_at: doc.created_at.to_chrono(),
-            attempts: u32::try_from(doc.attempts).unwrap_or(u32::MAX),
+            attempts: stored_count(doc.attempts),
             claim: doc.claimed_by.unwrap_or_default(),
         })
     }
@@ -102,8 +102,7 @@ impl MongoStore {
     ) -> StoreResult<()> {
         self.email_queue()
             .insert_one(QueueDoc::new(email, user))
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 }
@@ -157,8 +156,7 @@ impl EmailQueueStore for MongoStore {
                 )
                 .sort(doc! { "due_at": 1 })
                 .return_document(ReturnDocument::After)
-                .await
-                .map_err(map_err)?;
+                .await?;
             match doc {
                 Some(doc) => claimed.push(QueuedEmail::try_from(doc)?),
                 None => break,
@@ -171,8 +169,7 @@ impl EmailQueueStore for MongoStore {
         let done = self
             .email_queue()
             .delete_one(doc! { "_id": id, "claimed_by": claim })
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.deleted_count == 1)
     }
 
@@ -188,14 +185,13 @@ impl EmailQueueStore for MongoStore {
                 doc! { "_id": id, "claimed_by": claim },
                 doc! { "$set": { "due_at": bson_date(due_at), "claimed_by": bson::Bson::Null } },
             )
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.matched_count == 1)
     }
 
     async fn email_queue_stats(&self) -> StoreResult<QueueStats> {
         let queue = self.db.collection::<bson::Document>(COLLECTION);
-        let depth = queue.count_documents(doc! {}).await.map_err(map_err)?;
+        let depth = queue.count_documents(doc! {}).await?;
         // Two small indexed reads rather than an aggregation: the same on
         // every server that speaks the wire protocol.
         let first = |field: &'static str| {
@@ -206,11 +202,9 @@ impl EmailQueueStore for MongoStore {
                     .sort(doc! { field: 1 })
                     .limit(1)
                     .projection(doc! { field: 1 })
-                    .await
-                    .map_err(map_err)?
+                    .await?
                     .try_collect()
-                    .await
-                    .map_err(map_err)?;
+                    .await?;
                 Ok::<_, StoreError>(
                     docs.first()
                         .and_then(|d| d.get_datetime(field).ok())

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use mongodb::options::{ReturnDocument, WriteConcern};
 use serde::Deserialize;
 
-use super::{bson_date, map_err, MongoStore};
+use super::{bson_date, MongoStore};
 use crate::storage::{RateLimitStore, StoreError, StoreResult};
 
 pub(super) const COLLECTION: &str = "rate_limits";
@@ -58,10 +58,10 @@ impl RateLimitStore for MongoStore {
                 // counts lets a client a few more requests.
                 .write_concern(WriteConcern::nodes(1))
         };
-        let counted = match count().await.map_err(map_err) {
+        let counted = match count().await.map_err(StoreError::from) {
             // Two first requests of a window both inserted; the loser's
             // second try finds the document and increments it.
-            Err(StoreError::Conflict) => count().await.map_err(map_err)?,
+            Err(StoreError::Conflict) => count().await?,
             other => other?,
         };
         let hits = counted

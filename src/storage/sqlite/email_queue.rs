@@ -9,12 +9,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 
-use super::{from_millis, map_err, millis, roll_back, upsert_link_sql, SqliteStore};
+use super::one_time_tokens::upsert_link_sql;
+use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::{User, UserId};
 use crate::storage::email_queue::require_verification_link;
 use crate::storage::{
-    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats, QueuedEmail, QueuedLink,
-    StoreError, StoreResult, TokenPurpose,
+    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats,
+    QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose,
 };
 
 /// Inserts one message (parameters: [`bind_email`]), ending with `;` so it
@@ -66,7 +67,7 @@ impl TryFrom<QueueRow> for QueuedEmail {
             link: QueuedLink::from_stored(row.link_purpose, row.link_hash)?,
             payload: row.payload,
             created_at: from_millis(row.created_at)?,
-            attempts: u32::try_from(row.attempts).unwrap_or(u32::MAX),
+            attempts: stored_count(row.attempts),
             claim: row.claimed_by.unwrap_or_default(),
         })
     }
@@ -85,8 +86,7 @@ impl SqliteStore {
             .bind(id)
             .bind(claim)
             .execute(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -97,8 +97,7 @@ impl EmailQueueStore for SqliteStore {
         // `query_as` only to share `bind_email`; the INSERT returns no row.
         bind_email(sqlx::query_as::<_, (i64,)>(INSERT_SQL), email, None)
             .fetch_optional(&mut self.write().await?)
-            .await
-            .map_err(map_err)?;
+            .await?;
         Ok(())
     }
 
@@ -120,7 +119,7 @@ impl EmailQueueStore for SqliteStore {
         let mut conn = self.write().await?;
         if let Err(err) = bind_email(query, email, None).fetch_all(&mut conn).await {
             roll_back(&mut conn).await;
-            return Err(map_err(err));
+            return Err(err.into());
         }
         Ok(())
     }
@@ -153,8 +152,7 @@ impl EmailQueueStore for SqliteStore {
         .bind(millis(now))
         .bind(i64::from(limit))
         .fetch_all(&mut self.write().await?)
-        .await
-        .map_err(map_err)?;
+        .await?;
         rows.into_iter().map(QueuedEmail::try_from).collect()
     }
 
@@ -181,8 +179,7 @@ impl EmailQueueStore for SqliteStore {
         let (depth, oldest, next): (i64, Option<i64>, Option<i64>) =
             sqlx::query_as("SELECT COUNT(*), MIN(created_at), MIN(due_at) FROM email_queue")
                 .fetch_one(&mut self.read().await?)
-                .await
-                .map_err(map_err)?;
+                .await?;
         Ok(QueueStats {
             depth: u64::try_from(depth).unwrap_or(0),
             oldest_created_at: oldest.map(from_millis).transpose()?,

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteSynchronous;
 
-use super::{map_err, millis, SqliteStore};
+use super::{millis, SqliteStore};
 use crate::storage::{RateLimitStore, StoreError, StoreResult};
 
 /// One statement, so concurrent requests (from this process or another on
@@ -64,7 +64,7 @@ impl RateLimitStore for SqliteStore {
         // off between its two PRAGMAs, it would leave the writer at NORMAL
         // for the commits that need FULL.
         let counted = tokio::spawn(async move {
-            let mut conn = writer.get().await.map_err(map_err)?;
+            let mut conn = writer.get().await?;
             let rows: Result<Vec<(i64,)>, _> = sqlx::query_as(sql)
                 .bind(&limiter)
                 .bind(&client)
@@ -82,7 +82,7 @@ impl RateLimitStore for SqliteStore {
                     conn.discard();
                 }
             }
-            rows.map_err(map_err)
+            rows.map_err(StoreError::from)
         })
         .await
         .map_err(|e| StoreError::Other(anyhow::anyhow!("rate-limit count stopped: {e}")))??;

@@ -24,9 +24,9 @@ use sqlx::{Column, FromRow, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use super::connections::{Connections, Lease};
-use super::{
-    bind_new_refresh, map_err, millis, RefreshRow, UserRow, REFRESH_COLUMNS, USER_COLUMNS,
-};
+use super::millis;
+use super::refresh_tokens::{bind_new_refresh, RefreshRow, REFRESH_COLUMNS};
+use super::users::{UserRow, USER_COLUMNS};
 use crate::domain::{TokenHash, User};
 use crate::storage::{NewRefreshToken, RefreshTokenRecord, Rotated, StoreError, StoreResult};
 
@@ -104,7 +104,7 @@ async fn rotate(
     writer: &Connections,
     jobs: &[Job],
 ) -> StoreResult<Vec<StoreResult<Option<Rotated>>>> {
-    let mut conn = writer.get().await.map_err(map_err)?;
+    let mut conn = writer.get().await?;
     let rows = run_batch(&mut conn, jobs).await;
     if rows.is_err() {
         // The next batch opens a transaction of its own.
@@ -160,11 +160,11 @@ async fn run_batch(
     // owner (`id`).
     let mut retired = Vec::new();
     let mut owners = Vec::new();
-    for row in batch.fetch_all(conn).await.map_err(map_err)? {
+    for row in batch.fetch_all(conn).await? {
         if row.column(0).name() == "id" {
-            owners.push(UserRow::from_row(&row).map_err(map_err)?);
+            owners.push(UserRow::from_row(&row)?);
         } else {
-            retired.push(RefreshRow::from_row(&row).map_err(map_err)?);
+            retired.push(RefreshRow::from_row(&row)?);
         }
     }
     Ok((retired, owners))

@@ -1,0 +1,82 @@
+//! Accounts: [`UserStore`] and the user to be created.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{NewLink, StoreError, StoreResult};
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
+
+/// A user to be created; the store assigns the id.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: EmailAddress,
+    pub name: PersonName,
+    pub password_hash: PasswordHash,
+    pub role: Role,
+    pub verified: bool,
+    pub created_at: DateTime<Utc>,
+    /// The first email-verification link (a registration's), stored with
+    /// the user.
+    pub verification_link: Option<NewLink>,
+}
+
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Creates a user, and its `verification_link` when there is one.
+    /// `Err(Conflict)` when the email is already registered, and then
+    /// nothing is stored. A store with transactions writes both at once; one
+    /// without (MongoDB without a replica set) writes the user first, so a
+    /// failure between the two leaves the user without the link (they can
+    /// ask for a new one).
+    async fn create_user(&self, user: &NewUser) -> StoreResult<User>;
+
+    /// `Ok(None)` when no user has that (already normalised) email.
+    async fn find_user_by_email(&self, email: &EmailAddress) -> StoreResult<Option<User>>;
+
+    /// `Ok(None)` when the id is unknown or not even well-formed.
+    async fn find_user_by_id(&self, id: &UserId) -> StoreResult<Option<User>>;
+
+    /// Replaces the password hash and bumps `updated_at`. Returns false when
+    /// the user no longer exists.
+    async fn set_password_hash(
+        &self,
+        id: &UserId,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Cuts off every access token (and portal session) issued so far: in
+    /// one atomic write, records `at` as `tokens_valid_after` and raises
+    /// `token_version` by one. Returns the new version, `None` when the user
+    /// no longer exists.
+    async fn cut_access_tokens(&self, id: &UserId, at: DateTime<Utc>) -> StoreResult<Option<u64>>;
+
+    /// Marks the user's email address as verified and bumps `updated_at`.
+    /// Returns false when the user no longer exists.
+    async fn set_verified(&self, id: &UserId, now: DateTime<Utc>) -> StoreResult<bool>;
+
+    /// Sets the role and, in the same write, cuts off the user's access
+    /// tokens as [`UserStore::cut_access_tokens`] does (`tokens_valid_after
+    /// = cut`, `token_version` + 1), so no access token or portal session
+    /// from before the change outlives it. Returns false when the user no
+    /// longer exists.
+    async fn set_user_role(
+        &self,
+        id: &UserId,
+        role: Role,
+        cut: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+}
+
+/// The role of a stored user, which must be one this version knows; `home`
+/// ("users table") names where it was read, for the error.
+pub(crate) fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
+    Role::parse(role).ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in {home}")))
+}
+
+/// The token version of a stored user, which is never negative.
+pub(crate) fn stored_token_version(version: i64, home: &str) -> StoreResult<u64> {
+    u64::try_from(version)
+        .map_err(|_| StoreError::Other(anyhow::anyhow!("negative token_version in {home}")))
+}

@@ -35,13 +35,13 @@ use crate::storage::Store;
 
 /// Opens the configured store (SQLite file, or MongoDB when MONGO_URI is set).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.database {
+    Ok(match &config.store.database {
         Database::Sqlite { url } => {
-            let synchronous = match config.sqlite_synchronous {
+            let synchronous = match config.store.sqlite_synchronous {
                 SqliteSynchronous::Full => sqlite::SqliteSynchronous::Full,
                 SqliteSynchronous::Normal => sqlite::SqliteSynchronous::Normal,
             };
-            tracing::info!(synchronous = ?config.sqlite_synchronous, "SQLite commits");
+            tracing::info!(synchronous = ?config.store.sqlite_synchronous, "SQLite commits");
             Arc::new(SqliteStore::connect_with(url, synchronous).await?)
         }
         Database::Mongo { uri } => Arc::new(MongoStore::connect(uri).await?),
@@ -76,6 +76,7 @@ pub struct App {
 impl App {
     /// Builds everything and binds `HOST:PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let metrics = crate::metrics::handle()?;
         let store = open_store(&config).await?;
         let audit_key = audit_key(&config)?;
         // Opened before the first record is written: a keyed chain always
@@ -83,7 +84,7 @@ impl App {
         let checkpointer = Arc::new(Checkpointer::open(
             store.clone(),
             audit_key.clone(),
-            &config.audit_checkpoint_file,
+            &config.audit.audit_checkpoint_file,
         )?);
         // Not in `background`: it must outlive the server to drain the queue.
         let (audit, audit_writer) =
@@ -93,48 +94,48 @@ impl App {
         let tokens = Tokens::new(
             &access_secret,
             &refresh_secret,
-            &config.app_url,
-            &config.app_name,
-            config.jwt_access_ttl,
+            &config.server.app_url,
+            &config.server.app_name,
+            config.tokens.jwt_access_ttl,
         );
         let outbox = outbox(&config, &store, &refresh_secret)?;
         let auth = Arc::new(AuthService::new(
             Arc::clone(&store),
-            Passwords::for_this_machine(),
+            Passwords::for_this_machine().context("cannot start the password hashing threads")?,
             tokens,
             Arc::clone(&outbox),
             AuthSettings {
-                app_name: config.app_name.clone(),
-                app_url: config.app_url.clone(),
-                refresh_ttl: config.jwt_refresh_ttl,
-                reset_ttl: config.reset_token_ttl,
+                app_name: config.server.app_name.clone(),
+                app_url: config.server.app_url.clone(),
+                refresh_ttl: config.tokens.jwt_refresh_ttl,
+                reset_ttl: config.tokens.reset_token_ttl,
                 password_policy: PasswordPolicy {
-                    min_chars: config.password_min_length,
+                    min_chars: config.accounts.password_min_length,
                 },
-                refresh_reuse_grace: config.refresh_reuse_grace,
-                refresh_idle: config.refresh_idle_timeout,
+                refresh_reuse_grace: config.tokens.refresh_reuse_grace,
+                refresh_idle: config.tokens.refresh_idle_timeout,
                 lockout: LockoutPolicy {
-                    max_failures: config.login_max_failures,
-                    window: config.login_failure_window,
-                    first_lock: config.login_lockout,
-                    max_lock: config.login_lockout_max,
+                    max_failures: config.limits.login_max_failures,
+                    window: config.limits.login_failure_window,
+                    first_lock: config.limits.login_lockout,
+                    max_lock: config.limits.login_lockout_max,
                 },
-                require_verified_email: config.require_verified_email,
-                verification_ttl: config.verification_token_ttl,
-                mail_per_account_per_hour: config.mail_per_account_per_hour,
+                require_verified_email: config.accounts.require_verified_email,
+                verification_ttl: config.tokens.verification_token_ttl,
+                mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
             },
             audit.clone(),
         ));
         let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
         let health = WriteHealth::new(audit.clone());
-        let counters = match config.rate_limit_backend {
+        let counters = match config.limits.rate_limit_backend {
             RateLimitBackend::Memory => None,
             RateLimitBackend::Store => Some(rate_limit::SharedCounters::new(store.clone())),
         };
-        tracing::info!(backend = ?config.rate_limit_backend, "per-IP rate limits");
+        tracing::info!(backend = ?config.limits.rate_limit_backend, "per-IP rate limits");
         let limiters = Limiters::new(
-            config.rate_limit_auth_per_min,
-            config.rate_limit_global_per_min,
+            config.limits.rate_limit_auth_per_min,
+            config.limits.rate_limit_global_per_min,
             counters,
         );
         let mut background = vec![
@@ -142,12 +143,13 @@ impl App {
             spawn_purge(
                 Arc::clone(&store),
                 config
+                    .limits
                     .login_failure_window
-                    .max(config.login_lockout_max)
+                    .max(config.limits.login_lockout_max)
                     .max(Duration::from_secs(86_400)),
             ),
-            crate::metrics::spawn_upkeep(crate::metrics::handle()),
-            checkpointer.spawn(config.audit_checkpoint_interval),
+            crate::metrics::spawn_upkeep(metrics.clone()),
+            checkpointer.spawn(config.audit.audit_checkpoint_interval),
             outbox.spawn(),
             health.spawn(Arc::clone(&store)),
         ];
@@ -159,33 +161,34 @@ impl App {
                 health,
                 cookies: CookieSettings::new(config.is_https(), config.is_production()),
                 portal: Arc::new(PortalSettings {
-                    app_name: config.app_name.clone(),
-                    app_origin: origin_of(&config.app_url),
-                    max_lifetime: config.session_max_lifetime,
-                    min_password_length: config.password_min_length,
-                    reset_minutes: config.reset_token_ttl.as_secs() / 60,
+                    app_name: config.server.app_name.clone(),
+                    app_origin: origin_of(&config.server.app_url),
+                    max_lifetime: config.sessions.session_max_lifetime,
+                    min_password_length: config.accounts.password_min_length,
+                    reset_minutes: config.tokens.reset_token_ttl.as_secs() / 60,
                 }),
             },
             RouterOptions {
-                cors_origins: config.cors_origins.clone(),
+                cors_origins: config.server.cors_origins.clone(),
                 hsts: config.is_https(),
                 limiters,
                 sessions: StoreBackedSessions::new(web_sessions),
                 anon_csrf: AnonCsrfCookie::derived_from(&refresh_secret, config.is_https()),
-                session_idle_timeout: config.session_idle_timeout,
+                session_idle_timeout: config.sessions.session_idle_timeout,
                 metrics: metrics_on_main_listener(&config),
+                metrics_handle: metrics.clone(),
                 client_ip: crate::http::middleware::client_ip::ClientIpPolicy::new(
-                    &config.trusted_proxies,
-                    config.rate_limit_ipv6_prefix,
+                    &config.server.trusted_proxies,
+                    config.limits.rate_limit_ipv6_prefix,
                 ),
-                body_timeout: config.http_body_timeout,
+                body_timeout: config.server.http_body_timeout,
             },
         );
-        let addr = SocketAddr::new(config.host, config.port);
+        let addr = SocketAddr::new(config.server.host, config.server.port);
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} (HOST/PORT)"))?;
-        if let Some(addr) = config.metrics_addr {
+        if let Some(addr) = config.metrics.metrics_addr {
             let metrics_listener = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr} (METRICS_ADDR)"))?;
@@ -194,11 +197,14 @@ impl App {
             // background tasks are aborted at shutdown.
             background.push(tokio::spawn(crate::server::serve(
                 metrics_listener,
-                http::metrics_router(match &config.metrics_token {
-                    Some(token) => http::MetricsAccess::bearer(token),
-                    None => http::MetricsAccess::Public,
-                }),
-                config.http_header_timeout,
+                http::metrics_router(
+                    match &config.metrics.metrics_token {
+                        Some(token) => http::MetricsAccess::bearer(token),
+                        None => http::MetricsAccess::Public,
+                    },
+                    metrics,
+                ),
+                config.server.http_header_timeout,
                 METRICS_MAX_CONNECTIONS,
                 std::future::pending(),
             )));
@@ -210,7 +216,7 @@ impl App {
         Ok(Self {
             listener,
             router,
-            header_timeout: config.http_header_timeout,
+            header_timeout: config.server.http_header_timeout,
             max_connections: max_connections(&config),
             mail_timeout: config.mail.timeout,
             background,
@@ -286,14 +292,14 @@ impl App {
 /// anyone (ASVS 5.0 13.4.5). METRICS_ADDR moves it to a listener of its
 /// own; METRICS_TOKEN admits only a scraper holding the token.
 fn metrics_on_main_listener(config: &Config) -> http::MetricsAccess {
-    let with_token = config.metrics_token.is_some();
-    let access = match (&config.metrics_addr, &config.metrics_token) {
+    let with_token = config.metrics.metrics_token.is_some();
+    let access = match (&config.metrics.metrics_addr, &config.metrics.metrics_token) {
         (Some(_), _) => http::MetricsAccess::Off,
         (None, Some(token)) => http::MetricsAccess::bearer(token),
         (None, None) if config.is_production() => http::MetricsAccess::Off,
         (None, None) => http::MetricsAccess::Public,
     };
-    match (&access, config.metrics_addr) {
+    match (&access, config.metrics.metrics_addr) {
         (http::MetricsAccess::Off, Some(addr)) => {
             tracing::info!(%addr, bearer_token = with_token, "/metrics served on METRICS_ADDR only");
         }
@@ -316,7 +322,7 @@ fn metrics_on_main_listener(config: &Config) -> http::MetricsAccess {
 fn max_connections(config: &Config) -> usize {
     let limit = crate::server::descriptor_limit();
     let fits = crate::server::default_max_connections(limit);
-    match config.max_connections {
+    match config.server.max_connections {
         Some(set) if set > fits => {
             tracing::warn!(
                 max_connections = set,
@@ -371,8 +377,8 @@ fn outbox(
         mailer,
         crate::email::sealed::Sealer::derive_from(refresh_secret),
         OutboxSettings {
-            app_name: config.app_name.clone(),
-            app_url: config.app_url.clone(),
+            app_name: config.server.app_name.clone(),
+            app_url: config.server.app_url.clone(),
             message_id_domain: from.email.domain().to_owned(),
             timeout: config.mail.timeout,
             retry_for: config.mail.retry_for,
@@ -430,8 +436,12 @@ const SECRETS_FILE: &str = "jwt-secrets";
 /// secrets generated once and kept in the data directory so tokens survive
 /// a restart. Config validation already refused production without them.
 fn jwt_secrets(config: &Config) -> anyhow::Result<(SecretString, SecretString)> {
-    if let (Some(a), Some(r)) = (&config.jwt_access_secret, &config.jwt_refresh_secret) {
+    if let (Some(a), Some(r)) = (
+        &config.tokens.jwt_access_secret,
+        &config.tokens.jwt_refresh_secret,
+    ) {
         if config
+            .tokens
             .jwt_access_secret
             .as_ref()
             .map(|s| s.expose_secret().len())
@@ -482,7 +492,7 @@ const AUDIT_KEY_FILE: &str = "audit-key";
 /// without one. The service and the CLI both load it here, so both key the
 /// chain alike.
 pub fn audit_key(config: &Config) -> anyhow::Result<AuditKey> {
-    if let Some(key) = &config.audit_key {
+    if let Some(key) = &config.audit.audit_key {
         return Ok(key.clone());
     }
     let path = config.data_dir().join(AUDIT_KEY_FILE);

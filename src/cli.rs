@@ -1,13 +1,17 @@
 //! The `clinic-auth` command line: serve (the default), verify the audit
-//! chain, and grant a role. Parsed by hand: four commands do not warrant a
-//! parser dependency.
+//! chain, and grant a role. Parsed by clap, so every command and subcommand
+//! has its own `--help` and a usage error names what was wrong.
 //!
-//! Exit codes: 0 done; 1 the audit trail failed verification, or no such
-//! user; 2 usage or configuration error; 3 the database (or the checkpoint
-//! file) could not be read.
+//! Exit codes (see [`exit`]): 0 done; 1 the audit trail failed
+//! verification, or no such user, or the service could not start or stopped
+//! with an error; 2 usage or configuration error; 3 the database (or the
+//! checkpoint file) could not be read or written.
 
 use std::process::ExitCode;
 use std::time::Duration;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::{Parser, Subcommand};
 
 use crate::app::{audit_key, open_store};
 use crate::config::Config;
@@ -17,53 +21,161 @@ use crate::services::audit::{verify_chain, Audit, ChainSummary};
 use crate::services::checkpoints::{read_checkpoints, CheckpointFile, Checkpointer, LineFault};
 use crate::services::{AdminService, ClientContext, ServiceError};
 
-pub const USAGE: &str = "\
-Usage:
-  clinic-auth [serve]                        run the service (the default)
-  clinic-auth audit verify                   check the audit trail: its hash chain (with
-                                             AUDIT_KEY) and the signed checkpoints in
-                                             AUDIT_CHECKPOINT_FILE
-  clinic-auth user set-role EMAIL admin|doctor
-                                             give a user a role (ends their access tokens)
-  clinic-auth --help                         show this
-
-Configuration comes from the environment and .env, as for the service.
-Exit codes: 0 ok; 1 the audit trail failed verification (a record altered,
-missing or recomputed without AUDIT_KEY, records removed after a checkpoint,
-the checkpoint file missing or altered, or the wrong AUDIT_KEY), or user not
-found; 2 usage or configuration error; 3 the database or the checkpoint file
-could not be read.";
-
-/// What the command line asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    Serve,
-    Help,
-    AuditVerify,
-    SetRole { email: String, role: Role },
+/// The process's exit codes, one meaning each; `--help` and the README list
+/// them, and tests/binary.rs checks each with the real binary.
+pub mod exit {
+    /// Done: the service stopped cleanly, the trail verified, the role is set.
+    pub const OK: u8 = 0;
+    /// The audit trail failed verification, no such user, or the service
+    /// could not start or stopped with an error.
+    pub const FAILED: u8 = 1;
+    /// A usage error (an unknown command, a missing or bad argument) or a
+    /// configuration error (one line naming the variable).
+    pub const USAGE: u8 = 2;
+    /// The database or the checkpoint file could not be read or written.
+    pub const UNREACHABLE: u8 = 3;
 }
 
-/// Parses the arguments after the program name. `Err` carries a message
-/// for a usage error.
-pub fn parse(args: &[String]) -> Result<Command, String> {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    match args.as_slice() {
-        [] | ["serve"] => Ok(Command::Serve),
-        ["--help" | "-h" | "help", ..] => Ok(Command::Help),
-        ["audit", "verify"] => Ok(Command::AuditVerify),
-        ["user", "set-role", email, role] => match Role::parse(role) {
-            Some(role) => Ok(Command::SetRole {
-                email: (*email).to_owned(),
-                role,
-            }),
-            None => Err(format!("unknown role {role:?}: use admin or doctor")),
-        },
-        ["user", "set-role", ..] => Err("user set-role needs EMAIL and a role".to_owned()),
-        _ => Err(format!("unknown command: {}", args.join(" "))),
+const AFTER_HELP: &str = "\
+Examples:
+  clinic-auth                                   run the service
+  clinic-auth audit verify                      check the audit trail
+  clinic-auth user set-role jane@example.com admin
+
+Configuration comes from the environment and .env, as for the service (see
+the README's Configuration section).
+
+Exit codes:
+  0  done
+  1  the audit trail failed verification (a record altered, missing or
+     recomputed without AUDIT_KEY, records removed after a checkpoint, the
+     checkpoint file missing or altered, or the wrong AUDIT_KEY), or no such
+     user; for the service: it could not start or stopped with an error
+  2  usage or configuration error
+  3  the database or the checkpoint file could not be read or written";
+
+/// Authentication for clinics: the JSON API and the staff portal in one
+/// binary, plus its maintenance commands.
+#[derive(Debug, Parser)]
+#[command(name = "clinic-auth", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Run the service (the default)
+    Serve,
+    /// Check the audit trail
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Manage users
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum AuditCommand {
+    /// Check the audit trail: its hash chain (with AUDIT_KEY) and the signed
+    /// checkpoints in AUDIT_CHECKPOINT_FILE
+    #[command(after_help = AFTER_HELP)]
+    Verify,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum UserCommand {
+    /// Give a user a role (ends their access tokens)
+    #[command(after_help = AFTER_HELP)]
+    SetRole {
+        /// The user's email address
+        email: String,
+        /// The role to give
+        #[arg(value_parser = role())]
+        role: Role,
+    },
+}
+
+fn role() -> impl clap::builder::TypedValueParser<Value = Role> {
+    PossibleValuesParser::new([Role::Admin.as_str(), Role::Doctor.as_str()])
+        .try_map(|name| Role::parse(&name).ok_or("use admin or doctor"))
+}
+
+/// Parses the arguments after the program name: the command (serve when
+/// none), or what to print and exit with (`--help` and `--version` too).
+pub fn parse<I, T>(args: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let args: Vec<std::ffi::OsString> = std::iter::once("clinic-auth".into())
+        .chain(args.into_iter().map(Into::into))
+        .collect();
+    match Cli::try_parse_from(&args) {
+        Ok(cli) => Ok(cli.command.unwrap_or(Command::Serve)),
+        Err(error) => Err(CliError {
+            usage: usage_of(&args),
+            error,
+        }),
     }
 }
 
-const DATABASE_ERROR: u8 = 3;
+/// A usage error, help or version from clap, with the usage line of the
+/// command it was about: clap leaves it out of some errors (a bad value),
+/// and a usage error should always show how the command is written.
+#[derive(Debug)]
+pub struct CliError {
+    pub error: clap::Error,
+    usage: String,
+}
+
+impl CliError {
+    /// 0 after `--help` or `--version`, else [`exit::USAGE`].
+    pub fn exit_code(&self) -> u8 {
+        if self.error.use_stderr() {
+            exit::USAGE
+        } else {
+            exit::OK
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.error.to_string();
+        write!(f, "{}", text.trim_end())?;
+        if self.error.use_stderr() && !text.contains("Usage:") {
+            write!(f, "\n\n{}", self.usage.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The usage line of the deepest subcommand the arguments name.
+fn usage_of(args: &[std::ffi::OsString]) -> String {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    command.build();
+    let mut current = &mut command;
+    for arg in args.iter().skip(1).filter_map(|a| a.to_str()) {
+        if current.find_subcommand(arg).is_none() {
+            break;
+        }
+        current = current.find_subcommand_mut(arg).expect("found just above");
+    }
+    current.render_usage().to_string()
+}
+
+/// Prints what clap has to say (help to stdout, a usage error to stderr)
+/// and gives the exit code for it.
+pub fn report(error: &CliError) -> ExitCode {
+    if error.error.use_stderr() {
+        eprintln!("{error}");
+    } else {
+        println!("{error}");
+    }
+    ExitCode::from(error.exit_code())
+}
 
 /// `clinic-auth audit verify`: the chain, then what the checkpoint file
 /// says about it. Every problem found is printed; any of them fails.
@@ -72,22 +184,22 @@ pub async fn audit_verify(config: &Config) -> ExitCode {
         Ok(key) => key,
         Err(e) => {
             eprintln!("cannot load AUDIT_KEY: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     let store = match open_store(config).await {
         Ok(store) => store,
         Err(e) => {
             eprintln!("cannot open the database: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
-    let path = &config.audit_checkpoint_file;
+    let path = &config.audit.audit_checkpoint_file;
     let file = match read_checkpoints(path, &key) {
         Ok(file) => file,
         Err(e) => {
             eprintln!("cannot read the checkpoint file {}: {e}", path.display());
-            return ExitCode::from(DATABASE_ERROR);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     let anchors: Vec<_> = file
@@ -98,7 +210,7 @@ pub async fn audit_verify(config: &Config) -> ExitCode {
         Ok(chain) => chain,
         Err(e) => {
             eprintln!("cannot read the audit trail: {:#}", anyhow::Error::from(e));
-            return ExitCode::from(DATABASE_ERROR);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     let mut failed = false;
@@ -162,7 +274,7 @@ pub async fn audit_verify(config: &Config) -> ExitCode {
         );
     }
     if failed {
-        ExitCode::from(1)
+        ExitCode::from(exit::FAILED)
     } else {
         ExitCode::SUCCESS
     }
@@ -229,29 +341,32 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
         Ok(store) => store,
         Err(e) => {
             eprintln!("cannot open the database: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     let key = match audit_key(config) {
         Ok(key) => key,
         Err(e) => {
             eprintln!("cannot load AUDIT_KEY: {e:#}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
-    let checkpointer =
-        match Checkpointer::open(store.clone(), key.clone(), &config.audit_checkpoint_file) {
-            Ok(checkpointer) => checkpointer,
-            Err(e) => {
-                eprintln!("{e:#}");
-                return ExitCode::from(2);
-            }
-        };
+    let checkpointer = match Checkpointer::open(
+        store.clone(),
+        key.clone(),
+        &config.audit.audit_checkpoint_file,
+    ) {
+        Ok(checkpointer) => checkpointer,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+    };
     let (audit, writer) = match Audit::start(store.clone(), store.serialized_writes(), key) {
         Ok(started) => started,
         Err(e) => {
             eprintln!("cannot start the audit writer: {e}");
-            return ExitCode::from(3);
+            return ExitCode::from(exit::UNREACHABLE);
         }
     };
     let admin = AdminService::new(store, audit.clone());
@@ -281,47 +396,103 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
         }
         (Ok(Some(_)), Err(_)) => {
             eprintln!("the role was changed but the audit event could not be stored");
-            ExitCode::from(DATABASE_ERROR)
+            ExitCode::from(exit::UNREACHABLE)
         }
         (Ok(None), _) => {
             eprintln!("no user with the email {email}");
-            ExitCode::from(1)
+            ExitCode::from(exit::FAILED)
         }
         (Err(ServiceError::Validation(_)), _) => {
             eprintln!("not an email address: {email}");
-            ExitCode::from(2)
+            ExitCode::from(exit::USAGE)
         }
         (Err(e), _) => {
             eprintln!("cannot change the role: {:#}", anyhow::Error::from(e));
-            ExitCode::from(DATABASE_ERROR)
+            ExitCode::from(exit::UNREACHABLE)
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use clap::error::ErrorKind;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
-    }
+    use super::*;
 
     #[test]
     fn commands_parse() {
-        assert_eq!(parse(&args(&[])), Ok(Command::Serve));
-        assert_eq!(parse(&args(&["serve"])), Ok(Command::Serve));
-        assert_eq!(parse(&args(&["--help"])), Ok(Command::Help));
-        assert_eq!(parse(&args(&["audit", "verify"])), Ok(Command::AuditVerify));
+        let none: [&str; 0] = [];
+        assert_eq!(parse(none).unwrap(), Command::Serve);
+        assert_eq!(parse(["serve"]).unwrap(), Command::Serve);
         assert_eq!(
-            parse(&args(&["user", "set-role", "a@b.c", "admin"])),
-            Ok(Command::SetRole {
-                email: "a@b.c".into(),
-                role: Role::Admin
-            })
+            parse(["audit", "verify"]).unwrap(),
+            Command::Audit(AuditCommand::Verify)
         );
-        assert!(parse(&args(&["user", "set-role", "a@b.c", "root"])).is_err());
-        assert!(parse(&args(&["user", "set-role", "a@b.c"])).is_err());
-        assert!(parse(&args(&["audit"])).is_err());
-        assert!(parse(&args(&["serve", "now"])).is_err());
+        for (role, expected) in [("admin", Role::Admin), ("doctor", Role::Doctor)] {
+            assert_eq!(
+                parse(["user", "set-role", "a@b.c", role]).unwrap(),
+                Command::User(UserCommand::SetRole {
+                    email: "a@b.c".into(),
+                    role: expected
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn help_is_not_an_error_and_mistakes_are_usage_errors() {
+        for args in [
+            &["--help"][..],
+            &["-h"],
+            &["help"],
+            &["audit", "--help"],
+            &["audit", "verify", "--help"],
+            &["user", "set-role", "--help"],
+            &["help", "user", "set-role"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.error.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert_eq!(e.exit_code(), exit::OK, "{args:?}");
+        }
+        for args in [
+            &["user", "set-role", "a@b.c", "root"][..],
+            &["user", "set-role", "a@b.c"],
+            &["audit"],
+            &["serve", "now"],
+            &["frobnicate"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), exit::USAGE, "{args:?}: {e}");
+            assert_eq!(e.error.exit_code(), i32::from(exit::USAGE), "{args:?}");
+            assert!(e.to_string().contains("Usage"), "{args:?}: {e}");
+        }
+        // A bad value shows how the command it was given to is written.
+        let e = parse(["user", "set-role", "a@b.c", "root"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("'root'"), "{text}");
+        assert!(
+            text.contains("Usage: clinic-auth user set-role <EMAIL> <ROLE>"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn help_lists_the_exit_codes() {
+        let help = Cli::try_parse_from(["clinic-auth", "--help"])
+            .unwrap_err()
+            .to_string();
+        for text in [
+            "audit verify",
+            "user set-role",
+            "Exit codes",
+            "3  the database",
+        ] {
+            assert!(help.contains(text), "{text:?} in {help}");
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

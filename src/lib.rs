@@ -3,6 +3,11 @@
 //! Dependencies point inward: `http` -> `services` -> `domain` and the
 //! `storage` traits. Only `app` knows which concrete store is in use.
 
+// Unsafe code only where a system call or the argon2 memory needs it, each
+// place allowed by name with a SAFETY note (services/passwords.rs,
+// server.rs).
+#![deny(unsafe_code)]
+
 pub mod app;
 pub mod background;
 pub mod cli;

@@ -1,10 +1,14 @@
 //! The `clinic-auth` binary: the command (serve by default), configuration,
 //! logging, then the app or a maintenance command (see `cli`).
 
+// Unsafe code only where a system call needs it, each place allowed by
+// name with a SAFETY note.
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clinic_auth::app::{shutdown_signal, App};
-use clinic_auth::cli::{self, Command};
+use clinic_auth::cli::{self, exit, AuditCommand, Command, UserCommand};
 use clinic_auth::config::Config;
 
 fn main() -> ExitCode {
@@ -19,6 +23,7 @@ fn main() -> ExitCode {
 /// directories 0700): the SQLite database and its -wal/-shm files, the
 /// outbox's .eml files (live reset links), generated secrets. A umask set
 /// before the runtime starts, so no thread and no file predates it.
+#[allow(unsafe_code)] // umask: see the SAFETY note below
 fn private_files() {
     #[cfg(unix)]
     // SAFETY: umask only swaps the process's file-creation mask; it cannot
@@ -30,43 +35,38 @@ fn private_files() {
 
 #[tokio::main]
 async fn run() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = match cli::parse(&args) {
-        Ok(Command::Help) => {
-            println!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
+    let command = match cli::parse(std::env::args_os().skip(1)) {
         Ok(command) => command,
-        Err(message) => {
-            eprintln!("{message}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
+        // `--help` and `--version` too: printed, with their exit code.
+        Err(e) => return cli::report(&e),
     };
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("configuration error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(exit::USAGE);
         }
     };
     match command {
-        Command::AuditVerify => return cli::audit_verify(&config).await,
-        Command::SetRole { email, role } => return cli::set_role(&config, &email, role).await,
-        Command::Serve | Command::Help => {}
+        Command::Audit(AuditCommand::Verify) => return cli::audit_verify(&config).await,
+        Command::User(UserCommand::SetRole { email, role }) => {
+            return cli::set_role(&config, &email, role).await
+        }
+        Command::Serve => {}
     }
     clinic_auth::telemetry::init(config.is_production());
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(e) => {
             tracing::error!("cannot start: {e:#}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(exit::FAILED);
         }
     };
     match app.run_until_stopped(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("stopped with an error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit::FAILED)
         }
     }
 }

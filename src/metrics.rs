@@ -23,28 +23,34 @@ pub const EMAIL_OLDEST_AGE: &str = "clinic_auth_email_oldest_age_seconds";
 pub const EMAIL_ATTEMPTS: &str = "clinic_auth_email_attempts_total";
 pub const EMAILS_DROPPED: &str = "clinic_auth_emails_dropped_total";
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// The outcome of the one install, kept so that every app built in this
+/// process (tests build many) shares the recorder, or the reason it failed.
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
-/// Installs the recorder once per process and returns its handle.
-pub fn handle() -> PrometheusHandle {
+/// Installs the recorder once per process and returns its handle. Fails,
+/// as a start-up error, when the process already has another recorder (the
+/// `metrics` facade holds one, globally).
+pub fn handle() -> anyhow::Result<PrometheusHandle> {
     HANDLE
-        .get_or_init(|| {
-            // Buckets from 0.5 ms (a token check) to 10 s (a hash queue under
-            // a flood).
-            let latency = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                10.0,
-            ];
-            let handle = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
-                .expect("bucket list is not empty")
-                .install_recorder()
-                .expect("no other metrics recorder is installed");
-            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            describe();
-            handle
-        })
+        .get_or_init(install)
         .clone()
+        .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))
+}
+
+fn install() -> Result<PrometheusHandle, String> {
+    // Buckets from 0.5 ms (a token check) to 10 s (a hash queue under a
+    // flood).
+    let latency = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &latency)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    describe();
+    Ok(handle)
 }
 
 fn describe() {

@@ -128,6 +128,7 @@ const CAP_WARNING_EVERY: Duration = Duration::from_secs(60);
 pub const RESERVED_DESCRIPTORS: u64 = 128;
 
 /// The process's soft limit on open descriptors (RLIMIT_NOFILE), if known.
+#[allow(unsafe_code)] // getrlimit: see the SAFETY note below
 pub fn descriptor_limit() -> Option<u64> {
     #[cfg(unix)]
     {
@@ -147,6 +148,7 @@ pub fn descriptor_limit() -> Option<u64> {
 /// at start: the soft default (often 1024) is a guard for interactive
 /// programs, not a budget for a server. Best effort; returns the soft limit
 /// in force afterwards.
+#[allow(unsafe_code)] // getrlimit and setrlimit: see the SAFETY note below
 pub fn raise_descriptor_limit() -> Option<u64> {
     #[cfg(unix)]
     {

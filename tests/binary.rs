@@ -121,6 +121,98 @@ fn a_dotenv_file_is_read_and_the_environment_wins() {
     assert!(text.contains("APP_ENV") && !text.contains("PORT"), "{text}");
 }
 
+/// `--help` at every level, and each exit code the help and the README
+/// document, from the real binary: 0 help, 1 the service cannot start,
+/// 2 usage or configuration error, 3 the database cannot be opened.
+#[test]
+fn the_command_line_helps_and_its_exit_codes_are_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str], vars: &[(&str, &str)]| {
+        let mut cmd = command(dir.path(), vars);
+        cmd.args(args);
+        let output = exits_within(cmd, Duration::from_secs(20));
+        let code = output.status.code();
+        (code, stderr_of(output))
+    };
+
+    for (args, mentions) in [
+        (
+            &["--help"][..],
+            &["audit verify", "user set-role", "Exit codes"][..],
+        ),
+        (&["audit", "--help"], &["verify", "Usage"]),
+        (
+            &["audit", "verify", "--help"],
+            &["AUDIT_CHECKPOINT_FILE", "Exit codes"],
+        ),
+        (&["user", "--help"], &["set-role"]),
+        (
+            &["user", "set-role", "--help"],
+            &["<EMAIL>", "<ROLE>", "admin", "doctor"],
+        ),
+        (&["help", "audit"], &["verify"]),
+    ] {
+        let (code, text) = run(args, &[]);
+        assert_eq!(code, Some(0), "{args:?}: {text}");
+        for mention in mentions {
+            assert!(
+                text.contains(mention),
+                "{args:?} should mention {mention}: {text}"
+            );
+        }
+    }
+
+    // 2: usage errors, before any configuration is read.
+    for args in [
+        &["frobnicate"][..],
+        &["audit"],
+        &["audit", "check"],
+        &["serve", "now"],
+        &["user", "set-role", "a@b.c"],
+        &["user", "set-role", "a@b.c", "root"],
+    ] {
+        let (code, text) = run(args, &[("APP_ENV", "staging")]);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(text.contains("Usage"), "{args:?}: {text}");
+        assert!(!text.contains("APP_ENV"), "{args:?}: {text}");
+    }
+    // 2: a configuration error, for the commands as for the service.
+    for args in [
+        &["audit", "verify"][..],
+        &["user", "set-role", "a@b.c", "admin"],
+    ] {
+        let (code, text) = run(args, &[("APP_ENV", "staging")]);
+        assert_eq!(code, Some(2), "{args:?}: {text}");
+        assert!(text.contains("APP_ENV"), "{args:?}: {text}");
+    }
+
+    // 3: the database cannot be opened (its directory would be a file).
+    std::fs::write(dir.path().join("not-a-dir"), "").unwrap();
+    let data = dir.path().join("data");
+    let unreachable = [
+        ("DATABASE_URL", "sqlite://not-a-dir/clinic-auth.db"),
+        ("DATA_DIR", data.to_str().unwrap()),
+    ];
+    for args in [
+        &["audit", "verify"][..],
+        &["user", "set-role", "a@b.c", "admin"],
+    ] {
+        let (code, text) = run(args, &unreachable);
+        assert_eq!(code, Some(3), "{args:?}: {text}");
+        assert!(
+            text.contains("cannot open the database"),
+            "{args:?}: {text}"
+        );
+    }
+
+    // 1: the service cannot start (its port is taken).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let (code, text) = run(&[], &[("PORT", &port)]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("cannot start"), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_from_nothing_and_stops_gracefully_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();

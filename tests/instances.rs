@@ -191,7 +191,7 @@ async fn one_user_across(a: &Instance, b: &Instance, email: &str) -> Vec<String>
             wrong.push(format!("{email} {step}: {got} instead of {want}"));
         }
     };
-    let on = |i: usize| if i % 2 == 0 { a } else { b };
+    let on = |i: usize| if i.is_multiple_of(2) { a } else { b };
     let res = client
         .post(a.url("/api/auth/register"))
         .json(&json!({"name": "Dr Mixed", "email": email, "password": PASSWORD}))

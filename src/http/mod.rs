@@ -136,6 +136,8 @@ pub struct RouterOptions {
     pub session_idle_timeout: Duration,
     /// Who may read /metrics on this listener.
     pub metrics: MetricsAccess,
+    /// The installed recorder, rendered at /metrics.
+    pub metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
     /// TRUSTED_PROXIES and RATE_LIMIT_IPV6_PREFIX.
     pub client_ip: middleware::client_ip::ClientIpPolicy,
     /// HTTP_BODY_TIMEOUT: the whole body must arrive within this.
@@ -158,7 +160,7 @@ pub fn router(state: AppState, options: RouterOptions) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state);
 
-    routes = routes.merge(metrics_router(options.metrics));
+    routes = routes.merge(metrics_router(options.metrics, options.metrics_handle));
     // Layers run outside-in in the reverse of the order they are added.
     routes
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
@@ -237,8 +239,10 @@ impl MetricsAccess {
 }
 
 /// GET /metrics in the Prometheus text format, for those `access` admits.
-pub fn metrics_router(access: MetricsAccess) -> Router {
-    let handle = crate::metrics::handle();
+pub fn metrics_router(
+    access: MetricsAccess,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Router {
     let route = Router::new().route(
         "/metrics",
         axum::routing::get(move || {

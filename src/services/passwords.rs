@@ -3,8 +3,9 @@
 //! argon2id at the OWASP parameters costs ~19 MiB and tens of milliseconds
 //! of CPU per call. Run on the async workers it would stall every request;
 //! run on tokio's blocking pool, every one of its (up to 512) threads would
-//! end up with a 19 MiB buffer parked in its own malloc arena (measured: a
-//! registration flood reached 860 MiB RSS). So hashing runs on one thread
+//! end up with a 19 MiB buffer parked in its own malloc arena, so a
+//! registration flood grows RSS without bound (see BENCHMARKS.md for the
+//! numbers). So hashing runs on one thread
 //! per core, each reusing one preallocated argon2 memory: RSS stays at
 //! cores x 19 MiB whatever the load. The threads run at a lower scheduling
 //! priority, so a login flood takes only the CPU that token checks and
@@ -12,10 +13,10 @@
 //!
 //! The strength check of a new password runs on the same threads, in the
 //! same job as its hash. zxcvbn's estimate grows with the square of the
-//! length: ~0.2 ms for a typical password, but 11-50 ms for 128 characters
-//! (measured), as much as a hash. On an async worker a registration flood
-//! of long passwords held /health at 1.2 s p99; here it waits in the same
-//! bounded queue as the hashes and every other route stays responsive.
+//! length: a long password costs as much as a hash. On an async worker a
+//! registration flood of long passwords stalled every other route (see
+//! BENCHMARKS.md); here it waits in the same bounded queue as the hashes
+//! and every other route stays responsive.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -71,6 +72,8 @@ pub struct HashMemory {
 /// A transparent huge page on x86-64 and aarch64 (4 KiB base pages).
 const HUGE_PAGE: usize = 2 << 20;
 
+// The one owned allocation argon2 works in: see each SAFETY note.
+#[allow(unsafe_code)]
 impl HashMemory {
     pub fn new() -> Self {
         let len = params().block_count();
@@ -110,6 +113,7 @@ impl Default for HashMemory {
     }
 }
 
+#[allow(unsafe_code)] // dealloc: see the SAFETY note below
 impl Drop for HashMemory {
     fn drop(&mut self) {
         // SAFETY: allocated in `new` with this very layout, freed once.
@@ -118,9 +122,11 @@ impl Drop for HashMemory {
 }
 
 // SAFETY: `HashMemory` owns its allocation exclusively, like a `Box<[Block]>`.
+#[allow(unsafe_code)]
 unsafe impl Send for HashMemory {}
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // madvise: see the SAFETY note below
 fn advise_huge_pages(start: *mut u8, len: usize) {
     // SAFETY: the range is one live allocation of ours; MADV_HUGEPAGE only
     // changes how the kernel backs it, never its contents.
@@ -222,7 +228,8 @@ fn verify_blocking(
 type Job = Box<dyn FnOnce(&mut [Block]) + Send>;
 
 pub struct Passwords {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    /// `Sender` is `Sync`: every request sends on the same one, unlocked.
+    jobs: mpsc::Sender<Job>,
     /// Hash verified for unknown emails so that "no such user" costs the
     /// same time as "wrong password" (no account enumeration by timing).
     dummy: OnceCell<PasswordHash>,
@@ -230,25 +237,26 @@ pub struct Passwords {
 
 impl Passwords {
     /// Starts `threads` hashing threads; callers beyond that queue up without
-    /// holding a thread or any argon2 memory.
-    pub fn new(threads: usize) -> Self {
+    /// holding a thread or any argon2 memory. Fails when the OS refuses a
+    /// thread (the threads already started end as the sender is dropped).
+    pub fn new(threads: usize) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
+        // Workers take turns at the one receiver.
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || worker(&rx))
-                .expect("the OS can start a hashing thread");
+                .spawn(move || worker(&rx))?;
         }
-        Self {
-            jobs: Mutex::new(tx),
+        Ok(Self {
+            jobs: tx,
             dummy: OnceCell::new(),
-        }
+        })
     }
 
     /// One hashing thread per core: more would only add memory and queueing.
-    pub fn for_this_machine() -> Self {
+    pub fn for_this_machine() -> std::io::Result<Self> {
         Self::new(std::thread::available_parallelism().map_or(2, usize::from))
     }
 
@@ -347,8 +355,6 @@ impl Passwords {
             let _ = done.send(value);
         });
         self.jobs
-            .lock()
-            .map_err(|_| anyhow::anyhow!("password hasher lock poisoned"))?
             .send(job)
             .map_err(|_| anyhow::anyhow!("password hasher is shut down"))?;
         result
@@ -375,6 +381,7 @@ fn worker(rx: &Mutex<mpsc::Receiver<Job>>) {
 }
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // gettid and setpriority: see the SAFETY note below
 fn lower_priority() {
     // On Linux a thread id is a valid PRIO_PROCESS target and affects only
     // that thread.
@@ -410,7 +417,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_salted_and_verify() {
-        let passwords = Passwords::new(2);
+        let passwords = Passwords::new(2).unwrap();
         let pw = Password::new("Str0ng!Pass123".into());
         // Cross-check with the argon2 crate's own PHC implementation.
         let theirs = {
@@ -453,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn new_passwords_are_checked_in_the_hashing_queue() {
-        let passwords = Arc::new(Passwords::new(1));
+        let passwords = Arc::new(Passwords::new(1).unwrap());
         // Occupy the only hashing thread until told to stop.
         let (started, running) = oneshot::channel();
         let (release, wait) = mpsc::channel::<()>();
@@ -559,7 +566,7 @@ mod tests {
 
     #[tokio::test]
     async fn abandoned_requests_are_not_hashed() {
-        let passwords = std::sync::Arc::new(Passwords::new(1));
+        let passwords = std::sync::Arc::new(Passwords::new(1).unwrap());
         let pw = Password::new("Str0ng!Pass123".into());
         let before = passwords.hash(&pw).await.unwrap();
         // Queue many hashes and drop them before they run.
@@ -595,7 +602,7 @@ mod tests {
                 .unwrap()
                 .to_string(),
         );
-        let passwords = Passwords::new(1);
+        let passwords = Passwords::new(1).unwrap();
         assert_eq!(
             passwords
                 .verify(&Password::new("Str0ng!Pass123".into()), &stored)
@@ -614,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn legacy_bcrypt_verifies_and_asks_for_rehash() {
-        let passwords = Passwords::new(1);
+        let passwords = Passwords::new(1).unwrap();
         let legacy = PasswordHash::new(bcrypt::hash("Str0ng!Pass123", 4).unwrap());
         let pw = Password::new("Str0ng!Pass123".into());
         assert_eq!(

@@ -99,7 +99,7 @@ async fn run(writer: Arc<Connections>, mut rx: mpsc::Receiver<Job>) {
 /// it in `replaced_by`), the read of their owners, COMMIT. Each command is a
 /// round trip to sqlx's thread and back; as BEGIN, UPDATE, INSERT, COMMIT
 /// plus an owner read per rotation on the reader pool, they were about a
-/// fifth of a refresh's CPU (BENCHMARKS.md, "`refresh`, third look").
+/// fifth of a refresh's CPU (see BENCHMARKS.md).
 async fn rotate(
     writer: &Connections,
     jobs: &[Job],

@@ -1,0 +1,160 @@
+//! What signs the tokens and how long each kind lives: the JWT secrets,
+//! access and refresh lifetimes, the refresh idle and reuse windows, and
+//! the reset and verification links.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::{err, values, ConfigError, Environment, Vars};
+
+/// Smallest JWT secret accepted in production: HS256 keys should carry at
+/// least the hash's 256 bits.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone)]
+pub struct TokensConfig {
+    /// `None` means "generate and persist one" (development only).
+    pub jwt_access_secret: Option<SecretString>,
+    pub jwt_refresh_secret: Option<SecretString>,
+    pub jwt_access_ttl: Duration,
+    /// How long a refresh family lives after sign-in, however often it is
+    /// refreshed (JWT_REFRESH_EXPIRES).
+    pub jwt_refresh_ttl: Duration,
+    /// An API sign-in whose refresh token has not been used for this long
+    /// is over (REFRESH_IDLE_TIMEOUT): the HIPAA automatic log-off for apps.
+    pub refresh_idle_timeout: Duration,
+    /// A rotated refresh token presented again this soon is a second tab,
+    /// not a thief (REFRESH_REUSE_GRACE; zero means strict single use).
+    pub refresh_reuse_grace: Duration,
+    pub reset_token_ttl: Duration,
+    pub verification_token_ttl: Duration,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
+struct TokensVars {
+    jwt_access_secret: Option<String>,
+    jwt_refresh_secret: Option<String>,
+    #[serde(deserialize_with = "values::duration")]
+    jwt_access_expires: Option<Duration>,
+    #[serde(deserialize_with = "values::duration")]
+    jwt_refresh_expires: Option<Duration>,
+    #[serde(deserialize_with = "values::number")]
+    reset_token_expires_min: Option<u64>,
+    #[serde(deserialize_with = "values::duration")]
+    refresh_idle_timeout: Option<Duration>,
+    #[serde(deserialize_with = "values::duration")]
+    refresh_reuse_grace: Option<Duration>,
+    #[serde(deserialize_with = "values::duration")]
+    verification_token_expires: Option<Duration>,
+}
+
+impl TokensConfig {
+    pub(super) fn read(vars: &Vars, environment: Environment) -> Result<Self, ConfigError> {
+        let v: TokensVars = vars.read()?;
+        let jwt_access_secret = v.jwt_access_secret.map(SecretString::from);
+        let jwt_refresh_secret = v.jwt_refresh_secret.map(SecretString::from);
+        check_secrets(
+            environment,
+            jwt_access_secret.as_ref(),
+            jwt_refresh_secret.as_ref(),
+        )?;
+        let jwt_access_ttl = v.jwt_access_expires.unwrap_or(Duration::from_secs(15 * 60));
+        let jwt_refresh_ttl = v
+            .jwt_refresh_expires
+            .unwrap_or(Duration::from_secs(7 * 86_400));
+        if jwt_access_ttl.is_zero() {
+            return Err(err("JWT_ACCESS_EXPIRES", "must be longer than zero"));
+        }
+        if jwt_refresh_ttl <= jwt_access_ttl {
+            return Err(err(
+                "JWT_REFRESH_EXPIRES",
+                "must be longer than JWT_ACCESS_EXPIRES",
+            ));
+        }
+        let reset_minutes = v.reset_token_expires_min.unwrap_or(30);
+        if reset_minutes == 0 || reset_minutes > 24 * 60 {
+            return Err(err(
+                "RESET_TOKEN_EXPIRES_MIN",
+                "must be between 1 and 1440 minutes",
+            ));
+        }
+        let refresh_idle_timeout = v
+            .refresh_idle_timeout
+            .unwrap_or(Duration::from_secs(30 * 60));
+        if refresh_idle_timeout <= jwt_access_ttl {
+            return Err(err(
+                "REFRESH_IDLE_TIMEOUT",
+                "must be longer than JWT_ACCESS_EXPIRES, or apps that refresh when their \
+                 access token expires would be signed out while in use",
+            ));
+        }
+        let refresh_reuse_grace = v.refresh_reuse_grace.unwrap_or(Duration::from_secs(5));
+        if refresh_reuse_grace > Duration::from_secs(60) {
+            return Err(err(
+                "REFRESH_REUSE_GRACE",
+                "must be at most 60s: a longer grace lets a stolen token be replayed",
+            ));
+        }
+        let verification_token_ttl = v
+            .verification_token_expires
+            .unwrap_or(Duration::from_secs(86_400));
+        if verification_token_ttl.is_zero() {
+            return Err(err(
+                "VERIFICATION_TOKEN_EXPIRES",
+                "must be longer than zero",
+            ));
+        }
+        Ok(Self {
+            jwt_access_secret,
+            jwt_refresh_secret,
+            jwt_access_ttl,
+            jwt_refresh_ttl,
+            refresh_idle_timeout,
+            refresh_reuse_grace,
+            reset_token_ttl: Duration::from_secs(reset_minutes * 60),
+            verification_token_ttl,
+        })
+    }
+}
+
+/// Development may leave both secrets out (they are generated); otherwise
+/// both are set and differ, and production wants them strong.
+fn check_secrets(
+    environment: Environment,
+    access: Option<&SecretString>,
+    refresh: Option<&SecretString>,
+) -> Result<(), ConfigError> {
+    match (access, refresh) {
+        (None, None) if environment == Environment::Development => Ok(()),
+        (None, _) => Err(err(
+            "JWT_ACCESS_SECRET",
+            "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        )),
+        (_, None) => Err(err(
+            "JWT_REFRESH_SECRET",
+            "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
+        )),
+        (Some(a), Some(r)) => {
+            if environment == Environment::Production {
+                for (var, secret) in [("JWT_ACCESS_SECRET", a), ("JWT_REFRESH_SECRET", r)] {
+                    if secret.expose_secret().len() < MIN_SECRET_BYTES {
+                        return Err(err(
+                            var,
+                            format!("must be at least {MIN_SECRET_BYTES} bytes in production"),
+                        ));
+                    }
+                }
+            }
+            if a.expose_secret() == r.expose_secret() {
+                return Err(err(
+                    "JWT_REFRESH_SECRET",
+                    "must differ from JWT_ACCESS_SECRET",
+                ));
+            }
+            Ok(())
+        }
+    }
+}

@@ -646,6 +646,23 @@ mod tests {
         }
     }
 
+    /// Makes every append fail (a trigger that rolls the INSERT back),
+    /// through another connection, as another process would; the
+    /// connection is returned so the test can remove the fault.
+    async fn inject_append_fault(dir: &tempfile::TempDir) -> sqlx::SqliteConnection {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}/audit.db", dir.path().display());
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query(
+            "CREATE TRIGGER audit_fault BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END",
+        )
+        .execute(&mut other)
+        .await
+        .unwrap();
+        other
+    }
+
     async fn counted() -> (tempfile::TempDir, Arc<Counted>) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/audit.db", dir.path().display());
@@ -801,19 +818,9 @@ mod tests {
     /// waiting on it is answered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_writer_survives_a_rolled_back_append_and_catches_up() {
-        use sqlx::Connection;
         let (dir, store, audit, _finished) = writer().await;
         audit.record(entry(0)).await.unwrap();
-        // Another connection, as another process would.
-        let url = format!("sqlite://{}/audit.db", dir.path().display());
-        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query(
-            "CREATE TRIGGER audit_fault BEFORE INSERT ON audit_events \
-             BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END",
-        )
-        .execute(&mut other)
-        .await
-        .unwrap();
+        let mut other = inject_append_fault(&dir).await;
         let waiting = {
             let audit = audit.clone();
             tokio::spawn(async move { audit.record(entry(1)).await })
@@ -858,7 +865,6 @@ mod tests {
     /// many, and ends; the request still waiting gets a 503.
     #[tokio::test]
     async fn abandoning_at_shutdown_logs_what_was_not_stored() {
-        use sqlx::Connection;
         let logs = Logs::default();
         let sink = logs.clone();
         let subscriber = tracing_subscriber::fmt()
@@ -870,15 +876,7 @@ mod tests {
         let _default = tracing::subscriber::set_default(subscriber);
         let (dir, store) = counted().await;
         let (audit, finished) = Audit::start(store, false, key()).unwrap();
-        let url = format!("sqlite://{}/audit.db", dir.path().display());
-        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query(
-            "CREATE TRIGGER audit_fault BEFORE INSERT ON audit_events \
-             BEGIN SELECT RAISE(ROLLBACK, 'injected fault'); END",
-        )
-        .execute(&mut other)
-        .await
-        .unwrap();
+        let _fault = inject_append_fault(&dir).await;
         let waiting = {
             let audit = audit.clone();
             tokio::spawn(async move { audit.record(entry(7)).await })

@@ -310,6 +310,16 @@ mod tests {
             .is_ok()
     }
 
+    /// The next lease's BEGIN works: no transaction was left behind.
+    async fn starts_its_own_transaction(set: &Connections) {
+        let mut next = set.get().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut next)
+            .await
+            .expect("the next lease starts a transaction of its own");
+        sqlx::query("ROLLBACK").execute(&mut next).await.unwrap();
+    }
+
     #[tokio::test]
     async fn a_returned_connection_is_reused_and_a_discarded_one_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -366,12 +376,7 @@ mod tests {
         .await;
         assert!(abandoned.is_err(), "the command outlived the timeout");
         drop(lease);
-        let mut next = set.get().await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut next)
-            .await
-            .expect("the next lease starts a transaction of its own");
-        sqlx::query("ROLLBACK").execute(&mut next).await.unwrap();
+        starts_its_own_transaction(&set).await;
     }
 
     /// The same for a transaction whose statements run one call at a time
@@ -386,25 +391,16 @@ mod tests {
             .await
             .unwrap();
         drop(lease);
-        let mut next = set.get().await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut next)
-            .await
-            .expect("the next lease starts a transaction of its own");
-        sqlx::query("ROLLBACK").execute(&mut next).await.unwrap();
+        starts_its_own_transaction(&set).await;
         // A command that failed part-way, whose caller left without
         // rolling back.
+        let mut next = set.get().await.unwrap();
         let failed = sqlx::query("BEGIN IMMEDIATE; INSERT INTO nowhere VALUES (1); COMMIT")
             .execute(&mut next)
             .await;
         assert!(failed.is_err());
         drop(next);
-        let mut last = set.get().await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut last)
-            .await
-            .expect("a fresh transaction after a failed one");
-        sqlx::query("ROLLBACK").execute(&mut last).await.unwrap();
+        starts_its_own_transaction(&set).await;
     }
 
     #[test]

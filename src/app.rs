@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Database, MailTransport, RateLimitBackend, SqliteSynchronous};
 use crate::domain::AuditKey;
 use crate::domain::PasswordPolicy;
@@ -76,6 +77,12 @@ pub struct App {
 impl App {
     /// Builds everything and binds `HOST:PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// `build`, with every rule that depends on time asking `clock` (tests
+    /// pass one they can move forward).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
         let audit_key = audit_key(&config)?;
         // Opened before the first record is written: a keyed chain always
@@ -89,6 +96,7 @@ impl App {
         let (audit, audit_writer) =
             Audit::start(store.clone(), store.serialized_writes(), audit_key)
                 .context("cannot start the audit writer")?;
+        let audit = audit.with_clock(Arc::clone(&clock));
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
         let tokens = Tokens::new(
             &access_secret,
@@ -96,8 +104,9 @@ impl App {
             &config.app_url,
             &config.app_name,
             config.jwt_access_ttl,
+            Arc::clone(&clock),
         );
-        let outbox = outbox(&config, &store, &refresh_secret)?;
+        let outbox = outbox(&config, &store, &refresh_secret, &clock)?;
         let auth = Arc::new(AuthService::new(
             Arc::clone(&store),
             Passwords::for_this_machine(),
@@ -124,6 +133,7 @@ impl App {
                 mail_per_account_per_hour: config.mail_per_account_per_hour,
             },
             audit.clone(),
+            Arc::clone(&clock),
         ));
         let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
         let health = WriteHealth::new(audit.clone());
@@ -141,6 +151,7 @@ impl App {
             rate_limit::spawn_cleanup(limiters.all()),
             spawn_purge(
                 Arc::clone(&store),
+                Arc::clone(&clock),
                 config
                     .login_failure_window
                     .max(config.login_lockout_max)
@@ -157,7 +168,11 @@ impl App {
                 auth,
                 admin,
                 health,
-                cookies: CookieSettings::new(config.is_https(), config.is_production()),
+                cookies: CookieSettings::new(
+                    config.is_https(),
+                    config.is_production(),
+                    Arc::clone(&clock),
+                ),
                 portal: Arc::new(PortalSettings {
                     app_name: config.app_name.clone(),
                     app_origin: origin_of(&config.app_url),
@@ -165,12 +180,13 @@ impl App {
                     min_password_length: config.password_min_length,
                     reset_minutes: config.reset_token_ttl.as_secs() / 60,
                 }),
+                clock: Arc::clone(&clock),
             },
             RouterOptions {
                 cors_origins: config.cors_origins.clone(),
                 hsts: config.is_https(),
                 limiters,
-                sessions: StoreBackedSessions::new(web_sessions),
+                sessions: StoreBackedSessions::new(web_sessions, Arc::clone(&clock)),
                 anon_csrf: AnonCsrfCookie::derived_from(&refresh_secret, config.is_https()),
                 session_idle_timeout: config.session_idle_timeout,
                 metrics: metrics_on_main_listener(&config),
@@ -356,6 +372,7 @@ fn outbox(
     config: &Config,
     store: &Arc<dyn Store>,
     refresh_secret: &SecretString,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<Outbox>> {
     let mailer: Arc<dyn crate::email::Mailer> = Arc::from(crate::email::from_config(
         &config.mail,
@@ -378,6 +395,7 @@ fn outbox(
             retry_for: config.mail.retry_for,
             concurrency: config.mail.concurrency,
         },
+        Arc::clone(clock),
     ))
 }
 
@@ -407,12 +425,16 @@ pub async fn shutdown_signal() {
 /// Expired tokens are worthless; delete them hourly so tables stay small.
 /// Login throttles are kept a day after their last failure, so a lock that
 /// ends and is earned again right away still doubles.
-fn spawn_purge(store: Arc<dyn Store>, throttle_memory: Duration) -> JoinHandle<()> {
+fn spawn_purge(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    throttle_memory: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            let now = chrono::Utc::now();
+            let now = clock.now();
             let idle_before = now
                 - chrono::Duration::from_std(throttle_memory).unwrap_or(chrono::Duration::days(1));
             match store.purge_expired(now, idle_before).await {

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod background;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod email;

@@ -10,7 +10,6 @@ use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 
-use super::audit::AuditEntry;
 use super::auth::AuthService;
 use super::passwords::Verification;
 use super::{ClientContext, ServiceError};
@@ -58,7 +57,7 @@ impl AuthService {
         user_id: &UserId,
         current: &CurrentSession,
     ) -> Result<Vec<SessionInfo>> {
-        let now = Utc::now();
+        let now = self.now();
         let web = self.store().list_user_web_sessions(user_id, now).await?;
         let families = self.store().list_user_refresh_tokens(user_id, now).await?;
         let linked: HashSet<&str> = web
@@ -108,14 +107,17 @@ impl AuthService {
     ) -> Result<bool> {
         let ended = self.end_session_by_handle(user_id, id).await?;
         if ended {
-            let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(user_id);
+            let entry = self
+                .audit()
+                .entry(AuditEvent::SessionRevoked, client)
+                .user(user_id);
             self.audit().record(entry).await?;
         }
         Ok(ended)
     }
 
     async fn end_session_by_handle(&self, user_id: &UserId, id: &str) -> Result<bool> {
-        let now = Utc::now();
+        let now = self.now();
         if let Some(hash) = id.strip_prefix(WEB_PREFIX) {
             let hash = TokenHash::from_stored(hash.to_owned());
             // Only the owner may end it: look it up among their sessions.
@@ -158,7 +160,7 @@ impl AuthService {
         client: &ClientContext,
     ) -> Result<()> {
         self.end_web_session(user_id, id_hash, family).await?;
-        let entry = AuditEntry::new(AuditEvent::Logout, client).user(user_id);
+        let entry = self.audit().entry(AuditEvent::Logout, client).user(user_id);
         self.audit().record(entry).await?;
         Ok(())
     }
@@ -173,7 +175,7 @@ impl AuthService {
         self.store().delete_web_session(id_hash).await?;
         if let Some(family) = family {
             self.store()
-                .revoke_refresh_family(user_id, family, Utc::now())
+                .revoke_refresh_family(user_id, family, self.now())
                 .await?;
         }
         Ok(())
@@ -189,7 +191,10 @@ impl AuthService {
         client: &ClientContext,
     ) -> Result<u64> {
         let (ended, _) = self.end_sessions_except(user_id, keep).await?;
-        let entry = AuditEntry::new(AuditEvent::LogoutAll, client).user(user_id);
+        let entry = self
+            .audit()
+            .entry(AuditEvent::LogoutAll, client)
+            .user(user_id);
         self.audit().record(entry).await?;
         Ok(ended)
     }
@@ -202,7 +207,7 @@ impl AuthService {
         user_id: &UserId,
         keep: &CurrentSession,
     ) -> Result<(u64, Option<u64>)> {
-        let now = Utc::now();
+        let now = self.now();
         // The kept browser session's own API family stays with it.
         let mut keep_family = keep.family.clone();
         if keep_family.is_none() {
@@ -268,7 +273,7 @@ impl AuthService {
         // cannot be used to guess it, and a wrong one is a login_failure.
         let key = super::lockout::key_of(&user.email);
         let throttle = self.store().login_throttle(&key).await?;
-        if let Some(retry_after) = super::lockout::remaining(throttle.as_ref(), Utc::now()) {
+        if let Some(retry_after) = super::lockout::remaining(throttle.as_ref(), self.now()) {
             return Err(ServiceError::AccountLocked { retry_after });
         }
         if self
@@ -277,7 +282,9 @@ impl AuthService {
             .await?
             == Verification::Invalid
         {
-            let entry = AuditEntry::new(AuditEvent::LoginFailure, client)
+            let entry = self
+                .audit()
+                .entry(AuditEvent::LoginFailure, client)
                 .user(&user.id)
                 .email(user.email.as_str())
                 .detail("change_password");
@@ -293,7 +300,7 @@ impl AuthService {
         }
         let hash = self.passwords().hash(new_password).await?;
         self.store()
-            .set_password_hash(&user.id, &hash, Utc::now())
+            .set_password_hash(&user.id, &hash, self.now())
             .await?;
         let (_, version) = self.end_sessions_except(&user.id, keep).await?;
         // The user was deleted meanwhile: nobody is signed in any more.
@@ -304,7 +311,10 @@ impl AuthService {
             .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
             .await?;
         self.notify_password_changed(user).await;
-        let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
+        let entry = self
+            .audit()
+            .entry(AuditEvent::PasswordChanged, client)
+            .user(&user.id);
         self.audit().record(entry).await?;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(version)

@@ -5,9 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
-use super::audit::{Audit, AuditEntry};
+use super::audit::Audit;
 use super::{ClientContext, ServiceError};
 use crate::domain::{AuditEvent, AuditRecord, EmailAddress, Role, User};
 use crate::storage::{AuditQuery, Store};
@@ -45,13 +43,14 @@ impl AdminService {
         let Some(user) = self.store.find_user_by_email(&email).await? else {
             return Ok(None);
         };
-        let now = Utc::now();
+        let now = self.audit.clock().now();
         if !self.store.set_user_role(&user.id, role, now, now).await? {
             return Ok(None);
         }
         self.audit
             .record(
-                AuditEntry::new(AuditEvent::RoleChanged, client)
+                self.audit
+                    .entry(AuditEvent::RoleChanged, client)
                     .user(&user.id)
                     .email(user.email.as_str())
                     .detail(format!("from={} to={}", user.role.as_str(), role.as_str())),

@@ -19,7 +19,7 @@
 //!
 //! From a service:
 //! ```ignore
-//! self.audit.record(AuditEntry::new(AuditEvent::LoginSuccess, client).user(&user.id)).await?;
+//! self.audit.record(self.audit.entry(AuditEvent::LoginSuccess, client).user(&user.id)).await?;
 //! ```
 
 use std::collections::BTreeMap;
@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::checkpoints::Checkpoint;
 use super::{ClientContext, ServiceError};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::audit::{canonical_time, GENESIS_HASH, MAX_EMAIL_CHARS};
 use crate::domain::{
     AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent, UserId,
@@ -61,9 +62,9 @@ pub struct AuditEntry(NewAuditEvent);
 
 impl AuditEntry {
     /// An entry for `event` with the client's IP, user agent and request id,
-    /// stamped now, with the event's usual outcome.
-    pub fn new(event: AuditEvent, client: &ClientContext) -> Self {
-        let now = Utc::now();
+    /// stamped `now`, with the event's usual outcome. Services get one from
+    /// [`Audit::entry`], which stamps it with the app's clock.
+    pub fn at(event: AuditEvent, client: &ClientContext, now: DateTime<Utc>) -> Self {
         // Both stores keep milliseconds; truncating here makes the hash
         // computed at append the one recomputed from what was stored.
         let time = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
@@ -139,6 +140,8 @@ pub struct Audit {
     /// either make a request wait without limit or drop its event.
     tx: mpsc::UnboundedSender<Command>,
     shared: Arc<Shared>,
+    /// What entries are stamped with.
+    clock: Arc<dyn Clock>,
 }
 
 impl Audit {
@@ -170,7 +173,24 @@ impl Audit {
             });
             finished
         };
-        Ok((Self { tx, shared }, finished))
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        Ok((Self { tx, shared, clock }, finished))
+    }
+
+    /// The same recorder, stamping entries with `clock` (the app's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// An entry for `event`, stamped now by the app's clock.
+    pub fn entry(&self, event: AuditEvent, client: &ClientContext) -> AuditEntry {
+        AuditEntry::at(event, client, self.clock.now())
+    }
+
+    /// The clock entries are stamped with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
     /// Records an entry and returns once it is committed: only then may the
@@ -697,8 +717,12 @@ mod tests {
     }
 
     fn entry(i: usize) -> AuditEntry {
-        AuditEntry::new(AuditEvent::LoginFailure, &ClientContext::default())
-            .email(&format!("user{i}@clinic.example"))
+        AuditEntry::at(
+            AuditEvent::LoginFailure,
+            &ClientContext::default(),
+            Utc::now(),
+        )
+        .email(&format!("user{i}@clinic.example"))
     }
 
     /// Re-hashing a keyed record with plain SHA-256 is told apart from a

@@ -7,13 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
-use super::audit::{Audit, AuditEntry};
+use super::audit::Audit;
 use super::lockout::{self, LockoutPolicy};
 use super::outbox::{self, Outbox};
 use super::passwords::{Passwords, Verification};
 use super::tokens::{AccessToken, SignedRefresh, Tokens};
 use super::verification::VERIFY_PAGE;
 use super::{ClientContext, ServiceError};
+use crate::clock::Clock;
 use crate::domain::token::random_token;
 use crate::domain::{
     AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash,
@@ -85,6 +86,7 @@ pub struct AuthService {
     outbox: Arc<Outbox>,
     settings: AuthSettings,
     audit: Audit,
+    clock: Arc<dyn Clock>,
 }
 
 /// A registration's name and email, each parsed if valid, and what is wrong
@@ -133,6 +135,7 @@ impl AuthService {
         outbox: Arc<Outbox>,
         settings: AuthSettings,
         audit: Audit,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             store,
@@ -141,7 +144,13 @@ impl AuthService {
             outbox,
             settings,
             audit,
+            clock,
         }
+    }
+
+    /// Now, by the app's clock.
+    pub(super) fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
     }
 
     pub(super) fn audit(&self) -> &Audit {
@@ -233,7 +242,7 @@ impl AuthService {
         user: &User,
         what: &'static str,
     ) -> std::result::Result<bool, StoreError> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let key = TokenHash::of(&format!("mail-quota:{}", user.id));
         let sent = self
             .store
@@ -325,7 +334,7 @@ impl AuthService {
             password_hash,
             role: Role::Doctor,
             verified: false,
-            created_at: Utc::now(),
+            created_at: self.clock.now(),
             verification_link: Some(link),
         };
         let to = outbox::Recipient {
@@ -339,7 +348,10 @@ impl AuthService {
         match self.store.create_user_and_queue(&new_user, &email).await {
             Ok(user) => {
                 self.outbox.queued();
-                let entry = AuditEntry::new(AuditEvent::Register, client).user(&user.id);
+                let entry = self
+                    .audit
+                    .entry(AuditEvent::Register, client)
+                    .user(&user.id);
                 self.audit.record(entry.email(user.email.as_str())).await?;
                 tracing::info!(user_id = %user.id, "user registered");
                 Ok(user)
@@ -376,10 +388,13 @@ impl AuthService {
         // alike, so a locked answer is cheap and reveals nothing.
         let throttle_key = lockout::key(email);
         let throttle = self.store.login_throttle(&throttle_key).await?;
-        if let Some(retry_after) = lockout::remaining(throttle.as_ref(), Utc::now()) {
+        if let Some(retry_after) = lockout::remaining(throttle.as_ref(), self.clock.now()) {
             count_login("locked");
             tracing::info!("login refused: email locked after failed attempts");
-            let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+            let entry = self
+                .audit
+                .entry(AuditEvent::LoginFailure, client)
+                .email(email);
             self.audit.record(entry.detail("account_locked")).await?;
             return Err(ServiceError::AccountLocked { retry_after });
         }
@@ -390,7 +405,10 @@ impl AuthService {
         let Some(user) = user else {
             self.passwords.verify_dummy(password).await?;
             count_login("invalid_credentials");
-            let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+            let entry = self
+                .audit
+                .entry(AuditEvent::LoginFailure, client)
+                .email(email);
             // Counted even when the record times out: a guess answered with
             // 503 still counts towards the lock.
             let recorded = self.audit.record(entry).await;
@@ -402,7 +420,10 @@ impl AuthService {
         match self.passwords.verify(password, &user.password_hash).await? {
             Verification::Invalid => {
                 count_login("invalid_credentials");
-                let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+                let entry = self
+                    .audit
+                    .entry(AuditEvent::LoginFailure, client)
+                    .email(email);
                 let recorded = self.audit.record(entry.user(&user.id)).await;
                 tracing::info!(user_id = %user.id, "login failed: wrong password");
                 self.count_failure(&throttle_key, email, Some(&user), client)
@@ -420,7 +441,10 @@ impl AuthService {
                 if self.settings.require_verified_email && !user.verified {
                     count_login("unverified");
                     tracing::info!(user_id = %user.id, "login refused: email not verified");
-                    let entry = AuditEntry::new(AuditEvent::LoginFailure, client).email(email);
+                    let entry = self
+                        .audit
+                        .entry(AuditEvent::LoginFailure, client)
+                        .email(email);
                     let entry = entry.user(&user.id).detail("email_unverified");
                     self.audit.record(entry).await?;
                     // The person cannot reach the Bearer-only resend route
@@ -460,7 +484,10 @@ impl AuthService {
     ) -> Result<LoginOutcome> {
         let outcome = self.start_family(user, client).await?;
         count_login("success");
-        let entry = AuditEntry::new(AuditEvent::LoginSuccess, client).email(submitted_email);
+        let entry = self
+            .audit
+            .entry(AuditEvent::LoginSuccess, client)
+            .email(submitted_email);
         self.audit.record(entry.user(&outcome.user.id)).await?;
         tracing::info!(user_id = %outcome.user.id, "login succeeded");
         Ok(outcome)
@@ -477,7 +504,7 @@ impl AuthService {
         client: &ClientContext,
     ) -> Result<()> {
         let policy = &self.settings.lockout;
-        let now = Utc::now();
+        let now = self.clock.now();
         let state = self
             .store
             .add_login_failure(key, now, now - chrono_duration(policy.window))
@@ -498,7 +525,9 @@ impl AuthService {
             lock_seconds = length.as_secs(),
             "sign-in locked after repeated failures"
         );
-        let mut entry = AuditEntry::new(AuditEvent::AccountLocked, client)
+        let mut entry = self
+            .audit
+            .entry(AuditEvent::AccountLocked, client)
             .email(submitted_email)
             .detail(format!("lock_seconds={}", length.as_secs()));
         if let Some(user) = user {
@@ -521,7 +550,7 @@ impl AuthService {
         let result = async {
             let hash = self.passwords.hash(password).await?;
             self.store
-                .set_password_hash(&user.id, &hash, Utc::now())
+                .set_password_hash(&user.id, &hash, self.clock.now())
                 .await?;
             Ok::<_, ServiceError>(())
         }
@@ -535,7 +564,7 @@ impl AuthService {
     }
 
     async fn start_family(&self, user: User, client: &ClientContext) -> Result<LoginOutcome> {
-        let now = Utc::now();
+        let now = self.clock.now();
         let family = super::tokens::new_id();
         let expires_at = now + chrono_duration(self.settings.refresh_ttl);
         let refresh = self
@@ -592,7 +621,7 @@ impl AuthService {
         // the grace window presents as a replay: refuse before rotating
         // while the trail cannot be written.
         self.audit.ready()?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let user_id = UserId::new(claims.sub);
         let presented_hash = TokenHash::of(raw);
         // Each rotation issues a new token, so `iat` is the sign-in's last
@@ -614,7 +643,10 @@ impl AuthService {
                 .revoke_refresh_family(&user_id, &claims.fam, now)
                 .await?;
             if ended > 0 {
-                let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(&user_id);
+                let entry = self
+                    .audit
+                    .entry(AuditEvent::SessionRevoked, client)
+                    .user(&user_id);
                 self.audit.record(entry.detail("idle_timeout")).await?;
             }
             tracing::info!(user_id = %user_id, idle_seconds = idle, "refresh refused: sign-in idle too long");
@@ -654,7 +686,7 @@ impl AuthService {
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
-        let mut entry = AuditEntry::new(AuditEvent::Refresh, client).user(&user.id);
+        let mut entry = self.audit.entry(AuditEvent::Refresh, client).user(&user.id);
         if sibling {
             // Two tokens of one sign-in now live side by side: worth telling
             // apart from a plain rotation when reading the trail.
@@ -686,7 +718,9 @@ impl AuthService {
             revoked,
             "replaced refresh token presented again: family revoked"
         );
-        let entry = AuditEntry::new(AuditEvent::RefreshReuseDetected, client)
+        let entry = self
+            .audit
+            .entry(AuditEvent::RefreshReuseDetected, client)
             .user(&token.user_id)
             .detail(format!("family={} revoked={revoked}", token.family_id));
         // The thief's access tokens are cut and the owner told even when
@@ -704,7 +738,7 @@ impl AuthService {
                 .clone()
                 .unwrap_or_else(|| "unknown device".to_owned());
             let content = Content::SessionEnded {
-                when: human_time(Utc::now()),
+                when: human_time(self.clock.now()),
                 device,
             };
             self.queue_notice(&user, content).await;
@@ -724,7 +758,7 @@ impl AuthService {
                 let user_id = UserId::new(claims.sub);
                 let revoked = self
                     .store
-                    .revoke_refresh_family(&user_id, &claims.fam, Utc::now())
+                    .revoke_refresh_family(&user_id, &claims.fam, self.clock.now())
                     .await?;
                 let pages = self
                     .store
@@ -734,7 +768,7 @@ impl AuthService {
                 // recording it would let anyone holding an old cookie fill
                 // the audit trail.
                 if revoked + pages > 0 {
-                    let entry = AuditEntry::new(AuditEvent::Logout, client).user(&user_id);
+                    let entry = self.audit.entry(AuditEvent::Logout, client).user(&user_id);
                     self.audit.record(entry).await?;
                 }
             }
@@ -761,7 +795,7 @@ impl AuthService {
             match &claims.sid {
                 Some(family) => {
                     self.store
-                        .refresh_family_alive(&user_id, family, Utc::now())
+                        .refresh_family_alive(&user_id, family, self.clock.now())
                         .await
                 }
                 None => Ok(true),
@@ -782,7 +816,10 @@ impl AuthService {
     /// until now. Returns the user's new token version, `None` when the
     /// user is gone.
     pub(super) async fn revoke_access_tokens(&self, user_id: &UserId) -> Result<Option<u64>> {
-        Ok(self.store.cut_access_tokens(user_id, Utc::now()).await?)
+        Ok(self
+            .store
+            .cut_access_tokens(user_id, self.clock.now())
+            .await?)
     }
 
     /// A fresh access token for a user still signed in on `session`, e.g.
@@ -803,7 +840,7 @@ impl AuthService {
                     super::tokens::TokenError::Invalid,
                 ))?;
         user.token_version = token_version;
-        Ok(self.tokens.issue_access(&user, session, Utc::now())?)
+        Ok(self.tokens.issue_access(&user, session, self.clock.now())?)
     }
 
     /// Starts a password reset. Answers the same whether or not the account
@@ -829,8 +866,10 @@ impl AuthService {
         client: &ClientContext,
     ) -> anyhow::Result<()> {
         let user = self.store.find_user_by_email(email).await?;
-        let mut entry =
-            AuditEntry::new(AuditEvent::PasswordResetRequested, client).email(email.as_str());
+        let mut entry = self
+            .audit
+            .entry(AuditEvent::PasswordResetRequested, client)
+            .email(email.as_str());
         let mut allowed = true;
         if let Some(user) = &user {
             entry = entry.user(&user.id);
@@ -864,7 +903,7 @@ impl AuthService {
     /// the URL to email (the token itself, never stored).
     pub(super) fn fresh_link(&self, purpose: TokenPurpose, page: &str) -> (NewLink, String) {
         let token = random_token();
-        let now = Utc::now();
+        let now = self.clock.now();
         let ttl = match purpose {
             TokenPurpose::PasswordReset => self.settings.reset_ttl,
             TokenPurpose::EmailVerification => self.settings.verification_ttl,
@@ -884,7 +923,7 @@ impl AuthService {
     /// the answer, sent in the background.
     pub(super) async fn notify_password_changed(&self, user: &User) {
         let content = Content::PasswordChanged {
-            when: human_time(Utc::now()),
+            when: human_time(self.clock.now()),
         };
         self.queue_notice(user, content).await;
     }
@@ -899,7 +938,7 @@ impl AuthService {
             .find_one_time_token(
                 TokenPurpose::PasswordReset,
                 &TokenHash::of(token),
-                Utc::now(),
+                self.clock.now(),
             )
             .await?
             .is_some())
@@ -920,7 +959,7 @@ impl AuthService {
         // cannot record the reset.
         self.audit.ready()?;
         let hash = TokenHash::of(token);
-        let now = Utc::now();
+        let now = self.clock.now();
         // Peek first so a password the policy rejects does not burn the link.
         let user_id = self
             .store
@@ -944,13 +983,13 @@ impl AuthService {
             .map_err(|e| ServiceError::Validation(vec![e]))?;
         match self
             .store
-            .consume_one_time_token(TokenPurpose::PasswordReset, &hash, Utc::now())
+            .consume_one_time_token(TokenPurpose::PasswordReset, &hash, self.clock.now())
             .await?
         {
             Some(owner) if owner == user.id => {}
             _ => return Err(ServiceError::InvalidResetToken),
         }
-        let now = Utc::now();
+        let now = self.clock.now();
         self.store
             .set_password_hash(&user.id, &new_hash, now)
             .await?;
@@ -968,12 +1007,17 @@ impl AuthService {
             .await?;
         self.revoke_access_tokens(&user.id).await?;
         self.notify_password_changed(&user).await;
-        let entry = AuditEntry::new(AuditEvent::PasswordResetCompleted, client).user(&user.id);
+        let entry = self
+            .audit
+            .entry(AuditEvent::PasswordResetCompleted, client)
+            .user(&user.id);
         self.audit.record(entry).await?;
         // The link reached this mailbox and came back: the same proof a
         // verification link gives, so the address counts as verified.
         if !user.verified && self.store.set_verified(&user.id, now).await? {
-            let entry = AuditEntry::new(AuditEvent::EmailVerified, client)
+            let entry = self
+                .audit
+                .entry(AuditEvent::EmailVerified, client)
                 .user(&user.id)
                 .email(user.email.as_str())
                 .detail("password_reset");

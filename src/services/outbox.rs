@@ -31,6 +31,7 @@ use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::domain::{User, UserId};
 use crate::email::sealed::{Content, Letter, Sealer};
 use crate::email::Mailer;
@@ -72,6 +73,8 @@ pub struct Outbox {
     mailer: Arc<dyn Mailer>,
     sealer: Sealer,
     settings: OutboxSettings,
+    /// Due times, link expiry and the retry deadline go by it.
+    clock: Arc<dyn Clock>,
     /// This process, in claims (a fresh suffix per claim).
     instance: String,
     /// Wakes the sender: a message was queued, or a send slot came free.
@@ -166,12 +169,14 @@ impl Outbox {
         mailer: Arc<dyn Mailer>,
         sealer: Sealer,
         settings: OutboxSettings,
+        clock: Arc<dyn Clock>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             mailer,
             sealer,
             settings,
+            clock,
             instance: uuid::Uuid::new_v4().simple().to_string(),
             wake: Notify::new(),
             progress: Notify::new(),
@@ -199,7 +204,7 @@ impl Outbox {
             content,
         };
         let payload = self.sealer.seal(&letter, &bound_to(&id, link.as_ref()))?;
-        let now = Utc::now();
+        let now = self.clock.now();
         Ok(NewQueuedEmail {
             id,
             kind,
@@ -267,7 +272,9 @@ impl Outbox {
                 && self.in_flight.load(Ordering::SeqCst) == 0
             {
                 match self.store.email_queue_stats().await {
-                    Ok(stats) if stats.next_due_at.is_none_or(|due| due > Utc::now()) => return,
+                    Ok(stats) if stats.next_due_at.is_none_or(|due| due > self.clock.now()) => {
+                        return
+                    }
                     _ => {}
                 }
             }
@@ -301,11 +308,11 @@ impl Outbox {
                 observed = Some(tokio::time::Instant::now());
             }
             if self.due_now.swap(false, Ordering::SeqCst) {
-                next_due = Some(Utc::now());
+                next_due = Some(self.clock.now());
             }
             let retry = self.next_retry.swap(i64::MAX, Ordering::SeqCst);
             next_due = earliest(next_due, DateTime::from_timestamp_millis(retry));
-            let now = Utc::now();
+            let now = self.clock.now();
             let free = slots.available_permits();
             let mut wait = POLL.saturating_sub(observed.map_or(POLL, |at| at.elapsed()));
             if free > 0 && next_due.is_some_and(|due| due <= now) {
@@ -353,7 +360,7 @@ impl Outbox {
             if let Some(due) = next_due.filter(|_| slots.available_permits() > 0) {
                 // A floor, so a due message that another sender holds
                 // cannot spin this loop.
-                let until = (due - Utc::now()).to_std().unwrap_or_default();
+                let until = (due - self.clock.now()).to_std().unwrap_or_default();
                 wait = wait.min(until).max(Duration::from_millis(20));
             }
             self.progress.notify_waiters();
@@ -369,7 +376,7 @@ impl Outbox {
         match self.store.email_queue_stats().await {
             Ok(stats) => {
                 let age = stats.oldest_created_at.map_or(0.0, |t| {
-                    (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+                    (self.clock.now() - t).num_milliseconds().max(0) as f64 / 1000.0
                 });
                 metrics::gauge!(crate::metrics::EMAIL_QUEUE_DEPTH).set(stats.depth as f64);
                 metrics::gauge!(crate::metrics::EMAIL_OLDEST_AGE).set(age);
@@ -414,7 +421,7 @@ impl Outbox {
             }
             Outcome::Failed { timed_out, error } => {
                 count_attempt(if timed_out { "timeout" } else { "failed" });
-                let now = Utc::now();
+                let now = self.clock.now();
                 if now >= email.created_at + to_chrono(self.settings.retry_for) {
                     count_dropped("gave_up");
                     tracing::error!(
@@ -477,7 +484,7 @@ impl Outbox {
         if let Some(link) = &email.link {
             // Alive until the attempt's deadline at least: a link that dies
             // while the message travels is no use to anyone.
-            let deadline = Utc::now() + to_chrono(self.settings.timeout);
+            let deadline = self.clock.now() + to_chrono(self.settings.timeout);
             match self
                 .store
                 .find_one_time_token(link.purpose, &link.token_hash, deadline)

@@ -2,9 +2,6 @@
 //! (so reset links and notices reach them, and REQUIRE_VERIFIED_EMAIL can
 //! keep unproven accounts out).
 
-use chrono::Utc;
-
-use super::audit::AuditEntry;
 use super::auth::AuthService;
 use super::{ClientContext, ServiceError};
 use crate::domain::{AuditEvent, TokenHash, User};
@@ -57,7 +54,7 @@ impl AuthService {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(ServiceError::InvalidVerificationToken);
         }
-        let now = Utc::now();
+        let now = self.now();
         let user_id = self
             .store()
             .consume_one_time_token(TokenPurpose::EmailVerification, &TokenHash::of(token), now)
@@ -72,7 +69,10 @@ impl AuthService {
             .await?
             .ok_or(ServiceError::InvalidVerificationToken)?;
         tracing::info!(user_id = %user.id, "email address verified");
-        let entry = AuditEntry::new(AuditEvent::EmailVerified, client).user(&user.id);
+        let entry = self
+            .audit()
+            .entry(AuditEvent::EmailVerified, client)
+            .user(&user.id);
         self.audit()
             .record(entry.email(user.email.as_str()))
             .await?;

@@ -159,7 +159,9 @@ pub(crate) fn refresh_cookie(
     settings: &CookieSettings,
     refresh: &SignedRefresh,
 ) -> Cookie<'static> {
-    let remaining = (refresh.expires_at - Utc::now()).num_seconds().max(0);
+    let remaining = (refresh.expires_at - settings.clock.now())
+        .num_seconds()
+        .max(0);
     Cookie::build((settings.name, refresh.token.expose_secret().to_owned()))
         .http_only(true)
         .secure(settings.secure)

@@ -262,7 +262,7 @@ async fn sign_in(
     }
     portal.begin_sign_in().await?;
     portal.data.user_id = Some(outcome.user.id.as_str().to_owned());
-    portal.data.signed_in_at = Some(chrono::Utc::now());
+    portal.data.signed_in_at = Some(state.clock.now());
     portal.data.token_version = outcome.user.token_version;
     portal.data.refresh_family = Some(outcome.refresh_family.clone());
     portal.data.user_agent = client.user_agent.clone();

@@ -274,7 +274,7 @@ impl FromRequestParts<AppState> for SignedIn {
         // Absolute lifetime: however active, a sign-in ends eventually.
         let lifetime =
             chrono::Duration::from_std(state.portal.max_lifetime).unwrap_or(chrono::Duration::MAX);
-        if chrono::Utc::now() > signed_in_at + lifetime {
+        if state.clock.now() > signed_in_at + lifetime {
             handlers::end_portal_session(state, &portal, None)
                 .await
                 .map_err(IntoResponse::into_response)?;

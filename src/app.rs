@@ -27,12 +27,14 @@ use crate::services::checkpoints::Checkpointer;
 use crate::services::health::WriteHealth;
 use crate::services::lockout::LockoutPolicy;
 use crate::services::outbox::{Outbox, OutboxSettings};
-use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
-use crate::services::{AdminService, Audit, AuthService, AuthSettings};
+use crate::services::{AdminService, Audit, AuthSettings};
 use crate::storage::mongo::MongoStore;
 use crate::storage::sqlite::{self, SqliteStore};
 use crate::storage::Store;
+
+mod services;
+use services::Services;
 
 /// Opens the configured store (SQLite file, or MongoDB when MONGO_URI is set).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -107,12 +109,13 @@ impl App {
             Arc::clone(&clock),
         );
         let outbox = outbox(&config, &store, &refresh_secret, &clock)?;
-        let auth = Arc::new(AuthService::new(
-            Arc::clone(&store),
-            Passwords::for_this_machine(),
+        let services = Services::build(
+            &store,
             tokens,
-            Arc::clone(&outbox),
-            AuthSettings {
+            &outbox,
+            &audit,
+            &clock,
+            &AuthSettings {
                 app_name: config.app_name.clone(),
                 app_url: config.app_url.clone(),
                 refresh_ttl: config.jwt_refresh_ttl,
@@ -132,11 +135,13 @@ impl App {
                 verification_ttl: config.verification_token_ttl,
                 mail_per_account_per_hour: config.mail_per_account_per_hour,
             },
+        );
+        let admin = Arc::new(AdminService::new(
+            store.clone(),
+            store.clone(),
             audit.clone(),
-            Arc::clone(&clock),
         ));
-        let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
-        let health = WriteHealth::new(audit.clone());
+        let health = WriteHealth::new(audit.clone(), Arc::clone(&store));
         let counters = match config.rate_limit_backend {
             RateLimitBackend::Memory => None,
             RateLimitBackend::Store => Some(rate_limit::SharedCounters::new(store.clone())),
@@ -160,12 +165,16 @@ impl App {
             crate::metrics::spawn_upkeep(crate::metrics::handle()),
             checkpointer.spawn(config.audit_checkpoint_interval),
             outbox.spawn(),
-            health.spawn(Arc::clone(&store)),
+            health.spawn(),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {
-                auth,
+                sessions: services.sessions,
+                login: services.login,
+                registration: services.registration,
+                recovery: services.recovery,
+                account: services.account,
                 admin,
                 health,
                 cookies: CookieSettings::new(
@@ -384,7 +393,8 @@ fn outbox(
         .parse()
         .context("MAIL_FROM is not a valid mailbox")?;
     Ok(Outbox::new(
-        Arc::clone(store),
+        store.clone(),
+        store.clone(),
         mailer,
         crate::email::sealed::Sealer::derive_from(refresh_secret),
         OutboxSettings {

@@ -19,7 +19,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::clock::Clock;
 use crate::error::ApiError;
-use crate::services::{AdminService, AuthService};
+use crate::services::{Account, AdminService, Login, Recovery, Registration, Sessions};
 use middleware::rate_limit::{self, Limiter};
 use middleware::security_headers::SecurityHeaders;
 
@@ -119,10 +119,15 @@ impl Limiters {
     }
 }
 
-/// Shared by every handler.
-#[derive(Clone)]
+/// Shared by every handler: the services, one per use-case. A handler may
+/// extract just the one it uses (`State<Arc<Sessions>>`, via `FromRef`).
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
-    pub auth: Arc<AuthService>,
+    pub sessions: Arc<Sessions>,
+    pub login: Arc<Login>,
+    pub registration: Arc<Registration>,
+    pub recovery: Arc<Recovery>,
+    pub account: Arc<Account>,
     pub admin: Arc<AdminService>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,

@@ -103,39 +103,6 @@ pub struct Tokens {
     clock: Arc<dyn Clock>,
 }
 
-/// The registered claims checked after the signature, in the order the
-/// `jsonwebtoken` validation checks them (exp, then iss, then aud), so the
-/// error a token gets is the one it got when the library checked them.
-trait Registered {
-    fn exp(&self) -> i64;
-    fn iss(&self) -> &str;
-    fn aud(&self) -> &str;
-}
-
-impl Registered for AccessClaims {
-    fn exp(&self) -> i64 {
-        self.exp
-    }
-    fn iss(&self) -> &str {
-        &self.iss
-    }
-    fn aud(&self) -> &str {
-        &self.aud
-    }
-}
-
-impl Registered for RefreshClaims {
-    fn exp(&self) -> i64 {
-        self.exp
-    }
-    fn iss(&self) -> &str {
-        &self.iss
-    }
-    fn aud(&self) -> &str {
-        &self.aud
-    }
-}
-
 impl Tokens {
     pub fn new(
         access_secret: &SecretString,
@@ -173,18 +140,19 @@ impl Tokens {
     }
 
     /// What the library's validation did for exp (with [`LEEWAY_SECS`]),
-    /// iss and aud, with `now` from the clock. `exp` was parsed as a
+    /// iss and aud, in its order (exp first, so a token gets the error it
+    /// got before), with `now` from the clock. `exp` was parsed as a
     /// non-negative number by the required-claims check.
-    fn check<T: Registered>(&self, claims: T) -> Result<T, TokenError> {
+    fn check(&self, exp: i64, iss: &str, aud: &str) -> Result<(), TokenError> {
         let now = u64::try_from(self.clock.now().timestamp()).unwrap_or(0);
-        let exp = u64::try_from(claims.exp()).map_err(|_| TokenError::Invalid)?;
+        let exp = u64::try_from(exp).map_err(|_| TokenError::Invalid)?;
         if exp < now.saturating_sub(LEEWAY_SECS) {
             return Err(TokenError::Expired);
         }
-        if claims.iss() != self.issuer || claims.aud() != self.audience {
+        if iss != self.issuer || aud != self.audience {
             return Err(TokenError::Invalid);
         }
-        Ok(claims)
+        Ok(())
     }
 
     pub fn issue_access(
@@ -218,7 +186,7 @@ impl Tokens {
 
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let claims: AccessClaims = decode(token, &self.access_decoding, &self.access_validation)?;
-        let claims = self.check(claims)?;
+        self.check(claims.exp, &claims.iss, &claims.aud)?;
         if claims.typ != TYP_ACCESS {
             return Err(TokenError::Invalid);
         }
@@ -260,7 +228,7 @@ impl Tokens {
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
         let claims: RefreshClaims =
             decode(token, &self.refresh_decoding, &self.refresh_validation)?;
-        let claims = self.check(claims)?;
+        self.check(claims.exp, &claims.iss, &claims.aud)?;
         if claims.typ != TYP_REFRESH {
             return Err(TokenError::Invalid);
         }

@@ -280,7 +280,7 @@ impl FromRequestParts<AppState> for SignedIn {
                 .map_err(IntoResponse::into_response)?;
             return Err(to_login());
         }
-        match state.auth.user_by_id(&user_id).await {
+        match state.sessions.user_by_id(&user_id).await {
             // A cut-off since this sign-in (sign-out everywhere, password
             // change or reset, role change) ends the session as it ends
             // access tokens, whether or not its stored row was deleted.

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Database, MailTransport, RateLimitBackend, SqliteSynchronous};
 use crate::domain::AuditKey;
 use crate::domain::PasswordPolicy;
@@ -26,12 +27,14 @@ use crate::services::checkpoints::Checkpointer;
 use crate::services::health::WriteHealth;
 use crate::services::lockout::LockoutPolicy;
 use crate::services::outbox::{Outbox, OutboxSettings};
-use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
-use crate::services::{AdminService, Audit, AuthService, AuthSettings};
+use crate::services::{AdminService, Audit, AuthSettings};
 use crate::storage::mongo::MongoStore;
 use crate::storage::sqlite::{self, SqliteStore};
 use crate::storage::Store;
+
+mod services;
+use services::Services;
 
 /// Opens the configured store (SQLite file, or MongoDB when MONGO_URI is set).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -76,6 +79,12 @@ pub struct App {
 impl App {
     /// Builds everything and binds `HOST:PORT` (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Arc::new(SystemClock)).await
+    }
+
+    /// `build`, with every rule that depends on time asking `clock` (tests
+    /// pass one they can move forward).
+    pub async fn build_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
         let metrics = crate::metrics::handle()?;
         let store = open_store(&config).await?;
         let audit_key = audit_key(&config)?;
@@ -90,6 +99,7 @@ impl App {
         let (audit, audit_writer) =
             Audit::start(store.clone(), store.serialized_writes(), audit_key)
                 .context("cannot start the audit writer")?;
+        let audit = audit.with_clock(Arc::clone(&clock));
         let (access_secret, refresh_secret) = jwt_secrets(&config)?;
         let tokens = Tokens::new(
             &access_secret,
@@ -97,14 +107,16 @@ impl App {
             &config.server.app_url,
             &config.server.app_name,
             config.tokens.jwt_access_ttl,
+            Arc::clone(&clock),
         );
-        let outbox = outbox(&config, &store, &refresh_secret)?;
-        let auth = Arc::new(AuthService::new(
-            Arc::clone(&store),
-            Passwords::for_this_machine().context("cannot start the password hashing threads")?,
+        let outbox = outbox(&config, &store, &refresh_secret, &clock)?;
+        let services = Services::build(
+            &store,
             tokens,
-            Arc::clone(&outbox),
-            AuthSettings {
+            &outbox,
+            &audit,
+            &clock,
+            &AuthSettings {
                 app_name: config.server.app_name.clone(),
                 app_url: config.server.app_url.clone(),
                 refresh_ttl: config.tokens.jwt_refresh_ttl,
@@ -124,10 +136,13 @@ impl App {
                 verification_ttl: config.tokens.verification_token_ttl,
                 mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
             },
+        )?;
+        let admin = Arc::new(AdminService::new(
+            store.clone(),
+            store.clone(),
             audit.clone(),
         ));
-        let admin = Arc::new(AdminService::new(Arc::clone(&store), audit.clone()));
-        let health = WriteHealth::new(audit.clone());
+        let health = WriteHealth::new(audit.clone(), Arc::clone(&store));
         let counters = match config.limits.rate_limit_backend {
             RateLimitBackend::Memory => None,
             RateLimitBackend::Store => Some(rate_limit::SharedCounters::new(store.clone())),
@@ -142,6 +157,7 @@ impl App {
             rate_limit::spawn_cleanup(limiters.all()),
             spawn_purge(
                 Arc::clone(&store),
+                Arc::clone(&clock),
                 config
                     .limits
                     .login_failure_window
@@ -151,15 +167,23 @@ impl App {
             crate::metrics::spawn_upkeep(metrics.clone()),
             checkpointer.spawn(config.audit.audit_checkpoint_interval),
             outbox.spawn(),
-            health.spawn(Arc::clone(&store)),
+            health.spawn(),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {
-                auth,
+                sessions: services.sessions,
+                login: services.login,
+                registration: services.registration,
+                recovery: services.recovery,
+                account: services.account,
                 admin,
                 health,
-                cookies: CookieSettings::new(config.is_https(), config.is_production()),
+                cookies: CookieSettings::new(
+                    config.is_https(),
+                    config.is_production(),
+                    Arc::clone(&clock),
+                ),
                 portal: Arc::new(PortalSettings {
                     app_name: config.server.app_name.clone(),
                     app_origin: origin_of(&config.server.app_url),
@@ -167,12 +191,13 @@ impl App {
                     min_password_length: config.accounts.password_min_length,
                     reset_minutes: config.tokens.reset_token_ttl.as_secs() / 60,
                 }),
+                clock: Arc::clone(&clock),
             },
             RouterOptions {
                 cors_origins: config.server.cors_origins.clone(),
                 hsts: config.is_https(),
                 limiters,
-                sessions: StoreBackedSessions::new(web_sessions),
+                sessions: StoreBackedSessions::new(web_sessions, Arc::clone(&clock)),
                 anon_csrf: AnonCsrfCookie::derived_from(&refresh_secret, config.is_https()),
                 session_idle_timeout: config.sessions.session_idle_timeout,
                 metrics: metrics_on_main_listener(&config),
@@ -362,6 +387,7 @@ fn outbox(
     config: &Config,
     store: &Arc<dyn Store>,
     refresh_secret: &SecretString,
+    clock: &Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<Outbox>> {
     let mailer: Arc<dyn crate::email::Mailer> = Arc::from(crate::email::from_config(
         &config.mail,
@@ -373,7 +399,8 @@ fn outbox(
         .parse()
         .context("MAIL_FROM is not a valid mailbox")?;
     Ok(Outbox::new(
-        Arc::clone(store),
+        store.clone(),
+        store.clone(),
         mailer,
         crate::email::sealed::Sealer::derive_from(refresh_secret),
         OutboxSettings {
@@ -384,6 +411,7 @@ fn outbox(
             retry_for: config.mail.retry_for,
             concurrency: config.mail.concurrency,
         },
+        Arc::clone(clock),
     ))
 }
 
@@ -413,12 +441,16 @@ pub async fn shutdown_signal() {
 /// Expired tokens are worthless; delete them hourly so tables stay small.
 /// Login throttles are kept a day after their last failure, so a lock that
 /// ends and is earned again right away still doubles.
-fn spawn_purge(store: Arc<dyn Store>, throttle_memory: Duration) -> JoinHandle<()> {
+fn spawn_purge(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    throttle_memory: Duration,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tick.tick().await;
-            let now = chrono::Utc::now();
+            let now = clock.now();
             let idle_before = now
                 - chrono::Duration::from_std(throttle_memory).unwrap_or(chrono::Duration::days(1));
             match store.purge_expired(now, idle_before).await {

@@ -369,7 +369,7 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
             return ExitCode::from(exit::UNREACHABLE);
         }
     };
-    let admin = AdminService::new(store, audit.clone());
+    let admin = AdminService::new(store.clone(), store, audit.clone());
     // Recorded as done from the command line: no IP, no request.
     let client = ClientContext::new(None, Some("clinic-auth user set-role"));
     let result = admin.set_role(email, role, &client).await;

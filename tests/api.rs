@@ -16,6 +16,7 @@ backend_tests!(
     login_sets_access_token_and_refresh_cookie,
     login_failures_look_identical,
     me_requires_a_valid_access_token,
+    access_tokens_expire_by_the_apps_clock,
     forged_and_mismatched_tokens_are_rejected,
     refresh_rotates_and_old_token_dies,
     concurrent_refresh_has_one_winner,
@@ -259,6 +260,33 @@ async fn me_requires_a_valid_access_token(backend: Backend) {
         assert!(res.headers().get("www-authenticate").is_some());
         expect_error(res, StatusCode::UNAUTHORIZED, "invalid_token").await;
     }
+}
+
+/// An access token dies JWT_ACCESS_EXPIRES after issue (with 5 s of
+/// leeway), by the app's clock; the sign-in's refresh token still gets a
+/// fresh one.
+async fn access_tokens_expire_by_the_apps_clock(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[("JWT_ACCESS_EXPIRES", "60s")]).await;
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    app.clock.advance(std::time::Duration::from_secs(60));
+    assert_eq!(
+        app.me(&access).await.status(),
+        StatusCode::OK,
+        "within the leeway"
+    );
+    app.clock.advance(std::time::Duration::from_secs(10));
+    let body = expect_error(
+        app.me(&access).await,
+        StatusCode::UNAUTHORIZED,
+        "invalid_token",
+    )
+    .await;
+    assert_eq!(body["error"]["message"], "The access token has expired.");
+    let res = app.refresh_with(&refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let fresh: Value = res.json().await.unwrap();
+    let fresh = fresh["access_token"].as_str().unwrap();
+    assert_eq!(app.me(fresh).await.status(), StatusCode::OK);
 }
 
 fn b64(value: &Value) -> String {

@@ -754,14 +754,14 @@ async fn idle_timeout_signs_out(backend: Backend) {
     let client = signed_in_browser(&app, "jane@example.com").await;
     // Activity keeps it alive...
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        app.clock.advance(Duration::from_millis(800));
         assert_eq!(
             get(&app, &client, "/account").await.status(),
             StatusCode::OK
         );
     }
     // ...idleness ends it.
-    tokio::time::sleep(Duration::from_millis(3200)).await;
+    app.clock.advance(Duration::from_millis(3200));
     assert_eq!(
         location(&get(&app, &client, "/account").await),
         "/login?next=/account"

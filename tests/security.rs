@@ -90,7 +90,7 @@ async fn replay_after_the_grace_window_ends_the_family(backend: Backend) {
     let (_, other_device) = app.login("jane@example.com", PASSWORD).await;
     let second = refresh_ok(&app, &first).await;
     let third = refresh_ok(&app, &second).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    app.clock.advance(Duration::from_millis(1300));
 
     // The thief replays the first token long after it was replaced.
     app.refresh_refused(&first).await;
@@ -180,17 +180,14 @@ const LOCKOUT: &[(&str, &str)] = &[
     ("LOGIN_LOCKOUT_MAX", "4s"),
 ];
 
-/// Fails `LOCKOUT`'s three sign-ins, sees the lock, and returns when it
-/// ends (going by its Retry-After, which must be within `1..=max`).
+/// Fails `LOCKOUT`'s three sign-ins, sees the lock, and moves the clock
+/// past its end (going by its Retry-After, which must be within `1..=max`).
 async fn lock_and_wait_out(app: &TestApp, email: &str, max: u64) {
     fail(app, email, 3).await;
-    let seen = std::time::Instant::now();
     let retry = expect_locked(login(app, email, PASSWORD).await).await;
     assert!((1..=max).contains(&retry), "Retry-After {retry}, max {max}");
-    tokio::time::sleep_until(
-        (seen + Duration::from_secs(retry) + Duration::from_millis(300)).into(),
-    )
-    .await;
+    app.clock
+        .advance(Duration::from_secs(retry) + Duration::from_millis(300));
 }
 
 async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
@@ -200,15 +197,12 @@ async fn repeated_failures_lock_the_email_and_locks_double(backend: Backend) {
     // Locked: even the right password is refused, before any hashing; the
     // same email in another spelling shares the lock; others are not
     // affected.
-    let seen = std::time::Instant::now();
     let retry = expect_locked(login(&app, "jane@example.com", PASSWORD).await).await;
     assert!((1..=2).contains(&retry), "{retry}");
     expect_locked(login(&app, " JANE@example.com ", PASSWORD).await).await;
     app.login("john@example.com", PASSWORD).await;
-    tokio::time::sleep_until(
-        (seen + Duration::from_secs(retry) + Duration::from_millis(300)).into(),
-    )
-    .await;
+    app.clock
+        .advance(Duration::from_secs(retry) + Duration::from_millis(300));
 
     // The owner hears about the lock once, with the way out.
     one_email(
@@ -497,7 +491,7 @@ async fn an_idle_api_sign_in_is_signed_out(backend: Backend) {
     // In use: each refresh restarts the idle clock.
     let mut active = active;
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1100)).await;
+        app.clock.advance(Duration::from_millis(1100));
         active = refresh_ok(&app, &active).await;
     }
     // Unused for longer than REFRESH_IDLE_TIMEOUT: over, and ended for good.

@@ -205,7 +205,7 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         let app = AppState::from_ref(state);
-        let (user, session) = app.auth.authenticate(&token).await?;
+        let (user, session) = app.sessions.authenticate(&token).await?;
         Ok(AuthUser(user, session))
     }
 }

@@ -17,8 +17,9 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::clock::Clock;
 use crate::error::ApiError;
-use crate::services::{AdminService, AuthService};
+use crate::services::{Account, AdminService, Login, Recovery, Registration, Sessions};
 use middleware::rate_limit::{self, Limiter};
 use middleware::security_headers::SecurityHeaders;
 
@@ -30,10 +31,13 @@ pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 pub struct CookieSettings {
     pub name: &'static str,
     pub secure: bool,
+    /// The cookie lives as long as its token, by the clock that set the
+    /// token's expiry.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl CookieSettings {
-    pub fn new(https: bool, production: bool) -> Self {
+    pub fn new(https: bool, production: bool, clock: Arc<dyn Clock>) -> Self {
         Self {
             // The __Secure- prefix makes browsers refuse the cookie unless it
             // is Secure and set over https, so it cannot be planted over http.
@@ -43,6 +47,7 @@ impl CookieSettings {
                 "refresh_token"
             },
             secure: https || production,
+            clock,
         }
     }
 }
@@ -114,15 +119,22 @@ impl Limiters {
     }
 }
 
-/// Shared by every handler.
-#[derive(Clone)]
+/// Shared by every handler: the services, one per use-case. A handler may
+/// extract just the one it uses (`State<Arc<Sessions>>`, via `FromRef`).
+#[derive(Clone, axum::extract::FromRef)]
 pub struct AppState {
-    pub auth: Arc<AuthService>,
+    pub sessions: Arc<Sessions>,
+    pub login: Arc<Login>,
+    pub registration: Arc<Registration>,
+    pub recovery: Arc<Recovery>,
+    pub account: Arc<Account>,
     pub admin: Arc<AdminService>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,
     pub portal: Arc<pages::PortalSettings>,
+    /// Decides the portal's absolute session lifetime.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// What the router needs beyond the state.

@@ -7,15 +7,21 @@
 //! together with its browser session.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::audit::AuditEntry;
-use super::auth::AuthService;
-use super::passwords::Verification;
-use super::{ClientContext, ServiceError};
-use crate::domain::{AuditEvent, Password, TokenHash, User, UserId};
-use crate::storage::TokenPurpose;
+use super::audit::Audit;
+use super::lockout::Lockout;
+use super::notifier::Notifier;
+use super::passwords::{Passwords, Verification};
+use super::{span, AuthSettings, ClientContext, ServiceError};
+use crate::clock::Clock;
+use crate::domain::{AuditEvent, Password, PasswordPolicy, TokenHash, User, UserId};
+use crate::storage::{
+    OneTimeTokenStore, RefreshTokenStore, TokenPurpose, UserStore, WebSessionStore,
+};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -52,15 +58,66 @@ pub struct CurrentSession {
 const WEB_PREFIX: &str = "web_";
 const API_PREFIX: &str = "api_";
 
-impl AuthService {
+pub struct Account {
+    users: Arc<dyn UserStore>,
+    refresh_tokens: Arc<dyn RefreshTokenStore>,
+    web_sessions: Arc<dyn WebSessionStore>,
+    /// A password change voids the reset links out.
+    links: Arc<dyn OneTimeTokenStore>,
+    passwords: Arc<Passwords>,
+    /// The current password is checked under the sign-in lock.
+    lockout: Arc<Lockout>,
+    notifier: Arc<Notifier>,
+    audit: Audit,
+    clock: Arc<dyn Clock>,
+    password_policy: PasswordPolicy,
+    /// A family ends this long after its sign-in (to show when it began).
+    refresh_ttl: Duration,
+}
+
+impl Account {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        refresh_tokens: Arc<dyn RefreshTokenStore>,
+        web_sessions: Arc<dyn WebSessionStore>,
+        links: Arc<dyn OneTimeTokenStore>,
+        passwords: Arc<Passwords>,
+        lockout: Arc<Lockout>,
+        notifier: Arc<Notifier>,
+        audit: Audit,
+        clock: Arc<dyn Clock>,
+        settings: &AuthSettings,
+    ) -> Self {
+        Self {
+            users,
+            refresh_tokens,
+            web_sessions,
+            links,
+            passwords,
+            lockout,
+            notifier,
+            audit,
+            clock,
+            password_policy: settings.password_policy,
+            refresh_ttl: settings.refresh_ttl,
+        }
+    }
+
     pub async fn list_sessions(
         &self,
         user_id: &UserId,
         current: &CurrentSession,
     ) -> Result<Vec<SessionInfo>> {
-        let now = Utc::now();
-        let web = self.store().list_user_web_sessions(user_id, now).await?;
-        let families = self.store().list_user_refresh_tokens(user_id, now).await?;
+        let now = self.clock.now();
+        let web = self
+            .web_sessions
+            .list_user_web_sessions(user_id, now)
+            .await?;
+        let families = self
+            .refresh_tokens
+            .list_user_refresh_tokens(user_id, now)
+            .await?;
         let linked: HashSet<&str> = web
             .iter()
             .filter_map(|s| s.refresh_family.as_deref())
@@ -89,7 +146,7 @@ impl AuthService {
                 user_agent: token.user_agent.clone(),
                 ip_address: token.ip_address.clone(),
                 // A family ends JWT_REFRESH_EXPIRES after its sign-in.
-                created_at: token.expires_at - self.refresh_ttl(),
+                created_at: token.expires_at - span(self.refresh_ttl),
                 last_used_at: token.created_at,
                 current: current.family.as_deref() == Some(token.family_id.as_str()),
             });
@@ -108,19 +165,22 @@ impl AuthService {
     ) -> Result<bool> {
         let ended = self.end_session_by_handle(user_id, id).await?;
         if ended {
-            let entry = AuditEntry::new(AuditEvent::SessionRevoked, client).user(user_id);
-            self.audit().record(entry).await?;
+            let entry = self
+                .audit
+                .entry(AuditEvent::SessionRevoked, client)
+                .user(user_id);
+            self.audit.record(entry).await?;
         }
         Ok(ended)
     }
 
     async fn end_session_by_handle(&self, user_id: &UserId, id: &str) -> Result<bool> {
-        let now = Utc::now();
+        let now = self.clock.now();
         if let Some(hash) = id.strip_prefix(WEB_PREFIX) {
             let hash = TokenHash::from_stored(hash.to_owned());
             // Only the owner may end it: look it up among their sessions.
             let owned = self
-                .store()
+                .web_sessions
                 .list_user_web_sessions(user_id, now)
                 .await?
                 .into_iter()
@@ -134,13 +194,13 @@ impl AuthService {
         }
         if let Some(family) = id.strip_prefix(API_PREFIX) {
             let revoked = self
-                .store()
+                .refresh_tokens
                 .revoke_refresh_family(user_id, family, now)
                 .await?;
             // A portal sign-in's family ends with its page session, whichever
             // handle named it.
             let pages = self
-                .store()
+                .web_sessions
                 .delete_family_web_sessions(user_id, family)
                 .await?;
             return Ok(revoked + pages > 0);
@@ -158,8 +218,8 @@ impl AuthService {
         client: &ClientContext,
     ) -> Result<()> {
         self.end_web_session(user_id, id_hash, family).await?;
-        let entry = AuditEntry::new(AuditEvent::Logout, client).user(user_id);
-        self.audit().record(entry).await?;
+        let entry = self.audit.entry(AuditEvent::Logout, client).user(user_id);
+        self.audit.record(entry).await?;
         Ok(())
     }
 
@@ -170,10 +230,10 @@ impl AuthService {
         id_hash: &TokenHash,
         family: Option<&str>,
     ) -> Result<()> {
-        self.store().delete_web_session(id_hash).await?;
+        self.web_sessions.delete_web_session(id_hash).await?;
         if let Some(family) = family {
-            self.store()
-                .revoke_refresh_family(user_id, family, Utc::now())
+            self.refresh_tokens
+                .revoke_refresh_family(user_id, family, self.clock.now())
                 .await?;
         }
         Ok(())
@@ -189,8 +249,11 @@ impl AuthService {
         client: &ClientContext,
     ) -> Result<u64> {
         let (ended, _) = self.end_sessions_except(user_id, keep).await?;
-        let entry = AuditEntry::new(AuditEvent::LogoutAll, client).user(user_id);
-        self.audit().record(entry).await?;
+        let entry = self
+            .audit
+            .entry(AuditEvent::LogoutAll, client)
+            .user(user_id);
+        self.audit.record(entry).await?;
         Ok(ended)
     }
 
@@ -202,25 +265,28 @@ impl AuthService {
         user_id: &UserId,
         keep: &CurrentSession,
     ) -> Result<(u64, Option<u64>)> {
-        let now = Utc::now();
+        let now = self.clock.now();
         // The kept browser session's own API family stays with it.
         let mut keep_family = keep.family.clone();
         if keep_family.is_none() {
             if let Some(web) = &keep.web {
                 keep_family = self
-                    .store()
+                    .web_sessions
                     .load_web_session(web, now)
                     .await?
                     .and_then(|s| s.refresh_family);
             }
         }
         let web = self
-            .store()
+            .web_sessions
             .delete_user_web_sessions(user_id, keep.web.as_ref())
             .await?;
-        let version = self.revoke_access_tokens(user_id).await?;
+        let version = self
+            .users
+            .cut_access_tokens(user_id, self.clock.now())
+            .await?;
         let api = self
-            .store()
+            .refresh_tokens
             .revoke_user_refresh_tokens(user_id, keep_family.as_deref(), now)
             .await?;
         tracing::info!(user_id = %user_id, web, api, "sessions ended");
@@ -246,10 +312,10 @@ impl AuthService {
             ));
         }
         if let Err(e) = self
-            .passwords()
+            .passwords
             .check_new(
                 new_password,
-                self.password_policy(),
+                &self.password_policy,
                 Some(&user.email),
                 "new_password",
             )
@@ -262,50 +328,56 @@ impl AuthService {
         }
         // Audited either way; refuse before hashing while the trail cannot
         // be written.
-        self.audit().ready()?;
+        self.audit.ready()?;
         // The current password is a credential check like a sign-in: the
         // same per-email lock applies (ASVS 6.3.4), so a stolen access token
         // cannot be used to guess it, and a wrong one is a login_failure.
         let key = super::lockout::key_of(&user.email);
-        let throttle = self.store().login_throttle(&key).await?;
-        if let Some(retry_after) = super::lockout::remaining(throttle.as_ref(), Utc::now()) {
+        let throttle = self.lockout.state(&key).await?;
+        if let Some(retry_after) = self.lockout.remaining(throttle.as_ref()) {
             return Err(ServiceError::AccountLocked { retry_after });
         }
         if self
-            .passwords()
+            .passwords
             .verify(current_password, &user.password_hash)
             .await?
             == Verification::Invalid
         {
-            let entry = AuditEntry::new(AuditEvent::LoginFailure, client)
+            let entry = self
+                .audit
+                .entry(AuditEvent::LoginFailure, client)
                 .user(&user.id)
                 .email(user.email.as_str())
                 .detail("change_password");
             // Counted even when the record times out, as at sign-in.
-            let recorded = self.audit().record(entry).await;
-            self.count_failure(&key, user.email.as_str(), Some(user), client)
+            let recorded = self.audit.record(entry).await;
+            self.lockout
+                .count_failure(&key, user.email.as_str(), Some(user), client)
                 .await?;
             recorded?;
             return Err(ServiceError::WrongCurrentPassword);
         }
         if throttle.is_some() {
-            self.store().clear_login_throttle(&key).await?;
+            self.lockout.clear(&key).await?;
         }
-        let hash = self.passwords().hash(new_password).await?;
-        self.store()
-            .set_password_hash(&user.id, &hash, Utc::now())
+        let hash = self.passwords.hash(new_password).await?;
+        self.users
+            .set_password_hash(&user.id, &hash, self.clock.now())
             .await?;
         let (_, version) = self.end_sessions_except(&user.id, keep).await?;
         // The user was deleted meanwhile: nobody is signed in any more.
         let version = version.ok_or(ServiceError::InvalidAccessToken(
             super::tokens::TokenError::Invalid,
         ))?;
-        self.store()
+        self.links
             .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
             .await?;
-        self.notify_password_changed(user).await;
-        let entry = AuditEntry::new(AuditEvent::PasswordChanged, client).user(&user.id);
-        self.audit().record(entry).await?;
+        self.notifier.password_changed(user).await;
+        let entry = self
+            .audit
+            .entry(AuditEvent::PasswordChanged, client)
+            .user(&user.id);
+        self.audit.record(entry).await?;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(version)
     }

@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
-use super::audit::{Audit, AuditEntry};
+use super::audit::Audit;
 use super::{ClientContext, ServiceError};
 use crate::domain::{AuditEvent, AuditRecord, EmailAddress, Role, User};
-use crate::storage::{AuditQuery, Store};
+use crate::storage::{AuditQuery, AuditStore, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -23,13 +21,19 @@ pub struct AuditPage {
 }
 
 pub struct AdminService {
-    store: Arc<dyn Store>,
+    users: Arc<dyn UserStore>,
+    /// Read here; written only through `audit`.
+    trail: Arc<dyn AuditStore>,
     audit: Audit,
 }
 
 impl AdminService {
-    pub fn new(store: Arc<dyn Store>, audit: Audit) -> Self {
-        Self { store, audit }
+    pub fn new(users: Arc<dyn UserStore>, trail: Arc<dyn AuditStore>, audit: Audit) -> Self {
+        Self {
+            users,
+            trail,
+            audit,
+        }
     }
 
     /// Gives the user with `email` the role `role`, records `role_changed`
@@ -42,23 +46,24 @@ impl AdminService {
         client: &ClientContext,
     ) -> Result<Option<User>> {
         let email = EmailAddress::parse(email).map_err(|e| ServiceError::Validation(vec![e]))?;
-        let Some(user) = self.store.find_user_by_email(&email).await? else {
+        let Some(user) = self.users.find_user_by_email(&email).await? else {
             return Ok(None);
         };
-        let now = Utc::now();
-        if !self.store.set_user_role(&user.id, role, now, now).await? {
+        let now = self.audit.clock().now();
+        if !self.users.set_user_role(&user.id, role, now, now).await? {
             return Ok(None);
         }
         self.audit
             .record(
-                AuditEntry::new(AuditEvent::RoleChanged, client)
+                self.audit
+                    .entry(AuditEvent::RoleChanged, client)
                     .user(&user.id)
                     .email(user.email.as_str())
                     .detail(format!("from={} to={}", user.role.as_str(), role.as_str())),
             )
             .await?;
         tracing::info!(user_id = %user.id, role = role.as_str(), "role changed");
-        Ok(self.store.find_user_by_id(&user.id).await?)
+        Ok(self.users.find_user_by_id(&user.id).await?)
     }
 
     /// A page of audit records matching `query` (its limit already checked
@@ -67,7 +72,7 @@ impl AdminService {
         let limit = query.limit as usize;
         // One extra tells whether another page exists.
         query.limit += 1;
-        let mut events = self.store.query_audit_events(&query).await?;
+        let mut events = self.trail.query_audit_events(&query).await?;
         let next = if events.len() > limit {
             events.truncate(limit);
             events.last().map(|r| r.seq)

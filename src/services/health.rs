@@ -40,16 +40,24 @@ const AFTER_FAILURE: Duration = Duration::from_millis(200);
 pub struct WriteHealth {
     probe_ok: AtomicBool,
     audit: Audit,
+    /// The probes (`ping`, `probe_write`) exist only on the whole store.
+    store: Arc<dyn Store>,
 }
 
 impl WriteHealth {
     /// Starts out writable: the first probe runs at once and start-up (which
     /// just applied the migrations) has written already.
-    pub fn new(audit: Audit) -> Arc<Self> {
+    pub fn new(audit: Audit, store: Arc<dyn Store>) -> Arc<Self> {
         Arc::new(Self {
             probe_ok: AtomicBool::new(true),
             audit,
+            store,
         })
+    }
+
+    /// True when the database answers a round trip.
+    pub async fn database_ok(&self) -> bool {
+        self.store.ping().await.is_ok()
     }
 
     /// True while the last probe succeeded and the audit writer is not
@@ -59,11 +67,11 @@ impl WriteHealth {
     }
 
     /// The probe loop; it runs until aborted (at shutdown).
-    pub fn spawn(self: &Arc<Self>, store: Arc<dyn Store>) -> JoinHandle<()> {
+    pub fn spawn(self: &Arc<Self>) -> JoinHandle<()> {
         let health = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let ok = health.probe(store.as_ref()).await;
+                let ok = health.probe(health.store.as_ref()).await;
                 let wait = if ok && !health.audit.is_failing() {
                     PROBE_EVERY
                 } else {

@@ -7,12 +7,17 @@
 //! completed password reset forgets everything. The per-IP rate limits stay
 //! in front of this: they bound how fast anyone can guess at all.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::{EmailAddress, TokenHash};
-use crate::storage::LoginThrottle;
+use super::audit::Audit;
+use super::notifier::Notifier;
+use super::{span, ClientContext, ServiceError};
+use crate::clock::Clock;
+use crate::domain::{AuditEvent, EmailAddress, TokenHash, User};
+use crate::storage::{LoginThrottle, LoginThrottleStore};
 
 /// When to lock and for how long.
 #[derive(Debug, Clone)]
@@ -65,6 +70,94 @@ pub fn key(submitted: &str) -> TokenHash {
 /// The key of an account's own address (for clearing it after a reset).
 pub fn key_of(email: &EmailAddress) -> TokenHash {
     TokenHash::of(&format!("login-throttle:{}", email.as_str()))
+}
+
+/// The per-email lock as sign-in and the password change use it.
+pub struct Lockout {
+    throttles: Arc<dyn LoginThrottleStore>,
+    policy: LockoutPolicy,
+    audit: Audit,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Lockout {
+    pub fn new(
+        throttles: Arc<dyn LoginThrottleStore>,
+        policy: LockoutPolicy,
+        audit: Audit,
+        notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            throttles,
+            policy,
+            audit,
+            notifier,
+            clock,
+        }
+    }
+
+    /// The stored failures and lock of `key`, if any.
+    pub async fn state(&self, key: &TokenHash) -> Result<Option<LoginThrottle>, ServiceError> {
+        Ok(self.throttles.login_throttle(key).await?)
+    }
+
+    /// The time left on the lock in `state`, if it is locked now.
+    pub fn remaining(&self, state: Option<&LoginThrottle>) -> Option<Duration> {
+        remaining(state, self.clock.now())
+    }
+
+    /// Forgets the failures and lock of `key` (a success, a completed reset).
+    pub async fn clear(&self, key: &TokenHash) -> Result<(), ServiceError> {
+        Ok(self.throttles.clear_login_throttle(key).await?)
+    }
+
+    /// Counts a failed sign-in against the submitted email and starts a lock
+    /// when it reaches the limit. The owner of an existing account hears
+    /// about each lock once, from whichever request started it.
+    pub async fn count_failure(
+        &self,
+        key: &TokenHash,
+        submitted_email: &str,
+        user: Option<&User>,
+        client: &ClientContext,
+    ) -> Result<(), ServiceError> {
+        let now = self.clock.now();
+        let state = self
+            .throttles
+            .add_login_failure(key, now, now - span(self.policy.window))
+            .await?;
+        let Some(length) = self.policy.lock_after(&state) else {
+            return Ok(());
+        };
+        if !self
+            .throttles
+            .lock_login(key, now + span(length), now)
+            .await?
+        {
+            return Ok(());
+        }
+        metrics::counter!(crate::metrics::ACCOUNT_LOCKS).increment(1);
+        tracing::warn!(
+            user_id = user.map(|u| u.id.as_str()),
+            lock_seconds = length.as_secs(),
+            "sign-in locked after repeated failures"
+        );
+        let mut entry = self
+            .audit
+            .entry(AuditEvent::AccountLocked, client)
+            .email(submitted_email)
+            .detail(format!("lock_seconds={}", length.as_secs()));
+        if let Some(user) = user {
+            entry = entry.user(&user.id);
+        }
+        self.audit.record(entry).await?;
+        if let Some(user) = user {
+            self.notifier.account_locked(user, now, length).await;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,27 +1,88 @@
 //! Use-cases: the one implementation of register, login, refresh, logout and
-//! password reset that both the JSON API and the pages call.
+//! password reset that both the JSON API and the pages call. One file per
+//! use-case, each a struct naming the storage traits it uses; shared pieces
+//! (passwords, tokens, lockout, notifier, audit, outbox) beside them.
 
+/// Change the password, list and end sessions.
 pub mod account;
+/// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
+/// Record to the audit trail and verify it.
 pub mod audit;
-pub mod auth;
+/// Signed checkpoints of the audit chain, kept outside the database.
 pub mod checkpoints;
+/// Whether the store takes writes, for /health.
 pub mod health;
+/// The per-email sign-in lock.
 pub mod lockout;
+/// Email and password sign-in.
+pub mod login;
+/// Emails the use-cases send: links and notices.
+pub mod notifier;
+/// The durable email queue and its sender.
 pub mod outbox;
+/// Argon2id hashing and the password policy.
 pub mod passwords;
+/// Forgot and reset password.
+pub mod recovery;
+/// Self-registration and email verification.
+pub mod registration;
+/// API sign-ins: refresh families, Bearer authentication.
+pub mod sessions;
+/// JWT issue and verification.
 pub mod tokens;
-pub mod verification;
 
 use std::net::IpAddr;
+use std::time::Duration;
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, PasswordPolicy};
 use crate::storage::StoreError;
 
-pub use account::{CurrentSession, SessionInfo, SessionKind};
+pub use account::{Account, CurrentSession, SessionInfo, SessionKind};
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
-pub use auth::{AuthService, AuthSettings, LoginOutcome, RegisterInput};
+pub use lockout::{Lockout, LockoutPolicy};
+pub use login::Login;
+pub use notifier::Notifier;
+pub use recovery::Recovery;
+pub use registration::{RegisterInput, Registration};
+pub use sessions::{LoginOutcome, Sessions};
+
+/// Reset and verification tokens are 43 base64url characters, refresh
+/// tokens a few hundred; anything far longer is junk and not worth hashing.
+const MAX_TOKEN_LEN: usize = 4096;
+
+/// The settings the use-cases depend on (each service takes its part).
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub app_name: String,
+    pub app_url: String,
+    pub refresh_ttl: Duration,
+    pub reset_ttl: Duration,
+    pub password_policy: PasswordPolicy,
+    /// An API sign-in unused for this long is over (automatic log-off).
+    pub refresh_idle: Duration,
+    /// How long a rotated refresh token may still be presented by a second
+    /// tab before it counts as stolen; zero means strict single use.
+    pub refresh_reuse_grace: Duration,
+    pub lockout: LockoutPolicy,
+    /// Refuse sign-in (403) until the email address is verified.
+    pub require_verified_email: bool,
+    pub verification_ttl: Duration,
+    /// Reset and verification emails per account per hour, whatever the
+    /// IPs asking.
+    pub mail_per_account_per_hour: u32,
+}
+
+/// A setting's duration as a span of time to add to a `DateTime`
+/// (saturating: "forever" stays forever).
+fn span(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+fn count_login(outcome: &'static str) {
+    metrics::counter!(crate::metrics::LOGINS, "outcome" => outcome).increment(1);
+}
 
 /// Who is asking: recorded with refresh tokens and audit events.
 #[derive(Debug, Clone, Default)]

@@ -3,7 +3,12 @@
 //! The two kinds use different secrets *and* carry a `typ` claim, so one can
 //! never be replayed as the other even if a bug mixed up the keys. Only
 //! HS256 is accepted on verify: the `alg` header is never trusted.
+//!
+//! Expiry is judged by the injected [`Clock`], not by the library's own
+//! reading of the system time, so one clock decides every rule (and tests
+//! can move past a token's `exp`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,6 +16,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Clock;
 use crate::domain::{Role, User, UserId};
 
 /// Clock skew tolerated on `exp` between instances (ASVS asks for little).
@@ -94,6 +100,7 @@ pub struct Tokens {
     issuer: String,
     audience: String,
     access_ttl: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Tokens {
@@ -103,12 +110,16 @@ impl Tokens {
         issuer: &str,
         audience: &str,
         access_ttl: Duration,
+        clock: Arc<dyn Clock>,
     ) -> Self {
+        // The library checks the signature, the algorithm and that the
+        // required claims are present; exp, iss and aud are checked in
+        // `check` against the injected clock (the library would read the
+        // system time for exp, and checks iss/aud after exp).
         let validation = || {
             let mut v = Validation::new(Algorithm::HS256);
-            v.leeway = LEEWAY_SECS;
-            v.set_issuer(&[issuer]);
-            v.set_audience(&[audience]);
+            v.validate_exp = false;
+            v.validate_aud = false;
             v.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
             v
         };
@@ -124,7 +135,24 @@ impl Tokens {
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             access_ttl,
+            clock,
         }
+    }
+
+    /// What the library's validation did for exp (with [`LEEWAY_SECS`]),
+    /// iss and aud, in its order (exp first, so a token gets the error it
+    /// got before), with `now` from the clock. `exp` was parsed as a
+    /// non-negative number by the required-claims check.
+    fn check(&self, exp: i64, iss: &str, aud: &str) -> Result<(), TokenError> {
+        let now = u64::try_from(self.clock.now().timestamp()).unwrap_or(0);
+        let exp = u64::try_from(exp).map_err(|_| TokenError::Invalid)?;
+        if exp < now.saturating_sub(LEEWAY_SECS) {
+            return Err(TokenError::Expired);
+        }
+        if iss != self.issuer || aud != self.audience {
+            return Err(TokenError::Invalid);
+        }
+        Ok(())
     }
 
     pub fn issue_access(
@@ -158,6 +186,7 @@ impl Tokens {
 
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let claims: AccessClaims = decode(token, &self.access_decoding, &self.access_validation)?;
+        self.check(claims.exp, &claims.iss, &claims.aud)?;
         if claims.typ != TYP_ACCESS {
             return Err(TokenError::Invalid);
         }
@@ -199,6 +228,7 @@ impl Tokens {
     pub fn verify_refresh(&self, token: &str) -> Result<RefreshClaims, TokenError> {
         let claims: RefreshClaims =
             decode(token, &self.refresh_decoding, &self.refresh_validation)?;
+        self.check(claims.exp, &claims.iss, &claims.aud)?;
         if claims.typ != TYP_REFRESH {
             return Err(TokenError::Invalid);
         }
@@ -239,6 +269,7 @@ mod tests {
             "http://localhost:8000",
             "Clinic Auth",
             Duration::from_secs(900),
+            Arc::new(crate::clock::SystemClock),
         )
     }
 
@@ -337,6 +368,27 @@ mod tests {
     }
 
     #[test]
+    fn expiry_is_judged_by_the_injected_clock_with_the_leeway() {
+        let clock = Arc::new(crate::clock::TestClock::new());
+        let t = Tokens::new(
+            &SecretString::from("a".repeat(32)),
+            &SecretString::from("r".repeat(32)),
+            "http://localhost:8000",
+            "Clinic Auth",
+            Duration::from_secs(900),
+            clock.clone(),
+        );
+        let token = t.issue_access(&user(), None, clock.now()).unwrap().token;
+        clock.advance(Duration::from_secs(895));
+        assert!(t.verify_access(&token).is_ok());
+        // Past exp, but within the leeway: still accepted.
+        clock.advance(Duration::from_secs(8));
+        assert!(t.verify_access(&token).is_ok());
+        clock.advance(Duration::from_secs(4));
+        assert_eq!(t.verify_access(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
     fn wrong_issuer_or_audience_is_rejected() {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let elsewhere = Tokens::new(
@@ -345,6 +397,7 @@ mod tests {
             "https://other.example",
             "Other",
             Duration::from_secs(900),
+            Arc::new(crate::clock::SystemClock),
         );
         let foreign = elsewhere
             .issue_access(&user(), None, Utc::now())

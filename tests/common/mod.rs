@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clinic_auth::app::App;
+use clinic_auth::clock::TestClock;
 use clinic_auth::config::Config;
 use reqwest::header::HeaderMap;
 use reqwest::{Client, Response, StatusCode};
@@ -67,6 +68,9 @@ pub struct TestApp {
     pub client: Client,
     pub dir: Arc<tempfile::TempDir>,
     pub backend: Backend,
+    /// The app's clock: tests move it forward instead of sleeping through
+    /// a TTL. It survives `restart`, as time would.
+    pub clock: Arc<TestClock>,
     pairs: Vec<(String, String)>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
@@ -132,6 +136,7 @@ impl TestApp {
             client: plain_client(),
             dir,
             backend,
+            clock: Arc::new(TestClock::new()),
             pairs,
             shutdown: None,
             handle: None,
@@ -149,7 +154,9 @@ impl TestApp {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
         let config = Config::from_pairs(&refs).expect("test configuration is valid");
-        let app = App::build(config).await.expect("app builds");
+        let app = App::build_with_clock(config, self.clock.clone())
+            .await
+            .expect("app builds");
         self.addr = app.local_addr();
         self.audit = Some(app.audit());
         self.outbox = Some(app.outbox());

@@ -1,5 +1,7 @@
 //! /api/admin: what only the `admin` role may see. Today the audit trail.
 
+use std::sync::Arc;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
@@ -13,6 +15,7 @@ use crate::domain::{AuditEvent, AuditRecord, FieldError};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::AdminUser;
 use crate::http::AppState;
+use crate::services::AdminService;
 use crate::storage::{AuditQuery, AUDIT_PAGE_MAX};
 
 /// Page size when the client does not ask for one.
@@ -68,7 +71,7 @@ pub struct AuditPageResponse {
     )
 )]
 pub async fn audit(
-    State(state): State<AppState>,
+    State(admin): State<Arc<AdminService>>,
     AdminUser(_admin): AdminUser,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<AuditPageResponse>, ApiError> {
@@ -80,7 +83,7 @@ pub async fn audit(
         )
     })?;
     let query = parse_filters(&pairs).map_err(ApiError::validation)?;
-    let page = state.admin.audit_page(query).await?;
+    let page = admin.audit_page(query).await?;
     Ok(Json(AuditPageResponse {
         events: page.events,
         next: page.next.map(|seq| seq.to_string()),

@@ -1,5 +1,7 @@
 //! /api/auth: register, login, refresh, logout, me, forgot and reset password.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,10 @@ use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
 use crate::services::tokens::{AccessToken, SignedRefresh};
-use crate::services::{ClientContext, CurrentSession, LoginOutcome, RegisterInput, SessionInfo};
+use crate::services::{
+    Account, ClientContext, CurrentSession, LoginOutcome, Recovery, RegisterInput, Registration,
+    SessionInfo,
+};
 
 /// The refresh cookie is sent only to these endpoints, never to the rest of
 /// the site.
@@ -159,7 +164,9 @@ pub(crate) fn refresh_cookie(
     settings: &CookieSettings,
     refresh: &SignedRefresh,
 ) -> Cookie<'static> {
-    let remaining = (refresh.expires_at - Utc::now()).num_seconds().max(0);
+    let remaining = (refresh.expires_at - settings.clock.now())
+        .num_seconds()
+        .max(0);
     Cookie::build((settings.name, refresh.token.expose_secret().to_owned()))
         .http_only(true)
         .secure(settings.secure)
@@ -196,12 +203,11 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
     )
 )]
 pub async fn register(
-    State(state): State<AppState>,
+    State(registration): State<Arc<Registration>>,
     client: ClientContext,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
-    let user = state
-        .auth
+    let user = registration
         .register(
             RegisterInput {
                 name: body.name,
@@ -236,7 +242,7 @@ pub async fn login(
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
     let outcome = state
-        .auth
+        .login
         .login(&body.email, &Password::new(body.password), &client)
         .await?;
     Ok(signed_in(&state.cookies, jar, outcome))
@@ -271,7 +277,7 @@ pub async fn refresh(
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
-    match state.auth.refresh(presented.as_deref(), &client).await {
+    match state.sessions.refresh(presented.as_deref(), &client).await {
         Ok(outcome) => {
             let jar = jar.add(refresh_cookie(&state.cookies, &outcome.refresh));
             Ok((jar, Json(TokenResponse::from(&outcome.access))).into_response())
@@ -301,7 +307,7 @@ pub async fn logout(
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
-    state.auth.logout(presented.as_deref(), &client).await?;
+    state.sessions.logout(presented.as_deref(), &client).await?;
     let jar = jar.add(cleared_cookie(&state.cookies));
     Ok((StatusCode::NO_CONTENT, jar).into_response())
 }
@@ -338,11 +344,11 @@ const FORGOT_MESSAGE: &str =
     )
 )]
 pub async fn forgot_password(
-    State(state): State<AppState>,
+    State(recovery): State<Arc<Recovery>>,
     client: ClientContext,
     ApiJson(body): ApiJson<ForgotPasswordRequest>,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
-    state.auth.forgot_password(&body.email, &client)?;
+    recovery.forgot_password(&body.email, &client)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(MessageResponse {
@@ -366,12 +372,11 @@ pub async fn forgot_password(
     )
 )]
 pub async fn reset_password(
-    State(state): State<AppState>,
+    State(recovery): State<Arc<Recovery>>,
     client: ClientContext,
     ApiJson(body): ApiJson<ResetPasswordRequest>,
 ) -> Result<Json<MessageResponse>, ApiError> {
-    state
-        .auth
+    recovery
         .reset_password(&body.token, &Password::new(body.password), &client)
         .await?;
     Ok(Json(MessageResponse {
@@ -416,7 +421,7 @@ pub async fn change_password(
         family: session.clone(),
     };
     let version = state
-        .auth
+        .account
         .change_password(
             &user,
             &Password::new(body.current_password),
@@ -426,7 +431,7 @@ pub async fn change_password(
         )
         .await?;
     let access = state
-        .auth
+        .sessions
         .fresh_access(&user.id, session.as_deref(), version)
         .await?;
     Ok(Json(TokenResponse::from(&access)))
@@ -445,14 +450,14 @@ pub async fn change_password(
     )
 )]
 pub async fn list_sessions(
-    State(state): State<AppState>,
+    State(account): State<Arc<Account>>,
     AuthUser(user, session): AuthUser,
 ) -> Result<Json<Vec<SessionInfo>>, ApiError> {
     let current = CurrentSession {
         web: None,
         family: session,
     };
-    Ok(Json(state.auth.list_sessions(&user.id, &current).await?))
+    Ok(Json(account.list_sessions(&user.id, &current).await?))
 }
 
 /// End one session (the caller's own included).
@@ -469,12 +474,12 @@ pub async fn list_sessions(
     )
 )]
 pub async fn end_session(
-    State(state): State<AppState>,
+    State(account): State<Arc<Account>>,
     AuthUser(user, _): AuthUser,
     client: ClientContext,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.auth.end_session(&user.id, &id, &client).await? {
+    if account.end_session(&user.id, &id, &client).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::new(
@@ -504,7 +509,7 @@ pub async fn logout_all(
     jar: CookieJar,
 ) -> Result<Response, ApiError> {
     state
-        .auth
+        .account
         .end_other_sessions(&user.id, &CurrentSession::default(), &client)
         .await?;
     let jar = jar.add(cleared_cookie(&state.cookies));

@@ -5,6 +5,8 @@
 //! from `services::health`, kept current in the background: no write per
 //! request.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -13,6 +15,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::http::AppState;
+use crate::services::health::WriteHealth;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthResponse {
@@ -40,9 +43,9 @@ pub fn router() -> Router<AppState> {
         super::responses::RateLimited,
     )
 )]
-pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<HealthResponse>) {
+pub async fn health(State(health): State<Arc<WriteHealth>>) -> (StatusCode, Json<HealthResponse>) {
     // The cached write state first: while it is bad, no round trip.
-    if state.health.writable() && state.auth.database_ok().await {
+    if health.writable() && health.database_ok().await {
         (
             StatusCode::OK,
             Json(HealthResponse {

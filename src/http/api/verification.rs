@@ -1,5 +1,7 @@
 //! /api/auth/verify-email and /api/auth/resend-verification.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
@@ -13,7 +15,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, Limiters};
-use crate::services::ClientContext;
+use crate::services::{ClientContext, Registration};
 
 pub fn router(limiters: &Limiters) -> Router<AppState> {
     Router::new()
@@ -48,11 +50,11 @@ pub struct VerifyEmailRequest {
     )
 )]
 pub async fn verify_email(
-    State(state): State<AppState>,
+    State(registration): State<Arc<Registration>>,
     client: ClientContext,
     ApiJson(body): ApiJson<VerifyEmailRequest>,
 ) -> Result<Json<UserResponse>, ApiError> {
-    let user = state.auth.verify_email(&body.token, &client).await?;
+    let user = registration.verify_email(&body.token, &client).await?;
     Ok(Json(UserResponse::from(&user)))
 }
 
@@ -70,10 +72,10 @@ pub async fn verify_email(
     )
 )]
 pub async fn resend_verification(
-    State(state): State<AppState>,
+    State(registration): State<Arc<Registration>>,
     AuthUser(user, _): AuthUser,
 ) -> Result<(StatusCode, Json<MessageResponse>), ApiError> {
-    state.auth.resend_verification(&user).await?;
+    registration.resend_verification(&user).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(MessageResponse {

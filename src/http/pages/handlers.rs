@@ -226,7 +226,7 @@ pub async fn login_submit(
     check_csrf(&state, &portal, &f.csrf, &headers)?;
     let mut form_state = FormState::default().with_value("email", &f.email);
     let status = match state
-        .auth
+        .login
         .login(&f.email, &Password::new(f.password), &client)
         .await
     {
@@ -256,13 +256,13 @@ async fn sign_in(
     // A previous sign-in in this browser ends cleanly first.
     if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
         state
-            .auth
+            .account
             .end_web_session(&user_id, &hash, portal.data.refresh_family.as_deref())
             .await?;
     }
     portal.begin_sign_in().await?;
     portal.data.user_id = Some(outcome.user.id.as_str().to_owned());
-    portal.data.signed_in_at = Some(chrono::Utc::now());
+    portal.data.signed_in_at = Some(state.clock.now());
     portal.data.token_version = outcome.user.token_version;
     portal.data.refresh_family = Some(outcome.refresh_family.clone());
     portal.data.user_agent = client.user_agent.clone();
@@ -284,11 +284,16 @@ pub(super) async fn end_portal_session(
         match signed_out_by {
             Some(client) => {
                 state
-                    .auth
+                    .account
                     .sign_out_web_session(&user_id, &hash, family, client)
                     .await?
             }
-            None => state.auth.end_web_session(&user_id, &hash, family).await?,
+            None => {
+                state
+                    .account
+                    .end_web_session(&user_id, &hash, family)
+                    .await?
+            }
         }
     }
     portal.session.flush().await?;
@@ -343,7 +348,7 @@ pub async fn register_submit(
     let result = if password.expose() != f.password_confirm {
         // Check the rest too, so every problem shows at once.
         let mut errors = match state
-            .auth
+            .registration
             .validate_registration(&f.name, &f.email, &password)
             .await
         {
@@ -357,7 +362,7 @@ pub async fn register_submit(
         Err(ServiceError::Validation(errors))
     } else {
         state
-            .auth
+            .registration
             .register_and_sign_in(
                 RegisterInput {
                     name: f.name.clone(),
@@ -417,7 +422,7 @@ pub async fn forgot_submit(
 ) -> PageResult {
     let f = form(body)?;
     check_csrf(&state, &portal, &f.csrf, &headers)?;
-    let Err(err) = state.auth.forgot_password(&f.email, &client) else {
+    let Err(err) = state.recovery.forgot_password(&f.email, &client) else {
         return Ok(Redirect::to("/forgot-password?sent=1").into_response());
     };
     let mut form_state = FormState::default().with_value("email", &f.email);
@@ -441,7 +446,7 @@ pub async fn reset_page(
     portal: Portal,
     Query(q): Query<PageQuery>,
 ) -> PageResult {
-    if !state.auth.reset_token_is_valid(&q.token).await? {
+    if !state.recovery.reset_token_is_valid(&q.token).await? {
         return reset_invalid(&state, &portal);
     }
     let view = ResetPage {
@@ -465,7 +470,7 @@ pub async fn reset_submit(
     let f = form(body)?;
     check_csrf(&state, &portal, &f.csrf, &headers)?;
     let result = if f.password != f.password_confirm {
-        if !state.auth.reset_token_is_valid(&f.token).await? {
+        if !state.recovery.reset_token_is_valid(&f.token).await? {
             return reset_invalid(&state, &portal);
         }
         Err(ServiceError::Validation(vec![
@@ -473,7 +478,7 @@ pub async fn reset_submit(
         ]))
     } else {
         state
-            .auth
+            .recovery
             .reset_password(&f.token, &Password::new(f.password), &client)
             .await
     };
@@ -506,7 +511,7 @@ pub async fn verify_email_page(
     client: ClientContext,
     Query(q): Query<PageQuery>,
 ) -> PageResult {
-    let (status, verified) = match state.auth.verify_email(&q.token, &client).await {
+    let (status, verified) = match state.registration.verify_email(&q.token, &client).await {
         Ok(_) => (StatusCode::OK, true),
         Err(ServiceError::InvalidVerificationToken) => (StatusCode::BAD_REQUEST, false),
         Err(e) => return Err(e.into()),
@@ -527,7 +532,11 @@ pub async fn resend_verification(
 ) -> PageResult {
     let f = form(body)?;
     check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
-    let message = match state.auth.resend_verification(&signed_in.user).await {
+    let message = match state
+        .registration
+        .resend_verification(&signed_in.user)
+        .await
+    {
         Ok(()) => "We have sent a new verification link to your email address.",
         Err(ServiceError::AlreadyVerified) => "Your email address is already verified.",
         Err(e) => return Err(e.into()),
@@ -552,7 +561,7 @@ async fn account_view(
 ) -> Result<AccountPage, PageError> {
     let user = &signed_in.user;
     let sessions = state
-        .auth
+        .account
         .list_sessions(&user.id, &current(&signed_in.portal))
         .await?;
     let when = |t: chrono::DateTime<chrono::Utc>| t.format("%d %b %Y, %H:%M UTC").to_string();
@@ -629,7 +638,7 @@ pub async fn change_password(
         ]))
     } else {
         state
-            .auth
+            .account
             .change_password(
                 &signed_in.user,
                 &Password::new(f.current_password),
@@ -667,7 +676,7 @@ pub async fn end_session(
     let f = form(body)?;
     check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
     let message = if state
-        .auth
+        .account
         .end_session(&signed_in.user.id, &f.session, &client)
         .await?
     {
@@ -689,7 +698,7 @@ pub async fn end_all_sessions(
     let f = form(body)?;
     check_csrf(&state, &signed_in.portal, &f.csrf, &headers)?;
     state
-        .auth
+        .account
         .end_other_sessions(&signed_in.user.id, &CurrentSession::default(), &client)
         .await?;
     signed_in.portal.session.flush().await?;

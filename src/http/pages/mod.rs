@@ -274,13 +274,13 @@ impl FromRequestParts<AppState> for SignedIn {
         // Absolute lifetime: however active, a sign-in ends eventually.
         let lifetime =
             chrono::Duration::from_std(state.portal.max_lifetime).unwrap_or(chrono::Duration::MAX);
-        if chrono::Utc::now() > signed_in_at + lifetime {
+        if state.clock.now() > signed_in_at + lifetime {
             handlers::end_portal_session(state, &portal, None)
                 .await
                 .map_err(IntoResponse::into_response)?;
             return Err(to_login());
         }
-        match state.auth.user_by_id(&user_id).await {
+        match state.sessions.user_by_id(&user_id).await {
             // A cut-off since this sign-in (sign-out everywhere, password
             // change or reset, role change) ends the session as it ends
             // access tokens, whether or not its stored row was deleted.

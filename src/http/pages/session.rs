@@ -14,6 +14,7 @@ use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::Session;
 
 use super::csrf::AnonCsrf;
+use crate::clock::Clock;
 use crate::domain::token::random_token;
 use crate::domain::{TokenHash, UserId};
 use crate::storage::{StoreError, WebSessionRecord, WebSessionStore};
@@ -125,6 +126,8 @@ impl Portal {
 #[derive(Clone)]
 pub struct StoreBackedSessions {
     store: Arc<dyn WebSessionStore>,
+    /// Idle expiry is judged by it, in the store and here.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for StoreBackedSessions {
@@ -134,19 +137,23 @@ impl std::fmt::Debug for StoreBackedSessions {
 }
 
 impl StoreBackedSessions {
-    pub fn new(store: Arc<dyn WebSessionStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn WebSessionStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
     }
 
-    fn to_record(record: &Record) -> session_store::Result<WebSessionRecord> {
+    fn to_record(&self, record: &Record) -> session_store::Result<WebSessionRecord> {
         let portal: Option<PortalData> = record
             .data
             .get(KEY)
             .and_then(|v| serde_json::from_value(v.clone()).ok());
         let portal = portal.unwrap_or_default();
-        let now = Utc::now();
-        let expires_at =
-            DateTime::from_timestamp(record.expiry_date.unix_timestamp(), 0).unwrap_or(now);
+        let now = self.clock.now();
+        // The session layer sets the expiry by the system time (now plus
+        // the idle timeout); the same distance from our clock's now is what
+        // the store compares with it.
+        let left = record.expiry_date - time::OffsetDateTime::now_utc();
+        let expiry = now + chrono::Duration::milliseconds(left.whole_milliseconds() as i64);
+        let expires_at = DateTime::from_timestamp(expiry.timestamp(), 0).unwrap_or(now);
         Ok(WebSessionRecord {
             id_hash: TokenHash::of(&record.id.to_string()),
             user_id: portal.user_id.map(UserId::new),
@@ -173,7 +180,7 @@ impl SessionStore for StoreBackedSessions {
         loop {
             match self
                 .store
-                .insert_web_session(&Self::to_record(record)?)
+                .insert_web_session(&self.to_record(record)?)
                 .await
             {
                 Ok(()) => return Ok(()),
@@ -191,7 +198,7 @@ impl SessionStore for StoreBackedSessions {
     async fn save(&self, record: &Record) -> session_store::Result<()> {
         let updated = self
             .store
-            .update_web_session(&Self::to_record(record)?, Utc::now())
+            .update_web_session(&self.to_record(record)?, self.clock.now())
             .await
             .map_err(backend)?;
         if !updated {
@@ -203,7 +210,7 @@ impl SessionStore for StoreBackedSessions {
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let Some(stored) = self
             .store
-            .load_web_session(&TokenHash::of(&id.to_string()), Utc::now())
+            .load_web_session(&TokenHash::of(&id.to_string()), self.clock.now())
             .await
             .map_err(backend)?
         else {

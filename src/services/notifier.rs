@@ -1,0 +1,251 @@
+//! What the use-cases tell people by email: single-use links (reset,
+//! verification) and notices (password changed, session ended, sign-in
+//! paused). It owns the branded contents and queues each message in the
+//! outbox, which delivers it in the background.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::outbox::{self, Outbox, PendingEmail, Recipient};
+use super::{span, AuthSettings, ServiceError};
+use crate::clock::Clock;
+use crate::domain::token::random_token;
+use crate::domain::{TokenHash, User};
+use crate::email::sealed::Content;
+use crate::storage::{
+    EmailQueueStore, LoginThrottleStore, NewLink, NewQueuedEmail, QueuedLink, StoreError,
+    TokenPurpose,
+};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// The page a verification link opens.
+const VERIFY_PAGE: &str = "verify-email";
+/// The page a reset link opens.
+const RESET_PAGE: &str = "reset-password";
+
+/// When something happened, for people: "24 Nov 2026, 09:15 UTC". Taken
+/// when the event happens, not when a retry finally sends the notice.
+fn human_time(t: DateTime<Utc>) -> String {
+    t.format("%d %b %Y, %H:%M UTC").to_string()
+}
+
+pub struct Notifier {
+    outbox: Arc<Outbox>,
+    queue: Arc<dyn EmailQueueStore>,
+    /// The per-account email count reuses the login-throttle counter.
+    quota: Arc<dyn LoginThrottleStore>,
+    clock: Arc<dyn Clock>,
+    app_url: String,
+    reset_ttl: Duration,
+    verification_ttl: Duration,
+    mail_per_account_per_hour: u32,
+}
+
+impl Notifier {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        queue: Arc<dyn EmailQueueStore>,
+        quota: Arc<dyn LoginThrottleStore>,
+        clock: Arc<dyn Clock>,
+        settings: &AuthSettings,
+    ) -> Self {
+        Self {
+            outbox,
+            queue,
+            quota,
+            clock,
+            app_url: settings.app_url.clone(),
+            reset_ttl: settings.reset_ttl,
+            verification_ttl: settings.verification_ttl,
+            mail_per_account_per_hour: settings.mail_per_account_per_hour,
+        }
+    }
+
+    /// Tells the owner their password changed (ASVS 6.3.7): queued before
+    /// the answer, sent in the background.
+    pub async fn password_changed(&self, user: &User) {
+        let content = Content::PasswordChanged {
+            when: human_time(self.clock.now()),
+        };
+        self.notice(user, content).await;
+    }
+
+    /// Tells the owner a sign-in of theirs on `device` was ended because a
+    /// replaced refresh token came back.
+    pub async fn session_ended(&self, user: &User, device: String) {
+        let content = Content::SessionEnded {
+            when: human_time(self.clock.now()),
+            device,
+        };
+        self.notice(user, content).await;
+    }
+
+    /// Tells the owner sign-in is paused for `length` since `at`.
+    pub async fn account_locked(&self, user: &User, at: DateTime<Utc>, length: Duration) {
+        let content = Content::AccountLocked {
+            when: human_time(at),
+            minutes: length.as_secs().div_ceil(60),
+        };
+        self.notice(user, content).await;
+    }
+
+    /// Queues a notice (no link) to `user`, before the caller answers; the
+    /// outbox sends it in the background, so a slow or failing mail server
+    /// changes no answer. The change the notice is about has already
+    /// happened, so a database that refuses the notice does not undo or
+    /// fail it: the loss is logged and counted
+    /// (`clinic_auth_emails_dropped_total{reason="not_queued"}`).
+    async fn notice(&self, user: &User, content: Content) {
+        let kind = content.kind();
+        let queued = async {
+            let email = self.outbox.letter(user.into(), content, None)?;
+            self.queue
+                .queue_email(&email)
+                .await
+                .map_err(ServiceError::from)?;
+            Ok::<_, ServiceError>(())
+        }
+        .await;
+        match queued {
+            Ok(()) => self.outbox.queued(),
+            Err(e) => {
+                outbox::count_dropped("not_queued");
+                tracing::error!(user_id = %user.id, email = kind, error = ?e, "email not queued");
+            }
+        }
+    }
+
+    /// Stores a fresh verification link for `user` (the previous one stops
+    /// working) with the queued email that carries it; past the account's
+    /// hourly email limit, does nothing (the link already emailed keeps
+    /// working).
+    pub async fn send_verification(&self, user: &User) -> Result<()> {
+        if !self.allowed(user, "verify_email").await? {
+            return Ok(());
+        }
+        self.send_link(user, TokenPurpose::EmailVerification, |link| {
+            self.verification_content(link)
+        })
+        .await
+    }
+
+    /// Stores a fresh reset link for `user` with the queued email that
+    /// carries it (the caller has checked the account's email limit).
+    pub async fn send_reset(&self, user: &User) -> Result<()> {
+        let expires_minutes = self.reset_ttl.as_secs() / 60;
+        self.send_link(user, TokenPurpose::PasswordReset, |link| {
+            Content::PasswordReset {
+                link,
+                expires_minutes,
+            }
+        })
+        .await
+    }
+
+    /// A registration's verification link and the message carrying it, to
+    /// be stored with the new user (see `create_user_and_queue`); call
+    /// [`Notifier::queued`] once they are.
+    pub fn registration_letter(&self, to: Recipient<'_>) -> Result<(NewLink, NewQueuedEmail)> {
+        let (link, url) = self.fresh_link(TokenPurpose::EmailVerification);
+        let queued = QueuedLink {
+            purpose: TokenPurpose::EmailVerification,
+            token_hash: link.token_hash.clone(),
+        };
+        let email = self
+            .outbox
+            .letter(to, self.verification_content(url), Some(queued))?;
+        Ok((link, email))
+    }
+
+    /// A message was stored by the caller: send it now.
+    pub fn queued(&self) {
+        self.outbox.queued();
+    }
+
+    /// Marks a request that will queue a message from a task of its own,
+    /// so tests waiting for the outbox to settle wait for it too.
+    pub fn will_queue(&self) -> PendingEmail {
+        self.outbox.will_queue()
+    }
+
+    /// What a verification email with `link` says.
+    fn verification_content(&self, link: String) -> Content {
+        Content::VerifyEmail {
+            link,
+            expires_hours: self.verification_ttl.as_secs().div_ceil(3600),
+        }
+    }
+
+    /// Stores a fresh single-use link for `purpose` (replacing the user's
+    /// previous one) together with the queued message that carries it.
+    async fn send_link(
+        &self,
+        user: &User,
+        purpose: TokenPurpose,
+        content: impl FnOnce(String) -> Content,
+    ) -> Result<()> {
+        let (link, url) = self.fresh_link(purpose);
+        let queued = QueuedLink {
+            purpose,
+            token_hash: link.token_hash.clone(),
+        };
+        let email = self
+            .outbox
+            .letter(user.into(), content(url), Some(queued))?;
+        self.queue
+            .replace_link_and_queue(purpose, &link.for_user(&user.id), &email)
+            .await?;
+        self.outbox.queued();
+        Ok(())
+    }
+
+    /// A new single-use link for `purpose`: what to store (its hash) and
+    /// the URL to email (the token itself, never stored).
+    fn fresh_link(&self, purpose: TokenPurpose) -> (NewLink, String) {
+        let token = random_token();
+        let now = self.clock.now();
+        let (ttl, page) = match purpose {
+            TokenPurpose::PasswordReset => (self.reset_ttl, RESET_PAGE),
+            TokenPurpose::EmailVerification => (self.verification_ttl, VERIFY_PAGE),
+        };
+        let link = NewLink {
+            token_hash: TokenHash::of(&token),
+            expires_at: now + span(ttl),
+            created_at: now,
+        };
+        (link, format!("{}/{page}?token={token}", self.app_url))
+    }
+
+    /// Counts one `what` email to `user` against MAIL_PER_ACCOUNT_PER_HOUR
+    /// and says whether it may go. The per-IP limits do not stop a botnet
+    /// from flooding one mailbox with links, so the count is per account
+    /// and kept in the store (shared by every instance). It reuses the
+    /// login-throttle counter (an hour-long window from the first email)
+    /// under a key no submitted email can produce. Callers answer the same
+    /// either way, so the limit reveals nothing.
+    pub async fn allowed(
+        &self,
+        user: &User,
+        what: &'static str,
+    ) -> std::result::Result<bool, StoreError> {
+        let now = self.clock.now();
+        let key = TokenHash::of(&format!("mail-quota:{}", user.id));
+        let sent = self
+            .quota
+            .add_login_failure(&key, now, now - chrono::Duration::hours(1))
+            .await?;
+        if sent.failures <= self.mail_per_account_per_hour {
+            return Ok(true);
+        }
+        metrics::counter!(crate::metrics::EMAILS_SUPPRESSED, "email" => what).increment(1);
+        tracing::warn!(
+            user_id = %user.id,
+            email = what,
+            "email not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
+        );
+        Ok(false)
+    }
+}

@@ -1,0 +1,385 @@
+//! API sign-ins: starting a refresh-token family once credentials are
+//! proven, rotating it (with reuse detection, the grace window and the idle
+//! timeout), ending it, and authenticating the access tokens it issues.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+
+use super::audit::Audit;
+use super::notifier::Notifier;
+use super::tokens::{self, AccessClaims, AccessToken, SignedRefresh, TokenError, Tokens};
+use super::{count_login, span, AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
+use crate::clock::Clock;
+use crate::domain::{AuditEvent, TokenHash, User, UserId};
+use crate::storage::{
+    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, UserStore, WebSessionStore,
+};
+
+type Result<T> = std::result::Result<T, ServiceError>;
+
+/// What a successful sign-in (or refresh) hands back to the caller.
+#[derive(Debug)]
+pub struct LoginOutcome {
+    pub user: User,
+    pub access: AccessToken,
+    pub refresh: SignedRefresh,
+    /// The refresh-token family this sign-in belongs to.
+    pub refresh_family: String,
+}
+
+impl std::fmt::Debug for SignedRefresh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignedRefresh")
+            .field("jti", &self.jti)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a cut-off of the user's tokens came after this access token was
+/// issued. Versions decide exactly; a token from before versions existed
+/// (no `tv`) also falls back to comparing its `iat` with the cut-off.
+fn issued_before_cut_off(claims: &AccessClaims, user: &User) -> bool {
+    let behind = claims.tv.unwrap_or(0) < user.token_version;
+    let legacy_behind = claims.tv.is_none()
+        && user
+            .tokens_valid_after
+            .is_some_and(|cut| claims.iat < cut.timestamp());
+    behind || legacy_behind
+}
+
+pub struct Sessions {
+    users: Arc<dyn UserStore>,
+    refresh_tokens: Arc<dyn RefreshTokenStore>,
+    /// A portal sign-in's page session ends with its family.
+    web_sessions: Arc<dyn WebSessionStore>,
+    tokens: Tokens,
+    audit: Audit,
+    notifier: Arc<Notifier>,
+    clock: Arc<dyn Clock>,
+    refresh_ttl: Duration,
+    /// An API sign-in unused for this long is over (automatic log-off).
+    refresh_idle: Duration,
+    /// How long a rotated refresh token may still be presented by a second
+    /// tab before it counts as stolen; zero means strict single use.
+    refresh_reuse_grace: Duration,
+}
+
+impl Sessions {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        refresh_tokens: Arc<dyn RefreshTokenStore>,
+        web_sessions: Arc<dyn WebSessionStore>,
+        tokens: Tokens,
+        audit: Audit,
+        notifier: Arc<Notifier>,
+        clock: Arc<dyn Clock>,
+        settings: &AuthSettings,
+    ) -> Self {
+        Self {
+            users,
+            refresh_tokens,
+            web_sessions,
+            tokens,
+            audit,
+            notifier,
+            clock,
+            refresh_ttl: settings.refresh_ttl,
+            refresh_idle: settings.refresh_idle,
+            refresh_reuse_grace: settings.refresh_reuse_grace,
+        }
+    }
+
+    /// Starts the session of a user whose credentials were just proven:
+    /// a new refresh family, its first access token, `login_success`.
+    pub async fn start(
+        &self,
+        user: User,
+        submitted_email: &str,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
+        let outcome = self.start_family(user, client).await?;
+        count_login("success");
+        let entry = self
+            .audit
+            .entry(AuditEvent::LoginSuccess, client)
+            .email(submitted_email);
+        self.audit.record(entry.user(&outcome.user.id)).await?;
+        tracing::info!(user_id = %outcome.user.id, "login succeeded");
+        Ok(outcome)
+    }
+
+    async fn start_family(&self, user: User, client: &ClientContext) -> Result<LoginOutcome> {
+        let now = self.clock.now();
+        let family = tokens::new_id();
+        let expires_at = now + span(self.refresh_ttl);
+        let refresh = self
+            .tokens
+            .issue_refresh(&user.id, &family, expires_at, now)?;
+        self.refresh_tokens
+            .insert_refresh_token(&refresh_record(&user.id, &family, &refresh, client, now))
+            .await?;
+        let access = self.tokens.issue_access(&user, Some(&family), now)?;
+        Ok(LoginOutcome {
+            user,
+            access,
+            refresh,
+            refresh_family: family,
+        })
+    }
+
+    /// Rotates a refresh token: the presented one is retired and a child in
+    /// the same family (with the family's original expiry) replaces it.
+    pub async fn refresh(
+        &self,
+        presented: Option<&str>,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
+        let raw = presented
+            .filter(|t| t.len() <= MAX_TOKEN_LEN)
+            .ok_or(ServiceError::InvalidRefreshToken)?;
+        let claims = self
+            .tokens
+            .verify_refresh(raw)
+            .map_err(|_| ServiceError::InvalidRefreshToken)?;
+        // A rotation acknowledged with 503 (its record not stored) would
+        // leave the client holding a retired token, which its retry after
+        // the grace window presents as a replay: refuse before rotating
+        // while the trail cannot be written.
+        self.audit.ready()?;
+        let now = self.clock.now();
+        let user_id = UserId::new(claims.sub);
+        let presented_hash = TokenHash::of(raw);
+        // Each rotation issues a new token, so `iat` is the sign-in's last
+        // use: past the idle timeout, it ends like an idle portal session.
+        // But a token that was already replaced is a replay, whatever else
+        // is true of it: a thief who waits out the idle timeout must still
+        // be caught, so such a token goes on to the rotation, which judges
+        // it. Only this rare path reads the record; the common one does not.
+        let idle = now.timestamp().saturating_sub(claims.iat);
+        if idle > i64::try_from(self.refresh_idle.as_secs()).unwrap_or(i64::MAX)
+            && self
+                .refresh_tokens
+                .find_refresh_token(&presented_hash)
+                .await?
+                .is_none_or(|token| token.replaced_by.is_none())
+        {
+            let ended = self
+                .refresh_tokens
+                .revoke_refresh_family(&user_id, &claims.fam, now)
+                .await?;
+            if ended > 0 {
+                let entry = self
+                    .audit
+                    .entry(AuditEvent::SessionRevoked, client)
+                    .user(&user_id);
+                self.audit.record(entry.detail("idle_timeout")).await?;
+            }
+            tracing::info!(user_id = %user_id, idle_seconds = idle, "refresh refused: sign-in idle too long");
+            return Err(ServiceError::InvalidRefreshToken);
+        }
+        let expires_at =
+            DateTime::from_timestamp(claims.exp, 0).ok_or(ServiceError::InvalidRefreshToken)?;
+        let child = self
+            .tokens
+            .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
+        let record = refresh_record(&user_id, &claims.fam, &child, client, now);
+        let grace = span(self.refresh_reuse_grace);
+        let (rotated, sibling) = match self
+            .refresh_tokens
+            .rotate_refresh_token(&presented_hash, now, grace, &record)
+            .await?
+        {
+            Rotation::Rotated(rotated) => (rotated, false),
+            Rotation::GraceSibling(rotated) => {
+                tracing::info!(user_id = %user_id, "refresh within the reuse grace: sibling issued");
+                (rotated, true)
+            }
+            Rotation::ReuseDetected { token, revoked } => {
+                self.on_refresh_reuse(&token, revoked, client).await?;
+                return Err(ServiceError::InvalidRefreshToken);
+            }
+            Rotation::Rejected => {
+                tracing::info!(user_id = %user_id, "refresh rejected: token not active");
+                return Err(ServiceError::InvalidRefreshToken);
+            }
+        };
+        // A token whose account was deleted, or that names another user
+        // than its record (a forged `sub` cannot pass the signature, but
+        // the store is the authority), signs nobody in.
+        let user = rotated
+            .owner
+            .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
+            .ok_or(ServiceError::InvalidRefreshToken)?;
+        let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
+        let mut entry = self.audit.entry(AuditEvent::Refresh, client).user(&user.id);
+        if sibling {
+            // Two tokens of one sign-in now live side by side: worth telling
+            // apart from a plain rotation when reading the trail.
+            entry = entry.detail("grace_sibling");
+        }
+        self.audit.record(entry).await?;
+        Ok(LoginOutcome {
+            user,
+            access,
+            refresh: child,
+            refresh_family: claims.fam,
+        })
+    }
+
+    /// A token rotated away long ago came back: whoever holds it copied it
+    /// (ASVS 10.4.5). The store already revoked its family; when that ended
+    /// a live family, the user's access tokens die too (the thief may hold
+    /// one from the same family) and the owner is told.
+    async fn on_refresh_reuse(
+        &self,
+        token: &RefreshTokenRecord,
+        revoked: u64,
+        client: &ClientContext,
+    ) -> Result<()> {
+        metrics::counter!(crate::metrics::REFRESH_REUSE).increment(1);
+        tracing::warn!(
+            user_id = %token.user_id,
+            family = %token.family_id,
+            revoked,
+            "replaced refresh token presented again: family revoked"
+        );
+        let entry = self
+            .audit
+            .entry(AuditEvent::RefreshReuseDetected, client)
+            .user(&token.user_id)
+            .detail(format!("family={} revoked={revoked}", token.family_id));
+        // The thief's access tokens are cut and the owner told even when
+        // the record is late; the answer still waits for it.
+        let recorded = self.audit.record(entry).await;
+        if revoked == 0 {
+            // The family had already ended (signed out, or an earlier
+            // replay): nothing more to stop, nobody to alarm again.
+            return recorded;
+        }
+        self.users
+            .cut_access_tokens(&token.user_id, self.clock.now())
+            .await?;
+        if let Some(user) = self.users.find_user_by_id(&token.user_id).await? {
+            let device = token
+                .user_agent
+                .clone()
+                .unwrap_or_else(|| "unknown device".to_owned());
+            self.notifier.session_ended(&user, device).await;
+        }
+        recorded
+    }
+
+    /// Revokes the presented refresh token. Junk or nothing is fine: the
+    /// caller is signed out either way.
+    pub async fn logout(&self, presented: Option<&str>, client: &ClientContext) -> Result<()> {
+        if let Some(raw) = presented.filter(|t| t.len() <= MAX_TOKEN_LEN) {
+            if let Ok(claims) = self.tokens.verify_refresh(raw) {
+                // The whole sign-in ends, not just this token: a second tab's
+                // sibling (REFRESH_REUSE_GRACE), the access tokens it issued
+                // (their `sid`) and, for a portal sign-in, its page session
+                // go with it: one sign-in, one end.
+                let user_id = UserId::new(claims.sub);
+                let revoked = self
+                    .refresh_tokens
+                    .revoke_refresh_family(&user_id, &claims.fam, self.clock.now())
+                    .await?;
+                let pages = self
+                    .web_sessions
+                    .delete_family_web_sessions(&user_id, &claims.fam)
+                    .await?;
+                // Ending a sign-in that had already ended changes nothing:
+                // recording it would let anyone holding an old cookie fill
+                // the audit trail.
+                if revoked + pages > 0 {
+                    let entry = self.audit.entry(AuditEvent::Logout, client).user(&user_id);
+                    self.audit.record(entry).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The user behind a Bearer access token, and the sign-in (refresh
+    /// family) it was issued for. A token issued before the user's
+    /// `tokens_valid_after` (sign-out everywhere, password change or reset)
+    /// is refused, so those take effect at once, not when tokens expire.
+    pub async fn authenticate(&self, access_token: &str) -> Result<(User, Option<String>)> {
+        let invalid = || ServiceError::InvalidAccessToken(TokenError::Invalid);
+        let claims = self
+            .tokens
+            .verify_access(access_token)
+            .map_err(ServiceError::InvalidAccessToken)?;
+        let user_id = UserId::new(claims.sub.clone());
+        // The sign-in the token belongs to must still be alive (ASVS 7.4.1):
+        // signing out of it, ending it from another device, or its
+        // replay-detected revocation ends its access tokens at once. Both
+        // lookups run side by side.
+        let session_alive = async {
+            match &claims.sid {
+                Some(family) => {
+                    self.refresh_tokens
+                        .refresh_family_alive(&user_id, family, self.clock.now())
+                        .await
+                }
+                None => Ok(true),
+            }
+        };
+        let (user, alive) = tokio::join!(self.users.find_user_by_id(&user_id), session_alive);
+        let user = user?.ok_or_else(invalid)?;
+        if !alive? {
+            return Err(invalid());
+        }
+        if issued_before_cut_off(&claims, &user) {
+            return Err(invalid());
+        }
+        Ok((user, claims.sid))
+    }
+
+    /// A fresh access token for a user still signed in on `session`, e.g.
+    /// after a password change refused the old ones. It carries
+    /// `token_version`, the version that change set: should another cut-off
+    /// have followed it, the fresh token dies with the rest.
+    pub async fn fresh_access(
+        &self,
+        user_id: &UserId,
+        session: Option<&str>,
+        token_version: u64,
+    ) -> Result<AccessToken> {
+        let mut user = self
+            .users
+            .find_user_by_id(user_id)
+            .await?
+            .ok_or(ServiceError::InvalidAccessToken(TokenError::Invalid))?;
+        user.token_version = token_version;
+        Ok(self.tokens.issue_access(&user, session, self.clock.now())?)
+    }
+
+    /// The user a portal session names (`None` once deleted).
+    pub async fn user_by_id(&self, id: &UserId) -> Result<Option<User>> {
+        Ok(self.users.find_user_by_id(id).await?)
+    }
+}
+
+fn refresh_record(
+    user_id: &UserId,
+    family: &str,
+    refresh: &SignedRefresh,
+    client: &ClientContext,
+    now: DateTime<Utc>,
+) -> NewRefreshToken {
+    NewRefreshToken {
+        user_id: user_id.clone(),
+        jti: refresh.jti.clone(),
+        token_hash: TokenHash::of(refresh.token.expose_secret()),
+        family_id: family.to_owned(),
+        user_agent: client.user_agent.clone(),
+        ip_address: client.ip.map(|ip| ip.to_string()),
+        expires_at: refresh.expires_at,
+        created_at: now,
+    }
+}

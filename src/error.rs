@@ -4,6 +4,11 @@
 //!
 //! Internal causes are logged (with the request id the client also gets in
 //! `X-Request-Id`) and never sent: a 500 says only that something failed.
+//!
+//! `From<ServiceError> for ApiError` is also the one place a service's
+//! refusal is put into words: the portal's forms show the same message
+//! (`http::pages::handlers::explain`), so a person reads one sentence for one
+//! condition whichever way they came.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -17,6 +22,47 @@ use crate::domain::FieldError;
 use crate::services::tokens::TokenError;
 use crate::services::ServiceError;
 
+/// Every `code` the API sends. Stable and snake_case on the wire: what a
+/// program branches on, so a variant is never renamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// 400: the body is not valid JSON.
+    MalformedJson,
+    /// 400: the request could not be read (body or query string).
+    BadRequest,
+    /// 400 for a reset or verification link; 401 for an access token.
+    InvalidToken,
+    /// 401: wrong email or password, or wrong current password.
+    InvalidCredentials,
+    /// 401: the refresh cookie is missing, expired, revoked or replaced.
+    InvalidRefreshToken,
+    /// 403: REQUIRE_VERIFIED_EMAIL and the address is not confirmed yet.
+    EmailUnverified,
+    /// 403: signed in without the role the route needs.
+    Forbidden,
+    NotFound,
+    MethodNotAllowed,
+    /// 408: the body did not arrive within HTTP_BODY_TIMEOUT.
+    RequestTimeout,
+    /// 409: an account with this email exists.
+    EmailTaken,
+    /// 409: the address is already confirmed.
+    AlreadyVerified,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    /// 422: with `fields`, every problem with every field.
+    ValidationFailed,
+    /// 429: the per-IP limit, with Retry-After.
+    RateLimited,
+    /// 429: too many failed sign-ins for this email, with Retry-After.
+    AccountLocked,
+    /// 500: never the cause; quote X-Request-Id.
+    InternalError,
+    /// 503: the database cannot be reached or take writes, with Retry-After.
+    DatabaseUnavailable,
+}
+
 /// The JSON error body (documented in the OpenAPI document).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -26,8 +72,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable, snake_case: what a program branches on.
-    #[schema(example = "validation_failed")]
-    pub code: Cow<'static, str>,
+    pub code: ErrorCode,
     /// A sentence for people.
     pub message: Cow<'static, str>,
     /// Validation only: field name -> every problem with it.
@@ -38,18 +83,14 @@ pub struct ErrorDetail {
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: Cow<'static, str>,
     pub fields: Option<BTreeMap<String, Vec<String>>>,
     headers: Vec<(header::HeaderName, HeaderValue)>,
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<Cow<'static, str>>,
-    ) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
         Self {
             status,
             code,
@@ -74,7 +115,7 @@ impl ApiError {
         }
         let mut err = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
+            ErrorCode::ValidationFailed,
             "Some fields are missing or invalid.",
         );
         err.fields = Some(fields);
@@ -84,7 +125,7 @@ impl ApiError {
     pub fn not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "There is nothing at this address.",
         )
     }
@@ -92,7 +133,7 @@ impl ApiError {
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
+            ErrorCode::MethodNotAllowed,
             "This address does not accept that HTTP method.",
         )
     }
@@ -100,7 +141,7 @@ impl ApiError {
     pub fn payload_too_large() -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            ErrorCode::PayloadTooLarge,
             "The request body is too large.",
         )
     }
@@ -111,7 +152,7 @@ impl ApiError {
     pub fn request_timeout() -> Self {
         Self::new(
             StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            ErrorCode::RequestTimeout,
             "The request body did not arrive in time.",
         )
         .with_header(header::CONNECTION, HeaderValue::from_static("close"))
@@ -121,14 +162,14 @@ impl ApiError {
         let secs = retry_after_secs.max(1);
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            ErrorCode::RateLimited,
             format!("Too many requests. Try again in {secs} seconds."),
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
     }
 
     pub fn invalid_token(message: &'static str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", message).with_header(
+        Self::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken, message).with_header(
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Bearer error=\"invalid_token\""),
         )
@@ -137,7 +178,7 @@ impl ApiError {
     pub fn missing_bearer() -> Self {
         Self::new(
             StatusCode::UNAUTHORIZED,
-            "invalid_token",
+            ErrorCode::InvalidToken,
             "A Bearer access token is required.",
         )
         .with_header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
@@ -146,7 +187,7 @@ impl ApiError {
     pub fn forbidden() -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             "Your account may not do this.",
         )
     }
@@ -154,7 +195,7 @@ impl ApiError {
     pub fn unavailable() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
+            ErrorCode::DatabaseUnavailable,
             "The service cannot reach its database right now. Try again shortly.",
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
@@ -163,25 +204,29 @@ impl ApiError {
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "Something went wrong on our side. Quote the X-Request-Id header if you report it.",
         )
     }
 }
 
+/// The one mapping from a service's refusal to status, code and the words
+/// a person reads. The portal's forms show this same message next to the
+/// field, so the API and the pages cannot drift apart; the portal's fuller
+/// wording (the next step to take) is the one both use.
 impl From<ServiceError> for ApiError {
     fn from(err: ServiceError) -> Self {
         match err {
             ServiceError::Validation(errors) => ApiError::validation(errors),
             ServiceError::InvalidCredentials => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
+                ErrorCode::InvalidCredentials,
                 "The email or password is not correct.",
             ),
             ServiceError::EmailTaken => ApiError::new(
                 StatusCode::CONFLICT,
-                "email_taken",
-                "An account with this email already exists.",
+                ErrorCode::EmailTaken,
+                "An account with this email already exists. Sign in, or reset your password.",
             ),
             ServiceError::InvalidAccessToken(TokenError::Expired) => {
                 ApiError::invalid_token("The access token has expired.")
@@ -191,21 +236,21 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::InvalidRefreshToken => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_refresh_token",
+                ErrorCode::InvalidRefreshToken,
                 "The session has ended or the refresh token is not valid. Sign in again.",
             ),
             ServiceError::InvalidResetToken => ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "This reset link is not valid, was already used or has expired. Ask for a new one.",
             ),
             ServiceError::AccountLocked { retry_after } => {
                 let secs = ceil_secs(retry_after);
                 ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
-                    "account_locked",
+                    ErrorCode::AccountLocked,
                     format!(
-                        "Too many failed sign-ins for this email. Try again in {} or reset the password.",
+                        "Too many failed sign-ins for this email. Try again in {}, or reset your password.",
                         wait_in_words(secs)
                     ),
                 )
@@ -213,23 +258,23 @@ impl From<ServiceError> for ApiError {
             }
             ServiceError::EmailUnverified => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "email_unverified",
-                "Confirm your email address first: we have sent you a new link.",
+                ErrorCode::EmailUnverified,
+                "Confirm your email address first: we have sent you a new link. Open it, then sign in.",
             ),
             ServiceError::InvalidVerificationToken => ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "invalid_token",
+                ErrorCode::InvalidToken,
                 "This verification link is not valid, was already used or has expired.",
             ),
             ServiceError::AlreadyVerified => ApiError::new(
                 StatusCode::CONFLICT,
-                "already_verified",
-                "This email address is already verified.",
+                ErrorCode::AlreadyVerified,
+                "Your email address is already verified.",
             ),
             ServiceError::WrongCurrentPassword => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_credentials",
-                "The current password is not correct.",
+                ErrorCode::InvalidCredentials,
+                "Your current password is not correct.",
             ),
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = ?e, "database unavailable");
@@ -270,7 +315,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: Cow::Borrowed(self.code),
+                code: self.code,
                 message: self.message,
                 fields: self.fields,
             },

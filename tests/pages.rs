@@ -19,6 +19,8 @@ backend_tests!(
     register_errors_keep_input_but_never_passwords,
     login_errors_and_safe_next,
     post_without_csrf_or_from_foreign_origin_is_refused,
+    a_sign_in_form_that_outlived_its_cookie_is_offered_again,
+    page_errors_show_the_app_name_and_reference_once,
     session_id_is_renewed_at_sign_in,
     sign_out_ends_page_session_and_api_refresh,
     account_lists_and_ends_other_sessions,
@@ -368,6 +370,15 @@ async fn post_without_csrf_or_from_foreign_origin_is_refused(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Right token, but the browser says the POST came from another site.
+    let res = client
+        .post(app.url("/login"))
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", csrf.as_str()), fields[0], fields[1]])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     // Another browser's token does not work in this one.
     let other = browser();
     let res = post_form(
@@ -397,6 +408,97 @@ async fn post_without_csrf_or_from_foreign_origin_is_refused(backend: Backend) {
         StatusCode::OK,
         "still signed in"
     );
+}
+
+/// A sign-in form kept open while the browser lost its form cookie (a
+/// restart) carries a token nothing can check: the form comes back with
+/// what was typed and a notice, not an error page, and nobody is signed in.
+async fn a_sign_in_form_that_outlived_its_cookie_is_offered_again(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let csrf = page_csrf(&app, &browser(), "/login").await;
+    let restarted = browser();
+    let res = post_form(
+        &app,
+        &restarted,
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("email", "jane@example.com"),
+            ("password", PASSWORD),
+            ("next", "/account"),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(
+        set_cookie(res.headers(), "session").is_none(),
+        "not signed in"
+    );
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("The page had expired. Please sign in again."),
+        "{html}"
+    );
+    assert!(html.contains("value=\"jane@example.com\""), "email kept");
+    assert!(!html.contains("This form has expired"), "{html}");
+    // The form it shows carries this browser's token and works.
+    let csrf = csrf_of(&html);
+    let res = post_form(
+        &app,
+        &restarted,
+        "/login",
+        &[
+            ("csrf", &csrf),
+            ("email", "jane@example.com"),
+            ("password", PASSWORD),
+        ],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+}
+
+/// An error page is rendered once, in the layout: a page handler's own
+/// error (a refused form) and an error answered in JSON (an unknown page)
+/// both show APP_NAME and the request's reference, once.
+async fn page_errors_show_the_app_name_and_reference_once(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("APP_NAME", "Northside Clinic")]).await;
+    let client = browser();
+    let _ = page_csrf(&app, &client, "/login").await;
+    for (method, path, status) in [
+        ("POST", "/login", StatusCode::FORBIDDEN),
+        ("GET", "/no-such-page", StatusCode::NOT_FOUND),
+    ] {
+        let request_id = format!("page-error-{}", status.as_u16());
+        let request = match method {
+            "POST" => client.post(app.url(path)).form(&[("email", "a@b.co")]),
+            _ => client.get(app.url(path)),
+        };
+        let res = request
+            .header("accept", HTML)
+            .header("x-request-id", &request_id)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), status, "{path}");
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let html = res.text().await.unwrap();
+        assert_eq!(html.matches("<html").count(), 1, "{html}");
+        assert_eq!(
+            html.matches("<title>").count(),
+            1,
+            "one page, not two: {html}"
+        );
+        assert!(html.contains("· Northside Clinic</title>"), "{html}");
+        assert_eq!(
+            html.matches(&format!("Reference: <code>{request_id}</code>"))
+                .count(),
+            1,
+            "{html}"
+        );
+    }
 }
 
 async fn session_id_is_renewed_at_sign_in(backend: Backend) {

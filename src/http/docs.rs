@@ -23,7 +23,7 @@ use super::AppState;
         verification::verify_email, verification::resend_verification, admin::audit,
         health::health,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail)),
+    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
     modifiers(&SecuritySchemes),
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use super::middleware::request_context::RequestId;
 use super::AppState;
 use crate::domain::{FieldError, Role, User};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::services::ClientContext;
 
 /// JSON body extractor: like `axum::Json`, but every rejection (wrong
@@ -32,7 +32,7 @@ where
         if !is_json(req.headers().get(CONTENT_TYPE)) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "Send the body as JSON with Content-Type: application/json.",
             ));
         }
@@ -48,7 +48,11 @@ where
                 {
                     ApiError::request_timeout()
                 }
-                other => ApiError::new(StatusCode::BAD_REQUEST, "bad_request", other.body_text()),
+                other => ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::BadRequest,
+                    other.body_text(),
+                ),
             })?;
         parse_json(&bytes).map(ApiJson)
     }
@@ -85,7 +89,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         if !inner.is_data() {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "malformed_json",
+                ErrorCode::MalformedJson,
                 "The request body is not valid JSON.",
             ));
         }
@@ -225,9 +229,12 @@ mod tests {
     #[test]
     fn json_errors_name_the_field() {
         let e = parse_json::<Body>(b"{\"email\":\"a\"").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (400, "malformed_json"));
+        assert_eq!((e.status.as_u16(), e.code), (400, ErrorCode::MalformedJson));
         let e = parse_json::<Body>(b"{\"email\":\"a\"}").unwrap_err();
-        assert_eq!((e.status.as_u16(), e.code), (422, "validation_failed"));
+        assert_eq!(
+            (e.status.as_u16(), e.code),
+            (422, ErrorCode::ValidationFailed)
+        );
         assert!(e.fields.unwrap().contains_key("password"));
         let e = parse_json::<Body>(br#"{"email":"a","password":"b","role":"admin"}"#).unwrap_err();
         assert_eq!(e.status.as_u16(), 422);

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::responses::{RateLimited, Unavailable};
 use crate::domain::{AuditEvent, AuditRecord, FieldError};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::AdminUser;
 use crate::http::AppState;
 use crate::services::AdminService;
@@ -78,7 +78,7 @@ pub async fn audit(
     let Query(pairs) = query.map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
-            "bad_request",
+            ErrorCode::BadRequest,
             "The query string is malformed.",
         )
     })?;

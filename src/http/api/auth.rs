@@ -7,27 +7,23 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
+use axum_extra::extract::cookie::CookieJar;
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::responses::{BodyErrors, RateLimited, Unavailable};
+use super::cookies::{cleared_cookie, refresh_cookie};
+use super::responses::{BearerErrors, BodyErrors, LinkErrors, RateLimited, Unavailable};
 use crate::domain::{Password, Role, User};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
-use crate::services::tokens::{AccessToken, SignedRefresh};
+use crate::services::tokens::AccessToken;
 use crate::services::{
     Account, ClientContext, CurrentSession, LoginOutcome, Recovery, RegisterInput, Registration,
     SessionInfo,
 };
-
-/// The refresh cookie is sent only to these endpoints, never to the rest of
-/// the site.
-pub const REFRESH_COOKIE_PATH: &str = "/api/auth";
 
 pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
     let limited = |l| rate_limit::layer(l);
@@ -158,34 +154,6 @@ pub struct MessageResponse {
     pub message: &'static str,
 }
 
-// ----- cookies -----
-
-pub(crate) fn refresh_cookie(
-    settings: &CookieSettings,
-    refresh: &SignedRefresh,
-) -> Cookie<'static> {
-    let remaining = (refresh.expires_at - settings.clock.now())
-        .num_seconds()
-        .max(0);
-    Cookie::build((settings.name, refresh.token.expose_secret().to_owned()))
-        .http_only(true)
-        .secure(settings.secure)
-        .same_site(SameSite::Strict)
-        .path(REFRESH_COOKIE_PATH)
-        .max_age(time::Duration::seconds(remaining))
-        .build()
-}
-
-pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
-    Cookie::build((settings.name, ""))
-        .http_only(true)
-        .secure(settings.secure)
-        .same_site(SameSite::Strict)
-        .path(REFRESH_COOKIE_PATH)
-        .max_age(time::Duration::ZERO)
-        .build()
-}
-
 // ----- handlers -----
 
 /// Register a new account (always role `doctor`, unverified).
@@ -194,10 +162,8 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Account created", body = UserResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 409, description = "Email already registered (`email_taken`)", body = ErrorBody),
         BodyErrors,
-        (status = 422, description = "Validation failed", body = ErrorBody),
         RateLimited,
         Unavailable,
     )
@@ -226,11 +192,9 @@ pub async fn register(
     request_body(content = LoginRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Signed in; sets the refresh cookie", body = LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
         BodyErrors,
-        (status = 422, description = "Validation failed", body = ErrorBody),
         (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this email (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
         Unavailable,
     )
@@ -318,7 +282,7 @@ pub async fn logout(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user behind the access token", body = UserResponse),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        BearerErrors,
         RateLimited,
         Unavailable,
     )
@@ -337,7 +301,6 @@ const FORGOT_MESSAGE: &str =
     request_body(content = ForgotPasswordRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted (always, for any well-formed email)", body = MessageResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "Not an email address", body = ErrorBody),
         RateLimited,
@@ -364,8 +327,8 @@ pub async fn forgot_password(
     request_body(content = ResetPasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed", body = MessageResponse),
-        (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
         BodyErrors,
+        LinkErrors,
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
         RateLimited,
         Unavailable,
@@ -402,7 +365,6 @@ pub struct ChangePasswordRequest {
     request_body(content = ChangePasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed; a fresh access token for this sign-in", body = TokenResponse),
-        (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Bad access token (`invalid_token`, with `WWW-Authenticate`), or wrong current password (`invalid_credentials`)", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
@@ -444,7 +406,7 @@ pub async fn change_password(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's live sessions, most recently used first", body = Vec<SessionInfo>),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        BearerErrors,
         RateLimited,
         Unavailable,
     )
@@ -467,7 +429,7 @@ pub async fn list_sessions(
     params(("id" = String, Path, description = "A session id from GET /api/auth/sessions")),
     responses(
         (status = 204, description = "Ended"),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        BearerErrors,
         (status = 404, description = "No such session of this user", body = ErrorBody),
         RateLimited,
         Unavailable,
@@ -484,7 +446,7 @@ pub async fn end_session(
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "not_found",
+            ErrorCode::NotFound,
             "There is no such session of yours.",
         ))
     }
@@ -497,7 +459,7 @@ pub async fn end_session(
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Signed out everywhere; the refresh cookie is cleared", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        BearerErrors,
         RateLimited,
         Unavailable,
     )

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod auth;
+pub(crate) mod cookies;
 pub mod health;
 pub(crate) mod responses;
 pub mod verification;

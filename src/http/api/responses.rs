@@ -1,6 +1,11 @@
 //! Answers many routes share, described once for the OpenAPI document.
 //! Each enum is only a description: `utoipa::path` lists it among a route's
 //! `responses(...)`; handlers produce these answers through `ApiError`.
+//!
+//! A route whose answer to one of these statuses means more (a 400 that is
+//! also a bad link, a 429 that is also a locked account) lists its own
+//! entry *after* the shared set: entries are added in order and the later
+//! one for a status wins.
 
 #![allow(dead_code)] // the variants describe responses; nothing builds them
 
@@ -11,6 +16,8 @@ use crate::error::ErrorBody;
 /// What can go wrong reading any JSON request body.
 #[derive(IntoResponses)]
 pub enum BodyErrors {
+    #[response(status = 400, description = "Malformed JSON")]
+    Malformed(ErrorBody),
     #[response(
         status = 408,
         description = "The body did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed"
@@ -20,6 +27,30 @@ pub enum BodyErrors {
     TooLarge(ErrorBody),
     #[response(status = 415, description = "Not JSON (`unsupported_media_type`)")]
     NotJson(ErrorBody),
+    #[response(status = 422, description = "Validation failed")]
+    Invalid(ErrorBody),
+}
+
+/// A route that takes the token of an emailed link (reset, verification).
+/// Listed after [`BodyErrors`], whose 400 it widens.
+#[derive(IntoResponses)]
+pub enum LinkErrors {
+    #[response(
+        status = 400,
+        description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)"
+    )]
+    BadLink(ErrorBody),
+}
+
+/// A route behind a Bearer access token.
+#[derive(IntoResponses)]
+pub enum BearerErrors {
+    #[response(
+        status = 401,
+        description = "Missing, invalid or expired access token (`invalid_token`)",
+        headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))
+    )]
+    InvalidToken(ErrorBody),
 }
 
 /// The per-IP rate limit.

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::{MessageResponse, UserResponse};
-use super::responses::{BodyErrors, RateLimited, Unavailable};
+use super::responses::{BearerErrors, BodyErrors, LinkErrors, RateLimited, Unavailable};
 use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{ApiJson, AuthUser};
 use crate::http::middleware::rate_limit;
@@ -42,8 +42,8 @@ pub struct VerifyEmailRequest {
     request_body(content = VerifyEmailRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Verified; the user as it now is", body = UserResponse),
-        (status = 400, description = "Malformed JSON, or a bad, used or expired token (`invalid_token`)", body = ErrorBody),
         BodyErrors,
+        LinkErrors,
         (status = 422, description = "The body does not match the schema (`validation_failed`)", body = ErrorBody),
         RateLimited,
         Unavailable,
@@ -65,7 +65,7 @@ pub async fn verify_email(
     security(("bearer" = [])),
     responses(
         (status = 202, description = "A new link is on its way", body = MessageResponse),
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`)", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))),
+        BearerErrors,
         (status = 409, description = "Already verified (`already_verified`)", body = ErrorBody),
         RateLimited,
         Unavailable,

@@ -10,18 +10,26 @@
 //! token without the key. Over https the cookie has the `__Host-` prefix, so
 //! no other host can plant one, and every POST is also checked for a
 //! same-origin `Origin`.
+//!
+//! [`CsrfForm`] is how every POST handler reads its form: it parses the body
+//! and checks the token and the origin, so no handler can forget either.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::header::{COOKIE, SET_COOKIE};
-use axum::http::HeaderValue;
+use axum::extract::{Form, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{self, COOKIE, SET_COOKIE};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use hmac::{Hmac, Mac};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use sha2::Sha256;
 
+use super::session::Portal;
+use super::PageError;
 use crate::domain::token::random_token;
+use crate::http::AppState;
 
 /// What the middleware settled for this request: the token an anonymous
 /// form must carry, and whether the browser came without the cookie.
@@ -136,6 +144,134 @@ pub async fn layer(State(cookie): State<AnonCsrfCookie>, mut req: Request, next:
         }
     }
     response
+}
+
+/// A POSTed form whose CSRF token (the `csrf` field, the session's token
+/// once signed in, the anonymous one before) and origin were checked. `T`
+/// holds the other fields; a missing one is its default, so it becomes a
+/// validation message rather than a rejection.
+pub struct CsrfForm<T>(pub T);
+
+/// The wire form: the token beside the handler's own fields.
+#[derive(Deserialize)]
+struct Submitted<T> {
+    #[serde(default)]
+    csrf: String,
+    #[serde(flatten)]
+    fields: T,
+}
+
+/// A form with no fields of its own (a button: sign out, resend the link).
+#[derive(Deserialize, Default)]
+pub struct NoFields {}
+
+/// Why a form was not accepted. Each is an error page (400 or 403);
+/// `Expired` keeps the form for the one handler that offers it again.
+pub enum FormRefused<T> {
+    /// The body is not a readable form (400), or the session is unreadable.
+    Page(PageError),
+    /// The form was rendered for a form cookie this browser no longer has
+    /// (e.g. it was restarted with the page open): nothing it sent can be
+    /// trusted, but nothing was done either.
+    Expired(T),
+    /// Wrong or missing token, or sent from another site (403).
+    Forged,
+}
+
+impl<T> From<FormRefused<T>> for PageError {
+    fn from(refused: FormRefused<T>) -> Self {
+        match refused {
+            FormRefused::Page(e) => e,
+            FormRefused::Expired(_) => {
+                // Its token was made for a cookie this browser no longer
+                // sends, so it cannot match.
+                tracing::warn!("POST refused: CSRF token missing or wrong");
+                PageError::Forbidden
+            }
+            FormRefused::Forged => PageError::Forbidden,
+        }
+    }
+}
+
+impl<T> IntoResponse for FormRefused<T> {
+    fn into_response(self) -> Response {
+        PageError::from(self).into_response()
+    }
+}
+
+impl<T> FromRequest<AppState> for CsrfForm<T>
+where
+    T: DeserializeOwned + Send,
+{
+    type Rejection = FormRefused<T>;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, FormRefused<T>> {
+        let (mut parts, body) = req.into_parts();
+        let portal = Portal::from_request_parts(&mut parts, state)
+            .await
+            .map_err(FormRefused::Page)?;
+        let headers = parts.headers.clone();
+        // Unreadable form bodies are a 400 page, not axum's plain-text
+        // rejection.
+        let Form(form) =
+            Form::<Submitted<T>>::from_request(Request::from_parts(parts, body), state)
+                .await
+                .map_err(|_| FormRefused::Page(PageError::BadRequest))?;
+        if portal.lost_its_form_cookie() && !form.csrf.is_empty() {
+            return Err(FormRefused::Expired(form.fields));
+        }
+        if !csrf_holds(
+            &state.portal.app_origin,
+            portal.csrf(),
+            &form.csrf,
+            &headers,
+        ) {
+            return Err(FormRefused::Forged);
+        }
+        Ok(CsrfForm(form.fields))
+    }
+}
+
+/// CSRF defence for every POST: the browser's token must match (compared
+/// in constant time), and a browser-sent Origin must be our own: the whole
+/// origin, scheme and port included (`http://host` is not `https://host`).
+fn csrf_holds(app_origin: &str, expected: &str, submitted: &str, headers: &HeaderMap) -> bool {
+    let (expected, given) = (expected.as_bytes(), submitted.as_bytes());
+    let same = expected.len() == given.len()
+        && !expected.is_empty()
+        && bool::from(subtle::ConstantTimeEq::ct_eq(expected, given));
+    if !same {
+        tracing::warn!("POST refused: CSRF token missing or wrong");
+        return false;
+    }
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v == "cross-site")
+    {
+        tracing::warn!("POST refused: cross-site request");
+        return false;
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        if !same_origin(app_origin, origin, headers) {
+            tracing::warn!(origin, "POST refused: foreign Origin");
+            return false;
+        }
+    }
+    true
+}
+
+/// An Origin is ours when it is APP_URL's origin, or the origin the request
+/// was addressed to (its Host, under APP_URL's scheme: the service may be
+/// reached by another name than APP_URL's, never by another scheme).
+fn same_origin(app_origin: &str, origin: &str, headers: &HeaderMap) -> bool {
+    if origin == app_origin {
+        return true;
+    }
+    let scheme = app_origin.split_once("://").map_or("http", |(s, _)| s);
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|host| origin == format!("{scheme}://{host}"))
 }
 
 #[cfg(test)]

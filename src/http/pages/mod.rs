@@ -2,9 +2,10 @@
 //! password reset, account). Every action calls the same services as the
 //! JSON API; these handlers only translate forms to calls and back.
 //!
-//! Post/Redirect/Get throughout; every POST checks the session's CSRF token
-//! and the Origin header; nothing changes state on GET except following an
-//! emailed verification link, which only confirms what the link proves.
+//! Post/Redirect/Get throughout; every POST reads its form through
+//! [`csrf::CsrfForm`], which checks the CSRF token and the Origin header;
+//! nothing changes state on GET except following an emailed verification
+//! link, which only confirms what the link proves.
 
 pub mod csrf;
 mod handlers;
@@ -31,6 +32,7 @@ use super::middleware::request_context::RequestId;
 use super::{AppState, Limiters};
 use crate::domain::User;
 use crate::services::ServiceError;
+use handlers::{account, recovery, registration, sign_in};
 use session::{Portal, StoreBackedSessions};
 use views::{ErrorPage, Layout};
 
@@ -72,40 +74,37 @@ pub fn router(
         .route("/", get(handlers::index))
         .route(
             "/login",
-            get(handlers::login_page)
-                .merge(post(handlers::login_submit).layer(limited(&limiters.page_login))),
+            get(sign_in::login_page)
+                .merge(post(sign_in::login_submit).layer(limited(&limiters.page_login))),
         )
         .route(
             "/register",
-            get(handlers::register_page)
-                .merge(post(handlers::register_submit).layer(limited(&limiters.page_register))),
+            get(registration::register_page)
+                .merge(post(registration::register_submit).layer(limited(&limiters.page_register))),
         )
         .route(
             "/forgot-password",
-            get(handlers::forgot_page)
-                .merge(post(handlers::forgot_submit).layer(limited(&limiters.page_forgot))),
+            get(recovery::forgot_page)
+                .merge(post(recovery::forgot_submit).layer(limited(&limiters.page_forgot))),
         )
         .route(
             "/reset-password",
-            get(handlers::reset_page)
-                .merge(post(handlers::reset_submit).layer(limited(&limiters.page_reset))),
+            get(recovery::reset_page)
+                .merge(post(recovery::reset_submit).layer(limited(&limiters.page_reset))),
         )
         .route(
             "/verify-email",
-            get(handlers::verify_email_page).layer(limited(&limiters.page_verify)),
+            get(registration::verify_email_page).layer(limited(&limiters.page_verify)),
         )
-        .route("/account", get(handlers::account_page))
+        .route("/account", get(account::account_page))
         .route(
             "/account/verify-email",
-            post(handlers::resend_verification).layer(limited(&limiters.resend_verification)),
+            post(registration::resend_verification).layer(limited(&limiters.resend_verification)),
         )
-        .route("/account/password", post(handlers::change_password))
-        .route("/account/sessions/end", post(handlers::end_session))
-        .route(
-            "/account/sessions/end-all",
-            post(handlers::end_all_sessions),
-        )
-        .route("/logout", post(handlers::logout))
+        .route("/account/password", post(account::change_password))
+        .route("/account/sessions/end", post(account::end_session))
+        .route("/account/sessions/end-all", post(account::end_all_sessions))
+        .route("/logout", post(sign_in::logout))
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))
         .route("/static/app.css", get(stylesheet))
@@ -186,7 +185,7 @@ fn error_text(status: StatusCode) -> (&'static str, &'static str) {
     }
 }
 
-pub fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>) -> Response {
+fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>) -> Response {
     let (heading, message) = error_text(status);
     let page = ErrorPage {
         layout: Layout {
@@ -203,27 +202,32 @@ pub fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>
     (status, Html(body)).into_response()
 }
 
-impl IntoResponse for PageError {
-    fn into_response(self) -> Response {
-        let status = match self {
+impl PageError {
+    fn status(&self) -> StatusCode {
+        match self {
             PageError::BadRequest => StatusCode::BAD_REQUEST,
             PageError::Forbidden => StatusCode::FORBIDDEN,
             PageError::NotFound => StatusCode::NOT_FOUND,
             PageError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        // The JSON-to-HTML middleware would render it anyway; doing it here
-        // keeps pages independent of the Accept header.
-        let mut response = error_page("", status, None);
-        response.extensions_mut().insert(NeedsLayout);
+        }
+    }
+}
+
+impl IntoResponse for PageError {
+    /// Only the status and a mark: [`html_errors`], which knows the app
+    /// name and the request id, renders the page, once, whatever the
+    /// Accept header says.
+    fn into_response(self) -> Response {
+        let mut response = self.status().into_response();
+        response.extensions_mut().insert(ErrorPageWanted);
         response
     }
 }
 
-/// Marks an error page rendered without the app name, for the middleware
-/// to re-render with it.
+/// Marks a page handler's error for [`html_errors`] to render.
 #[derive(Clone, Copy)]
-struct NeedsLayout;
+struct ErrorPageWanted;
 
 /// Renders a template, or a 500 page if it cannot be rendered.
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
@@ -275,7 +279,7 @@ impl FromRequestParts<AppState> for SignedIn {
         let lifetime =
             chrono::Duration::from_std(state.portal.max_lifetime).unwrap_or(chrono::Duration::MAX);
         if state.clock.now() > signed_in_at + lifetime {
-            handlers::end_portal_session(state, &portal, None)
+            sign_in::end_portal_session(state, &portal, None)
                 .await
                 .map_err(IntoResponse::into_response)?;
             return Err(to_login());
@@ -285,7 +289,7 @@ impl FromRequestParts<AppState> for SignedIn {
             // change or reset, role change) ends the session as it ends
             // access tokens, whether or not its stored row was deleted.
             Ok(Some(user)) if portal.data.token_version < user.token_version => {
-                handlers::end_portal_session(state, &portal, None)
+                sign_in::end_portal_session(state, &portal, None)
                     .await
                     .map_err(IntoResponse::into_response)?;
                 Err(to_login())
@@ -331,56 +335,9 @@ pub fn safe_next(next: &str) -> &str {
     }
 }
 
-/// CSRF defence for every POST: the browser's token must match (compared
-/// in constant time), and a browser-sent Origin must be our own: the whole
-/// origin, scheme and port included (`http://host` is not `https://host`).
-pub fn check_csrf(
-    state: &AppState,
-    portal: &Portal,
-    submitted: &str,
-    headers: &HeaderMap,
-) -> Result<(), PageError> {
-    let expected = portal.csrf().as_bytes();
-    let given = submitted.as_bytes();
-    let same = expected.len() == given.len()
-        && !expected.is_empty()
-        && bool::from(subtle::ConstantTimeEq::ct_eq(expected, given));
-    if !same {
-        tracing::warn!("POST refused: CSRF token missing or wrong");
-        return Err(PageError::Forbidden);
-    }
-    if headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v == "cross-site")
-    {
-        tracing::warn!("POST refused: cross-site request");
-        return Err(PageError::Forbidden);
-    }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
-        if !same_origin(&state.portal.app_origin, origin, headers) {
-            tracing::warn!(origin, "POST refused: foreign Origin");
-            return Err(PageError::Forbidden);
-        }
-    }
-    Ok(())
-}
-
-/// An Origin is ours when it is APP_URL's origin, or the origin the request
-/// was addressed to (its Host, under APP_URL's scheme: the service may be
-/// reached by another name than APP_URL's, never by another scheme).
-fn same_origin(app_origin: &str, origin: &str, headers: &HeaderMap) -> bool {
-    if origin == app_origin {
-        return true;
-    }
-    let scheme = app_origin.split_once("://").map_or("http", |(s, _)| s);
-    headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|host| origin == format!("{scheme}://{host}"))
-}
-
-/// Outside /api, an error answered in JSON (404, 405, 413, 429, 500...) is
-/// shown as a friendly page to a browser that asked for HTML.
+/// The one renderer of error pages: a page handler's [`PageError`], and
+/// outside /api an error answered in JSON (404, 405, 413, 429, 500...) to a
+/// browser that asked for HTML, become a friendly page in the layout.
 pub async fn html_errors(State(app_name): State<Arc<str>>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let api = path.starts_with("/api/")
@@ -398,8 +355,8 @@ pub async fn html_errors(State(app_name): State<Arc<str>>, req: Request, next: N
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let needs_layout = response.extensions().get::<NeedsLayout>().is_some();
-    if needs_layout || (!api && wants_html && status.as_u16() >= 400 && is_json) {
+    let page_error = response.extensions().get::<ErrorPageWanted>().is_some();
+    if page_error || (!api && wants_html && status.as_u16() >= 400 && is_json) {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
         let mut page = error_page(&app_name, status, request_id);
         if let Some(v) = retry_after {

@@ -12,8 +12,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role};
-use clinic_auth::storage::{NewUser, Store};
+use clinic_auth::services::outbox::{BACKOFF_FIRST, BACKOFF_MAX};
+use clinic_auth::storage::Store;
+use common::fixtures;
 use common::net::free_port;
 use common::smtp_server::{Delivered, SilentServer, SmtpServer};
 use common::{Backend, TestApp};
@@ -53,16 +54,6 @@ async fn metrics_text(base: &str) -> String {
         .unwrap()
 }
 
-/// Waits (a few seconds at most, without failing) until `series` has grown
-/// by `by`: lets a test go on once the app has tried and failed.
-async fn wait_for_growth(base: &str, series: &str, before: f64, by: f64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && metric(&metrics_text(base).await, series) < before + by {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-const FAILED: &str = "clinic_auth_email_attempts_total{outcome=\"failed\"}";
 const TIMED_OUT: &str = "clinic_auth_email_attempts_total{outcome=\"timeout\"}";
 
 /// Messages to `address` whose subject starts with `subject`.
@@ -79,17 +70,7 @@ async fn create_users(store: &Arc<dyn Store>, count: usize) -> Vec<String> {
     for i in 0..count {
         let email = format!("user{i}@example.com");
         store
-            .create_user(&NewUser {
-                email: EmailAddress::parse(&email).unwrap(),
-                name: PersonName::parse("Dr Test User").unwrap(),
-                password_hash: PasswordHash::new(
-                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-                ),
-                role: Role::Doctor,
-                verified: false,
-                created_at: chrono::Utc::now(),
-                verification_link: None,
-            })
+            .create_user(&fixtures::new_user(&email))
             .await
             .unwrap();
         emails.push(email);
@@ -129,13 +110,7 @@ async fn reset_email_goes_out_over_smtp() {
         ],
     )
     .await;
-    let res = app
-        .post_json(
-            "/api/auth/forgot-password",
-            json!({"email": "jane@example.com"}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    forgot(&app, "jane@example.com").await;
 
     let raw = smtp.wait_for_mail("Reset your").await;
     use mailparse::MailHeaderMap;
@@ -183,13 +158,7 @@ async fn a_dead_mail_server_changes_nothing_for_the_client() {
     let port = free_port().to_string();
     let app = TestApp::with_jane(Backend::Sqlite, &smtp_on(&port)).await;
     let started = Instant::now();
-    let res = app
-        .post_json(
-            "/api/auth/forgot-password",
-            json!({"email": "jane@example.com"}),
-        )
-        .await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    forgot(&app, "jane@example.com").await;
     assert!(
         started.elapsed() < Duration::from_secs(2),
         "sending is off the request path"
@@ -206,14 +175,16 @@ async fn smtp_down_then_up_delivers_every_queued_email(backend: Backend) {
     let port = free_port();
     let port_text = port.to_string();
     let app = TestApp::with_jane(backend, &smtp_on(&port_text)).await;
-    let failed = metric(&metrics_text(&app.base).await, FAILED);
     forgot(&app, "jane@example.com").await;
     app.register("sam@example.com").await;
     // Jane's verification and reset, Sam's verification: each tried once
-    // against the dead port.
-    wait_for_growth(&app.base, FAILED, failed, 3.0).await;
+    // against the dead port, and now waiting for a retry.
+    app.settle_email().await;
 
     let smtp = SmtpServer::start_on(port).await;
+    // The retries fall due at once instead of within BACKOFF_FIRST.
+    app.clock.advance(BACKOFF_FIRST);
+    app.settle_email().await;
     let delivered = smtp
         .wait_until("every queued email once SMTP is back", |d| {
             !to(d, "jane@example.com", "Reset your").is_empty()
@@ -227,67 +198,33 @@ async fn smtp_down_then_up_delivers_every_queued_email(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
 }
 
-/// Rewrites the user's stored reset link as expired, as the clock would
-/// after RESET_TOKEN_EXPIRES_MIN; waits until the link exists (the
-/// forgot-password request stores it in the background).
-async fn expire_reset_link(app: &TestApp, email: &str) {
-    let store = app.store().await;
-    let user = store
-        .find_user_by_email(&EmailAddress::parse(email).unwrap())
-        .await
-        .unwrap()
-        .unwrap();
-    let (key, value) = app.database_env();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let expired = match key.as_str() {
-            "DATABASE_URL" => {
-                let pool = sqlx::SqlitePool::connect(&value).await.unwrap();
-                let done = sqlx::query("UPDATE reset_tokens SET expires_at = 0 WHERE user_id = ?")
-                    .bind(user.id.as_str())
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                pool.close().await;
-                done.rows_affected()
-            }
-            _ => {
-                let client = mongodb::Client::with_uri_str(&value).await.unwrap();
-                let db = client.default_database().unwrap();
-                let past = bson::DateTime::from_millis(0);
-                db.collection::<bson::Document>("reset_tokens")
-                    .update_many(
-                        bson::doc! { "user_id": user.id.as_str() },
-                        bson::doc! { "$set": { "expires_at": past } },
-                    )
-                    .await
-                    .unwrap()
-                    .matched_count
-            }
-        };
-        if expired > 0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no reset link was stored");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A link replaced by a newer one, or expired, while its email waited for
 /// the mail server is never sent: only the newest, live link goes out.
 async fn a_superseded_or_expired_link_is_never_sent(backend: Backend) {
     let port = free_port();
     let port_text = port.to_string();
-    let app = TestApp::with_jane(backend, &smtp_on(&port_text)).await;
+    let mut vars = smtp_on(&port_text).to_vec();
+    vars.push(("RESET_TOKEN_EXPIRES_MIN", "60"));
+    let app = TestApp::with_jane(backend, &vars).await;
     app.register("sam@example.com").await;
     forgot(&app, "jane@example.com").await;
     app.settle_email().await;
-    forgot(&app, "jane@example.com").await;
+    // Sam's link at t, jane's newest at t + 20 min, each settled (stored in
+    // the background) before the clock moves. At t + 65 min sam's link has
+    // been dead for 5 minutes; jane's lives until t + 80 min, past the
+    // retries' backoff (at most BACKOFF_MAX) and this test's own run.
     forgot(&app, "sam@example.com").await;
-    expire_reset_link(&app, "sam@example.com").await;
+    app.settle_email().await;
+    app.clock.advance(Duration::from_secs(20 * 60));
+    forgot(&app, "jane@example.com").await;
+    app.settle_email().await;
+    app.clock.advance(Duration::from_secs(45 * 60));
     app.settle_email().await;
 
     let smtp = SmtpServer::start_on(port).await;
+    // Every message waiting for a retry falls due now.
+    app.clock.advance(BACKOFF_MAX);
+    app.settle_email().await;
     smtp.wait_until("jane's newest reset link and both verifications", |d| {
         !to(d, "jane@example.com", "Reset your").is_empty()
             && to(d, "", common::VERIFY_SUBJECT).len() == 2

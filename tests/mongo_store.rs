@@ -475,8 +475,14 @@ async fn creates_indexes_once_a_server_that_was_down_comes_up() {
     server.stop().await;
     let uri = server.uri("clinic_auth");
     let store = MongoStore::connect(&uri).await.unwrap();
-    // Let the background task fail at least once.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // An attempt fails while the server is down: ours waits behind the
+    // background task's first one (one attempt at a time), so by the time
+    // it fails, the background task has failed at least once too.
+    let attempt = store.ensure_indexes().await;
+    assert!(
+        matches!(attempt, Err(StoreError::Unavailable(_))),
+        "{attempt:?}"
+    );
 
     server.restart().await;
     let db = raw_db(&uri).await;

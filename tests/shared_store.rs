@@ -30,6 +30,8 @@ async fn beside(first: &TestApp, overrides: &[(&str, &str)]) -> TestApp {
 
 /// Waits out the last seconds of a minute, so a test's burst of requests
 /// falls in one window of the shared counters (they count per minute).
+/// A real wait: the per-IP limiter's windows follow the wall clock, not the
+/// app's injected clock, so moving `TestApp::clock` would not move them.
 async fn not_at_the_end_of_a_minute() {
     let into_minute = Utc::now().timestamp_millis().rem_euclid(60_000);
     if into_minute > 55_000 {

@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::{StoreError, StoreResult};
+use super::{StoreError, StoreResult, StoredInstant};
 use crate::domain::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 
 /// Largest page [`AuditStore::query_audit_events`] is asked for.
@@ -67,25 +68,88 @@ pub trait AuditStore: Send + Sync {
     async fn audit_events_after(&self, after: u64, limit: u32) -> StoreResult<Vec<AuditRecord>>;
 }
 
-/// The parts of a stored audit record that must make sense for it to be
-/// read at all: a seq that is not negative, an event and an outcome this
-/// version knows, and a hash version (`None`, a record from the first
-/// release, is v1). Checked here so that every backend tells damage to the
-/// trail apart the same way: as an error, never as a record verification
-/// would misjudge.
-pub(crate) fn checked_audit_parts(
-    seq: i64,
-    event: &str,
-    outcome: &str,
-    version: Option<i64>,
-) -> StoreResult<(u64, AuditEvent, AuditOutcome, HashVersion)> {
-    let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
-    let seq = u64::try_from(seq).map_err(|_| damaged("negative seq"))?;
-    let event = AuditEvent::parse(event).ok_or_else(|| damaged("unknown event"))?;
-    let outcome = AuditOutcome::parse(outcome).ok_or_else(|| damaged("unknown outcome"))?;
-    let version = match version {
-        None => HashVersion::V1,
-        Some(n) => HashVersion::from_number(n).ok_or_else(|| damaged("unknown record version"))?,
-    };
-    Ok((seq, event, outcome, version))
+/// An audit record as both backends store it: an `audit_events` row
+/// (SQLite, `T = i64`) or document (MongoDB, `T = bson::DateTime`), keyed
+/// by the recorder's event id, which is what makes a retried append
+/// idempotent without transactions.
+#[derive(Debug, sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredAuditRecord<T> {
+    #[serde(rename = "_id")]
+    pub(crate) event_id: String,
+    pub(crate) seq: i64,
+    pub(crate) time: T,
+    pub(crate) event: String,
+    pub(crate) outcome: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) ip: Option<String>,
+    pub(crate) user_agent: Option<String>,
+    pub(crate) request_id: Option<String>,
+    #[serde(default)]
+    pub(crate) detail: Option<String>,
+    /// The record's [`HashVersion`] number; records from the first release
+    /// have none in MongoDB (and 1 in SQLite), which means v1.
+    #[serde(default)]
+    pub(crate) version: Option<i64>,
+    pub(crate) prev_hash: String,
+    pub(crate) hash: String,
+}
+
+impl<T: StoredInstant> StoredAuditRecord<T> {
+    /// `record`, chained from the event `event_id`, as it is stored.
+    pub(crate) fn new(event_id: &str, record: &AuditRecord) -> Self {
+        Self {
+            event_id: event_id.to_owned(),
+            seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
+            time: T::from_utc(record.time),
+            event: record.event.as_str().to_owned(),
+            outcome: record.outcome.as_str().to_owned(),
+            user_id: record.user_id.clone(),
+            email: record.email.clone(),
+            ip: record.ip.clone(),
+            user_agent: record.user_agent.clone(),
+            request_id: record.request_id.clone(),
+            detail: record.detail.clone(),
+            version: Some(record.version.number()),
+            prev_hash: record.prev_hash.clone(),
+            hash: record.hash.clone(),
+        }
+    }
+}
+
+/// Checks what must make sense for a stored record to be read at all (a
+/// seq that is not negative, an event and an outcome this version knows,
+/// and a hash version), the same way on every backend, so that damage to
+/// the trail is an error, never a record verification would misjudge.
+impl<T: StoredInstant> TryFrom<StoredAuditRecord<T>> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredAuditRecord<T>) -> StoreResult<Self> {
+        let damaged = |what: &str| StoreError::Other(anyhow::anyhow!("audit_events: {what}"));
+        let seq = u64::try_from(stored.seq).map_err(|_| damaged("negative seq"))?;
+        let event = AuditEvent::parse(&stored.event).ok_or_else(|| damaged("unknown event"))?;
+        let outcome =
+            AuditOutcome::parse(&stored.outcome).ok_or_else(|| damaged("unknown outcome"))?;
+        let version = match stored.version {
+            None => HashVersion::V1,
+            Some(n) => {
+                HashVersion::from_number(n).ok_or_else(|| damaged("unknown record version"))?
+            }
+        };
+        Ok(AuditRecord {
+            seq,
+            time: stored.time.to_utc()?,
+            event,
+            outcome,
+            user_id: stored.user_id,
+            email: stored.email,
+            ip: stored.ip,
+            user_agent: stored.user_agent,
+            request_id: stored.request_id,
+            detail: stored.detail,
+            version,
+            prev_hash: stored.prev_hash,
+            hash: stored.hash,
+        })
+    }
 }

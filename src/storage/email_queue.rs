@@ -8,8 +8,11 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::{NewOneTimeToken, NewUser, StoreError, StoreResult, TokenPurpose};
+use super::{
+    stored_count, NewOneTimeToken, NewUser, StoreError, StoreResult, StoredInstant, TokenPurpose,
+};
 use crate::domain::{TokenHash, User, UserId};
 
 /// The single-use link a message delivers: the sender checks before each
@@ -76,6 +79,71 @@ impl std::fmt::Debug for QueuedEmail {
             .field("user_id", &self.user_id)
             .field("attempts", &self.attempts)
             .finish_non_exhaustive()
+    }
+}
+
+/// A queued message as both backends store it: an `email_queue` row
+/// (SQLite, `T = i64`) or document (MongoDB, `T = bson::DateTime`). No
+/// `Debug`: the payload is sealed, but there is no reason to print it
+/// either.
+#[derive(sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredEmail<T> {
+    #[serde(rename = "_id")]
+    pub(crate) id: String,
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) user_id: Option<String>,
+    #[serde(default)]
+    pub(crate) link_purpose: Option<String>,
+    #[serde(default)]
+    pub(crate) link_hash: Option<String>,
+    #[serde(with = "serde_bytes")]
+    pub(crate) payload: Vec<u8>,
+    pub(crate) created_at: T,
+    /// Also the lease: a claim moves it to when the claim runs out.
+    pub(crate) due_at: T,
+    #[serde(default)]
+    pub(crate) attempts: i64,
+    #[serde(default)]
+    pub(crate) claimed_by: Option<String>,
+}
+
+impl<T: StoredInstant> StoredEmail<T> {
+    /// `email` as queued, unclaimed; `user_id` overrides the message's own
+    /// (a new user's id, which the message could not know).
+    pub(crate) fn new(email: &NewQueuedEmail, user_id: Option<&UserId>) -> Self {
+        let (link_purpose, link_hash) = QueuedLink::to_stored(email.link.as_ref());
+        Self {
+            id: email.id.clone(),
+            kind: email.kind.clone(),
+            user_id: user_id
+                .or(email.user_id.as_ref())
+                .map(|u| u.as_str().to_owned()),
+            link_purpose: link_purpose.map(str::to_owned),
+            link_hash: link_hash.map(str::to_owned),
+            payload: email.payload.clone(),
+            created_at: T::from_utc(email.created_at),
+            due_at: T::from_utc(email.due_at),
+            attempts: 0,
+            claimed_by: None,
+        }
+    }
+}
+
+impl<T: StoredInstant> TryFrom<StoredEmail<T>> for QueuedEmail {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredEmail<T>) -> StoreResult<Self> {
+        Ok(QueuedEmail {
+            id: stored.id,
+            kind: stored.kind,
+            user_id: stored.user_id.map(UserId::new),
+            link: QueuedLink::from_stored(stored.link_purpose, stored.link_hash)?,
+            payload: stored.payload,
+            created_at: stored.created_at.to_utc()?,
+            attempts: stored_count(stored.attempts),
+            claim: stored.claimed_by.unwrap_or_default(),
+        })
     }
 }
 

@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::StoreResult;
+use super::{stored_count, StoreError, StoreResult, StoredInstant};
 use crate::domain::TokenHash;
 
 /// Failed sign-ins counted against one submitted email (ASVS 6.3.1). The
@@ -20,6 +21,33 @@ pub struct LoginThrottle {
     pub locked_until: Option<DateTime<Utc>>,
     /// Locks so far; each one lasts twice as long as the one before.
     pub lock_count: u32,
+}
+
+/// A throttle as both backends store it: a `login_throttles` row (SQLite,
+/// `T = i64`) or document (MongoDB, `T = bson::DateTime`), keyed by the
+/// hash of the submitted email.
+#[derive(sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredThrottle<T> {
+    #[serde(rename = "_id")]
+    pub(crate) key_hash: String,
+    pub(crate) failures: i64,
+    pub(crate) window_started_at: T,
+    pub(crate) locked_until: Option<T>,
+    #[serde(default)]
+    pub(crate) lock_count: i64,
+}
+
+impl<T: StoredInstant> TryFrom<StoredThrottle<T>> for LoginThrottle {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredThrottle<T>) -> StoreResult<Self> {
+        Ok(LoginThrottle {
+            failures: stored_count(stored.failures),
+            window_started_at: stored.window_started_at.to_utc()?,
+            locked_until: stored.locked_until.map(T::to_utc).transpose()?,
+            lock_count: stored_count(stored.lock_count),
+        })
+    }
 }
 
 #[async_trait]

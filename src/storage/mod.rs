@@ -63,6 +63,18 @@ pub(crate) fn stored_count(n: i64) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// An instant as a backend stores it: SQLite as Unix milliseconds (`i64`),
+/// MongoDB as a BSON date. Each record's stored form (`StoredUser<_, T>`,
+/// `StoredRefreshToken<T>`, ...) is declared once beside its trait, generic
+/// over this, so that its field list and its conversion to the domain type
+/// are the same code on both backends.
+pub(crate) trait StoredInstant: Sized {
+    fn from_utc(at: DateTime<Utc>) -> Self;
+
+    /// Fails for a value no `DateTime<Utc>` can hold (damaged data).
+    fn to_utc(self) -> StoreResult<DateTime<Utc>>;
+}
+
 /// Everything the services need, behind one object.
 #[async_trait]
 pub trait Store:

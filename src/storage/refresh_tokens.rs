@@ -3,8 +3,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::{StoreResult, UserStore};
+use super::{StoreError, StoreResult, StoredInstant, UserStore};
 use crate::domain::{TokenHash, User, UserId};
 
 /// A refresh token to be stored (its hash only, never the token itself).
@@ -40,6 +41,79 @@ pub struct RefreshTokenRecord {
     pub sibling_issued: bool,
     pub expires_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
+}
+
+/// A refresh token as both backends store it: a `refresh_tokens` row
+/// (SQLite, `T = i64`) or document (MongoDB, `T = bson::DateTime`; the
+/// driver adds its `_id`). The optional fields are optional because
+/// documents written by the Python service do not have them.
+#[derive(sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredRefreshToken<T> {
+    pub(crate) user_id: String,
+    pub(crate) jti: String,
+    pub(crate) token_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) family_id: Option<String>,
+    #[serde(default)]
+    pub(crate) user_agent: Option<String>,
+    #[serde(default)]
+    pub(crate) ip_address: Option<String>,
+    pub(crate) revoked: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) replaced_by: Option<String>,
+    // No `default`: it would ask `T: Default`; a missing `Option` is `None`
+    // anyway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) revoked_at: Option<T>,
+    /// Set on a retired token once its one grace sibling exists.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) sibling_issued: bool,
+    pub(crate) expires_at: T,
+    pub(crate) created_at: T,
+}
+
+impl<T: StoredInstant> StoredRefreshToken<T> {
+    /// `token` as issued: active, not yet rotated.
+    pub(crate) fn new(token: &NewRefreshToken) -> Self {
+        Self {
+            user_id: token.user_id.as_str().to_owned(),
+            jti: token.jti.clone(),
+            token_hash: token.token_hash.as_str().to_owned(),
+            family_id: Some(token.family_id.clone()),
+            user_agent: token.user_agent.clone(),
+            ip_address: token.ip_address.clone(),
+            revoked: false,
+            replaced_by: None,
+            revoked_at: None,
+            sibling_issued: false,
+            expires_at: T::from_utc(token.expires_at),
+            created_at: T::from_utc(token.created_at),
+        }
+    }
+}
+
+impl<T: StoredInstant> TryFrom<StoredRefreshToken<T>> for RefreshTokenRecord {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredRefreshToken<T>) -> StoreResult<Self> {
+        Ok(RefreshTokenRecord {
+            user_id: UserId::new(stored.user_id),
+            // A token from before rotation existed (a Python service
+            // document) is the only member of its own family; its jti is
+            // unique, so it names that family.
+            family_id: stored.family_id.unwrap_or_else(|| stored.jti.clone()),
+            jti: stored.jti,
+            token_hash: TokenHash::from_stored(stored.token_hash),
+            user_agent: stored.user_agent,
+            ip_address: stored.ip_address,
+            revoked: stored.revoked,
+            replaced_by: stored.replaced_by,
+            revoked_at: stored.revoked_at.map(T::to_utc).transpose()?,
+            sibling_issued: stored.sibling_issued,
+            expires_at: stored.expires_at.to_utc()?,
+            created_at: stored.created_at.to_utc()?,
+        })
+    }
 }
 
 /// A rotation that stored the replacement.

@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::{NewLink, StoreError, StoreResult};
+use super::{NewLink, StoreError, StoreResult, StoredInstant};
 use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 
 /// A user to be created; the store assigns the id.
@@ -18,6 +19,75 @@ pub struct NewUser {
     /// The first email-verification link (a registration's), stored with
     /// the user.
     pub verification_link: Option<NewLink>,
+}
+
+/// A user as both backends store it: a `users` row (SQLite: `K` the
+/// UUIDv7 as text, `T = i64`) or a document in the Python service's shape
+/// (MongoDB: `K` the `_id` ObjectId, `T = bson::DateTime`). No `Debug`: it
+/// holds the hash.
+#[derive(sqlx::FromRow, Serialize, Deserialize, Clone)]
+pub(crate) struct StoredUser<K, T> {
+    #[serde(rename = "_id")]
+    pub(crate) id: K,
+    pub(crate) email: String,
+    pub(crate) password_hash: String,
+    pub(crate) name: String,
+    pub(crate) role: String,
+    pub(crate) verified: bool,
+    pub(crate) created_at: T,
+    pub(crate) updated_at: T,
+    /// Added by this service; absent on the Python service's documents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tokens_valid_after: Option<T>,
+    /// Added by this service; absent (0) on the Python service's documents.
+    #[serde(default)]
+    pub(crate) token_version: i64,
+}
+
+/// The key of a stored user as a backend keeps it.
+pub(crate) trait StoredUserKey {
+    /// Where users are read from ("users table"), for errors about what
+    /// was read.
+    const HOME: &'static str;
+
+    fn into_user_id(self) -> UserId;
+}
+
+impl<K: StoredUserKey, T: StoredInstant> StoredUser<K, T> {
+    /// `user` as created now, under the key the store chose.
+    pub(crate) fn new(id: K, user: &NewUser) -> Self {
+        Self {
+            id,
+            email: user.email.as_str().to_owned(),
+            password_hash: user.password_hash.expose().to_owned(),
+            name: user.name.as_str().to_owned(),
+            role: user.role.as_str().to_owned(),
+            verified: user.verified,
+            created_at: T::from_utc(user.created_at),
+            updated_at: T::from_utc(user.created_at),
+            tokens_valid_after: None,
+            token_version: 0,
+        }
+    }
+}
+
+impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredUser<K, T>) -> StoreResult<Self> {
+        Ok(User {
+            id: stored.id.into_user_id(),
+            email: EmailAddress::from_stored(stored.email),
+            name: PersonName::from_stored(stored.name),
+            role: stored_role(&stored.role, K::HOME)?,
+            verified: stored.verified,
+            password_hash: PasswordHash::new(stored.password_hash),
+            created_at: stored.created_at.to_utc()?,
+            updated_at: stored.updated_at.to_utc()?,
+            tokens_valid_after: stored.tokens_valid_after.map(T::to_utc).transpose()?,
+            token_version: stored_token_version(stored.token_version, K::HOME)?,
+        })
+    }
 }
 
 #[async_trait]
@@ -71,12 +141,12 @@ pub trait UserStore: Send + Sync {
 
 /// The role of a stored user, which must be one this version knows; `home`
 /// ("users table") names where it was read, for the error.
-pub(crate) fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
+fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
     Role::parse(role).ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in {home}")))
 }
 
 /// The token version of a stored user, which is never negative.
-pub(crate) fn stored_token_version(version: i64, home: &str) -> StoreResult<u64> {
+fn stored_token_version(version: i64, home: &str) -> StoreResult<u64> {
     u64::try_from(version)
         .map_err(|_| StoreError::Other(anyhow::anyhow!("negative token_version in {home}")))
 }

@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
-use super::StoreResult;
+use super::{StoreError, StoreResult, StoredInstant};
 use crate::domain::{TokenHash, UserId};
 
 /// A browser session as stored. The session id (the cookie's secret) is
@@ -32,6 +33,62 @@ impl std::fmt::Debug for WebSessionRecord {
             .field("user_id", &self.user_id)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// A browser session as both backends store it: a `web_sessions` row
+/// (SQLite, `T = i64`) or a document of the `sessions` collection (MongoDB,
+/// `T = bson::DateTime`), keyed by the hash of the session id. No `Debug`:
+/// `data` may hold a CSRF token.
+#[derive(sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredWebSession<T> {
+    #[serde(rename = "_id")]
+    pub(crate) id_hash: String,
+    #[serde(default)]
+    pub(crate) user_id: Option<String>,
+    pub(crate) data: String,
+    #[serde(default)]
+    pub(crate) user_agent: Option<String>,
+    #[serde(default)]
+    pub(crate) ip_address: Option<String>,
+    #[serde(default)]
+    pub(crate) refresh_family: Option<String>,
+    pub(crate) created_at: T,
+    pub(crate) last_used_at: T,
+    pub(crate) expires_at: T,
+}
+
+impl<T: StoredInstant> StoredWebSession<T> {
+    pub(crate) fn new(s: &WebSessionRecord) -> Self {
+        Self {
+            id_hash: s.id_hash.as_str().to_owned(),
+            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            data: s.data.clone(),
+            user_agent: s.user_agent.clone(),
+            ip_address: s.ip_address.clone(),
+            refresh_family: s.refresh_family.clone(),
+            created_at: T::from_utc(s.created_at),
+            last_used_at: T::from_utc(s.last_used_at),
+            expires_at: T::from_utc(s.expires_at),
+        }
+    }
+}
+
+impl<T: StoredInstant> TryFrom<StoredWebSession<T>> for WebSessionRecord {
+    type Error = StoreError;
+
+    fn try_from(stored: StoredWebSession<T>) -> StoreResult<Self> {
+        Ok(WebSessionRecord {
+            id_hash: TokenHash::from_stored(stored.id_hash),
+            user_id: stored.user_id.map(UserId::new),
+            data: stored.data,
+            user_agent: stored.user_agent,
+            ip_address: stored.ip_address,
+            refresh_family: stored.refresh_family,
+            created_at: stored.created_at.to_utc()?,
+            last_used_at: stored.last_used_at.to_utc()?,
+            expires_at: stored.expires_at.to_utc()?,
+        })
     }
 }
 

@@ -4,17 +4,22 @@
 #![allow(dead_code)]
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::Serialize;
+use clinic_auth::storage::sqlite::AUDIT_COLUMNS;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One stored record, read straight from the database.
-#[derive(Debug, Clone)]
+/// One stored record, read straight from the database: a SQLite row by the
+/// crate's own column names, a MongoDB document by the same field names.
+#[derive(Debug, Clone, sqlx::FromRow, Serialize, Deserialize)]
 pub struct RawRecord {
+    #[serde(rename = "_id")]
     pub event_id: String,
     pub seq: i64,
+    #[sqlx(rename = "time")]
+    #[serde(rename = "time", with = "bson_millis")]
     pub time_ms: i64,
     pub event: String,
     pub outcome: String,
@@ -26,6 +31,19 @@ pub struct RawRecord {
     pub detail: Option<String>,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// Unix milliseconds as the BSON date MongoDB stores.
+mod bson_millis {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        bson::DateTime::from_millis(*ms).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        Ok(bson::DateTime::deserialize(d)?.timestamp_millis())
+    }
 }
 
 /// The record format the first release documented (plain SHA-256 over this
@@ -194,28 +212,22 @@ impl Raw {
     /// Every stored record, lowest seq first.
     pub async fn records(&self) -> Vec<RawRecord> {
         match self {
-            Raw::Sqlite(pool) => {
-                let rows: Vec<SqliteRow> = sqlx::query_as(
-                    "SELECT event_id, seq, time, event, outcome, user_id, email, ip, \
-                     user_agent, request_id, detail, prev_hash, hash \
-                     FROM audit_events ORDER BY seq",
-                )
-                .fetch_all(pool)
-                .await
-                .unwrap();
-                rows.into_iter().map(RawRecord::from).collect()
-            }
+            Raw::Sqlite(pool) => sqlx::query_as(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_events ORDER BY seq"
+            ))
+            .fetch_all(pool)
+            .await
+            .unwrap(),
             Raw::Mongo(c) => {
                 use futures_util::TryStreamExt;
-                let docs: Vec<bson::Document> = c
+                c.clone_with_type::<RawRecord>()
                     .find(bson::doc! {})
                     .sort(bson::doc! { "seq": 1 })
                     .await
                     .unwrap()
                     .try_collect()
                     .await
-                    .unwrap();
-                docs.iter().map(from_doc).collect()
+                    .unwrap()
             }
         }
     }
@@ -257,23 +269,10 @@ impl Raw {
                     c.delete_one(bson::doc! { "seq": record.seq })
                         .await
                         .unwrap();
-                    c.insert_one(bson::doc! {
-                        "_id": &record.event_id,
-                        "seq": record.seq,
-                        "time": bson::DateTime::from_millis(record.time_ms),
-                        "event": &record.event,
-                        "outcome": &record.outcome,
-                        "user_id": &record.user_id,
-                        "email": &record.email,
-                        "ip": &record.ip,
-                        "user_agent": &record.user_agent,
-                        "request_id": &record.request_id,
-                        "detail": &record.detail,
-                        "prev_hash": &record.prev_hash,
-                        "hash": &record.hash,
-                    })
-                    .await
-                    .unwrap();
+                    c.clone_with_type::<RawRecord>()
+                        .insert_one(record)
+                        .await
+                        .unwrap();
                 }
             }
         }
@@ -302,67 +301,6 @@ impl Raw {
         for record in all.iter().rev().take(n) {
             self.delete(record.seq).await;
         }
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct SqliteRow {
-    event_id: String,
-    seq: i64,
-    time: i64,
-    event: String,
-    outcome: String,
-    user_id: Option<String>,
-    email: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    detail: Option<String>,
-    prev_hash: String,
-    hash: String,
-}
-
-impl From<SqliteRow> for RawRecord {
-    fn from(row: SqliteRow) -> Self {
-        Self {
-            event_id: row.event_id,
-            seq: row.seq,
-            time_ms: row.time,
-            event: row.event,
-            outcome: row.outcome,
-            user_id: row.user_id,
-            email: row.email,
-            ip: row.ip,
-            user_agent: row.user_agent,
-            request_id: row.request_id,
-            detail: row.detail,
-            prev_hash: row.prev_hash,
-            hash: row.hash,
-        }
-    }
-}
-
-fn from_doc(doc: &bson::Document) -> RawRecord {
-    let text = |key: &str| doc.get_str(key).ok().map(str::to_owned);
-    RawRecord {
-        event_id: doc.get_str("_id").unwrap().to_owned(),
-        // Int64 as written, though a server may hand back a small one as Int32.
-        seq: match doc.get("seq") {
-            Some(bson::Bson::Int64(n)) => *n,
-            Some(bson::Bson::Int32(n)) => i64::from(*n),
-            other => panic!("seq: {other:?}"),
-        },
-        time_ms: doc.get_datetime("time").unwrap().timestamp_millis(),
-        event: text("event").unwrap(),
-        outcome: text("outcome").unwrap(),
-        user_id: text("user_id"),
-        email: text("email"),
-        ip: text("ip"),
-        user_agent: text("user_agent"),
-        request_id: text("request_id"),
-        detail: text("detail"),
-        prev_hash: text("prev_hash").unwrap(),
-        hash: text("hash").unwrap(),
     }
 }
 

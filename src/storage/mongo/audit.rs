@@ -4,64 +4,20 @@
 use async_trait::async_trait;
 use bson::{doc, Document};
 use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::audit::GENESIS_HASH;
 use crate::domain::{AuditKey, AuditRecord, NewAuditEvent};
-use crate::storage::audit::checked_audit_parts;
+use crate::storage::audit::StoredAuditRecord;
 use crate::storage::{AuditQuery, AuditStore, ChainLink, StoreError, StoreResult};
 
-/// `audit_events`. `_id` is the recorder's event id, which is what makes a
-/// retried append idempotent without transactions.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct AuditDoc {
-    #[serde(rename = "_id")]
-    id: String,
-    seq: i64,
-    time: bson::DateTime,
-    event: String,
-    outcome: String,
-    user_id: Option<String>,
-    email: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
-    request_id: Option<String>,
-    #[serde(default)]
-    detail: Option<String>,
-    /// The record's [`HashVersion`](crate::domain::HashVersion) number; documents from the first
-    /// release have none, which means v1.
-    #[serde(default)]
-    version: Option<i64>,
-    prev_hash: String,
-    hash: String,
-}
+/// An `audit_events` document.
+pub(super) type AuditDoc = StoredAuditRecord<bson::DateTime>;
 
 /// How often one event may lose the race for the next seq before the append
 /// gives up (and the recorder retries later): only reached under a storm of
 /// appends from many instances at once.
 const AUDIT_APPEND_ATTEMPTS: usize = 100;
-
-impl AuditDoc {
-    fn new(id: &str, record: &AuditRecord) -> Self {
-        Self {
-            id: id.to_owned(),
-            seq: i64::try_from(record.seq).unwrap_or(i64::MAX),
-            time: bson_date(record.time),
-            event: record.event.as_str().to_owned(),
-            outcome: record.outcome.as_str().to_owned(),
-            user_id: record.user_id.clone(),
-            email: record.email.clone(),
-            ip: record.ip.clone(),
-            user_agent: record.user_agent.clone(),
-            request_id: record.request_id.clone(),
-            detail: record.detail.clone(),
-            version: Some(record.version.number()),
-            prev_hash: record.prev_hash.clone(),
-            hash: record.hash.clone(),
-        }
-    }
-}
 
 /// The `_id` and [`ChainLink`] of a stored audit document (projected to
 /// `_id`, `seq` and `hash`).
@@ -76,30 +32,6 @@ fn audit_link(doc: &Document) -> Option<(String, ChainLink)> {
         hash: doc.get_str("hash").ok()?.to_owned(),
     };
     Some((doc.get_str("_id").ok()?.to_owned(), link))
-}
-
-impl TryFrom<AuditDoc> for AuditRecord {
-    type Error = StoreError;
-
-    fn try_from(doc: AuditDoc) -> StoreResult<Self> {
-        let (seq, event, outcome, version) =
-            checked_audit_parts(doc.seq, &doc.event, &doc.outcome, doc.version)?;
-        Ok(AuditRecord {
-            seq,
-            time: doc.time.to_chrono(),
-            event,
-            outcome,
-            user_id: doc.user_id,
-            email: doc.email,
-            ip: doc.ip,
-            user_agent: doc.user_agent,
-            request_id: doc.request_id,
-            detail: doc.detail,
-            version,
-            prev_hash: doc.prev_hash,
-            hash: doc.hash,
-        })
-    }
 }
 
 impl MongoStore {

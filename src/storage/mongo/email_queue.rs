@@ -15,80 +15,19 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::options::ReturnDocument;
 use mongodb::Collection;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, MongoStore};
 use crate::domain::{User, UserId};
-use crate::storage::email_queue::require_verification_link;
+use crate::storage::email_queue::{require_verification_link, StoredEmail};
 use crate::storage::{
-    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore,
-    QueueStats, QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose, UserStore,
+    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, OneTimeTokenStore, QueueStats,
+    QueuedEmail, StoreError, StoreResult, TokenPurpose, UserStore,
 };
 
 pub(super) const COLLECTION: &str = "email_queue";
 
-/// One queued message. No `Debug`: the payload is sealed, but there is no
-/// reason to print it either.
-#[derive(Serialize, Deserialize)]
-struct QueueDoc {
-    #[serde(rename = "_id")]
-    id: String,
-    kind: String,
-    #[serde(default)]
-    user_id: Option<String>,
-    #[serde(default)]
-    link_purpose: Option<String>,
-    #[serde(default)]
-    link_hash: Option<String>,
-    payload: bson::Binary,
-    created_at: bson::DateTime,
-    /// Also the lease: a claim moves it to when the claim runs out.
-    due_at: bson::DateTime,
-    #[serde(default)]
-    attempts: i64,
-    #[serde(default)]
-    claimed_by: Option<String>,
-}
-
-impl QueueDoc {
-    fn new(email: &NewQueuedEmail, user_id: Option<&UserId>) -> Self {
-        let (link_purpose, link_hash) = QueuedLink::to_stored(email.link.as_ref());
-        Self {
-            id: email.id.clone(),
-            kind: email.kind.clone(),
-            user_id: user_id
-                .or(email.user_id.as_ref())
-                .map(|u| u.as_str().to_owned()),
-            link_purpose: link_purpose.map(str::to_owned),
-            link_hash: link_hash.map(str::to_owned),
-            payload: bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: email.payload.clone(),
-            },
-            created_at: bson_date(email.created_at),
-            due_at: bson_date(email.due_at),
-            attempts: 0,
-            claimed_by: None,
-        }
-    }
-}
-
-impl TryFrom<QueueDoc> for QueuedEmail {
-    type Error = StoreError;
-
-    fn try_from(doc: QueueDoc) -> StoreResult<Self> {
-        Ok(QueuedEmail {
-            id: doc.id,
-            kind: doc.kind,
-            user_id: doc.user_id.map(UserId::new),
-            link: QueuedLink::from_stored(doc.link_purpose, doc.link_hash)?,
-            payload: doc.payload.bytes,
-            created_at: doc.created_at.to_chrono(),
-            attempts: stored_count(doc.attempts),
-            claim: doc.claimed_by.unwrap_or_default(),
-        })
-    }
-}
+/// An `email_queue` document.
+type QueueDoc = StoredEmail<bson::DateTime>;
 
 impl MongoStore {
     fn email_queue(&self) -> Collection<QueueDoc> {

@@ -5,49 +5,28 @@ use async_trait::async_trait;
 use bson::doc;
 use chrono::{DateTime, Utc};
 use mongodb::options::ReturnDocument;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, is_duplicate_key, MongoStore};
 use crate::domain::TokenHash;
-use crate::storage::{stored_count, LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
+use crate::storage::login_throttles::StoredThrottle;
+use crate::storage::{LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
 
 /// Passes of `add_login_failure` before giving up: each pass that writes
 /// nothing lost to another request's write, so more than a few means
 /// something is wrong, not contention.
 const MAX_COUNT_ATTEMPTS: usize = 5;
 
-/// `login_throttles`, keyed by the hash of the submitted email.
-#[derive(Serialize, Deserialize)]
-pub(super) struct ThrottleDoc {
-    #[serde(rename = "_id")]
-    key_hash: String,
-    failures: i64,
-    window_started_at: bson::DateTime,
-    #[serde(default)]
-    locked_until: Option<bson::DateTime>,
-    #[serde(default)]
-    lock_count: i64,
-}
-
-impl From<ThrottleDoc> for LoginThrottle {
-    fn from(doc: ThrottleDoc) -> Self {
-        LoginThrottle {
-            failures: stored_count(doc.failures),
-            window_started_at: doc.window_started_at.to_chrono(),
-            locked_until: doc.locked_until.map(bson::DateTime::to_chrono),
-            lock_count: stored_count(doc.lock_count),
-        }
-    }
-}
+/// A `login_throttles` document.
+pub(super) type ThrottleDoc = StoredThrottle<bson::DateTime>;
 
 #[async_trait]
 impl LoginThrottleStore for MongoStore {
     async fn login_throttle(&self, key: &TokenHash) -> StoreResult<Option<LoginThrottle>> {
-        Ok(self
-            .login_throttles
+        self.login_throttles
             .find_one(doc! { "_id": key.as_str() })
             .await?
-            .map(LoginThrottle::from))
+            .map(LoginThrottle::try_from)
+            .transpose()
     }
 
     async fn add_login_failure(
@@ -79,7 +58,7 @@ impl LoginThrottleStore for MongoStore {
                 .return_document(ReturnDocument::After)
                 .await?;
             if let Some(doc) = counted {
-                return Ok(doc.into());
+                return doc.try_into();
             }
             let restarted = self
                 .login_throttles
@@ -93,7 +72,7 @@ impl LoginThrottleStore for MongoStore {
                 .return_document(ReturnDocument::After)
                 .await?;
             if let Some(doc) = restarted {
-                return Ok(doc.into());
+                return doc.try_into();
             }
             let first = ThrottleDoc {
                 key_hash: key.as_str().to_owned(),
@@ -103,7 +82,7 @@ impl LoginThrottleStore for MongoStore {
                 lock_count: 0,
             };
             match self.login_throttles.insert_one(&first).await {
-                Ok(_) => return Ok(first.into()),
+                Ok(_) => return first.try_into(),
                 Err(e) if is_duplicate_key(&e) => continue,
                 Err(e) => return Err(e.into()),
             }

@@ -33,7 +33,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, StoredInstant};
 use crate::domain::UserId;
 
 mod audit;
@@ -395,6 +395,17 @@ fn parse_user_id(id: &UserId) -> Option<ObjectId> {
 
 fn bson_date(t: DateTime<Utc>) -> bson::DateTime {
     bson::DateTime::from_chrono(t)
+}
+
+/// Every time field is a BSON date (milliseconds, like SQLite's columns).
+impl StoredInstant for bson::DateTime {
+    fn from_utc(at: DateTime<Utc>) -> Self {
+        bson_date(at)
+    }
+
+    fn to_utc(self) -> StoreResult<DateTime<Utc>> {
+        Ok(self.to_chrono())
+    }
 }
 
 #[async_trait]

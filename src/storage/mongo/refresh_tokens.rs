@@ -3,87 +3,22 @@
 
 use async_trait::async_trait;
 use bson::doc;
-use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::options::ReturnDocument;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
-use crate::storage::refresh_tokens::{act_on_replay, with_sibling_owner, ReplaySteps};
+use crate::storage::refresh_tokens::{
+    act_on_replay, with_sibling_owner, ReplaySteps, StoredRefreshToken,
+};
 use crate::storage::{
     NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotated, Rotation, StoreResult,
     UserStore,
 };
 
-/// `refresh_tokens`. The rotation fields are optional because documents
-/// written by the Python service do not have them.
-#[derive(Serialize, Deserialize)]
-pub(super) struct RefreshDoc {
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    user_id: String,
-    jti: String,
-    token_hash: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    family_id: Option<String>,
-    #[serde(default)]
-    user_agent: Option<String>,
-    #[serde(default)]
-    ip_address: Option<String>,
-    revoked: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    replaced_by: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    revoked_at: Option<bson::DateTime>,
-    /// Set on a retired token once its one grace sibling exists.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    sibling_issued: bool,
-    expires_at: bson::DateTime,
-    created_at: bson::DateTime,
-}
-
-impl RefreshDoc {
-    fn new(token: &NewRefreshToken) -> Self {
-        Self {
-            id: ObjectId::new(),
-            user_id: token.user_id.as_str().to_owned(),
-            jti: token.jti.clone(),
-            token_hash: token.token_hash.as_str().to_owned(),
-            family_id: Some(token.family_id.clone()),
-            user_agent: token.user_agent.clone(),
-            ip_address: token.ip_address.clone(),
-            revoked: false,
-            replaced_by: None,
-            revoked_at: None,
-            sibling_issued: false,
-            expires_at: bson_date(token.expires_at),
-            created_at: bson_date(token.created_at),
-        }
-    }
-}
-
-impl From<RefreshDoc> for RefreshTokenRecord {
-    fn from(doc: RefreshDoc) -> Self {
-        RefreshTokenRecord {
-            user_id: UserId::new(doc.user_id),
-            // A token from before rotation existed is the only member of its
-            // own family; its jti is unique, so it names that family.
-            family_id: doc.family_id.unwrap_or_else(|| doc.jti.clone()),
-            jti: doc.jti,
-            token_hash: TokenHash::from_stored(doc.token_hash),
-            user_agent: doc.user_agent,
-            ip_address: doc.ip_address,
-            revoked: doc.revoked,
-            replaced_by: doc.replaced_by,
-            revoked_at: doc.revoked_at.map(bson::DateTime::to_chrono),
-            sibling_issued: doc.sibling_issued,
-            expires_at: doc.expires_at.to_chrono(),
-            created_at: doc.created_at.to_chrono(),
-        }
-    }
-}
+/// A `refresh_tokens` document.
+pub(super) type RefreshDoc = StoredRefreshToken<bson::DateTime>;
 
 #[async_trait]
 impl RefreshTokenStore for MongoStore {
@@ -130,7 +65,7 @@ impl RefreshTokenStore for MongoStore {
             .return_document(ReturnDocument::After)
             .await?;
         if let Some(retired) = retired {
-            let retired = RefreshTokenRecord::from(retired);
+            let retired = RefreshTokenRecord::try_from(retired)?;
             let owner = self.find_user_by_id(&retired.user_id).await?;
             return Ok(Rotation::Rotated(Rotated { retired, owner }));
         }
@@ -151,11 +86,11 @@ impl RefreshTokenStore for MongoStore {
         &self,
         hash: &TokenHash,
     ) -> StoreResult<Option<RefreshTokenRecord>> {
-        Ok(self
-            .refresh_tokens
+        self.refresh_tokens
             .find_one(doc! { "token_hash": hash.as_str() })
             .await?
-            .map(RefreshTokenRecord::from))
+            .map(RefreshTokenRecord::try_from)
+            .transpose()
     }
 
     async fn revoke_refresh_token(
@@ -209,7 +144,7 @@ impl RefreshTokenStore for MongoStore {
             .await?
             .try_collect()
             .await?;
-        Ok(docs.into_iter().map(RefreshTokenRecord::from).collect())
+        docs.into_iter().map(RefreshTokenRecord::try_from).collect()
     }
 
     async fn refresh_family_alive(

@@ -6,54 +6,21 @@ use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
 use mongodb::options::ReturnDocument;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, parse_user_id, MongoStore};
-use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
-use crate::storage::users::{stored_role, stored_token_version};
-use crate::storage::{
-    NewUser, OneTimeTokenStore, StoreError, StoreResult, TokenPurpose, UserStore,
-};
+use crate::domain::{EmailAddress, PasswordHash, Role, User, UserId};
+use crate::storage::users::{StoredUser, StoredUserKey};
+use crate::storage::{NewUser, OneTimeTokenStore, StoreResult, TokenPurpose, UserStore};
 
-/// `users` as the Python service wrote it. No `Debug`: it holds the hash.
-#[derive(Serialize, Deserialize)]
-pub(super) struct UserDoc {
-    #[serde(rename = "_id")]
-    id: ObjectId,
-    email: String,
-    password_hash: String,
-    name: String,
-    role: String,
-    verified: bool,
-    created_at: bson::DateTime,
-    updated_at: bson::DateTime,
-    /// Added by this service; absent on the Python service's documents.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    tokens_valid_after: Option<bson::DateTime>,
-    /// Added by this service; absent (0) on the Python service's documents.
-    #[serde(default)]
-    token_version: i64,
-}
+/// A `users` document, as the Python service wrote it.
+pub(super) type UserDoc = StoredUser<ObjectId, bson::DateTime>;
 
-/// Where a user is read from, for errors about what was read.
-const HOME: &str = "users collection";
+/// Users are keyed by the ObjectId the Python service gave them.
+impl StoredUserKey for ObjectId {
+    const HOME: &'static str = "users collection";
 
-impl TryFrom<UserDoc> for User {
-    type Error = StoreError;
-
-    fn try_from(doc: UserDoc) -> StoreResult<Self> {
-        Ok(User {
-            id: UserId::new(doc.id.to_hex()),
-            email: EmailAddress::from_stored(doc.email),
-            name: PersonName::from_stored(doc.name),
-            role: stored_role(&doc.role, HOME)?,
-            verified: doc.verified,
-            password_hash: PasswordHash::new(doc.password_hash),
-            created_at: doc.created_at.to_chrono(),
-            updated_at: doc.updated_at.to_chrono(),
-            tokens_valid_after: doc.tokens_valid_after.map(|t| t.to_chrono()),
-            token_version: stored_token_version(doc.token_version, HOME)?,
-        })
+    fn into_user_id(self) -> UserId {
+        UserId::new(self.to_hex())
     }
 }
 
@@ -79,19 +46,7 @@ impl UserStore for MongoStore {
         // The unique email index is what turns a double registration into
         // Conflict; never insert before it exists.
         self.indexes.ensure().await?;
-        let now = bson_date(user.created_at);
-        let doc = UserDoc {
-            id: ObjectId::new(),
-            email: user.email.as_str().to_owned(),
-            password_hash: user.password_hash.expose().to_owned(),
-            name: user.name.as_str().to_owned(),
-            role: user.role.as_str().to_owned(),
-            verified: user.verified,
-            created_at: now,
-            updated_at: now,
-            tokens_valid_after: None,
-            token_version: 0,
-        };
+        let doc = UserDoc::new(ObjectId::new(), user);
         self.users.insert_one(&doc).await?;
         let created: User = doc.try_into()?;
         // A second write: multi-document transactions need a replica set,

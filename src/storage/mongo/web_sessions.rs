@@ -5,63 +5,14 @@ use async_trait::async_trait;
 use bson::doc;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::{bson_date, MongoStore};
 use crate::domain::{TokenHash, UserId};
+use crate::storage::web_sessions::StoredWebSession;
 use crate::storage::{StoreResult, WebSessionRecord, WebSessionStore};
 
-/// A browser session in the `sessions` collection, keyed by the hash of its
-/// id.
-#[derive(Debug, Serialize, Deserialize)]
-pub(super) struct SessionDoc {
-    #[serde(rename = "_id")]
-    id_hash: String,
-    #[serde(default)]
-    user_id: Option<String>,
-    data: String,
-    #[serde(default)]
-    user_agent: Option<String>,
-    #[serde(default)]
-    ip_address: Option<String>,
-    #[serde(default)]
-    refresh_family: Option<String>,
-    created_at: bson::DateTime,
-    last_used_at: bson::DateTime,
-    expires_at: bson::DateTime,
-}
-
-impl SessionDoc {
-    fn new(s: &WebSessionRecord) -> Self {
-        Self {
-            id_hash: s.id_hash.as_str().to_owned(),
-            user_id: s.user_id.as_ref().map(|u| u.as_str().to_owned()),
-            data: s.data.clone(),
-            user_agent: s.user_agent.clone(),
-            ip_address: s.ip_address.clone(),
-            refresh_family: s.refresh_family.clone(),
-            created_at: bson_date(s.created_at),
-            last_used_at: bson_date(s.last_used_at),
-            expires_at: bson_date(s.expires_at),
-        }
-    }
-}
-
-impl From<SessionDoc> for WebSessionRecord {
-    fn from(doc: SessionDoc) -> Self {
-        WebSessionRecord {
-            id_hash: TokenHash::from_stored(doc.id_hash),
-            user_id: doc.user_id.map(UserId::new),
-            data: doc.data,
-            user_agent: doc.user_agent,
-            ip_address: doc.ip_address,
-            refresh_family: doc.refresh_family,
-            created_at: doc.created_at.to_chrono(),
-            last_used_at: doc.last_used_at.to_chrono(),
-            expires_at: doc.expires_at.to_chrono(),
-        }
-    }
-}
+/// A document of the `sessions` collection.
+pub(super) type SessionDoc = StoredWebSession<bson::DateTime>;
 
 #[async_trait]
 impl WebSessionStore for MongoStore {
@@ -103,11 +54,11 @@ impl WebSessionStore for MongoStore {
         id_hash: &TokenHash,
         now: DateTime<Utc>,
     ) -> StoreResult<Option<WebSessionRecord>> {
-        Ok(self
-            .sessions
+        self.sessions
             .find_one(doc! { "_id": id_hash.as_str(), "expires_at": { "$gt": bson_date(now) } })
             .await?
-            .map(WebSessionRecord::from))
+            .map(WebSessionRecord::try_from)
+            .transpose()
     }
 
     async fn delete_web_session(&self, id_hash: &TokenHash) -> StoreResult<bool> {
@@ -130,7 +81,7 @@ impl WebSessionStore for MongoStore {
             .await?
             .try_collect()
             .await?;
-        Ok(docs.into_iter().map(WebSessionRecord::from).collect())
+        docs.into_iter().map(WebSessionRecord::try_from).collect()
     }
 
     async fn delete_user_web_sessions(

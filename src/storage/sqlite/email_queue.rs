@@ -7,15 +7,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::one_time_tokens::upsert_link_sql;
 use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::{User, UserId};
-use crate::storage::email_queue::require_verification_link;
+use crate::storage::email_queue::{require_verification_link, StoredEmail};
 use crate::storage::{
-    stored_count, EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats,
-    QueuedEmail, QueuedLink, StoreError, StoreResult, TokenPurpose,
+    EmailQueueStore, NewOneTimeToken, NewQueuedEmail, NewUser, QueueStats, QueuedEmail, QueuedLink,
+    StoreResult, TokenPurpose,
 };
 
 /// Inserts one message (parameters: [`bind_email`]), ending with `;` so it
@@ -43,35 +42,8 @@ pub(super) fn bind_email<'q, O>(
         .bind(millis(email.due_at))
 }
 
-#[derive(FromRow)]
-struct QueueRow {
-    id: String,
-    kind: String,
-    user_id: Option<String>,
-    link_purpose: Option<String>,
-    link_hash: Option<String>,
-    payload: Vec<u8>,
-    created_at: i64,
-    attempts: i64,
-    claimed_by: Option<String>,
-}
-
-impl TryFrom<QueueRow> for QueuedEmail {
-    type Error = StoreError;
-
-    fn try_from(row: QueueRow) -> StoreResult<Self> {
-        Ok(QueuedEmail {
-            id: row.id,
-            kind: row.kind,
-            user_id: row.user_id.map(UserId::new),
-            link: QueuedLink::from_stored(row.link_purpose, row.link_hash)?,
-            payload: row.payload,
-            created_at: from_millis(row.created_at)?,
-            attempts: stored_count(row.attempts),
-            claim: row.claimed_by.unwrap_or_default(),
-        })
-    }
-}
+/// An `email_queue` row.
+type QueueRow = StoredEmail<i64>;
 
 impl SqliteStore {
     /// Runs a write ending in `WHERE id = ? AND claimed_by = ?` given every
@@ -145,7 +117,7 @@ impl EmailQueueStore for SqliteStore {
              WHERE id IN (SELECT id FROM email_queue WHERE due_at <= ? \
                           ORDER BY due_at LIMIT ?) \
              RETURNING id, kind, user_id, link_purpose, link_hash, payload, created_at, \
-                       attempts, claimed_by",
+                       due_at, attempts, claimed_by",
         )
         .bind(millis(lease_until))
         .bind(claim)

@@ -3,34 +3,16 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
-use super::{from_millis, millis, SqliteStore};
+use super::{millis, SqliteStore};
 use crate::domain::TokenHash;
-use crate::storage::{stored_count, LoginThrottle, LoginThrottleStore, StoreError, StoreResult};
+use crate::storage::login_throttles::StoredThrottle;
+use crate::storage::{LoginThrottle, LoginThrottleStore, StoreResult};
 
-#[derive(FromRow)]
-struct ThrottleRow {
-    failures: i64,
-    window_started_at: i64,
-    locked_until: Option<i64>,
-    lock_count: i64,
-}
+/// A `login_throttles` row.
+type ThrottleRow = StoredThrottle<i64>;
 
-impl TryFrom<ThrottleRow> for LoginThrottle {
-    type Error = StoreError;
-
-    fn try_from(row: ThrottleRow) -> StoreResult<Self> {
-        Ok(LoginThrottle {
-            failures: stored_count(row.failures),
-            window_started_at: from_millis(row.window_started_at)?,
-            locked_until: row.locked_until.map(from_millis).transpose()?,
-            lock_count: stored_count(row.lock_count),
-        })
-    }
-}
-
-const THROTTLE_COLUMNS: &str = "failures, window_started_at, locked_until, lock_count";
+const THROTTLE_COLUMNS: &str = "key_hash, failures, window_started_at, locked_until, lock_count";
 
 #[async_trait]
 impl LoginThrottleStore for SqliteStore {

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 pub use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, StoredInstant};
 
 mod audit;
 mod connections;
@@ -27,6 +27,7 @@ mod rotation;
 mod users;
 mod web_sessions;
 
+pub use audit::AUDIT_COLUMNS;
 use connections::{Connections, Lease};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -206,6 +207,17 @@ fn millis(t: DateTime<Utc>) -> i64 {
 fn from_millis(ms: i64) -> StoreResult<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
         .ok_or_else(|| StoreError::Other(anyhow::anyhow!("timestamp out of range: {ms}")))
+}
+
+/// Every time column holds Unix milliseconds.
+impl StoredInstant for i64 {
+    fn from_utc(at: DateTime<Utc>) -> Self {
+        millis(at)
+    }
+
+    fn to_utc(self) -> StoreResult<DateTime<Utc>> {
+        from_millis(self)
+    }
 }
 
 /// SQLite primary result codes that say the database cannot take the call

@@ -4,52 +4,19 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::connections::Lease;
-use super::{from_millis, millis, roll_back, rotation, SqliteStore};
+use super::{millis, roll_back, rotation, SqliteStore};
 use crate::domain::{TokenHash, UserId};
-use crate::storage::refresh_tokens::{act_on_replay, with_sibling_owner, ReplaySteps};
+use crate::storage::refresh_tokens::{
+    act_on_replay, with_sibling_owner, ReplaySteps, StoredRefreshToken,
+};
 use crate::storage::{
     NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, StoreError, StoreResult,
 };
 
-#[derive(FromRow)]
-pub(super) struct RefreshRow {
-    pub(super) user_id: String,
-    jti: String,
-    token_hash: String,
-    family_id: String,
-    user_agent: Option<String>,
-    ip_address: Option<String>,
-    revoked: bool,
-    pub(super) replaced_by: Option<String>,
-    revoked_at: Option<i64>,
-    sibling_issued: bool,
-    expires_at: i64,
-    created_at: i64,
-}
-
-impl TryFrom<RefreshRow> for RefreshTokenRecord {
-    type Error = StoreError;
-
-    fn try_from(row: RefreshRow) -> StoreResult<Self> {
-        Ok(RefreshTokenRecord {
-            user_id: UserId::new(row.user_id),
-            jti: row.jti,
-            token_hash: TokenHash::from_stored(row.token_hash),
-            family_id: row.family_id,
-            user_agent: row.user_agent,
-            ip_address: row.ip_address,
-            revoked: row.revoked,
-            replaced_by: row.replaced_by,
-            revoked_at: row.revoked_at.map(from_millis).transpose()?,
-            sibling_issued: row.sibling_issued,
-            expires_at: from_millis(row.expires_at)?,
-            created_at: from_millis(row.created_at)?,
-        })
-    }
-}
+/// A `refresh_tokens` row.
+pub(super) type RefreshRow = StoredRefreshToken<i64>;
 
 pub(super) const REFRESH_COLUMNS: &str =
     "user_id, jti, token_hash, family_id, user_agent, ip_address, \

@@ -2,47 +2,22 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
 use super::one_time_tokens::upsert_link_sql;
-use super::{email_queue, from_millis, millis, roll_back, SqliteStore};
-use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
-use crate::storage::users::{stored_role, stored_token_version};
+use super::{email_queue, millis, roll_back, SqliteStore};
+use crate::domain::{EmailAddress, PasswordHash, Role, User, UserId};
+use crate::storage::users::{StoredUser, StoredUserKey};
 use crate::storage::{NewQueuedEmail, NewUser, StoreError, StoreResult, TokenPurpose, UserStore};
 
-#[derive(FromRow, Clone)]
-pub(super) struct UserRow {
-    pub(super) id: String,
-    email: String,
-    password_hash: String,
-    name: String,
-    role: String,
-    verified: bool,
-    created_at: i64,
-    updated_at: i64,
-    tokens_valid_after: Option<i64>,
-    token_version: i64,
-}
+/// A `users` row.
+pub(super) type UserRow = StoredUser<String, i64>;
 
-/// Where a user is read from, for errors about what was read.
-const HOME: &str = "users table";
+/// Users are keyed by a UUIDv7, stored as text.
+impl StoredUserKey for String {
+    const HOME: &'static str = "users table";
 
-impl TryFrom<UserRow> for User {
-    type Error = StoreError;
-
-    fn try_from(row: UserRow) -> StoreResult<Self> {
-        Ok(User {
-            id: UserId::new(row.id),
-            email: EmailAddress::from_stored(row.email),
-            name: PersonName::from_stored(row.name),
-            role: stored_role(&row.role, HOME)?,
-            verified: row.verified,
-            password_hash: PasswordHash::new(row.password_hash),
-            created_at: from_millis(row.created_at)?,
-            updated_at: from_millis(row.updated_at)?,
-            tokens_valid_after: row.tokens_valid_after.map(from_millis).transpose()?,
-            token_version: stored_token_version(row.token_version, HOME)?,
-        })
+    fn into_user_id(self) -> UserId {
+        UserId::new(self)
     }
 }
 

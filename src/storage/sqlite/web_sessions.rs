@@ -3,42 +3,14 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 
-use super::{from_millis, millis, SqliteStore};
+use super::{millis, SqliteStore};
 use crate::domain::{TokenHash, UserId};
-use crate::storage::{StoreError, StoreResult, WebSessionRecord, WebSessionStore};
+use crate::storage::web_sessions::StoredWebSession;
+use crate::storage::{StoreResult, WebSessionRecord, WebSessionStore};
 
-#[derive(FromRow)]
-struct WebSessionRow {
-    id_hash: String,
-    user_id: Option<String>,
-    data: String,
-    user_agent: Option<String>,
-    ip_address: Option<String>,
-    refresh_family: Option<String>,
-    created_at: i64,
-    last_used_at: i64,
-    expires_at: i64,
-}
-
-impl TryFrom<WebSessionRow> for WebSessionRecord {
-    type Error = StoreError;
-
-    fn try_from(row: WebSessionRow) -> StoreResult<Self> {
-        Ok(WebSessionRecord {
-            id_hash: TokenHash::from_stored(row.id_hash),
-            user_id: row.user_id.map(UserId::new),
-            data: row.data,
-            user_agent: row.user_agent,
-            ip_address: row.ip_address,
-            refresh_family: row.refresh_family,
-            created_at: from_millis(row.created_at)?,
-            last_used_at: from_millis(row.last_used_at)?,
-            expires_at: from_millis(row.expires_at)?,
-        })
-    }
-}
+/// A `web_sessions` row.
+type WebSessionRow = StoredWebSession<i64>;
 
 const WEB_SESSION_COLUMNS: &str = "id_hash, user_id, data, user_agent, ip_address, \
      refresh_family, created_at, last_used_at, expires_at";

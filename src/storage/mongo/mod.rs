@@ -33,7 +33,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::{Store, StoreError, StoreResult};
+use super::{HealthProbe, Store, StoreError, StoreResult};
 use crate::domain::UserId;
 
 mod audit;
@@ -398,7 +398,7 @@ fn bson_date(t: DateTime<Utc>) -> bson::DateTime {
 }
 
 #[async_trait]
-impl Store for MongoStore {
+impl HealthProbe for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
         self.db
             .run_command(doc! { "ping": 1 })
@@ -422,7 +422,10 @@ impl Store for MongoStore {
             .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for MongoStore {
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,

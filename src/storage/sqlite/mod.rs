@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 pub use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 
-use super::{Store, StoreError, StoreResult};
+use super::{HealthProbe, Store, StoreError, StoreResult};
 
 mod audit;
 mod connections;
@@ -275,7 +275,7 @@ fn no_transaction_active(err: &sqlx::Error) -> bool {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl HealthProbe for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&mut self.read().await?)
@@ -298,7 +298,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,

@@ -21,7 +21,8 @@ use chrono::TimeDelta;
 use clinic_auth::domain::{EmailAddress, PasswordHash, Role, TokenHash, UserId};
 use clinic_auth::storage::mongo::MongoStore;
 use clinic_auth::storage::{
-    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, Store, StoreError, UserStore,
+    HealthProbe, NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, Store,
+    StoreError, UserStore,
 };
 use mongodb::Database;
 

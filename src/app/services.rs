@@ -1,17 +1,23 @@
 //! Wiring the use-cases: each service gets the narrow store traits it
 //! names, all of them the one store (upcast from `Arc<dyn Store>`), and the
-//! shared pieces (passwords, notifier, lockout, audit, clock) it uses.
+//! shared pieces (passwords, notifier, lockout, audit, clock) it uses; and
+//! the settings and the email outbox they take, from the configuration.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::services::outbox::Outbox;
+use crate::config::Config;
+use crate::domain::PasswordPolicy;
+use crate::services::lockout::LockoutPolicy;
+use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
-    Account, Audit, AuthSettings, Lockout, Login, Notifier, Recovery, Registration, Sessions,
+    Account, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange, Recovery, Registration,
+    Sessions,
 };
 use crate::storage::Store;
 
@@ -82,14 +88,22 @@ impl Services {
             Arc::clone(clock),
             settings,
         ));
+        let password_change = Arc::new(PasswordChange::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+        ));
         let recovery = Arc::new(Recovery::new(
-            store.clone(),
-            store.clone(),
             store.clone(),
             store.clone(),
             Arc::clone(&passwords),
             Arc::clone(&lockout),
-            Arc::clone(&notifier),
+            notifier,
+            Arc::clone(&password_change),
             audit.clone(),
             Arc::clone(clock),
             settings,
@@ -97,11 +111,9 @@ impl Services {
         let account = Arc::new(Account::new(
             store.clone(),
             store.clone(),
-            store.clone(),
-            store.clone(),
             passwords,
             lockout,
-            notifier,
+            password_change,
             audit.clone(),
             Arc::clone(clock),
             settings,
@@ -114,4 +126,62 @@ impl Services {
             account,
         })
     }
+}
+
+/// The use-cases' part of the configuration.
+pub(super) fn auth_settings(config: &Config) -> AuthSettings {
+    AuthSettings {
+        app_name: config.server.app_name.clone(),
+        app_url: config.server.app_url.clone(),
+        refresh_ttl: config.tokens.jwt_refresh_ttl,
+        reset_ttl: config.tokens.reset_token_ttl,
+        password_policy: PasswordPolicy {
+            min_chars: config.accounts.password_min_length,
+        },
+        refresh_reuse_grace: config.tokens.refresh_reuse_grace,
+        refresh_idle: config.tokens.refresh_idle_timeout,
+        lockout: LockoutPolicy {
+            max_failures: config.limits.login_max_failures,
+            window: config.limits.login_failure_window,
+            first_lock: config.limits.login_lockout,
+            max_lock: config.limits.login_lockout_max,
+        },
+        require_verified_email: config.accounts.require_verified_email,
+        verification_ttl: config.tokens.verification_token_ttl,
+        mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
+    }
+}
+
+/// The email outbox over the configured transport (SMTP, or the `.eml`
+/// directory without MAIL_SERVER: both go through the same queue).
+pub(super) fn outbox(
+    config: &Config,
+    store: &Arc<dyn Store>,
+    refresh_secret: &SecretString,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Outbox>> {
+    let mailer: Arc<dyn crate::email::Mailer> = Arc::from(crate::email::from_config(
+        &config.mail,
+        !config.is_production(),
+    )?);
+    let from: lettre::message::Mailbox = config
+        .mail
+        .from
+        .parse()
+        .context("MAIL_FROM is not a valid mailbox")?;
+    Ok(Outbox::new(
+        store.clone(),
+        store.clone(),
+        mailer,
+        crate::email::sealed::Sealer::derive_from(refresh_secret),
+        OutboxSettings {
+            app_name: config.server.app_name.clone(),
+            app_url: config.server.app_url.clone(),
+            message_id_domain: from.email.domain().to_owned(),
+            timeout: config.mail.timeout,
+            retry_for: config.mail.retry_for,
+            concurrency: config.mail.concurrency,
+        },
+        Arc::clone(clock),
+    ))
 }

@@ -14,14 +14,12 @@ use chrono::{DateTime, Utc};
 
 use super::audit::Audit;
 use super::lockout::Lockout;
-use super::notifier::Notifier;
+use super::password_change::PasswordChange;
 use super::passwords::{Passwords, Verification};
-use super::{span, AuthSettings, ClientContext, ServiceError};
+use super::{span, AuthSettings, ClientContext, CurrentSession, ServiceError};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, Password, PasswordPolicy, TokenHash, User, UserId};
-use crate::storage::{
-    OneTimeTokenStore, RefreshTokenStore, TokenPurpose, UserStore, WebSessionStore,
-};
+use crate::storage::{RefreshTokenStore, WebSessionStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
@@ -48,26 +46,18 @@ pub struct SessionInfo {
     pub current: bool,
 }
 
-/// Which session is asking, so it can be marked and kept.
-#[derive(Debug, Clone, Default)]
-pub struct CurrentSession {
-    pub web: Option<TokenHash>,
-    pub family: Option<String>,
-}
-
 const WEB_PREFIX: &str = "web_";
 const API_PREFIX: &str = "api_";
 
 pub struct Account {
-    users: Arc<dyn UserStore>,
     refresh_tokens: Arc<dyn RefreshTokenStore>,
     web_sessions: Arc<dyn WebSessionStore>,
-    /// A password change voids the reset links out.
-    links: Arc<dyn OneTimeTokenStore>,
     passwords: Arc<Passwords>,
     /// The current password is checked under the sign-in lock.
     lockout: Arc<Lockout>,
-    notifier: Arc<Notifier>,
+    /// Storing the new password and what follows it; also ends the other
+    /// sessions for "sign out everywhere".
+    password_change: Arc<PasswordChange>,
     audit: Audit,
     clock: Arc<dyn Clock>,
     password_policy: PasswordPolicy,
@@ -78,25 +68,21 @@ pub struct Account {
 impl Account {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        users: Arc<dyn UserStore>,
         refresh_tokens: Arc<dyn RefreshTokenStore>,
         web_sessions: Arc<dyn WebSessionStore>,
-        links: Arc<dyn OneTimeTokenStore>,
         passwords: Arc<Passwords>,
         lockout: Arc<Lockout>,
-        notifier: Arc<Notifier>,
+        password_change: Arc<PasswordChange>,
         audit: Audit,
         clock: Arc<dyn Clock>,
         settings: &AuthSettings,
     ) -> Self {
         Self {
-            users,
             refresh_tokens,
             web_sessions,
-            links,
             passwords,
             lockout,
-            notifier,
+            password_change,
             audit,
             clock,
             password_policy: settings.password_policy,
@@ -248,49 +234,16 @@ impl Account {
         keep: &CurrentSession,
         client: &ClientContext,
     ) -> Result<u64> {
-        let (ended, _) = self.end_sessions_except(user_id, keep).await?;
+        let ended = self
+            .password_change
+            .end_sessions_except(user_id, keep)
+            .await?;
         let entry = self
             .audit
             .entry(AuditEvent::LogoutAll, client)
             .user(user_id);
         self.audit.record(entry).await?;
-        Ok(ended)
-    }
-
-    /// Ends every session of the user but `keep`, and cuts off their access
-    /// tokens. Returns how many sessions ended and the token version the
-    /// cut-off set (`None` when the user is gone).
-    async fn end_sessions_except(
-        &self,
-        user_id: &UserId,
-        keep: &CurrentSession,
-    ) -> Result<(u64, Option<u64>)> {
-        let now = self.clock.now();
-        // The kept browser session's own API family stays with it.
-        let mut keep_family = keep.family.clone();
-        if keep_family.is_none() {
-            if let Some(web) = &keep.web {
-                keep_family = self
-                    .web_sessions
-                    .load_web_session(web, now)
-                    .await?
-                    .and_then(|s| s.refresh_family);
-            }
-        }
-        let web = self
-            .web_sessions
-            .delete_user_web_sessions(user_id, keep.web.as_ref())
-            .await?;
-        let version = self
-            .users
-            .cut_access_tokens(user_id, self.clock.now())
-            .await?;
-        let api = self
-            .refresh_tokens
-            .revoke_user_refresh_tokens(user_id, keep_family.as_deref(), now)
-            .await?;
-        tracing::info!(user_id = %user_id, web, api, "sessions ended");
-        Ok((web + api, version))
+        Ok(ended.web + ended.api)
     }
 
     /// Changes the password after checking the current one, then ends every
@@ -361,23 +314,14 @@ impl Account {
             self.lockout.clear(&key).await?;
         }
         let hash = self.passwords.hash(new_password).await?;
-        self.users
-            .set_password_hash(&user.id, &hash, self.clock.now())
-            .await?;
-        let (_, version) = self.end_sessions_except(&user.id, keep).await?;
+        let ended = self.password_change.store(user, &hash, keep).await?;
         // The user was deleted meanwhile: nobody is signed in any more.
-        let version = version.ok_or(ServiceError::InvalidAccessToken(
+        let version = ended.token_version.ok_or(ServiceError::InvalidAccessToken(
             super::tokens::TokenError::Invalid,
         ))?;
-        self.links
-            .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
+        self.password_change
+            .announce(user, AuditEvent::PasswordChanged, client)
             .await?;
-        self.notifier.password_changed(user).await;
-        let entry = self
-            .audit
-            .entry(AuditEvent::PasswordChanged, client)
-            .user(&user.id);
-        self.audit.record(entry).await?;
         tracing::info!(user_id = %user.id, "password changed");
         Ok(version)
     }

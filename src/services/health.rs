@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 use super::Audit;
-use crate::storage::Store;
+use crate::storage::HealthProbe;
 
 /// How often the store is probed while it takes writes.
 pub const PROBE_EVERY: Duration = Duration::from_secs(5);
@@ -40,24 +40,23 @@ const AFTER_FAILURE: Duration = Duration::from_millis(200);
 pub struct WriteHealth {
     probe_ok: AtomicBool,
     audit: Audit,
-    /// The probes (`ping`, `probe_write`) exist only on the whole store.
-    store: Arc<dyn Store>,
+    probes: Arc<dyn HealthProbe>,
 }
 
 impl WriteHealth {
     /// Starts out writable: the first probe runs at once and start-up (which
     /// just applied the migrations) has written already.
-    pub fn new(audit: Audit, store: Arc<dyn Store>) -> Arc<Self> {
+    pub fn new(audit: Audit, probes: Arc<dyn HealthProbe>) -> Arc<Self> {
         Arc::new(Self {
             probe_ok: AtomicBool::new(true),
             audit,
-            store,
+            probes,
         })
     }
 
     /// True when the database answers a round trip.
     pub async fn database_ok(&self) -> bool {
-        self.store.ping().await.is_ok()
+        self.probes.ping().await.is_ok()
     }
 
     /// True while the last probe succeeded and the audit writer is not
@@ -71,7 +70,7 @@ impl WriteHealth {
         let health = Arc::clone(self);
         tokio::spawn(async move {
             loop {
-                let ok = health.probe(health.store.as_ref()).await;
+                let ok = health.probe().await;
                 let wait = if ok && !health.audit.is_failing() {
                     PROBE_EVERY
                 } else {
@@ -87,9 +86,9 @@ impl WriteHealth {
         })
     }
 
-    async fn probe(&self, store: &dyn Store) -> bool {
+    async fn probe(&self) -> bool {
         let outcome =
-            tokio::time::timeout(PROBE_TIMEOUT, store.probe_write(chrono::Utc::now())).await;
+            tokio::time::timeout(PROBE_TIMEOUT, self.probes.probe_write(chrono::Utc::now())).await;
         let ok = matches!(outcome, Ok(Ok(())));
         let was = self.probe_ok.swap(ok, Ordering::AcqRel);
         match (was, ok) {

@@ -21,6 +21,8 @@ pub mod login;
 pub mod notifier;
 /// The durable email queue and its sender.
 pub mod outbox;
+/// Storing a new password and what must follow it (change and reset).
+pub mod password_change;
 /// Argon2id hashing and the password policy.
 pub mod passwords;
 /// Forgot and reset password.
@@ -35,15 +37,16 @@ pub mod tokens;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::domain::{FieldError, PasswordPolicy};
+use crate::domain::{FieldError, PasswordPolicy, TokenHash};
 use crate::storage::StoreError;
 
-pub use account::{Account, CurrentSession, SessionInfo, SessionKind};
+pub use account::{Account, SessionInfo, SessionKind};
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
 pub use login::Login;
 pub use notifier::Notifier;
+pub use password_change::PasswordChange;
 pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
 pub use sessions::{LoginOutcome, Sessions};
@@ -110,6 +113,13 @@ impl ClientContext {
         self.request_id = request_id.map(str::to_owned);
         self
     }
+}
+
+/// Which session is asking, so it can be marked and kept.
+#[derive(Debug, Clone, Default)]
+pub struct CurrentSession {
+    pub web: Option<TokenHash>,
+    pub family: Option<String>,
 }
 
 /// Why a use-case failed, in terms the HTTP layer maps to statuses.

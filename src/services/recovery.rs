@@ -6,26 +6,25 @@ use std::sync::Arc;
 use super::audit::Audit;
 use super::lockout::{self, Lockout};
 use super::notifier::Notifier;
+use super::password_change::PasswordChange;
 use super::passwords::Passwords;
-use super::{AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
+use super::{AuthSettings, ClientContext, CurrentSession, ServiceError, MAX_TOKEN_LEN};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, EmailAddress, Password, PasswordPolicy, TokenHash};
-use crate::storage::{
-    OneTimeTokenStore, RefreshTokenStore, TokenPurpose, UserStore, WebSessionStore,
-};
+use crate::storage::{OneTimeTokenStore, TokenPurpose, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
 pub struct Recovery {
     users: Arc<dyn UserStore>,
     links: Arc<dyn OneTimeTokenStore>,
-    /// A completed reset ends every sign-in: API families and page sessions.
-    refresh_tokens: Arc<dyn RefreshTokenStore>,
-    web_sessions: Arc<dyn WebSessionStore>,
     passwords: Arc<Passwords>,
     /// Whoever completes a reset owns the mailbox: its lock is lifted.
     lockout: Arc<Lockout>,
     notifier: Arc<Notifier>,
+    /// A completed reset stores the password and ends every sign-in: API
+    /// families and page sessions.
+    password_change: Arc<PasswordChange>,
     audit: Audit,
     clock: Arc<dyn Clock>,
     password_policy: PasswordPolicy,
@@ -36,11 +35,10 @@ impl Recovery {
     pub fn new(
         users: Arc<dyn UserStore>,
         links: Arc<dyn OneTimeTokenStore>,
-        refresh_tokens: Arc<dyn RefreshTokenStore>,
-        web_sessions: Arc<dyn WebSessionStore>,
         passwords: Arc<Passwords>,
         lockout: Arc<Lockout>,
         notifier: Arc<Notifier>,
+        password_change: Arc<PasswordChange>,
         audit: Audit,
         clock: Arc<dyn Clock>,
         settings: &AuthSettings,
@@ -48,11 +46,10 @@ impl Recovery {
         Self {
             users,
             links,
-            refresh_tokens,
-            web_sessions,
             passwords,
             lockout,
             notifier,
+            password_change,
             audit,
             clock,
             password_policy: settings.password_policy,
@@ -169,34 +166,18 @@ impl Recovery {
             Some(owner) if owner == user.id => {}
             _ => return Err(ServiceError::InvalidResetToken),
         }
-        let now = self.clock.now();
-        self.users
-            .set_password_hash(&user.id, &new_hash, now)
-            .await?;
-        let revoked = self
-            .refresh_tokens
-            .revoke_user_refresh_tokens(&user.id, None, now)
-            .await?;
-        self.links
-            .delete_user_one_time_tokens(TokenPurpose::PasswordReset, &user.id)
-            .await?;
-        self.web_sessions
-            .delete_user_web_sessions(&user.id, None)
+        let ended = self
+            .password_change
+            .store(&user, &new_hash, &CurrentSession::default())
             .await?;
         // Whoever completed a reset owns the mailbox: lift any lock.
         self.lockout.clear(&lockout::key_of(&user.email)).await?;
-        self.users
-            .cut_access_tokens(&user.id, self.clock.now())
+        self.password_change
+            .announce(&user, AuditEvent::PasswordResetCompleted, client)
             .await?;
-        self.notifier.password_changed(&user).await;
-        let entry = self
-            .audit
-            .entry(AuditEvent::PasswordResetCompleted, client)
-            .user(&user.id);
-        self.audit.record(entry).await?;
         // The link reached this mailbox and came back: the same proof a
         // verification link gives, so the address counts as verified.
-        if !user.verified && self.users.set_verified(&user.id, now).await? {
+        if !user.verified && self.users.set_verified(&user.id, self.clock.now()).await? {
             let entry = self
                 .audit
                 .entry(AuditEvent::EmailVerified, client)
@@ -205,7 +186,7 @@ impl Recovery {
                 .detail("password_reset");
             self.audit.record(entry).await?;
         }
-        tracing::info!(user_id = %user.id, revoked_sessions = revoked, "password reset completed");
+        tracing::info!(user_id = %user.id, revoked_sessions = ended.api, "password reset completed");
         Ok(())
     }
 }

@@ -4,8 +4,8 @@
 //! `refresh_tokens`, ...) and implemented in a file of the same name under
 //! each backend; [`Store`] bundles them so the app can hand one
 //! `Arc<dyn Store>` to the services. Backends (SQLite, MongoDB) live
-//! beside this file and only `app.rs` picks one. Every backend must pass the
-//! same conformance suite in `tests/storage.rs`.
+//! beside this file and only `app/store.rs` picks one. Every backend must
+//! pass the same conformance suite in `tests/storage.rs`.
 //!
 //! Rules every implementation follows:
 //! - Times are UTC; expiry is always checked here in code, never left to a
@@ -15,6 +15,7 @@
 
 mod audit;
 pub mod email_queue;
+mod health_probe;
 mod login_throttles;
 pub mod mongo;
 mod one_time_tokens;
@@ -26,6 +27,7 @@ mod web_sessions;
 
 pub use audit::{AuditQuery, AuditStore, ChainLink, AUDIT_PAGE_MAX};
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
+pub use health_probe::HealthProbe;
 pub use login_throttles::{LoginThrottle, LoginThrottleStore};
 pub use one_time_tokens::{NewLink, NewOneTimeToken, OneTimeTokenStore, TokenPurpose};
 pub use rate_limits::RateLimitStore;
@@ -86,17 +88,8 @@ pub trait Store:
     + AuditStore
     + EmailQueueStore
     + RateLimitStore
+    + HealthProbe
 {
-    /// Cheap round trip to prove the database answers (for /health).
-    async fn ping(&self) -> StoreResult<()>;
-
-    /// One small real write, an upsert of the single row (document) of
-    /// `health_probe`, for the write probe behind /health: succeeds only
-    /// while the store takes writes. A disk that is full, a database that
-    /// is read-only or a lock held past the busy timeout make it fail where
-    /// `ping` still succeeds.
-    async fn probe_write(&self, now: DateTime<Utc>) -> StoreResult<()>;
-
     /// Deletes tokens that expired before `now`, and login throttles idle
     /// since `throttle_idle_before` (not locked and no failure since then);
     /// returns how many. Backends with their own expiry (MongoDB TTL

@@ -33,7 +33,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 use tokio::sync::OnceCell;
 
-use super::{Store, StoreError, StoreResult, StoredInstant};
+use super::{HealthProbe, Store, StoreError, StoreResult, StoredInstant};
 use crate::domain::UserId;
 
 mod audit;
@@ -409,7 +409,7 @@ impl StoredInstant for bson::DateTime {
 }
 
 #[async_trait]
-impl Store for MongoStore {
+impl HealthProbe for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
         self.db
             .run_command(doc! { "ping": 1 })
@@ -433,7 +433,10 @@ impl Store for MongoStore {
             .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for MongoStore {
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,

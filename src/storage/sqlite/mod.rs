@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 pub use sqlx::sqlite::SqliteSynchronous;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 
-use super::{Store, StoreError, StoreResult, StoredInstant};
+use super::{HealthProbe, Store, StoreError, StoreResult, StoredInstant};
 
 mod audit;
 mod connections;
@@ -287,7 +287,7 @@ fn no_transaction_active(err: &sqlx::Error) -> bool {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl HealthProbe for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&mut self.read().await?)
@@ -310,7 +310,10 @@ impl Store for SqliteStore {
         .await?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl Store for SqliteStore {
     async fn purge_expired(
         &self,
         now: DateTime<Utc>,

@@ -1,0 +1,57 @@
+//! The background work of a running service that is not a use-case: the
+//! hourly purge of expired rows, and the signal that asks it to stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::storage::Store;
+
+/// Resolves when the process gets Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+/// Expired tokens are worthless; delete them hourly so tables stay small.
+/// Login throttles are kept a day after their last failure, so a lock that
+/// ends and is earned again right away still doubles.
+pub(super) fn spawn_purge(
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    throttle_memory: Duration,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tick.tick().await;
+            let now = clock.now();
+            let idle_before = now
+                - chrono::Duration::from_std(throttle_memory).unwrap_or(chrono::Duration::days(1));
+            match store.purge_expired(now, idle_before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(purged = n, "expired tokens deleted"),
+                Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+            }
+        }
+    })
+}

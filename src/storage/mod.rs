@@ -16,6 +16,7 @@
 mod audit;
 pub mod email_queue;
 mod login_throttles;
+mod mfa;
 pub mod mongo;
 mod one_time_tokens;
 mod rate_limits;
@@ -27,6 +28,8 @@ mod web_sessions;
 pub use audit::{AuditQuery, AuditStore, ChainLink, AUDIT_PAGE_MAX};
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
 pub use login_throttles::{LoginThrottle, LoginThrottleStore};
+pub(crate) use mfa::{step_param, StoredPasskey, StoredTotp};
+pub use mfa::{MfaStore, Passkey, TotpFactor};
 pub use one_time_tokens::{NewLink, NewOneTimeToken, OneTimeTokenStore, TokenPurpose};
 pub use rate_limits::RateLimitStore;
 pub use refresh_tokens::{
@@ -71,6 +74,7 @@ pub trait Store:
     + OneTimeTokenStore
     + LoginThrottleStore
     + WebSessionStore
+    + MfaStore
     + AuditStore
     + EmailQueueStore
     + RateLimitStore

@@ -1,7 +1,7 @@
-//! The authenticator-app use-cases (`services/mfa/totp.rs`) on every
-//! backend, with the test clock: enrolment takes effect only after a valid
-//! code, codes allow one step of skew, a used code is refused, and the
-//! secret is never stored in clear.
+//! The second-factor use-cases (`services/mfa/`) on every backend, with
+//! the test clock: enrolment takes effect only after a valid code, codes
+//! allow one step of skew, a used code (authenticator or recovery) is
+//! refused, and the secret is never stored in clear.
 
 mod common;
 
@@ -12,7 +12,7 @@ use chrono::DateTime;
 use clinic_auth::clock::{Clock, TestClock};
 use clinic_auth::domain::mfa::{MfaKey, TimeStep, TotpSecret, RECOVERY_CODE_COUNT};
 use clinic_auth::domain::User;
-use clinic_auth::services::mfa::{MfaError, TotpFactors};
+use clinic_auth::services::mfa::{MfaError, RecoveryCodes, TotpFactors};
 use clinic_auth::storage::Store;
 use common::fixtures::new_user;
 use common::{fresh_store, winners, Backend};
@@ -24,6 +24,8 @@ backend_tests!(
     sign_in_codes_allow_one_step_of_skew_and_no_replay,
     concurrent_sign_ins_with_one_code_have_one_winner,
     the_secret_is_stored_sealed_and_opens_only_with_the_key,
+    recovery_codes_work_once_each_until_regenerated,
+    concurrent_uses_of_one_recovery_code_have_one_winner,
 );
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -32,6 +34,7 @@ struct Harness {
     store: Arc<dyn Store>,
     clock: Arc<TestClock>,
     totp: TotpFactors,
+    recovery: Arc<RecoveryCodes>,
     jane: User,
     _dir: tempfile::TempDir,
 }
@@ -47,23 +50,37 @@ async fn harness(backend: Backend) -> Harness {
     let clock = Arc::new(TestClock::new());
     // 1_800_000_000 is a whole number of 30-second steps.
     clock.set(DateTime::from_timestamp(1_800_000_000 + 5, 0).unwrap());
-    let totp = factors(&store, &clock, KEY);
+    let (totp, recovery) = factors(&store, &clock, KEY);
     Harness {
         store,
         clock,
         totp,
+        recovery,
         jane,
         _dir: dir,
     }
 }
 
-fn factors(store: &Arc<dyn Store>, clock: &Arc<TestClock>, key: &str) -> TotpFactors {
-    TotpFactors::new(
+/// The use-cases over `store`, sealing and hashing under `key`.
+fn factors(
+    store: &Arc<dyn Store>,
+    clock: &Arc<TestClock>,
+    key: &str,
+) -> (TotpFactors, Arc<RecoveryCodes>) {
+    let key = MfaKey::from_hex(key).unwrap();
+    let recovery = Arc::new(RecoveryCodes::new(
         store.clone(),
-        MfaKey::from_hex(key).unwrap(),
+        key.clone(),
+        clock.clone(),
+    ));
+    let totp = TotpFactors::new(
+        store.clone(),
+        key,
         clock.clone(),
         "Clinic Auth",
-    )
+        Arc::clone(&recovery),
+    );
+    (totp, recovery)
 }
 
 impl Harness {
@@ -228,7 +245,7 @@ async fn the_secret_is_stored_sealed_and_opens_only_with_the_key(backend: Backen
         }
     }
     // Another MFA_ENCRYPTION_KEY cannot use it: an error, never a pass.
-    let other = factors(&h.store, &h.clock, &"ff".repeat(32));
+    let (other, _) = factors(&h.store, &h.clock, &"ff".repeat(32));
     let secret = TotpSecret::from_manual_entry_key(&key).unwrap();
     let err = other
         .confirm(&h.jane.id, &h.code(&secret, 0))
@@ -239,4 +256,65 @@ async fn the_secret_is_stored_sealed_and_opens_only_with_the_key(backend: Backen
         .confirm(&h.jane.id, &h.code(&secret, 0))
         .await
         .unwrap();
+}
+
+async fn recovery_codes_work_once_each_until_regenerated(backend: Backend) {
+    let h = harness(backend).await;
+    let jane = &h.jane.id;
+    let setup = h.totp.setup(&h.jane).await.unwrap();
+    let secret = TotpSecret::from_manual_entry_key(setup.manual_entry_key.expose_secret()).unwrap();
+    let first: Vec<String> = h
+        .totp
+        .confirm(jane, &h.code(&secret, 0))
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.formatted().expose_secret().to_owned())
+        .collect();
+
+    // As typed from paper: upper case, a blank for the dash.
+    let typed = first[0].to_uppercase().replace('-', " ");
+    assert_eq!(h.recovery.use_code(jane, &typed).await.unwrap(), 9);
+    for again in [typed.as_str(), first[0].as_str(), "not-a-code", ""] {
+        let err = h.recovery.use_code(jane, again).await.unwrap_err();
+        assert!(matches!(err, MfaError::WrongCode), "{again:?}: {err:?}");
+    }
+    let john = h
+        .store
+        .create_user(&new_user("john@example.com"))
+        .await
+        .unwrap();
+    let err = h.recovery.use_code(&john.id, &first[1]).await.unwrap_err();
+    assert!(
+        matches!(err, MfaError::WrongCode),
+        "jane's code for john: {err:?}"
+    );
+    assert_eq!(h.recovery.left(jane).await.unwrap(), 9);
+
+    // A new set replaces the whole old one.
+    let second = h.recovery.regenerate(jane).await.unwrap();
+    assert_eq!(h.recovery.left(jane).await.unwrap(), 10);
+    let err = h.recovery.use_code(jane, &first[1]).await.unwrap_err();
+    assert!(matches!(err, MfaError::WrongCode), "{err:?}");
+    let code = second[0].formatted();
+    assert_eq!(
+        h.recovery
+            .use_code(jane, code.expose_secret())
+            .await
+            .unwrap(),
+        9
+    );
+}
+
+async fn concurrent_uses_of_one_recovery_code_have_one_winner(backend: Backend) {
+    let h = Arc::new(harness(backend).await);
+    let codes = h.recovery.regenerate(&h.jane.id).await.unwrap();
+    let code = codes[3].formatted().expose_secret().to_owned();
+    let wins = winners(8, || {
+        let (h, code) = (Arc::clone(&h), code.clone());
+        async move { h.recovery.use_code(&h.jane.id, &code).await.is_ok() }
+    })
+    .await;
+    assert_eq!(wins, 1);
+    assert_eq!(h.recovery.left(&h.jane.id).await.unwrap(), 9);
 }

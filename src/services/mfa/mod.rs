@@ -2,9 +2,12 @@
 //! each. They report [`MfaError`]; the routes that will call them map it
 //! to answers.
 
+/// Recovery codes: regenerate, use one, count.
+pub mod recovery_codes;
 /// Authenticator app: enrol (setup, confirm) and check a code.
 pub mod totp;
 
+pub use recovery_codes::RecoveryCodes;
 pub use totp::{TotpFactors, TotpSetup};
 
 use crate::domain::mfa::SealError;
@@ -24,7 +27,8 @@ pub enum MfaError {
     /// A sign-in step for a user without a confirmed authenticator.
     #[error("no authenticator is enabled")]
     NotEnabled,
-    /// Not the code of now (give or take a step), or already used.
+    /// Not the code of now (give or take a step), not one of the user's
+    /// recovery codes, or already used.
     #[error("the code is wrong or was already used")]
     WrongCode,
     /// The stored secret does not open: MFA_ENCRYPTION_KEY changed, or the

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::MfaError;
+use super::{MfaError, RecoveryCodes};
 use crate::clock::Clock;
 use crate::domain::mfa::{otpauth_uri, qr_svg, MfaKey, RecoveryCode, TimeStep, TotpSecret};
 use crate::domain::{User, UserId};
@@ -37,6 +37,8 @@ pub struct TotpFactors {
     clock: Arc<dyn Clock>,
     /// APP_NAME: the issuer the authenticator app shows.
     app_name: String,
+    /// Turning the authenticator on hands out the first recovery codes.
+    recovery: Arc<RecoveryCodes>,
 }
 
 impl TotpFactors {
@@ -45,12 +47,14 @@ impl TotpFactors {
         key: MfaKey,
         clock: Arc<dyn Clock>,
         app_name: impl Into<String>,
+        recovery: Arc<RecoveryCodes>,
     ) -> Self {
         Self {
             store,
             key,
             clock,
             app_name: app_name.into(),
+            recovery,
         }
     }
 
@@ -96,11 +100,7 @@ impl TotpFactors {
         // The codes first: a confirmed authenticator always has its
         // recovery codes, and codes stored for a setup that then fails to
         // confirm open nothing (no second step is asked for without one).
-        let codes = RecoveryCode::generate_set();
-        let hashes: Vec<_> = codes.iter().map(|c| c.hash(&self.key, user)).collect();
-        self.store
-            .replace_recovery_codes(user, &hashes, now)
-            .await?;
+        let codes = self.recovery.regenerate(user).await?;
         if !self
             .store
             .confirm_totp(user, &factor.secret, step, now)

@@ -75,6 +75,10 @@ impl App {
         let metrics = crate::metrics::handle()?;
         let store = open_store(&config).await?;
         let audit_key = audit_key(&config)?;
+        // Read (or generated) at start although no route uses it yet (issue
+        // 18 in progress), so a damaged key file stops start-up rather than
+        // the first enrolment.
+        let _mfa_key = secrets::mfa_key(&config)?;
         // Opened before the first record is written: a keyed chain always
         // has its checkpoint file.
         let checkpointer = Arc::new(Checkpointer::open(

@@ -99,6 +99,23 @@ fn bad_configuration_exits_naming_the_variable() {
         ),
         (vec![("AUDIT_KEY", "0123456789abcdef")], "AUDIT_KEY"),
         (vec![("AUDIT_KEY", "g".repeat(64).as_str())], "AUDIT_KEY"),
+        // So does the key that seals authenticator secrets (issue 18).
+        (
+            vec![
+                ("APP_ENV", "production"),
+                ("JWT_ACCESS_SECRET", "0123456789abcdef0123456789abcdef"),
+                ("JWT_REFRESH_SECRET", "fedcba9876543210fedcba9876543210"),
+                (
+                    "AUDIT_KEY",
+                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                ),
+            ],
+            "MFA_ENCRYPTION_KEY",
+        ),
+        (
+            vec![("MFA_ENCRYPTION_KEY", "0123456789abcdef")],
+            "MFA_ENCRYPTION_KEY",
+        ),
     ] {
         let output = exits_within(command(dir.path(), &vars), Duration::from_secs(10));
         assert_eq!(output.status.code(), Some(2), "{vars:?}");

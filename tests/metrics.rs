@@ -118,7 +118,11 @@ async fn metrics_can_live_on_their_own_address() {
 async fn production_hides_metrics_from_the_public_listener() {
     let app = TestApp::spawn_with(
         Backend::Sqlite,
-        &[("APP_ENV", "production"), ("AUDIT_KEY", AUDIT_KEY)],
+        &[
+            ("APP_ENV", "production"),
+            ("AUDIT_KEY", AUDIT_KEY),
+            ("MFA_ENCRYPTION_KEY", AUDIT_KEY),
+        ],
     )
     .await;
     let res = app.get("/metrics").await;
@@ -139,6 +143,7 @@ async fn production_serves_metrics_to_the_metrics_token_only() {
         &[
             ("APP_ENV", "production"),
             ("AUDIT_KEY", AUDIT_KEY),
+            ("MFA_ENCRYPTION_KEY", AUDIT_KEY),
             ("METRICS_TOKEN", token),
         ],
     )

@@ -9,6 +9,7 @@ use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::Config;
+use crate::domain::mfa::MfaKey;
 use crate::domain::AuditKey;
 
 const SECRETS_FILE: &str = "jwt-secrets";
@@ -76,11 +77,63 @@ pub fn audit_key(config: &Config) -> anyhow::Result<AuditKey> {
     if let Some(key) = &config.audit.audit_key {
         return Ok(key.clone());
     }
-    let path = config.data_dir().join(AUDIT_KEY_FILE);
-    let text = load_or_create_file(&path, || format!("{}\n", AuditKey::generate().to_hex()))?;
     // Never replaced when damaged: a new key would make every keyed record
     // fail verification.
-    let key = AuditKey::from_hex(&text).with_context(|| {
+    development_key(
+        config,
+        DevelopmentKey {
+            file: AUDIT_KEY_FILE,
+            variable: "AUDIT_KEY",
+            used_for: "keying the audit trail",
+        },
+        || AuditKey::generate().to_hex(),
+        AuditKey::from_hex,
+    )
+}
+
+const MFA_KEY_FILE: &str = "mfa-key";
+
+/// The configured MFA_ENCRYPTION_KEY, or (development only, when none is
+/// set) a key generated once and kept in the data directory, so enrolled
+/// authenticators still open after a restart. Config validation already
+/// refused production without one.
+pub fn mfa_key(config: &Config) -> anyhow::Result<MfaKey> {
+    if let Some(key) = &config.mfa.mfa_encryption_key {
+        return Ok(key.clone());
+    }
+    // Never replaced when damaged: a new key would leave every enrolled
+    // authenticator secret and recovery code unusable.
+    development_key(
+        config,
+        DevelopmentKey {
+            file: MFA_KEY_FILE,
+            variable: "MFA_ENCRYPTION_KEY",
+            used_for: "sealing authenticator secrets",
+        },
+        || MfaKey::generate().to_hex(),
+        MfaKey::from_hex,
+    )
+}
+
+/// Which generated development key, for the file name and the warning.
+struct DevelopmentKey {
+    file: &'static str,
+    variable: &'static str,
+    used_for: &'static str,
+}
+
+/// A 32-byte key kept as 64 hex characters in `$DATA_DIR/<file>`, made
+/// once with `generate` and read back with `parse`. A damaged file stops
+/// start-up: replacing it would lose what the old key protects.
+fn development_key<K>(
+    config: &Config,
+    key: DevelopmentKey,
+    generate: impl FnOnce() -> String,
+    parse: impl FnOnce(&str) -> Option<K>,
+) -> anyhow::Result<K> {
+    let path = config.data_dir().join(key.file);
+    let text = load_or_create_file(&path, || format!("{}\n", generate()))?;
+    let parsed = parse(&text).with_context(|| {
         format!(
             "{} is damaged (it must hold 64 hex characters); restore it from a backup",
             path.display()
@@ -88,10 +141,13 @@ pub fn audit_key(config: &Config) -> anyhow::Result<AuditKey> {
     })?;
     tracing::warn!(
         file = %path.display(),
-        "AUDIT_KEY not set: keying the audit trail with the generated development key from this file; \
-         set AUDIT_KEY (and APP_ENV=production) before going live"
+        "{} not set: {} with the generated development key from this file; \
+         set {} (and APP_ENV=production) before going live",
+        key.variable,
+        key.used_for,
+        key.variable,
     );
-    Ok(key)
+    Ok(parsed)
 }
 
 /// The text of `path`, first creating it (0600, its directory 0700) with
@@ -121,4 +177,42 @@ fn load_or_create_file(path: &Path, make: impl FnOnce() -> String) -> anyhow::Re
         Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
     }
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Generated once (0600), then read back unchanged; a damaged file
+    /// stops start-up rather than being replaced.
+    #[test]
+    fn the_development_key_is_generated_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = Config::from_pairs(&[("DATA_DIR", data.to_str().unwrap())]).unwrap();
+        let first = mfa_key(&config).unwrap();
+        assert_eq!(mfa_key(&config).unwrap().to_hex(), first.to_hex());
+        let file = data.join(MFA_KEY_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        std::fs::write(&file, "damaged").unwrap();
+        let err = mfa_key(&config).unwrap_err().to_string();
+        assert!(err.contains("damaged"), "{err}");
+
+        let hex = "00112233445566778899aabbccddeeff".repeat(2);
+        let configured = Config::from_pairs(&[
+            ("DATA_DIR", data.to_str().unwrap()),
+            ("MFA_ENCRYPTION_KEY", &hex),
+        ])
+        .unwrap();
+        assert_eq!(
+            mfa_key(&configured).unwrap().to_hex(),
+            hex,
+            "the variable wins"
+        );
+    }
 }

@@ -20,6 +20,7 @@ mod audit;
 mod limits;
 mod mail;
 mod metrics;
+mod mfa;
 mod server;
 mod sessions;
 mod store;
@@ -31,6 +32,7 @@ pub use audit::AuditConfig;
 pub use limits::LimitsConfig;
 pub use mail::{MailConfig, MailTransport};
 pub use metrics::MetricsConfig;
+pub use mfa::MfaConfig;
 pub use server::ServerConfig;
 pub use sessions::SessionsConfig;
 pub use store::{redacted_uri, Database, RateLimitBackend, SqliteSynchronous, StoreConfig};
@@ -53,6 +55,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub tokens: TokensConfig,
     pub audit: AuditConfig,
+    pub mfa: MfaConfig,
     pub mail: MailConfig,
     pub limits: LimitsConfig,
     pub accounts: AccountsConfig,
@@ -160,6 +163,7 @@ impl Config {
         let store = StoreConfig::read(&vars)?;
         let tokens = TokensConfig::read(&vars, environment)?;
         let audit = AuditConfig::read(&vars, environment, &store.data_dir)?;
+        let mfa = MfaConfig::read(&vars, environment)?;
         let mail = MailConfig::read(&vars)?;
         let limits = LimitsConfig::read(&vars, &store.database)?;
         let accounts = AccountsConfig::read(&vars)?;
@@ -171,6 +175,7 @@ impl Config {
             store,
             tokens,
             audit,
+            mfa,
             mail,
             limits,
             accounts,

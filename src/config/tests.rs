@@ -347,6 +347,7 @@ fn the_audit_key_is_read_and_never_shown() {
         ("JWT_ACCESS_SECRET", &"a".repeat(32)),
         ("JWT_REFRESH_SECRET", &"b".repeat(32)),
         ("AUDIT_KEY", &hex),
+        ("MFA_ENCRYPTION_KEY", &hex),
         ("DATA_DIR", "/var/lib/clinic-auth"),
         ("AUDIT_CHECKPOINT_INTERVAL", "250ms"),
     ])

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod email;
+pub mod mfa;
 pub mod name;
 pub mod password;
 pub mod token;

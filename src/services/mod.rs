@@ -17,6 +17,8 @@ pub mod health;
 pub mod lockout;
 /// Email and password sign-in.
 pub mod login;
+/// Two-step sign-in: second factors (issue 18).
+pub mod mfa;
 /// Emails the use-cases send: links and notices.
 pub mod notifier;
 /// The durable email queue and its sender.

@@ -17,6 +17,7 @@ mod audit;
 pub mod email_queue;
 mod health_probe;
 mod login_throttles;
+mod mfa;
 pub mod mongo;
 mod one_time_tokens;
 mod rate_limits;
@@ -29,6 +30,8 @@ pub use audit::{AuditQuery, AuditStore, ChainLink, AUDIT_PAGE_MAX};
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
 pub use health_probe::HealthProbe;
 pub use login_throttles::{LoginThrottle, LoginThrottleStore};
+pub(crate) use mfa::{step_param, StoredPasskey, StoredTotp};
+pub use mfa::{MfaStore, Passkey, TotpFactor};
 pub use one_time_tokens::{NewLink, NewOneTimeToken, OneTimeTokenStore, TokenPurpose};
 pub use rate_limits::RateLimitStore;
 pub use refresh_tokens::{
@@ -85,6 +88,7 @@ pub trait Store:
     + OneTimeTokenStore
     + LoginThrottleStore
     + WebSessionStore
+    + MfaStore
     + AuditStore
     + EmailQueueStore
     + RateLimitStore

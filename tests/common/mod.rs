@@ -524,3 +524,19 @@ pub async fn database_pair(backend: Backend, dir: &Path) -> (String, String) {
         Backend::Mongo => ("MONGO_URI".into(), mongo_server::test_mongo_uri().await),
     }
 }
+
+/// Runs `n` calls of `attempt` at once, each on a task of its own, and
+/// counts those that answered true: the winners of a race that must have
+/// exactly one (a code presented by several requests at the same moment).
+pub async fn winners<F, Fut>(n: usize, attempt: F) -> usize
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let tasks: Vec<_> = (0..n).map(|_| tokio::spawn(attempt())).collect();
+    let mut wins = 0;
+    for task in tasks {
+        wins += usize::from(task.await.unwrap());
+    }
+    wins
+}

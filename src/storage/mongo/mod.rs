@@ -39,6 +39,7 @@ use crate::domain::UserId;
 mod audit;
 mod email_queue;
 mod login_throttles;
+mod mfa;
 mod one_time_tokens;
 mod rate_limits;
 mod refresh_tokens;
@@ -277,6 +278,10 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         // The outbox's senders claim by due time (also the lease's end).
         (email_queue::COLLECTION, plain("due_at")),
         (rate_limits::COLLECTION, ttl()),
+        // A passkey sign-in finds its credential by the authenticator's
+        // id, unique across users; the account page lists a user's.
+        (mfa::PASSKEYS, unique("credential_id")),
+        (mfa::PASSKEYS, plain("user_id")),
     ]
 }
 

@@ -20,6 +20,7 @@ mod audit;
 mod connections;
 mod email_queue;
 mod login_throttles;
+mod mfa;
 mod one_time_tokens;
 mod rate_limits;
 mod refresh_tokens;

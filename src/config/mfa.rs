@@ -1,0 +1,99 @@
+//! Two-step sign-in (issue 18): MFA_ENCRYPTION_KEY, which seals the
+//! authenticator secrets at rest and keys the recovery-code hashes.
+
+use serde::Deserialize;
+
+use super::{err, ConfigError, Environment, Vars};
+use crate::domain::mfa::MfaKey;
+
+const VAR: &str = "MFA_ENCRYPTION_KEY";
+
+#[derive(Debug, Clone)]
+pub struct MfaConfig {
+    /// MFA_ENCRYPTION_KEY. `None` means "generate and persist one"
+    /// (development only).
+    pub mfa_encryption_key: Option<MfaKey>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
+struct MfaVars {
+    mfa_encryption_key: Option<String>,
+}
+
+impl MfaConfig {
+    /// Required in production, like AUDIT_KEY: a generated key kept beside
+    /// the database would travel with its backups, and losing it makes
+    /// every enrolled authenticator unreadable. The value is never echoed:
+    /// it is a secret even when malformed.
+    pub(super) fn read(vars: &Vars, environment: Environment) -> Result<Self, ConfigError> {
+        let v: MfaVars = vars.read()?;
+        let mfa_encryption_key = v
+            .mfa_encryption_key
+            .map(|text| {
+                MfaKey::from_hex(&text).ok_or_else(|| {
+                    err(
+                        VAR,
+                        "must be exactly 64 hex characters (32 bytes, e.g. `openssl rand -hex 32`)",
+                    )
+                })
+            })
+            .transpose()?;
+        if mfa_encryption_key.is_none() && environment == Environment::Production {
+            return Err(err(
+                VAR,
+                "must be set in production: 64 hex characters (`openssl rand -hex 32`), \
+                 kept outside the database and its backups",
+            ));
+        }
+        Ok(Self { mfa_encryption_key })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    fn production(mfa: Option<&str>) -> Result<Config, crate::config::ConfigError> {
+        let mut pairs = vec![
+            ("APP_ENV", "production"),
+            ("JWT_ACCESS_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("JWT_REFRESH_SECRET", "fedcba9876543210fedcba9876543210"),
+            (
+                "AUDIT_KEY",
+                "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100",
+            ),
+        ];
+        pairs.extend(mfa.map(|key| ("MFA_ENCRYPTION_KEY", key)));
+        Config::from_pairs(&pairs)
+    }
+
+    #[test]
+    fn production_requires_the_key_and_development_generates_one() {
+        let e = production(None).unwrap_err();
+        assert_eq!(e.var, "MFA_ENCRYPTION_KEY");
+        assert!(e.message.contains("openssl rand -hex 32"), "{e}");
+        let c = production(Some(HEX)).unwrap();
+        assert_eq!(c.mfa.mfa_encryption_key.unwrap().to_hex(), HEX);
+        let c = Config::from_pairs(&[]).unwrap();
+        assert!(c.mfa.mfa_encryption_key.is_none(), "generated at start-up");
+    }
+
+    #[test]
+    fn a_malformed_key_is_refused_without_being_shown() {
+        for bad in [
+            &HEX[..62],
+            format!("{HEX}00").as_str(),
+            "g".repeat(64).as_str(),
+        ] {
+            let e = Config::from_pairs(&[("MFA_ENCRYPTION_KEY", bad)]).unwrap_err();
+            assert_eq!(e.var, "MFA_ENCRYPTION_KEY");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+            assert!(!e.to_string().contains(&bad[..16]), "{e}");
+        }
+        let c = Config::from_pairs(&[("MFA_ENCRYPTION_KEY", HEX)]).unwrap();
+        assert!(!format!("{c:?}").contains(&HEX[..16]));
+    }
+}

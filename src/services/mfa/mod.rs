@@ -1,0 +1,44 @@
+//! Two-step sign-in (issue 18): the use-cases of second factors, one file
+//! each. They report [`MfaError`]; the routes that will call them map it
+//! to answers.
+
+/// Recovery codes: regenerate, use one, count.
+pub mod recovery_codes;
+/// Authenticator app: enrol (setup, confirm) and check a code.
+pub mod totp;
+
+pub use recovery_codes::RecoveryCodes;
+pub use totp::{TotpFactors, TotpSetup};
+
+use crate::domain::mfa::SealError;
+use crate::storage::StoreError;
+
+/// Why a second-factor use-case failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MfaError {
+    /// The user already has a confirmed authenticator: setting up another
+    /// needs removing that one first (with a code and the password).
+    #[error("an authenticator is already enabled")]
+    AlreadyEnabled,
+    /// Confirming without a pending setup, or a setup replaced meanwhile
+    /// (another tab): start again.
+    #[error("no authenticator setup is waiting for confirmation")]
+    NothingToConfirm,
+    /// A sign-in step for a user without a confirmed authenticator.
+    #[error("no authenticator is enabled")]
+    NotEnabled,
+    /// Not the code of now (give or take a step), not one of the user's
+    /// recovery codes, or already used.
+    #[error("the code is wrong or was already used")]
+    WrongCode,
+    /// The stored secret does not open: MFA_ENCRYPTION_KEY changed, or the
+    /// row was altered or copied from another user. A 500, never the user's
+    /// fault.
+    #[error("the stored authenticator secret cannot be used")]
+    Sealed(#[from] SealError),
+    /// APP_NAME and the email are too long for a QR code.
+    #[error("the enrolment QR code cannot be drawn")]
+    QrCode,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

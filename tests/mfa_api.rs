@@ -487,10 +487,20 @@ async fn turning_off_needs_password_and_code(backend: common::Backend) {
         "invalid_code",
     )
     .await;
+    let failures = events(&app, AuditEvent::LoginFailure).await;
+    assert_eq!(
+        failures.last().unwrap().detail.as_deref(),
+        Some("remove_totp")
+    );
+    // A challenge issued before the removal ...
+    let pending = password_step(&app).await;
     assert_eq!(
         remove(PASSWORD, &codes[1]).await.status(),
         StatusCode::NO_CONTENT
     );
+    // ... is stale after it.
+    let res = totp_now(&app, &pending, &secret).await;
+    expect_unauthorized(res, "mfa_token_invalid").await;
     assert_eq!(events(&app, AuditEvent::MfaDisabled).await.len(), 1);
     common::wait_for_subject(&app.outbox(), "Two-step sign-in was turned off", 1).await;
     let res = send(&app, reqwest::Method::GET, "/api/auth/mfa", &access, None).await;

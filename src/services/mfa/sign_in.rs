@@ -170,6 +170,9 @@ impl SecondStep {
                 self.wrong_code(&hash, &user, factor, client).await?;
                 return Err(MfaError::WrongCode.into());
             }
+            // The authenticator was removed after the password step: the
+            // challenge is stale, and the password alone signs in now.
+            Err(MfaError::NotEnabled) => return Err(ServiceError::InvalidMfaToken),
             Err(e) => return Err(e.into()),
         };
         // Single use: of two answers racing with good codes, one signs in.

@@ -75,10 +75,9 @@ impl App {
         let metrics = crate::metrics::handle()?;
         let store = open_store(&config).await?;
         let audit_key = audit_key(&config)?;
-        // Read (or generated) at start although no route uses it yet (issue
-        // 18 in progress), so a damaged key file stops start-up rather than
-        // the first enrolment.
-        let _mfa_key = secrets::mfa_key(&config)?;
+        // Read (or generated) at start, so a damaged key file stops
+        // start-up rather than the first sign-in that needs it.
+        let mfa_key = secrets::mfa_key(&config)?;
         // Opened before the first record is written: a keyed chain always
         // has its checkpoint file.
         let checkpointer = Arc::new(Checkpointer::open(
@@ -108,6 +107,7 @@ impl App {
             &audit,
             &clock,
             &services::auth_settings(&config),
+            mfa_key,
         )?;
         let admin = Arc::new(AdminService::new(
             store.clone(),
@@ -149,6 +149,8 @@ impl App {
                 registration: services.registration,
                 recovery: services.recovery,
                 account: services.account,
+                second_step: services.second_step,
+                mfa: services.mfa,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -19,6 +19,7 @@ use axum::Json;
 use serde::Serialize;
 
 use crate::domain::FieldError;
+use crate::services::mfa::MfaError;
 use crate::services::tokens::TokenError;
 use crate::services::ServiceError;
 
@@ -57,6 +58,19 @@ pub enum ErrorCode {
     RateLimited,
     /// 429: too many failed sign-ins for this email, with Retry-After.
     AccountLocked,
+    /// 401: the authenticator or recovery code is wrong or was used.
+    InvalidCode,
+    /// 401: the sign-in challenge (`mfa_token`) is unknown, expired, used or
+    /// ended by too many wrong codes: sign in with the password again.
+    MfaTokenInvalid,
+    /// 401: this change needs a sign-in within REAUTH_WINDOW: sign in again.
+    ReauthenticationRequired,
+    /// 409: an authenticator is already on; remove it first.
+    MfaAlreadyEnabled,
+    /// 409: no authenticator setup is waiting; start the setup again.
+    MfaSetupRequired,
+    /// 409: two-step sign-in is not on for this account.
+    MfaNotEnabled,
     /// 500: never the cause; quote X-Request-Id.
     InternalError,
     /// 503: the database cannot be reached or take writes, with Retry-After.
@@ -276,6 +290,40 @@ impl From<ServiceError> for ApiError {
                 ErrorCode::InvalidCredentials,
                 "Your current password is not correct.",
             ),
+            ServiceError::InvalidMfaToken => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MfaTokenInvalid,
+                "This sign-in has expired or was ended. Sign in with your password again.",
+            ),
+            ServiceError::ReauthenticationRequired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::ReauthenticationRequired,
+                "For this change, sign in again first: your last sign-in was too long ago.",
+            ),
+            ServiceError::Mfa(MfaError::WrongCode) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::InvalidCode,
+                "The code is not correct or was already used.",
+            ),
+            ServiceError::Mfa(MfaError::AlreadyEnabled) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::MfaAlreadyEnabled,
+                "An authenticator app is already set up. Remove it before setting up another.",
+            ),
+            ServiceError::Mfa(MfaError::NothingToConfirm) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::MfaSetupRequired,
+                "No authenticator setup is waiting for a code. Start the setup again.",
+            ),
+            ServiceError::Mfa(MfaError::NotEnabled) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::MfaNotEnabled,
+                "Two-step sign-in is not turned on for this account.",
+            ),
+            ServiceError::Mfa(e) => {
+                tracing::error!(error = ?e, "second factor failed");
+                ApiError::internal()
+            }
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = ?e, "database unavailable");
                 ApiError::unavailable()

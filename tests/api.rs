@@ -945,6 +945,12 @@ async fn openapi_documents_every_route(backend: Backend) {
         ("/api/auth/sessions", "get"),
         ("/api/auth/sessions/{id}", "delete"),
         ("/api/auth/logout-all", "post"),
+        ("/api/auth/mfa/verify", "post"),
+        ("/api/auth/mfa", "get"),
+        ("/api/auth/mfa/totp/setup", "post"),
+        ("/api/auth/mfa/totp/confirm", "post"),
+        ("/api/auth/mfa/totp", "delete"),
+        ("/api/auth/mfa/recovery-codes", "post"),
     ] {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }

@@ -374,7 +374,11 @@ async fn revocation_by_token_and_by_user(backend: Backend) {
     );
 }
 
-const PURPOSES: [TokenPurpose; 2] = [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification];
+const PURPOSES: [TokenPurpose; 3] = [
+    TokenPurpose::PasswordReset,
+    TokenPurpose::EmailVerification,
+    TokenPurpose::MfaChallenge,
+];
 
 fn one_time(user: &UserId, raw: &str, expires_in: Duration) -> NewOneTimeToken {
     NewOneTimeToken {

@@ -10,8 +10,10 @@ use secrecy::SecretString;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::domain::mfa::MfaKey;
 use crate::domain::PasswordPolicy;
 use crate::services::lockout::LockoutPolicy;
+use crate::services::mfa::{MfaAccount, RecoveryCodes, SecondStep, TotpFactors};
 use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
@@ -29,6 +31,8 @@ pub(super) struct Services {
     pub(super) registration: Arc<Registration>,
     pub(super) recovery: Arc<Recovery>,
     pub(super) account: Arc<Account>,
+    pub(super) second_step: Arc<SecondStep>,
+    pub(super) mfa: Arc<MfaAccount>,
 }
 
 impl Services {
@@ -39,6 +43,7 @@ impl Services {
         audit: &Audit,
         clock: &Arc<dyn Clock>,
         settings: &AuthSettings,
+        mfa_key: MfaKey,
     ) -> anyhow::Result<Self> {
         let passwords = Arc::new(
             Passwords::for_this_machine().context("cannot start the password hashing threads")?,
@@ -67,11 +72,46 @@ impl Services {
             Arc::clone(clock),
             settings,
         ));
+        let recovery_codes = Arc::new(RecoveryCodes::new(
+            store.clone(),
+            mfa_key.clone(),
+            Arc::clone(clock),
+        ));
+        let totp = Arc::new(TotpFactors::new(
+            store.clone(),
+            mfa_key,
+            Arc::clone(clock),
+            settings.app_name.clone(),
+            Arc::clone(&recovery_codes),
+        ));
+        let second_step = Arc::new(SecondStep::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::clone(&totp),
+            Arc::clone(&recovery_codes),
+            Arc::clone(&lockout),
+            Arc::clone(&sessions),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+        ));
+        let mfa = Arc::new(MfaAccount::new(
+            Arc::clone(&totp),
+            Arc::clone(&recovery_codes),
+            Arc::clone(&passwords),
+            Arc::clone(&lockout),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            settings.reauth_window,
+        ));
         let login = Arc::new(Login::new(
             store.clone(),
             Arc::clone(&passwords),
             Arc::clone(&lockout),
             Arc::clone(&sessions),
+            Arc::clone(&second_step),
             Arc::clone(&notifier),
             audit.clone(),
             Arc::clone(clock),
@@ -124,6 +164,8 @@ impl Services {
             registration,
             recovery,
             account,
+            second_step,
+            mfa,
         })
     }
 }
@@ -149,6 +191,7 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
         require_verified_email: config.accounts.require_verified_email,
         verification_ttl: config.tokens.verification_token_ttl,
         mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
+        reauth_window: config.mfa.reauth_window,
     }
 }
 

@@ -1,9 +1,12 @@
 //! Two-step sign-in (issue 18): MFA_ENCRYPTION_KEY, which seals the
-//! authenticator secrets at rest and keys the recovery-code hashes.
+//! authenticator secrets at rest and keys the recovery-code hashes; and
+//! REAUTH_WINDOW, how recent a sign-in must be to change a factor.
+
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{err, ConfigError, Environment, Vars};
+use super::{err, values, ConfigError, Environment, Vars};
 use crate::domain::mfa::MfaKey;
 
 const VAR: &str = "MFA_ENCRYPTION_KEY";
@@ -13,12 +16,17 @@ pub struct MfaConfig {
     /// MFA_ENCRYPTION_KEY. `None` means "generate and persist one"
     /// (development only).
     pub mfa_encryption_key: Option<MfaKey>,
+    /// REAUTH_WINDOW (default 10 minutes): turning on, removing or
+    /// changing a second factor needs a sign-in at most this old (step-up).
+    pub reauth_window: Duration,
 }
 
 #[derive(Default, Deserialize)]
 #[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
 struct MfaVars {
     mfa_encryption_key: Option<String>,
+    #[serde(deserialize_with = "values::duration")]
+    reauth_window: Option<Duration>,
 }
 
 impl MfaConfig {
@@ -46,7 +54,14 @@ impl MfaConfig {
                  kept outside the database and its backups",
             ));
         }
-        Ok(Self { mfa_encryption_key })
+        let reauth_window = v.reauth_window.unwrap_or(Duration::from_secs(10 * 60));
+        if reauth_window.is_zero() {
+            return Err(err("REAUTH_WINDOW", "must be longer than zero"));
+        }
+        Ok(Self {
+            mfa_encryption_key,
+            reauth_window,
+        })
     }
 }
 

@@ -272,6 +272,8 @@ fn bad_values_name_the_variable() {
             "JWT_REFRESH_SECRET",
         ),
         (vec![("SESSION_IDLE_TIMEOUT", "0s")], "SESSION_IDLE_TIMEOUT"),
+        (vec![("REAUTH_WINDOW", "0s")], "REAUTH_WINDOW"),
+        (vec![("REAUTH_WINDOW", "10")], "REAUTH_WINDOW"),
         (vec![("METRICS_ADDR", "9100")], "METRICS_ADDR"),
         (vec![("METRICS_TOKEN", "short")], "METRICS_TOKEN"),
         (

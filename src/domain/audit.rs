@@ -156,10 +156,15 @@ pub enum AuditEvent {
     PasswordChanged,
     EmailVerified,
     RoleChanged,
+    MfaEnabled,
+    MfaDisabled,
+    MfaChallengeFailed,
+    RecoveryCodeUsed,
+    RecoveryCodesRegenerated,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 14] = [
+    pub const ALL: [AuditEvent; 19] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -174,6 +179,11 @@ impl AuditEvent {
         AuditEvent::PasswordChanged,
         AuditEvent::EmailVerified,
         AuditEvent::RoleChanged,
+        AuditEvent::MfaEnabled,
+        AuditEvent::MfaDisabled,
+        AuditEvent::MfaChallengeFailed,
+        AuditEvent::RecoveryCodeUsed,
+        AuditEvent::RecoveryCodesRegenerated,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -194,6 +204,11 @@ impl AuditEvent {
             AuditEvent::PasswordChanged => "password_changed",
             AuditEvent::EmailVerified => "email_verified",
             AuditEvent::RoleChanged => "role_changed",
+            AuditEvent::MfaEnabled => "mfa_enabled",
+            AuditEvent::MfaDisabled => "mfa_disabled",
+            AuditEvent::MfaChallengeFailed => "mfa_challenge_failed",
+            AuditEvent::RecoveryCodeUsed => "recovery_code_used",
+            AuditEvent::RecoveryCodesRegenerated => "recovery_codes_regenerated",
         }
     }
 
@@ -206,7 +221,8 @@ impl AuditEvent {
         match self {
             AuditEvent::LoginFailure
             | AuditEvent::AccountLocked
-            | AuditEvent::RefreshReuseDetected => AuditOutcome::Failure,
+            | AuditEvent::RefreshReuseDetected
+            | AuditEvent::MfaChallengeFailed => AuditOutcome::Failure,
             _ => AuditOutcome::Success,
         }
     }

@@ -34,6 +34,8 @@ pub enum Content {
     PasswordChanged { when: String },
     AccountLocked { when: String, minutes: u64 },
     SessionEnded { when: String, device: String },
+    RecoveryCodeUsed { when: String, left: u32 },
+    TwoStepChanged { when: String, enabled: bool },
 }
 
 impl Content {
@@ -45,6 +47,8 @@ impl Content {
             Content::PasswordChanged { .. } => "password_changed",
             Content::AccountLocked { .. } => "account_locked",
             Content::SessionEnded { .. } => "session_ended",
+            Content::RecoveryCodeUsed { .. } => "recovery_code_used",
+            Content::TwoStepChanged { .. } => "two_step_changed",
         }
     }
 
@@ -117,6 +121,19 @@ impl Letter {
             Content::SessionEnded { when, device } => {
                 templates::session_ended(to, &brand, &templates::SessionEndedEmail { when, device })
             }
+            Content::RecoveryCodeUsed { when, left } => templates::recovery_code_used(
+                to,
+                &brand,
+                &templates::RecoveryCodeUsedEmail { when, left: *left },
+            ),
+            Content::TwoStepChanged { when, enabled } => templates::two_step_changed(
+                to,
+                &brand,
+                &templates::TwoStepChangedEmail {
+                    when,
+                    enabled: *enabled,
+                },
+            ),
         }?;
         email.action_url = self
             .content

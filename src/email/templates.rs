@@ -48,6 +48,19 @@ pub struct SessionEndedEmail<'a> {
     pub device: &'a str,
 }
 
+/// What a user is told when one of their recovery codes was used; with
+/// one or none left, the message asks for a new set.
+pub struct RecoveryCodeUsedEmail<'a> {
+    pub when: &'a str,
+    pub left: u32,
+}
+
+/// What a user is told when two-step sign-in was turned on or off.
+pub struct TwoStepChangedEmail<'a> {
+    pub when: &'a str,
+    pub enabled: bool,
+}
+
 /// Declares the plain-text and HTML template pair of one email kind.
 macro_rules! email_templates {
     ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
@@ -101,6 +114,22 @@ email_templates!(
     EndedHtml,
     "email/session_ended.html",
     SessionEndedEmail
+);
+
+email_templates!(
+    RecoveryUsedText,
+    "email/recovery_code_used.txt",
+    RecoveryUsedHtml,
+    "email/recovery_code_used.html",
+    RecoveryCodeUsedEmail
+);
+
+email_templates!(
+    TwoStepText,
+    "email/two_step_changed.txt",
+    TwoStepHtml,
+    "email/two_step_changed.html",
+    TwoStepChangedEmail
 );
 
 /// Renders both parts into one message.
@@ -187,6 +216,38 @@ pub fn session_ended(
         format!("A {} session was ended for your safety", brand.app_name),
         &EndedText { brand, email },
         &EndedHtml { brand, email },
+        None,
+    )
+}
+
+pub fn recovery_code_used(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &RecoveryCodeUsedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("A {} recovery code was used", brand.app_name),
+        &RecoveryUsedText { brand, email },
+        &RecoveryUsedHtml { brand, email },
+        None,
+    )
+}
+
+pub fn two_step_changed(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &TwoStepChangedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    let state = if email.enabled { "on" } else { "off" };
+    compose(
+        to,
+        format!(
+            "Two-step sign-in was turned {state} for your {} account",
+            brand.app_name
+        ),
+        &TwoStepText { brand, email },
+        &TwoStepHtml { brand, email },
         None,
     )
 }

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{admin, auth, health, verification};
+use super::api::{admin, auth, health, mfa, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -20,7 +20,8 @@ use super::AppState;
         auth::register, auth::login, auth::refresh, auth::logout, auth::me,
         auth::forgot_password, auth::reset_password, auth::change_password,
         auth::list_sessions, auth::end_session, auth::logout_all,
-        verification::verify_email, verification::resend_verification, admin::audit,
+        mfa::verify, mfa::status, mfa::setup_totp, mfa::confirm_totp, mfa::remove_totp,
+        mfa::regenerate_recovery_codes, verification::verify_email, verification::resend_verification, admin::audit,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),

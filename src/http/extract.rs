@@ -14,6 +14,7 @@ use super::middleware::request_context::RequestId;
 use super::AppState;
 use crate::domain::{FieldError, Role, User};
 use crate::error::{ApiError, ErrorCode};
+use crate::services::sessions::Authenticated;
 use crate::services::ClientContext;
 
 /// JSON body extractor: like `axum::Json`, but every rejection (wrong
@@ -207,10 +208,26 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let SignedIn(who) = SignedIn::from_request_parts(parts, state).await?;
+        Ok(AuthUser(who.user, who.session))
+    }
+}
+
+/// Like [`AuthUser`], with how and when the sign-in was proven: for the
+/// routes that need a recent one (step-up) or hand it on.
+pub struct SignedIn(pub Authenticated);
+
+impl<S> FromRequestParts<S> for SignedIn
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
         let app = AppState::from_ref(state);
-        let (user, session) = app.sessions.authenticate(&token).await?;
-        Ok(AuthUser(user, session))
+        Ok(SignedIn(app.sessions.authenticate(&token).await?))
     }
 }
 

@@ -128,6 +128,10 @@ pub struct AppState {
     pub registration: Arc<Registration>,
     pub recovery: Arc<Recovery>,
     pub account: Arc<Account>,
+    /// The second step of a sign-in (issue 18).
+    pub second_step: Arc<crate::services::mfa::SecondStep>,
+    /// Second factors as the signed-in user manages them.
+    pub mfa: Arc<crate::services::mfa::MfaAccount>,
     pub admin: Arc<AdminService>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,

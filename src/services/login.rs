@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use super::audit::Audit;
 use super::lockout::{self, Lockout};
+use super::mfa::{MfaChallenge, SecondStep};
 use super::notifier::Notifier;
 use super::passwords::{Passwords, Verification};
 use super::sessions::{LoginOutcome, Sessions};
+use super::tokens::Authentication;
 use super::{count_login, AuthSettings, ClientContext, ServiceError};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, EmailAddress, FieldError, Password, User};
@@ -16,11 +18,23 @@ use crate::storage::UserStore;
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
+/// What the right password leads to.
+#[derive(Debug)]
+pub enum SignIn {
+    /// Signed in: no second factor is enabled. Boxed: a sign-in carries
+    /// its tokens and user, a challenge only its token.
+    Complete(Box<LoginOutcome>),
+    /// The password was right and a second factor is enabled: nothing is
+    /// signed in until the challenge is answered ([`SecondStep::verify`]).
+    SecondStepRequired(MfaChallenge),
+}
+
 pub struct Login {
     users: Arc<dyn UserStore>,
     passwords: Arc<Passwords>,
     lockout: Arc<Lockout>,
     sessions: Arc<Sessions>,
+    second_step: Arc<SecondStep>,
     notifier: Arc<Notifier>,
     audit: Audit,
     clock: Arc<dyn Clock>,
@@ -35,6 +49,7 @@ impl Login {
         passwords: Arc<Passwords>,
         lockout: Arc<Lockout>,
         sessions: Arc<Sessions>,
+        second_step: Arc<SecondStep>,
         notifier: Arc<Notifier>,
         audit: Audit,
         clock: Arc<dyn Clock>,
@@ -45,6 +60,7 @@ impl Login {
             passwords,
             lockout,
             sessions,
+            second_step,
             notifier,
             audit,
             clock,
@@ -52,7 +68,8 @@ impl Login {
         }
     }
 
-    /// Checks the credentials and starts a new refresh-token family.
+    /// Checks the credentials and starts a new refresh-token family, or,
+    /// for a user with a second factor, a challenge for it.
     ///
     /// Unknown email and wrong password are indistinguishable, in answer and
     /// in time: an unknown email still pays for one argon2 verification.
@@ -61,7 +78,7 @@ impl Login {
         email: &str,
         password: &Password,
         client: &ClientContext,
-    ) -> Result<LoginOutcome> {
+    ) -> Result<SignIn> {
         let mut errors = Vec::new();
         if email.trim().is_empty() {
             errors.push(FieldError::new("email", "Email is required."));
@@ -128,7 +145,12 @@ impl Login {
                 if needs_rehash {
                     self.upgrade_hash(&user, password).await;
                 }
-                if throttle.is_some() {
+                let second_step = self.second_step.required(&user).await?;
+                // With a second factor the password proves only half: the
+                // count (which wrong codes add to) is cleared when the code
+                // is right, or a thief with the password could reset it
+                // between guesses at the code.
+                if throttle.is_some() && !second_step {
                     self.lockout.clear(&throttle_key).await?;
                 }
                 if self.require_verified_email && !user.verified {
@@ -145,7 +167,17 @@ impl Login {
                     self.notifier.send_verification(&user).await?;
                     return Err(ServiceError::EmailUnverified);
                 }
-                self.sessions.start(user, email, client).await
+                if second_step {
+                    tracing::info!(user_id = %user.id, "password accepted: second step required");
+                    return Ok(SignIn::SecondStepRequired(
+                        self.second_step.challenge(&user).await?,
+                    ));
+                }
+                let auth = Authentication::password(self.clock.now());
+                self.sessions
+                    .start(user, email, auth, client)
+                    .await
+                    .map(|outcome| SignIn::Complete(Box::new(outcome)))
             }
         }
     }

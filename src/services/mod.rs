@@ -46,7 +46,7 @@ pub use account::{Account, SessionInfo, SessionKind};
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
-pub use login::Login;
+pub use login::{Login, SignIn};
 pub use notifier::Notifier;
 pub use password_change::PasswordChange;
 pub use recovery::Recovery;
@@ -77,6 +77,8 @@ pub struct AuthSettings {
     /// Reset and verification emails per account per hour, whatever the
     /// IPs asking.
     pub mail_per_account_per_hour: u32,
+    /// How recent a sign-in must be to change a second factor (step-up).
+    pub reauth_window: Duration,
 }
 
 /// A setting's duration as a span of time to add to a `DateTime`
@@ -150,6 +152,19 @@ pub enum ServiceError {
     InvalidVerificationToken,
     #[error("email address already verified")]
     AlreadyVerified,
+    /// The sign-in challenge token is unknown, expired, used, or was killed
+    /// by too many wrong codes: sign in with the password again.
+    #[error("sign-in challenge rejected")]
+    InvalidMfaToken,
+    /// The route changes a factor (or the password) and the sign-in behind
+    /// the access token is older than REAUTH_WINDOW.
+    #[error("a recent sign-in is required")]
+    ReauthenticationRequired,
+    /// A second factor refused (wrong code, nothing to confirm, ...). Only
+    /// the user's own variants arrive here: store and sealing failures
+    /// become `Unavailable` or `Internal` on the way in.
+    #[error("second factor refused: {0}")]
+    Mfa(mfa::MfaError),
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
@@ -170,6 +185,19 @@ impl From<StoreError> for ServiceError {
                 ServiceError::Internal(anyhow::anyhow!("unexpected unique conflict"))
             }
             StoreError::Other(e) => ServiceError::Internal(e),
+        }
+    }
+}
+
+impl From<mfa::MfaError> for ServiceError {
+    fn from(err: mfa::MfaError) -> Self {
+        use mfa::MfaError;
+        match err {
+            MfaError::Store(e) => ServiceError::from(e),
+            // Never the user's doing: a changed key or an altered row, or
+            // an APP_NAME too long to draw. Logged as a 500.
+            e @ (MfaError::Sealed(_) | MfaError::QrCode) => ServiceError::Internal(e.into()),
+            e => ServiceError::Mfa(e),
         }
     }
 }

@@ -83,6 +83,26 @@ impl Notifier {
         self.notice(user, content).await;
     }
 
+    /// Tells the owner two-step sign-in was turned on or off: if it was not
+    /// them, they learn at once.
+    pub async fn two_step_changed(&self, user: &User, enabled: bool) {
+        let content = Content::TwoStepChanged {
+            when: human_time(self.clock.now()),
+            enabled,
+        };
+        self.notice(user, content).await;
+    }
+
+    /// Tells the owner one of their recovery codes finished a sign-in, and
+    /// how many are left (the last one asks for a new set).
+    pub async fn recovery_code_used(&self, user: &User, left: u32) {
+        let content = Content::RecoveryCodeUsed {
+            when: human_time(self.clock.now()),
+            left,
+        };
+        self.notice(user, content).await;
+    }
+
     /// Tells the owner sign-in is paused for `length` since `at`.
     pub async fn account_locked(&self, user: &User, at: DateTime<Utc>, length: Duration) {
         let content = Content::AccountLocked {
@@ -210,6 +230,10 @@ impl Notifier {
         let (ttl, page) = match purpose {
             TokenPurpose::PasswordReset => (self.reset_ttl, RESET_PAGE),
             TokenPurpose::EmailVerification => (self.verification_ttl, VERIFY_PAGE),
+            // Only reset and verification links are emailed (`send_reset`,
+            // `send_verification`, `registration_letter`); a challenge token
+            // goes back in the sign-in answer and never reaches here.
+            TokenPurpose::MfaChallenge => unreachable!("sign-in challenges are not emailed"),
         };
         let link = NewLink {
             token_hash: TokenHash::of(&token),

@@ -10,6 +10,7 @@ use super::notifier::Notifier;
 use super::outbox::Recipient;
 use super::passwords::Passwords;
 use super::sessions::{LoginOutcome, Sessions};
+use super::tokens::Authentication;
 use super::{AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::clock::Clock;
 use crate::domain::{
@@ -188,7 +189,11 @@ impl Registration {
             return Ok(None);
         }
         let email = user.email.as_str().to_owned();
-        self.sessions.start(user, &email, client).await.map(Some)
+        let auth = Authentication::password(self.clock.now());
+        self.sessions
+            .start(user, &email, auth, client)
+            .await
+            .map(Some)
     }
 
     /// Sends the signed-in user a new link. `AlreadyVerified` when there is

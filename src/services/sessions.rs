@@ -10,7 +10,9 @@ use secrecy::ExposeSecret;
 
 use super::audit::Audit;
 use super::notifier::Notifier;
-use super::tokens::{self, AccessClaims, AccessToken, SignedRefresh, TokenError, Tokens};
+use super::tokens::{
+    self, AccessClaims, AccessToken, Authentication, SignedRefresh, TokenError, Tokens,
+};
 use super::{count_login, span, AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, TokenHash, User, UserId};
@@ -49,6 +51,16 @@ fn issued_before_cut_off(claims: &AccessClaims, user: &User) -> bool {
             .tokens_valid_after
             .is_some_and(|cut| claims.iat < cut.timestamp());
     behind || legacy_behind
+}
+
+/// Who a Bearer access token speaks for, and of which sign-in.
+#[derive(Debug)]
+pub struct Authenticated {
+    pub user: User,
+    /// The refresh family (sign-in) the token was issued for.
+    pub session: Option<String>,
+    /// How and when that sign-in was proven.
+    pub auth: Authentication,
 }
 
 pub struct Sessions {
@@ -94,36 +106,46 @@ impl Sessions {
         }
     }
 
-    /// Starts the session of a user whose credentials were just proven:
-    /// a new refresh family, its first access token, `login_success`.
+    /// Starts the session of a user whose credentials were just proven
+    /// (`auth` says how): a new refresh family, its first access token,
+    /// `login_success` naming the factors used.
     pub async fn start(
         &self,
         user: User,
         submitted_email: &str,
+        auth: Authentication,
         client: &ClientContext,
     ) -> Result<LoginOutcome> {
-        let outcome = self.start_family(user, client).await?;
+        let factors = format!("factors={}", auth.amr.join(","));
+        let outcome = self.start_family(user, &auth, client).await?;
         count_login("success");
         let entry = self
             .audit
             .entry(AuditEvent::LoginSuccess, client)
             .email(submitted_email);
-        self.audit.record(entry.user(&outcome.user.id)).await?;
+        self.audit
+            .record(entry.user(&outcome.user.id).detail(factors))
+            .await?;
         tracing::info!(user_id = %outcome.user.id, "login succeeded");
         Ok(outcome)
     }
 
-    async fn start_family(&self, user: User, client: &ClientContext) -> Result<LoginOutcome> {
+    async fn start_family(
+        &self,
+        user: User,
+        auth: &Authentication,
+        client: &ClientContext,
+    ) -> Result<LoginOutcome> {
         let now = self.clock.now();
         let family = tokens::new_id();
         let expires_at = now + span(self.refresh_ttl);
         let refresh = self
             .tokens
-            .issue_refresh(&user.id, &family, expires_at, now)?;
+            .issue_refresh(&user.id, &family, auth, expires_at, now)?;
         self.refresh_tokens
             .insert_refresh_token(&refresh_record(&user.id, &family, &refresh, client, now))
             .await?;
-        let access = self.tokens.issue_access(&user, Some(&family), now)?;
+        let access = self.tokens.issue_access(&user, Some(&family), auth, now)?;
         Ok(LoginOutcome {
             user,
             access,
@@ -184,9 +206,9 @@ impl Sessions {
         }
         let expires_at =
             DateTime::from_timestamp(claims.exp, 0).ok_or(ServiceError::InvalidRefreshToken)?;
-        let child = self
-            .tokens
-            .issue_refresh(&user_id, &claims.fam, expires_at, now)?;
+        let child =
+            self.tokens
+                .issue_refresh(&user_id, &claims.fam, &claims.auth, expires_at, now)?;
         let record = refresh_record(&user_id, &claims.fam, &child, client, now);
         let grace = span(self.refresh_reuse_grace);
         let (rotated, sibling) = match self
@@ -215,7 +237,9 @@ impl Sessions {
             .owner
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
-        let access = self.tokens.issue_access(&user, Some(&claims.fam), now)?;
+        let access = self
+            .tokens
+            .issue_access(&user, Some(&claims.fam), &claims.auth, now)?;
         let mut entry = self.audit.entry(AuditEvent::Refresh, client).user(&user.id);
         if sibling {
             // Two tokens of one sign-in now live side by side: worth telling
@@ -308,7 +332,7 @@ impl Sessions {
     /// family) it was issued for. A token issued before the user's
     /// `tokens_valid_after` (sign-out everywhere, password change or reset)
     /// is refused, so those take effect at once, not when tokens expire.
-    pub async fn authenticate(&self, access_token: &str) -> Result<(User, Option<String>)> {
+    pub async fn authenticate(&self, access_token: &str) -> Result<Authenticated> {
         let invalid = || ServiceError::InvalidAccessToken(TokenError::Invalid);
         let claims = self
             .tokens
@@ -337,7 +361,11 @@ impl Sessions {
         if issued_before_cut_off(&claims, &user) {
             return Err(invalid());
         }
-        Ok((user, claims.sid))
+        Ok(Authenticated {
+            user,
+            session: claims.sid,
+            auth: claims.auth,
+        })
     }
 
     /// A fresh access token for a user still signed in on `session`, e.g.
@@ -348,6 +376,7 @@ impl Sessions {
         &self,
         user_id: &UserId,
         session: Option<&str>,
+        auth: &Authentication,
         token_version: u64,
     ) -> Result<AccessToken> {
         let mut user = self
@@ -356,7 +385,9 @@ impl Sessions {
             .await?
             .ok_or(ServiceError::InvalidAccessToken(TokenError::Invalid))?;
         user.token_version = token_version;
-        Ok(self.tokens.issue_access(&user, session, self.clock.now())?)
+        Ok(self
+            .tokens
+            .issue_access(&user, session, auth, self.clock.now())?)
     }
 
     /// The user a portal session names (`None` once deleted).

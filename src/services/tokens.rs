@@ -45,6 +45,49 @@ pub struct AccessClaims {
     /// tokens issued before versions existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tv: Option<u64>,
+    /// How the sign-in was proven (RFC 8176) and when (`auth_time`), so the
+    /// clinic's apps can ask for a two-step sign-in, and step-up can judge
+    /// how recent it was. Absent in tokens issued before issue 18.
+    #[serde(flatten)]
+    pub auth: Authentication,
+}
+
+/// How and when a sign-in was proven, carried from the sign-in into every
+/// token of its refresh family (a rotation proves nothing new).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Authentication {
+    /// RFC 8176 method references: `["pwd"]`, or `["pwd","otp","mfa"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// When the user last proved who they are (seconds since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+}
+
+impl Authentication {
+    /// A sign-in proven at `now` by the password alone.
+    pub fn password(now: DateTime<Utc>) -> Self {
+        Self {
+            amr: vec!["pwd".to_owned()],
+            auth_time: Some(now.timestamp()),
+        }
+    }
+
+    /// A sign-in proven at `now` by the password and a one-time code (an
+    /// authenticator code or a recovery code).
+    pub fn password_and_code(now: DateTime<Utc>) -> Self {
+        Self {
+            amr: ["pwd", "otp", "mfa"].map(str::to_owned).to_vec(),
+            auth_time: Some(now.timestamp()),
+        }
+    }
+
+    /// Whether the user proved who they are within `window` of `now`.
+    pub fn is_recent(&self, window: Duration, now: DateTime<Utc>) -> bool {
+        let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+        self.auth_time
+            .is_some_and(|at| at <= now.timestamp() && now.timestamp() - at <= window)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +101,10 @@ pub struct RefreshClaims {
     pub typ: String,
     pub iss: String,
     pub aud: String,
+    /// The sign-in's [`Authentication`], handed on to the access tokens
+    /// each rotation issues.
+    #[serde(flatten)]
+    pub auth: Authentication,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -159,6 +206,7 @@ impl Tokens {
         &self,
         user: &User,
         session: Option<&str>,
+        auth: &Authentication,
         now: DateTime<Utc>,
     ) -> anyhow::Result<AccessToken> {
         let claims = AccessClaims {
@@ -172,6 +220,7 @@ impl Tokens {
             aud: self.audience.clone(),
             sid: session.map(str::to_owned),
             tv: Some(user.token_version),
+            auth: auth.clone(),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -199,6 +248,7 @@ impl Tokens {
         &self,
         user_id: &UserId,
         family: &str,
+        auth: &Authentication,
         expires_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> anyhow::Result<SignedRefresh> {
@@ -212,6 +262,7 @@ impl Tokens {
             typ: TYP_REFRESH.to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
+            auth: auth.clone(),
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -296,7 +347,9 @@ mod tests {
     fn access_round_trip_carries_the_claims() {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let now = Utc::now();
-        let issued = t.issue_access(&user(), None, now).unwrap();
+        let issued = t
+            .issue_access(&user(), None, &Authentication::default(), now)
+            .unwrap();
         let claims = t.verify_access(&issued.token).unwrap();
         assert_eq!(claims.sub, "u1");
         assert_eq!(claims.role, Role::Doctor);
@@ -317,11 +370,14 @@ mod tests {
         // Same secret for both: only the typ claim tells them apart.
         let t = tokens("s".repeat(32).as_str(), "s".repeat(32).as_str());
         let now = Utc::now();
-        let access = t.issue_access(&user(), None, now).unwrap();
+        let access = t
+            .issue_access(&user(), None, &Authentication::default(), now)
+            .unwrap();
         let refresh = t
             .issue_refresh(
                 &UserId::new("u1"),
                 "fam",
+                &Authentication::default(),
                 now + chrono::Duration::days(1),
                 now,
             )
@@ -339,7 +395,10 @@ mod tests {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let other = tokens("b".repeat(32).as_str(), "q".repeat(32).as_str());
         let now = Utc::now();
-        let good = t.issue_access(&user(), None, now).unwrap().token;
+        let good = t
+            .issue_access(&user(), None, &Authentication::default(), now)
+            .unwrap()
+            .token;
 
         assert_eq!(other.verify_access(&good), Err(TokenError::Invalid));
 
@@ -361,7 +420,10 @@ mod tests {
         );
 
         let old = now - chrono::Duration::hours(1);
-        let expired = t.issue_access(&user(), None, old).unwrap().token;
+        let expired = t
+            .issue_access(&user(), None, &Authentication::default(), old)
+            .unwrap()
+            .token;
         assert_eq!(t.verify_access(&expired), Err(TokenError::Expired));
 
         assert_eq!(t.verify_access("not-a-jwt"), Err(TokenError::Invalid));
@@ -378,7 +440,10 @@ mod tests {
             Duration::from_secs(900),
             clock.clone(),
         );
-        let token = t.issue_access(&user(), None, clock.now()).unwrap().token;
+        let token = t
+            .issue_access(&user(), None, &Authentication::default(), clock.now())
+            .unwrap()
+            .token;
         clock.advance(Duration::from_secs(895));
         assert!(t.verify_access(&token).is_ok());
         // Past exp, but within the leeway: still accepted.
@@ -400,7 +465,7 @@ mod tests {
             Arc::new(crate::clock::SystemClock),
         );
         let foreign = elsewhere
-            .issue_access(&user(), None, Utc::now())
+            .issue_access(&user(), None, &Authentication::default(), Utc::now())
             .unwrap()
             .token;
         assert_eq!(t.verify_access(&foreign), Err(TokenError::Invalid));

@@ -258,6 +258,8 @@ fn purpose_name(purpose: TokenPurpose) -> &'static str {
     match purpose {
         TokenPurpose::PasswordReset => "password_reset",
         TokenPurpose::EmailVerification => "email_verification",
+        // Never queued: a challenge token goes back in the sign-in answer.
+        TokenPurpose::MfaChallenge => "mfa_challenge",
     }
 }
 

@@ -15,6 +15,9 @@ pub enum TokenPurpose {
     PasswordReset,
     /// `verification_tokens`: links that confirm an email address.
     EmailVerification,
+    /// `mfa_challenges`: the token that carries a password-proven sign-in
+    /// to its second step (never emailed).
+    MfaChallenge,
 }
 
 /// A single-use token to be stored (hash only).

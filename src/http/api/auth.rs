@@ -9,6 +9,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::CookieJar;
 use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -16,13 +17,15 @@ use super::cookies::{cleared_cookie, refresh_cookie};
 use super::responses::{BearerErrors, BodyErrors, LinkErrors, RateLimited, Unavailable};
 use crate::domain::{Password, Role, User};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::http::extract::{ApiJson, AuthUser};
+use crate::http::extract::{ApiJson, AuthUser, SignedIn};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
+use crate::services::mfa::sign_in::METHODS;
+use crate::services::sessions::Authenticated;
 use crate::services::tokens::AccessToken;
 use crate::services::{
     Account, ClientContext, CurrentSession, LoginOutcome, Recovery, RegisterInput, Registration,
-    SessionInfo,
+    SessionInfo, SignIn,
 };
 
 pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
@@ -149,6 +152,30 @@ pub struct LoginResponse {
     pub user: UserResponse,
 }
 
+/// The right password for an account with two-step sign-in on: nothing is
+/// signed in yet. Send `mfa_token` with a code to `/api/auth/mfa/verify`.
+#[derive(Serialize, ToSchema)]
+pub struct MfaRequiredResponse {
+    /// Always `true`: tells this answer from a completed sign-in.
+    pub mfa_required: bool,
+    /// Single use, bound to this sign-in attempt; dies after 5 wrong codes.
+    pub mfa_token: String,
+    /// What `/api/auth/mfa/verify` accepts as `method`.
+    #[schema(example = json!(["totp", "recovery_code"]))]
+    pub methods: Vec<&'static str>,
+    /// Seconds the token stays valid.
+    #[schema(example = 300)]
+    pub expires_in: u64,
+}
+
+/// What the right password answers: signed in, or a second step.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginAnswer {
+    SignedIn(LoginResponse),
+    MfaRequired(MfaRequiredResponse),
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct MessageResponse {
     pub message: &'static str,
@@ -191,7 +218,7 @@ pub async fn register(
     post, path = "/api/auth/login", tag = "auth",
     request_body(content = LoginRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in; sets the refresh cookie", body = LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
         BodyErrors,
@@ -205,14 +232,29 @@ pub async fn login(
     jar: CookieJar,
     ApiJson(body): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let outcome = state
+    match state
         .login
         .login(&body.email, &Password::new(body.password), &client)
-        .await?;
-    Ok(signed_in(&state.cookies, jar, outcome))
+        .await?
+    {
+        SignIn::Complete(outcome) => Ok(signed_in(&state.cookies, jar, *outcome)),
+        SignIn::SecondStepRequired(challenge) => Ok(Json(MfaRequiredResponse {
+            mfa_required: true,
+            mfa_token: challenge.token.expose_secret().to_owned(),
+            methods: METHODS.to_vec(),
+            expires_in: challenge.expires_in,
+        })
+        .into_response()),
+    }
 }
 
-fn signed_in(cookies: &CookieSettings, jar: CookieJar, outcome: LoginOutcome) -> Response {
+/// The answer of a completed sign-in: the access token in the body, the
+/// refresh token in its cookie.
+pub(super) fn signed_in(
+    cookies: &CookieSettings,
+    jar: CookieJar,
+    outcome: LoginOutcome,
+) -> Response {
     let jar = jar.add(refresh_cookie(cookies, &outcome.refresh));
     let body = LoginResponse {
         access_token: outcome.access.token.clone(),
@@ -374,10 +416,15 @@ pub struct ChangePasswordRequest {
 )]
 pub async fn change_password(
     State(state): State<AppState>,
-    AuthUser(user, session): AuthUser,
+    SignedIn(signed_in): SignedIn,
     client: ClientContext,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let Authenticated {
+        user,
+        session,
+        auth,
+    } = signed_in;
     let keep = CurrentSession {
         web: None,
         family: session.clone(),
@@ -394,7 +441,7 @@ pub async fn change_password(
         .await?;
     let access = state
         .sessions
-        .fresh_access(&user.id, session.as_deref(), version)
+        .fresh_access(&user.id, session.as_deref(), &auth, version)
         .await?;
     Ok(Json(TokenResponse::from(&access)))
 }

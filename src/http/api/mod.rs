@@ -4,6 +4,7 @@ pub mod admin;
 pub mod auth;
 pub(crate) mod cookies;
 pub mod health;
+pub mod mfa;
 pub(crate) mod responses;
 pub mod verification;
 
@@ -15,7 +16,9 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
     Router::new()
         .nest(
             "/api/auth",
-            auth::router(limiters).merge(verification::router(limiters)),
+            auth::router(limiters)
+                .merge(verification::router(limiters))
+                .merge(mfa::router(limiters)),
         )
         .nest("/api/admin", admin::router())
         .merge(health::router())

@@ -2,12 +2,18 @@
 //! each. They report [`MfaError`]; the routes that will call them map it
 //! to answers.
 
+/// What the signed-in user manages: status, on, off, new recovery codes.
+pub mod account;
 /// Recovery codes: regenerate, use one, count.
 pub mod recovery_codes;
+/// The second step of a sign-in: the challenge token and its answer.
+pub mod sign_in;
 /// Authenticator app: enrol (setup, confirm) and check a code.
 pub mod totp;
 
+pub use account::{MfaAccount, MfaStatus};
 pub use recovery_codes::RecoveryCodes;
+pub use sign_in::{MfaChallenge, SecondFactor, SecondStep};
 pub use totp::{TotpFactors, TotpSetup};
 
 use crate::domain::mfa::SealError;

@@ -135,6 +135,17 @@ impl TotpFactors {
         Ok(step)
     }
 
+    /// Removes the user's authenticator (pending or confirmed) and, with it,
+    /// the recovery codes, which only ever stand in for it. Returns false
+    /// when there was none. The routes decide who may (password and code).
+    pub async fn remove(&self, user: &UserId) -> Result<bool, MfaError> {
+        let removed = self.store.delete_totp(user).await?;
+        self.store
+            .replace_recovery_codes(user, &[], self.clock.now())
+            .await?;
+        Ok(removed)
+    }
+
     /// Whether the user has a confirmed authenticator (sign-in asks for a
     /// code only then).
     pub async fn is_enabled(&self, user: &UserId) -> Result<bool, MfaError> {

@@ -106,6 +106,7 @@ pub struct MongoStore {
     refresh_tokens: Collection<RefreshDoc>,
     reset_tokens: Collection<OneTimeDoc>,
     verification_tokens: Collection<OneTimeDoc>,
+    mfa_challenges: Collection<OneTimeDoc>,
     login_throttles: Collection<ThrottleDoc>,
     sessions: Collection<SessionDoc>,
     audit_events: Collection<AuditDoc>,
@@ -149,6 +150,7 @@ impl MongoStore {
             refresh_tokens: db.collection("refresh_tokens"),
             reset_tokens: db.collection("reset_tokens"),
             verification_tokens: db.collection("verification_tokens"),
+            mfa_challenges: db.collection("mfa_challenges"),
             login_throttles: db.collection("login_throttles"),
             sessions: db.collection("sessions"),
             audit_events: db.collection("audit_events"),
@@ -265,6 +267,9 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ("verification_tokens", unique("token_hash")),
         ("verification_tokens", plain("user_id")),
         ("verification_tokens", ttl()),
+        ("mfa_challenges", unique("token_hash")),
+        ("mfa_challenges", plain("user_id")),
+        ("mfa_challenges", ttl()),
         ("sessions", plain("user_id")),
         ("sessions", ttl()),
         // The chain's order; unique so two instances can never both append
@@ -455,6 +460,7 @@ impl Store for MongoStore {
             self.refresh_tokens.name(),
             self.reset_tokens.name(),
             self.verification_tokens.name(),
+            self.mfa_challenges.name(),
             self.sessions.name(),
             rate_limits::COLLECTION,
         ] {

@@ -28,6 +28,7 @@ impl MongoStore {
         match purpose {
             TokenPurpose::PasswordReset => &self.reset_tokens,
             TokenPurpose::EmailVerification => &self.verification_tokens,
+            TokenPurpose::MfaChallenge => &self.mfa_challenges,
         }
     }
 }

@@ -326,6 +326,7 @@ impl Store for SqliteStore {
             "refresh_tokens",
             "reset_tokens",
             "verification_tokens",
+            "mfa_challenges",
             "web_sessions",
             "rate_limits",
         ] {

@@ -12,6 +12,7 @@ fn one_time_table(purpose: TokenPurpose) -> &'static str {
     match purpose {
         TokenPurpose::PasswordReset => "reset_tokens",
         TokenPurpose::EmailVerification => "verification_tokens",
+        TokenPurpose::MfaChallenge => "mfa_challenges",
     }
 }
 

@@ -15,7 +15,7 @@ use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, LoginPage};
 use crate::http::pages::{safe_next, PageError};
 use crate::http::AppState;
-use crate::services::{ClientContext, LoginOutcome};
+use crate::services::{ClientContext, LoginOutcome, SignIn};
 
 /// Form payloads default every field, so a missing one is a validation
 /// message, not a rejection.
@@ -91,9 +91,18 @@ pub async fn login_submit(
         .login(&f.email, &Password::new(f.password), &client)
         .await
     {
-        Ok(outcome) => {
+        Ok(SignIn::Complete(outcome)) => {
             let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to(safe_next(&f.next))).into_response());
+        }
+        // The portal has no code page yet (issue 18, pages part): refuse
+        // rather than let the password alone sign in.
+        Ok(SignIn::SecondStepRequired(_)) => {
+            form_state.error(
+                "email",
+                "Two-step sign-in is on for this account. The portal cannot ask for the code yet: sign in through your clinic's app.",
+            );
+            StatusCode::FORBIDDEN
         }
         Err(e) => explain(&mut form_state, "email", e)?,
     };

@@ -146,7 +146,7 @@ impl Notifier {
         if !self.allowed(user, "verify_email").await? {
             return Ok(());
         }
-        self.send_link(user, TokenPurpose::EmailVerification, |link| {
+        self.send_link(user, EmailedLink::Verification, |link| {
             self.verification_content(link)
         })
         .await
@@ -156,11 +156,9 @@ impl Notifier {
     /// carries it (the caller has checked the account's email limit).
     pub async fn send_reset(&self, user: &User) -> Result<()> {
         let expires_minutes = self.reset_ttl.as_secs() / 60;
-        self.send_link(user, TokenPurpose::PasswordReset, |link| {
-            Content::PasswordReset {
-                link,
-                expires_minutes,
-            }
+        self.send_link(user, EmailedLink::Reset, |link| Content::PasswordReset {
+            link,
+            expires_minutes,
         })
         .await
     }
@@ -169,7 +167,7 @@ impl Notifier {
     /// be stored with the new user (see `create_user_and_queue`); call
     /// [`Notifier::queued`] once they are.
     pub fn registration_letter(&self, to: Recipient<'_>) -> Result<(NewLink, NewQueuedEmail)> {
-        let (link, url) = self.fresh_link(TokenPurpose::EmailVerification);
+        let (link, url) = self.fresh_link(EmailedLink::Verification);
         let queued = QueuedLink {
             purpose: TokenPurpose::EmailVerification,
             token_hash: link.token_hash.clone(),
@@ -204,10 +202,11 @@ impl Notifier {
     async fn send_link(
         &self,
         user: &User,
-        purpose: TokenPurpose,
+        kind: EmailedLink,
         content: impl FnOnce(String) -> Content,
     ) -> Result<()> {
-        let (link, url) = self.fresh_link(purpose);
+        let purpose = kind.purpose();
+        let (link, url) = self.fresh_link(kind);
         let queued = QueuedLink {
             purpose,
             token_hash: link.token_hash.clone(),
@@ -224,16 +223,12 @@ impl Notifier {
 
     /// A new single-use link for `purpose`: what to store (its hash) and
     /// the URL to email (the token itself, never stored).
-    fn fresh_link(&self, purpose: TokenPurpose) -> (NewLink, String) {
+    fn fresh_link(&self, kind: EmailedLink) -> (NewLink, String) {
         let token = random_token();
         let now = self.clock.now();
-        let (ttl, page) = match purpose {
-            TokenPurpose::PasswordReset => (self.reset_ttl, RESET_PAGE),
-            TokenPurpose::EmailVerification => (self.verification_ttl, VERIFY_PAGE),
-            // Only reset and verification links are emailed (`send_reset`,
-            // `send_verification`, `registration_letter`); a challenge token
-            // goes back in the sign-in answer and never reaches here.
-            TokenPurpose::MfaChallenge => unreachable!("sign-in challenges are not emailed"),
+        let (ttl, page) = match kind {
+            EmailedLink::Reset => (self.reset_ttl, RESET_PAGE),
+            EmailedLink::Verification => (self.verification_ttl, VERIFY_PAGE),
         };
         let link = NewLink {
             token_hash: TokenHash::of(&token),
@@ -271,5 +266,23 @@ impl Notifier {
             "email not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
         );
         Ok(false)
+    }
+}
+
+/// The one-time tokens that travel by email. A sign-in challenge token
+/// (`TokenPurpose::MfaChallenge`) goes back in the sign-in answer instead,
+/// so the type leaves no way to email one.
+#[derive(Clone, Copy)]
+enum EmailedLink {
+    Reset,
+    Verification,
+}
+
+impl EmailedLink {
+    fn purpose(self) -> TokenPurpose {
+        match self {
+            Self::Reset => TokenPurpose::PasswordReset,
+            Self::Verification => TokenPurpose::EmailVerification,
+        }
     }
 }

@@ -296,19 +296,10 @@ impl Account {
             .await?
             == Verification::Invalid
         {
-            let entry = self
-                .audit
-                .entry(AuditEvent::LoginFailure, client)
-                .user(&user.id)
-                .email(user.email.as_str())
-                .detail("change_password");
-            // Counted even when the record times out, as at sign-in.
-            let recorded = self.audit.record(entry).await;
-            self.lockout
-                .count_failure(&key, user.email.as_str(), Some(user), client)
-                .await?;
-            recorded?;
-            return Err(ServiceError::WrongCurrentPassword);
+            return Err(self
+                .lockout
+                .wrong_current_password(&key, user, client, "change_password")
+                .await);
         }
         if throttle.is_some() {
             self.lockout.clear(&key).await?;

@@ -113,6 +113,37 @@ impl Lockout {
         Ok(self.throttles.clear_login_throttle(key).await?)
     }
 
+    /// A wrong current password from someone already signed in (changing
+    /// the password, removing a factor) is a credential guess like a
+    /// sign-in: recorded as a `login_failure` with `detail`, counted toward
+    /// the same per-email lock, and refused. Counted even when the record
+    /// times out, as at sign-in.
+    pub async fn wrong_current_password(
+        &self,
+        key: &TokenHash,
+        user: &User,
+        client: &ClientContext,
+        detail: &'static str,
+    ) -> ServiceError {
+        let entry = self
+            .audit
+            .entry(AuditEvent::LoginFailure, client)
+            .user(&user.id)
+            .email(user.email.as_str())
+            .detail(detail);
+        let recorded = self.audit.record(entry).await;
+        if let Err(e) = self
+            .count_failure(key, user.email.as_str(), Some(user), client)
+            .await
+        {
+            return e;
+        }
+        match recorded {
+            Err(e) => e,
+            Ok(_) => ServiceError::WrongCurrentPassword,
+        }
+    }
+
     /// Counts a failed sign-in against the submitted email and starts a lock
     /// when it reaches the limit. The owner of an existing account hears
     /// about each lock once, from whichever request started it.

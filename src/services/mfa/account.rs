@@ -133,18 +133,10 @@ impl MfaAccount {
             Verification::Valid { .. }
         );
         if !password_ok {
-            let entry = self
-                .audit
-                .entry(AuditEvent::LoginFailure, client)
-                .email(user.email.as_str())
-                .user(&user.id)
-                .detail("remove_totp");
-            let recorded = self.audit.record(entry).await;
-            self.lockout
-                .count_failure(&key, user.email.as_str(), Some(user), client)
-                .await?;
-            recorded?;
-            return Err(ServiceError::WrongCurrentPassword);
+            return Err(self
+                .lockout
+                .wrong_current_password(&key, user, client, "remove_totp")
+                .await);
         }
         let code_ok = match self.totp.verify(&user.id, code).await {
             Ok(_) => true,

@@ -35,7 +35,23 @@ backend_tests!(
     login_page_explains_locks_and_unverified_addresses,
     account_page_resends_the_verification_link,
     api_logout_with_the_page_refresh_cookie_ends_the_portal_session,
+    the_code_page_finishes_the_sign_in,
+    a_used_code_is_refused_on_the_code_page,
+    five_wrong_codes_end_the_sign_in_and_count_towards_the_lock,
+    an_expired_sign_in_goes_back_to_the_password,
+    a_recovery_code_signs_in_once,
+    the_recovery_code_download_stores_nothing,
+    regenerating_replaces_the_codes,
+    removing_needs_password_and_code,
+    sensitive_changes_need_a_recent_sign_in,
+    reauth_only_returns_to_local_paths,
+    every_two_step_form_needs_its_csrf_token,
 );
+
+/// Two-step sign-in on the portal (issue 18).
+#[path = "pages/two_step.rs"]
+mod two_step;
+use two_step::*;
 
 /// Fills in and sends the registration form as Dr Jane Smith.
 async fn register_on_page(app: &TestApp, client: &Client, email: &str) -> Response {

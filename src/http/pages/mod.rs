@@ -32,7 +32,7 @@ use super::middleware::request_context::RequestId;
 use super::{AppState, Limiters};
 use crate::domain::User;
 use crate::services::ServiceError;
-use handlers::{account, recovery, registration, sign_in};
+use handlers::{account, reauth, recovery, registration, second_step, sign_in, two_step};
 use session::{Portal, StoreBackedSessions};
 use views::{ErrorPage, Layout};
 
@@ -96,7 +96,34 @@ pub fn router(
             "/verify-email",
             get(registration::verify_email_page).layer(limited(&limiters.page_verify)),
         )
+        .route(
+            "/login/code",
+            get(second_step::totp_page)
+                .merge(post(second_step::totp_submit).layer(limited(&limiters.page_login))),
+        )
+        .route(
+            "/login/recovery-code",
+            get(second_step::recovery_page)
+                .merge(post(second_step::recovery_submit).layer(limited(&limiters.page_login))),
+        )
         .route("/account", get(account::account_page))
+        .route(
+            "/account/reauth",
+            get(reauth::reauth_page)
+                .merge(post(reauth::reauth_submit).layer(limited(&limiters.page_login))),
+        )
+        .route("/account/two-step", get(two_step::two_step_page))
+        .route("/account/two-step/totp/setup", post(two_step::setup))
+        .route("/account/two-step/totp/confirm", post(two_step::confirm))
+        .route("/account/two-step/totp/remove", post(two_step::remove))
+        .route(
+            "/account/two-step/recovery-codes",
+            post(two_step::regenerate),
+        )
+        .route(
+            "/account/two-step/recovery-codes/download",
+            post(two_step::download),
+        )
         .route(
             "/account/verify-email",
             post(registration::resend_verification).layer(limited(&limiters.resend_verification)),
@@ -244,6 +271,32 @@ pub fn render(status: StatusCode, page: &impl Template) -> Response {
 pub struct SignedIn {
     pub portal: Portal,
     pub user: User,
+}
+
+impl SignedIn {
+    /// The user as the services' step-up sees them: how and when this
+    /// session last proved who they are.
+    pub fn authenticated(&self) -> crate::services::sessions::Authenticated {
+        crate::services::sessions::Authenticated {
+            user: self.user.clone(),
+            session: self.portal.data.refresh_family.clone(),
+            auth: self.portal.data.auth.clone(),
+        }
+    }
+
+    /// Step-up: `None` when this session proved who it is within
+    /// REAUTH_WINDOW (the API's rule, asked of the same service);
+    /// otherwise the redirect to the re-authentication page, which comes
+    /// back to `next`.
+    pub fn needs_reauth(&self, state: &AppState, next: &str) -> Option<Response> {
+        state.mfa.recent(&self.authenticated()).err().map(|_| {
+            Redirect::to(&format!(
+                "/account/reauth?next={}",
+                urlencode(safe_next(next))
+            ))
+            .into_response()
+        })
+    }
 }
 
 impl FromRequestParts<AppState> for Portal {

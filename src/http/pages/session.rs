@@ -13,10 +13,13 @@ use tower_sessions::session::{Id, Record};
 use tower_sessions::session_store::{self, SessionStore};
 use tower_sessions::Session;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use super::csrf::AnonCsrf;
 use crate::clock::Clock;
 use crate::domain::token::random_token;
 use crate::domain::{TokenHash, UserId};
+use crate::services::tokens::Authentication;
 use crate::storage::{StoreError, WebSessionRecord, WebSessionStore};
 
 /// The key under which [`PortalData`] lives in the session.
@@ -41,6 +44,45 @@ pub struct PortalData {
     pub ip: Option<String>,
     /// A one-time notice shown on the next page ("Password changed").
     pub flash: Option<String>,
+    /// How and when the user last proved who they are (sign-in, the code
+    /// page, re-authentication): step-up judges sensitive forms by it.
+    #[serde(default)]
+    pub auth: Authentication,
+    /// A password-proven sign-in waiting for its code (issue 18). Only in
+    /// a session that is not signed in yet.
+    #[serde(default)]
+    pub second_step: Option<PendingSecondStep>,
+}
+
+/// The challenge of a sign-in waiting for its second step. The token is
+/// sealed with a keystream only this session's id gives: the store sees
+/// the id's hash alone, so a leaked database holds no usable token.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct PendingSecondStep {
+    sealed_token: String,
+    /// Where to go once signed in (already checked by `safe_next`).
+    pub next: String,
+}
+
+/// XORs `data` with SHA-256("clinic-auth portal second step" | id | block)
+/// blocks: sealing and opening are the same operation.
+fn keystream_xor(session_id: &str, data: &[u8]) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    data.chunks(32)
+        .enumerate()
+        .flat_map(|(block, chunk)| {
+            let pad = Sha256::new()
+                .chain_update(b"clinic-auth portal second step\0")
+                .chain_update(session_id.as_bytes())
+                .chain_update((block as u64).to_be_bytes())
+                .finalize();
+            chunk
+                .iter()
+                .zip(pad)
+                .map(|(b, p)| b ^ p)
+                .collect::<Vec<u8>>()
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for PortalData {
@@ -51,6 +93,11 @@ impl std::fmt::Debug for PortalData {
             .field("signed_in_at", &self.signed_in_at)
             .field("token_version", &self.token_version)
             .field("refresh_family", &self.refresh_family)
+            .field("auth", &self.auth)
+            .field(
+                "second_step",
+                &self.second_step.as_ref().map(|_| "[pending]"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -103,6 +150,42 @@ impl Portal {
         self.session.cycle_id().await?;
         self.data.csrf = random_token();
         Ok(())
+    }
+
+    /// Keeps a password-proven sign-in's challenge until the code comes:
+    /// a fresh session id (nothing from before the password carries over)
+    /// holding only the sealed token and where to go next.
+    pub async fn begin_second_step(
+        &mut self,
+        token: &SecretString,
+        next: &str,
+    ) -> Result<(), session_store::Error> {
+        let backend =
+            |e: tower_sessions::session::Error| session_store::Error::Backend(e.to_string());
+        self.session.cycle_id().await.map_err(backend)?;
+        self.data = PortalData::default();
+        // Saved once first: the sealing key is the id the store assigns.
+        self.save().await?;
+        self.session.save().await.map_err(backend)?;
+        let id = self
+            .session
+            .id()
+            .ok_or_else(|| session_store::Error::Backend("session has no id".to_owned()))?;
+        let sealed = keystream_xor(&id.to_string(), token.expose_secret().as_bytes());
+        self.data.second_step = Some(PendingSecondStep {
+            sealed_token: hex::encode(sealed),
+            next: next.to_owned(),
+        });
+        self.save().await
+    }
+
+    /// The waiting challenge's token, if this session holds one.
+    pub fn second_step_token(&self) -> Option<SecretString> {
+        let pending = self.data.second_step.as_ref()?;
+        let id = self.session.id()?;
+        let sealed = hex::decode(&pending.sealed_token).ok()?;
+        let token = String::from_utf8(keystream_xor(&id.to_string(), &sealed)).ok()?;
+        Some(SecretString::from(token))
     }
 
     pub async fn save(&self) -> Result<(), session_store::Error> {
@@ -249,6 +332,10 @@ mod tests {
         };
         let printed = format!("{data:?}");
         assert!(!printed.contains("csrf-secret-value"), "{printed}");
+        let sealed = keystream_xor("session-id", b"challenge-token");
+        assert_ne!(sealed, b"challenge-token");
+        assert_eq!(keystream_xor("session-id", &sealed), b"challenge-token");
+        assert_ne!(keystream_xor("other-id", &sealed), b"challenge-token");
         assert!(printed.contains("u1"), "{printed}");
     }
 }

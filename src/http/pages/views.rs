@@ -162,6 +162,73 @@ pub struct AccountPage {
     pub user: UserView,
     pub sessions: Vec<SessionRow>,
     pub rules: PasswordRules,
+    /// Whether an authenticator is on (the two-step section's status).
+    pub two_step_on: bool,
+}
+
+/// The code page after the password: an authenticator code, or (with
+/// `recovery`) a recovery code.
+#[derive(Template)]
+#[template(path = "pages/login_code.html")]
+pub struct SecondStepPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub recovery: bool,
+}
+
+/// Step-up: prove who you are again before a sensitive change.
+#[derive(Template)]
+#[template(path = "pages/reauth.html")]
+pub struct ReauthPage {
+    pub layout: Layout,
+    pub form: FormState,
+    /// The user has an authenticator: a code is asked for too.
+    pub needs_code: bool,
+    pub next: String,
+}
+
+/// The "Two-step sign-in" account page.
+#[derive(Template)]
+#[template(path = "pages/two_step.html")]
+pub struct TwoStepPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub totp_enabled: bool,
+    pub recovery_codes_left: u32,
+}
+
+/// What enrolment shows once: the QR code (inline SVG, no script, no
+/// outside service) and the same secret as text.
+pub struct SetupView {
+    /// The SVG element only (the XML prolog stripped): trusted markup from
+    /// our own QR encoder, rendered unescaped.
+    pub qr_svg: String,
+    /// The key in groups of four, for reading aloud or typing.
+    pub manual_key: String,
+    pub otpauth_uri: String,
+}
+
+/// Setting up the authenticator: scan or type, then confirm with a code.
+/// Without `setup` (a wrong confirming code) only the code form is shown:
+/// the secret is not shown twice.
+#[derive(Template)]
+#[template(path = "pages/two_step_setup.html")]
+pub struct TotpSetupPage {
+    pub layout: Layout,
+    pub form: FormState,
+    pub setup: Option<SetupView>,
+}
+
+/// New recovery codes, shown this once, with their download.
+#[derive(Template)]
+#[template(path = "pages/recovery_codes.html")]
+pub struct RecoveryCodesPage {
+    pub layout: Layout,
+    pub codes: Vec<String>,
+    /// The codes, space-separated, for the download form's hidden field.
+    pub codes_field: String,
+    /// Shown after turning the authenticator on (rather than regenerating).
+    pub just_enabled: bool,
 }
 
 #[derive(Template)]

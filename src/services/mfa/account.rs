@@ -15,6 +15,7 @@ use crate::services::lockout::{self, Lockout};
 use crate::services::notifier::Notifier;
 use crate::services::passwords::{Passwords, Verification};
 use crate::services::sessions::Authenticated;
+use crate::services::tokens::Authentication;
 use crate::services::{ClientContext, ServiceError};
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -71,7 +72,9 @@ impl MfaAccount {
 
     /// Step-up: a stolen access token (or an unattended, signed-in
     /// computer) must not be enough to change how the account signs in.
-    fn recent(&self, who: &Authenticated) -> Result<()> {
+    /// Public so the portal asks the same question before its own
+    /// sensitive forms (changing the password).
+    pub fn recent(&self, who: &Authenticated) -> Result<()> {
         if who.auth.is_recent(self.reauth_window, self.clock.now()) {
             Ok(())
         } else {
@@ -120,13 +123,67 @@ impl MfaAccount {
         self.recent(who)?;
         self.audit.ready()?;
         let user = &who.user;
+        if !self.totp.is_enabled(&user.id).await? {
+            return Err(MfaError::NotEnabled.into());
+        }
+        self.prove(user, password, Some(code), client, "remove_totp")
+            .await?;
+        self.totp.remove(&user.id).await?;
+        let entry = self
+            .audit
+            .entry(AuditEvent::MfaDisabled, client)
+            .user(&user.id)
+            .detail("method=totp");
+        self.audit.record(entry).await?;
+        self.notifier.two_step_changed(user, false).await;
+        Ok(())
+    }
+
+    /// The portal's re-authentication (step-up): the password, and a
+    /// current code or a recovery code when the user has an authenticator.
+    /// Returns the fresh proof the session then carries. Wrong answers
+    /// count towards the account lock like a sign-in's.
+    pub async fn reauthenticate(
+        &self,
+        user: &User,
+        password: &Password,
+        code: &str,
+        client: &ClientContext,
+    ) -> Result<Authentication> {
+        self.audit.ready()?;
+        let with_code = self.totp.is_enabled(&user.id).await?;
+        self.prove(
+            user,
+            password,
+            with_code.then_some(code),
+            client,
+            "reauthenticate",
+        )
+        .await?;
+        let now = self.clock.now();
+        Ok(if with_code {
+            Authentication::password_and_code(now)
+        } else {
+            Authentication::password(now)
+        })
+    }
+
+    /// Checks the password and, when `code` is asked for, an authenticator
+    /// or recovery code (a recovery code is used up): the lock first, so a
+    /// locked account gets no more guesses; each wrong answer is audited
+    /// and counted. `detail` names the action in the audit trail.
+    async fn prove(
+        &self,
+        user: &User,
+        password: &Password,
+        code: Option<&str>,
+        client: &ClientContext,
+        detail: &'static str,
+    ) -> Result<()> {
         let key = lockout::key_of(&user.email);
         let throttle = self.lockout.state(&key).await?;
         if let Some(retry_after) = self.lockout.remaining(throttle.as_ref()) {
             return Err(ServiceError::AccountLocked { retry_after });
-        }
-        if !self.totp.is_enabled(&user.id).await? {
-            return Err(MfaError::NotEnabled.into());
         }
         let password_ok = matches!(
             self.passwords.verify(password, &user.password_hash).await?,
@@ -135,9 +192,12 @@ impl MfaAccount {
         if !password_ok {
             return Err(self
                 .lockout
-                .wrong_current_password(&key, user, client, "remove_totp")
+                .wrong_current_password(&key, user, client, detail)
                 .await);
         }
+        let Some(code) = code else {
+            return Ok(());
+        };
         let code_ok = match self.totp.verify(&user.id, code).await {
             Ok(_) => true,
             Err(MfaError::WrongCode) => match self.recovery.use_code(&user.id, code).await {
@@ -152,7 +212,7 @@ impl MfaAccount {
                 .audit
                 .entry(AuditEvent::MfaChallengeFailed, client)
                 .user(&user.id)
-                .detail("removing_totp");
+                .detail(detail);
             let recorded = self.audit.record(entry).await;
             self.lockout
                 .count_failure(&key, user.email.as_str(), Some(user), client)
@@ -160,14 +220,6 @@ impl MfaAccount {
             recorded?;
             return Err(MfaError::WrongCode.into());
         }
-        self.totp.remove(&user.id).await?;
-        let entry = self
-            .audit
-            .entry(AuditEvent::MfaDisabled, client)
-            .user(&user.id)
-            .detail("method=totp");
-        self.audit.record(entry).await?;
-        self.notifier.two_step_changed(user, false).await;
         Ok(())
     }
 

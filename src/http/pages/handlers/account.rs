@@ -83,6 +83,7 @@ async fn account_view(
             })
             .collect(),
         rules: password_rules(state),
+        two_step_on: state.mfa.status(user).await?.totp_enabled,
     })
 }
 
@@ -101,6 +102,11 @@ pub async fn change_password(
     client: ClientContext,
     CsrfForm(f): CsrfForm<ChangePasswordForm>,
 ) -> PageResult {
+    // Step-up: an unattended signed-in computer must not be enough to
+    // take the account over.
+    if let Some(to) = signed_in.needs_reauth(&state, "/account") {
+        return Ok(to);
+    }
     let result = if f.new_password != f.password_confirm {
         Err(mismatch(
             "password_confirm",

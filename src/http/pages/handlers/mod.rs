@@ -4,9 +4,12 @@
 //! lives here.
 
 pub mod account;
+pub mod reauth;
 pub mod recovery;
 pub mod registration;
+pub mod second_step;
 pub mod sign_in;
+pub mod two_step;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -55,6 +58,8 @@ pub struct PageQuery {
     reset: Option<String>,
     expired: Option<String>,
     registered: Option<String>,
+    /// The second step's challenge expired or died of wrong codes.
+    code_ended: Option<String>,
 }
 
 /// Puts a refused form's reason where the person looks for it (next to

@@ -82,7 +82,8 @@ pub async fn register_submit(
     };
     let status = match result {
         Ok(Some(outcome)) => {
-            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
+            let auth = crate::services::tokens::Authentication::password(state.clock.now());
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome, auth).await?;
             return Ok((jar, Redirect::to("/account")).into_response());
         }
         // The address must be confirmed before the first sign-in.

@@ -15,6 +15,7 @@ use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, LoginPage};
 use crate::http::pages::{safe_next, PageError};
 use crate::http::AppState;
+use crate::services::tokens::Authentication;
 use crate::services::{ClientContext, LoginOutcome, SignIn};
 
 /// Form payloads default every field, so a missing one is a validation
@@ -41,6 +42,12 @@ pub async fn login_page(
         Some("Your password has been changed. Sign in with the new one.".to_owned())
     } else if q.expired.is_some() {
         Some("Your session ended. Sign in again.".to_owned())
+    } else if q.code_ended.is_some() {
+        Some(
+            "That sign-in has ended: it lasts 5 minutes and ends after 5 wrong codes. \
+             Sign in again with your password."
+                .to_owned(),
+        )
     } else if q.registered.is_some() {
         Some(
             "Your account is ready. Open the link we have sent to your email address, \
@@ -92,17 +99,26 @@ pub async fn login_submit(
         .await
     {
         Ok(SignIn::Complete(outcome)) => {
-            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
+            let auth = Authentication::password(state.clock.now());
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome, auth).await?;
             return Ok((jar, Redirect::to(safe_next(&f.next))).into_response());
         }
-        // The portal has no code page yet (issue 18, pages part): refuse
-        // rather than let the password alone sign in.
-        Ok(SignIn::SecondStepRequired(_)) => {
-            form_state.error(
-                "email",
-                "Two-step sign-in is on for this account. The portal cannot ask for the code yet: sign in through your clinic's app.",
-            );
-            StatusCode::FORBIDDEN
+        // Nothing is signed in yet: the session keeps the challenge (never
+        // the URL) for the code page.
+        Ok(SignIn::SecondStepRequired(challenge)) => {
+            if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
+                // Another account was signed in in this browser: it ends
+                // here, as a completed sign-in would end it.
+                let family = portal.data.refresh_family.as_deref();
+                state
+                    .account
+                    .end_web_session(&user_id, &hash, family)
+                    .await?;
+            }
+            portal
+                .begin_second_step(&challenge.token, safe_next(&f.next))
+                .await?;
+            return Ok(Redirect::to("/login/code").into_response());
         }
         Err(e) => explain(&mut form_state, "email", e)?,
     };
@@ -122,6 +138,7 @@ pub(super) async fn sign_in(
     client: &ClientContext,
     jar: CookieJar,
     outcome: &LoginOutcome,
+    auth: Authentication,
 ) -> Result<CookieJar, PageError> {
     // A previous sign-in in this browser ends cleanly first.
     if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
@@ -137,6 +154,8 @@ pub(super) async fn sign_in(
     portal.data.refresh_family = Some(outcome.refresh_family.clone());
     portal.data.user_agent = client.user_agent.clone();
     portal.data.ip = client.ip.map(|ip| ip.to_string());
+    portal.data.auth = auth;
+    portal.data.second_step = None;
     portal.save().await?;
     Ok(jar.add(refresh_cookie(&state.cookies, &outcome.refresh)))
 }

@@ -898,3 +898,155 @@ async fn login_on_a_phone() {
     b.screenshot("login-phone").await;
     b.close().await;
 }
+
+// ----- two-step sign-in (issue 18) -----
+
+/// Moves the app's clock to just after the start of the next 30-second
+/// step: a fresh code, never the one just used, with the whole step left
+/// for the browser to type it.
+fn fresh_step(app: &TestApp) {
+    use clinic_auth::clock::Clock;
+    let now = app.clock.now().timestamp();
+    let next = (now / 30 + 1) * 30 + 1;
+    app.clock
+        .set(chrono::DateTime::from_timestamp(next, 0).unwrap());
+}
+
+/// The code Jane's phone would show now.
+fn authenticator_code(app: &TestApp, secret: &clinic_auth::domain::mfa::TotpSecret) -> String {
+    use clinic_auth::clock::Clock;
+    use clinic_auth::domain::mfa::TimeStep;
+    secret.code_at(TimeStep::at(app.clock.now()).unwrap())
+}
+
+/// Sets up the authenticator from the account page, reading the key off
+/// the page as a person would type it into an app; sign out; sign in with
+/// the password and the app's code. Then a recovery code instead, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authenticator_and_recovery_code_sign_in() {
+    let app = sqlite_app().await;
+    app.register("rosalind@example.com").await;
+    let b = Browser::open(&app).await;
+    b.sign_in("rosalind@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    b.click("a[href='/account/two-step']").await;
+    b.wait_path("/account/two-step").await;
+    assert_eq!(b.text("h1").await, "Two-step sign-in");
+    assert!(b.text(".status").await.contains("Off."));
+    b.screenshot("two-step-off").await;
+
+    b.click("form[action='/account/two-step/totp/setup'] button")
+        .await;
+    b.wait_for(".qr svg").await;
+    let key = b.text("#manual-key").await;
+    b.screenshot("two-step-setup").await;
+    let secret = clinic_auth::domain::mfa::TotpSecret::from_manual_entry_key(&key.replace(' ', ""))
+        .expect("the page shows a usable key");
+    fresh_step(&app);
+    b.fill("#code", &authenticator_code(&app, &secret)).await;
+    b.click("form[action='/account/two-step/totp/confirm'] button")
+        .await;
+    b.wait_for("#recovery-codes").await;
+    let codes: Vec<String> = b
+        .text("#recovery-codes")
+        .await
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(codes.len(), 10, "{codes:?}");
+    assert_eq!(
+        b.count("form[action='/account/two-step/recovery-codes/download'] button")
+            .await,
+        1
+    );
+    b.screenshot("recovery-codes").await;
+    b.click("a[href='/account/two-step']").await;
+    b.wait_text(".codes-left", "10 of 10").await;
+    b.screenshot("two-step-on").await;
+
+    // Sign out, then in: the password leads to the code page.
+    b.click("header form[action='/logout'] button").await;
+    b.wait_path("/login").await;
+    b.sign_in("rosalind@example.com", PASSWORD).await;
+    b.wait_path("/login/code").await;
+    assert_eq!(b.count("#code[autocomplete='one-time-code']").await, 1);
+    b.screenshot("login-code").await;
+    b.fill("#code", "000000").await;
+    b.click("form[action='/login/code'] button").await;
+    b.wait_for(".error-summary").await;
+    assert_eq!(b.status().await, 401);
+    b.screenshot("login-code-error").await;
+    fresh_step(&app);
+    b.fill("#code", &authenticator_code(&app, &secret)).await;
+    b.click("form[action='/login/code'] button").await;
+    b.wait_path("/account").await;
+    assert!(b.text(".facts").await.contains("rosalind@example.com"));
+
+    // Phone lost: a recovery code instead, and only once.
+    b.click("header form[action='/logout'] button").await;
+    b.wait_path("/login").await;
+    b.sign_in("rosalind@example.com", PASSWORD).await;
+    b.wait_path("/login/code").await;
+    b.click("a[href='/login/recovery-code']").await;
+    b.wait_path("/login/recovery-code").await;
+    b.screenshot("login-recovery-code").await;
+    b.fill("#code", &codes[0]).await;
+    b.click("form[action='/login/recovery-code'] button").await;
+    b.wait_path("/account").await;
+    b.goto("/account/two-step").await;
+    b.wait_text(".codes-left", "9 of 10").await;
+
+    b.click("header form[action='/logout'] button").await;
+    b.wait_path("/login").await;
+    b.sign_in("rosalind@example.com", PASSWORD).await;
+    b.wait_path("/login/code").await;
+    b.goto("/login/recovery-code").await;
+    b.fill("#code", &codes[0]).await;
+    b.click("form[action='/login/recovery-code'] button").await;
+    b.wait_text(".error-summary", "already used").await;
+    assert_eq!(b.path().await, "/login/recovery-code");
+
+    b.close().await;
+}
+
+/// After REAUTH_WINDOW, a change to two-step sign-in first asks for the
+/// password and a code, then carries on where it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn step_up_before_a_sensitive_change() {
+    let app = sqlite_app().await;
+    app.register("barbara@example.com").await;
+    let b = Browser::open(&app).await;
+    b.sign_in("barbara@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    b.goto("/account/two-step").await;
+    b.click("form[action='/account/two-step/totp/setup'] button")
+        .await;
+    let key = b.text("#manual-key").await;
+    let secret =
+        clinic_auth::domain::mfa::TotpSecret::from_manual_entry_key(&key.replace(' ', "")).unwrap();
+    fresh_step(&app);
+    b.fill("#code", &authenticator_code(&app, &secret)).await;
+    b.click("form[action='/account/two-step/totp/confirm'] button")
+        .await;
+    b.wait_for("#recovery-codes").await;
+
+    app.clock.advance(Duration::from_secs(11 * 60));
+    b.goto("/account/two-step").await;
+    b.click("form[action='/account/two-step/recovery-codes'] button")
+        .await;
+    b.wait_path("/account/reauth").await;
+    assert_eq!(b.text("h1").await, "Confirm it is you");
+    b.screenshot("reauth").await;
+    b.fill("#password", PASSWORD).await;
+    fresh_step(&app);
+    b.fill("#code", &authenticator_code(&app, &secret)).await;
+    b.click("form[action='/account/reauth'] button").await;
+    b.wait_path("/account/two-step").await;
+    b.click("form[action='/account/two-step/recovery-codes'] button")
+        .await;
+    b.wait_for("#recovery-codes").await;
+    b.screenshot("recovery-codes-regenerated").await;
+
+    b.close().await;
+}

@@ -1048,5 +1048,14 @@ async fn step_up_before_a_sensitive_change() {
     b.wait_for("#recovery-codes").await;
     b.screenshot("recovery-codes-regenerated").await;
 
+    // Staff set this up on their phones too: the pages fit a phone's width.
+    b.client.set_window_size(390, 844).await.expect("resize");
+    b.assert_no_horizontal_scroll().await;
+    b.screenshot("recovery-codes-phone").await;
+    b.goto("/account/two-step").await;
+    b.wait_for(".codes-left").await;
+    b.assert_no_horizontal_scroll().await;
+    b.screenshot("two-step-phone").await;
+
     b.close().await;
 }

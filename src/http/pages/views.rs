@@ -162,6 +162,8 @@ pub struct AccountPage {
     pub user: UserView,
     pub sessions: Vec<SessionRow>,
     pub rules: PasswordRules,
+    /// Passkeys (issue 18): `templates/pages/_passkeys.html`.
+    pub passkeys: super::handlers::passkeys::PasskeysSection,
 }
 
 #[derive(Template)]

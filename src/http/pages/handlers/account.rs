@@ -83,6 +83,7 @@ async fn account_view(
             })
             .collect(),
         rules: password_rules(state),
+        passkeys: super::passkeys::section(state, user).await?,
     })
 }
 

@@ -4,6 +4,7 @@
 //! lives here.
 
 pub mod account;
+pub mod passkeys;
 pub mod recovery;
 pub mod registration;
 pub mod sign_in;

@@ -775,12 +775,12 @@ async fn post_without_csrf_is_refused() {
     b.fill("#password", PASSWORD).await;
     b.client
         .execute(
-            "document.querySelector('input[name=csrf]').remove();",
+            "document.querySelector(\"form[action='/login'] input[name=csrf]\").remove();",
             vec![],
         )
         .await
         .expect("remove the csrf input");
-    assert_eq!(b.count("input[name=csrf]").await, 0);
+    assert_eq!(b.count("form[action='/login'] input[name=csrf]").await, 0);
     b.click("form[action='/login'] button[type=submit]").await;
     b.wait_text("h1", "This form has expired").await;
     assert_eq!(b.status().await, 403);

@@ -14,6 +14,9 @@ for component in rustfmt clippy; do
     fi
 done
 
+step "build dependencies (OpenSSL headers and pkg-config, for webauthn-rs)"
+bash scripts/setup-build.sh
+
 step "test dependencies (Python virtualenv: MongoDB wire-protocol server, SMTP server, schemathesis)"
 bash scripts/setup-test-env.sh
 

@@ -151,6 +151,8 @@ impl App {
                 account: services.account,
                 second_step: services.second_step,
                 mfa: services.mfa,
+                passkeys: services.passkeys,
+                passkey_sign_in: services.passkey_sign_in,
                 admin,
                 health,
                 cookies: CookieSettings::new(

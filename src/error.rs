@@ -71,6 +71,15 @@ pub enum ErrorCode {
     MfaSetupRequired,
     /// 409: two-step sign-in is not on for this account.
     MfaNotEnabled,
+    /// 401: the passkey options are unknown, expired or were already used:
+    /// ask for new options.
+    PasskeyCeremonyInvalid,
+    /// 401: the passkey was not accepted (unknown, another site's, not
+    /// user-verified, bad signature, or a signature counter that went
+    /// back).
+    PasskeyInvalid,
+    /// 409: this authenticator's passkey is already registered.
+    PasskeyAlreadyRegistered,
     /// 500: never the cause; quote X-Request-Id.
     InternalError,
     /// 503: the database cannot be reached or take writes, with Retry-After.
@@ -319,6 +328,26 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT,
                 ErrorCode::MfaNotEnabled,
                 "Two-step sign-in is not turned on for this account.",
+            ),
+            ServiceError::Mfa(MfaError::CeremonyInvalid) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::PasskeyCeremonyInvalid,
+                "This passkey request has expired or was already used. Try again.",
+            ),
+            ServiceError::Mfa(MfaError::PasskeyRefused) => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::PasskeyInvalid,
+                "This passkey was not accepted.",
+            ),
+            ServiceError::Mfa(MfaError::PasskeyExists) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::PasskeyAlreadyRegistered,
+                "This passkey is already registered.",
+            ),
+            ServiceError::Mfa(MfaError::PasskeyNotFound) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::NotFound,
+                "No such passkey.",
             ),
             ServiceError::Mfa(e) => {
                 tracing::error!(error = ?e, "second factor failed");

@@ -775,12 +775,12 @@ async fn post_without_csrf_is_refused() {
     b.fill("#password", PASSWORD).await;
     b.client
         .execute(
-            "document.querySelector('input[name=csrf]').remove();",
+            "document.querySelector(\"form[action='/login'] input[name=csrf]\").remove();",
             vec![],
         )
         .await
         .expect("remove the csrf input");
-    assert_eq!(b.count("input[name=csrf]").await, 0);
+    assert_eq!(b.count("form[action='/login'] input[name=csrf]").await, 0);
     b.click("form[action='/login'] button[type=submit]").await;
     b.wait_text("h1", "This form has expired").await;
     assert_eq!(b.status().await, 403);
@@ -1056,6 +1056,196 @@ async fn step_up_before_a_sensitive_change() {
     b.wait_for(".codes-left").await;
     b.assert_no_horizontal_scroll().await;
     b.screenshot("two-step-phone").await;
+    b.close().await;
+}
+
+// ----- passkeys (issue 18) -----
+
+/// A command of WebDriver's WebAuthn extension (virtual authenticators),
+/// which fantoccini has no method for.
+#[derive(Debug)]
+struct WebAuthnCommand {
+    path: &'static str,
+    body: Value,
+}
+
+impl fantoccini::wd::WebDriverCompatibleCommand for WebAuthnCommand {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        let session = session.unwrap_or_default();
+        base.join(&format!("session/{session}/{}", self.path))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (reqwest::Method, Option<String>) {
+        (reqwest::Method::POST, Some(self.body.to_string()))
+    }
+}
+
+impl Browser {
+    /// Gives the browser a platform authenticator that keeps resident keys
+    /// and verifies its user (as a laptop's fingerprint reader would),
+    /// answering without a prompt.
+    async fn add_virtual_authenticator(&self) {
+        let added = self
+            .client
+            .issue_cmd(WebAuthnCommand {
+                path: "webauthn/authenticator",
+                body: json!({
+                    "protocol": "ctap2",
+                    "transport": "internal",
+                    "hasResidentKey": true,
+                    "hasUserVerification": true,
+                    "isUserConsenting": true,
+                    "isUserVerified": true,
+                }),
+            })
+            .await
+            .expect("add a virtual authenticator");
+        assert!(added.is_string(), "authenticator id: {added}");
+    }
+}
+
+/// An app whose APP_URL is the address the browser uses: WebAuthn's RP id
+/// must be a domain (localhost), never an IP address.
+async fn passkey_app() -> (TestApp, String) {
+    let port = common::net::free_port();
+    let origin = format!("http://localhost:{port}");
+    let app = TestApp::spawn_with(
+        Backend::Sqlite,
+        &[("PORT", &port.to_string()), ("APP_URL", &origin)],
+    )
+    .await;
+    (app, origin)
+}
+
+/// Register a passkey from the account page, sign out, sign in with it
+/// from the sign-in page; the pages that load the script (and only they)
+/// allow it in their CSP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkey_added_on_the_account_page_signs_in() {
+    let (app, origin) = passkey_app().await;
+    app.register("mary@example.com").await;
+    let b = Browser::open(&app).await;
+    b.add_virtual_authenticator().await;
+
+    b.goto(&format!("{origin}/login")).await;
+    b.wait_path("/login").await;
+    // The script shows the passkey button.
+    b.wait_for("form[data-passkey='sign-in']:not([hidden]) button")
+        .await;
+    b.screenshot("login-with-passkey").await;
+    b.fill("#email", "mary@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_path("/account").await;
+    // Passkeys live on the two-step sign-in page.
+    b.click("a[href='/account/two-step']").await;
+    b.wait_path("/account/two-step").await;
+    assert!(b.page_text().await.contains("You have no passkeys yet."));
+
+    b.fill("#passkey-name", "Work laptop").await;
+    b.click("form[data-passkey='register']:not([hidden]) button[type=submit]")
+        .await;
+    b.wait_text(".notice", "Passkey \u{201c}Work laptop\u{201d} added.")
+        .await;
+    let table = b.text("table.passkeys").await;
+    assert!(b.value("table.passkeys input[name=name]").await == "Work laptop");
+    assert!(table.contains("Never"), "{table}");
+    b.screenshot("account-passkeys").await;
+    emails(&app, "A passkey was added", 1).await;
+
+    b.click("header form[action='/logout'] button").await;
+    b.wait_path("/login").await;
+    b.click("form[data-passkey='sign-in']:not([hidden]) button")
+        .await;
+    b.wait_path("/account").await;
+    assert!(b.text(".who").await.contains("Dr Jane Smith"));
+    b.goto(&format!("{origin}/account/two-step")).await;
+    b.wait_path("/account/two-step").await;
+    // Used now.
+    let table = b.text("table.passkeys").await;
+    assert!(!table.contains("Never"), "{table}");
+    b.screenshot("account-after-passkey-sign-in").await;
+
+    // Renamed and removed with plain forms (the sign-in is recent).
+    b.fill("table.passkeys input[name=name]", "Old laptop")
+        .await;
+    b.click("table.passkeys form[action$='/rename'] button")
+        .await;
+    b.wait_text(".notice", "Passkey renamed.").await;
+    assert_eq!(
+        b.value("table.passkeys input[name=name]").await,
+        "Old laptop"
+    );
+    b.click("table.passkeys form[action$='/remove'] button")
+        .await;
+    b.wait_text(".notice", "Passkey removed.").await;
+    assert!(b.page_text().await.contains("You have no passkeys yet."));
+
+    // The script is allowed only where it is loaded.
+    let csp = |path: &'static str| {
+        let url = app.url(path);
+        async move {
+            let res = common::plain_client().get(url).send().await.unwrap();
+            res.headers()["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert!(csp("/login").await.contains("script-src 'self'"));
+    assert!(!csp("/register").await.contains("script-src"));
+    assert!(!csp("/forgot-password").await.contains("script-src"));
+    let script = common::plain_client()
+        .get(app.url("/static/js/passkeys.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), StatusCode::OK);
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+
+    b.close().await;
+}
+
+/// A passkey made for another site (another origin, same RP id) is
+/// refused by this one: the person stays signed out and is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passkey_from_another_origin_is_refused() {
+    let (first, first_origin) = passkey_app().await;
+    let (second, second_origin) = passkey_app().await;
+    first.register("mary@example.com").await;
+    second.register("mary@example.com").await;
+    let b = Browser::open(&first).await;
+    b.add_virtual_authenticator().await;
+
+    b.goto(&format!("{first_origin}/login")).await;
+    b.fill("#email", "mary@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("form[action='/login'] button[type=submit]").await;
+    b.wait_path("/account").await;
+    b.goto(&format!("{first_origin}/account/two-step")).await;
+    b.wait_path("/account/two-step").await;
+    b.click("form[data-passkey='register']:not([hidden]) button[type=submit]")
+        .await;
+    b.wait_text(".notice", "added.").await;
+
+    b.goto(&format!("{second_origin}/login")).await;
+    b.wait_path("/login").await;
+    b.click("form[data-passkey='sign-in']:not([hidden]) button")
+        .await;
+    b.wait_text(".notice", "This passkey was not accepted.")
+        .await;
+    assert_eq!(b.path().await, "/login/passkey");
+    b.screenshot("login-passkey-refused").await;
+    b.goto(&format!("{second_origin}/account")).await;
+    b.wait_path("/login").await;
+    drop(second);
 
     b.close().await;
 }

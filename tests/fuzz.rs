@@ -55,6 +55,12 @@ warnings = { fail-on = ["rate_limited"] }
 [[operations]]
 include-path = "/api/auth/mfa/verify"
 warnings = { fail-on = ["rate_limited"] }
+
+# And a passkey ceremony: only register/options issues one, single use and
+# answerable only by an authenticator, so 401 is the route working.
+[[operations]]
+include-path = "/api/auth/passkeys/register/verify"
+warnings = { fail-on = ["rate_limited"] }
 "#;
 
 /// Operations whose success ends the fuzzer's own session (every access

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use chrono::Duration;
 use clinic_auth::domain::mfa::{RecoveryCodeHash, SealedTotpSecret, TimeStep};
-use clinic_auth::domain::UserId;
-use clinic_auth::storage::{Passkey, Store, StoreError};
+use clinic_auth::domain::{TokenHash, UserId};
+use clinic_auth::storage::{CeremonyKind, Passkey, PasskeyCeremony, Store, StoreError};
 use common::fixtures::{new_user, now};
 use common::{fresh_store, winners, Backend};
 
@@ -21,6 +21,8 @@ backend_tests!(
     concurrent_uses_of_one_recovery_code_have_one_winner,
     passkeys_are_listed_renamed_used_and_removed_by_their_owner,
     unknown_users_have_no_factors,
+    passkey_ceremonies_are_taken_once_by_kind_until_they_expire,
+    concurrent_takes_of_one_ceremony_have_one_winner,
 );
 
 async fn user_in(store: &Arc<dyn Store>, email: &str) -> UserId {
@@ -365,4 +367,83 @@ async fn unknown_users_have_no_factors(backend: Backend) {
         assert!(store.passkeys(&user).await.unwrap().is_empty(), "{id}");
         assert!(!store.delete_passkey(&user, "pk").await.unwrap(), "{id}");
     }
+}
+
+fn ceremony(handle: &str, kind: CeremonyKind, user: Option<&UserId>) -> PasskeyCeremony {
+    let at = now();
+    PasskeyCeremony {
+        handle: TokenHash::of(handle),
+        kind,
+        user_id: user.cloned(),
+        state: format!(r#"{{"challenge":"{handle}"}}"#),
+        created_at: at,
+        expires_at: at + Duration::minutes(5),
+    }
+}
+
+async fn passkey_ceremonies_are_taken_once_by_kind_until_they_expire(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let register = ceremony("h-register", CeremonyKind::Register, Some(&jane));
+    let sign_in = ceremony("h-sign-in", CeremonyKind::SignIn, None);
+    store.put_passkey_ceremony(&register).await.unwrap();
+    store.put_passkey_ceremony(&sign_in).await.unwrap();
+
+    // A handle answers only the ceremony kind it was made for.
+    let wrong = store.take_passkey_ceremony(&register.handle, CeremonyKind::SignIn, now());
+    assert!(wrong.await.unwrap().is_none());
+    let taken = store
+        .take_passkey_ceremony(&register.handle, CeremonyKind::Register, now())
+        .await
+        .unwrap();
+    assert_eq!(taken, Some(register.clone()));
+    // Single use.
+    let again = store.take_passkey_ceremony(&register.handle, CeremonyKind::Register, now());
+    assert!(again.await.unwrap().is_none());
+
+    // Expired: refused, and gone even for an earlier clock afterwards.
+    let late = sign_in.expires_at + Duration::seconds(1);
+    let expired = store.take_passkey_ceremony(&sign_in.handle, CeremonyKind::SignIn, late);
+    assert!(expired.await.unwrap().is_none());
+    let gone = store.take_passkey_ceremony(&sign_in.handle, CeremonyKind::SignIn, now());
+    assert!(gone.await.unwrap().is_none());
+
+    // The last instant before expiry still counts; user-less round-trips.
+    let edge = ceremony("h-edge", CeremonyKind::SignIn, None);
+    store.put_passkey_ceremony(&edge).await.unwrap();
+    let just_before = edge.expires_at - Duration::milliseconds(1);
+    let taken = store.take_passkey_ceremony(&edge.handle, CeremonyKind::SignIn, just_before);
+    assert_eq!(taken.await.unwrap(), Some(edge));
+
+    // The hourly purge removes unanswered expired ones.
+    let stale = ceremony("h-stale", CeremonyKind::SignIn, None);
+    store.put_passkey_ceremony(&stale).await.unwrap();
+    let purged = store
+        .purge_expired(stale.expires_at, stale.expires_at)
+        .await
+        .unwrap();
+    assert!(purged >= 1);
+    let after = store.take_passkey_ceremony(&stale.handle, CeremonyKind::SignIn, now());
+    assert!(after.await.unwrap().is_none());
+}
+
+async fn concurrent_takes_of_one_ceremony_have_one_winner(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let jane = user_in(&store, "jane@example.com").await;
+    let c = ceremony("h-race", CeremonyKind::Register, Some(&jane));
+    store.put_passkey_ceremony(&c).await.unwrap();
+    let handle = c.handle.clone();
+    let wins = winners(8, || {
+        let store = Arc::clone(&store);
+        let handle = handle.clone();
+        async move {
+            store
+                .take_passkey_ceremony(&handle, CeremonyKind::Register, now())
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    assert_eq!(wins, 1);
 }

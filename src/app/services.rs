@@ -13,7 +13,9 @@ use crate::config::Config;
 use crate::domain::mfa::MfaKey;
 use crate::domain::PasswordPolicy;
 use crate::services::lockout::LockoutPolicy;
-use crate::services::mfa::{MfaAccount, RecoveryCodes, SecondStep, TotpFactors};
+use crate::services::mfa::{
+    MfaAccount, PasskeyCeremonies, PasskeySignIn, Passkeys, RecoveryCodes, SecondStep, TotpFactors,
+};
 use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
@@ -33,6 +35,8 @@ pub(super) struct Services {
     pub(super) account: Arc<Account>,
     pub(super) second_step: Arc<SecondStep>,
     pub(super) mfa: Arc<MfaAccount>,
+    pub(super) passkeys: Arc<Passkeys>,
+    pub(super) passkey_sign_in: Arc<PasskeySignIn>,
 }
 
 impl Services {
@@ -93,6 +97,31 @@ impl Services {
             Arc::clone(&lockout),
             Arc::clone(&sessions),
             Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            store.clone(),
+        ));
+        let ceremonies = Arc::new(PasskeyCeremonies::new(
+            &settings.app_name,
+            &settings.app_url,
+            store.clone(),
+            Arc::clone(clock),
+        )?);
+        let passkeys = Arc::new(Passkeys::new(
+            Arc::clone(&ceremonies),
+            store.clone(),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            settings.reauth_window,
+        ));
+        let passkey_sign_in = Arc::new(PasskeySignIn::new(
+            ceremonies,
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::clone(&lockout),
+            Arc::clone(&sessions),
             audit.clone(),
             Arc::clone(clock),
         ));
@@ -166,6 +195,8 @@ impl Services {
             account,
             second_step,
             mfa,
+            passkeys,
+            passkey_sign_in,
         })
     }
 }

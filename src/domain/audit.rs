@@ -161,10 +161,15 @@ pub enum AuditEvent {
     MfaChallengeFailed,
     RecoveryCodeUsed,
     RecoveryCodesRegenerated,
+    PasskeyAdded,
+    PasskeyRemoved,
+    /// A passkey's signature counter went back: possibly a cloned
+    /// authenticator; the sign-in was refused.
+    PasskeyCounterRegression,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 19] = [
+    pub const ALL: [AuditEvent; 22] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -184,6 +189,9 @@ impl AuditEvent {
         AuditEvent::MfaChallengeFailed,
         AuditEvent::RecoveryCodeUsed,
         AuditEvent::RecoveryCodesRegenerated,
+        AuditEvent::PasskeyAdded,
+        AuditEvent::PasskeyRemoved,
+        AuditEvent::PasskeyCounterRegression,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -209,6 +217,9 @@ impl AuditEvent {
             AuditEvent::MfaChallengeFailed => "mfa_challenge_failed",
             AuditEvent::RecoveryCodeUsed => "recovery_code_used",
             AuditEvent::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            AuditEvent::PasskeyAdded => "passkey_added",
+            AuditEvent::PasskeyRemoved => "passkey_removed",
+            AuditEvent::PasskeyCounterRegression => "passkey_counter_regression",
         }
     }
 
@@ -222,7 +233,8 @@ impl AuditEvent {
             AuditEvent::LoginFailure
             | AuditEvent::AccountLocked
             | AuditEvent::RefreshReuseDetected
-            | AuditEvent::MfaChallengeFailed => AuditOutcome::Failure,
+            | AuditEvent::MfaChallengeFailed
+            | AuditEvent::PasskeyCounterRegression => AuditOutcome::Failure,
             _ => AuditOutcome::Success,
         }
     }

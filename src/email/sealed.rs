@@ -29,13 +29,38 @@ const NONCE_LEN: usize = 24;
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Content {
-    PasswordReset { link: String, expires_minutes: u64 },
-    VerifyEmail { link: String, expires_hours: u64 },
-    PasswordChanged { when: String },
-    AccountLocked { when: String, minutes: u64 },
-    SessionEnded { when: String, device: String },
-    RecoveryCodeUsed { when: String, left: u32 },
-    TwoStepChanged { when: String, enabled: bool },
+    PasswordReset {
+        link: String,
+        expires_minutes: u64,
+    },
+    VerifyEmail {
+        link: String,
+        expires_hours: u64,
+    },
+    PasswordChanged {
+        when: String,
+    },
+    AccountLocked {
+        when: String,
+        minutes: u64,
+    },
+    SessionEnded {
+        when: String,
+        device: String,
+    },
+    RecoveryCodeUsed {
+        when: String,
+        left: u32,
+    },
+    TwoStepChanged {
+        when: String,
+        enabled: bool,
+    },
+    PasskeyChanged {
+        when: String,
+        name: String,
+        added: bool,
+    },
 }
 
 impl Content {
@@ -49,6 +74,7 @@ impl Content {
             Content::SessionEnded { .. } => "session_ended",
             Content::RecoveryCodeUsed { .. } => "recovery_code_used",
             Content::TwoStepChanged { .. } => "two_step_changed",
+            Content::PasskeyChanged { .. } => "passkey_changed",
         }
     }
 
@@ -132,6 +158,15 @@ impl Letter {
                 &templates::TwoStepChangedEmail {
                     when,
                     enabled: *enabled,
+                },
+            ),
+            Content::PasskeyChanged { when, name, added } => templates::passkey_changed(
+                to,
+                &brand,
+                &templates::PasskeyChangedEmail {
+                    when,
+                    name,
+                    added: *added,
                 },
             ),
         }?;

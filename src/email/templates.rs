@@ -61,6 +61,14 @@ pub struct TwoStepChangedEmail<'a> {
     pub enabled: bool,
 }
 
+/// What a user is told when a passkey was added to or removed from their
+/// account.
+pub struct PasskeyChangedEmail<'a> {
+    pub when: &'a str,
+    pub name: &'a str,
+    pub added: bool,
+}
+
 /// Declares the plain-text and HTML template pair of one email kind.
 macro_rules! email_templates {
     ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
@@ -130,6 +138,13 @@ email_templates!(
     TwoStepHtml,
     "email/two_step_changed.html",
     TwoStepChangedEmail
+);
+email_templates!(
+    PasskeyText,
+    "email/passkey_changed.txt",
+    PasskeyHtml,
+    "email/passkey_changed.html",
+    PasskeyChangedEmail
 );
 
 /// Renders both parts into one message.
@@ -248,6 +263,25 @@ pub fn two_step_changed(
         ),
         &TwoStepText { brand, email },
         &TwoStepHtml { brand, email },
+        None,
+    )
+}
+
+pub fn passkey_changed(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &PasskeyChangedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    let what = if email.added {
+        "added to"
+    } else {
+        "removed from"
+    };
+    compose(
+        to,
+        format!("A passkey was {what} your {} account", brand.app_name),
+        &PasskeyText { brand, email },
+        &PasskeyHtml { brand, email },
         None,
     )
 }

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{admin, auth, health, mfa, verification};
+use super::api::{admin, auth, health, mfa, passkeys, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -21,7 +21,10 @@ use super::AppState;
         auth::forgot_password, auth::reset_password, auth::change_password,
         auth::list_sessions, auth::end_session, auth::logout_all,
         mfa::verify, mfa::status, mfa::setup_totp, mfa::confirm_totp, mfa::remove_totp,
-        mfa::regenerate_recovery_codes, verification::verify_email, verification::resend_verification, admin::audit,
+        mfa::regenerate_recovery_codes,
+        passkeys::login_options, passkeys::login_verify, passkeys::register_options,
+        passkeys::register_verify, passkeys::list, passkeys::rename, passkeys::remove,
+        verification::verify_email, verification::resend_verification, admin::audit,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),

@@ -132,6 +132,10 @@ pub struct AppState {
     pub second_step: Arc<crate::services::mfa::SecondStep>,
     /// Second factors as the signed-in user manages them.
     pub mfa: Arc<crate::services::mfa::MfaAccount>,
+    /// Passkeys as the signed-in user manages them.
+    pub passkeys: Arc<crate::services::mfa::Passkeys>,
+    /// Signing in with a passkey.
+    pub passkey_sign_in: Arc<crate::services::mfa::PasskeySignIn>,
     pub admin: Arc<AdminService>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,

@@ -93,6 +93,17 @@ impl Notifier {
         self.notice(user, content).await;
     }
 
+    /// Tells the owner a passkey was added or removed: a passkey signs in
+    /// on its own, so one they did not add must not go unnoticed.
+    pub async fn passkey_changed(&self, user: &User, name: &str, added: bool) {
+        let content = Content::PasskeyChanged {
+            when: human_time(self.clock.now()),
+            name: name.to_owned(),
+            added,
+        };
+        self.notice(user, content).await;
+    }
+
     /// Tells the owner one of their recovery codes finished a sign-in, and
     /// how many are left (the last one asks for a new set).
     pub async fn recovery_code_used(&self, user: &User, left: u32) {

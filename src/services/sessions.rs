@@ -30,6 +30,9 @@ pub struct LoginOutcome {
     pub refresh: SignedRefresh,
     /// The refresh-token family this sign-in belongs to.
     pub refresh_family: String,
+    /// How and when the sign-in was proven (what the tokens carry as
+    /// `amr` and `auth_time`): the portal keeps it for step-up.
+    pub auth: Authentication,
 }
 
 impl std::fmt::Debug for SignedRefresh {
@@ -151,6 +154,7 @@ impl Sessions {
             access,
             refresh,
             refresh_family: family,
+            auth: auth.clone(),
         })
     }
 
@@ -252,6 +256,7 @@ impl Sessions {
             access,
             refresh: child,
             refresh_family: claims.fam,
+            auth: claims.auth,
         })
     }
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{stored_count, StoreError, StoreResult};
 use crate::domain::mfa::{RecoveryCodeHash, SealedTotpSecret, TimeStep};
-use crate::domain::UserId;
+use crate::domain::{TokenHash, UserId};
 
 /// A user's authenticator-app factor as stored (at most one per user).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,93 @@ pub struct Passkey {
     pub created_at: DateTime<Utc>,
     /// `None` until first used to sign in.
     pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// Which half of WebAuthn a [`PasskeyCeremony`] is waiting to finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CeremonyKind {
+    /// Adding a passkey to a signed-in user's account.
+    Register,
+    /// Signing in with a passkey (alone, or as a second step).
+    SignIn,
+}
+
+impl CeremonyKind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CeremonyKind::Register => "register",
+            CeremonyKind::SignIn => "sign_in",
+        }
+    }
+}
+
+/// The server half of a WebAuthn ceremony between its options and its
+/// answer: the challenge the authenticator must sign lives here, never
+/// with the client, and is taken (deleted) by the answer, so each
+/// challenge is answered at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasskeyCeremony {
+    /// The hash of the random handle the client holds (the handle itself
+    /// is never stored).
+    pub handle: TokenHash,
+    pub kind: CeremonyKind,
+    /// Whose ceremony it is: the signed-in user for a registration, the
+    /// challenged user for a second step; `None` for a sign-in that starts
+    /// with the passkey (the passkey says who it is).
+    pub user_id: Option<UserId>,
+    /// The WebAuthn library's serialized state (challenge and policy; no
+    /// secret: the challenge is sent to the client anyway).
+    pub state: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// A ceremony as both backends store it (see [`StoredTotp`]).
+#[derive(sqlx::FromRow, Serialize, Deserialize)]
+pub(crate) struct StoredCeremony<T> {
+    #[serde(rename = "_id")]
+    pub(crate) handle: String,
+    pub(crate) kind: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) state: String,
+    pub(crate) created_at: T,
+    pub(crate) expires_at: T,
+}
+
+impl<T> StoredCeremony<T> {
+    pub(crate) fn new(ceremony: &PasskeyCeremony, instant: impl Fn(DateTime<Utc>) -> T) -> Self {
+        Self {
+            handle: ceremony.handle.as_str().to_owned(),
+            kind: ceremony.kind.as_str().to_owned(),
+            user_id: ceremony.user_id.as_ref().map(|u| u.as_str().to_owned()),
+            state: ceremony.state.clone(),
+            created_at: instant(ceremony.created_at),
+            expires_at: instant(ceremony.expires_at),
+        }
+    }
+
+    pub(crate) fn into_ceremony(
+        self,
+        instant: impl Fn(T) -> StoreResult<DateTime<Utc>>,
+    ) -> StoreResult<PasskeyCeremony> {
+        let kind = match self.kind.as_str() {
+            "register" => CeremonyKind::Register,
+            "sign_in" => CeremonyKind::SignIn,
+            other => {
+                return Err(StoreError::Other(anyhow::anyhow!(
+                    "unknown passkey ceremony kind {other:?}"
+                )))
+            }
+        };
+        Ok(PasskeyCeremony {
+            handle: TokenHash::from_stored(self.handle),
+            kind,
+            user_id: self.user_id.map(UserId::new),
+            state: self.state,
+            created_at: instant(self.created_at)?,
+            expires_at: instant(self.expires_at)?,
+        })
+    }
 }
 
 /// An authenticator factor as both backends store it, over how each stores
@@ -230,4 +317,18 @@ pub trait MfaStore: Send + Sync {
         counter: u32,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Stores the server half of a passkey ceremony until its answer.
+    async fn put_passkey_ceremony(&self, ceremony: &PasskeyCeremony) -> StoreResult<()>;
+
+    /// Takes (deletes) the ceremony of that handle and kind, in one atomic
+    /// write: of concurrent answers at most one gets it. `Ok(None)` when
+    /// there is none, or it had expired at `now` (it is deleted all the
+    /// same).
+    async fn take_passkey_ceremony(
+        &self,
+        handle: &TokenHash,
+        kind: CeremonyKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PasskeyCeremony>>;
 }

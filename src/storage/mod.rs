@@ -30,8 +30,8 @@ pub use audit::{AuditQuery, AuditStore, ChainLink, AUDIT_PAGE_MAX};
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
 pub use health_probe::HealthProbe;
 pub use login_throttles::{LoginThrottle, LoginThrottleStore};
-pub(crate) use mfa::{step_param, StoredPasskey, StoredTotp};
-pub use mfa::{MfaStore, Passkey, TotpFactor};
+pub(crate) use mfa::{step_param, StoredCeremony, StoredPasskey, StoredTotp};
+pub use mfa::{CeremonyKind, MfaStore, Passkey, PasskeyCeremony, TotpFactor};
 pub use one_time_tokens::{NewLink, NewOneTimeToken, OneTimeTokenStore, TokenPurpose};
 pub use rate_limits::RateLimitStore;
 pub use refresh_tokens::{

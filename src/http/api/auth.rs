@@ -20,7 +20,6 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::http::extract::{ApiJson, AuthUser, SignedIn};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
-use crate::services::mfa::sign_in::METHODS;
 use crate::services::sessions::Authenticated;
 use crate::services::tokens::AccessToken;
 use crate::services::{
@@ -161,7 +160,9 @@ pub struct MfaRequiredResponse {
     /// Single use, bound to this sign-in attempt; dies after 5 wrong codes.
     pub mfa_token: String,
     /// What `/api/auth/mfa/verify` accepts as `method`.
-    #[schema(example = json!(["totp", "recovery_code"]))]
+    /// `passkey`: answer with `/api/auth/passkeys/login/options` and
+    /// `/login/verify`, passing this `mfa_token`.
+    #[schema(example = json!(["totp", "recovery_code", "passkey"]))]
     pub methods: Vec<&'static str>,
     /// Seconds the token stays valid.
     #[schema(example = 300)]
@@ -241,7 +242,7 @@ pub async fn login(
         SignIn::SecondStepRequired(challenge) => Ok(Json(MfaRequiredResponse {
             mfa_required: true,
             mfa_token: challenge.token.expose_secret().to_owned(),
-            methods: METHODS.to_vec(),
+            methods: challenge.methods,
             expires_in: challenge.expires_in,
         })
         .into_response()),

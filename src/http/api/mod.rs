@@ -5,6 +5,7 @@ pub mod auth;
 pub(crate) mod cookies;
 pub mod health;
 pub mod mfa;
+pub mod passkeys;
 pub(crate) mod responses;
 pub mod verification;
 
@@ -18,7 +19,8 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
             "/api/auth",
             auth::router(limiters)
                 .merge(verification::router(limiters))
-                .merge(mfa::router(limiters)),
+                .merge(mfa::router(limiters))
+                .merge(passkeys::router(limiters)),
         )
         .nest("/api/admin", admin::router())
         .merge(health::router())

@@ -12,6 +12,19 @@ const CSP_API: &str =
 const CSP_PAGES: &str =
     "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
      frame-ancestors 'none'; base-uri 'none'";
+/// The portal pages that load `/static/js/passkeys.js` (issue 18): the
+/// page policy plus our own script and its `fetch` to our own origin.
+const CSP_PAGES_WITH_SCRIPT: &str =
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'; script-src 'self'; connect-src 'self'";
+/// The pages that include the passkeys script; every other page keeps the
+/// script-free policy.
+const SCRIPT_PAGES: [&str; 4] = [
+    "/login",
+    "/login/code",
+    "/login/passkey",
+    "/account/two-step",
+];
 /// Swagger UI is served from our own files only; it sets inline styles.
 const CSP_DOCS: &str = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
      script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
@@ -35,6 +48,8 @@ pub async fn security_headers(
         CSP_DOCS
     } else if is_api {
         CSP_API
+    } else if SCRIPT_PAGES.contains(&path.as_str()) {
+        CSP_PAGES_WITH_SCRIPT
     } else {
         CSP_PAGES
     };
@@ -43,7 +58,7 @@ pub async fn security_headers(
     // still send our real Origin on form POSTs, which the CSRF check needs;
     // under no-referrer they send `Origin: null`. Everything else sends no
     // Referer at all.
-    let referrer = if csp == CSP_PAGES {
+    let referrer = if csp == CSP_PAGES || csp == CSP_PAGES_WITH_SCRIPT {
         "strict-origin"
     } else {
         "no-referrer"

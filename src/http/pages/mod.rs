@@ -32,7 +32,7 @@ use super::middleware::request_context::RequestId;
 use super::{AppState, Limiters};
 use crate::domain::User;
 use crate::services::ServiceError;
-use handlers::{account, reauth, recovery, registration, second_step, sign_in, two_step};
+use handlers::{account, passkeys, reauth, recovery, registration, second_step, sign_in, two_step};
 use session::{Portal, StoreBackedSessions};
 use views::{ErrorPage, Layout};
 
@@ -132,9 +132,11 @@ pub fn router(
         .route("/account/sessions/end", post(account::end_session))
         .route("/account/sessions/end-all", post(account::end_all_sessions))
         .route("/logout", post(sign_in::logout))
+        .merge(passkeys::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))
         .route("/static/app.css", get(stylesheet))
+        .merge(passkeys::script_router())
 }
 
 async fn stylesheet() -> impl IntoResponse {

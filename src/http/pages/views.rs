@@ -174,6 +174,9 @@ pub struct SecondStepPage {
     pub layout: Layout,
     pub form: FormState,
     pub recovery: bool,
+    /// Where the sign-in goes once done (for "Use a passkey", which
+    /// completes it by itself).
+    pub next: String,
 }
 
 /// Step-up: prove who you are again before a sensitive change.
@@ -195,6 +198,8 @@ pub struct TwoStepPage {
     pub form: FormState,
     pub totp_enabled: bool,
     pub recovery_codes_left: u32,
+    /// Passkeys (issue 18): `templates/pages/_passkeys.html`.
+    pub passkeys: super::handlers::passkeys::PasskeysSection,
 }
 
 /// What enrolment shows once: the QR code (inline SVG, no script, no

@@ -4,6 +4,10 @@
 
 /// What the signed-in user manages: status, on, off, new recovery codes.
 pub mod account;
+/// Signing in with a passkey, alone or as the second step.
+pub mod passkey_sign_in;
+/// Passkeys: add, list, rename, remove; the WebAuthn relying party.
+pub mod passkeys;
 /// Recovery codes: regenerate, use one, count.
 pub mod recovery_codes;
 /// The second step of a sign-in: the challenge token and its answer.
@@ -12,6 +16,8 @@ pub mod sign_in;
 pub mod totp;
 
 pub use account::{MfaAccount, MfaStatus};
+pub use passkey_sign_in::PasskeySignIn;
+pub use passkeys::{CeremonyStart, PasskeyCeremonies, Passkeys};
 pub use recovery_codes::RecoveryCodes;
 pub use sign_in::{MfaChallenge, SecondFactor, SecondStep};
 pub use totp::{TotpFactors, TotpSetup};
@@ -42,6 +48,21 @@ pub enum MfaError {
     /// fault.
     #[error("the stored authenticator secret cannot be used")]
     Sealed(#[from] SealError),
+    /// The passkey ceremony (its options) is unknown, expired, already
+    /// answered, or another user's: ask for new options.
+    #[error("the passkey request expired or was already used")]
+    CeremonyInvalid,
+    /// The authenticator's answer does not verify (wrong origin or RP id,
+    /// bad signature, no user verification, unknown passkey, a signature
+    /// counter that went back).
+    #[error("the passkey was not accepted")]
+    PasskeyRefused,
+    /// This authenticator's passkey is already registered.
+    #[error("this passkey is already registered")]
+    PasskeyExists,
+    /// The user has no passkey with that id.
+    #[error("no such passkey")]
+    PasskeyNotFound,
     /// APP_NAME and the email are too long for a QR code.
     #[error("the enrolment QR code cannot be drawn")]
     QrCode,

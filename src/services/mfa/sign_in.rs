@@ -19,7 +19,7 @@ use crate::services::sessions::{LoginOutcome, Sessions};
 use crate::services::tokens::Authentication;
 use crate::services::{span, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::storage::{
-    LoginThrottleStore, NewOneTimeToken, OneTimeTokenStore, TokenPurpose, UserStore,
+    LoginThrottleStore, MfaStore, NewOneTimeToken, OneTimeTokenStore, TokenPurpose, UserStore,
 };
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -34,11 +34,18 @@ pub const MAX_WRONG_CODES: u32 = 5;
 /// The ways to answer a challenge, as the API names them.
 pub const METHODS: [&str; 2] = ["totp", "recovery_code"];
 
+/// Answering a challenge with a passkey (`/api/auth/passkeys/login/*`
+/// with the `mfa_token`), offered to users who have one.
+pub const PASSKEY_METHOD: &str = "passkey";
+
 /// A password-proven sign-in waiting for its second step. The token is
 /// returned to the client once; only its hash is stored.
 pub struct MfaChallenge {
     pub token: SecretString,
     pub expires_in: u64,
+    /// What this user can answer with (of [`METHODS`] and
+    /// [`PASSKEY_METHOD`]).
+    pub methods: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for MfaChallenge {
@@ -46,6 +53,7 @@ impl std::fmt::Debug for MfaChallenge {
         f.debug_struct("MfaChallenge")
             .field("token", &"[REDACTED]")
             .field("expires_in", &self.expires_in)
+            .field("methods", &self.methods)
             .finish()
     }
 }
@@ -70,6 +78,8 @@ pub struct SecondStep {
     notifier: Arc<Notifier>,
     audit: Audit,
     clock: Arc<dyn Clock>,
+    /// Whether the user has passkeys (a passkey is a second factor too).
+    passkeys: Arc<dyn MfaStore>,
 }
 
 impl SecondStep {
@@ -85,8 +95,10 @@ impl SecondStep {
         notifier: Arc<Notifier>,
         audit: Audit,
         clock: Arc<dyn Clock>,
+        passkeys: Arc<dyn MfaStore>,
     ) -> Self {
         Self {
+            passkeys,
             users,
             challenges,
             attempts,
@@ -102,7 +114,20 @@ impl SecondStep {
 
     /// Whether signing in as `user` needs a second step.
     pub async fn required(&self, user: &User) -> Result<bool> {
-        Ok(self.totp.is_enabled(&user.id).await?)
+        Ok(!self.methods(user).await?.is_empty())
+    }
+
+    /// The second factors `user` has: an authenticator (with its recovery
+    /// codes) and passkeys.
+    async fn methods(&self, user: &User) -> Result<Vec<&'static str>> {
+        let mut methods = Vec::new();
+        if self.totp.is_enabled(&user.id).await? {
+            methods.extend(METHODS);
+        }
+        if !self.passkeys.passkeys(&user.id).await?.is_empty() {
+            methods.push(PASSKEY_METHOD);
+        }
+        Ok(methods)
     }
 
     /// Starts the second step of a password-proven sign-in. The new
@@ -125,6 +150,7 @@ impl SecondStep {
         Ok(MfaChallenge {
             token: SecretString::from(token),
             expires_in: CHALLENGE_TTL.as_secs(),
+            methods: self.methods(user).await?,
         })
     }
 

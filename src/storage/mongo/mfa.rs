@@ -13,14 +13,18 @@ use serde::{Deserialize, Serialize};
 
 use super::{bson_date, MongoStore};
 use crate::domain::mfa::{RecoveryCodeHash, SealedTotpSecret, TimeStep};
+use crate::domain::TokenHash;
 use crate::domain::UserId;
 use crate::storage::{
-    step_param, MfaStore, Passkey, StoreError, StoreResult, StoredPasskey, StoredTotp, TotpFactor,
+    step_param, CeremonyKind, MfaStore, Passkey, PasskeyCeremony, StoreError, StoreResult,
+    StoredCeremony, StoredPasskey, StoredTotp, TotpFactor,
 };
 
 pub(super) const TOTP: &str = "mfa_totp";
 pub(super) const RECOVERY_CODES: &str = "mfa_recovery_codes";
 pub(super) const PASSKEYS: &str = "passkeys";
+/// The server halves of passkey ceremonies, keyed by the handle's hash.
+pub(super) const CEREMONIES: &str = "passkey_ceremonies";
 
 /// A stored BSON date as the domain's instant (it cannot fail: both are
 /// milliseconds).
@@ -47,6 +51,10 @@ impl MongoStore {
 
     fn passkey_docs(&self) -> mongodb::Collection<StoredPasskey<bson::DateTime>> {
         self.db.collection(PASSKEYS)
+    }
+
+    fn ceremonies(&self) -> mongodb::Collection<StoredCeremony<bson::DateTime>> {
+        self.db.collection(CEREMONIES)
     }
 }
 
@@ -249,5 +257,32 @@ impl MfaStore for MongoStore {
             )
             .await?;
         Ok(done.matched_count == 1)
+    }
+
+    async fn put_passkey_ceremony(&self, ceremony: &PasskeyCeremony) -> StoreResult<()> {
+        self.ceremonies()
+            .insert_one(StoredCeremony::new(ceremony, bson_date))
+            .await?;
+        Ok(())
+    }
+
+    async fn take_passkey_ceremony(
+        &self,
+        handle: &TokenHash,
+        kind: CeremonyKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PasskeyCeremony>> {
+        // findOneAndDelete is atomic on one document: a second answer
+        // finds nothing. The expiry is judged after, so an expired
+        // ceremony is gone too.
+        let Some(doc) = self
+            .ceremonies()
+            .find_one_and_delete(doc! { "_id": handle.as_str(), "kind": kind.as_str() })
+            .await?
+        else {
+            return Ok(None);
+        };
+        let ceremony = doc.into_ceremony(instant)?;
+        Ok((ceremony.expires_at > now).then_some(ceremony))
     }
 }

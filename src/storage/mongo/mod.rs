@@ -287,6 +287,7 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         // id, unique across users; the account page lists a user's.
         (mfa::PASSKEYS, unique("credential_id")),
         (mfa::PASSKEYS, plain("user_id")),
+        (mfa::CEREMONIES, ttl()),
     ]
 }
 
@@ -461,6 +462,7 @@ impl Store for MongoStore {
             self.reset_tokens.name(),
             self.verification_tokens.name(),
             self.mfa_challenges.name(),
+            mfa::CEREMONIES,
             self.sessions.name(),
             rate_limits::COLLECTION,
         ] {

@@ -1,5 +1,6 @@
 //! Second factors on SQLite (migration 20261206000500): `mfa_totp`,
-//! `mfa_recovery_codes` and `passkeys`. Every "use" is one conditional
+//! `mfa_recovery_codes` and `passkeys` (and, from migration
+//! 20261206000700, `passkey_ceremonies`). Every "use" is one conditional
 //! statement on the single writer, so concurrent uses of one code are
 //! serialised and only the first matches.
 
@@ -8,9 +9,11 @@ use chrono::{DateTime, Utc};
 
 use super::{from_millis, millis, roll_back, SqliteStore};
 use crate::domain::mfa::{RecoveryCodeHash, SealedTotpSecret, TimeStep};
+use crate::domain::TokenHash;
 use crate::domain::UserId;
 use crate::storage::{
-    step_param, stored_count, MfaStore, Passkey, StoreResult, StoredPasskey, StoredTotp, TotpFactor,
+    step_param, stored_count, CeremonyKind, MfaStore, Passkey, PasskeyCeremony, StoreResult,
+    StoredCeremony, StoredPasskey, StoredTotp, TotpFactor,
 };
 
 const PASSKEY_COLUMNS: &str =
@@ -219,5 +222,45 @@ impl MfaStore for SqliteStore {
         .execute(&mut self.write().await?)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    async fn put_passkey_ceremony(&self, ceremony: &PasskeyCeremony) -> StoreResult<()> {
+        let row = StoredCeremony::new(ceremony, millis);
+        sqlx::query(
+            "INSERT INTO passkey_ceremonies (handle, kind, user_id, state, created_at, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.handle)
+        .bind(&row.kind)
+        .bind(&row.user_id)
+        .bind(&row.state)
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .execute(&mut self.write().await?)
+        .await?;
+        Ok(())
+    }
+
+    async fn take_passkey_ceremony(
+        &self,
+        handle: &TokenHash,
+        kind: CeremonyKind,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<PasskeyCeremony>> {
+        // One DELETE … RETURNING on the single writer: a second answer
+        // finds nothing. The expiry is judged after, so an expired
+        // ceremony is gone too.
+        let row: Option<StoredCeremony<i64>> = sqlx::query_as(
+            "DELETE FROM passkey_ceremonies WHERE handle = ? AND kind = ? \
+             RETURNING handle, kind, user_id, state, created_at, expires_at",
+        )
+        .bind(handle.as_str())
+        .bind(kind.as_str())
+        .fetch_optional(&mut self.write().await?)
+        .await?;
+        let Some(ceremony) = row.map(|row| row.into_ceremony(from_millis)).transpose()? else {
+            return Ok(None);
+        };
+        Ok((ceremony.expires_at > now).then_some(ceremony))
     }
 }

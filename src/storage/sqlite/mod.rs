@@ -327,6 +327,7 @@ impl Store for SqliteStore {
             "reset_tokens",
             "verification_tokens",
             "mfa_challenges",
+            "passkey_ceremonies",
             "web_sessions",
             "rate_limits",
         ] {

@@ -4,6 +4,7 @@
 //! lives here.
 
 pub mod account;
+pub mod passkeys;
 pub mod reauth;
 pub mod recovery;
 pub mod registration;

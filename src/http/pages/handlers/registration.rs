@@ -82,8 +82,7 @@ pub async fn register_submit(
     };
     let status = match result {
         Ok(Some(outcome)) => {
-            let auth = crate::services::tokens::Authentication::password(state.clock.now());
-            let jar = sign_in(&state, &mut portal, &client, jar, &outcome, auth).await?;
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to("/account")).into_response());
         }
         // The address must be confirmed before the first sign-in.

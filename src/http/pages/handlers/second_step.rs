@@ -20,7 +20,6 @@ use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, SecondStepPage};
 use crate::http::AppState;
 use crate::services::mfa::{MfaError, SecondFactor};
-use crate::services::tokens::Authentication;
 use crate::services::{ClientContext, ServiceError};
 use secrecy::ExposeSecret;
 
@@ -40,6 +39,11 @@ fn view(
         layout: layout(state, portal, None, None),
         form,
         recovery: factor == SecondFactor::RecoveryCode,
+        next: portal
+            .data
+            .second_step
+            .as_ref()
+            .map_or_else(|| "/account".to_owned(), |pending| pending.next.clone()),
     }
 }
 
@@ -107,8 +111,7 @@ async fn submit(
         .await
     {
         Ok(outcome) => {
-            let auth = Authentication::password_and_code(state.clock.now());
-            let jar = sign_in(&state, &mut portal, &client, jar, &outcome, auth).await?;
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to(&pending.next)).into_response());
         }
         // Expired, ended by wrong codes, or replaced by a newer sign-in:

@@ -15,7 +15,6 @@ use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, LoginPage};
 use crate::http::pages::{safe_next, PageError};
 use crate::http::AppState;
-use crate::services::tokens::Authentication;
 use crate::services::{ClientContext, LoginOutcome, SignIn};
 
 /// Form payloads default every field, so a missing one is a validation
@@ -99,8 +98,7 @@ pub async fn login_submit(
         .await
     {
         Ok(SignIn::Complete(outcome)) => {
-            let auth = Authentication::password(state.clock.now());
-            let jar = sign_in(&state, &mut portal, &client, jar, &outcome, auth).await?;
+            let jar = sign_in(&state, &mut portal, &client, jar, &outcome).await?;
             return Ok((jar, Redirect::to(safe_next(&f.next))).into_response());
         }
         // Nothing is signed in yet: the session keeps the challenge (never
@@ -138,7 +136,6 @@ pub(super) async fn sign_in(
     client: &ClientContext,
     jar: CookieJar,
     outcome: &LoginOutcome,
-    auth: Authentication,
 ) -> Result<CookieJar, PageError> {
     // A previous sign-in in this browser ends cleanly first.
     if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
@@ -154,7 +151,7 @@ pub(super) async fn sign_in(
     portal.data.refresh_family = Some(outcome.refresh_family.clone());
     portal.data.user_agent = client.user_agent.clone();
     portal.data.ip = client.ip.map(|ip| ip.to_string());
-    portal.data.auth = auth;
+    portal.data.auth = outcome.auth.clone();
     portal.data.second_step = None;
     portal.save().await?;
     Ok(jar.add(refresh_cookie(&state.cookies, &outcome.refresh)))

@@ -73,6 +73,7 @@ async fn two_step_view(
         form,
         totp_enabled: status.totp_enabled,
         recovery_codes_left: status.recovery_codes_left,
+        passkeys: super::passkeys::section(state, &signed_in.user).await?,
     })
 }
 
@@ -86,7 +87,7 @@ pub async fn two_step_page(State(state): State<AppState>, mut signed_in: SignedI
 }
 
 /// Leaves a one-time notice for the two-step page and goes back to it.
-async fn back_with(signed_in: &mut SignedIn, message: &str) -> PageResult {
+pub(super) async fn back_with(signed_in: &mut SignedIn, message: &str) -> PageResult {
     signed_in.portal.data.flash = Some(message.to_owned());
     signed_in.portal.save().await?;
     Ok(Redirect::to(PAGE).into_response())

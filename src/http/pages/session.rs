@@ -41,6 +41,11 @@ pub struct PortalData {
     pub ip: Option<String>,
     /// A one-time notice shown on the next page ("Password changed").
     pub flash: Option<String>,
+    /// Signed in for second-factor enrolment only (MFA_REQUIRED_ROLES):
+    /// every page but `/account/two-step` sends the browser there, and the
+    /// session has no API refresh family, until a factor is on.
+    #[serde(default)]
+    pub enrolment_only: bool,
 }
 
 impl std::fmt::Debug for PortalData {
@@ -51,6 +56,7 @@ impl std::fmt::Debug for PortalData {
             .field("signed_in_at", &self.signed_in_at)
             .field("token_version", &self.token_version)
             .field("refresh_family", &self.refresh_family)
+            .field("enrolment_only", &self.enrolment_only)
             .finish_non_exhaustive()
     }
 }

@@ -4,6 +4,8 @@
 
 /// What the signed-in user manages: status, on, off, new recovery codes.
 pub mod account;
+/// Who must have a second factor (MFA_REQUIRED_ROLES), and whether they do.
+pub mod policy;
 /// Recovery codes: regenerate, use one, count.
 pub mod recovery_codes;
 /// The second step of a sign-in: the challenge token and its answer.
@@ -12,6 +14,7 @@ pub mod sign_in;
 pub mod totp;
 
 pub use account::{MfaAccount, MfaStatus};
+pub use policy::MfaPolicy;
 pub use recovery_codes::RecoveryCodes;
 pub use sign_in::{MfaChallenge, SecondFactor, SecondStep};
 pub use totp::{TotpFactors, TotpSetup};

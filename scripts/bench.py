@@ -49,8 +49,8 @@ WRONG_PASSWORD = "Wr0ng!Pass456-x"
 # characters (the cap) full of l33t substitutions, ~50 ms of zxcvbn.
 LONG_PASSWORD = ("a1!0@3$5|7+8" * 11)[:128]
 
-ALL_SCENARIOS = ["health", "me", "refresh", "login", "login_fail", "register", "mixed", "strength",
-                 "flood", "scale"]
+ALL_SCENARIOS = ["health", "me", "refresh", "login", "mfa_verify", "login_fail", "register", "mixed",
+                 "strength", "flood", "scale"]
 BY_DESIGN = {429, 503}
 # Scenarios whose every request costs one argon2id run: measured against a
 # baseline taken right before and after them.
@@ -806,6 +806,49 @@ class Bench:
     def s_login(self, s: Server) -> None:
         self._login(s, "login", PASSWORD, 200, self.a.connections)
 
+    def s_mfa_verify(self, s: Server) -> None:
+        """POST /api/auth/mfa/verify: the second step of a sign-in, alone.
+
+        A challenge (`mfa_token`) is single use and a code works once per
+        user and 30-second step, and the release binary keeps real time, so
+        wrk's endless repetition of one request cannot drive it. Instead
+        --mfa-users users are enrolled (through the API: register, sign in,
+        set up and confirm an authenticator, sign in again for a challenge:
+        three argon2id runs each, not measured), then every challenge is
+        answered once with the code its user's app shows, computed here
+        (RFC 6238), over --connections keep-alive connections: throughput is
+        answers / wall time of that burst, the latencies are per request."""
+        users = self.a.mfa_users
+        log(f"  enrolling {users} users with an authenticator (not measured)")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            ready = list(pool.map(lambda i: enrolled_challenge(s, f"mfa-{self.run_id}-{i}@bench.example"),
+                                  range(users)))
+        before = s.cpu_times()
+        t0 = time.monotonic()
+        chunks = [ready[i::self.a.connections] for i in range(self.a.connections)]
+        with concurrent.futures.ThreadPoolExecutor(self.a.connections) as pool:
+            results = list(pool.map(lambda chunk: answer_challenges(s.port, chunk), chunks))
+        wall = time.monotonic() - t0
+        after = s.cpu_times()
+        latencies = sorted(ms for lat, _ in results for ms in lat)
+        statuses: dict[int, int] = {}
+        for _, counts in results:
+            for code, n in counts.items():
+                statuses[code] = statuses.get(code, 0) + n
+
+        def pct_us(q: float) -> float:
+            return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e6
+
+        r = {
+            "duration_us": int(wall * 1e6),
+            "requests": len(latencies),
+            "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "status": 0},
+            "latency_us": {"p50": pct_us(0.50), "p99": pct_us(0.99), "max": latencies[-1] * 1e6},
+            "statuses": statuses,
+        }
+        self.add(summarise("mfa_verify", r, 200, self.a.connections, s,
+                           cpu_delta(before, after), wall))
+
     def s_login_fail(self, s: Server) -> None:
         self._login(s, "login_fail", WRONG_PASSWORD, 401, self.a.connections)
 
@@ -867,6 +910,64 @@ class Bench:
         self.add(summarise(f"{name}: {what} x{c}", r_flood, expected, c, s, cpu, t1 - t0))
         self.add(summarise(f"{name}: me probe", r_me, 200, a.probe_connections, s, None, 0))
         self.add(summarise(f"{name}: health probe", r_health, 200, a.probe_connections, s, None, 0))
+
+
+def totp_code(key: str, step: int) -> str:
+    """RFC 6238 (SHA-1, 6 digits) for time step `step`: the authenticator
+    app's side, so the bench needs no client library."""
+    import base64
+    import hashlib
+    import hmac
+    raw = key.replace(" ", "").upper()
+    secret = base64.b32decode(raw + "=" * (-len(raw) % 8))
+    mac = hmac.new(secret, step.to_bytes(8, "big"), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = int.from_bytes(mac[offset:offset + 4], "big") & 0x7FFFFFFF
+    return f"{value % 1_000_000:06d}"
+
+
+def enrolled_challenge(s: Server, email: str) -> tuple[str, str, int]:
+    """Registers `email`, turns its authenticator on and signs in with the
+    password: (mfa_token, manual key, the confirming code's step)."""
+    s.register(email)
+    access, _ = s.login(email)
+    bearer = {"Authorization": f"Bearer {access}"}
+    status, body, _ = s.call("POST", "/api/auth/mfa/totp/setup", None, bearer)
+    if status != 200:
+        raise RuntimeError(f"totp setup {email}: {status} {body}")
+    key = body["manual_entry_key"]
+    step = int(time.time()) // 30
+    status, body, _ = s.call("POST", "/api/auth/mfa/totp/confirm", {"code": totp_code(key, step)},
+                             bearer)
+    if status != 200:
+        raise RuntimeError(f"totp confirm {email}: {status} {body}")
+    status, body, _ = s.call("POST", "/api/auth/login", {"email": email, "password": PASSWORD})
+    if status != 200 or not body.get("mfa_required"):
+        raise RuntimeError(f"login {email}: {status} {body}")
+    return body["mfa_token"], key, step
+
+
+def answer_challenges(port: int, chunk: list) -> tuple[list[float], dict]:
+    """Answers each challenge once, in turn, on one keep-alive connection;
+    returns the latencies (seconds) and the status counts. The code is the
+    one of now, or of the next step when now is the confirming code's step
+    (already used; the service accepts one step of skew)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=60)
+    latencies, counts = [], {}
+    try:
+        for token, key, confirmed_step in chunk:
+            step = max(int(time.time()) // 30, confirmed_step + 1)
+            body = json.dumps({"mfa_token": token, "method": "totp", "code": totp_code(key, step)})
+            t = time.monotonic()
+            conn.request("POST", "/api/auth/mfa/verify", body=body.encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            resp.read()
+            latencies.append(time.monotonic() - t)
+            counts[resp.status] = counts.get(resp.status, 0) + 1
+    finally:
+        conn.close()
+    return latencies, counts
 
 
 # ----------------------------------------------------------------- profiling
@@ -1285,6 +1386,8 @@ def main() -> int:
     ap.add_argument("--mixed-connections", type=int, default=64, help="flood of `mixed` and `strength` (64)")
     ap.add_argument("--probe-connections", type=int, default=2, help="connections of each probe of mixed and strength (2)")
     ap.add_argument("--probe-delay-ms", type=int, default=10, help="pause between probe requests (10)")
+    ap.add_argument("--mfa-users", type=int, default=400,
+                    help="users enrolled for mfa_verify, one challenge each (400)")
     ap.add_argument("--flood-connections", type=int, default=256, help="connections of `flood` (256)")
     ap.add_argument("--baseline-secs", type=float, default=2, help="seconds per argon2id baseline run (2)")
     ap.add_argument("--scale-users", type=int, default=1_000_000,

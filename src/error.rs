@@ -65,6 +65,9 @@ pub enum ErrorCode {
     MfaTokenInvalid,
     /// 401: this change needs a sign-in within REAUTH_WINDOW: sign in again.
     ReauthenticationRequired,
+    /// 401: an enrolment token (MFA_REQUIRED_ROLES) on a route other than
+    /// the enrolment ones: add a second factor first.
+    MfaEnrolmentRequired,
     /// 409: an authenticator is already on; remove it first.
     MfaAlreadyEnabled,
     /// 409: no authenticator setup is waiting; start the setup again.
@@ -308,6 +311,11 @@ impl From<ServiceError> for ApiError {
                 StatusCode::UNAUTHORIZED,
                 ErrorCode::ReauthenticationRequired,
                 "For this change, sign in again first: your last sign-in was too long ago.",
+            ),
+            ServiceError::MfaEnrolmentRequired => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::MfaEnrolmentRequired,
+                "Set up two-step sign-in first: this token only reaches the enrolment routes.",
             ),
             ServiceError::Mfa(MfaError::WrongCode) => ApiError::new(
                 StatusCode::UNAUTHORIZED,

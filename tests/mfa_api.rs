@@ -9,11 +9,13 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine;
 use chrono::DateTime;
 use clinic_auth::domain::mfa::{TimeStep, TotpSecret};
 use clinic_auth::domain::AuditEvent;
-use common::{expect_error, expect_unauthorized, refresh_cookie, TestApp, PASSWORD};
+use common::{
+    expect_error, expect_unauthorized, jwt_claims as claims, refresh_cookie, send_bearer as send,
+    TestApp, PASSWORD,
+};
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -43,23 +45,6 @@ async fn app_with(backend: common::Backend, overrides: &[(&str, &str)]) -> TestA
     let app = TestApp::with_jane(backend, overrides).await;
     app.clock.set(DateTime::from_timestamp(START, 0).unwrap());
     app
-}
-
-async fn send(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    access: &str,
-    body: Option<Value>,
-) -> Response {
-    let mut req = app
-        .client
-        .request(method, app.url(path))
-        .bearer_auth(access);
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    req.send().await.unwrap()
 }
 
 /// The code Jane's app shows now.
@@ -146,14 +131,6 @@ async fn verify(app: &TestApp, token: &str, method: &str, code: &str) -> Respons
 async fn totp_now(app: &TestApp, login: &Value, secret: &TotpSecret) -> Response {
     let token = login["mfa_token"].as_str().unwrap();
     verify(app, token, "totp", &code_now(app, secret)).await
-}
-
-fn claims(access: &str) -> Value {
-    let payload = access.split('.').nth(1).unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload)
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn wrong(code: &str) -> String {

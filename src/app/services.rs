@@ -14,7 +14,8 @@ use crate::domain::mfa::MfaKey;
 use crate::domain::PasswordPolicy;
 use crate::services::lockout::LockoutPolicy;
 use crate::services::mfa::{
-    MfaAccount, PasskeyCeremonies, PasskeySignIn, Passkeys, RecoveryCodes, SecondStep, TotpFactors,
+    MfaAccount, MfaPolicy, PasskeyCeremonies, PasskeySignIn, Passkeys, RecoveryCodes, SecondStep,
+    TotpFactors,
 };
 use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
@@ -66,6 +67,11 @@ impl Services {
             Arc::clone(&notifier),
             Arc::clone(clock),
         ));
+        let policy = Arc::new(MfaPolicy::new(
+            store.clone(),
+            settings.mfa_required_roles.clone(),
+            settings.mfa_required_for_all,
+        ));
         let sessions = Arc::new(Sessions::new(
             store.clone(),
             store.clone(),
@@ -74,6 +80,7 @@ impl Services {
             audit.clone(),
             Arc::clone(&notifier),
             Arc::clone(clock),
+            policy,
             settings,
         ));
         let recovery_codes = Arc::new(RecoveryCodes::new(
@@ -223,6 +230,8 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
         verification_ttl: config.tokens.verification_token_ttl,
         mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
         reauth_window: config.mfa.reauth_window,
+        mfa_required_roles: config.mfa.required_roles.clone(),
+        mfa_required_for_all: config.mfa.required_for_all,
     }
 }
 

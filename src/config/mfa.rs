@@ -1,6 +1,8 @@
 //! Two-step sign-in (issue 18): MFA_ENCRYPTION_KEY, which seals the
-//! authenticator secrets at rest and keys the recovery-code hashes; and
-//! REAUTH_WINDOW, how recent a sign-in must be to change a factor.
+//! authenticator secrets at rest and keys the recovery-code hashes;
+//! REAUTH_WINDOW, how recent a sign-in must be to change a factor; and the
+//! policy of who must have a second factor (MFA_REQUIRED_ROLES,
+//! MFA_REQUIRED_FOR_ALL).
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use serde::Deserialize;
 
 use super::{err, values, ConfigError, Environment, Vars};
 use crate::domain::mfa::MfaKey;
+use crate::domain::Role;
 
 const VAR: &str = "MFA_ENCRYPTION_KEY";
 
@@ -19,6 +22,12 @@ pub struct MfaConfig {
     /// REAUTH_WINDOW (default 10 minutes): turning on, removing or
     /// changing a second factor needs a sign-in at most this old (step-up).
     pub reauth_window: Duration,
+    /// MFA_REQUIRED_ROLES (default `admin`; set but empty: no role): users
+    /// of these roles must have a second factor, and until they do a
+    /// sign-in reaches only the enrolment routes and page.
+    pub required_roles: Vec<Role>,
+    /// MFA_REQUIRED_FOR_ALL (default false): every user must.
+    pub required_for_all: bool,
 }
 
 #[derive(Default, Deserialize)]
@@ -27,6 +36,9 @@ struct MfaVars {
     mfa_encryption_key: Option<String>,
     #[serde(deserialize_with = "values::duration")]
     reauth_window: Option<Duration>,
+    mfa_required_roles: Option<String>,
+    #[serde(deserialize_with = "values::flag")]
+    mfa_required_for_all: Option<bool>,
 }
 
 impl MfaConfig {
@@ -58,16 +70,45 @@ impl MfaConfig {
         if reauth_window.is_zero() {
             return Err(err("REAUTH_WINDOW", "must be longer than zero"));
         }
+        let required_roles = match v.mfa_required_roles {
+            Some(raw) => required_roles(&raw)?,
+            // Empty is a choice of its own (no role), not "use the default".
+            None if vars.is_blank("MFA_REQUIRED_ROLES") => Vec::new(),
+            None => vec![Role::Admin],
+        };
         Ok(Self {
             mfa_encryption_key,
             reauth_window,
+            required_roles,
+            required_for_all: v.mfa_required_for_all.unwrap_or(false),
         })
     }
+}
+
+/// A comma-separated list of role names, each known and listed once.
+fn required_roles(raw: &str) -> Result<Vec<Role>, ConfigError> {
+    let mut roles = Vec::new();
+    for name in values::list(raw) {
+        let role = Role::parse(&name.to_ascii_lowercase()).ok_or_else(|| {
+            err(
+                "MFA_REQUIRED_ROLES",
+                format!(
+                    "unknown role {name:?}: expected a comma-separated list of admin and doctor, \
+                     or empty for none"
+                ),
+            )
+        })?;
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    Ok(roles)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
+    use crate::domain::Role;
 
     const HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -94,6 +135,42 @@ mod tests {
         assert_eq!(c.mfa.mfa_encryption_key.unwrap().to_hex(), HEX);
         let c = Config::from_pairs(&[]).unwrap();
         assert!(c.mfa.mfa_encryption_key.is_none(), "generated at start-up");
+    }
+
+    #[test]
+    fn the_policy_defaults_to_admins_and_empty_means_no_role() {
+        let c = Config::from_pairs(&[]).unwrap();
+        assert_eq!(c.mfa.required_roles, [Role::Admin]);
+        assert!(!c.mfa.required_for_all);
+        let c = Config::from_pairs(&[("MFA_REQUIRED_ROLES", "")]).unwrap();
+        assert!(c.mfa.required_roles.is_empty());
+        let c = Config::from_pairs(&[("MFA_REQUIRED_ROLES", "  ")]).unwrap();
+        assert!(c.mfa.required_roles.is_empty());
+        let c = Config::from_pairs(&[
+            ("MFA_REQUIRED_ROLES", " Doctor , admin,doctor,"),
+            ("MFA_REQUIRED_FOR_ALL", "yes"),
+        ])
+        .unwrap();
+        assert_eq!(c.mfa.required_roles, [Role::Doctor, Role::Admin]);
+        assert!(c.mfa.required_for_all);
+    }
+
+    #[test]
+    fn bad_policy_values_are_one_line_errors_naming_the_variable() {
+        for (var, value, says) in [
+            (
+                "MFA_REQUIRED_ROLES",
+                "admin,nurse",
+                "unknown role \"nurse\"",
+            ),
+            ("MFA_REQUIRED_ROLES", "admins", "unknown role \"admins\""),
+            ("MFA_REQUIRED_FOR_ALL", "maybe", "expected true or false"),
+        ] {
+            let e = Config::from_pairs(&[(var, value)]).unwrap_err();
+            assert_eq!(e.var, var);
+            assert!(e.message.contains(says), "{e}");
+            assert_eq!(e.to_string().lines().count(), 1, "{e}");
+        }
     }
 
     #[test]

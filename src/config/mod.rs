@@ -7,7 +7,7 @@
 //! and the checks between them. The variable names are the ones the Python
 //! service used and the README documents; they never change.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use figment::providers::Serialized;
@@ -82,18 +82,26 @@ fn err(var: &str, message: impl Into<String>) -> ConfigError {
 /// section is a serde struct whose fields are the variables' names; the
 /// readers in `values` refuse a bad value with the documented message, and
 /// figment says which variable held it.
-struct Vars(Figment);
+struct Vars(Figment, BTreeSet<String>);
 
 impl Vars {
     /// Empty values count as unset, as in a `.env` copied from the example,
     /// and surrounding blanks are not part of a value.
     fn new(vars: impl IntoIterator<Item = (String, String)>) -> Self {
-        let set: BTreeMap<String, String> = vars
+        let (set, blank): (BTreeMap<String, String>, BTreeMap<String, String>) = vars
             .into_iter()
             .map(|(k, v)| (k, v.trim().to_owned()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        Self(Figment::from(Serialized::defaults(set)))
+            .partition(|(_, v)| !v.is_empty());
+        Self(
+            Figment::from(Serialized::defaults(set)),
+            blank.into_keys().collect(),
+        )
+    }
+
+    /// Set, but to nothing: for the one variable whose empty value means
+    /// something of its own (MFA_REQUIRED_ROLES: no role), not the default.
+    fn is_blank(&self, var: &str) -> bool {
+        self.1.contains(var)
     }
 
     fn read<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {

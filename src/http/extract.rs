@@ -225,9 +225,44 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
-        let app = AppState::from_ref(state);
-        Ok(SignedIn(app.sessions.authenticate(&token).await?))
+        bearer(parts, state, false).await.map(SignedIn)
+    }
+}
+
+/// The sign-in behind the Bearer token; an enrolment token only when
+/// `enrolment` says the route takes one.
+async fn bearer<S>(parts: &mut Parts, state: &S, enrolment: bool) -> Result<Authenticated, ApiError>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    let BearerToken(token) = BearerToken::from_request_parts(parts, state).await?;
+    let sessions = &AppState::from_ref(state).sessions;
+    Ok(if enrolment {
+        sessions.authenticate_enrolment(&token).await?
+    } else {
+        sessions.authenticate(&token).await?
+    })
+}
+
+/// Like [`SignedIn`], also accepting an enrolment token (MFA_REQUIRED_ROLES:
+/// a user who must add a second factor and has none), with
+/// `Authenticated::enrolling` saying which it was. Only the enrolment routes
+/// take it (GET /api/auth/mfa, TOTP setup and confirm, passkey
+/// registration): making a route one of them is changing its `SignedIn` to
+/// `Enrolling`. Every other route's `SignedIn`/`AuthUser` refuses the
+/// enrolment token with 401 `mfa_enrolment_required`.
+pub struct Enrolling(pub Authenticated);
+
+impl<S> FromRequestParts<S> for Enrolling
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        bearer(parts, state, true).await.map(Enrolling)
     }
 }
 

@@ -9,7 +9,7 @@ use super::lockout::{self, Lockout};
 use super::mfa::{MfaChallenge, SecondStep};
 use super::notifier::Notifier;
 use super::passwords::{Passwords, Verification};
-use super::sessions::{LoginOutcome, Sessions};
+use super::sessions::{EnrolmentGrant, LoginOutcome, Sessions};
 use super::tokens::Authentication;
 use super::{count_login, AuthSettings, ClientContext, ServiceError};
 use crate::clock::Clock;
@@ -27,6 +27,10 @@ pub enum SignIn {
     /// The password was right and a second factor is enabled: nothing is
     /// signed in until the challenge is answered ([`SecondStep::verify`]).
     SecondStepRequired(MfaChallenge),
+    /// The password was right, and the policy (MFA_REQUIRED_ROLES) asks
+    /// this user for a second factor they do not have yet: signed in for
+    /// enrolment only, never refused, so a policy locks nobody out.
+    EnrolmentRequired(Box<EnrolmentGrant>),
 }
 
 pub struct Login {
@@ -174,6 +178,13 @@ impl Login {
                     ));
                 }
                 let auth = Authentication::password(self.clock.now());
+                if self.sessions.must_enrol(&user).await? {
+                    return self
+                        .sessions
+                        .start_enrolment(user, email, auth, client)
+                        .await
+                        .map(|grant| SignIn::EnrolmentRequired(Box::new(grant)));
+                }
                 self.sessions
                     .start(user, email, auth, client)
                     .await

@@ -51,7 +51,7 @@ pub use notifier::Notifier;
 pub use password_change::PasswordChange;
 pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
-pub use sessions::{LoginOutcome, Sessions};
+pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
 
 /// Reset and verification tokens are 43 base64url characters, refresh
 /// tokens a few hundred; anything far longer is junk and not worth hashing.
@@ -79,6 +79,10 @@ pub struct AuthSettings {
     pub mail_per_account_per_hour: u32,
     /// How recent a sign-in must be to change a second factor (step-up).
     pub reauth_window: Duration,
+    /// Users of these roles must have a second factor (MFA_REQUIRED_ROLES).
+    pub mfa_required_roles: Vec<crate::domain::Role>,
+    /// Every user must (MFA_REQUIRED_FOR_ALL).
+    pub mfa_required_for_all: bool,
 }
 
 /// A setting's duration as a span of time to add to a `DateTime`
@@ -160,6 +164,10 @@ pub enum ServiceError {
     /// the access token is older than REAUTH_WINDOW.
     #[error("a recent sign-in is required")]
     ReauthenticationRequired,
+    /// An enrolment token (MFA_REQUIRED_ROLES) on a route other than the
+    /// enrolment ones: add a second factor first.
+    #[error("second-factor enrolment required")]
+    MfaEnrolmentRequired,
     /// A second factor refused (wrong code, nothing to confirm, ...). Only
     /// the user's own variants arrive here: store and sealing failures
     /// become `Unavailable` or `Internal` on the way in.

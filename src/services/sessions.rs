@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use super::audit::Audit;
+use super::mfa::MfaPolicy;
 use super::notifier::Notifier;
 use super::tokens::{
     self, AccessClaims, AccessToken, Authentication, SignedRefresh, TokenError, Tokens,
@@ -64,6 +65,37 @@ pub struct Authenticated {
     pub session: Option<String>,
     /// How and when that sign-in was proven.
     pub auth: Authentication,
+    /// An enrolment token (MFA_REQUIRED_ROLES): the user must add a second
+    /// factor, and only the enrolment routes accept it.
+    pub enrolling: bool,
+}
+
+/// How long an enrolment token lasts: scanning a QR code and typing the
+/// first code (or registering a passkey) takes longer than a code, and the
+/// enrolment routes also need the sign-in within REAUTH_WINDOW.
+pub const ENROLMENT_TTL: Duration = Duration::from_secs(600);
+
+/// A password-proven sign-in of a user who must add a second factor first
+/// (MFA_REQUIRED_ROLES, MFA_REQUIRED_FOR_ALL): an enrolment token, which
+/// only the enrolment routes accept, instead of a session.
+#[derive(Debug)]
+pub struct EnrolmentGrant {
+    pub user: User,
+    pub token: AccessToken,
+}
+
+/// What a refresh answers.
+#[derive(Debug)]
+pub enum Refreshed {
+    /// A new access token (and the rotated refresh token).
+    Complete(LoginOutcome),
+    /// The policy now asks this user for a second factor they do not have:
+    /// the sign-in lives on (the refresh token was rotated as usual, so
+    /// nobody is locked out), but its new token is an enrolment token.
+    EnrolmentRequired {
+        refresh: SignedRefresh,
+        enrolment: EnrolmentGrant,
+    },
 }
 
 pub struct Sessions {
@@ -75,6 +107,11 @@ pub struct Sessions {
     audit: Audit,
     notifier: Arc<Notifier>,
     clock: Arc<dyn Clock>,
+    /// Who must have a second factor: a refresh of such a user without one
+    /// answers an enrolment token.
+    policy: Arc<MfaPolicy>,
+    /// How recent a sign-in must be for a sensitive change (step-up).
+    reauth_window: Duration,
     refresh_ttl: Duration,
     /// An API sign-in unused for this long is over (automatic log-off).
     refresh_idle: Duration,
@@ -93,6 +130,7 @@ impl Sessions {
         audit: Audit,
         notifier: Arc<Notifier>,
         clock: Arc<dyn Clock>,
+        policy: Arc<MfaPolicy>,
         settings: &AuthSettings,
     ) -> Self {
         Self {
@@ -103,6 +141,8 @@ impl Sessions {
             audit,
             notifier,
             clock,
+            policy,
+            reauth_window: settings.reauth_window,
             refresh_ttl: settings.refresh_ttl,
             refresh_idle: settings.refresh_idle,
             refresh_reuse_grace: settings.refresh_reuse_grace,
@@ -131,6 +171,55 @@ impl Sessions {
             .await?;
         tracing::info!(user_id = %outcome.user.id, "login succeeded");
         Ok(outcome)
+    }
+
+    /// A password-proven sign-in of a user the policy asks for a second
+    /// factor they do not have yet: no refresh family (nothing to refresh
+    /// until enrolment is done), an enrolment token, and `login_success`
+    /// saying the sign-in is limited to enrolment.
+    pub async fn start_enrolment(
+        &self,
+        user: User,
+        submitted_email: &str,
+        auth: Authentication,
+        client: &ClientContext,
+    ) -> Result<EnrolmentGrant> {
+        let token =
+            self.tokens
+                .issue_enrolment(&user, None, &auth, self.clock.now(), ENROLMENT_TTL)?;
+        count_login("enrolment_required");
+        let entry = self
+            .audit
+            .entry(AuditEvent::LoginSuccess, client)
+            .email(submitted_email)
+            .user(&user.id)
+            .detail(format!("factors={} enrolment_only", auth.amr.join(",")));
+        self.audit.record(entry).await?;
+        tracing::info!(user_id = %user.id, "login limited to second-factor enrolment");
+        Ok(EnrolmentGrant { user, token })
+    }
+
+    /// Step-up for sensitive changes (the password now; admin actions that
+    /// change something, when there are any): a stolen access token or an
+    /// unattended signed-in computer is not enough, the sign-in must be at
+    /// most REAUTH_WINDOW old.
+    pub fn require_recent(&self, who: &Authenticated) -> Result<()> {
+        if who.auth.is_recent(self.reauth_window, self.clock.now()) {
+            Ok(())
+        } else {
+            Err(ServiceError::ReauthenticationRequired)
+        }
+    }
+
+    /// Whether the policy asks this user for a second factor they do not
+    /// have yet.
+    pub async fn must_enrol(&self, user: &User) -> Result<bool> {
+        Ok(self.policy.must_enrol(user).await?)
+    }
+
+    /// The second factor the user has (RFC 8176 method), if any.
+    pub async fn enrolled_factor(&self, user: &User) -> Result<Option<&'static str>> {
+        Ok(self.policy.enrolled_factor(user).await?)
     }
 
     async fn start_family(
@@ -164,7 +253,7 @@ impl Sessions {
         &self,
         presented: Option<&str>,
         client: &ClientContext,
-    ) -> Result<LoginOutcome> {
+    ) -> Result<Refreshed> {
         let raw = presented
             .filter(|t| t.len() <= MAX_TOKEN_LEN)
             .ok_or(ServiceError::InvalidRefreshToken)?;
@@ -241,23 +330,47 @@ impl Sessions {
             .owner
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
             .ok_or(ServiceError::InvalidRefreshToken)?;
-        let access = self
-            .tokens
-            .issue_access(&user, Some(&claims.fam), &claims.auth, now)?;
+        // A policy turned on after this sign-in began: the session is not
+        // ended (that would lock out someone who cannot enrol from here),
+        // but it reaches only enrolment until the user has a factor.
+        let enrolling = self.policy.must_enrol(&user).await?;
+        let access = if enrolling {
+            self.tokens.issue_enrolment(
+                &user,
+                Some(&claims.fam),
+                &claims.auth,
+                now,
+                ENROLMENT_TTL,
+            )?
+        } else {
+            self.tokens
+                .issue_access(&user, Some(&claims.fam), &claims.auth, now)?
+        };
         let mut entry = self.audit.entry(AuditEvent::Refresh, client).user(&user.id);
         if sibling {
             // Two tokens of one sign-in now live side by side: worth telling
             // apart from a plain rotation when reading the trail.
             entry = entry.detail("grace_sibling");
+        } else if enrolling {
+            entry = entry.detail("enrolment_only");
         }
         self.audit.record(entry).await?;
-        Ok(LoginOutcome {
+        if enrolling {
+            return Ok(Refreshed::EnrolmentRequired {
+                refresh: child,
+                enrolment: EnrolmentGrant {
+                    user,
+                    token: access,
+                },
+            });
+        }
+        Ok(Refreshed::Complete(LoginOutcome {
             user,
             access,
             refresh: child,
             refresh_family: claims.fam,
             auth: claims.auth,
-        })
+        }))
     }
 
     /// A token rotated away long ago came back: whoever holds it copied it
@@ -337,11 +450,24 @@ impl Sessions {
     /// family) it was issued for. A token issued before the user's
     /// `tokens_valid_after` (sign-out everywhere, password change or reset)
     /// is refused, so those take effect at once, not when tokens expire.
+    ///
+    /// An enrolment token is refused with `MfaEnrolmentRequired`: only
+    /// [`Self::authenticate_enrolment`] (the enrolment routes) takes it.
     pub async fn authenticate(&self, access_token: &str) -> Result<Authenticated> {
+        let who = self.authenticate_enrolment(access_token).await?;
+        if who.enrolling {
+            return Err(ServiceError::MfaEnrolmentRequired);
+        }
+        Ok(who)
+    }
+
+    /// Like [`Self::authenticate`], also accepting an enrolment token
+    /// (`enrolling` says which): for the routes that add a second factor.
+    pub async fn authenticate_enrolment(&self, access_token: &str) -> Result<Authenticated> {
         let invalid = || ServiceError::InvalidAccessToken(TokenError::Invalid);
         let claims = self
             .tokens
-            .verify_access(access_token)
+            .verify_bearer(access_token)
             .map_err(ServiceError::InvalidAccessToken)?;
         let user_id = UserId::new(claims.sub.clone());
         // The sign-in the token belongs to must still be alive (ASVS 7.4.1):
@@ -367,6 +493,7 @@ impl Sessions {
             return Err(invalid());
         }
         Ok(Authenticated {
+            enrolling: claims.is_enrolment(),
             user,
             session: claims.sid,
             auth: claims.auth,

@@ -24,6 +24,10 @@ const LEEWAY_SECS: u64 = 5;
 
 const TYP_ACCESS: &str = "access";
 const TYP_REFRESH: &str = "refresh";
+/// An access token that only the enrolment routes accept (issue 18,
+/// MFA_REQUIRED_ROLES): its own `typ`, so a resource server that checks
+/// `typ == "access"` refuses it without knowing about the policy.
+const TYP_ENROLMENT: &str = "mfa_enrolment";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AccessClaims {
@@ -50,6 +54,14 @@ pub struct AccessClaims {
     /// how recent it was. Absent in tokens issued before issue 18.
     #[serde(flatten)]
     pub auth: Authentication,
+}
+
+impl AccessClaims {
+    /// An enrolment token (MFA_REQUIRED_ROLES): only the enrolment routes
+    /// accept it.
+    pub fn is_enrolment(&self) -> bool {
+        self.typ == TYP_ENROLMENT
+    }
 }
 
 /// How and when a sign-in was proven, carried from the sign-in into every
@@ -209,13 +221,39 @@ impl Tokens {
         auth: &Authentication,
         now: DateTime<Utc>,
     ) -> anyhow::Result<AccessToken> {
+        self.issue_bearer(user, session, auth, now, TYP_ACCESS, self.access_ttl)
+    }
+
+    /// An enrolment token: like an access token, but of its own `typ` and
+    /// lifetime, accepted only where [`AccessClaims::is_enrolment`] is
+    /// allowed (the enrolment routes).
+    pub fn issue_enrolment(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+        now: DateTime<Utc>,
+        ttl: Duration,
+    ) -> anyhow::Result<AccessToken> {
+        self.issue_bearer(user, session, auth, now, TYP_ENROLMENT, ttl)
+    }
+
+    fn issue_bearer(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+        now: DateTime<Utc>,
+        typ: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<AccessToken> {
         let claims = AccessClaims {
             sub: user.id.as_str().to_owned(),
             role: user.role,
             iat: now.timestamp(),
-            exp: now.timestamp() + self.access_ttl.as_secs() as i64,
+            exp: now.timestamp() + ttl.as_secs() as i64,
             jti: new_id(),
-            typ: TYP_ACCESS.to_owned(),
+            typ: typ.to_owned(),
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             sid: session.map(str::to_owned),
@@ -229,14 +267,24 @@ impl Tokens {
         )?;
         Ok(AccessToken {
             token,
-            expires_in: self.access_ttl.as_secs(),
+            expires_in: ttl.as_secs(),
         })
     }
 
     pub fn verify_access(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let claims = self.verify_bearer(token)?;
+        if claims.is_enrolment() {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// An access token or an enrolment token: the caller decides what the
+    /// latter may reach.
+    pub fn verify_bearer(&self, token: &str) -> Result<AccessClaims, TokenError> {
         let claims: AccessClaims = decode(token, &self.access_decoding, &self.access_validation)?;
         self.check(claims.exp, &claims.iss, &claims.aud)?;
-        if claims.typ != TYP_ACCESS {
+        if claims.typ != TYP_ACCESS && claims.typ != TYP_ENROLMENT {
             return Err(TokenError::Invalid);
         }
         Ok(claims)
@@ -451,6 +499,23 @@ mod tests {
         assert!(t.verify_access(&token).is_ok());
         clock.advance(Duration::from_secs(4));
         assert_eq!(t.verify_access(&token), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn an_enrolment_token_is_no_access_token() {
+        let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
+        let now = Utc::now();
+        let auth = Authentication::password(now);
+        let enrolment = t
+            .issue_enrolment(&user(), None, &auth, now, Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(enrolment.expires_in, 600);
+        assert_eq!(t.verify_access(&enrolment.token), Err(TokenError::Invalid));
+        let claims = t.verify_bearer(&enrolment.token).unwrap();
+        assert!(claims.is_enrolment());
+        assert_eq!(claims.auth, auth);
+        let access = t.issue_access(&user(), None, &auth, now).unwrap();
+        assert!(!t.verify_bearer(&access.token).unwrap().is_enrolment());
     }
 
     #[test]

@@ -122,6 +122,10 @@ impl TestApp {
             // Generous limits: only the rate-limit tests lower them.
             ("RATE_LIMIT_AUTH_PER_MIN".into(), "100000".into()),
             ("RATE_LIMIT_GLOBAL_PER_MIN".into(), "100000".into()),
+            // Set but blank: no role must have a second factor, so the
+            // suites' admins sign in with the password alone. The policy
+            // (default `admin`) is tested in mfa_policy.rs.
+            ("MFA_REQUIRED_ROLES".into(), " ".into()),
         ];
         pairs.push(database_pair(backend, dir.path()).await);
         for (key, value) in overrides {
@@ -166,6 +170,14 @@ impl TestApp {
         self.handle = Some(tokio::spawn(app.run_until_stopped(async {
             let _ = rx.await;
         })));
+    }
+
+    /// Restarts on the same data with `key` set to `value` (blank sets it
+    /// blank), as an operator changing one setting would.
+    pub async fn restart_with(&mut self, key: &str, value: &str) {
+        self.pairs.retain(|(k, _)| k != key);
+        self.pairs.push((key.into(), value.into()));
+        self.restart().await;
     }
 
     /// Stops the app gracefully and starts it again on the same data.
@@ -360,6 +372,31 @@ impl Drop for TestApp {
 }
 
 /// The value of the refresh cookie in a response, if it sets one.
+/// `method path` with `token` as the Bearer token and `body` as JSON.
+pub async fn send_bearer(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Response {
+    let mut req = app.client.request(method, app.url(path)).bearer_auth(token);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+/// A JWT's claims, read without checking it (what a client can see).
+pub fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 pub fn refresh_cookie(headers: &HeaderMap) -> Option<String> {
     set_cookie(headers, "refresh_token").map(|(value, _)| value)
 }

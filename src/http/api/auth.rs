@@ -23,8 +23,8 @@ use crate::http::{AppState, CookieSettings, Limiters};
 use crate::services::sessions::Authenticated;
 use crate::services::tokens::AccessToken;
 use crate::services::{
-    Account, ClientContext, CurrentSession, LoginOutcome, Recovery, RegisterInput, Registration,
-    SessionInfo, SignIn,
+    Account, ClientContext, CurrentSession, EnrolmentGrant, LoginOutcome, Recovery, Refreshed,
+    RegisterInput, Registration, SessionInfo, SignIn,
 };
 
 pub fn router(limiters: &Limiters) -> axum::Router<AppState> {
@@ -169,12 +169,42 @@ pub struct MfaRequiredResponse {
     pub expires_in: u64,
 }
 
-/// What the right password answers: signed in, or a second step.
+/// The right password for an account that must have a second factor
+/// (MFA_REQUIRED_ROLES, MFA_REQUIRED_FOR_ALL) and has none: no session and
+/// no refresh cookie, but a Bearer token that only the enrolment routes
+/// accept (`GET /api/auth/mfa`, `POST /api/auth/mfa/totp/setup` and
+/// `/totp/confirm`, passkey registration); every other route answers 401
+/// `mfa_enrolment_required`. Confirming a factor with it answers a full
+/// sign-in.
+#[derive(Serialize, ToSchema)]
+pub struct EnrolmentRequiredResponse {
+    /// Always `true`: tells this answer from a completed sign-in.
+    pub mfa_enrolment_required: bool,
+    pub enrolment_token: String,
+    #[schema(example = "Bearer")]
+    pub token_type: &'static str,
+    /// Seconds the enrolment token stays valid.
+    #[schema(example = 600)]
+    pub expires_in: u64,
+}
+
+/// What the right password answers: signed in, a second step, or
+/// enrolment first.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum LoginAnswer {
     SignedIn(LoginResponse),
     MfaRequired(MfaRequiredResponse),
+    EnrolmentRequired(EnrolmentRequiredResponse),
+}
+
+/// What a refresh answers: a new access token, or (the policy now asks
+/// this user for a second factor) an enrolment token.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RefreshAnswer {
+    Refreshed(TokenResponse),
+    EnrolmentRequired(EnrolmentRequiredResponse),
 }
 
 #[derive(Serialize, ToSchema)]
@@ -219,7 +249,7 @@ pub async fn register(
     post, path = "/api/auth/login", tag = "auth",
     request_body(content = LoginRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie; or, when MFA_REQUIRED_ROLES/MFA_REQUIRED_FOR_ALL asks this user for a second factor they do not have, `mfa_enrolment_required` with an `enrolment_token` (only the enrolment routes accept it) and no cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
         BodyErrors,
@@ -246,6 +276,7 @@ pub async fn login(
             expires_in: challenge.expires_in,
         })
         .into_response()),
+        SignIn::EnrolmentRequired(grant) => Ok(Json(enrolment_required(&grant)).into_response()),
     }
 }
 
@@ -257,13 +288,27 @@ pub(super) fn signed_in(
     outcome: LoginOutcome,
 ) -> Response {
     let jar = jar.add(refresh_cookie(cookies, &outcome.refresh));
-    let body = LoginResponse {
+    (jar, Json(login_response(&outcome))).into_response()
+}
+
+/// The body of a completed sign-in.
+pub(super) fn login_response(outcome: &LoginOutcome) -> LoginResponse {
+    LoginResponse {
         access_token: outcome.access.token.clone(),
         token_type: "Bearer",
         expires_in: outcome.access.expires_in,
         user: UserResponse::from(&outcome.user),
-    };
-    (jar, Json(body)).into_response()
+    }
+}
+
+/// The gate's answer (MFA_REQUIRED_ROLES): no session, an enrolment token.
+fn enrolment_required(grant: &EnrolmentGrant) -> EnrolmentRequiredResponse {
+    EnrolmentRequiredResponse {
+        mfa_enrolment_required: true,
+        enrolment_token: grant.token.token.clone(),
+        token_type: "Bearer",
+        expires_in: grant.token.expires_in,
+    }
 }
 
 /// Exchange the refresh cookie for a new access token and a new refresh
@@ -272,7 +317,7 @@ pub(super) fn signed_in(
     post, path = "/api/auth/refresh", tag = "auth",
     security(("refresh_cookie" = [])),
     responses(
-        (status = 200, description = "New access token; sets a new refresh cookie", body = TokenResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "New access token; sets a new refresh cookie. When the policy (MFA_REQUIRED_ROLES) now asks this user for a second factor they do not have: `mfa_enrolment_required` with an `enrolment_token` instead (the cookie still rotates)", body = RefreshAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
         (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`); the cookie is cleared", body = ErrorBody, headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
         RateLimited,
         Unavailable,
@@ -285,9 +330,13 @@ pub async fn refresh(
 ) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
     match state.sessions.refresh(presented.as_deref(), &client).await {
-        Ok(outcome) => {
+        Ok(Refreshed::Complete(outcome)) => {
             let jar = jar.add(refresh_cookie(&state.cookies, &outcome.refresh));
             Ok((jar, Json(TokenResponse::from(&outcome.access))).into_response())
+        }
+        Ok(Refreshed::EnrolmentRequired { refresh, enrolment }) => {
+            let jar = jar.add(refresh_cookie(&state.cookies, &refresh));
+            Ok((jar, Json(enrolment_required(&enrolment))).into_response())
         }
         // A dead cookie is useless to the browser: clear it with the 401.
         Err(e) => {
@@ -399,16 +448,17 @@ pub struct ChangePasswordRequest {
     pub new_password: String,
 }
 
-/// Change the password. Every other session (API sign-ins and portal
-/// sessions) ends and earlier access tokens stop working; the caller's
-/// sign-in stays, with the fresh access token in the answer.
+/// Change the password. Needs a sign-in within REAUTH_WINDOW (step-up).
+/// Every other session (API sign-ins and portal sessions) ends and earlier
+/// access tokens stop working; the caller's sign-in stays, with the fresh
+/// access token in the answer.
 #[utoipa::path(
     post, path = "/api/auth/change-password", tag = "account",
     security(("bearer" = [])),
     request_body(content = ChangePasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed; a fresh access token for this sign-in", body = TokenResponse),
-        (status = 401, description = "Bad access token (`invalid_token`, with `WWW-Authenticate`), or wrong current password (`invalid_credentials`)", body = ErrorBody),
+        (status = 401, description = "Bad access token (`invalid_token`, with `WWW-Authenticate`), the sign-in is older than REAUTH_WINDOW (`reauthentication_required`: sign in again), or wrong current password (`invalid_credentials`)", body = ErrorBody),
         BodyErrors,
         (status = 422, description = "The new password is not acceptable", body = ErrorBody),
         (status = 429, description = "Rate limited (`rate_limited`), or too many wrong current passwords for this account (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
@@ -421,10 +471,12 @@ pub async fn change_password(
     client: ClientContext,
     ApiJson(body): ApiJson<ChangePasswordRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    state.sessions.require_recent(&signed_in)?;
     let Authenticated {
         user,
         session,
         auth,
+        ..
     } = signed_in;
     let keep = CurrentSession {
         web: None,

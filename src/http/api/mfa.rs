@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::CookieJar;
@@ -13,12 +13,12 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::signed_in;
+use super::auth::{login_response, signed_in, LoginResponse};
 use super::responses::{BearerErrors, BodyErrors, RateLimited, Unavailable};
 use crate::domain::mfa::RecoveryCode;
 use crate::domain::Password;
 use crate::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, AuthUser, SignedIn};
+use crate::http::extract::{ApiJson, Enrolling, SignedIn};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, Limiters};
 use crate::services::mfa::{MfaAccount, SecondFactor};
@@ -164,9 +164,9 @@ pub struct TotpRemoveRequest {
 )]
 pub async fn status(
     State(mfa): State<Arc<MfaAccount>>,
-    AuthUser(user, _): AuthUser,
+    Enrolling(who): Enrolling,
 ) -> Result<Json<MfaStatusResponse>, ApiError> {
-    let status = mfa.status(&user).await?;
+    let status = mfa.status(&who.user).await?;
     Ok(Json(MfaStatusResponse {
         totp_enabled: status.totp_enabled,
         recovery_codes_left: status.recovery_codes_left,
@@ -188,7 +188,7 @@ pub async fn status(
 )]
 pub async fn setup_totp(
     State(mfa): State<Arc<MfaAccount>>,
-    SignedIn(who): SignedIn,
+    Enrolling(who): Enrolling,
 ) -> Result<Json<TotpSetupResponse>, ApiError> {
     let setup = mfa.setup_totp(&who).await?;
     Ok(Json(TotpSetupResponse {
@@ -205,8 +205,8 @@ pub async fn setup_totp(
     security(("bearer" = [])),
     request_body(content = TotpConfirmRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Two-step sign-in is on; the recovery codes, shown once", body = RecoveryCodesResponse),
-        (status = 401, description = "Bad access token (`invalid_token`), sign-in older than REAUTH_WINDOW (`reauthentication_required`), or a wrong code (`invalid_code`)", body = ErrorBody),
+        (status = 200, description = "Two-step sign-in is on; the recovery codes, shown once. With an enrolment token, also the access token and the refresh cookie of a completed sign-in", body = TotpConfirmAnswer, headers(("Set-Cookie" = String, description = "With an enrolment token only: the refresh token, as `/api/auth/login` sets it"))),
+        (status = 401, description = "Bad access or enrolment token (`invalid_token`), sign-in older than REAUTH_WINDOW (`reauthentication_required`), or a wrong code (`invalid_code`)", body = ErrorBody),
         (status = 409, description = "No setup is waiting for a code (`mfa_setup_required`)", body = ErrorBody),
         BodyErrors,
         RateLimited,
@@ -214,13 +214,59 @@ pub async fn setup_totp(
     )
 )]
 pub async fn confirm_totp(
-    State(mfa): State<Arc<MfaAccount>>,
-    SignedIn(who): SignedIn,
+    State(state): State<AppState>,
+    Enrolling(who): Enrolling,
     client: ClientContext,
+    jar: CookieJar,
     ApiJson(body): ApiJson<TotpConfirmRequest>,
-) -> Result<Json<RecoveryCodesResponse>, ApiError> {
-    let codes = mfa.confirm_totp(&who, &body.code, &client).await?;
-    Ok(Json(codes.into()))
+) -> Result<Response, ApiError> {
+    let codes = state.mfa.confirm_totp(&who, &body.code, &client).await?;
+    let codes = RecoveryCodesResponse::from(codes);
+    // Confirmed with an enrolment token: the sign-in it stood for is
+    // complete now, without asking for the password again.
+    match state
+        .second_step
+        .complete_enrolment(&who, "otp", &client)
+        .await?
+    {
+        Some(outcome) => Ok(enrolled(&state.cookies, jar, codes, outcome)),
+        None => Ok(Json(codes).into_response()),
+    }
+}
+
+/// Enrolment with an enrolment token is done: the recovery codes (or the
+/// passkey's answer) and the session a sign-in would have started, refresh
+/// cookie included.
+#[derive(Serialize, ToSchema)]
+pub struct EnrolledResponse {
+    #[schema(example = json!(["ABCD-EFGH-JKLM", "..."]))]
+    pub recovery_codes: Vec<String>,
+    #[serde(flatten)]
+    pub session: LoginResponse,
+}
+
+/// What confirming an authenticator answers.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum TotpConfirmAnswer {
+    /// With an access token: the recovery codes.
+    Codes(RecoveryCodesResponse),
+    /// With an enrolment token: the codes and a full sign-in.
+    CodesAndSession(EnrolledResponse),
+}
+
+fn enrolled(
+    cookies: &crate::http::CookieSettings,
+    jar: CookieJar,
+    codes: RecoveryCodesResponse,
+    outcome: crate::services::LoginOutcome,
+) -> Response {
+    let jar = jar.add(super::cookies::refresh_cookie(cookies, &outcome.refresh));
+    let body = EnrolledResponse {
+        recovery_codes: codes.recovery_codes,
+        session: login_response(&outcome),
+    };
+    (jar, Json(body)).into_response()
 }
 
 /// Turn the authenticator off (its recovery codes go too). Needs the

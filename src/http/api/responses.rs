@@ -47,7 +47,7 @@ pub enum LinkErrors {
 pub enum BearerErrors {
     #[response(
         status = 401,
-        description = "Missing, invalid or expired access token (`invalid_token`)",
+        description = "Missing, invalid or expired access token (`invalid_token`); or an enrolment token, which only the enrolment routes take (`mfa_enrolment_required`: add a second factor first)",
         headers(("WWW-Authenticate" = String, description = "`Bearer`, with `error=\"invalid_token\"` when a token was sent"))
     )]
     InvalidToken(ErrorBody),

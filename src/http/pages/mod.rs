@@ -8,6 +8,7 @@
 //! link, which only confirms what the link proves.
 
 pub mod csrf;
+pub mod enrolment;
 mod handlers;
 pub mod session;
 mod views;
@@ -283,6 +284,7 @@ impl SignedIn {
             user: self.user.clone(),
             session: self.portal.data.refresh_family.clone(),
             auth: self.portal.data.auth.clone(),
+            enrolling: self.portal.data.enrolment_only,
         }
     }
 
@@ -349,7 +351,13 @@ impl FromRequestParts<AppState> for SignedIn {
                     .map_err(IntoResponse::into_response)?;
                 Err(to_login())
             }
-            Ok(Some(user)) => Ok(SignedIn { portal, user }),
+            Ok(Some(user)) => {
+                // MFA_REQUIRED_ROLES: an enrolment-only session reaches
+                // only the enrolment page until a factor is on.
+                let mut portal = portal;
+                enrolment::gate(state, &mut portal, &user, parts).await?;
+                Ok(SignedIn { portal, user })
+            }
             Ok(None) => {
                 portal
                     .session

@@ -52,6 +52,11 @@ pub struct PortalData {
     /// a session that is not signed in yet.
     #[serde(default)]
     pub second_step: Option<PendingSecondStep>,
+    /// Signed in for second-factor enrolment only (MFA_REQUIRED_ROLES):
+    /// every page but `/account/two-step` sends the browser there, and the
+    /// session has no API refresh family, until a factor is on.
+    #[serde(default)]
+    pub enrolment_only: bool,
 }
 
 /// The challenge of a sign-in waiting for its second step. The token is
@@ -98,6 +103,7 @@ impl std::fmt::Debug for PortalData {
                 "second_step",
                 &self.second_step.as_ref().map(|_| "[pending]"),
             )
+            .field("enrolment_only", &self.enrolment_only)
             .finish_non_exhaustive()
     }
 }

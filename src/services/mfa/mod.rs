@@ -8,6 +8,8 @@ pub mod account;
 pub mod passkey_sign_in;
 /// Passkeys: add, list, rename, remove; the WebAuthn relying party.
 pub mod passkeys;
+/// Who must have a second factor (MFA_REQUIRED_ROLES), and whether they do.
+pub mod policy;
 /// Recovery codes: regenerate, use one, count.
 pub mod recovery_codes;
 /// The second step of a sign-in: the challenge token and its answer.
@@ -18,6 +20,7 @@ pub mod totp;
 pub use account::{MfaAccount, MfaStatus};
 pub use passkey_sign_in::PasskeySignIn;
 pub use passkeys::{CeremonyStart, PasskeyCeremonies, Passkeys};
+pub use policy::MfaPolicy;
 pub use recovery_codes::RecoveryCodes;
 pub use sign_in::{MfaChallenge, SecondFactor, SecondStep};
 pub use totp::{TotpFactors, TotpSetup};

@@ -15,7 +15,7 @@ use crate::domain::{AuditEvent, TokenHash, User};
 use crate::services::audit::Audit;
 use crate::services::lockout::{self, Lockout};
 use crate::services::notifier::Notifier;
-use crate::services::sessions::{LoginOutcome, Sessions};
+use crate::services::sessions::{Authenticated, LoginOutcome, Sessions};
 use crate::services::tokens::Authentication;
 use crate::services::{span, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::storage::{
@@ -229,6 +229,34 @@ impl SecondStep {
         self.sessions
             .start(user, &email, Authentication::password_and_code(now), client)
             .await
+    }
+
+    /// Ends an enrolment-only sign-in (MFA_REQUIRED_ROLES) once its second
+    /// factor is on: a full session, as if the user had signed in with the
+    /// password and that factor, so nobody is asked to sign in again. The
+    /// sign-in keeps the password's `auth_time`; `amr` adds `method` (RFC
+    /// 8176: `otp` for an authenticator, `hwk`/`swk` for a passkey).
+    /// `None` when `who` is not an enrolment sign-in (nothing to complete)
+    /// or the user still has no factor the policy counts.
+    pub async fn complete_enrolment(
+        &self,
+        who: &Authenticated,
+        method: &str,
+        client: &ClientContext,
+    ) -> Result<Option<LoginOutcome>> {
+        if !who.enrolling || self.sessions.must_enrol(&who.user).await? {
+            return Ok(None);
+        }
+        let auth = Authentication {
+            amr: ["pwd", method, "mfa"].map(str::to_owned).to_vec(),
+            auth_time: who.auth.auth_time,
+        };
+        let user = who.user.clone();
+        let email = user.email.as_str().to_owned();
+        self.sessions
+            .start(user, &email, auth, client)
+            .await
+            .map(Some)
     }
 
     /// Records a wrong code: audited, counted towards the account's lock,

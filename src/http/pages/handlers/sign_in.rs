@@ -8,13 +8,15 @@ use axum_extra::extract::cookie::CookieJar;
 use serde::Deserialize;
 
 use super::{explain, layout, page, PageQuery, PageResult};
-use crate::domain::Password;
+use crate::domain::{Password, User};
 use crate::http::api::cookies::{cleared_cookie, refresh_cookie};
 use crate::http::pages::csrf::{CsrfForm, FormRefused, NoFields};
+use crate::http::pages::enrolment;
 use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, LoginPage};
 use crate::http::pages::{safe_next, PageError};
 use crate::http::AppState;
+use crate::services::tokens::Authentication;
 use crate::services::{ClientContext, LoginOutcome, SignIn};
 
 /// Form payloads default every field, so a missing one is a validation
@@ -118,6 +120,11 @@ pub async fn login_submit(
                 .await?;
             return Ok(Redirect::to("/login/code").into_response());
         }
+        // MFA_REQUIRED_ROLES: signed in for enrolment only.
+        Ok(SignIn::EnrolmentRequired(grant)) => {
+            enrolment::begin(&state, &mut portal, &client, &grant.user).await?;
+            return Ok(Redirect::to(enrolment::ENROLMENT_PAGE).into_response());
+        }
         Err(e) => explain(&mut form_state, "email", e)?,
     };
     let view = LoginPage {
@@ -137,6 +144,29 @@ pub(super) async fn sign_in(
     jar: CookieJar,
     outcome: &LoginOutcome,
 ) -> Result<CookieJar, PageError> {
+    bind(
+        state,
+        portal,
+        client,
+        &outcome.user,
+        Some(outcome.refresh_family.clone()),
+        outcome.auth.clone(),
+    )
+    .await?;
+    Ok(jar.add(refresh_cookie(&state.cookies, &outcome.refresh)))
+}
+
+/// Makes the browser's session `user`'s sign-in, of API refresh family
+/// `family` (none: enrolment only, see `pages::enrolment`), proven as
+/// `auth` says, and saves it.
+pub(crate) async fn bind(
+    state: &AppState,
+    portal: &mut Portal,
+    client: &ClientContext,
+    user: &User,
+    family: Option<String>,
+    auth: Authentication,
+) -> Result<(), PageError> {
     // A previous sign-in in this browser ends cleanly first.
     if let (Some(user_id), Some(hash)) = (portal.user_id(), portal.id_hash()) {
         state
@@ -145,16 +175,18 @@ pub(super) async fn sign_in(
             .await?;
     }
     portal.begin_sign_in().await?;
-    portal.data.user_id = Some(outcome.user.id.as_str().to_owned());
+    portal.data.user_id = Some(user.id.as_str().to_owned());
     portal.data.signed_in_at = Some(state.clock.now());
-    portal.data.token_version = outcome.user.token_version;
-    portal.data.refresh_family = Some(outcome.refresh_family.clone());
+    portal.data.token_version = user.token_version;
+    // Only an enrolment-only sign-in (MFA_REQUIRED_ROLES) has no family.
+    portal.data.enrolment_only = family.is_none();
+    portal.data.refresh_family = family;
     portal.data.user_agent = client.user_agent.clone();
     portal.data.ip = client.ip.map(|ip| ip.to_string());
-    portal.data.auth = outcome.auth.clone();
+    portal.data.auth = auth;
     portal.data.second_step = None;
     portal.save().await?;
-    Ok(jar.add(refresh_cookie(&state.cookies, &outcome.refresh)))
+    Ok(())
 }
 
 /// Ends the portal session in the store (and its API family), and empties

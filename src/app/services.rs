@@ -189,6 +189,8 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
             max_lock: config.limits.login_lockout_max,
         },
         require_verified_email: config.accounts.require_verified_email,
+        registration: config.accounts.registration,
+        roles: config.accounts.roles.clone(),
         verification_ttl: config.tokens.verification_token_ttl,
         mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
         reauth_window: config.mfa.reauth_window,

@@ -27,7 +27,7 @@ mod store;
 mod tokens;
 mod values;
 
-pub use accounts::AccountsConfig;
+pub use accounts::{AccountsConfig, RegistrationMode};
 pub use audit::AuditConfig;
 pub use limits::LimitsConfig;
 pub use mail::{MailConfig, MailTransport};

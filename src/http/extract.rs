@@ -12,7 +12,7 @@ use serde::de::DeserializeOwned;
 
 use super::middleware::request_context::RequestId;
 use super::AppState;
-use crate::domain::{FieldError, Role, User};
+use crate::domain::{FieldError, User};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::sessions::Authenticated;
 use crate::services::ClientContext;
@@ -189,7 +189,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let AuthUser(user, _) = AuthUser::from_request_parts(parts, state).await?;
-        if user.role != Role::Admin {
+        if !user.role.is_admin() {
             return Err(ApiError::forbidden());
         }
         Ok(AdminUser(user))

@@ -39,7 +39,7 @@ pub mod tokens;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::domain::{FieldError, PasswordPolicy, TokenHash};
+use crate::domain::{FieldError, PasswordPolicy, RegistrationMode, Roles, TokenHash};
 use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
@@ -73,6 +73,10 @@ pub struct AuthSettings {
     pub lockout: LockoutPolicy,
     /// Refuse sign-in (403) until the email address is verified.
     pub require_verified_email: bool,
+    /// Who may register themselves.
+    pub registration: RegistrationMode,
+    /// The clinic's roles and the one self-registration gets.
+    pub roles: Roles,
     pub verification_ttl: Duration,
     /// Reset and verification emails per account per hour, whatever the
     /// IPs asking.
@@ -135,6 +139,10 @@ pub enum ServiceError {
     InvalidCredentials,
     #[error("email already registered")]
     EmailTaken,
+    /// REGISTRATION is `invite` or `closed`: accounts come from an
+    /// administrator (an invitation, the admin console or the CLI).
+    #[error("self-registration is off")]
+    RegistrationClosed(RegistrationMode),
     #[error("access token rejected: {0}")]
     InvalidAccessToken(tokens::TokenError),
     #[error("refresh token rejected")]

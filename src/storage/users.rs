@@ -79,7 +79,9 @@ impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
             id: stored.id.into_user_id(),
             email: EmailAddress::from_stored(stored.email),
             name: PersonName::from_stored(stored.name),
-            role: stored_role(&stored.role, K::HOME)?,
+            // Read as stored, even a role ROLES no longer lists: that must
+            // not make the user unreadable (start-up reports such roles).
+            role: Role::from_stored(&stored.role),
             verified: stored.verified,
             password_hash: PasswordHash::new(stored.password_hash),
             created_at: stored.created_at.to_utc()?,
@@ -133,16 +135,14 @@ pub trait UserStore: Send + Sync {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
-}
 
-/// The role of a stored user, which must be one this version knows; `home`
-/// ("users table") names where it was read, for the error.
-fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
-    Role::parse(role).ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in {home}")))
+    /// How many users have a role not in `known`: ROLES changed after they
+    /// got it. Reported at start-up (they keep signing in with it).
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64>;
 }
 
 /// The token version of a stored user, which is never negative.

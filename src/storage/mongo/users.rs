@@ -122,7 +122,7 @@ impl UserStore for MongoStore {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
@@ -144,5 +144,13 @@ impl UserStore for MongoStore {
             )
             .await?;
         Ok(done.matched_count == 1)
+    }
+
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
+        let known: Vec<&str> = known.iter().map(Role::as_str).collect();
+        Ok(self
+            .users
+            .count_documents(doc! { "role": { "$nin": known } })
+            .await?)
     }
 }

@@ -85,7 +85,7 @@ impl UserStore for SqliteStore {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
@@ -97,6 +97,19 @@ impl UserStore for SqliteStore {
         .bind(millis(cut))
         .bind(millis(now));
         self.update_user(update, id).await
+    }
+
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
+        // One statement whatever the number of roles: the list goes in as
+        // a JSON array.
+        let known: Vec<&str> = known.iter().map(Role::as_str).collect();
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE role NOT IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&known).map_err(|e| StoreError::Other(e.into()))?)
+        .fetch_one(&mut self.read().await?)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 }
 

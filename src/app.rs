@@ -151,6 +151,7 @@ impl App {
                 account: services.account,
                 second_step: services.second_step,
                 mfa: services.mfa,
+                account_status: services.account_status,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -50,6 +50,10 @@ pub enum ErrorCode {
     EmailTaken,
     /// 403: REGISTRATION is `invite` or `closed`: ask an administrator.
     RegistrationClosed,
+    /// 403: the right password, for an account an administrator disabled.
+    AccountDisabled,
+    /// 409: the change would leave no active administrator.
+    LastAdmin,
     /// 409: the address is already confirmed.
     AlreadyVerified,
     PayloadTooLarge,
@@ -243,6 +247,17 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT,
                 ErrorCode::EmailTaken,
                 "An account with this email already exists. Sign in, or reset your password.",
+            ),
+            ServiceError::NotFound => ApiError::not_found(),
+            ServiceError::LastAdmin => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::LastAdmin,
+                "This is the last active administrator: make another one first.",
+            ),
+            ServiceError::AccountDisabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::AccountDisabled,
+                "This account is disabled. Ask your clinic's administrator if you need access.",
             ),
             ServiceError::RegistrationClosed(mode) => ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -5,7 +5,7 @@ mod common;
 
 use chrono::Utc;
 use clinic_auth::domain::{Role, UserId};
-use common::portal::{browser, get, page_csrf, post_form};
+use common::portal::{browser, get, page_csrf, post_form, signed_in_browser};
 use common::{expect_error, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -15,6 +15,8 @@ backend_tests!(
     invite_and_closed_registration_refuse_sign_up,
     self_registration_gets_the_default_role,
     a_stored_role_the_clinic_no_longer_lists_still_signs_in,
+    disabling_ends_everything_and_enabling_restores_sign_in,
+    only_admins_disable_and_never_the_last_one,
 );
 
 async fn open_registration_is_the_default(backend: common::Backend) {
@@ -216,4 +218,182 @@ async fn lifting_the_role_check_keeps_what_points_at_users() {
         (count("refresh_tokens").await, count("mfa_totp").await),
         (0, 0)
     );
+}
+
+/// Registers `email` and makes it an admin in the store; returns its id and
+/// a fresh access token.
+async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
+    let user = app.register(email).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let now = Utc::now();
+    assert!(app
+        .store()
+        .await
+        .set_user_role(&UserId::new(id.clone()), &Role::admin(), now, now)
+        .await
+        .unwrap());
+    let (access, _) = app.login(email, PASSWORD).await;
+    (id, access)
+}
+
+async fn admin_post(
+    app: &TestApp,
+    access: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req = app.client.post(app.url(path)).bearer_auth(access);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+async fn disabling_ends_everything_and_enabling_restores_sign_in(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane: serde_json::Value = {
+        let (access, _) = app.login("jane@example.com", PASSWORD).await;
+        app.me(&access).await.json().await.unwrap()
+    };
+    let jane_id = jane["id"].as_str().unwrap().to_owned();
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let portal = signed_in_browser(&app, "jane@example.com").await;
+    let link = app.reset_token_for("jane@example.com").await;
+
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/disable"),
+        Some(json!({"reason": "Left the clinic"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["status"], "disabled", "{view}");
+    assert!(view["disabled_at"].is_string(), "{view}");
+
+    // Everything she had ends at once.
+    app.access_refused(&access).await;
+    app.refresh_refused(&refresh).await;
+    let res = get(&app, &portal, "/account").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "portal session ended");
+    let res = app.reset_password(&link, "a brand new passphrase 42").await;
+    expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
+    // The right password learns it is disabled; a wrong one learns nothing.
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert!(common::refresh_cookie(res.headers()).is_none());
+    expect_error(res, StatusCode::FORBIDDEN, "account_disabled").await;
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": "not her password"}),
+        )
+        .await;
+    expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    // The portal's sign-in says the same.
+    let client = browser();
+    let res = common::portal::sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("This account is disabled."));
+    // A reset request answers as always and sends nothing.
+    app.settle_email().await;
+    let before = common::read_emails(&app.outbox()).len();
+    let res = app
+        .post_json(
+            "/api/auth/forgot-password",
+            json!({"email": "jane@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    app.settle_email().await;
+    assert_eq!(common::read_emails(&app.outbox()).len(), before);
+
+    // Disabling again changes nothing; the trail names admin and reason.
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.flush_audit().await;
+    let events: serde_json::Value = app
+        .client
+        .get(app.url("/api/admin/audit?event=account_disabled"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["user_id"], jane_id.as_str());
+    assert_eq!(
+        events[0]["detail"],
+        format!("by={admin_id} reason=Left the clinic")
+    );
+
+    // Enabled, she signs in with her password again.
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert!(view["disabled_at"].is_null());
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn only_admins_disable_and_never_the_last_one(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let (doctor, _) = app.login("jane@example.com", PASSWORD).await;
+    let path = format!("/api/admin/users/{admin_id}/disable");
+    expect_error(
+        admin_post(&app, &doctor, &path, None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        admin_post(&app, &admin, "/api/admin/users/nobody/disable", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        admin_post(&app, &admin, &path, None).await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    )
+    .await;
+    let long = "x".repeat(501);
+    expect_error(
+        admin_post(&app, &admin, &path, Some(json!({"reason": long}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // With a second admin, the first may go.
+    let (_, second) = admin_in(&app, "second@example.com").await;
+    let res = admin_post(&app, &second, &path, Some(json!({}))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.access_refused(&admin).await;
 }

@@ -18,8 +18,8 @@ use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
-    Account, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange, Recovery, Registration,
-    Sessions,
+    Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
+    Recovery, Registration, Sessions,
 };
 use crate::storage::Store;
 
@@ -33,6 +33,7 @@ pub(super) struct Services {
     pub(super) account: Arc<Account>,
     pub(super) second_step: Arc<SecondStep>,
     pub(super) mfa: Arc<MfaAccount>,
+    pub(super) account_status: Arc<AccountStatus>,
 }
 
 impl Services {
@@ -148,6 +149,13 @@ impl Services {
             Arc::clone(clock),
             settings,
         ));
+        let account_status = Arc::new(AccountStatus::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&password_change),
+            audit.clone(),
+            Arc::clone(clock),
+        ));
         let account = Arc::new(Account::new(
             store.clone(),
             store.clone(),
@@ -166,6 +174,7 @@ impl Services {
             account,
             second_step,
             mfa,
+            account_status,
         })
     }
 }

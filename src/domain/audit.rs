@@ -161,10 +161,12 @@ pub enum AuditEvent {
     MfaChallengeFailed,
     RecoveryCodeUsed,
     RecoveryCodesRegenerated,
+    AccountDisabled,
+    AccountEnabled,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 19] = [
+    pub const ALL: [AuditEvent; 21] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -184,6 +186,8 @@ impl AuditEvent {
         AuditEvent::MfaChallengeFailed,
         AuditEvent::RecoveryCodeUsed,
         AuditEvent::RecoveryCodesRegenerated,
+        AuditEvent::AccountDisabled,
+        AuditEvent::AccountEnabled,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -209,6 +213,8 @@ impl AuditEvent {
             AuditEvent::MfaChallengeFailed => "mfa_challenge_failed",
             AuditEvent::RecoveryCodeUsed => "recovery_code_used",
             AuditEvent::RecoveryCodesRegenerated => "recovery_codes_regenerated",
+            AuditEvent::AccountDisabled => "account_disabled",
+            AuditEvent::AccountEnabled => "account_enabled",
         }
     }
 

@@ -180,6 +180,15 @@ pub struct User {
     /// behind: exact, where comparing whole-second `iat` with the cut-off's
     /// instant let a token of the same second through.
     pub token_version: u64,
+    /// Set while an administrator has disabled the account (offboarding):
+    /// no sign-in, refresh, reset or link works for it.
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
+impl User {
+    pub fn is_disabled(&self) -> bool {
+        self.disabled_at.is_some()
+    }
 }
 
 #[cfg(test)]

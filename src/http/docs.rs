@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{admin, auth, health, mfa, verification};
+use super::api::{admin, admin_users, auth, health, mfa, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -21,7 +21,7 @@ use super::AppState;
         auth::forgot_password, auth::reset_password, auth::change_password,
         auth::list_sessions, auth::end_session, auth::logout_all,
         mfa::verify, mfa::status, mfa::setup_totp, mfa::confirm_totp, mfa::remove_totp,
-        mfa::regenerate_recovery_codes, verification::verify_email, verification::resend_verification, admin::audit,
+        mfa::regenerate_recovery_codes, verification::verify_email, verification::resend_verification, admin::audit, admin_users::disable, admin_users::enable,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
@@ -29,7 +29,7 @@ use super::AppState;
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
         (name = "account", description = "The signed-in user's password and sessions"),
-        (name = "admin", description = "Administration (role `admin` only): the audit trail"),
+        (name = "admin", description = "Administration (role `admin` only): the audit trail, disabling and enabling accounts"),
         (name = "system", description = "Operations"),
     )
 )]

@@ -133,6 +133,8 @@ pub struct AppState {
     /// Second factors as the signed-in user manages them.
     pub mfa: Arc<crate::services::mfa::MfaAccount>,
     pub admin: Arc<AdminService>,
+    /// Disable and enable accounts (issue 19).
+    pub account_status: Arc<crate::services::AccountStatus>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

@@ -5,6 +5,8 @@
 
 /// Change the password, list and end sessions.
 pub mod account;
+/// Disable and enable accounts (offboarding).
+pub mod account_status;
 /// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
 /// Record to the audit trail and verify it.
@@ -43,6 +45,7 @@ use crate::domain::{FieldError, PasswordPolicy, RegistrationMode, Roles, TokenHa
 use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
+pub use account_status::AccountStatus;
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
@@ -141,6 +144,15 @@ pub enum ServiceError {
     EmailTaken,
     /// REGISTRATION is `invite` or `closed`: accounts come from an
     /// administrator (an invitation, the admin console or the CLI).
+    /// The user (or other thing) the caller named does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The change would leave no active administrator.
+    #[error("last active admin")]
+    LastAdmin,
+    /// The right password for an account an administrator disabled.
+    #[error("account disabled")]
+    AccountDisabled,
     #[error("self-registration is off")]
     RegistrationClosed(RegistrationMode),
     #[error("access token rejected: {0}")]

@@ -235,14 +235,19 @@ impl Registration {
             .consume_one_time_token(TokenPurpose::EmailVerification, &TokenHash::of(token), now)
             .await?
             .ok_or(ServiceError::InvalidVerificationToken)?;
-        if !self.users.set_verified(&user_id, now).await? {
-            return Err(ServiceError::InvalidVerificationToken);
-        }
         let user = self
             .users
             .find_user_by_id(&user_id)
             .await?
+            .filter(|user| !user.is_disabled())
             .ok_or(ServiceError::InvalidVerificationToken)?;
+        if !self.users.set_verified(&user_id, now).await? {
+            return Err(ServiceError::InvalidVerificationToken);
+        }
+        let user = User {
+            verified: true,
+            ..user
+        };
         tracing::info!(user_id = %user.id, "email address verified");
         let entry = self
             .audit

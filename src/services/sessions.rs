@@ -116,6 +116,11 @@ impl Sessions {
         auth: Authentication,
         client: &ClientContext,
     ) -> Result<LoginOutcome> {
+        // Every way in (password, second step, registration) ends here: an
+        // account disabled meanwhile gets no session.
+        if user.is_disabled() {
+            return Err(ServiceError::AccountDisabled);
+        }
         let factors = format!("factors={}", auth.amr.join(","));
         let outcome = self.start_family(user, &auth, client).await?;
         count_login("success");
@@ -236,6 +241,9 @@ impl Sessions {
         let user = rotated
             .owner
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
+            // Disabling revokes every family; this covers a rotation that
+            // raced it.
+            .filter(|owner| !owner.is_disabled())
             .ok_or(ServiceError::InvalidRefreshToken)?;
         let access = self
             .tokens
@@ -358,7 +366,7 @@ impl Sessions {
         if !alive? {
             return Err(invalid());
         }
-        if issued_before_cut_off(&claims, &user) {
+        if issued_before_cut_off(&claims, &user) || user.is_disabled() {
             return Err(invalid());
         }
         Ok(Authenticated {

@@ -336,6 +336,7 @@ mod tests {
             updated_at: Utc::now(),
             tokens_valid_after: None,
             token_version: 0,
+            disabled_at: None,
         }
     }
 

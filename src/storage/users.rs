@@ -42,6 +42,10 @@ pub(crate) struct StoredUser<K, T> {
     /// Added by this service; absent (0) on the Python service's documents.
     #[serde(default)]
     pub(crate) token_version: i64,
+    /// Added by this service (issue 19); absent while the user is active
+    /// (a missing Option reads as None).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) disabled_at: Option<T>,
 }
 
 /// The key of a stored user as a backend keeps it.
@@ -67,6 +71,7 @@ impl<K: StoredUserKey, T: StoredInstant> StoredUser<K, T> {
             updated_at: T::from_utc(user.created_at),
             tokens_valid_after: None,
             token_version: 0,
+            disabled_at: None,
         }
     }
 }
@@ -88,6 +93,7 @@ impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
             updated_at: stored.updated_at.to_utc()?,
             tokens_valid_after: stored.tokens_valid_after.map(T::to_utc).transpose()?,
             token_version: stored_token_version(stored.token_version, K::HOME)?,
+            disabled_at: stored.disabled_at.map(T::to_utc).transpose()?,
         })
     }
 }
@@ -139,6 +145,20 @@ pub trait UserStore: Send + Sync {
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Disables the user as of `at` (`None`: enables them again) and bumps
+    /// `updated_at`. Ending their sessions is the caller's next step.
+    /// Returns false when the user no longer exists.
+    async fn set_user_disabled(
+        &self,
+        id: &UserId,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// How many administrators are not disabled: the last one may not be
+    /// disabled or demoted.
+    async fn count_active_admins(&self) -> StoreResult<u64>;
 
     /// How many users have a role not in `known`: ROLES changed after they
     /// got it. Reported at start-up (they keep signing in with it).

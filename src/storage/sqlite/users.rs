@@ -23,7 +23,7 @@ impl StoredUserKey for String {
 
 pub(super) const USER_COLUMNS: &str =
     "id, email, password_hash, name, role, verified, created_at, \
-     updated_at, tokens_valid_after, token_version";
+     updated_at, tokens_valid_after, token_version, disabled_at";
 
 #[async_trait]
 impl UserStore for SqliteStore {
@@ -97,6 +97,27 @@ impl UserStore for SqliteStore {
         .bind(millis(cut))
         .bind(millis(now));
         self.update_user(update, id).await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        id: &UserId,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let update = sqlx::query("UPDATE users SET disabled_at = ?, updated_at = ? WHERE id = ?")
+            .bind(at.map(millis))
+            .bind(millis(now));
+        self.update_user(update, id).await
+    }
+
+    async fn count_active_admins(&self) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
+        )
+        .fetch_one(&mut self.read().await?)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {

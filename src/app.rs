@@ -153,6 +153,7 @@ impl App {
                 mfa: services.mfa,
                 passkeys: services.passkeys,
                 passkey_sign_in: services.passkey_sign_in,
+                account_status: services.account_status,
                 admin,
                 health,
                 cookies: CookieSettings::new(
@@ -194,6 +195,7 @@ impl App {
             tracing::info!(outbox = %dir.display(), "no MAIL_SERVER: emails are written to the outbox");
         }
         tracing::info!(backend = store.backend(), "store ready");
+        report_roles_outside_config(store.as_ref(), &config).await;
         Ok(Self {
             listener,
             router,
@@ -273,5 +275,21 @@ fn origin_of(url: &str) -> String {
     match url[after_scheme..].find('/') {
         Some(slash) => url[..after_scheme + slash].to_owned(),
         None => url.to_owned(),
+    }
+}
+
+/// Users whose role ROLES no longer lists keep signing in with it (only
+/// `admin` grants anything here), but the operator should know: a typo in
+/// ROLES would otherwise go unnoticed. Never stops the start.
+async fn report_roles_outside_config(store: &dyn crate::storage::UserStore, config: &Config) {
+    let roles = &config.accounts.roles;
+    match store.count_users_outside_roles(roles.all()).await {
+        Ok(0) => {}
+        Ok(users) => tracing::warn!(
+            users,
+            roles = %roles.names(),
+            "users have a role ROLES does not list; give them one with `clinic-auth user set-role`"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot check users' roles against ROLES"),
     }
 }

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::builder::{NonEmptyStringValueParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
 
 use crate::app::{audit_key, open_store};
@@ -91,15 +91,18 @@ pub enum UserCommand {
     SetRole {
         /// The user's email address
         email: String,
-        /// The role to give
+        /// The role to give: admin, or one of ROLES (by default only doctor)
         #[arg(value_parser = role())]
         role: Role,
     },
 }
 
+/// A well-formed role name; whether the clinic uses it is checked against
+/// ROLES once the configuration is read.
 fn role() -> impl clap::builder::TypedValueParser<Value = Role> {
-    PossibleValuesParser::new([Role::Admin.as_str(), Role::Doctor.as_str()])
-        .try_map(|name| Role::parse(&name).ok_or("use admin or doctor"))
+    NonEmptyStringValueParser::new().try_map(|name| {
+        Role::parse(&name).ok_or("not a role name: use admin or one of ROLES (e.g. doctor)")
+    })
 }
 
 /// Parses the arguments after the program name: the command (serve when
@@ -337,6 +340,13 @@ fn report_checkpoints(file: &CheckpointFile, key: &AuditKey, path: &str, records
 
 /// `clinic-auth user set-role EMAIL ROLE`.
 pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
+    if !config.accounts.roles.contains(&role) {
+        eprintln!(
+            "unknown role {role}: this clinic's roles are {} (ROLES)",
+            config.accounts.roles.names()
+        );
+        return ExitCode::from(exit::USAGE);
+    }
     let store = match open_store(config).await {
         Ok(store) => store,
         Err(e) => {
@@ -428,7 +438,10 @@ mod tests {
             parse(["audit", "verify"]).unwrap(),
             Command::Audit(AuditCommand::Verify)
         );
-        for (role, expected) in [("admin", Role::Admin), ("doctor", Role::Doctor)] {
+        for (role, expected) in [
+            ("admin", Role::admin()),
+            ("Nurse", Role::parse("nurse").unwrap()),
+        ] {
             assert_eq!(
                 parse(["user", "set-role", "a@b.c", role]).unwrap(),
                 Command::User(UserCommand::SetRole {
@@ -455,7 +468,7 @@ mod tests {
             assert_eq!(e.exit_code(), exit::OK, "{args:?}");
         }
         for args in [
-            &["user", "set-role", "a@b.c", "root"][..],
+            &["user", "set-role", "a@b.c", "Root!"][..],
             &["user", "set-role", "a@b.c"],
             &["audit"],
             &["serve", "now"],
@@ -467,9 +480,9 @@ mod tests {
             assert!(e.to_string().contains("Usage"), "{args:?}: {e}");
         }
         // A bad value shows how the command it was given to is written.
-        let e = parse(["user", "set-role", "a@b.c", "root"]).unwrap_err();
+        let e = parse(["user", "set-role", "a@b.c", "Root!"]).unwrap_err();
         let text = e.to_string();
-        assert!(text.contains("'root'"), "{text}");
+        assert!(text.contains("'Root!'"), "{text}");
         assert!(
             text.contains("Usage: clinic-auth user set-role <EMAIL> <ROLE>"),
             "{text}"

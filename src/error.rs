@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-use crate::domain::FieldError;
+use crate::domain::{FieldError, RegistrationMode};
 use crate::services::mfa::MfaError;
 use crate::services::tokens::TokenError;
 use crate::services::ServiceError;
@@ -48,6 +48,12 @@ pub enum ErrorCode {
     RequestTimeout,
     /// 409: an account with this email exists.
     EmailTaken,
+    /// 403: REGISTRATION is `invite` or `closed`: ask an administrator.
+    RegistrationClosed,
+    /// 403: the right password, for an account an administrator disabled.
+    AccountDisabled,
+    /// 409: the change would leave no active administrator.
+    LastAdmin,
     /// 409: the address is already confirmed.
     AlreadyVerified,
     PayloadTooLarge,
@@ -253,6 +259,27 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT,
                 ErrorCode::EmailTaken,
                 "An account with this email already exists. Sign in, or reset your password.",
+            ),
+            ServiceError::NotFound => ApiError::not_found(),
+            ServiceError::LastAdmin => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::LastAdmin,
+                "This is the last active administrator: make another one first.",
+            ),
+            ServiceError::AccountDisabled => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::AccountDisabled,
+                "This account is disabled. Ask your clinic's administrator if you need access.",
+            ),
+            ServiceError::RegistrationClosed(mode) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::RegistrationClosed,
+                match mode {
+                    RegistrationMode::Invite => {
+                        "Accounts are by invitation only. Ask your clinic's administrator to invite you."
+                    }
+                    RegistrationMode::Closed | RegistrationMode::Open => "New accounts are created by your clinic's administrators. Ask them for access.",
+                },
             ),
             ServiceError::InvalidAccessToken(TokenError::Expired) => {
                 ApiError::invalid_token("The access token has expired.")

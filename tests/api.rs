@@ -737,7 +737,7 @@ async fn every_api_answer_is_no_store(backend: Backend) {
         .await
         .set_user_role(
             &UserId::new(user["id"].as_str().unwrap().to_owned()),
-            Role::Admin,
+            &Role::admin(),
             now,
             now
         )

@@ -88,7 +88,7 @@ async fn audit_verify_exit_codes(backend: Backend) {
     for args in [
         &["audit"][..],
         &["frobnicate"],
-        &["user", "set-role", "a@b.c", "root"],
+        &["user", "set-role", "a@b.c", "Root!"],
     ] {
         let output = run(&app, args).await;
         assert_eq!(output.status.code(), Some(2), "{args:?}: {}", text(&output));
@@ -117,6 +117,24 @@ async fn set_role_makes_an_admin_and_ends_old_tokens(backend: Backend) {
     let res = audit(old_access.clone()).await;
     expect_error(res, StatusCode::FORBIDDEN, "forbidden").await;
 
+    // A role the clinic does not use (ROLES) is a usage error, named with
+    // the roles it does use; with ROLES listing it, it is given.
+    let output = run(&app, &["user", "set-role", "Jane@Example.com", "nurse"]).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output));
+    assert!(
+        text(&output).contains("unknown role nurse: this clinic's roles are admin, doctor (ROLES)"),
+        "{}",
+        text(&output)
+    );
+    let output = run_with(
+        &app,
+        &["user", "set-role", "Jane@Example.com", "Nurse"],
+        &[("ROLES", "doctor,nurse")],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output));
+    assert!(text(&output).contains("nurse"), "{}", text(&output));
+
     let output = run(&app, &["user", "set-role", "nobody@example.com", "admin"]).await;
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     assert!(text(&output).contains("no user"), "{}", text(&output));
@@ -138,9 +156,11 @@ async fn set_role_makes_an_admin_and_ends_old_tokens(backend: Backend) {
     assert_eq!(res.status(), StatusCode::OK);
     let body: Value = res.json().await.unwrap();
     let events = body["events"].as_array().unwrap();
-    assert_eq!(events.len(), 1, "{body}");
+    assert_eq!(events.len(), 2, "{body}");
     assert_eq!(events[0]["user_id"], user["id"]);
-    assert_eq!(events[0]["detail"], "from=doctor to=admin");
+    // Newest first.
+    assert_eq!(events[0]["detail"], "from=nurse to=admin");
+    assert_eq!(events[1]["detail"], "from=doctor to=nurse");
     assert!(events[0]["ip"].is_null());
 }
 

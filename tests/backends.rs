@@ -29,7 +29,7 @@ async fn legacy_bcrypt_hash_logs_in_and_is_upgraded(backend: Backend) {
             email: email.clone(),
             name: PersonName::parse("Dr Legacy").unwrap(),
             password_hash: PasswordHash::new(legacy),
-            role: Role::Doctor,
+            role: Role::parse("doctor").unwrap(),
             verified: true,
             created_at: Utc::now(),
             verification_link: None,

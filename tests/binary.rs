@@ -165,7 +165,7 @@ fn the_command_line_helps_and_its_exit_codes_are_true() {
         (&["user", "--help"], &["set-role"]),
         (
             &["user", "set-role", "--help"],
-            &["<EMAIL>", "<ROLE>", "admin", "doctor"],
+            &["<EMAIL>", "<ROLE>", "admin", "doctor", "ROLES"],
         ),
         (&["help", "audit"], &["verify"]),
     ] {
@@ -186,7 +186,7 @@ fn the_command_line_helps_and_its_exit_codes_are_true() {
         &["audit", "check"],
         &["serve", "now"],
         &["user", "set-role", "a@b.c"],
-        &["user", "set-role", "a@b.c", "root"],
+        &["user", "set-role", "a@b.c", "Root!"],
     ] {
         let (code, text) = run(args, &[("APP_ENV", "staging")]);
         assert_eq!(code, Some(2), "{args:?}: {text}");

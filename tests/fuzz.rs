@@ -68,7 +68,14 @@ warnings = { fail-on = ["rate_limited"] }
 /// sign-in after everything else has been fuzzed; its first success is
 /// the OpenAPI example, the rest must be the documented 401s.
 /// change-password comes last: it changes the password to its example.
-const SESSION_ENDERS: [&str; 2] = ["/api/auth/logout-all", "/api/auth/change-password"];
+/// Ending one session counts: the stateful phase follows the link from the
+/// session list to `DELETE /api/auth/sessions/{id}` and ends the fuzzer's
+/// own sign-in, after which every later request of the run got 401.
+const SESSION_ENDERS: [&str; 3] = [
+    "/api/auth/sessions/{id}",
+    "/api/auth/logout-all",
+    "/api/auth/change-password",
+];
 
 fn schemathesis() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/schemathesis");

@@ -52,7 +52,7 @@ async fn make_admin(app: &TestApp) -> UserId {
     let jane = store.find_user_by_email(&email).await.unwrap().unwrap();
     let now = app.clock.now();
     assert!(store
-        .set_user_role(&jane.id, Role::Admin, now, now)
+        .set_user_role(&jane.id, &Role::admin(), now, now)
         .await
         .unwrap());
     jane.id
@@ -238,10 +238,20 @@ async fn a_passkey_counts_as_enrolled(backend: Backend) {
     let id = make_admin(&app).await;
     enrolment_token(&app).await;
     add_passkey(&app, id).await;
-    // No authenticator asked for at sign-in, and no gate either: the
-    // passkey is the second factor (its sign-in comes with i18-passkeys).
-    let (access, _) = app.login("jane@example.com", PASSWORD).await;
-    assert_eq!(app.me(&access).await.status(), StatusCode::OK);
+    // No enrolment gate: the passkey is the second factor, which the
+    // password now leads to.
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(refresh_cookie(res.headers()).is_none());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["mfa_required"], true, "{body}");
+    assert_eq!(body["methods"], json!(["passkey"]), "{body}");
+    assert!(body.get("mfa_enrolment_required").is_none(), "{body}");
 }
 
 async fn turning_the_policy_on_locks_nobody_out(backend: Backend) {

@@ -81,7 +81,7 @@ async fn creates_and_finds_users_in_the_python_document_shape() {
     let user = store.create_user(&new).await.unwrap();
 
     assert_eq!(user.email.as_str(), "jane.smith@example.com");
-    assert_eq!(user.role, Role::Doctor);
+    assert_eq!(user.role, Role::parse("doctor").unwrap());
     assert!(!user.verified);
     assert_eq!(user.created_at, new.created_at);
     assert_eq!(user.updated_at, new.created_at);

@@ -148,7 +148,7 @@ async fn a_cut_off_ends_portal_sessions_signed_in_before_it(backend: Backend) {
     let jane = store.find_user_by_email(&email).await.unwrap().unwrap();
     let now = chrono::Utc::now();
     assert!(store
-        .set_user_role(&jane.id, clinic_auth::domain::Role::Admin, now, now)
+        .set_user_role(&jane.id, &clinic_auth::domain::Role::admin(), now, now)
         .await
         .unwrap());
     assert_eq!(

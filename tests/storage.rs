@@ -20,6 +20,7 @@ backend_tests!(
     a_user_is_created_with_its_first_link,
     unknown_and_malformed_ids_are_none,
     password_hash_can_be_replaced,
+    users_outside_the_clinics_roles_are_counted,
     refresh_rotation_retires_the_old_token,
     rotation_refuses_revoked_expired_and_unknown,
     concurrent_rotation_has_one_winner,
@@ -85,7 +86,7 @@ async fn users_round_trip(backend: Backend) {
     let input = new_user("jane@example.com");
     let created = store.create_user(&input).await.unwrap();
     assert_eq!(created.email.as_str(), "jane@example.com");
-    assert_eq!(created.role, Role::Doctor);
+    assert_eq!(created.role, Role::parse("doctor").unwrap());
     assert!(!created.verified);
     assert_eq!(created.created_at, input.created_at);
     assert_eq!(created.updated_at, input.created_at);
@@ -192,6 +193,28 @@ async fn unknown_and_malformed_ids_are_none(backend: Backend) {
     }
     let nobody = EmailAddress::parse("nobody@example.com").unwrap();
     assert!(store.find_user_by_email(&nobody).await.unwrap().is_none());
+}
+
+async fn users_outside_the_clinics_roles_are_counted(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let role = |name: &str| Role::parse(name).unwrap();
+    let known = [Role::admin(), role("doctor"), role("nurse")];
+    assert_eq!(store.count_users_outside_roles(&known).await.unwrap(), 0);
+    let jane = user_in(&store, "jane@example.com").await;
+    let tom = user_in(&store, "tom@example.com").await;
+    user_in(&store, "ann@example.com").await;
+    for (id, name) in [(&jane, "pharmacist"), (&tom, "nurse")] {
+        assert!(store
+            .set_user_role(id, &role(name), now(), now())
+            .await
+            .unwrap());
+    }
+    assert_eq!(store.count_users_outside_roles(&known).await.unwrap(), 1);
+    assert_eq!(
+        store.count_users_outside_roles(&known[..2]).await.unwrap(),
+        2
+    );
+    assert_eq!(store.count_users_outside_roles(&[]).await.unwrap(), 3);
 }
 
 async fn password_hash_can_be_replaced(backend: Backend) {

@@ -21,8 +21,8 @@ use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
-    Account, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange, Recovery, Registration,
-    Sessions,
+    Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
+    Recovery, Registration, Sessions,
 };
 use crate::storage::Store;
 
@@ -38,6 +38,7 @@ pub(super) struct Services {
     pub(super) mfa: Arc<MfaAccount>,
     pub(super) passkeys: Arc<Passkeys>,
     pub(super) passkey_sign_in: Arc<PasskeySignIn>,
+    pub(super) account_status: Arc<AccountStatus>,
 }
 
 impl Services {
@@ -184,6 +185,13 @@ impl Services {
             Arc::clone(clock),
             settings,
         ));
+        let account_status = Arc::new(AccountStatus::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&password_change),
+            audit.clone(),
+            Arc::clone(clock),
+        ));
         let account = Arc::new(Account::new(
             store.clone(),
             store.clone(),
@@ -204,6 +212,7 @@ impl Services {
             mfa,
             passkeys,
             passkey_sign_in,
+            account_status,
         })
     }
 }
@@ -227,6 +236,8 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
             max_lock: config.limits.login_lockout_max,
         },
         require_verified_email: config.accounts.require_verified_email,
+        registration: config.accounts.registration,
+        roles: config.accounts.roles.clone(),
         verification_ttl: config.tokens.verification_token_ttl,
         mail_per_account_per_hour: config.limits.mail_per_account_per_hour,
         reauth_window: config.mfa.reauth_window,

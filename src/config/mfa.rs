@@ -74,7 +74,7 @@ impl MfaConfig {
             Some(raw) => required_roles(&raw)?,
             // Empty is a choice of its own (no role), not "use the default".
             None if vars.is_blank("MFA_REQUIRED_ROLES") => Vec::new(),
-            None => vec![Role::Admin],
+            None => vec![Role::admin()],
         };
         Ok(Self {
             mfa_encryption_key,
@@ -85,16 +85,17 @@ impl MfaConfig {
     }
 }
 
-/// A comma-separated list of role names, each known and listed once.
+/// A comma-separated list of role names, each listed once. Whether the
+/// clinic uses them (ROLES) is checked once both are read
+/// ([`super::Config::from_vars`]).
 fn required_roles(raw: &str) -> Result<Vec<Role>, ConfigError> {
     let mut roles = Vec::new();
     for name in values::list(raw) {
-        let role = Role::parse(&name.to_ascii_lowercase()).ok_or_else(|| {
+        let role = Role::parse(name).ok_or_else(|| {
             err(
                 "MFA_REQUIRED_ROLES",
                 format!(
-                    "unknown role {name:?}: expected a comma-separated list of admin and doctor, \
-                     or empty for none"
+                    "unknown role {name:?}: expected comma-separated role names, or empty for none"
                 ),
             )
         })?;
@@ -140,7 +141,7 @@ mod tests {
     #[test]
     fn the_policy_defaults_to_admins_and_empty_means_no_role() {
         let c = Config::from_pairs(&[]).unwrap();
-        assert_eq!(c.mfa.required_roles, [Role::Admin]);
+        assert_eq!(c.mfa.required_roles, [Role::admin()]);
         assert!(!c.mfa.required_for_all);
         let c = Config::from_pairs(&[("MFA_REQUIRED_ROLES", "")]).unwrap();
         assert!(c.mfa.required_roles.is_empty());
@@ -151,8 +152,15 @@ mod tests {
             ("MFA_REQUIRED_FOR_ALL", "yes"),
         ])
         .unwrap();
-        assert_eq!(c.mfa.required_roles, [Role::Doctor, Role::Admin]);
+        assert_eq!(
+            c.mfa.required_roles,
+            [Role::parse("doctor").unwrap(), Role::admin()]
+        );
         assert!(c.mfa.required_for_all);
+        // A role of the clinic's own (ROLES) can be required too.
+        let c = Config::from_pairs(&[("ROLES", "doctor,nurse"), ("MFA_REQUIRED_ROLES", "nurse")])
+            .unwrap();
+        assert_eq!(c.mfa.required_roles, [Role::parse("nurse").unwrap()]);
     }
 
     #[test]

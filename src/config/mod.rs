@@ -27,7 +27,7 @@ mod store;
 mod tokens;
 mod values;
 
-pub use accounts::AccountsConfig;
+pub use accounts::{AccountsConfig, RegistrationMode};
 pub use audit::AuditConfig;
 pub use limits::LimitsConfig;
 pub use mail::{MailConfig, MailTransport};
@@ -175,6 +175,20 @@ impl Config {
         let mail = MailConfig::read(&vars)?;
         let limits = LimitsConfig::read(&vars, &store.database)?;
         let accounts = AccountsConfig::read(&vars)?;
+        if let Some(unknown) = mfa
+            .required_roles
+            .iter()
+            .find(|role| !accounts.roles.contains(role))
+        {
+            return Err(err(
+                "MFA_REQUIRED_ROLES",
+                format!(
+                    "unknown role {:?}: this clinic's roles are {} (ROLES), or leave it empty for none",
+                    unknown.as_str(),
+                    accounts.roles.names()
+                ),
+            ));
+        }
         let sessions = SessionsConfig::read(&vars)?;
         let metrics = MetricsConfig::read(&vars)?;
         Ok(Self {

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::*;
-use crate::domain::AuditKey;
+use crate::domain::{AuditKey, Roles};
 
 fn dev(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
     Config::from_pairs(pairs)
@@ -54,6 +54,8 @@ fn defaults_match_the_documentation() {
         (Duration::from_secs(60), Duration::from_secs(3600))
     );
     assert!(!c.accounts.require_verified_email);
+    assert_eq!(c.accounts.registration, RegistrationMode::Open);
+    assert_eq!(c.accounts.roles, Roles::default());
     assert_eq!(c.tokens.verification_token_ttl, Duration::from_secs(86_400));
     assert_eq!(c.limits.mail_per_account_per_hour, 3);
     assert_eq!(c.server.http_header_timeout, Duration::from_secs(10));
@@ -165,6 +167,24 @@ fn duration_errors_say_what_is_expected() {
 }
 
 #[test]
+fn registration_mode_and_the_clinics_roles_are_read() {
+    let c = dev(&[
+        ("REGISTRATION", "invite"),
+        ("ROLES", "doctor, Nurse,reception,billing,nurse"),
+        ("DEFAULT_ROLE", "reception"),
+    ])
+    .unwrap();
+    assert_eq!(c.accounts.registration, RegistrationMode::Invite);
+    assert_eq!(
+        c.accounts.roles.names(),
+        "admin, doctor, nurse, reception, billing"
+    );
+    assert_eq!(c.accounts.roles.default_role().as_str(), "reception");
+    let closed = dev(&[("REGISTRATION", "closed")]).unwrap();
+    assert_eq!(closed.accounts.registration, RegistrationMode::Closed);
+}
+
+#[test]
 fn bad_values_name_the_variable() {
     for (pairs, var) in [
         (vec![("PORT", "eighty")], "PORT"),
@@ -225,6 +245,16 @@ fn bad_values_name_the_variable() {
             "RATE_LIMIT_GLOBAL_PER_MIN",
         ),
         (vec![("PASSWORD_MIN_LENGTH", "4")], "PASSWORD_MIN_LENGTH"),
+        (vec![("REGISTRATION", "sometimes")], "REGISTRATION"),
+        (vec![("ROLES", " , ")], "ROLES"),
+        (vec![("ROLES", "admin")], "ROLES"),
+        (vec![("ROLES", "doctor,Head Nurse")], "ROLES"),
+        (vec![("DEFAULT_ROLE", "admin")], "DEFAULT_ROLE"),
+        (
+            vec![("ROLES", "doctor,nurse"), ("DEFAULT_ROLE", "billing")],
+            "DEFAULT_ROLE",
+        ),
+        (vec![("DEFAULT_ROLE", "nurse")], "DEFAULT_ROLE"),
         (vec![("PASSWORD_MIN_LENGTH", "65")], "PASSWORD_MIN_LENGTH"),
         (
             vec![("RATE_LIMIT_IPV6_PREFIX", "0")],

@@ -166,10 +166,12 @@ pub enum AuditEvent {
     /// A passkey's signature counter went back: possibly a cloned
     /// authenticator; the sign-in was refused.
     PasskeyCounterRegression,
+    AccountDisabled,
+    AccountEnabled,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 22] = [
+    pub const ALL: [AuditEvent; 24] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -192,6 +194,8 @@ impl AuditEvent {
         AuditEvent::PasskeyAdded,
         AuditEvent::PasskeyRemoved,
         AuditEvent::PasskeyCounterRegression,
+        AuditEvent::AccountDisabled,
+        AuditEvent::AccountEnabled,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -220,6 +224,8 @@ impl AuditEvent {
             AuditEvent::PasskeyAdded => "passkey_added",
             AuditEvent::PasskeyRemoved => "passkey_removed",
             AuditEvent::PasskeyCounterRegression => "passkey_counter_regression",
+            AuditEvent::AccountDisabled => "account_disabled",
+            AuditEvent::AccountEnabled => "account_enabled",
         }
     }
 

@@ -17,7 +17,7 @@ pub use email::EmailAddress;
 pub use name::PersonName;
 pub use password::{Password, PasswordHash, PasswordPolicy};
 pub use token::TokenHash;
-pub use user::{Role, User, UserId};
+pub use user::{RegistrationMode, Role, Roles, User, UserId};
 
 /// A validation failure for one field, with every reason it failed.
 ///

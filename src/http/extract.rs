@@ -5,14 +5,16 @@ use std::net::{IpAddr, SocketAddr};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{ConnectInfo, FromRef, FromRequest, FromRequestParts, Request};
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING, USER_AGENT,
+};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
 use super::middleware::request_context::RequestId;
 use super::AppState;
-use crate::domain::{FieldError, Role, User};
+use crate::domain::{FieldError, User};
 use crate::error::{ApiError, ErrorCode};
 use crate::services::sessions::Authenticated;
 use crate::services::ClientContext;
@@ -75,6 +77,33 @@ fn is_json(content_type: Option<&axum::http::HeaderValue>) -> bool {
 
 /// Deserializes, mapping serde's errors: syntax -> 400, shape -> 422 with
 /// the offending field named.
+/// A JSON body that may be left out entirely (no body, no Content-Type):
+/// for actions whose only input is optional, such as an admin's reason. A
+/// body that is sent is read exactly as [`ApiJson`] reads it.
+pub struct OptionalJson<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let no_body = headers.get(CONTENT_TYPE).is_none()
+            && headers.get(TRANSFER_ENCODING).is_none()
+            && headers
+                .get(CONTENT_LENGTH)
+                .is_none_or(|length| length.as_bytes() == b"0");
+        if no_body {
+            return Ok(Self(None));
+        }
+        let ApiJson(body) = ApiJson::from_request(req, state).await?;
+        Ok(Self(Some(body)))
+    }
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(&mut de);
@@ -189,10 +218,32 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let AuthUser(user, _) = AuthUser::from_request_parts(parts, state).await?;
-        if user.role != Role::Admin {
+        if !user.role.is_admin() {
             return Err(ApiError::forbidden());
         }
         Ok(AdminUser(user))
+    }
+}
+
+/// An administrator about to change something (issue 19): the admin role
+/// and, like a factor change, a sign-in within REAUTH_WINDOW (step-up;
+/// otherwise 401 `reauthentication_required`). Reading stays [`AdminUser`].
+pub struct AdminAction(pub User);
+
+impl<S> FromRequestParts<S> for AdminAction
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let who = bearer(parts, state, false).await?;
+        if !who.user.role.is_admin() {
+            return Err(ApiError::forbidden());
+        }
+        AppState::from_ref(state).sessions.require_recent(&who)?;
+        Ok(AdminAction(who.user))
     }
 }
 

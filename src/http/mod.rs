@@ -137,6 +137,8 @@ pub struct AppState {
     /// Signing in with a passkey.
     pub passkey_sign_in: Arc<crate::services::mfa::PasskeySignIn>,
     pub admin: Arc<AdminService>,
+    /// Disable and enable accounts (issue 19).
+    pub account_status: Arc<crate::services::AccountStatus>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

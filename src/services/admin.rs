@@ -50,7 +50,7 @@ impl AdminService {
             return Ok(None);
         };
         let now = self.audit.clock().now();
-        if !self.users.set_user_role(&user.id, role, now, now).await? {
+        if !self.users.set_user_role(&user.id, &role, now, now).await? {
             return Ok(None);
         }
         self.audit

@@ -146,6 +146,18 @@ impl Login {
                 Err(ServiceError::InvalidCredentials)
             }
             Verification::Valid { needs_rehash } => {
+                // Only someone who knows the password learns the account is
+                // disabled; a wrong password got the usual 401 above.
+                if user.is_disabled() {
+                    count_login("disabled");
+                    let entry = self
+                        .audit
+                        .entry(AuditEvent::LoginFailure, client)
+                        .email(email);
+                    let entry = entry.user(&user.id).detail("account_disabled");
+                    self.audit.record(entry).await?;
+                    return Err(ServiceError::AccountDisabled);
+                }
                 if needs_rehash {
                     self.upgrade_hash(&user, password).await;
                 }

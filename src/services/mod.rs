@@ -5,6 +5,8 @@
 
 /// Change the password, list and end sessions.
 pub mod account;
+/// Disable and enable accounts (offboarding).
+pub mod account_status;
 /// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
 /// Record to the audit trail and verify it.
@@ -39,10 +41,11 @@ pub mod tokens;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::domain::{FieldError, PasswordPolicy, TokenHash};
+use crate::domain::{FieldError, PasswordPolicy, RegistrationMode, Roles, TokenHash};
 use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
+pub use account_status::AccountStatus;
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
@@ -73,6 +76,10 @@ pub struct AuthSettings {
     pub lockout: LockoutPolicy,
     /// Refuse sign-in (403) until the email address is verified.
     pub require_verified_email: bool,
+    /// Who may register themselves.
+    pub registration: RegistrationMode,
+    /// The clinic's roles and the one self-registration gets.
+    pub roles: Roles,
     pub verification_ttl: Duration,
     /// Reset and verification emails per account per hour, whatever the
     /// IPs asking.
@@ -139,6 +146,19 @@ pub enum ServiceError {
     InvalidCredentials,
     #[error("email already registered")]
     EmailTaken,
+    /// REGISTRATION is `invite` or `closed`: accounts come from an
+    /// administrator (an invitation, the admin console or the CLI).
+    /// The user (or other thing) the caller named does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The change would leave no active administrator.
+    #[error("last active admin")]
+    LastAdmin,
+    /// The right password for an account an administrator disabled.
+    #[error("account disabled")]
+    AccountDisabled,
+    #[error("self-registration is off")]
+    RegistrationClosed(RegistrationMode),
     #[error("access token rejected: {0}")]
     InvalidAccessToken(tokens::TokenError),
     #[error("refresh token rejected")]

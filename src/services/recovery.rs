@@ -96,6 +96,11 @@ impl Recovery {
             tracing::info!("password reset requested for an unknown email");
             return Ok(());
         };
+        // Same answer as for anyone: the requester learns nothing.
+        if user.is_disabled() {
+            tracing::info!(user_id = %user.id, "password reset requested for a disabled account: nothing sent");
+            return Ok(());
+        }
         // Over the limit nothing changes, not even the stored link: the one
         // already emailed keeps working.
         if !allowed {
@@ -147,6 +152,7 @@ impl Recovery {
             .users
             .find_user_by_id(&user_id)
             .await?
+            .filter(|user| !user.is_disabled())
             .ok_or(ServiceError::InvalidResetToken)?;
         let new_hash = self
             .passwords

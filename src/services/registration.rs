@@ -1,4 +1,4 @@
-//! Self-registration and email verification: creating a `doctor` account
+//! Self-registration and email verification: creating an account (DEFAULT_ROLE)
 //! with its first verification link, and proving the person who registered
 //! owns the address (so reset links and notices reach them, and
 //! REQUIRE_VERIFIED_EMAIL can keep unproven accounts out).
@@ -14,8 +14,8 @@ use super::tokens::Authentication;
 use super::{AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::clock::Clock;
 use crate::domain::{
-    AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, Role, TokenHash,
-    User,
+    AuditEvent, EmailAddress, FieldError, Password, PasswordPolicy, PersonName, RegistrationMode,
+    Role, TokenHash, User,
 };
 use crate::storage::{
     EmailQueueStore, NewUser, OneTimeTokenStore, StoreError, TokenPurpose, UserStore,
@@ -53,6 +53,9 @@ pub struct Registration {
     clock: Arc<dyn Clock>,
     password_policy: PasswordPolicy,
     require_verified_email: bool,
+    mode: RegistrationMode,
+    /// Self-registration gets the clinic's DEFAULT_ROLE.
+    role: Role,
 }
 
 impl Registration {
@@ -79,6 +82,8 @@ impl Registration {
             clock,
             password_policy: settings.password_policy,
             require_verified_email: settings.require_verified_email,
+            mode: settings.registration,
+            role: settings.roles.default_role().clone(),
         }
     }
 
@@ -115,8 +120,20 @@ impl Registration {
         Ok(())
     }
 
-    /// Self-registration: always a `doctor`, never verified by the caller.
+    /// `RegistrationClosed` unless REGISTRATION is `open`: checked before
+    /// anything else, so a closed service answers the same whatever was
+    /// sent.
+    pub fn ensure_open(&self) -> Result<()> {
+        match self.mode {
+            RegistrationMode::Open => Ok(()),
+            mode => Err(ServiceError::RegistrationClosed(mode)),
+        }
+    }
+
+    /// Self-registration: DEFAULT_ROLE, never verified by the caller, and
+    /// only while REGISTRATION is `open`.
     pub async fn register(&self, input: RegisterInput, client: &ClientContext) -> Result<User> {
+        self.ensure_open()?;
         self.audit.ready()?;
         let (name, email, mut errors) = parse_identity(&input.name, &input.email);
         let password_hash = match (&name, &email) {
@@ -153,7 +170,7 @@ impl Registration {
             email,
             name,
             password_hash,
-            role: Role::Doctor,
+            role: self.role.clone(),
             verified: false,
             created_at: self.clock.now(),
             verification_link: Some(link),
@@ -218,14 +235,19 @@ impl Registration {
             .consume_one_time_token(TokenPurpose::EmailVerification, &TokenHash::of(token), now)
             .await?
             .ok_or(ServiceError::InvalidVerificationToken)?;
-        if !self.users.set_verified(&user_id, now).await? {
-            return Err(ServiceError::InvalidVerificationToken);
-        }
         let user = self
             .users
             .find_user_by_id(&user_id)
             .await?
+            .filter(|user| !user.is_disabled())
             .ok_or(ServiceError::InvalidVerificationToken)?;
+        if !self.users.set_verified(&user_id, now).await? {
+            return Err(ServiceError::InvalidVerificationToken);
+        }
+        let user = User {
+            verified: true,
+            ..user
+        };
         tracing::info!(user_id = %user.id, "email address verified");
         let entry = self
             .audit

@@ -159,6 +159,11 @@ impl Sessions {
         auth: Authentication,
         client: &ClientContext,
     ) -> Result<LoginOutcome> {
+        // Every way in (password, second step, registration) ends here: an
+        // account disabled meanwhile gets no session.
+        if user.is_disabled() {
+            return Err(ServiceError::AccountDisabled);
+        }
         let factors = format!("factors={}", auth.amr.join(","));
         let outcome = self.start_family(user, &auth, client).await?;
         count_login("success");
@@ -329,6 +334,9 @@ impl Sessions {
         let user = rotated
             .owner
             .filter(|owner| owner.id == rotated.retired.user_id && owner.id == user_id)
+            // Disabling revokes every family; this covers a rotation that
+            // raced it.
+            .filter(|owner| !owner.is_disabled())
             .ok_or(ServiceError::InvalidRefreshToken)?;
         // A policy turned on after this sign-in began: the session is not
         // ended (that would lock out someone who cannot enrol from here),
@@ -489,7 +497,7 @@ impl Sessions {
         if !alive? {
             return Err(invalid());
         }
-        if issued_before_cut_off(&claims, &user) {
+        if issued_before_cut_off(&claims, &user) || user.is_disabled() {
             return Err(invalid());
         }
         Ok(Authenticated {

@@ -249,7 +249,7 @@ impl Tokens {
     ) -> anyhow::Result<AccessToken> {
         let claims = AccessClaims {
             sub: user.id.as_str().to_owned(),
-            role: user.role,
+            role: user.role.clone(),
             iat: now.timestamp(),
             exp: now.timestamp() + ttl.as_secs() as i64,
             jti: new_id(),
@@ -377,13 +377,14 @@ mod tests {
             id: UserId::new("u1"),
             email: EmailAddress::parse("jane@example.com").unwrap(),
             name: PersonName::parse("Jane").unwrap(),
-            role: Role::Doctor,
+            role: Role::parse("doctor").unwrap(),
             verified: false,
             password_hash: PasswordHash::new("x".into()),
             created_at: Utc::now(),
             updated_at: Utc::now(),
             tokens_valid_after: None,
             token_version: 0,
+            disabled_at: None,
         }
     }
 
@@ -400,7 +401,7 @@ mod tests {
             .unwrap();
         let claims = t.verify_access(&issued.token).unwrap();
         assert_eq!(claims.sub, "u1");
-        assert_eq!(claims.role, Role::Doctor);
+        assert_eq!(claims.role.as_str(), "doctor");
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(
             (

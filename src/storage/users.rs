@@ -42,6 +42,10 @@ pub(crate) struct StoredUser<K, T> {
     /// Added by this service; absent (0) on the Python service's documents.
     #[serde(default)]
     pub(crate) token_version: i64,
+    /// Added by this service (issue 19); absent while the user is active
+    /// (a missing Option reads as None).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) disabled_at: Option<T>,
 }
 
 /// The key of a stored user as a backend keeps it.
@@ -67,6 +71,7 @@ impl<K: StoredUserKey, T: StoredInstant> StoredUser<K, T> {
             updated_at: T::from_utc(user.created_at),
             tokens_valid_after: None,
             token_version: 0,
+            disabled_at: None,
         }
     }
 }
@@ -79,13 +84,16 @@ impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
             id: stored.id.into_user_id(),
             email: EmailAddress::from_stored(stored.email),
             name: PersonName::from_stored(stored.name),
-            role: stored_role(&stored.role, K::HOME)?,
+            // Read as stored, even a role ROLES no longer lists: that must
+            // not make the user unreadable (start-up reports such roles).
+            role: Role::from_stored(&stored.role),
             verified: stored.verified,
             password_hash: PasswordHash::new(stored.password_hash),
             created_at: stored.created_at.to_utc()?,
             updated_at: stored.updated_at.to_utc()?,
             tokens_valid_after: stored.tokens_valid_after.map(T::to_utc).transpose()?,
             token_version: stored_token_version(stored.token_version, K::HOME)?,
+            disabled_at: stored.disabled_at.map(T::to_utc).transpose()?,
         })
     }
 }
@@ -133,16 +141,28 @@ pub trait UserStore: Send + Sync {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool>;
-}
 
-/// The role of a stored user, which must be one this version knows; `home`
-/// ("users table") names where it was read, for the error.
-fn stored_role(role: &str, home: &str) -> StoreResult<Role> {
-    Role::parse(role).ok_or_else(|| StoreError::Other(anyhow::anyhow!("unknown role in {home}")))
+    /// Disables the user as of `at` (`None`: enables them again) and bumps
+    /// `updated_at`. Ending their sessions is the caller's next step.
+    /// Returns false when the user no longer exists.
+    async fn set_user_disabled(
+        &self,
+        id: &UserId,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// How many administrators are not disabled: the last one may not be
+    /// disabled or demoted.
+    async fn count_active_admins(&self) -> StoreResult<u64>;
+
+    /// How many users have a role not in `known`: ROLES changed after they
+    /// got it. Reported at start-up (they keep signing in with it).
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64>;
 }
 
 /// The token version of a stored user, which is never negative.

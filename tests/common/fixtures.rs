@@ -23,7 +23,7 @@ pub fn new_user(email: &str) -> NewUser {
         email: EmailAddress::parse(email).unwrap(),
         name: PersonName::parse("Dr Jane Smith").unwrap(),
         password_hash: PasswordHash::new("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
-        role: Role::Doctor,
+        role: Role::parse("doctor").unwrap(),
         verified: false,
         created_at: now(),
         verification_link: None,

@@ -113,7 +113,7 @@ impl From<&User> for UserResponse {
             id: user.id.as_str().to_owned(),
             name: user.name.as_str().to_owned(),
             email: user.email.as_str().to_owned(),
-            role: user.role,
+            role: user.role.clone(),
             verified: user.verified,
             created_at: user.created_at,
             updated_at: user.updated_at,
@@ -214,12 +214,14 @@ pub struct MessageResponse {
 
 // ----- handlers -----
 
-/// Register a new account (always role `doctor`, unverified).
+/// Register a new account (role DEFAULT_ROLE, `doctor` unless configured;
+/// unverified). Only while REGISTRATION is `open`.
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Account created", body = UserResponse),
+        (status = 403, description = "REGISTRATION is `invite` or `closed`: accounts come from an administrator (`registration_closed`)", body = ErrorBody),
         (status = 409, description = "Email already registered (`email_taken`)", body = ErrorBody),
         BodyErrors,
         RateLimited,
@@ -229,8 +231,12 @@ pub struct MessageResponse {
 pub async fn register(
     State(registration): State<Arc<Registration>>,
     client: ClientContext,
-    ApiJson(body): ApiJson<RegisterRequest>,
+    body: Result<ApiJson<RegisterRequest>, ApiError>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
+    // Closed is the answer whatever was sent, even a body that would not
+    // parse.
+    registration.ensure_open()?;
+    let ApiJson(body) = body?;
     let user = registration
         .register(
             RegisterInput {

@@ -1,6 +1,7 @@
 //! The JSON API under /api, plus /health.
 
 pub mod admin;
+pub mod admin_users;
 pub mod auth;
 pub(crate) mod cookies;
 pub mod health;
@@ -22,6 +23,6 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
                 .merge(mfa::router(limiters))
                 .merge(passkeys::router(limiters)),
         )
-        .nest("/api/admin", admin::router())
+        .nest("/api/admin", admin::router().merge(admin_users::router()))
         .merge(health::router())
 }

@@ -74,3 +74,13 @@ pub enum Unavailable {
     )]
     Database(ErrorBody),
 }
+
+/// A route for the `admin` role only. Listed after [`BearerErrors`].
+#[derive(IntoResponses)]
+pub enum AdminErrors {
+    #[response(
+        status = 403,
+        description = "Signed in without the admin role (`forbidden`)"
+    )]
+    NotAdmin(ErrorBody),
+}

@@ -1,5 +1,7 @@
 //! Askama views for the portal, and the form state they show.
 
+use std::borrow::Cow;
+
 use askama::Template;
 
 use crate::domain::FieldError;
@@ -83,6 +85,9 @@ pub struct RegisterPage {
     pub layout: Layout,
     pub form: FormState,
     pub rules: PasswordRules,
+    /// REGISTRATION is not `open`: how to get an account instead of the
+    /// form.
+    pub closed: Option<Cow<'static, str>>,
 }
 
 #[derive(Template)]
@@ -139,7 +144,7 @@ impl PasswordRules {
 pub struct UserView {
     pub name: String,
     pub email: String,
-    pub role: &'static str,
+    pub role: String,
     pub verified: bool,
 }
 

@@ -122,7 +122,7 @@ impl UserStore for MongoStore {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
@@ -144,5 +144,43 @@ impl UserStore for MongoStore {
             )
             .await?;
         Ok(done.matched_count == 1)
+    }
+
+    async fn set_user_disabled(
+        &self,
+        id: &UserId,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        // Enabling removes the field: an active user's document stays in
+        // the Python service's shape.
+        let update = match at {
+            Some(at) => {
+                doc! { "$set": { "disabled_at": bson_date(at), "updated_at": bson_date(now) } }
+            }
+            None => {
+                doc! { "$set": { "updated_at": bson_date(now) }, "$unset": { "disabled_at": "" } }
+            }
+        };
+        let done = self.users.update_one(doc! { "_id": oid }, update).await?;
+        Ok(done.matched_count == 1)
+    }
+
+    async fn count_active_admins(&self) -> StoreResult<u64> {
+        Ok(self
+            .users
+            .count_documents(doc! { "role": "admin", "disabled_at": { "$exists": false } })
+            .await?)
+    }
+
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
+        let known: Vec<&str> = known.iter().map(Role::as_str).collect();
+        Ok(self
+            .users
+            .count_documents(doc! { "role": { "$nin": known } })
+            .await?)
     }
 }

@@ -25,6 +25,7 @@ mod one_time_tokens;
 mod rate_limits;
 mod refresh_tokens;
 mod rotation;
+mod schema;
 mod users;
 mod web_sessions;
 
@@ -129,7 +130,10 @@ async fn migrate(writer: &Connections) -> anyhow::Result<()> {
     let mut attempt = 1;
     loop {
         let mut conn = writer.get().await?;
-        let result = MIGRATOR.run(conn.conn()?).await;
+        let result = match MIGRATOR.run(conn.conn()?).await {
+            Ok(()) => schema::lift_role_check(conn.conn()?).await,
+            Err(e) => Err(e.into()),
+        };
         let Err(err) = result else {
             return Ok(());
         };

@@ -23,7 +23,7 @@ impl StoredUserKey for String {
 
 pub(super) const USER_COLUMNS: &str =
     "id, email, password_hash, name, role, verified, created_at, \
-     updated_at, tokens_valid_after, token_version";
+     updated_at, tokens_valid_after, token_version, disabled_at";
 
 #[async_trait]
 impl UserStore for SqliteStore {
@@ -85,7 +85,7 @@ impl UserStore for SqliteStore {
     async fn set_user_role(
         &self,
         id: &UserId,
-        role: Role,
+        role: &Role,
         cut: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> StoreResult<bool> {
@@ -97,6 +97,40 @@ impl UserStore for SqliteStore {
         .bind(millis(cut))
         .bind(millis(now));
         self.update_user(update, id).await
+    }
+
+    async fn set_user_disabled(
+        &self,
+        id: &UserId,
+        at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let update = sqlx::query("UPDATE users SET disabled_at = ?, updated_at = ? WHERE id = ?")
+            .bind(at.map(millis))
+            .bind(millis(now));
+        self.update_user(update, id).await
+    }
+
+    async fn count_active_admins(&self) -> StoreResult<u64> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE role = 'admin' AND disabled_at IS NULL",
+        )
+        .fetch_one(&mut self.read().await?)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
+        // One statement whatever the number of roles: the list goes in as
+        // a JSON array.
+        let known: Vec<&str> = known.iter().map(Role::as_str).collect();
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM users WHERE role NOT IN (SELECT value FROM json_each(?))",
+        )
+        .bind(serde_json::to_string(&known).map_err(|e| StoreError::Other(e.into()))?)
+        .fetch_one(&mut self.read().await?)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 }
 

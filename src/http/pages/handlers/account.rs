@@ -61,7 +61,7 @@ async fn account_view(
         user: UserView {
             name: user.name.as_str().to_owned(),
             email: user.email.as_str().to_owned(),
-            role: user.role.as_str(),
+            role: user.role.to_string(),
             verified: user.verified,
         },
         sessions: sessions

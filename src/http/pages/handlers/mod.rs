@@ -78,6 +78,7 @@ fn explain(form: &mut FormState, field: &str, err: ServiceError) -> Result<Statu
         | ServiceError::WrongCurrentPassword
         | ServiceError::AccountLocked { .. }
         | ServiceError::EmailUnverified
+        | ServiceError::AccountDisabled
         | ServiceError::EmailTaken) => {
             let told = ApiError::from(err);
             form.error(field, told.message);

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::session::Portal;
 use crate::http::pages::views::{FormState, RegisterPage, VerifyEmailPage};
+use crate::http::pages::PageError;
 use crate::http::pages::SignedIn;
 use crate::http::AppState;
 use crate::services::{ClientContext, RegisterInput, ServiceError};
@@ -33,12 +34,28 @@ pub async fn register_page(State(state): State<AppState>, portal: Portal) -> Pag
     if portal.data.user_id.is_some() {
         return Ok(Redirect::to("/account").into_response());
     }
+    let (status, closed) = match state.registration.ensure_open() {
+        Ok(()) => (StatusCode::OK, None),
+        Err(e) => closed_reason(e)?,
+    };
     let view = RegisterPage {
         layout: layout(&state, &portal, None, None),
         form: FormState::default(),
         rules: password_rules(&state),
+        closed,
     };
-    page(StatusCode::OK, &view)
+    page(status, &view)
+}
+
+/// The API's words for a closed registration, shown instead of the form
+/// (with the API's 403 when a form was posted anyway).
+fn closed_reason(e: ServiceError) -> Result<(StatusCode, Option<Cow<'static, str>>), PageError> {
+    match e {
+        e @ ServiceError::RegistrationClosed(_) => {
+            Ok((StatusCode::OK, Some(ApiError::from(e).message)))
+        }
+        other => Err(other.into()),
+    }
 }
 
 pub async fn register_submit(
@@ -48,6 +65,16 @@ pub async fn register_submit(
     jar: CookieJar,
     CsrfForm(f): CsrfForm<RegisterForm>,
 ) -> PageResult {
+    if let Err(e) = state.registration.ensure_open() {
+        let (_, closed) = closed_reason(e)?;
+        let view = RegisterPage {
+            layout: layout(&state, &portal, None, None),
+            form: FormState::default(),
+            rules: password_rules(&state),
+            closed,
+        };
+        return page(StatusCode::FORBIDDEN, &view);
+    }
     let mut form_state = FormState::default()
         .with_value("name", &f.name)
         .with_value("email", &f.email);
@@ -93,6 +120,7 @@ pub async fn register_submit(
         layout: layout(&state, &portal, None, None),
         form: form_state,
         rules: password_rules(&state),
+        closed: None,
     };
     page(status, &view)
 }

@@ -1,0 +1,405 @@
+//! Running a clinic's accounts (issue 19), on every backend: who may join
+//! (REGISTRATION) and the clinic's own roles (ROLES, DEFAULT_ROLE).
+
+mod common;
+
+use chrono::Utc;
+use clinic_auth::domain::{Role, UserId};
+use common::portal::{browser, get, page_csrf, post_form, signed_in_browser};
+use common::{expect_error, TestApp, PASSWORD};
+use reqwest::StatusCode;
+use serde_json::json;
+
+backend_tests!(
+    open_registration_is_the_default,
+    invite_and_closed_registration_refuse_sign_up,
+    self_registration_gets_the_default_role,
+    a_stored_role_the_clinic_no_longer_lists_still_signs_in,
+    disabling_ends_everything_and_enabling_restores_sign_in,
+    only_admins_disable_and_never_the_last_one,
+);
+
+async fn open_registration_is_the_default(backend: common::Backend) {
+    let app = TestApp::spawn(backend).await;
+    let user = app.register("jane@example.com").await;
+    assert_eq!(user["role"], "doctor");
+    let client = browser();
+    let res = get(&app, &client, "/register").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("name=\"password_confirm\""));
+}
+
+async fn invite_and_closed_registration_refuse_sign_up(backend: common::Backend) {
+    for (mode, words) in [
+        ("invite", "administrator to invite you."),
+        ("closed", "administrators. Ask them for access."),
+    ] {
+        let app = TestApp::spawn_with(backend, &[("REGISTRATION", mode)]).await;
+        let good =
+            json!({"name": "Dr Jane Smith", "email": "jane@example.com", "password": PASSWORD});
+        let body = expect_error(
+            app.post_json("/api/auth/register", good).await,
+            StatusCode::FORBIDDEN,
+            "registration_closed",
+        )
+        .await;
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(words),
+            "{mode}: {body}"
+        );
+        // Closed whatever was sent: the body is not even read.
+        let res = app
+            .client
+            .post(app.url("/api/auth/register"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        expect_error(res, StatusCode::FORBIDDEN, "registration_closed").await;
+
+        // The page says how to get access instead of offering a form, and
+        // a form posted anyway creates nothing.
+        let client = browser();
+        let res = get(&app, &client, "/register").await;
+        assert_eq!(res.status(), StatusCode::OK, "{mode}");
+        let html = res.text().await.unwrap();
+        assert!(html.contains(words), "{mode}: {html}");
+        assert!(
+            !html.contains("name=\"password_confirm\""),
+            "{mode}: no form"
+        );
+        let csrf = page_csrf(&app, &client, "/login").await;
+        let res = post_form(
+            &app,
+            &client,
+            "/register",
+            &[
+                ("csrf", csrf.as_str()),
+                ("name", "Dr Jane Smith"),
+                ("email", "jane@example.com"),
+                ("password", PASSWORD),
+                ("password_confirm", PASSWORD),
+            ],
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{mode}");
+        assert!(res.text().await.unwrap().contains(words));
+        let email = clinic_auth::domain::EmailAddress::parse("jane@example.com").unwrap();
+        assert!(app
+            .store()
+            .await
+            .find_user_by_email(&email)
+            .await
+            .unwrap()
+            .is_none());
+    }
+}
+
+async fn self_registration_gets_the_default_role(backend: common::Backend) {
+    let app = TestApp::spawn_with(
+        backend,
+        &[
+            ("ROLES", "doctor,nurse,reception"),
+            ("DEFAULT_ROLE", "reception"),
+        ],
+    )
+    .await;
+    let user = app.register("desk@example.com").await;
+    assert_eq!(user["role"], "reception");
+    let (access, _) = app.login("desk@example.com", PASSWORD).await;
+    let me: serde_json::Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["role"], "reception");
+}
+
+async fn a_stored_role_the_clinic_no_longer_lists_still_signs_in(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let email = clinic_auth::domain::EmailAddress::parse("jane@example.com").unwrap();
+    let store = app.store().await;
+    let jane = store.find_user_by_email(&email).await.unwrap().unwrap();
+    // As if ROLES once listed it, or another version wrote it.
+    let now = Utc::now();
+    let pharmacist = Role::parse("pharmacist").unwrap();
+    assert!(store
+        .set_user_role(&UserId::new(jane.id.as_str()), &pharmacist, now, now)
+        .await
+        .unwrap());
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let me: serde_json::Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["role"], "pharmacist");
+    // ... and grants nothing: only `admin` does.
+    let res = app
+        .client
+        .get(app.url("/api/admin/audit"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    expect_error(res, StatusCode::FORBIDDEN, "forbidden").await;
+}
+
+/// SQLite kept the two roles in a CHECK; the rebuild that lifts it, done
+/// when the store opens, must keep every row that points at a user
+/// (dropping `users` with foreign keys on would have cascaded into them).
+#[tokio::test]
+async fn lifting_the_role_check_keeps_what_points_at_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse().unwrap();
+    let pool = sqlx::SqlitePool::connect_with(options.create_if_missing(true).foreign_keys(true))
+        .await
+        .unwrap();
+    sqlx::migrate!("./migrations").run(&pool).await.unwrap();
+    for insert in [
+        "INSERT INTO users (id, email, password_hash, name, role, verified, created_at, updated_at) \
+         VALUES ('u1', 'jane@example.com', 'x', 'Jane', 'doctor', 1, 1, 1)",
+        "INSERT INTO refresh_tokens (user_id, jti, token_hash, family_id, expires_at, created_at) \
+         VALUES ('u1', 'j', 'h', 'f', 9, 1)",
+        "INSERT INTO mfa_totp (user_id, secret, created_at) VALUES ('u1', 's', 1)",
+    ] {
+        sqlx::query(insert).execute(&pool).await.unwrap();
+    }
+    let nurse = sqlx::query("UPDATE users SET role = 'nurse'")
+        .execute(&pool)
+        .await;
+    assert!(nurse.is_err(), "the first release's CHECK is in place");
+    pool.close().await;
+
+    // Opened twice: the second open finds nothing left to do.
+    for _ in 0..2 {
+        let config =
+            clinic_auth::config::Config::from_pairs(&[("DATABASE_URL", url.as_str())]).unwrap();
+        let store = clinic_auth::app::open_store(&config).await.unwrap();
+        drop(store);
+    }
+
+    let pool = sqlx::SqlitePool::connect_with(
+        url.parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .foreign_keys(true),
+    )
+    .await
+    .unwrap();
+    let count = |table: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        (
+            count("users").await,
+            count("refresh_tokens").await,
+            count("mfa_totp").await
+        ),
+        (1, 1, 1)
+    );
+    sqlx::query("UPDATE users SET role = 'nurse' WHERE id = 'u1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let empty = sqlx::query("UPDATE users SET role = '' WHERE id = 'u1'")
+        .execute(&pool)
+        .await;
+    assert!(empty.is_err(), "a role is never empty");
+    // The children still point at `users`, enforced.
+    sqlx::query("DELETE FROM users WHERE id = 'u1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (count("refresh_tokens").await, count("mfa_totp").await),
+        (0, 0)
+    );
+}
+
+/// Registers `email` and makes it an admin in the store; returns its id and
+/// a fresh access token.
+async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
+    let user = app.register(email).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let now = Utc::now();
+    assert!(app
+        .store()
+        .await
+        .set_user_role(&UserId::new(id.clone()), &Role::admin(), now, now)
+        .await
+        .unwrap());
+    let (access, _) = app.login(email, PASSWORD).await;
+    (id, access)
+}
+
+async fn admin_post(
+    app: &TestApp,
+    access: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req = app.client.post(app.url(path)).bearer_auth(access);
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    req.send().await.unwrap()
+}
+
+async fn disabling_ends_everything_and_enabling_restores_sign_in(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane: serde_json::Value = {
+        let (access, _) = app.login("jane@example.com", PASSWORD).await;
+        app.me(&access).await.json().await.unwrap()
+    };
+    let jane_id = jane["id"].as_str().unwrap().to_owned();
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let portal = signed_in_browser(&app, "jane@example.com").await;
+    let link = app.reset_token_for("jane@example.com").await;
+
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/disable"),
+        Some(json!({"reason": "Left the clinic"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["status"], "disabled", "{view}");
+    assert!(view["disabled_at"].is_string(), "{view}");
+
+    // Everything she had ends at once.
+    app.access_refused(&access).await;
+    app.refresh_refused(&refresh).await;
+    let res = get(&app, &portal, "/account").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "portal session ended");
+    let res = app.reset_password(&link, "a brand new passphrase 42").await;
+    expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
+    // The right password learns it is disabled; a wrong one learns nothing.
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
+    assert!(common::refresh_cookie(res.headers()).is_none());
+    expect_error(res, StatusCode::FORBIDDEN, "account_disabled").await;
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": "not her password"}),
+        )
+        .await;
+    expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    // The portal's sign-in says the same.
+    let client = browser();
+    let res = common::portal::sign_in(&app, &client, "jane@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("This account is disabled."));
+    // A reset request answers as always and sends nothing.
+    app.settle_email().await;
+    let before = common::read_emails(&app.outbox()).len();
+    let res = app
+        .post_json(
+            "/api/auth/forgot-password",
+            json!({"email": "jane@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    app.settle_email().await;
+    assert_eq!(common::read_emails(&app.outbox()).len(), before);
+
+    // Disabling again changes nothing; the trail names admin and reason.
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/disable"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.flush_audit().await;
+    let events: serde_json::Value = app
+        .client
+        .get(app.url("/api/admin/audit?event=account_disabled"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = events["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["user_id"], jane_id.as_str());
+    assert_eq!(
+        events[0]["detail"],
+        format!("by={admin_id} reason=Left the clinic")
+    );
+
+    // Enabled, she signs in with her password again.
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("/api/admin/users/{jane_id}/enable"),
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert!(view["disabled_at"].is_null());
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn only_admins_disable_and_never_the_last_one(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let (doctor, _) = app.login("jane@example.com", PASSWORD).await;
+    let path = format!("/api/admin/users/{admin_id}/disable");
+    expect_error(
+        admin_post(&app, &doctor, &path, None).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        admin_post(&app, &admin, "/api/admin/users/nobody/disable", None).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        admin_post(&app, &admin, &path, None).await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    )
+    .await;
+    let long = "x".repeat(501);
+    expect_error(
+        admin_post(&app, &admin, &path, Some(json!({"reason": long}))).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    // Changing an account is a sensitive action: a sign-in older than
+    // REAUTH_WINDOW must be renewed first (reading is not).
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    let res = admin_post(&app, &admin, "/api/admin/users/nobody/disable", None).await;
+    expect_error(res, StatusCode::UNAUTHORIZED, "reauthentication_required").await;
+    let (_, admin) = app.login("admin@example.com", PASSWORD).await;
+    // With a second admin, the first may go.
+    let (_, second) = admin_in(&app, "second@example.com").await;
+    let res = admin_post(&app, &second, &path, Some(json!({}))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.access_refused(&admin).await;
+}

@@ -350,7 +350,7 @@ async fn a_recovery_code_works_once_and_is_emailed(backend: common::Backend) {
     let status: Value = res.json().await.unwrap();
     assert_eq!(
         status,
-        json!({"totp_enabled": true, "recovery_codes_left": 9})
+        json!({"totp_enabled": true, "recovery_codes_left": 9, "passkeys": 0})
     );
 
     // Used once, refused after.
@@ -484,7 +484,7 @@ async fn turning_off_needs_password_and_code(backend: common::Backend) {
     let status: Value = res.json().await.unwrap();
     assert_eq!(
         status,
-        json!({"totp_enabled": false, "recovery_codes_left": 0})
+        json!({"totp_enabled": false, "recovery_codes_left": 0, "passkeys": 0})
     );
     // The password alone signs in again.
     app.login("jane@example.com", PASSWORD).await;

@@ -36,6 +36,7 @@ backend_tests!(
     another_origins_answer_is_refused,
     a_passkey_whose_user_handle_is_not_its_owners_is_refused,
     only_the_owner_renames_or_removes_and_removal_needs_a_recent_sign_in,
+    a_passkey_can_be_the_first_factor_with_an_enrolment_token,
 );
 
 const ORIGIN: &str = "http://localhost:8000";
@@ -272,6 +273,13 @@ async fn a_passkey_is_added_listed_and_signs_in_on_its_own(backend: common::Back
     assert_eq!(listed[0]["id"], key.id.as_str());
     assert_eq!(listed[0]["name"], "Work laptop");
     assert!(listed[0]["last_used_at"].is_null());
+    // What is enrolled counts it.
+    let status: Value = send(&app, Method::GET, "/api/auth/mfa", Some(&access), None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status["passkeys"], 1, "{status}");
     let added = events(&app, AuditEvent::PasskeyAdded).await;
     assert_eq!(added.len(), 1);
     let mail = wait_for_subject(&app.outbox(), "A passkey was added", 1).await;
@@ -510,4 +518,53 @@ async fn only_the_owner_renames_or_removes_and_removal_needs_a_recent_sign_in(
     wait_for_subject(&app.outbox(), "A passkey was removed", 1).await;
     let res = send(&app, Method::DELETE, &path, Some(&fresh), None).await;
     expect_error(res, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+/// MFA_REQUIRED_ROLES: an admin without a factor gets an enrolment token;
+/// adding a passkey with it completes the sign-in (no password again).
+async fn a_passkey_can_be_the_first_factor_with_an_enrolment_token(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("MFA_REQUIRED_ROLES", "admin")]).await;
+    let store = app.store().await;
+    let email = clinic_auth::domain::EmailAddress::parse("jane@example.com").unwrap();
+    let jane = store.find_user_by_email(&email).await.unwrap().unwrap();
+    let now = clinic_auth::clock::Clock::now(&*app.clock);
+    let admin = clinic_auth::domain::Role::admin();
+    assert!(store
+        .set_user_role(&jane.id, &admin, now, now)
+        .await
+        .unwrap());
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["mfa_enrolment_required"], true, "{body}");
+    let enrolment = body["enrolment_token"].as_str().unwrap().to_owned();
+
+    let mut auth = authenticator();
+    let (ceremony, options) = register_options(&app, &enrolment).await;
+    let answer = auth
+        .do_registration(Url::parse(ORIGIN).unwrap(), options)
+        .unwrap();
+    let res = register_verify(
+        &app,
+        &enrolment,
+        &ceremony,
+        serde_json::to_value(&answer).unwrap(),
+        Some("Phone"),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert!(refresh_cookie(res.headers()).is_some(), "a full sign-in");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["passkey"]["name"], "Phone", "{body}");
+    let access = body["access_token"].as_str().unwrap();
+    let claims = common::jwt_claims(access);
+    assert_eq!(claims["amr"], json!(["pwd", "swk", "mfa"]), "{claims}");
+    assert_eq!(list(&app, access).await.len(), 1);
+    // The enrolment token still reaches nothing else.
+    let res = send(&app, Method::GET, "/api/auth/me", Some(&enrolment), None).await;
+    common::expect_unauthorized(res, "mfa_enrolment_required").await;
 }

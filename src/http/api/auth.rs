@@ -297,6 +297,20 @@ pub(super) fn signed_in(
     (jar, Json(login_response(&outcome))).into_response()
 }
 
+/// A completed sign-in whose answer says more than the session (an
+/// enrolment: what was enrolled, shown once): the body `wrap` makes of the
+/// sign-in's answer, with `status`, and the refresh cookie.
+pub(super) fn signed_in_with<T: Serialize>(
+    cookies: &CookieSettings,
+    jar: CookieJar,
+    status: StatusCode,
+    outcome: &LoginOutcome,
+    wrap: impl FnOnce(LoginResponse) -> T,
+) -> Response {
+    let jar = jar.add(refresh_cookie(cookies, &outcome.refresh));
+    (status, jar, Json(wrap(login_response(outcome)))).into_response()
+}
+
 /// The body of a completed sign-in.
 pub(super) fn login_response(outcome: &LoginOutcome) -> LoginResponse {
     LoginResponse {

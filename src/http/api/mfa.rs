@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::{login_response, signed_in, LoginResponse};
+use super::auth::{signed_in, signed_in_with, LoginResponse};
 use super::responses::{BearerErrors, BodyErrors, RateLimited, Unavailable};
 use crate::domain::mfa::RecoveryCode;
 use crate::domain::Password;
@@ -100,6 +100,10 @@ pub struct MfaStatusResponse {
     /// Unused recovery codes.
     #[schema(example = 10)]
     pub recovery_codes_left: u32,
+    /// Passkeys registered (each a complete second factor; listed by
+    /// `GET /api/auth/passkeys`).
+    #[schema(example = 1)]
+    pub passkeys: usize,
 }
 
 /// What an authenticator app needs, shown once. Carries the secret: keep
@@ -163,13 +167,15 @@ pub struct TotpRemoveRequest {
     )
 )]
 pub async fn status(
-    State(mfa): State<Arc<MfaAccount>>,
+    State(state): State<AppState>,
     Enrolling(who): Enrolling,
 ) -> Result<Json<MfaStatusResponse>, ApiError> {
-    let status = mfa.status(&who.user).await?;
+    let status = state.mfa.status(&who.user).await?;
+    let passkeys = state.passkeys.list(&who.user).await?.len();
     Ok(Json(MfaStatusResponse {
         totp_enabled: status.totp_enabled,
         recovery_codes_left: status.recovery_codes_left,
+        passkeys,
     }))
 }
 
@@ -261,12 +267,12 @@ fn enrolled(
     codes: RecoveryCodesResponse,
     outcome: crate::services::LoginOutcome,
 ) -> Response {
-    let jar = jar.add(super::cookies::refresh_cookie(cookies, &outcome.refresh));
-    let body = EnrolledResponse {
-        recovery_codes: codes.recovery_codes,
-        session: login_response(&outcome),
-    };
-    (jar, Json(body)).into_response()
+    signed_in_with(cookies, jar, StatusCode::OK, &outcome, |session| {
+        EnrolledResponse {
+            recovery_codes: codes.recovery_codes,
+            session,
+        }
+    })
 }
 
 /// Turn the authenticator off (its recovery codes go too). Needs the

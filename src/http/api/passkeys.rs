@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
 use axum::{Json, Router};
 use axum_extra::extract::cookie::CookieJar;
@@ -17,10 +17,10 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::auth::signed_in;
+use super::auth::{signed_in, signed_in_with};
 use super::responses::{BearerErrors, BodyErrors, RateLimited, Unavailable};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::extract::{ApiJson, AuthUser, SignedIn};
+use crate::http::extract::{ApiJson, AuthUser, Enrolling, SignedIn};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, Limiters};
 use crate::services::mfa::{CeremonyStart, PasskeySignIn, Passkeys};
@@ -203,7 +203,7 @@ pub async fn login_verify(
 )]
 pub async fn register_options(
     State(passkeys): State<Arc<Passkeys>>,
-    SignedIn(who): SignedIn,
+    Enrolling(who): Enrolling,
 ) -> Result<Json<CeremonyResponse>, ApiError> {
     let start = passkeys.register_options(&who).await?;
     Ok(Json(start.try_into()?))
@@ -215,7 +215,7 @@ pub async fn register_options(
     security(("bearer" = [])),
     request_body(content = RegisterVerifyRequest, content_type = "application/json"),
     responses(
-        (status = 201, description = "Added", body = PasskeyResponse),
+        (status = 201, description = "Added. With an enrolment token (MFA_REQUIRED_ROLES), also the access token and refresh cookie of the completed sign-in", body = PasskeyAddedAnswer, headers(("Set-Cookie" = String, description = "With an enrolment token only: the refresh token, as `/api/auth/login` sets it"))),
         (status = 401, description = "Bad access token (`invalid_token`), sign-in older than REAUTH_WINDOW (`reauthentication_required`), the ceremony is unknown, expired, used or another user's (`passkey_ceremony_invalid`), or the authenticator's answer does not verify (`passkey_invalid`)", body = ErrorBody),
         (status = 409, description = "This authenticator's passkey is already registered (`passkey_already_registered`)", body = ErrorBody),
         BodyErrors,
@@ -224,12 +224,14 @@ pub async fn register_options(
     )
 )]
 pub async fn register_verify(
-    State(passkeys): State<Arc<Passkeys>>,
-    SignedIn(who): SignedIn,
+    State(state): State<AppState>,
+    Enrolling(who): Enrolling,
     client: ClientContext,
+    jar: CookieJar,
     ApiJson(body): ApiJson<RegisterVerifyRequest>,
-) -> Result<(StatusCode, Json<PasskeyResponse>), ApiError> {
-    let passkey = passkeys
+) -> Result<Response, ApiError> {
+    let passkey: PasskeyResponse = state
+        .passkeys
         .register(
             &who,
             &body.ceremony_id,
@@ -237,8 +239,45 @@ pub async fn register_verify(
             body.name.as_deref(),
             &client,
         )
-        .await?;
-    Ok((StatusCode::CREATED, Json(passkey.into())))
+        .await?
+        .into();
+    // Added with an enrolment token: the sign-in it stood for is complete.
+    // At registration webauthn-rs does not say whether the key can leave
+    // the device, so the sign-in claims the weaker `swk`, never more than
+    // was proven.
+    match state
+        .second_step
+        .complete_enrolment(&who, "swk", &client)
+        .await?
+    {
+        Some(outcome) => Ok(signed_in_with(
+            &state.cookies,
+            jar,
+            StatusCode::CREATED,
+            &outcome,
+            |session| PasskeyEnrolledResponse { passkey, session },
+        )),
+        None => Ok((StatusCode::CREATED, Json(passkey)).into_response()),
+    }
+}
+
+/// A passkey added with an enrolment token: the passkey and a full sign-in.
+#[derive(Serialize, ToSchema)]
+pub struct PasskeyEnrolledResponse {
+    pub passkey: PasskeyResponse,
+    #[serde(flatten)]
+    pub session: super::auth::LoginResponse,
+}
+
+/// What adding a passkey answers.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // documents the two shapes; handlers build each one
+pub enum PasskeyAddedAnswer {
+    /// With an access token: the passkey.
+    Added(PasskeyResponse),
+    /// With an enrolment token: the passkey and a full sign-in.
+    AddedAndSignedIn(PasskeyEnrolledResponse),
 }
 
 /// The signed-in user's passkeys, oldest first.

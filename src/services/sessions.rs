@@ -209,11 +209,7 @@ impl Sessions {
     /// unattended signed-in computer is not enough, the sign-in must be at
     /// most REAUTH_WINDOW old.
     pub fn require_recent(&self, who: &Authenticated) -> Result<()> {
-        if who.auth.is_recent(self.reauth_window, self.clock.now()) {
-            Ok(())
-        } else {
-            Err(ServiceError::ReauthenticationRequired)
-        }
+        who.auth.ensure_recent(self.reauth_window, self.clock.now())
     }
 
     /// Whether the policy asks this user for a second factor they do not

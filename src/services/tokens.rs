@@ -100,6 +100,21 @@ impl Authentication {
         self.auth_time
             .is_some_and(|at| at <= now.timestamp() && now.timestamp() - at <= window)
     }
+
+    /// Step-up, the one rule every sensitive change uses: the user proved
+    /// who they are within `window` (REAUTH_WINDOW) of `now`, else
+    /// `ReauthenticationRequired`.
+    pub fn ensure_recent(
+        &self,
+        window: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<(), super::ServiceError> {
+        if self.is_recent(window, now) {
+            Ok(())
+        } else {
+            Err(super::ServiceError::ReauthenticationRequired)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

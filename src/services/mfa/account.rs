@@ -75,11 +75,7 @@ impl MfaAccount {
     /// Public so the portal asks the same question before its own
     /// sensitive forms (changing the password).
     pub fn recent(&self, who: &Authenticated) -> Result<()> {
-        if who.auth.is_recent(self.reauth_window, self.clock.now()) {
-            Ok(())
-        } else {
-            Err(ServiceError::ReauthenticationRequired)
-        }
+        who.auth.ensure_recent(self.reauth_window, self.clock.now())
     }
 
     /// A new pending authenticator: nothing changes at sign-in until

@@ -219,11 +219,7 @@ impl Passkeys {
     /// Step-up, as for the other factors: a stolen access token must not
     /// be enough to add a way in or take one away.
     fn recent(&self, who: &Authenticated) -> Result<()> {
-        if who.auth.is_recent(self.reauth_window, self.clock.now()) {
-            Ok(())
-        } else {
-            Err(ServiceError::ReauthenticationRequired)
-        }
+        who.auth.ensure_recent(self.reauth_window, self.clock.now())
     }
 
     /// The user's passkeys, oldest first.

@@ -89,6 +89,9 @@ pub enum ErrorCode {
     PasskeyInvalid,
     /// 409: this authenticator's passkey is already registered.
     PasskeyAlreadyRegistered,
+    /// 404: APP_URL is an IP address, which WebAuthn cannot use: this
+    /// service offers no passkeys.
+    PasskeysUnavailable,
     /// 500: never the cause; quote X-Request-Id.
     InternalError,
     /// 503: the database cannot be reached or take writes, with Retry-After.
@@ -378,6 +381,11 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT,
                 ErrorCode::PasskeyAlreadyRegistered,
                 "This passkey is already registered.",
+            ),
+            ServiceError::Mfa(MfaError::PasskeysUnavailable) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::PasskeysUnavailable,
+                "Passkeys are not available here: the service's address (APP_URL) must be a host name, not an IP address.",
             ),
             ServiceError::Mfa(MfaError::PasskeyNotFound) => ApiError::new(
                 StatusCode::NOT_FOUND,

@@ -37,6 +37,7 @@ backend_tests!(
     a_passkey_whose_user_handle_is_not_its_owners_is_refused,
     only_the_owner_renames_or_removes_and_removal_needs_a_recent_sign_in,
     a_passkey_can_be_the_first_factor_with_an_enrolment_token,
+    an_ip_app_url_runs_without_passkeys,
 );
 
 const ORIGIN: &str = "http://localhost:8000";
@@ -567,4 +568,20 @@ async fn a_passkey_can_be_the_first_factor_with_an_enrolment_token(backend: comm
     // The enrolment token still reaches nothing else.
     let res = send(&app, Method::GET, "/api/auth/me", Some(&enrolment), None).await;
     common::expect_unauthorized(res, "mfa_enrolment_required").await;
+}
+
+/// WebAuthn has no RP id for an IP address. A clinic that serves the
+/// service at one still gets everything else; the passkey routes say why
+/// they cannot help.
+async fn an_ip_app_url_runs_without_passkeys(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("APP_URL", "http://127.0.0.1:8000")]).await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(app.me(&access).await.status(), StatusCode::OK);
+    for (path, token) in [
+        ("/api/auth/passkeys/login/options", None),
+        ("/api/auth/passkeys/register/options", Some(access.as_str())),
+    ] {
+        let res = send(&app, Method::POST, path, token, Some(json!({}))).await;
+        common::expect_error(res, StatusCode::NOT_FOUND, "passkeys_unavailable").await;
+    }
 }

@@ -66,6 +66,10 @@ pub enum MfaError {
     /// The user has no passkey with that id.
     #[error("no such passkey")]
     PasskeyNotFound,
+    /// APP_URL cannot be a WebAuthn relying party (an IP address): the
+    /// service runs without passkeys.
+    #[error("passkeys are unavailable for this APP_URL")]
+    PasskeysUnavailable,
     /// APP_NAME and the email are too long for a QR code.
     #[error("the enrolment QR code cannot be drawn")]
     QrCode,

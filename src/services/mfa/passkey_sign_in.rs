@@ -97,7 +97,7 @@ impl PasskeySignIn {
         &self,
         mfa_token: Option<&str>,
     ) -> Result<CeremonyStart<RequestChallengeResponse>> {
-        let webauthn = self.ceremonies.webauthn();
+        let webauthn = self.ceremonies.webauthn()?;
         let internal =
             |e: WebauthnError| ServiceError::Internal(anyhow::anyhow!("passkey options: {e}"));
         let (options, state, user) = match mfa_token {
@@ -169,7 +169,7 @@ impl PasskeySignIn {
             (SignInState::Discoverable(_), None) => {
                 let (handle_uuid, _) = self
                     .ceremonies
-                    .webauthn()
+                    .webauthn()?
                     .identify_discoverable_authentication(&answer)
                     .map_err(|_| MfaError::PasskeyRefused)?;
                 if handle_uuid != user_handle(&passkey.user_id) {
@@ -191,7 +191,7 @@ impl PasskeySignIn {
             return Err(ServiceError::AccountLocked { retry_after });
         }
         let mut credential = credential_of(&passkey)?;
-        let webauthn = self.ceremonies.webauthn();
+        let webauthn = self.ceremonies.webauthn()?;
         let checked = match state {
             SignInState::Discoverable(state) => webauthn.finish_discoverable_authentication(
                 &answer,

@@ -45,7 +45,9 @@ pub const DEFAULT_NAME: &str = "Passkey";
 /// to its user, expires by the injected clock and is taken by its answer:
 /// never sent to, nor trusted from, the client.
 pub struct PasskeyCeremonies {
-    webauthn: Webauthn,
+    /// `None` when APP_URL cannot be a relying party (an IP address has no
+    /// RP id): the service still runs, without passkeys.
+    webauthn: Option<Webauthn>,
     store: Arc<dyn MfaStore>,
     clock: Arc<dyn Clock>,
 }
@@ -74,11 +76,17 @@ impl PasskeyCeremonies {
             .context("APP_URL has no host to serve as the passkey RP id")?
             .to_owned();
         let webauthn = WebauthnBuilder::new(&rp_id, &origin)
-            .context("APP_URL cannot serve as a WebAuthn relying party")?
-            .rp_name(app_name)
-            .timeout(CEREMONY_TTL)
-            .build()
-            .context("APP_URL cannot serve as a WebAuthn relying party")?;
+            .and_then(|b| b.rp_name(app_name).timeout(CEREMONY_TTL).build());
+        // An IP address cannot be an RP id. Refusing to start would make an
+        // IP-addressed install unusable for a feature it cannot have; it
+        // runs without passkeys and says so.
+        let webauthn = match webauthn {
+            Ok(webauthn) => Some(webauthn),
+            Err(e) => {
+                tracing::warn!(app_url, error = %e, "passkeys are off: APP_URL must be a host name (not an IP address) to serve as the WebAuthn relying party");
+                None
+            }
+        };
         Ok(Self {
             webauthn,
             store,
@@ -86,8 +94,10 @@ impl PasskeyCeremonies {
         })
     }
 
-    pub(crate) fn webauthn(&self) -> &Webauthn {
-        &self.webauthn
+    pub(crate) fn webauthn(&self) -> Result<&Webauthn> {
+        self.webauthn
+            .as_ref()
+            .ok_or_else(|| MfaError::PasskeysUnavailable.into())
     }
 
     /// Stores `state` as a ceremony of `kind` for `user`; returns the
@@ -252,7 +262,7 @@ impl Passkeys {
             .collect();
         let (mut options, state) = self
             .ceremonies
-            .webauthn()
+            .webauthn()?
             .start_passkey_registration(
                 user_handle(&user.id),
                 user.email.as_str(),
@@ -300,7 +310,7 @@ impl Passkeys {
             serde_json::from_value(credential.clone()).map_err(|_| MfaError::PasskeyRefused)?;
         let credential = self
             .ceremonies
-            .webauthn()
+            .webauthn()?
             .finish_passkey_registration(&answer, &state)
             .map_err(|e| {
                 tracing::info!(user_id = %user.id, error = %e, "passkey registration refused");

@@ -140,6 +140,7 @@ impl App {
             checkpointer.spawn(config.audit.audit_checkpoint_interval),
             outbox.spawn(),
             health.spawn(),
+            tasks::spawn_emergency_sweep(Arc::clone(&services.emergency_access)),
         ];
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
@@ -154,6 +155,8 @@ impl App {
                 passkeys: services.passkeys,
                 passkey_sign_in: services.passkey_sign_in,
                 account_status: services.account_status,
+                emergency_access: Arc::clone(&services.emergency_access),
+                emergency_reviews: services.emergency_reviews,
                 admin,
                 health,
                 cookies: CookieSettings::new(

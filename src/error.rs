@@ -92,6 +92,12 @@ pub enum ErrorCode {
     /// 404: APP_URL is an IP address, which WebAuthn cannot use: this
     /// service offers no passkeys.
     PasskeysUnavailable,
+    /// 409: emergency access is already on; it is never extended.
+    EmergencyAccessActive,
+    /// 409: no emergency access is on to end.
+    EmergencyAccessNotActive,
+    /// 409: this emergency access use was already reviewed.
+    AlreadyReviewed,
     /// 500: never the cause; quote X-Request-Id.
     InternalError,
     /// 503: the database cannot be reached or take writes, with Retry-After.
@@ -396,6 +402,31 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = ?e, "second factor failed");
                 ApiError::internal()
             }
+            ServiceError::EmergencyNotPermitted => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "Your account does not have emergency access. Ask your clinic's administrator.",
+            ),
+            ServiceError::EmergencyActive => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::EmergencyAccessActive,
+                "Emergency access is already on. It cannot be extended; start it again once it has ended.",
+            ),
+            ServiceError::EmergencyNotActive => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::EmergencyAccessNotActive,
+                "Emergency access is not on.",
+            ),
+            ServiceError::OwnEmergencyReview => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "Another administrator must review your own emergency access.",
+            ),
+            ServiceError::AlreadyReviewed => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::AlreadyReviewed,
+                "This emergency access was already reviewed.",
+            ),
             ServiceError::Unavailable(e) => {
                 tracing::warn!(error = ?e, "database unavailable");
                 ApiError::unavailable()

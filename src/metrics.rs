@@ -22,6 +22,9 @@ pub const EMAIL_QUEUE_DEPTH: &str = "clinic_auth_email_queue_depth";
 pub const EMAIL_OLDEST_AGE: &str = "clinic_auth_email_oldest_age_seconds";
 pub const EMAIL_ATTEMPTS: &str = "clinic_auth_email_attempts_total";
 pub const EMAILS_DROPPED: &str = "clinic_auth_emails_dropped_total";
+pub const EMERGENCY_STARTED: &str = "clinic_auth_emergency_access_started_total";
+pub const EMERGENCY_UNREVIEWED: &str = "clinic_auth_emergency_access_unreviewed";
+pub const EMERGENCY_OVERDUE: &str = "clinic_auth_emergency_access_unreviewed_overdue";
 
 /// The outcome of the one install, kept so that every app built in this
 /// process (tests build many) shares the recorder, or the reason it failed.
@@ -98,6 +101,18 @@ fn describe() {
     describe_counter!(
         EMAILS_DROPPED,
         "Emails that will never be sent, by reason: link_dead (used, replaced or expired first), gave_up (MAIL_RETRY_FOR passed), unreadable (sealed under another key), not_queued (the database refused it)"
+    );
+    describe_counter!(
+        EMERGENCY_STARTED,
+        "Emergency (break-glass) access windows started"
+    );
+    describe_gauge!(
+        EMERGENCY_UNREVIEWED,
+        "Emergency access uses waiting for an administrator's review"
+    );
+    describe_gauge!(
+        EMERGENCY_OVERDUE,
+        "Emergency access uses waiting for review for more than 24 hours"
     );
     describe_gauge!(
         BUILD_INFO,

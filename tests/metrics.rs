@@ -20,6 +20,89 @@ fn sample(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Emergency access waiting for review shows in /metrics, the overdue
+/// (older than 24 hours) separately; a review takes it off. The only test
+/// in this binary that starts emergency access, so the process-wide gauges
+/// are its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreviewed_emergency_access_is_counted() {
+    use chrono::Utc;
+    use clinic_auth::domain::{Role, UserId};
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let mut admins = Vec::new();
+    for email in ["first@example.com", "second@example.com"] {
+        let user = app.register(email).await;
+        let id = UserId::new(user["id"].as_str().unwrap());
+        let now = Utc::now();
+        let store = app.store().await;
+        assert!(store
+            .set_user_role(&id, &Role::admin(), now, now)
+            .await
+            .unwrap());
+        admins.push(email);
+    }
+    let start = |access: String| {
+        let app = &app;
+        async move {
+            let res = app
+                .client
+                .post(app.url("/api/auth/emergency-access"))
+                .bearer_auth(access)
+                .json(&json!({"reason": "Ward 4 night cover, patient record locked"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::CREATED);
+            let body: serde_json::Value = res.json().await.unwrap();
+            body["emergency"]["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let (first, _) = app.login(admins[0], PASSWORD).await;
+    let old = start(first).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed "),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed_overdue "),
+        0.0
+    );
+    assert!(sample(&text, "clinic_auth_emergency_access_started_total") >= 1.0);
+
+    app.clock.advance(std::time::Duration::from_secs(25 * 3600));
+    let (second, _) = app.login(admins[1], PASSWORD).await;
+    start(second.clone()).await;
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed "),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed_overdue "),
+        1.0
+    );
+
+    let res = app
+        .client
+        .post(app.url(&format!("/api/admin/emergency/{old}/review")))
+        .bearer_auth(&second)
+        .json(&json!({"note": "Confirmed with the night sister"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let text = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed "),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "clinic_auth_emergency_access_unreviewed_overdue "),
+        0.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_traffic() {
     let app = TestApp::spawn_with(Backend::Sqlite, &[("RATE_LIMIT_AUTH_PER_MIN", "3")]).await;

@@ -21,8 +21,8 @@ use crate::services::outbox::{Outbox, OutboxSettings};
 use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
-    Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
-    Recovery, Registration, Sessions,
+    Account, AccountStatus, Audit, AuthSettings, EmergencyAccess, EmergencyReviews, Lockout, Login,
+    Notifier, PasswordChange, Recovery, Registration, Sessions,
 };
 use crate::storage::Store;
 
@@ -39,6 +39,8 @@ pub(super) struct Services {
     pub(super) passkeys: Arc<Passkeys>,
     pub(super) passkey_sign_in: Arc<PasskeySignIn>,
     pub(super) account_status: Arc<AccountStatus>,
+    pub(super) emergency_access: Arc<EmergencyAccess>,
+    pub(super) emergency_reviews: Arc<EmergencyReviews>,
 }
 
 impl Services {
@@ -82,6 +84,7 @@ impl Services {
             Arc::clone(&notifier),
             Arc::clone(clock),
             policy,
+            store.clone(),
             settings,
         ));
         let recovery_codes = Arc::new(RecoveryCodes::new(
@@ -174,6 +177,23 @@ impl Services {
             audit.clone(),
             Arc::clone(clock),
         ));
+        let emergency_access = Arc::new(EmergencyAccess::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&sessions),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            settings.emergency_access_ttl,
+            settings.reauth_window,
+        ));
+        let emergency_reviews = Arc::new(EmergencyReviews::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&emergency_access),
+            audit.clone(),
+            Arc::clone(clock),
+        ));
         let recovery = Arc::new(Recovery::new(
             store.clone(),
             store.clone(),
@@ -213,6 +233,8 @@ impl Services {
             passkeys,
             passkey_sign_in,
             account_status,
+            emergency_access,
+            emergency_reviews,
         })
     }
 }
@@ -243,6 +265,7 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
         reauth_window: config.mfa.reauth_window,
         mfa_required_roles: config.mfa.required_roles.clone(),
         mfa_required_for_all: config.mfa.required_for_all,
+        emergency_access_ttl: config.sessions.emergency_access_ttl,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The background work of a running service that is not a use-case: the
-//! hourly purge of expired rows, and the signal that asks it to stop.
+//! hourly purge of expired rows, the minute sweep of emergency access, and
+//! the signal that asks it to stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +52,25 @@ pub(super) fn spawn_purge(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(purged = n, "expired tokens deleted"),
                 Err(e) => tracing::warn!(error = %e, "purging expired tokens failed"),
+            }
+        }
+    })
+}
+
+/// Closes emergency access windows whose time ran out, so each gets its
+/// `emergency_access_ended` record within a minute even if its user never
+/// comes back, and keeps the review gauges current.
+pub(super) fn spawn_emergency_sweep(
+    emergency: Arc<crate::services::EmergencyAccess>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            match emergency.sweep().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(closed = n, "expired emergency access closed"),
+                Err(e) => tracing::warn!(error = %e, "closing expired emergency access failed"),
             }
         }
     })

@@ -45,6 +45,10 @@ fn defaults_match_the_documentation() {
         c.sessions.session_max_lifetime,
         Duration::from_secs(12 * 3600)
     );
+    assert_eq!(
+        c.sessions.emergency_access_ttl,
+        Duration::from_secs(60 * 60)
+    );
     assert_eq!(c.tokens.refresh_reuse_grace, Duration::from_secs(5));
     assert_eq!(c.tokens.refresh_idle_timeout, Duration::from_secs(30 * 60));
     assert_eq!(c.limits.login_max_failures, 5);
@@ -311,6 +315,11 @@ fn bad_values_name_the_variable() {
             "TRUSTED_PROXIES",
         ),
         (vec![("SESSION_MAX_LIFETIME", "1m")], "SESSION_MAX_LIFETIME"),
+        (vec![("EMERGENCY_ACCESS_TTL", "0s")], "EMERGENCY_ACCESS_TTL"),
+        (
+            vec![("EMERGENCY_ACCESS_TTL", "13h")],
+            "EMERGENCY_ACCESS_TTL",
+        ),
         (vec![("HTTP_HEADER_TIMEOUT", "0s")], "HTTP_HEADER_TIMEOUT"),
         (vec![("HTTP_HEADER_TIMEOUT", "0ms")], "HTTP_HEADER_TIMEOUT"),
         (vec![("HTTP_HEADER_TIMEOUT", "-1ms")], "HTTP_HEADER_TIMEOUT"),

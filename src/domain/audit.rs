@@ -168,10 +168,16 @@ pub enum AuditEvent {
     PasskeyCounterRegression,
     AccountDisabled,
     AccountEnabled,
+    EmergencyAccessStarted,
+    EmergencyAccessEnded,
+    EmergencyAccessReviewed,
+    /// An administrator granted or withdrew a user's emergency access
+    /// permission.
+    EmergencyPermissionChanged,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 24] = [
+    pub const ALL: [AuditEvent; 28] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -196,6 +202,10 @@ impl AuditEvent {
         AuditEvent::PasskeyCounterRegression,
         AuditEvent::AccountDisabled,
         AuditEvent::AccountEnabled,
+        AuditEvent::EmergencyAccessStarted,
+        AuditEvent::EmergencyAccessEnded,
+        AuditEvent::EmergencyAccessReviewed,
+        AuditEvent::EmergencyPermissionChanged,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -226,6 +236,10 @@ impl AuditEvent {
             AuditEvent::PasskeyCounterRegression => "passkey_counter_regression",
             AuditEvent::AccountDisabled => "account_disabled",
             AuditEvent::AccountEnabled => "account_enabled",
+            AuditEvent::EmergencyAccessStarted => "emergency_access_started",
+            AuditEvent::EmergencyAccessEnded => "emergency_access_ended",
+            AuditEvent::EmergencyAccessReviewed => "emergency_access_reviewed",
+            AuditEvent::EmergencyPermissionChanged => "emergency_permission_changed",
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod audit;
 pub mod email;
+pub mod emergency;
 pub mod mfa;
 pub mod name;
 pub mod password;
@@ -14,6 +15,7 @@ pub mod user;
 
 pub use audit::{AuditEvent, AuditKey, AuditOutcome, AuditRecord, HashVersion, NewAuditEvent};
 pub use email::EmailAddress;
+pub use emergency::{EmergencyEnd, EmergencyReason, EmergencyReview, EmergencyUse};
 pub use name::PersonName;
 pub use password::{Password, PasswordHash, PasswordPolicy};
 pub use token::TokenHash;

@@ -183,11 +183,20 @@ pub struct User {
     /// Set while an administrator has disabled the account (offboarding):
     /// no sign-in, refresh, reset or link works for it.
     pub disabled_at: Option<DateTime<Utc>>,
+    /// Granted by an administrator: the user may start emergency access
+    /// (administrators may without it).
+    pub emergency_access: bool,
 }
 
 impl User {
     pub fn is_disabled(&self) -> bool {
         self.disabled_at.is_some()
+    }
+
+    /// Whether the user may break the glass: granted the permission, or an
+    /// administrator.
+    pub fn may_break_glass(&self) -> bool {
+        self.emergency_access || self.role.is_admin()
     }
 }
 

@@ -61,6 +61,14 @@ pub enum Content {
         name: String,
         added: bool,
     },
+    /// To every administrator: someone broke the glass. The reason stays
+    /// out of the email (it may name a patient); the review page shows it.
+    EmergencyAccessStarted {
+        when: String,
+        until: String,
+        user_name: String,
+        user_email: String,
+    },
 }
 
 impl Content {
@@ -75,6 +83,7 @@ impl Content {
             Content::RecoveryCodeUsed { .. } => "recovery_code_used",
             Content::TwoStepChanged { .. } => "two_step_changed",
             Content::PasskeyChanged { .. } => "passkey_changed",
+            Content::EmergencyAccessStarted { .. } => "emergency_access_started",
         }
     }
 
@@ -167,6 +176,21 @@ impl Letter {
                     when,
                     name,
                     added: *added,
+                },
+            ),
+            Content::EmergencyAccessStarted {
+                when,
+                until,
+                user_name,
+                user_email,
+            } => templates::emergency_access_started(
+                to,
+                &brand,
+                &templates::EmergencyStartedEmail {
+                    when,
+                    until,
+                    user_name,
+                    user_email,
                 },
             ),
         }?;

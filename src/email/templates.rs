@@ -69,6 +69,14 @@ pub struct PasskeyChangedEmail<'a> {
     pub added: bool,
 }
 
+/// What every administrator is told when someone starts emergency access.
+pub struct EmergencyStartedEmail<'a> {
+    pub when: &'a str,
+    pub until: &'a str,
+    pub user_name: &'a str,
+    pub user_email: &'a str,
+}
+
 /// Declares the plain-text and HTML template pair of one email kind.
 macro_rules! email_templates {
     ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
@@ -145,6 +153,13 @@ email_templates!(
     PasskeyHtml,
     "email/passkey_changed.html",
     PasskeyChangedEmail
+);
+email_templates!(
+    EmergencyText,
+    "email/emergency_access_started.txt",
+    EmergencyHtml,
+    "email/emergency_access_started.html",
+    EmergencyStartedEmail
 );
 
 /// Renders both parts into one message.
@@ -282,6 +297,23 @@ pub fn passkey_changed(
         format!("A passkey was {what} your {} account", brand.app_name),
         &PasskeyText { brand, email },
         &PasskeyHtml { brand, email },
+        None,
+    )
+}
+
+pub fn emergency_access_started(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &EmergencyStartedEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!(
+            "Emergency access started by {} on {}",
+            email.user_name, brand.app_name
+        ),
+        &EmergencyText { brand, email },
+        &EmergencyHtml { brand, email },
         None,
     )
 }

@@ -6,7 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::api::{admin, admin_users, auth, health, mfa, passkeys, verification};
+use super::api::{admin, admin_users, auth, emergency, health, mfa, passkeys, verification};
 use super::AppState;
 
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use super::AppState;
         passkeys::login_options, passkeys::login_verify, passkeys::register_options,
         passkeys::register_verify, passkeys::list, passkeys::rename, passkeys::remove,
         verification::verify_email, verification::resend_verification, admin::audit, admin_users::disable, admin_users::enable,
+        emergency::start, emergency::end, emergency::list, emergency::review,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
@@ -32,7 +33,7 @@ use super::AppState;
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
         (name = "account", description = "The signed-in user's password and sessions"),
-        (name = "admin", description = "Administration (role `admin` only): the audit trail, disabling and enabling accounts"),
+        (name = "admin", description = "Administration (role `admin` only): the audit trail, disabling and enabling accounts, the emergency access review queue"),
         (name = "system", description = "Operations"),
     )
 )]

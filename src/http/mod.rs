@@ -139,6 +139,9 @@ pub struct AppState {
     pub admin: Arc<AdminService>,
     /// Disable and enable accounts (issue 19).
     pub account_status: Arc<crate::services::AccountStatus>,
+    /// Emergency ("break-glass") access and its review (issue 19).
+    pub emergency_access: Arc<crate::services::EmergencyAccess>,
+    pub emergency_reviews: Arc<crate::services::EmergencyReviews>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

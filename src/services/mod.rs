@@ -13,6 +13,10 @@ pub mod admin;
 pub mod audit;
 /// Signed checkpoints of the audit chain, kept outside the database.
 pub mod checkpoints;
+/// Emergency ("break-glass") access: start, end, the expiry sweep.
+pub mod emergency_access;
+/// Emergency access reviews and the per-user permission.
+pub mod emergency_review;
 /// Whether the store takes writes, for /health.
 pub mod health;
 /// The per-email sign-in lock.
@@ -48,6 +52,8 @@ pub use account::{Account, SessionInfo, SessionKind};
 pub use account_status::AccountStatus;
 pub use admin::{AdminService, AuditPage};
 pub use audit::{Audit, AuditEntry};
+pub use emergency_access::{EmergencyAccess, EmergencyGrant};
+pub use emergency_review::EmergencyReviews;
 pub use lockout::{Lockout, LockoutPolicy};
 pub use login::{Login, SignIn};
 pub use notifier::Notifier;
@@ -90,6 +96,8 @@ pub struct AuthSettings {
     pub mfa_required_roles: Vec<crate::domain::Role>,
     /// Every user must (MFA_REQUIRED_FOR_ALL).
     pub mfa_required_for_all: bool,
+    /// EMERGENCY_ACCESS_TTL: how long a break-glass window lasts.
+    pub emergency_access_ttl: Duration,
 }
 
 /// A setting's duration as a span of time to add to a `DateTime`
@@ -193,6 +201,22 @@ pub enum ServiceError {
     /// become `Unavailable` or `Internal` on the way in.
     #[error("second factor refused: {0}")]
     Mfa(mfa::MfaError),
+    /// Emergency access (issue 19): the user has no permission for it.
+    #[error("emergency access not permitted")]
+    EmergencyNotPermitted,
+    /// Emergency access is already on: a window is never stacked or
+    /// extended.
+    #[error("emergency access already active")]
+    EmergencyActive,
+    /// Nothing to end: no emergency access is on.
+    #[error("emergency access not active")]
+    EmergencyNotActive,
+    /// An administrator reviewing their own emergency access.
+    #[error("own emergency access")]
+    OwnEmergencyReview,
+    /// The use was already reviewed (by someone else, or a double submit).
+    #[error("already reviewed")]
+    AlreadyReviewed,
     #[error("database unavailable")]
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]

@@ -114,6 +114,26 @@ impl Notifier {
         self.notice(user, content).await;
     }
 
+    /// Tells every administrator at once that `user` started emergency
+    /// access, lasting until `until`.
+    pub async fn emergency_access_started(
+        &self,
+        admins: &[User],
+        user: &User,
+        at: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) {
+        for admin in admins {
+            let content = Content::EmergencyAccessStarted {
+                when: human_time(at),
+                until: human_time(until),
+                user_name: user.name.as_str().to_owned(),
+                user_email: user.email.as_str().to_owned(),
+            };
+            self.notice(admin, content).await;
+        }
+    }
+
     /// Tells the owner sign-in is paused for `length` since `at`.
     pub async fn account_locked(&self, user: &User, at: DateTime<Utc>, length: Duration) {
         let content = Content::AccountLocked {

@@ -16,9 +16,10 @@ use super::tokens::{
 };
 use super::{count_login, span, AuthSettings, ClientContext, ServiceError, MAX_TOKEN_LEN};
 use crate::clock::Clock;
-use crate::domain::{AuditEvent, TokenHash, User, UserId};
+use crate::domain::{AuditEvent, EmergencyUse, TokenHash, User, UserId};
 use crate::storage::{
-    NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, UserStore, WebSessionStore,
+    EmergencyStore, NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, Rotation, UserStore,
+    WebSessionStore,
 };
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -110,6 +111,9 @@ pub struct Sessions {
     /// Who must have a second factor: a refresh of such a user without one
     /// answers an enrolment token.
     policy: Arc<MfaPolicy>,
+    /// Emergency access windows: a token issued while one is open carries
+    /// the `emergency` claim, and such a token dies when its window ends.
+    emergency: Arc<dyn EmergencyStore>,
     /// How recent a sign-in must be for a sensitive change (step-up).
     reauth_window: Duration,
     refresh_ttl: Duration,
@@ -131,6 +135,7 @@ impl Sessions {
         notifier: Arc<Notifier>,
         clock: Arc<dyn Clock>,
         policy: Arc<MfaPolicy>,
+        emergency: Arc<dyn EmergencyStore>,
         settings: &AuthSettings,
     ) -> Self {
         Self {
@@ -142,6 +147,7 @@ impl Sessions {
             notifier,
             clock,
             policy,
+            emergency,
             reauth_window: settings.reauth_window,
             refresh_ttl: settings.refresh_ttl,
             refresh_idle: settings.refresh_idle,
@@ -204,6 +210,50 @@ impl Sessions {
         Ok(EnrolmentGrant { user, token })
     }
 
+    /// An access token for `user`'s sign-in `session`: with the
+    /// `emergency` claim while an emergency access window of theirs is
+    /// open (cut to what is left of it), else a plain one. A window that
+    /// ended stays out of every later token: nothing renews it.
+    pub async fn access_token(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+    ) -> Result<AccessToken> {
+        let now = self.clock.now();
+        match self.emergency.open_emergency_use(&user.id).await? {
+            Some(window) if window.is_active(now) => {
+                self.emergency_token(user, session, auth, &window)
+            }
+            _ => self.plain_token(user, session, auth),
+        }
+    }
+
+    /// An access token carrying emergency access `window`.
+    pub fn emergency_token(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+        window: &EmergencyUse,
+    ) -> Result<AccessToken> {
+        Ok(self
+            .tokens
+            .issue_emergency(user, session, auth, self.clock.now(), window)?)
+    }
+
+    /// An access token without the emergency claim.
+    pub fn plain_token(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+    ) -> Result<AccessToken> {
+        Ok(self
+            .tokens
+            .issue_access(user, session, auth, self.clock.now())?)
+    }
+
     /// Step-up for sensitive changes (the password now; admin actions that
     /// change something, when there are any): a stolen access token or an
     /// unattended signed-in computer is not enough, the sign-in must be at
@@ -238,7 +288,7 @@ impl Sessions {
         self.refresh_tokens
             .insert_refresh_token(&refresh_record(&user.id, &family, &refresh, client, now))
             .await?;
-        let access = self.tokens.issue_access(&user, Some(&family), auth, now)?;
+        let access = self.access_token(&user, Some(&family), auth).await?;
         Ok(LoginOutcome {
             user,
             access,
@@ -347,8 +397,8 @@ impl Sessions {
                 ENROLMENT_TTL,
             )?
         } else {
-            self.tokens
-                .issue_access(&user, Some(&claims.fam), &claims.auth, now)?
+            self.access_token(&user, Some(&claims.fam), &claims.auth)
+                .await?
         };
         let mut entry = self.audit.entry(AuditEvent::Refresh, client).user(&user.id);
         if sibling {
@@ -488,9 +538,28 @@ impl Sessions {
                 None => Ok(true),
             }
         };
-        let (user, alive) = tokio::join!(self.users.find_user_by_id(&user_id), session_alive);
+        // A token of an emergency access window dies when the window is
+        // ended early (its expiry already bounds `exp`); only such tokens
+        // pay for the lookup.
+        let window_open = async {
+            match &claims.emergency {
+                Some(claim) => Ok(self
+                    .emergency
+                    .find_emergency_use(&claim.reason_id)
+                    .await?
+                    .is_some_and(|window| {
+                        window.user_id == user_id && window.is_active(self.clock.now())
+                    })),
+                None => Ok::<_, crate::storage::StoreError>(true),
+            }
+        };
+        let (user, alive, window_open) = tokio::join!(
+            self.users.find_user_by_id(&user_id),
+            session_alive,
+            window_open
+        );
         let user = user?.ok_or_else(invalid)?;
-        if !alive? {
+        if !alive? || !window_open? {
             return Err(invalid());
         }
         if issued_before_cut_off(&claims, &user) || user.is_disabled() {

@@ -17,7 +17,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
-use crate::domain::{Role, User, UserId};
+use crate::domain::{EmergencyUse, Role, User, UserId};
 
 /// Clock skew tolerated on `exp` between instances (ASVS asks for little).
 const LEEWAY_SECS: u64 = 5;
@@ -54,7 +54,41 @@ pub struct AccessClaims {
     /// how recent it was. Absent in tokens issued before issue 18.
     #[serde(flatten)]
     pub auth: Authentication,
+    /// Present while the user's emergency access lasts (issue 19): what a
+    /// downstream clinical app opens up and shows a banner for. `amr` then
+    /// also holds `emergency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emergency: Option<EmergencyClaim>,
 }
+
+/// The `emergency` claim: when the window opened and closes (seconds since
+/// the epoch) and the id of its record, for the downstream app's own log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EmergencyClaim {
+    pub started_at: i64,
+    pub expires_at: i64,
+    pub reason_id: String,
+}
+
+/// What kind of bearer token to issue, and for how long.
+struct Bearer {
+    typ: &'static str,
+    ttl: Duration,
+    emergency: Option<EmergencyClaim>,
+}
+
+impl Bearer {
+    fn plain(typ: &'static str, ttl: Duration) -> Self {
+        Self {
+            typ,
+            ttl,
+            emergency: None,
+        }
+    }
+}
+
+/// The `amr` value an emergency access token adds.
+pub const AMR_EMERGENCY: &str = "emergency";
 
 impl AccessClaims {
     /// An enrolment token (MFA_REQUIRED_ROLES): only the enrolment routes
@@ -236,7 +270,48 @@ impl Tokens {
         auth: &Authentication,
         now: DateTime<Utc>,
     ) -> anyhow::Result<AccessToken> {
-        self.issue_bearer(user, session, auth, now, TYP_ACCESS, self.access_ttl)
+        self.issue_bearer(
+            user,
+            session,
+            auth,
+            now,
+            Bearer::plain(TYP_ACCESS, self.access_ttl),
+        )
+    }
+
+    /// An access token of an open emergency access window: it carries the
+    /// `emergency` claim and `emergency` in `amr`, and never outlives the
+    /// window (its lifetime is cut to what is left of it).
+    pub fn issue_emergency(
+        &self,
+        user: &User,
+        session: Option<&str>,
+        auth: &Authentication,
+        now: DateTime<Utc>,
+        window: &EmergencyUse,
+    ) -> anyhow::Result<AccessToken> {
+        let left = (window.expires_at - now).to_std().unwrap_or_default();
+        let ttl = self.access_ttl.min(left).max(Duration::from_secs(1));
+        let mut auth = auth.clone();
+        if !auth.amr.iter().any(|m| m == AMR_EMERGENCY) {
+            auth.amr.push(AMR_EMERGENCY.to_owned());
+        }
+        let claim = EmergencyClaim {
+            started_at: window.started_at.timestamp(),
+            expires_at: window.expires_at.timestamp(),
+            reason_id: window.id.clone(),
+        };
+        self.issue_bearer(
+            user,
+            session,
+            &auth,
+            now,
+            Bearer {
+                typ: TYP_ACCESS,
+                ttl,
+                emergency: Some(claim),
+            },
+        )
     }
 
     /// An enrolment token: like an access token, but of its own `typ` and
@@ -250,7 +325,7 @@ impl Tokens {
         now: DateTime<Utc>,
         ttl: Duration,
     ) -> anyhow::Result<AccessToken> {
-        self.issue_bearer(user, session, auth, now, TYP_ENROLMENT, ttl)
+        self.issue_bearer(user, session, auth, now, Bearer::plain(TYP_ENROLMENT, ttl))
     }
 
     fn issue_bearer(
@@ -259,9 +334,13 @@ impl Tokens {
         session: Option<&str>,
         auth: &Authentication,
         now: DateTime<Utc>,
-        typ: &str,
-        ttl: Duration,
+        bearer: Bearer,
     ) -> anyhow::Result<AccessToken> {
+        let Bearer {
+            typ,
+            ttl,
+            emergency,
+        } = bearer;
         let claims = AccessClaims {
             sub: user.id.as_str().to_owned(),
             role: user.role.clone(),
@@ -274,6 +353,7 @@ impl Tokens {
             sid: session.map(str::to_owned),
             tv: Some(user.token_version),
             auth: auth.clone(),
+            emergency,
         };
         let token = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -400,6 +480,7 @@ mod tests {
             tokens_valid_after: None,
             token_version: 0,
             disabled_at: None,
+            emergency_access: false,
         }
     }
 

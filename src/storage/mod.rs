@@ -15,6 +15,7 @@
 
 mod audit;
 pub mod email_queue;
+mod emergency;
 mod health_probe;
 mod login_throttles;
 mod mfa;
@@ -28,6 +29,8 @@ mod web_sessions;
 
 pub use audit::{AuditQuery, AuditStore, ChainLink, AUDIT_PAGE_MAX};
 pub use email_queue::{EmailQueueStore, NewQueuedEmail, QueueStats, QueuedEmail, QueuedLink};
+pub(crate) use emergency::StoredEmergencyUse;
+pub use emergency::{EmergencyFilter, EmergencyStore, EMERGENCY_PAGE_MAX};
 pub use health_probe::HealthProbe;
 pub use login_throttles::{LoginThrottle, LoginThrottleStore};
 pub(crate) use mfa::{step_param, StoredCeremony, StoredPasskey, StoredTotp};
@@ -93,6 +96,7 @@ pub trait Store:
     + EmailQueueStore
     + RateLimitStore
     + HealthProbe
+    + EmergencyStore
 {
     /// Deletes tokens that expired before `now`, and login throttles idle
     /// since `throttle_idle_before` (not locked and no failure since then);

@@ -46,6 +46,11 @@ pub(crate) struct StoredUser<K, T> {
     /// (a missing Option reads as None).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) disabled_at: Option<T>,
+    /// Added by this service (issue 19); absent (false) on the Python
+    /// service's documents, and left out while false so theirs keep their
+    /// shape.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) emergency_access: bool,
 }
 
 /// The key of a stored user as a backend keeps it.
@@ -72,6 +77,7 @@ impl<K: StoredUserKey, T: StoredInstant> StoredUser<K, T> {
             tokens_valid_after: None,
             token_version: 0,
             disabled_at: None,
+            emergency_access: false,
         }
     }
 }
@@ -94,6 +100,7 @@ impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
             tokens_valid_after: stored.tokens_valid_after.map(T::to_utc).transpose()?,
             token_version: stored_token_version(stored.token_version, K::HOME)?,
             disabled_at: stored.disabled_at.map(T::to_utc).transpose()?,
+            emergency_access: stored.emergency_access,
         })
     }
 }
@@ -159,6 +166,19 @@ pub trait UserStore: Send + Sync {
     /// How many administrators are not disabled: the last one may not be
     /// disabled or demoted.
     async fn count_active_admins(&self) -> StoreResult<u64>;
+
+    /// Grants (`true`) or withdraws the emergency access permission and
+    /// bumps `updated_at`. Returns false when the user no longer exists.
+    async fn set_emergency_access(
+        &self,
+        id: &UserId,
+        allowed: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+
+    /// Every administrator who is not disabled: whom the service tells when
+    /// something needs an administrator's eyes (emergency access).
+    async fn find_active_admins(&self) -> StoreResult<Vec<User>>;
 
     /// How many users have a role not in `known`: ROLES changed after they
     /// got it. Reported at start-up (they keep signing in with it).

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod admin_users;
 pub mod auth;
 pub(crate) mod cookies;
+pub mod emergency;
 pub mod health;
 pub mod mfa;
 pub mod passkeys;
@@ -21,8 +22,14 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
             auth::router(limiters)
                 .merge(verification::router(limiters))
                 .merge(mfa::router(limiters))
-                .merge(passkeys::router(limiters)),
+                .merge(passkeys::router(limiters))
+                .merge(emergency::user_router()),
         )
-        .nest("/api/admin", admin::router().merge(admin_users::router()))
+        .nest(
+            "/api/admin",
+            admin::router()
+                .merge(admin_users::router())
+                .merge(emergency::admin_router()),
+        )
         .merge(health::router())
 }

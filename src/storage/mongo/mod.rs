@@ -38,6 +38,7 @@ use crate::domain::UserId;
 
 mod audit;
 mod email_queue;
+mod emergency;
 mod login_throttles;
 mod mfa;
 mod one_time_tokens;
@@ -288,6 +289,18 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         (mfa::PASSKEYS, unique("credential_id")),
         (mfa::PASSKEYS, plain("user_id")),
         (mfa::CEREMONIES, ttl()),
+        // One open emergency use per user (the field exists only while
+        // open); the queue and the sweep read by time. Never a TTL here:
+        // the record is what the review is about.
+        (
+            emergency::COLLECTION,
+            IndexModel::builder()
+                .keys(doc! { emergency::OPEN_USER: 1 })
+                .options(IndexOptions::builder().unique(true).sparse(true).build())
+                .build(),
+        ),
+        (emergency::COLLECTION, plain("started_at")),
+        (emergency::COLLECTION, plain("expires_at")),
     ]
 }
 

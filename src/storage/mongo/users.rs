@@ -176,6 +176,37 @@ impl UserStore for MongoStore {
             .await?)
     }
 
+    async fn set_emergency_access(
+        &self,
+        id: &UserId,
+        allowed: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let Some(oid) = parse_user_id(id) else {
+            return Ok(false);
+        };
+        // Withdrawing removes the field, as enabling removes `disabled_at`.
+        let update = if allowed {
+            doc! { "$set": { "emergency_access": true, "updated_at": bson_date(now) } }
+        } else {
+            doc! { "$set": { "updated_at": bson_date(now) }, "$unset": { "emergency_access": "" } }
+        };
+        let done = self.users.update_one(doc! { "_id": oid }, update).await?;
+        Ok(done.matched_count == 1)
+    }
+
+    async fn find_active_admins(&self) -> StoreResult<Vec<User>> {
+        use futures_util::TryStreamExt;
+        let docs: Vec<UserDoc> = self
+            .users
+            .find(doc! { "role": "admin", "disabled_at": { "$exists": false } })
+            .sort(doc! { "email": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter().map(User::try_from).collect()
+    }
+
     async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
         let known: Vec<&str> = known.iter().map(Role::as_str).collect();
         Ok(self

@@ -23,7 +23,7 @@ impl StoredUserKey for String {
 
 pub(super) const USER_COLUMNS: &str =
     "id, email, password_hash, name, role, verified, created_at, \
-     updated_at, tokens_valid_after, token_version, disabled_at";
+     updated_at, tokens_valid_after, token_version, disabled_at, emergency_access";
 
 #[async_trait]
 impl UserStore for SqliteStore {
@@ -118,6 +118,29 @@ impl UserStore for SqliteStore {
         .fetch_one(&mut self.read().await?)
         .await?;
         Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn set_emergency_access(
+        &self,
+        id: &UserId,
+        allowed: bool,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let update =
+            sqlx::query("UPDATE users SET emergency_access = ?, updated_at = ? WHERE id = ?")
+                .bind(allowed)
+                .bind(millis(now));
+        self.update_user(update, id).await
+    }
+
+    async fn find_active_admins(&self) -> StoreResult<Vec<User>> {
+        let rows: Vec<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE role = 'admin' AND disabled_at IS NULL \
+             ORDER BY email"
+        ))
+        .fetch_all(&mut self.read().await?)
+        .await?;
+        rows.into_iter().map(User::try_from).collect()
     }
 
     async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {

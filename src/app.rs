@@ -170,6 +170,7 @@ impl App {
                     max_lifetime: config.sessions.session_max_lifetime,
                     min_password_length: config.accounts.password_min_length,
                     reset_minutes: config.tokens.reset_token_ttl.as_secs() / 60,
+                    emergency_minutes: config.sessions.emergency_access_ttl.as_secs() / 60,
                 }),
                 clock: Arc::clone(&clock),
             },

@@ -19,6 +19,7 @@ backend_tests!(
     an_emergency_token_carries_the_window_and_never_outlives_it,
     ending_early_cuts_the_window_s_tokens,
     every_use_is_reviewed_by_another_administrator,
+    the_portal_breaks_the_glass_with_a_banner_on_every_page,
 );
 
 const REASON: &str = "Patient in bay 3 unconscious; allergy record held by cardiology";
@@ -417,4 +418,87 @@ async fn every_use_is_reviewed_by_another_administrator(backend: common::Backend
         .await
         .unwrap()
         .is_ok());
+}
+
+async fn the_portal_breaks_the_glass_with_a_banner_on_every_page(backend: common::Backend) {
+    use common::portal::{get, location, page_csrf, post_form, signed_in_browser};
+    let app = TestApp::with_jane(backend, &[]).await;
+    // Without the permission there is nothing to start.
+    let portal = signed_in_browser(&app, "jane@example.com").await;
+    let html = get(&app, &portal, "/account").await.text().await.unwrap();
+    assert!(!html.contains("Start emergency access"));
+
+    permitted_jane(&app).await;
+    let html = get(&app, &portal, "/account").await.text().await.unwrap();
+    assert!(html.contains("Start emergency access"), "{html}");
+    assert!(!html.contains("emergency-banner"));
+    let csrf = page_csrf(&app, &portal, "/account").await;
+
+    // A reason too short is shown next to the field, as typed.
+    let res = post_form(
+        &app,
+        &portal,
+        "/account/emergency",
+        &[("csrf", csrf.as_str()), ("reason", "urgent")],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert!(
+        html.contains("Reason must be at least 20 characters"),
+        "{html}"
+    );
+    assert!(html.contains(">urgent</textarea>"));
+    assert!(html.contains("aria-invalid=\"true\""));
+
+    let res = post_form(
+        &app,
+        &portal,
+        "/account/emergency",
+        &[("csrf", csrf.as_str()), ("reason", REASON)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/account");
+    let html = get(&app, &portal, "/account").await.text().await.unwrap();
+    assert!(html.contains("Emergency access is on until"), "{html}");
+    assert!(html.contains("End emergency access"));
+    // The banner is on every page of the portal while it lasts.
+    let html = get(&app, &portal, "/account/two-step")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("emergency-banner"), "{html}");
+    // Another sign-in of hers (an app) gets the claim too: it is hers.
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    assert!(jwt_claims(&access).get("emergency").is_some());
+
+    let res = post_form(
+        &app,
+        &portal,
+        "/account/emergency/end",
+        &[("csrf", csrf.as_str())],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = get(&app, &portal, "/account").await.text().await.unwrap();
+    assert!(html.contains("Emergency access has ended."), "{html}");
+    assert!(!html.contains("emergency-banner"));
+
+    // Outside REAUTH_WINDOW the page asks for the password first.
+    app.clock.advance(Duration::from_secs(11 * 60));
+    let res = post_form(
+        &app,
+        &portal,
+        "/account/emergency",
+        &[("csrf", csrf.as_str()), ("reason", REASON)],
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&res).starts_with("/account/reauth"),
+        "{}",
+        location(&res)
+    );
 }

@@ -17,7 +17,7 @@ use super::sessions::Sessions;
 use super::tokens::{new_id, AccessToken, Authentication};
 use super::{span, ClientContext, ServiceError};
 use crate::clock::Clock;
-use crate::domain::{AuditEvent, EmergencyEnd, EmergencyReason, EmergencyUse, User};
+use crate::domain::{AuditEvent, EmergencyEnd, EmergencyReason, EmergencyUse, User, UserId};
 use crate::storage::{EmergencyStore, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -169,6 +169,16 @@ impl EmergencyAccess {
         }
         self.sessions
             .plain_token(caller.user, caller.session, caller.auth)
+    }
+
+    /// The user's window if one is open now (the portal's banner).
+    pub async fn active_window(&self, user: &UserId) -> Result<Option<EmergencyUse>> {
+        let now = self.clock.now();
+        Ok(self
+            .uses
+            .open_emergency_use(user)
+            .await?
+            .filter(|open| open.is_active(now)))
     }
 
     /// Closes the uses whose window has passed, each with its

@@ -33,7 +33,9 @@ use super::middleware::request_context::RequestId;
 use super::{AppState, Limiters};
 use crate::domain::User;
 use crate::services::ServiceError;
-use handlers::{account, passkeys, reauth, recovery, registration, second_step, sign_in, two_step};
+use handlers::{
+    account, emergency, passkeys, reauth, recovery, registration, second_step, sign_in, two_step,
+};
 use session::{Portal, StoreBackedSessions};
 use views::{ErrorPage, Layout};
 
@@ -46,6 +48,8 @@ pub struct PortalSettings {
     pub max_lifetime: Duration,
     pub min_password_length: usize,
     pub reset_minutes: u64,
+    /// EMERGENCY_ACCESS_TTL in minutes, for the account page.
+    pub emergency_minutes: u64,
 }
 
 /// The stylesheet is compiled in: the binary is the whole deployment.
@@ -132,6 +136,8 @@ pub fn router(
         .route("/account/password", post(account::change_password))
         .route("/account/sessions/end", post(account::end_session))
         .route("/account/sessions/end-all", post(account::end_all_sessions))
+        .route("/account/emergency", post(emergency::start))
+        .route("/account/emergency/end", post(emergency::end))
         .route("/logout", post(sign_in::logout))
         .merge(passkeys::router())
         .layer(session_layer)
@@ -223,6 +229,7 @@ fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>) ->
             csrf: String::new(),
             signed_in_as: None,
             notice: None,
+            emergency_until: None,
         },
         heading: heading.to_owned(),
         message: message.to_owned(),
@@ -356,6 +363,11 @@ impl FromRequestParts<AppState> for SignedIn {
                 // only the enrolment page until a factor is on.
                 let mut portal = portal;
                 enrolment::gate(state, &mut portal, &user, parts).await?;
+                portal.emergency = state
+                    .emergency_access
+                    .active_window(&user.id)
+                    .await
+                    .map_err(|e| PageError::from(e).into_response())?;
                 Ok(SignedIn { portal, user })
             }
             Ok(None) => {

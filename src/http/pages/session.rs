@@ -114,6 +114,10 @@ pub struct Portal {
     pub data: PortalData,
     /// The CSRF token of forms shown before sign-in.
     anon: AnonCsrf,
+    /// The signed-in user's open emergency access window, looked up for
+    /// this request (never stored in the session): every page shows the
+    /// banner while it lasts.
+    pub emergency: Option<crate::domain::EmergencyUse>,
 }
 
 impl Portal {
@@ -129,6 +133,7 @@ impl Portal {
             session,
             data,
             anon,
+            emergency: None,
         })
     }
 

@@ -12,6 +12,14 @@ pub struct Layout {
     pub csrf: String,
     pub signed_in_as: Option<String>,
     pub notice: Option<String>,
+    /// "14:05 UTC" while the user's emergency access is on: the red
+    /// banner on every page.
+    pub emergency_until: Option<String>,
+}
+
+/// When something ends, for the banner and the account page.
+pub fn clock_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%H:%M UTC").to_string()
 }
 
 /// What a form shows back: the values typed (never passwords) and every
@@ -169,6 +177,21 @@ pub struct AccountPage {
     pub rules: PasswordRules,
     /// Whether an authenticator is on (the two-step section's status).
     pub two_step_on: bool,
+    pub emergency: EmergencyView,
+}
+
+/// The account page's emergency access section.
+#[derive(Default)]
+pub struct EmergencyView {
+    /// The user may break the glass (otherwise no section).
+    pub allowed: bool,
+    /// While on: when it ends, and the reason given.
+    pub until: Option<String>,
+    pub reason: String,
+    /// EMERGENCY_ACCESS_TTL in minutes, for the explanation.
+    pub minutes: u64,
+    /// The start form's typed reason and errors.
+    pub form: FormState,
 }
 
 /// The code page after the password: an authenticator code, or (with

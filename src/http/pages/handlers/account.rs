@@ -12,7 +12,9 @@ use crate::domain::Password;
 use crate::http::api::cookies::cleared_cookie;
 use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::session::Portal;
-use crate::http::pages::views::{device_name, AccountPage, FormState, SessionRow, UserView};
+use crate::http::pages::views::{
+    clock_time, device_name, AccountPage, EmergencyView, FormState, SessionRow, UserView,
+};
 use crate::http::pages::{PageError, SignedIn};
 use crate::http::AppState;
 use crate::services::{ClientContext, CurrentSession, SessionKind};
@@ -38,7 +40,7 @@ fn current(portal: &Portal) -> CurrentSession {
     }
 }
 
-async fn account_view(
+pub(super) async fn account_view(
     state: &AppState,
     signed_in: &SignedIn,
     form: FormState,
@@ -84,6 +86,22 @@ async fn account_view(
             .collect(),
         rules: password_rules(state),
         two_step_on: state.mfa.status(user).await?.totp_enabled,
+        emergency: EmergencyView {
+            allowed: user.may_break_glass(),
+            until: signed_in
+                .portal
+                .emergency
+                .as_ref()
+                .map(|window| clock_time(window.expires_at)),
+            reason: signed_in
+                .portal
+                .emergency
+                .as_ref()
+                .map(|window| window.reason.as_str().to_owned())
+                .unwrap_or_default(),
+            minutes: state.portal.emergency_minutes,
+            form: FormState::default(),
+        },
     })
 }
 

@@ -4,6 +4,7 @@
 //! lives here.
 
 pub mod account;
+pub mod emergency;
 pub mod passkeys;
 pub mod reauth;
 pub mod recovery;
@@ -36,6 +37,10 @@ fn layout(
         csrf: portal.csrf().to_owned(),
         signed_in_as,
         notice,
+        emergency_until: portal
+            .emergency
+            .as_ref()
+            .map(|window| super::views::clock_time(window.expires_at)),
     }
 }
 

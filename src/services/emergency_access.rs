@@ -43,6 +43,16 @@ pub struct Caller<'a> {
     pub auth: &'a Authentication,
 }
 
+impl<'a> From<&'a super::sessions::Authenticated> for Caller<'a> {
+    fn from(who: &'a super::sessions::Authenticated) -> Self {
+        Self {
+            user: &who.user,
+            session: who.session.as_deref(),
+            auth: &who.auth,
+        }
+    }
+}
+
 pub struct EmergencyAccess {
     users: Arc<dyn UserStore>,
     uses: Arc<dyn EmergencyStore>,

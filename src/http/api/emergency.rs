@@ -98,11 +98,7 @@ pub async fn start(
     client: ClientContext,
     ApiJson(body): ApiJson<StartRequest>,
 ) -> Result<(StatusCode, Json<EmergencyStartResponse>), ApiError> {
-    let caller = Caller {
-        user: &who.user,
-        session: who.session.as_deref(),
-        auth: &who.auth,
-    };
+    let caller = Caller::from(&who);
     let grant = access.start(&caller, &body.reason, &client).await?;
     Ok((
         StatusCode::CREATED,
@@ -137,11 +133,7 @@ pub async fn end(
     SignedIn(who): SignedIn,
     client: ClientContext,
 ) -> Result<Json<TokenResponse>, ApiError> {
-    let caller = Caller {
-        user: &who.user,
-        session: who.session.as_deref(),
-        auth: &who.auth,
-    };
+    let caller = Caller::from(&who);
     let token = access.end(&caller, &client).await?;
     Ok(Json(TokenResponse::from(&token)))
 }

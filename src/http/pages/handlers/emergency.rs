@@ -34,11 +34,7 @@ pub async fn start(
         return Ok(to);
     }
     let who = signed_in.authenticated();
-    let caller = Caller {
-        user: &who.user,
-        session: who.session.as_deref(),
-        auth: &who.auth,
-    };
+    let caller = Caller::from(&who);
     let refused = match state
         .emergency_access
         .start(&caller, &f.reason, &client)
@@ -76,11 +72,7 @@ pub async fn end(
     _: CsrfForm<NoFields>,
 ) -> PageResult {
     let who = signed_in.authenticated();
-    let caller = Caller {
-        user: &who.user,
-        session: who.session.as_deref(),
-        auth: &who.auth,
-    };
+    let caller = Caller::from(&who);
     let message = match state.emergency_access.end(&caller, &client).await {
         Ok(_) => "Emergency access has ended.",
         Err(ServiceError::EmergencyNotActive) => "Emergency access was not on.",

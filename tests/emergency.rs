@@ -287,12 +287,31 @@ async fn ending_early_cuts_the_window_s_tokens(backend: common::Backend) {
         "emergency_access_not_active",
     )
     .await;
+    // A permission withdrawn during a window drops the claim at the next
+    // refresh.
+    started(&app, plain).await;
+    let jane_id = UserId::new(jwt_claims(plain)["sub"].as_str().unwrap());
+    let store = app.store().await;
+    assert!(store
+        .set_emergency_access(&jane_id, false, Utc::now())
+        .await
+        .unwrap());
+    let (_, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let body: Value = app.refresh_with(&refresh).await.json().await.unwrap();
+    assert!(jwt_claims(body["access_token"].as_str().unwrap())
+        .get("emergency")
+        .is_none());
+    assert!(store
+        .set_emergency_access(&jane_id, true, Utc::now())
+        .await
+        .unwrap());
+    let res = end(&app, plain).await;
+    assert_eq!(res.status(), StatusCode::OK);
     let ended = events(&app, &admin, "emergency_access_ended").await;
-    assert_eq!(ended.len(), 1);
-    assert!(ended[0]["detail"]
-        .as_str()
-        .unwrap()
-        .contains("how=ended_by_user"));
+    assert_eq!(ended.len(), 2);
+    assert!(ended
+        .iter()
+        .all(|e| e["detail"].as_str().unwrap().contains("how=ended_by_user")));
     // A new window may start once the last one ended.
     started(&app, plain).await;
 }

@@ -154,6 +154,7 @@ impl App {
                 passkeys: services.passkeys,
                 passkey_sign_in: services.passkey_sign_in,
                 account_status: services.account_status,
+                user_directory: services.user_directory,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -17,6 +17,8 @@ backend_tests!(
     a_stored_role_the_clinic_no_longer_lists_still_signs_in,
     disabling_ends_everything_and_enabling_restores_sign_in,
     only_admins_disable_and_never_the_last_one,
+    admins_find_users_a_page_at_a_time,
+    admins_see_one_user_in_full,
 );
 
 async fn open_registration_is_the_default(backend: common::Backend) {
@@ -402,4 +404,274 @@ async fn only_admins_disable_and_never_the_last_one(backend: common::Backend) {
     let res = admin_post(&app, &second, &path, Some(json!({}))).await;
     assert_eq!(res.status(), StatusCode::OK);
     app.access_refused(&admin).await;
+}
+
+async fn admin_get(app: &TestApp, access: &str, path: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(path))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Every page of `query` (which must not set limit or cursor), followed
+/// through `next`: the emails in order.
+async fn all_pages(app: &TestApp, access: &str, query: &str, limit: u32) -> Vec<String> {
+    let mut emails = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let mut path = format!("/api/admin/users?limit={limit}&{query}");
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let res = admin_get(app, access, &path).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let page: serde_json::Value = res.json().await.unwrap();
+        let users = page["users"].as_array().unwrap();
+        assert!(users.len() <= limit as usize);
+        emails.extend(
+            users
+                .iter()
+                .map(|u| u["email"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => return emails,
+        }
+    }
+    panic!("no last page");
+}
+
+async fn admins_find_users_a_page_at_a_time(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("LOGIN_MAX_FAILURES", "2")]).await;
+    let (_, admin) = admin_in(&app, "admin@example.com").await;
+    let store = app.store().await;
+    // A few hundred colleagues, straight into the store (hashing a
+    // password for each would only slow the test down).
+    let nurse = Role::parse("nurse").unwrap();
+    for i in 0..300 {
+        let user = store
+            .create_user(&common::fixtures::new_user(&format!(
+                "staff{i:03}@example.com"
+            )))
+            .await
+            .unwrap();
+        if i % 50 == 7 {
+            store
+                .set_user_role(&user.id, &nurse, Utc::now(), Utc::now())
+                .await
+                .unwrap();
+        }
+    }
+
+    // Every account exactly once, by email, across pages of any size.
+    let everyone = all_pages(&app, &admin, "", 200).await;
+    assert_eq!(everyone.len(), 302);
+    let mut sorted = everyone.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(everyone, sorted);
+    assert_eq!(all_pages(&app, &admin, "", 7).await, everyone);
+    let first: serde_json::Value = admin_get(&app, &admin, "/api/admin/users")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        first["users"].as_array().unwrap().len(),
+        50,
+        "default limit"
+    );
+
+    // Prefix (either case), role.
+    assert_eq!(
+        all_pages(&app, &admin, "q=JANE", 5).await,
+        ["jane@example.com"]
+    );
+    // Everyone here is named "Dr Jane Smith" (also the store's users).
+    assert_eq!(
+        all_pages(&app, &admin, "q=dr%20JANE", 200).await,
+        everyone,
+        "the name's start"
+    );
+    assert!(all_pages(&app, &admin, "q=smith", 200).await.is_empty());
+    assert_eq!(all_pages(&app, &admin, "q=staff1", 30).await.len(), 100);
+    assert_eq!(
+        all_pages(&app, &admin, "role=nurse", 2).await,
+        [
+            "staff007@example.com",
+            "staff057@example.com",
+            "staff107@example.com",
+            "staff157@example.com",
+            "staff207@example.com",
+            "staff257@example.com"
+        ]
+    );
+
+    // Statuses: a locked account is found among hundreds of others, on a
+    // page of one; a row says what the admin needs at a glance.
+    for _ in 0..2 {
+        let res = app
+            .post_json(
+                "/api/auth/login",
+                json!({"email": "jane@example.com", "password": "not her password"}),
+            )
+            .await;
+        assert_ne!(res.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        all_pages(&app, &admin, "status=locked", 1).await,
+        ["jane@example.com"]
+    );
+    let page: serde_json::Value = admin_get(&app, &admin, "/api/admin/users?q=jane")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jane = &page["users"][0];
+    assert_eq!(jane["status"], "locked", "{jane}");
+    assert!(jane["locked_until"].is_string(), "{jane}");
+    assert_eq!(jane["second_factor"], false);
+    assert_eq!(jane["role"], "doctor");
+    assert!(jane["last_sign_in_at"].is_null(), "never signed in: {jane}");
+    let active = all_pages(&app, &admin, "status=active", 100).await;
+    assert_eq!(active.len(), 301);
+    assert!(!active.contains(&"jane@example.com".to_owned()));
+    let admin_row: serde_json::Value = admin_get(&app, &admin, "/api/admin/users?q=admin")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(admin_row["users"][0]["last_sign_in_at"].is_string());
+    assert_eq!(
+        all_pages(&app, &admin, "status=no_second_factor", 200).await,
+        everyone
+    );
+    // jane and admin registered through the API; the store's users are
+    // unverified too (new_user), so everyone is.
+    assert_eq!(
+        all_pages(&app, &admin, "status=unverified", 200)
+            .await
+            .len(),
+        302
+    );
+    let id = store
+        .find_user_by_email(
+            &clinic_auth::domain::EmailAddress::parse("staff042@example.com").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .id;
+    store
+        .set_user_disabled(&id, Some(Utc::now()), Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        all_pages(&app, &admin, "status=disabled", 10).await,
+        ["staff042@example.com"]
+    );
+
+    // A bad filter names itself; a doctor may not look.
+    for (query, field) in [
+        ("status=gone", "status"),
+        ("limit=0", "limit"),
+        ("limit=201", "limit"),
+        ("cursor=%21%21", "cursor"),
+        ("role=Not%20a%20role", "role"),
+        ("order=name", "order"),
+    ] {
+        let body = expect_error(
+            admin_get(&app, &admin, &format!("/api/admin/users?{query}")).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert!(body["error"]["fields"][field].is_array(), "{query}: {body}");
+    }
+    app.register("tom@example.com").await;
+    let (doctor, _) = app.login("tom@example.com", PASSWORD).await;
+    for path in ["/api/admin/users", &format!("/api/admin/users/{id}")] {
+        expect_error(
+            admin_get(&app, &doctor, path).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+}
+
+async fn admins_see_one_user_in_full(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let (_, _refresh) = app.login("jane@example.com", PASSWORD).await;
+    let _portal = signed_in_browser(&app, "jane@example.com").await;
+    let res = app
+        .post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": "not her password"}),
+        )
+        .await;
+    expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    app.flush_audit().await;
+    let list: serde_json::Value = admin_get(&app, &admin, "/api/admin/users?q=jane")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let jane_id = list["users"][0]["id"].as_str().unwrap().to_owned();
+
+    let res = admin_get(&app, &admin, &format!("/api/admin/users/{jane_id}")).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let jane: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(jane["id"], jane_id.as_str());
+    assert_eq!(jane["email"], "jane@example.com");
+    assert_eq!(jane["status"], "active");
+    assert!(jane["last_sign_in_at"].is_string(), "{jane}");
+    // Her API sign-in and her portal session (with its own API family,
+    // shown as one), as her own list shows them.
+    let kinds: Vec<&str> = jane["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{jane}");
+    assert!(
+        kinds.contains(&"browser") && kinds.contains(&"api"),
+        "{kinds:?}"
+    );
+    assert_eq!(jane["lock"]["failures"], 1);
+    assert!(jane["lock"]["locked_until"].is_null());
+    assert_eq!(
+        jane["factors"],
+        json!({"totp": false, "recovery_codes_left": 0, "passkeys": []})
+    );
+    let events: Vec<&str> = jane["recent_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        events.first(),
+        Some(&"login_failure"),
+        "newest first: {events:?}"
+    );
+    assert!(
+        events.contains(&"login_success") && events.contains(&"register"),
+        "{events:?}"
+    );
+
+    // Unknown or malformed ids are 404; reading needs no recent sign-in.
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    for id in ["nobody", "0000000000000000000000000", admin_id.as_str()] {
+        let res = admin_get(&app, &admin, &format!("/api/admin/users/{id}")).await;
+        if id == admin_id {
+            assert_eq!(res.status(), StatusCode::OK);
+        } else {
+            expect_error(res, StatusCode::NOT_FOUND, "not_found").await;
+        }
+    }
 }

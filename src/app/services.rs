@@ -22,7 +22,7 @@ use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
     Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
-    Recovery, Registration, Sessions,
+    Recovery, Registration, Sessions, UserDirectory,
 };
 use crate::storage::Store;
 
@@ -39,6 +39,7 @@ pub(super) struct Services {
     pub(super) passkeys: Arc<Passkeys>,
     pub(super) passkey_sign_in: Arc<PasskeySignIn>,
     pub(super) account_status: Arc<AccountStatus>,
+    pub(super) user_directory: Arc<UserDirectory>,
 }
 
 impl Services {
@@ -81,7 +82,7 @@ impl Services {
             audit.clone(),
             Arc::clone(&notifier),
             Arc::clone(clock),
-            policy,
+            Arc::clone(&policy),
             settings,
         ));
         let recovery_codes = Arc::new(RecoveryCodes::new(
@@ -196,11 +197,19 @@ impl Services {
             store.clone(),
             store.clone(),
             passwords,
-            lockout,
+            Arc::clone(&lockout),
             password_change,
             audit.clone(),
             Arc::clone(clock),
             settings,
+        ));
+        let user_directory = Arc::new(UserDirectory::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            lockout,
+            policy,
+            Arc::clone(&account),
         ));
         Ok(Self {
             sessions,
@@ -213,6 +222,7 @@ impl Services {
             passkeys,
             passkey_sign_in,
             account_status,
+            user_directory,
         })
     }
 }

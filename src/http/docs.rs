@@ -25,6 +25,7 @@ use super::AppState;
         passkeys::login_options, passkeys::login_verify, passkeys::register_options,
         passkeys::register_verify, passkeys::list, passkeys::rename, passkeys::remove,
         verification::verify_email, verification::resend_verification, admin::audit, admin_users::disable, admin_users::enable,
+        admin_users::list, admin_users::detail,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
@@ -32,7 +33,7 @@ use super::AppState;
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
         (name = "account", description = "The signed-in user's password and sessions"),
-        (name = "admin", description = "Administration (role `admin` only): the audit trail, disabling and enabling accounts"),
+        (name = "admin", description = "Administration (role `admin` only): the audit trail, finding and seeing accounts, disabling and enabling them"),
         (name = "system", description = "Operations"),
     )
 )]

@@ -139,6 +139,8 @@ pub struct AppState {
     pub admin: Arc<AdminService>,
     /// Disable and enable accounts (issue 19).
     pub account_status: Arc<crate::services::AccountStatus>,
+    /// The admin's list and view of accounts (issue 19).
+    pub user_directory: Arc<crate::services::UserDirectory>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

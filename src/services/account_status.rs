@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use super::admin_trail::{checked_reason, record, AdminAct};
 use super::audit::Audit;
 use super::password_change::PasswordChange;
 use super::{ClientContext, CurrentSession, ServiceError};
@@ -16,9 +17,6 @@ use crate::domain::{AuditEvent, User, UserId};
 use crate::storage::{OneTimeTokenStore, TokenPurpose, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
-
-/// The longest reason an administrator may give (it goes into the trail).
-pub const REASON_MAX_CHARS: usize = 500;
 
 pub struct AccountStatus {
     users: Arc<dyn UserStore>,
@@ -56,9 +54,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let reason = checked_reason(reason)?;
-        self.audit.ready()?;
-        let user = self.find(target).await?;
+        let (user, reason) = self.open(target, reason).await?;
         if user.is_disabled() {
             return Ok(user);
         }
@@ -97,9 +93,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let reason = checked_reason(reason)?;
-        self.audit.ready()?;
-        let user = self.find(target).await?;
+        let (user, reason) = self.open(target, reason).await?;
         if !user.is_disabled() {
             return Ok(user);
         }
@@ -116,52 +110,37 @@ impl AccountStatus {
         self.find(target).await
     }
 
+    /// What both actions start with: a reason that is acceptable, an audit
+    /// trail that takes records (so nothing changes that could not be
+    /// recorded), and the target as it is now.
+    async fn open(&self, target: &UserId, reason: Option<&str>) -> Result<(User, Option<String>)> {
+        let reason = checked_reason(reason)?;
+        self.audit.ready()?;
+        Ok((self.find(target).await?, reason))
+    }
+
+    async fn record(
+        &self,
+        event: AuditEvent,
+        target: &User,
+        reason: Option<String>,
+        admin: &User,
+        client: &ClientContext,
+    ) -> Result<()> {
+        let act = AdminAct {
+            event,
+            target,
+            admin,
+            reason: reason.as_deref(),
+            extra: None,
+        };
+        record(&self.audit, act, client).await
+    }
+
     async fn find(&self, id: &UserId) -> Result<User> {
         self.users
             .find_user_by_id(id)
             .await?
             .ok_or(ServiceError::NotFound)
     }
-
-    /// The record names the target (`user_id`, `email`) and the acting
-    /// admin and reason in `detail`.
-    async fn record(
-        &self,
-        event: AuditEvent,
-        user: &User,
-        reason: Option<String>,
-        admin: &User,
-        client: &ClientContext,
-    ) -> Result<()> {
-        let mut detail = format!("by={}", admin.id);
-        if let Some(reason) = reason {
-            detail.push_str(" reason=");
-            detail.push_str(&reason);
-        }
-        let entry = self
-            .audit
-            .entry(event, client)
-            .user(&user.id)
-            .email(user.email.as_str())
-            .detail(detail);
-        self.audit.record(entry).await?;
-        Ok(())
-    }
-}
-
-/// A reason is optional; given, it is trimmed, one line, at most
-/// [`REASON_MAX_CHARS`].
-fn checked_reason(reason: Option<&str>) -> Result<Option<String>> {
-    let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
-        return Ok(None);
-    };
-    if reason.chars().count() > REASON_MAX_CHARS || reason.chars().any(char::is_control) {
-        return Err(ServiceError::Validation(vec![
-            crate::domain::FieldError::new(
-                "reason",
-                format!("Reason must be one line of at most {REASON_MAX_CHARS} characters."),
-            ),
-        ]));
-    }
-    Ok(Some(reason.to_owned()))
 }

@@ -9,6 +9,8 @@ pub mod account;
 pub mod account_status;
 /// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
+/// What every admin action on an account shares: reason, audit record.
+pub mod admin_trail;
 /// Record to the audit trail and verify it.
 pub mod audit;
 /// Signed checkpoints of the audit chain, kept outside the database.
@@ -37,6 +39,8 @@ pub mod registration;
 pub mod sessions;
 /// JWT issue and verification.
 pub mod tokens;
+/// The admin's view of the accounts: list, search, one user in full.
+pub mod user_directory;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -55,6 +59,7 @@ pub use password_change::PasswordChange;
 pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
 pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
+pub use user_directory::UserDirectory;
 
 /// Reset and verification tokens are 43 base64url characters, refresh
 /// tokens a few hundred; anything far longer is junk and not worth hashing.

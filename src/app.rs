@@ -155,6 +155,8 @@ impl App {
                 passkey_sign_in: services.passkey_sign_in,
                 account_status: services.account_status,
                 user_directory: services.user_directory,
+                role_change: services.role_change,
+                account_support: services.account_support,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -19,6 +19,8 @@ backend_tests!(
     only_admins_disable_and_never_the_last_one,
     admins_find_users_a_page_at_a_time,
     admins_see_one_user_in_full,
+    role_changes_cut_tokens_and_spare_the_last_admin,
+    admins_unlock_end_sessions_and_send_reset_links,
 );
 
 async fn open_registration_is_the_default(backend: common::Backend) {
@@ -674,4 +676,208 @@ async fn admins_see_one_user_in_full(backend: common::Backend) {
             expect_error(res, StatusCode::NOT_FOUND, "not_found").await;
         }
     }
+}
+
+async fn admin_patch(
+    app: &TestApp,
+    access: &str,
+    id: &str,
+    body: serde_json::Value,
+) -> reqwest::Response {
+    app.client
+        .patch(app.url(&format!("/api/admin/users/{id}")))
+        .bearer_auth(access)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `detail` of the newest audit record of `event`.
+async fn last_detail(app: &TestApp, admin: &str, event: &str) -> String {
+    app.flush_audit().await;
+    let page: serde_json::Value = admin_get(app, admin, &format!("/api/admin/audit?event={event}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    page["events"][0]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn user_id(app: &TestApp, email: &str) -> String {
+    let email = clinic_auth::domain::EmailAddress::parse(email).unwrap();
+    let user = app.store().await.find_user_by_email(&email).await.unwrap();
+    user.unwrap().id.as_str().to_owned()
+}
+
+async fn role_changes_cut_tokens_and_spare_the_last_admin(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("ROLES", "doctor,nurse")]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane_id = user_id(&app, "jane@example.com").await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+
+    let res = admin_patch(
+        &app,
+        &admin,
+        &jane_id,
+        json!({"role": "nurse", "reason": "Front desk"}),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(view["role"], "nurse");
+    app.access_refused(&access).await;
+    assert_eq!(
+        last_detail(&app, &admin, "role_changed").await,
+        format!("by={admin_id} from=doctor to=nurse reason=Front desk")
+    );
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(common::jwt_claims(&access)["role"], "nurse");
+
+    // Nothing asked, nothing changed; a role the clinic does not use, or a
+    // field this route does not take, is refused.
+    let res = admin_patch(&app, &admin, &jane_id, json!({})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.me(&access).await.error_for_status().unwrap();
+    let body = expect_error(
+        admin_patch(&app, &admin, &jane_id, json!({"role": "pharmacist"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert!(body["error"]["fields"]["role"].is_array(), "{body}");
+    let res = admin_patch(&app, &admin, &jane_id, json!({"password": "x"})).await;
+    assert!(res.status().is_client_error());
+    expect_error(
+        admin_patch(&app, &admin, "nobody", json!({"role": "nurse"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+
+    // The last active admin stays one; a doctor may not change roles.
+    expect_error(
+        admin_patch(&app, &admin, &admin_id, json!({"role": "doctor"})).await,
+        StatusCode::CONFLICT,
+        "last_admin",
+    )
+    .await;
+    expect_error(
+        admin_patch(&app, &access, &jane_id, json!({"role": "admin"})).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    // Promoted, jane is a second admin, and then the first may step down.
+    let res = admin_patch(&app, &admin, &jane_id, json!({"role": "admin"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = admin_patch(&app, &admin, &admin_id, json!({"role": "doctor"})).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.access_refused(&admin).await;
+}
+
+async fn admins_unlock_end_sessions_and_send_reset_links(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("LOGIN_MAX_FAILURES", "2")]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane_id = user_id(&app, "jane@example.com").await;
+
+    // Locked out by wrong passwords, unlocked by an admin.
+    for _ in 0..2 {
+        app.post_json(
+            "/api/auth/login",
+            json!({"email": "jane@example.com", "password": "not her password"}),
+        )
+        .await;
+    }
+    let right = json!({"email": "jane@example.com", "password": PASSWORD});
+    expect_error(
+        app.post_json("/api/auth/login", right.clone()).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "account_locked",
+    )
+    .await;
+    let path = |action: &str| format!("/api/admin/users/{jane_id}/{action}");
+    let res = admin_post(
+        &app,
+        &admin,
+        &path("unlock"),
+        Some(json!({"reason": "Called the desk"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        last_detail(&app, &admin, "account_unlocked").await,
+        format!("by={admin_id} reason=Called the desk")
+    );
+
+    // Signed in everywhere, then nowhere; the password still works.
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    let portal = signed_in_browser(&app, "jane@example.com").await;
+    let res = admin_post(&app, &admin, &path("sessions/revoke"), None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.access_refused(&access).await;
+    app.refresh_refused(&refresh).await;
+    let res = get(&app, &portal, "/account").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "portal session ended");
+    assert!(last_detail(&app, &admin, "sessions_revoked")
+        .await
+        .starts_with(&format!("by={admin_id} web=1 api=")));
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+
+    // A reset link by email, which works; the admin sees no token.
+    let res = admin_post(&app, &admin, &path("password-reset"), None).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    assert!(res.text().await.unwrap().is_empty());
+    let emails = common::wait_for_reset_emails(&app.outbox(), 1).await;
+    assert!(emails[0].to.contains("jane@example.com"));
+    let res = app
+        .reset_password(&emails[0].reset_token(), "a brand new passphrase 42")
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.access_refused(&access).await;
+
+    // Not for a disabled account; none of it for a doctor or a stale sign-in.
+    let (doctor, _) = app
+        .login("jane@example.com", "a brand new passphrase 42")
+        .await;
+    for action in ["unlock", "sessions/revoke", "password-reset"] {
+        expect_error(
+            admin_post(&app, &doctor, &path(action), None).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+        expect_error(
+            admin_post(
+                &app,
+                &admin,
+                &format!("/api/admin/users/nobody/{action}"),
+                None,
+            )
+            .await,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        )
+        .await;
+    }
+    admin_post(&app, &admin, &path("disable"), None)
+        .await
+        .error_for_status()
+        .unwrap();
+    expect_error(
+        admin_post(&app, &admin, &path("password-reset"), None).await,
+        StatusCode::FORBIDDEN,
+        "account_disabled",
+    )
+    .await;
+    app.clock.advance(std::time::Duration::from_secs(11 * 60));
+    expect_error(
+        admin_post(&app, &admin, &path("unlock"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "reauthentication_required",
+    )
+    .await;
 }

@@ -24,6 +24,7 @@ use crate::services::{
     Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
     Recovery, Registration, Sessions, UserDirectory,
 };
+use crate::services::{AccountSupport, AdminTrail, RoleChange};
 use crate::storage::Store;
 
 /// The use-cases, each handed the narrow store traits it names (all of
@@ -40,6 +41,8 @@ pub(super) struct Services {
     pub(super) passkey_sign_in: Arc<PasskeySignIn>,
     pub(super) account_status: Arc<AccountStatus>,
     pub(super) user_directory: Arc<UserDirectory>,
+    pub(super) role_change: Arc<RoleChange>,
+    pub(super) account_support: Arc<AccountSupport>,
 }
 
 impl Services {
@@ -180,7 +183,7 @@ impl Services {
             store.clone(),
             Arc::clone(&passwords),
             Arc::clone(&lockout),
-            notifier,
+            Arc::clone(&notifier),
             Arc::clone(&password_change),
             audit.clone(),
             Arc::clone(clock),
@@ -198,7 +201,7 @@ impl Services {
             store.clone(),
             passwords,
             Arc::clone(&lockout),
-            password_change,
+            Arc::clone(&password_change),
             audit.clone(),
             Arc::clone(clock),
             settings,
@@ -207,9 +210,21 @@ impl Services {
             store.clone(),
             store.clone(),
             store.clone(),
-            lockout,
+            Arc::clone(&lockout),
             policy,
             Arc::clone(&account),
+        ));
+        let admin_trail = AdminTrail::new(store.clone(), audit.clone());
+        let role_change = Arc::new(RoleChange::new(
+            store.clone(),
+            settings.roles.clone(),
+            admin_trail.clone(),
+        ));
+        let account_support = Arc::new(AccountSupport::new(
+            lockout,
+            password_change,
+            notifier,
+            admin_trail,
         ));
         Ok(Self {
             sessions,
@@ -223,6 +238,8 @@ impl Services {
             passkey_sign_in,
             account_status,
             user_directory,
+            role_change,
+            account_support,
         })
     }
 }

@@ -168,10 +168,18 @@ pub enum AuditEvent {
     PasskeyCounterRegression,
     AccountDisabled,
     AccountEnabled,
+    /// An administrator cleared the failed-sign-in lock.
+    AccountUnlocked,
+    /// An administrator ended every session of the account.
+    SessionsRevoked,
+    /// An administrator removed the account's second factors.
+    MfaReset,
+    /// An administrator erased a disabled account's name and email.
+    AccountAnonymised,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 24] = [
+    pub const ALL: [AuditEvent; 28] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -196,6 +204,10 @@ impl AuditEvent {
         AuditEvent::PasskeyCounterRegression,
         AuditEvent::AccountDisabled,
         AuditEvent::AccountEnabled,
+        AuditEvent::AccountUnlocked,
+        AuditEvent::SessionsRevoked,
+        AuditEvent::MfaReset,
+        AuditEvent::AccountAnonymised,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -226,6 +238,10 @@ impl AuditEvent {
             AuditEvent::PasskeyCounterRegression => "passkey_counter_regression",
             AuditEvent::AccountDisabled => "account_disabled",
             AuditEvent::AccountEnabled => "account_enabled",
+            AuditEvent::AccountUnlocked => "account_unlocked",
+            AuditEvent::SessionsRevoked => "sessions_revoked",
+            AuditEvent::MfaReset => "mfa_reset",
+            AuditEvent::AccountAnonymised => "account_anonymised",
         }
     }
 

@@ -141,6 +141,10 @@ pub struct AppState {
     pub account_status: Arc<crate::services::AccountStatus>,
     /// The admin's list and view of accounts (issue 19).
     pub user_directory: Arc<crate::services::UserDirectory>,
+    /// An admin changes a role (issue 19).
+    pub role_change: Arc<crate::services::RoleChange>,
+    /// Admin help: unlock, end sessions, reset email (issue 19).
+    pub account_support: Arc<crate::services::AccountSupport>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

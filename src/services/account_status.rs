@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use super::admin_trail::{checked_reason, record, AdminAct};
+use super::admin_trail::AdminTrail;
 use super::audit::Audit;
 use super::password_change::PasswordChange;
 use super::{ClientContext, CurrentSession, ServiceError};
@@ -22,7 +22,7 @@ pub struct AccountStatus {
     users: Arc<dyn UserStore>,
     links: Arc<dyn OneTimeTokenStore>,
     password_change: Arc<PasswordChange>,
-    audit: Audit,
+    trail: AdminTrail,
     clock: Arc<dyn Clock>,
 }
 
@@ -35,10 +35,10 @@ impl AccountStatus {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            trail: AdminTrail::new(Arc::clone(&users), audit),
             users,
             links,
             password_change,
-            audit,
             clock,
         }
     }
@@ -54,7 +54,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let (user, reason) = self.open(target, reason).await?;
+        let (user, reason) = self.trail.open(target, reason).await?;
         if user.is_disabled() {
             return Ok(user);
         }
@@ -78,10 +78,18 @@ impl AccountStatus {
                 .delete_user_one_time_tokens(purpose, &user.id)
                 .await?;
         }
-        self.record(AuditEvent::AccountDisabled, &user, reason, admin, client)
+        self.trail
+            .record(
+                AuditEvent::AccountDisabled,
+                &user,
+                admin,
+                reason.as_deref(),
+                None,
+                client,
+            )
             .await?;
         tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
-        self.find(target).await
+        self.trail.find(target).await
     }
 
     /// Lets a disabled account sign in again (with the password it had; an
@@ -93,7 +101,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let (user, reason) = self.open(target, reason).await?;
+        let (user, reason) = self.trail.open(target, reason).await?;
         if !user.is_disabled() {
             return Ok(user);
         }
@@ -104,43 +112,17 @@ impl AccountStatus {
         {
             return Err(ServiceError::NotFound);
         }
-        self.record(AuditEvent::AccountEnabled, &user, reason, admin, client)
+        self.trail
+            .record(
+                AuditEvent::AccountEnabled,
+                &user,
+                admin,
+                reason.as_deref(),
+                None,
+                client,
+            )
             .await?;
         tracing::info!(user_id = %user.id, admin_id = %admin.id, "account enabled");
-        self.find(target).await
-    }
-
-    /// What both actions start with: a reason that is acceptable, an audit
-    /// trail that takes records (so nothing changes that could not be
-    /// recorded), and the target as it is now.
-    async fn open(&self, target: &UserId, reason: Option<&str>) -> Result<(User, Option<String>)> {
-        let reason = checked_reason(reason)?;
-        self.audit.ready()?;
-        Ok((self.find(target).await?, reason))
-    }
-
-    async fn record(
-        &self,
-        event: AuditEvent,
-        target: &User,
-        reason: Option<String>,
-        admin: &User,
-        client: &ClientContext,
-    ) -> Result<()> {
-        let act = AdminAct {
-            event,
-            target,
-            admin,
-            reason: reason.as_deref(),
-            extra: None,
-        };
-        record(&self.audit, act, client).await
-    }
-
-    async fn find(&self, id: &UserId) -> Result<User> {
-        self.users
-            .find_user_by_id(id)
-            .await?
-            .ok_or(ServiceError::NotFound)
+        self.trail.find(target).await
     }
 }

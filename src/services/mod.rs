@@ -7,6 +7,8 @@
 pub mod account;
 /// Disable and enable accounts (offboarding).
 pub mod account_status;
+/// Admin help: unlock, end all sessions, email a reset link.
+pub mod account_support;
 /// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
 /// What every admin action on an account shares: reason, audit record.
@@ -35,6 +37,8 @@ pub mod passwords;
 pub mod recovery;
 /// Self-registration and email verification.
 pub mod registration;
+/// An admin changes a user's role.
+pub mod role_change;
 /// API sign-ins: refresh families, Bearer authentication.
 pub mod sessions;
 /// JWT issue and verification.
@@ -50,7 +54,9 @@ use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
 pub use account_status::AccountStatus;
+pub use account_support::AccountSupport;
 pub use admin::{AdminService, AuditPage};
+pub use admin_trail::AdminTrail;
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
 pub use login::{Login, SignIn};
@@ -58,6 +64,7 @@ pub use notifier::Notifier;
 pub use password_change::PasswordChange;
 pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
+pub use role_change::RoleChange;
 pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
 pub use user_directory::UserDirectory;
 

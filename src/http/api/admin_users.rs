@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
@@ -18,12 +19,14 @@ use super::admin::filter_pairs;
 use super::responses::{AdminErrors, BearerErrors, BodyErrors, RateLimited, Unavailable};
 use crate::domain::{AuditRecord, FieldError, Role, User, UserId};
 use crate::error::{ApiError, ErrorBody};
-use crate::http::extract::{AdminAction, AdminUser, OptionalJson};
+use crate::http::extract::{AdminAction, AdminUser, ApiJson, OptionalJson};
 use crate::http::AppState;
 use crate::services::user_directory::{
     AccountState, StatusFilter, UserDetail, UserFilter, UserRow,
 };
-use crate::services::{AccountStatus, ClientContext, SessionInfo, UserDirectory};
+use crate::services::{
+    AccountStatus, AccountSupport, ClientContext, RoleChange, SessionInfo, UserDirectory,
+};
 use crate::storage::USER_PAGE_MAX;
 
 /// Page size when the client does not ask for one.
@@ -32,9 +35,12 @@ const DEFAULT_LIMIT: u32 = 50;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/users", get(list))
-        .route("/users/{id}", get(detail))
+        .route("/users/{id}", get(detail).patch(update))
         .route("/users/{id}/disable", post(disable))
         .route("/users/{id}/enable", post(enable))
+        .route("/users/{id}/unlock", post(unlock))
+        .route("/users/{id}/sessions/revoke", post(revoke_sessions))
+        .route("/users/{id}/password-reset", post(password_reset))
 }
 
 /// The query string of GET /api/admin/users (documentation; parsed by hand
@@ -328,6 +334,20 @@ impl From<User> for AdminUserView {
     }
 }
 
+/// What every action on one account may answer besides the shared sets:
+/// listed after them, so its 401 (which also covers a stale sign-in) wins.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description; nothing builds it
+pub enum ActionErrors {
+    #[response(
+        status = 401,
+        description = "Missing, invalid or expired access token (`invalid_token`), or a sign-in older than REAUTH_WINDOW (`reauthentication_required`): sign in again"
+    )]
+    Reauthenticate(ErrorBody),
+    #[response(status = 404, description = "No such user (`not_found`)")]
+    NotFound(ErrorBody),
+}
+
 /// Why an admin acted; optional, the body may be left out entirely.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -350,9 +370,8 @@ pub struct ReasonRequest {
         (status = 200, description = "The account, now disabled (also when it already was)", body = AdminUserView),
         BodyErrors,
         BearerErrors,
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`), or a sign-in older than REAUTH_WINDOW (`reauthentication_required`): sign in again", body = ErrorBody),
         AdminErrors,
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        ActionErrors,
         (status = 409, description = "The last active administrator (`last_admin`)", body = ErrorBody),
         RateLimited,
         Unavailable,
@@ -382,9 +401,8 @@ pub async fn disable(
         (status = 200, description = "The account, now active (also when it already was)", body = AdminUserView),
         BodyErrors,
         BearerErrors,
-        (status = 401, description = "Missing, invalid or expired access token (`invalid_token`), or a sign-in older than REAUTH_WINDOW (`reauthentication_required`): sign in again", body = ErrorBody),
         AdminErrors,
-        (status = 404, description = "No such user (`not_found`)", body = ErrorBody),
+        ActionErrors,
         RateLimited,
         Unavailable,
     )
@@ -444,4 +462,149 @@ mod tests {
             assert_eq!(errors[0].field, key, "{key}={value}");
         }
     }
+}
+
+/// What PATCH /api/admin/users/{id} may change. Fields left out stay as
+/// they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateUserRequest {
+    /// One of the clinic's roles (`admin` or one of ROLES). The user's
+    /// access tokens stop working at once (they carry the old role).
+    #[schema(example = "nurse")]
+    pub role: Option<String>,
+    /// One line, at most 500 characters; recorded in the audit trail.
+    #[schema(example = "Moved to the front desk")]
+    pub reason: Option<String>,
+}
+
+/// Change an account: today its role. The last active administrator
+/// cannot be demoted (409 `last_admin`).
+#[utoipa::path(
+    patch, path = "/api/admin/users/{id}", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = UpdateUserRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account as it now is (also when nothing changed)", body = AdminUserView),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        (status = 409, description = "The last active administrator (`last_admin`)", body = ErrorBody),
+        (status = 422, description = "A role the clinic does not use, or a bad reason (`validation_failed`)", body = ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn update(
+    State(roles): State<Arc<RoleChange>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateUserRequest>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let user = roles
+        .change(
+            &UserId::new(id),
+            body.role.as_deref(),
+            body.reason.as_deref(),
+            &admin,
+            &client,
+        )
+        .await?;
+    Ok(Json(user.into()))
+}
+
+/// Clear the failed-sign-in lock of an account.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/unlock", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<ReasonRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account; its sign-in is no longer paused", body = AdminUserView),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn unlock(
+    State(support): State<Arc<AccountSupport>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let reason = body.unwrap_or_default().reason;
+    let user = support
+        .unlock(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .await?;
+    Ok(Json(user.into()))
+}
+
+/// End every portal session and API sign-in of an account; its access
+/// tokens stop working at once. The password is unchanged.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/sessions/revoke", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<ReasonRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account, signed out everywhere", body = AdminUserView),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn revoke_sessions(
+    State(support): State<Arc<AccountSupport>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let reason = body.unwrap_or_default().reason;
+    let user = support
+        .end_sessions(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .await?;
+    Ok(Json(user.into()))
+}
+
+/// Email the account's owner the usual password-reset link (the previous
+/// one stops working). Administrators never see or set passwords.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/password-reset", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<ReasonRequest>, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The email is queued"),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        (status = 403, description = "Not an administrator (`forbidden`), or the account is disabled (`account_disabled`): enable it first", body = ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn password_reset(
+    State(support): State<Arc<AccountSupport>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<StatusCode, ApiError> {
+    let reason = body.unwrap_or_default().reason;
+    support
+        .send_password_reset(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .await?;
+    Ok(StatusCode::ACCEPTED)
 }

@@ -157,6 +157,8 @@ impl App {
                 user_directory: services.user_directory,
                 role_change: services.role_change,
                 account_support: services.account_support,
+                mfa_reset: services.mfa_reset,
+                account_erasure: services.account_erasure,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -21,6 +21,8 @@ backend_tests!(
     admins_see_one_user_in_full,
     role_changes_cut_tokens_and_spare_the_last_admin,
     admins_unlock_end_sessions_and_send_reset_links,
+    mfa_reset_removes_every_factor_and_tells_everyone,
+    erasing_needs_a_disabled_account_and_keeps_the_id,
 );
 
 async fn open_registration_is_the_default(backend: common::Backend) {
@@ -878,6 +880,161 @@ async fn admins_unlock_end_sessions_and_send_reset_links(backend: common::Backen
         admin_post(&app, &admin, &path("unlock"), None).await,
         StatusCode::UNAUTHORIZED,
         "reauthentication_required",
+    )
+    .await;
+}
+
+async fn mfa_reset_removes_every_factor_and_tells_everyone(backend: common::Backend) {
+    use clinic_auth::domain::mfa::{RecoveryCodeHash, SealedTotpSecret, TimeStep};
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    admin_in(&app, "second@example.com").await;
+    let jane_id = user_id(&app, "jane@example.com").await;
+    let (access, refresh) = app.login("jane@example.com", PASSWORD).await;
+    // Her factors, straight into the store (their ceremonies have their
+    // own suites).
+    let store = app.store().await;
+    let id = UserId::new(jane_id.clone());
+    let secret = SealedTotpSecret::from_stored("sealed".into());
+    let now = Utc::now();
+    assert!(store.put_pending_totp(&id, &secret, now).await.unwrap());
+    assert!(store
+        .confirm_totp(&id, &secret, TimeStep::from_stored(1), now)
+        .await
+        .unwrap());
+    let codes = [
+        RecoveryCodeHash::from_stored("a".into()),
+        RecoveryCodeHash::from_stored("b".into()),
+    ];
+    store
+        .replace_recovery_codes(&id, &codes, now)
+        .await
+        .unwrap();
+    store
+        .add_passkey(&clinic_auth::storage::Passkey {
+            id: "pk1".into(),
+            user_id: id.clone(),
+            credential_id: "cred1".into(),
+            name: "Work laptop".into(),
+            credential: "{}".into(),
+            counter: 0,
+            created_at: now,
+            last_used_at: None,
+        })
+        .await
+        .unwrap();
+    let path = format!("/api/admin/users/{jane_id}");
+    let jane: serde_json::Value = admin_get(&app, &admin, &path).await.json().await.unwrap();
+    assert_eq!(jane["factors"]["totp"], true);
+    assert_eq!(jane["factors"]["recovery_codes_left"], 2);
+    assert_eq!(jane["factors"]["passkeys"][0]["name"], "Work laptop");
+    assert_eq!(jane["second_factor"], true);
+
+    let res = admin_post(
+        &app,
+        &admin,
+        &format!("{path}/mfa-reset"),
+        Some(json!({"reason": "Lost her phone"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let jane: serde_json::Value = admin_get(&app, &admin, &path).await.json().await.unwrap();
+    assert_eq!(
+        jane["factors"],
+        json!({"totp": false, "recovery_codes_left": 0, "passkeys": []})
+    );
+    assert_eq!(jane["second_factor"], false);
+    assert!(jane["sessions"].as_array().unwrap().is_empty(), "{jane}");
+    app.access_refused(&access).await;
+    app.refresh_refused(&refresh).await;
+    assert_eq!(
+        last_detail(&app, &admin, "mfa_reset").await,
+        format!("by={admin_id} totp=true passkeys=1 reason=Lost her phone")
+    );
+    // She is told, and so is every admin (with whose account it was).
+    let hers = common::wait_for_subject(&app.outbox(), "Your ", 1).await;
+    assert!(hers[0].to.contains("jane@example.com"), "{:?}", hers[0].to);
+    let theirs = common::wait_for_subject(&app.outbox(), "Two-step sign-in of jane@", 2).await;
+    let mut to: Vec<&str> = theirs.iter().map(|e| e.to.as_str()).collect();
+    to.sort();
+    assert!(
+        to[0].contains("admin@example.com") && to[1].contains("second@example.com"),
+        "{to:?}"
+    );
+    // The password alone signs her in now.
+    app.login("jane@example.com", PASSWORD).await;
+}
+
+async fn erasing_needs_a_disabled_account_and_keeps_the_id(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane_id = user_id(&app, "jane@example.com").await;
+    let (doctor, _) = app.login("jane@example.com", PASSWORD).await;
+    let path = format!("/api/admin/users/{jane_id}");
+    let delete = |access: &str, path: &str, body: Option<serde_json::Value>| {
+        let mut req = app.client.delete(app.url(path)).bearer_auth(access);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send()
+    };
+    expect_error(
+        delete(&doctor, &path, None).await.unwrap(),
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_error(
+        delete(&admin, &path, None).await.unwrap(),
+        StatusCode::CONFLICT,
+        "account_not_disabled",
+    )
+    .await;
+    admin_post(&app, &admin, &format!("{path}/disable"), None)
+        .await
+        .error_for_status()
+        .unwrap();
+    let res = delete(&admin, &path, Some(json!({"reason": "Left in 2020"})))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: serde_json::Value = res.json().await.unwrap();
+    let erased = format!("deleted-{jane_id}@invalid.example");
+    assert_eq!(view["id"], jane_id.as_str());
+    assert_eq!(view["email"], erased.as_str());
+    assert_eq!(view["name"], "Deleted user");
+    // Neither address signs in with her password: it is gone too.
+    for email in ["jane@example.com", erased.as_str()] {
+        let res = app
+            .post_json(
+                "/api/auth/login",
+                json!({"email": email, "password": PASSWORD}),
+            )
+            .await;
+        expect_error(res, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    }
+    // The trail still points at her id, and says who erased her and why.
+    assert_eq!(
+        last_detail(&app, &admin, "account_anonymised").await,
+        format!("by={admin_id} reason=Left in 2020")
+    );
+    let page: serde_json::Value =
+        admin_get(&app, &admin, &format!("/api/admin/audit?user_id={jane_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+    assert!(page["events"].as_array().unwrap().len() >= 4, "{page}");
+    // Her old address is free again; erasing twice changes nothing more.
+    app.register("jane@example.com").await;
+    let res = delete(&admin, &path, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    expect_error(
+        delete(&admin, "/api/admin/users/nobody", None)
+            .await
+            .unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
     )
     .await;
 }

@@ -24,7 +24,7 @@ use crate::services::{
     Account, AccountStatus, Audit, AuthSettings, Lockout, Login, Notifier, PasswordChange,
     Recovery, Registration, Sessions, UserDirectory,
 };
-use crate::services::{AccountSupport, AdminTrail, RoleChange};
+use crate::services::{AccountErasure, AccountSupport, AdminTrail, MfaReset, RoleChange};
 use crate::storage::Store;
 
 /// The use-cases, each handed the narrow store traits it names (all of
@@ -43,6 +43,8 @@ pub(super) struct Services {
     pub(super) user_directory: Arc<UserDirectory>,
     pub(super) role_change: Arc<RoleChange>,
     pub(super) account_support: Arc<AccountSupport>,
+    pub(super) mfa_reset: Arc<MfaReset>,
+    pub(super) account_erasure: Arc<AccountErasure>,
 }
 
 impl Services {
@@ -199,7 +201,7 @@ impl Services {
         let account = Arc::new(Account::new(
             store.clone(),
             store.clone(),
-            passwords,
+            Arc::clone(&passwords),
             Arc::clone(&lockout),
             Arc::clone(&password_change),
             audit.clone(),
@@ -221,9 +223,24 @@ impl Services {
             admin_trail.clone(),
         ));
         let account_support = Arc::new(AccountSupport::new(
-            lockout,
-            password_change,
+            Arc::clone(&lockout),
+            Arc::clone(&password_change),
+            Arc::clone(&notifier),
+            admin_trail.clone(),
+        ));
+        let mfa_reset = Arc::new(MfaReset::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&password_change),
             notifier,
+            admin_trail.clone(),
+        ));
+        let account_erasure = Arc::new(AccountErasure::new(
+            store.clone(),
+            passwords,
+            lockout,
+            Arc::clone(&account_status),
+            Arc::clone(&mfa_reset),
             admin_trail,
         ));
         Ok(Self {
@@ -240,6 +257,8 @@ impl Services {
             user_directory,
             role_change,
             account_support,
+            mfa_reset,
+            account_erasure,
         })
     }
 }

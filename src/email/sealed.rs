@@ -61,6 +61,13 @@ pub enum Content {
         name: String,
         added: bool,
     },
+    /// An administrator removed an account's second factors (issue 19):
+    /// to its owner (`account` None) and to every admin (`account` the
+    /// owner's address).
+    MfaReset {
+        when: String,
+        account: Option<String>,
+    },
 }
 
 impl Content {
@@ -75,6 +82,7 @@ impl Content {
             Content::RecoveryCodeUsed { .. } => "recovery_code_used",
             Content::TwoStepChanged { .. } => "two_step_changed",
             Content::PasskeyChanged { .. } => "passkey_changed",
+            Content::MfaReset { .. } => "mfa_reset",
         }
     }
 
@@ -167,6 +175,14 @@ impl Letter {
                     when,
                     name,
                     added: *added,
+                },
+            ),
+            Content::MfaReset { when, account } => templates::mfa_reset(
+                to,
+                &brand,
+                &templates::MfaResetEmail {
+                    when,
+                    account: account.as_deref(),
                 },
             ),
         }?;

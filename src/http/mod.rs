@@ -145,6 +145,10 @@ pub struct AppState {
     pub role_change: Arc<crate::services::RoleChange>,
     /// Admin help: unlock, end sessions, reset email (issue 19).
     pub account_support: Arc<crate::services::AccountSupport>,
+    /// An admin resets a user's second factors (issue 19).
+    pub mfa_reset: Arc<crate::services::MfaReset>,
+    /// An admin erases a disabled account (issue 19).
+    pub account_erasure: Arc<crate::services::AccountErasure>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use super::admin_trail::AdminTrail;
 use super::audit::Audit;
-use super::password_change::PasswordChange;
+use super::password_change::{EndedSessions, PasswordChange};
 use super::{ClientContext, CurrentSession, ServiceError};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, User, UserId};
@@ -69,15 +69,7 @@ impl AccountStatus {
         {
             return Err(ServiceError::NotFound);
         }
-        let ended = self
-            .password_change
-            .end_sessions_except(&user.id, &CurrentSession::default())
-            .await?;
-        for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
-            self.links
-                .delete_user_one_time_tokens(purpose, &user.id)
-                .await?;
-        }
+        let ended = self.end_everything(&user.id).await?;
         self.trail
             .record(
                 AuditEvent::AccountDisabled,
@@ -90,6 +82,22 @@ impl AccountStatus {
             .await?;
         tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
         self.trail.find(target).await
+    }
+
+    /// Ends every session and refresh family of `user`, cuts its access
+    /// tokens and voids its emailed links: what disabling does, and what
+    /// erasing an account does again.
+    pub async fn end_everything(&self, user: &UserId) -> Result<EndedSessions> {
+        let ended = self
+            .password_change
+            .end_sessions_except(user, &CurrentSession::default())
+            .await?;
+        for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
+            self.links
+                .delete_user_one_time_tokens(purpose, user)
+                .await?;
+        }
+        Ok(ended)
     }
 
     /// Lets a disabled account sign in again (with the password it had; an

@@ -5,6 +5,8 @@
 
 /// Change the password, list and end sessions.
 pub mod account;
+/// An admin erases a disabled account's name and email.
+pub mod account_erasure;
 /// Disable and enable accounts (offboarding).
 pub mod account_status;
 /// Admin help: unlock, end all sessions, email a reset link.
@@ -25,6 +27,8 @@ pub mod lockout;
 pub mod login;
 /// Two-step sign-in: second factors (issue 18).
 pub mod mfa;
+/// An admin removes a user's second factors.
+pub mod mfa_reset;
 /// Emails the use-cases send: links and notices.
 pub mod notifier;
 /// The durable email queue and its sender.
@@ -53,6 +57,7 @@ use crate::domain::{FieldError, PasswordPolicy, RegistrationMode, Roles, TokenHa
 use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
+pub use account_erasure::AccountErasure;
 pub use account_status::AccountStatus;
 pub use account_support::AccountSupport;
 pub use admin::{AdminService, AuditPage};
@@ -60,6 +65,7 @@ pub use admin_trail::AdminTrail;
 pub use audit::{Audit, AuditEntry};
 pub use lockout::{Lockout, LockoutPolicy};
 pub use login::{Login, SignIn};
+pub use mfa_reset::MfaReset;
 pub use notifier::Notifier;
 pub use password_change::PasswordChange;
 pub use recovery::Recovery;
@@ -209,6 +215,9 @@ pub enum ServiceError {
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// Erasing an account that is still active.
+    #[error("account not disabled")]
+    AccountNotDisabled,
 }
 
 impl From<StoreError> for ServiceError {

@@ -25,7 +25,8 @@ use crate::services::user_directory::{
     AccountState, StatusFilter, UserDetail, UserFilter, UserRow,
 };
 use crate::services::{
-    AccountStatus, AccountSupport, ClientContext, RoleChange, SessionInfo, UserDirectory,
+    AccountErasure, AccountStatus, AccountSupport, ClientContext, MfaReset, RoleChange,
+    SessionInfo, UserDirectory,
 };
 use crate::storage::USER_PAGE_MAX;
 
@@ -35,12 +36,13 @@ const DEFAULT_LIMIT: u32 = 50;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/users", get(list))
-        .route("/users/{id}", get(detail).patch(update))
+        .route("/users/{id}", get(detail).patch(update).delete(erase))
         .route("/users/{id}/disable", post(disable))
         .route("/users/{id}/enable", post(enable))
         .route("/users/{id}/unlock", post(unlock))
         .route("/users/{id}/sessions/revoke", post(revoke_sessions))
         .route("/users/{id}/password-reset", post(password_reset))
+        .route("/users/{id}/mfa-reset", post(mfa_reset))
 }
 
 /// The query string of GET /api/admin/users (documentation; parsed by hand
@@ -607,4 +609,71 @@ pub async fn password_reset(
         .send_password_reset(&UserId::new(id), reason.as_deref(), &admin, &client)
         .await?;
     Ok(StatusCode::ACCEPTED)
+}
+
+/// Reset an account's second factor: its authenticator app, recovery codes
+/// and passkeys are removed and every session ends, so its next sign-in
+/// asks it to enrol again where policy requires one. The user and every
+/// administrator are emailed.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/mfa-reset", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<ReasonRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The account, without second factors and signed out", body = AdminUserView),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn mfa_reset(
+    State(reset): State<Arc<MfaReset>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let reason = body.unwrap_or_default().reason;
+    let user = reset
+        .reset(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .await?;
+    Ok(Json(user.into()))
+}
+
+/// Erase a disabled account: its name becomes "Deleted user", its email
+/// `deleted-<id>@invalid.example`, its password one nobody knows; its
+/// factors, links and sessions go. The id stays, so the audit trail keeps
+/// pointing at it. Answers the erased account (200).
+#[utoipa::path(
+    delete, path = "/api/admin/users/{id}", tag = "admin",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id")),
+    request_body(content = Option<ReasonRequest>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The erased account (also when it already was)", body = AdminUserView),
+        BodyErrors,
+        BearerErrors,
+        AdminErrors,
+        ActionErrors,
+        (status = 409, description = "The account is active: disable it first (`account_not_disabled`)", body = ErrorBody),
+        RateLimited,
+        Unavailable,
+    )
+)]
+pub async fn erase(
+    State(erasure): State<Arc<AccountErasure>>,
+    AdminAction(admin): AdminAction,
+    client: ClientContext,
+    Path(id): Path<String>,
+    OptionalJson(body): OptionalJson<ReasonRequest>,
+) -> Result<Json<AdminUserView>, ApiError> {
+    let reason = body.unwrap_or_default().reason;
+    let user = erasure
+        .erase(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .await?;
+    Ok(Json(user.into()))
 }

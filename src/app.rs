@@ -157,6 +157,11 @@ impl App {
                 account_status: services.account_status,
                 emergency_access: Arc::clone(&services.emergency_access),
                 emergency_reviews: services.emergency_reviews,
+                user_directory: services.user_directory,
+                role_change: services.role_change,
+                account_support: services.account_support,
+                mfa_reset: services.mfa_reset,
+                account_erasure: services.account_erasure,
                 admin,
                 health,
                 cookies: CookieSettings::new(

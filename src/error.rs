@@ -102,6 +102,8 @@ pub enum ErrorCode {
     InternalError,
     /// 503: the database cannot be reached or take writes, with Retry-After.
     DatabaseUnavailable,
+    /// 409: only a disabled account may be erased: disable it first.
+    AccountNotDisabled,
 }
 
 /// The JSON error body (documented in the OpenAPI document).
@@ -274,6 +276,11 @@ impl From<ServiceError> for ApiError {
                 StatusCode::CONFLICT,
                 ErrorCode::LastAdmin,
                 "This is the last active administrator: make another one first.",
+            ),
+            ServiceError::AccountNotDisabled => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::AccountNotDisabled,
+                "Only a disabled account can be erased: disable it first.",
             ),
             ServiceError::AccountDisabled => ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -121,7 +121,26 @@ async fn breaking_the_glass_is_permitted_recent_and_reasoned(backend: common::Ba
     let res = start(&app, &access, REASON).await;
     expect_error(res, StatusCode::FORBIDDEN, "forbidden").await;
 
-    let (_, access, _) = permitted_jane(&app).await;
+    // An administrator grants the permission (audited).
+    let (_, admin) = admin_in(&app, "admin@example.com").await;
+    let jane_id = jwt_claims(&access)["sub"].as_str().unwrap().to_owned();
+    let res = app
+        .client
+        .patch(app.url(&format!("/api/admin/users/{jane_id}")))
+        .bearer_auth(&admin)
+        .json(&json!({"emergency_access": true, "reason": "Night cover"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: Value = res.json().await.unwrap();
+    assert_eq!(view["emergency_access"], true, "{view}");
+    let granted = events(&app, &admin, "emergency_permission_changed").await;
+    assert_eq!(granted.len(), 1);
+    assert!(granted[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("emergency_access=granted"));
     for reason in ["", "urgent", "   short reason   "] {
         let body = expect_error(
             start(&app, &access, reason).await,
@@ -153,7 +172,7 @@ async fn breaking_the_glass_is_permitted_recent_and_reasoned(backend: common::Ba
     )
     .await;
     // Administrators have it without a grant.
-    let (_, admin) = admin_in(&app, "admin@example.com").await;
+    let (_, admin) = app.login("admin@example.com", PASSWORD).await;
     started(&app, &admin).await;
 
     // Once on, it is never stacked or extended.

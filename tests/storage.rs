@@ -6,10 +6,10 @@ mod common;
 use std::sync::Arc;
 
 use chrono::Duration;
-use clinic_auth::domain::{EmailAddress, PasswordHash, Role, TokenHash, UserId};
+use clinic_auth::domain::{EmailAddress, PasswordHash, PersonName, Role, TokenHash, UserId};
 use clinic_auth::storage::{
-    NewOneTimeToken, NewRefreshToken, Rotated, Rotation, Store, StoreError, TokenPurpose,
-    WebSessionRecord,
+    NewOneTimeToken, NewRefreshToken, NewUser, Rotated, Rotation, Store, StoreError, TokenPurpose,
+    UserQuery, WebSessionRecord,
 };
 use common::fixtures::{new_user, new_user_with_link, now};
 use common::{fresh_store, Backend};
@@ -46,6 +46,8 @@ backend_tests!(
     concurrent_grace_replays_get_one_sibling,
     concurrent_failures_after_an_expired_window_are_all_counted,
     web_sessions_of_one_family_are_deleted,
+    users_are_listed_filtered_and_paged_by_email,
+    a_user_is_anonymised_keeping_its_id,
 );
 
 fn refresh(user: &UserId, jti: &str, family: &str, expires_in: Duration) -> NewRefreshToken {
@@ -1410,4 +1412,162 @@ async fn web_sessions_of_one_family_are_deleted(backend: Backend) {
         0,
         "nothing left to end"
     );
+}
+
+async fn users_are_listed_filtered_and_paged_by_email(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let named = |email: &str, name: &str| NewUser {
+        name: PersonName::parse(name).unwrap(),
+        ..new_user(email)
+    };
+    for (email, name) in [
+        ("zoe@example.com", "Zoë Ångström"),
+        ("ann@example.com", "Ann Lee"),
+        ("bob@example.com", "Janet Bob"),
+        ("jan@example.com", "Jan Ek"),
+        ("x_y@example.com", "Robert Percent%"),
+        ("xay@example.com", "Ben Ray"),
+    ] {
+        store.create_user(&named(email, name)).await.unwrap();
+    }
+    let emails = |query: UserQuery| {
+        let store = Arc::clone(&store);
+        async move {
+            let users = store.list_users(&query).await.unwrap();
+            users
+                .iter()
+                .map(|u| u.email.as_str().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = UserQuery {
+        limit: 200,
+        ..UserQuery::default()
+    };
+    assert_eq!(
+        emails(all.clone()).await,
+        [
+            "ann@example.com",
+            "bob@example.com",
+            "jan@example.com",
+            "x_y@example.com",
+            "xay@example.com",
+            "zoe@example.com"
+        ]
+    );
+    // A prefix of the email or of the name, in any case; sorted by email.
+    let q = |prefix: &str| UserQuery {
+        prefix: Some(prefix.to_owned()),
+        ..all.clone()
+    };
+    assert_eq!(
+        emails(q("jan")).await,
+        ["bob@example.com", "jan@example.com"]
+    );
+    // Wildcards and regex characters mean themselves.
+    assert_eq!(emails(q("x_")).await, ["x_y@example.com"]);
+    assert!(emails(q("%")).await.is_empty());
+    assert!(emails(q(".")).await.is_empty());
+    assert!(
+        emails(q("ee")).await.is_empty(),
+        "a prefix, not a substring"
+    );
+    assert_eq!(emails(q("zo")).await, ["zoe@example.com"]);
+    // Pages: the cursor is the last email, and no match is skipped.
+    let page = |after: Option<&str>| UserQuery {
+        prefix: Some("j".into()),
+        after_email: after.map(str::to_owned),
+        limit: 1,
+        ..UserQuery::default()
+    };
+    assert_eq!(emails(page(None)).await, ["bob@example.com"]);
+    assert_eq!(
+        emails(page(Some("bob@example.com"))).await,
+        ["jan@example.com"]
+    );
+    assert!(emails(page(Some("jan@example.com"))).await.is_empty());
+    let two = UserQuery {
+        limit: 2,
+        after_email: Some("bob@example.com".into()),
+        ..UserQuery::default()
+    };
+    assert_eq!(emails(two).await, ["jan@example.com", "x_y@example.com"]);
+
+    // Role, disabled and verified filters.
+    let ann = store
+        .find_user_by_email(&EmailAddress::parse("ann@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let bob = store
+        .find_user_by_email(&EmailAddress::parse("bob@example.com").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let nurse = Role::parse("nurse").unwrap();
+    store
+        .set_user_role(&ann.id, &nurse, now(), now())
+        .await
+        .unwrap();
+    store
+        .set_user_disabled(&bob.id, Some(now()), now())
+        .await
+        .unwrap();
+    store.set_verified(&ann.id, now()).await.unwrap();
+    let role = UserQuery {
+        role: Some(nurse),
+        ..all.clone()
+    };
+    assert_eq!(emails(role).await, ["ann@example.com"]);
+    let disabled = UserQuery {
+        disabled: Some(true),
+        ..all.clone()
+    };
+    assert_eq!(emails(disabled).await, ["bob@example.com"]);
+    let active = UserQuery {
+        disabled: Some(false),
+        prefix: Some("j".into()),
+        ..all.clone()
+    };
+    assert_eq!(emails(active).await, ["jan@example.com"]);
+    let verified = UserQuery {
+        verified: Some(true),
+        ..all.clone()
+    };
+    assert_eq!(emails(verified).await, ["ann@example.com"]);
+    let unverified = UserQuery {
+        verified: Some(false),
+        limit: 1,
+        ..all.clone()
+    };
+    assert_eq!(emails(unverified).await, ["bob@example.com"]);
+}
+
+async fn a_user_is_anonymised_keeping_its_id(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let id = user_in(&store, "jane@example.com").await;
+    user_in(&store, "tom@example.com").await;
+    let gone = EmailAddress::parse(&format!("deleted-{id}@invalid.example")).unwrap();
+    let name = PersonName::parse("Deleted user").unwrap();
+    let hash = PasswordHash::new("$argon2id$other".into());
+    assert!(store
+        .anonymise_user(&id, &gone, &name, &hash, now())
+        .await
+        .unwrap());
+    let user = store.find_user_by_id(&id).await.unwrap().unwrap();
+    assert_eq!(user.email, gone);
+    assert_eq!(user.name.as_str(), "Deleted user");
+    assert_eq!(user.password_hash.expose(), "$argon2id$other");
+    let jane = EmailAddress::parse("jane@example.com").unwrap();
+    assert!(store.find_user_by_email(&jane).await.unwrap().is_none());
+    // Another user's address is refused; an unknown id changes nothing.
+    let tom = EmailAddress::parse("tom@example.com").unwrap();
+    assert!(matches!(
+        store.anonymise_user(&id, &tom, &name, &hash, now()).await,
+        Err(StoreError::Conflict)
+    ));
+    assert!(!store
+        .anonymise_user(&UserId::new("nobody"), &gone, &name, &hash, now())
+        .await
+        .unwrap());
 }

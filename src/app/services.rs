@@ -22,8 +22,9 @@ use crate::services::passwords::Passwords;
 use crate::services::tokens::Tokens;
 use crate::services::{
     Account, AccountStatus, Audit, AuthSettings, EmergencyAccess, EmergencyReviews, Lockout, Login,
-    Notifier, PasswordChange, Recovery, Registration, Sessions,
+    Notifier, PasswordChange, Recovery, Registration, Sessions, UserDirectory,
 };
+use crate::services::{AccountErasure, AccountSupport, AdminTrail, MfaReset, RoleChange};
 use crate::storage::Store;
 
 /// The use-cases, each handed the narrow store traits it names (all of
@@ -41,6 +42,11 @@ pub(super) struct Services {
     pub(super) account_status: Arc<AccountStatus>,
     pub(super) emergency_access: Arc<EmergencyAccess>,
     pub(super) emergency_reviews: Arc<EmergencyReviews>,
+    pub(super) user_directory: Arc<UserDirectory>,
+    pub(super) role_change: Arc<RoleChange>,
+    pub(super) account_support: Arc<AccountSupport>,
+    pub(super) mfa_reset: Arc<MfaReset>,
+    pub(super) account_erasure: Arc<AccountErasure>,
 }
 
 impl Services {
@@ -83,7 +89,7 @@ impl Services {
             audit.clone(),
             Arc::clone(&notifier),
             Arc::clone(clock),
-            policy,
+            Arc::clone(&policy),
             store.clone(),
             settings,
         ));
@@ -199,7 +205,7 @@ impl Services {
             store.clone(),
             Arc::clone(&passwords),
             Arc::clone(&lockout),
-            notifier,
+            Arc::clone(&notifier),
             Arc::clone(&password_change),
             audit.clone(),
             Arc::clone(clock),
@@ -215,12 +221,47 @@ impl Services {
         let account = Arc::new(Account::new(
             store.clone(),
             store.clone(),
-            passwords,
-            lockout,
-            password_change,
+            Arc::clone(&passwords),
+            Arc::clone(&lockout),
+            Arc::clone(&password_change),
             audit.clone(),
             Arc::clone(clock),
             settings,
+        ));
+        let user_directory = Arc::new(UserDirectory::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::clone(&lockout),
+            policy,
+            Arc::clone(&account),
+        ));
+        let admin_trail = AdminTrail::new(store.clone(), audit.clone());
+        let role_change = Arc::new(RoleChange::new(
+            store.clone(),
+            settings.roles.clone(),
+            admin_trail.clone(),
+        ));
+        let account_support = Arc::new(AccountSupport::new(
+            Arc::clone(&lockout),
+            Arc::clone(&password_change),
+            Arc::clone(&notifier),
+            admin_trail.clone(),
+        ));
+        let mfa_reset = Arc::new(MfaReset::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&password_change),
+            notifier,
+            admin_trail.clone(),
+        ));
+        let account_erasure = Arc::new(AccountErasure::new(
+            store.clone(),
+            passwords,
+            lockout,
+            Arc::clone(&account_status),
+            Arc::clone(&mfa_reset),
+            admin_trail,
         ));
         Ok(Self {
             sessions,
@@ -235,6 +276,11 @@ impl Services {
             account_status,
             emergency_access,
             emergency_reviews,
+            user_directory,
+            role_change,
+            account_support,
+            mfa_reset,
+            account_erasure,
         })
     }
 }

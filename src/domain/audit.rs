@@ -174,10 +174,18 @@ pub enum AuditEvent {
     /// An administrator granted or withdrew a user's emergency access
     /// permission.
     EmergencyPermissionChanged,
+    /// An administrator cleared the failed-sign-in lock.
+    AccountUnlocked,
+    /// An administrator ended every session of the account.
+    SessionsRevoked,
+    /// An administrator removed the account's second factors.
+    MfaReset,
+    /// An administrator erased a disabled account's name and email.
+    AccountAnonymised,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 28] = [
+    pub const ALL: [AuditEvent; 32] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -206,6 +214,10 @@ impl AuditEvent {
         AuditEvent::EmergencyAccessEnded,
         AuditEvent::EmergencyAccessReviewed,
         AuditEvent::EmergencyPermissionChanged,
+        AuditEvent::AccountUnlocked,
+        AuditEvent::SessionsRevoked,
+        AuditEvent::MfaReset,
+        AuditEvent::AccountAnonymised,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -240,6 +252,10 @@ impl AuditEvent {
             AuditEvent::EmergencyAccessEnded => "emergency_access_ended",
             AuditEvent::EmergencyAccessReviewed => "emergency_access_reviewed",
             AuditEvent::EmergencyPermissionChanged => "emergency_permission_changed",
+            AuditEvent::AccountUnlocked => "account_unlocked",
+            AuditEvent::SessionsRevoked => "sessions_revoked",
+            AuditEvent::MfaReset => "mfa_reset",
+            AuditEvent::AccountAnonymised => "account_anonymised",
         }
     }
 

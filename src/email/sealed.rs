@@ -69,6 +69,13 @@ pub enum Content {
         user_name: String,
         user_email: String,
     },
+    /// An administrator removed an account's second factors (issue 19):
+    /// to its owner (`account` None) and to every admin (`account` the
+    /// owner's address).
+    MfaReset {
+        when: String,
+        account: Option<String>,
+    },
 }
 
 impl Content {
@@ -84,6 +91,7 @@ impl Content {
             Content::TwoStepChanged { .. } => "two_step_changed",
             Content::PasskeyChanged { .. } => "passkey_changed",
             Content::EmergencyAccessStarted { .. } => "emergency_access_started",
+            Content::MfaReset { .. } => "mfa_reset",
         }
     }
 
@@ -191,6 +199,14 @@ impl Letter {
                     until,
                     user_name,
                     user_email,
+                },
+            ),
+            Content::MfaReset { when, account } => templates::mfa_reset(
+                to,
+                &brand,
+                &templates::MfaResetEmail {
+                    when,
+                    account: account.as_deref(),
                 },
             ),
         }?;

@@ -162,6 +162,21 @@ email_templates!(
     EmergencyStartedEmail
 );
 
+/// What the owner (`account` None) and every administrator (`account` the
+/// owner's address) are told when an admin reset a second factor.
+pub struct MfaResetEmail<'a> {
+    pub when: &'a str,
+    pub account: Option<&'a str>,
+}
+
+email_templates!(
+    MfaResetText,
+    "email/mfa_reset.txt",
+    MfaResetHtml,
+    "email/mfa_reset.html",
+    MfaResetEmail
+);
+
 /// Renders both parts into one message.
 fn compose(
     to: Mailbox,
@@ -314,6 +329,27 @@ pub fn emergency_access_started(
         ),
         &EmergencyText { brand, email },
         &EmergencyHtml { brand, email },
+        None,
+    )
+}
+
+pub fn mfa_reset(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &MfaResetEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    let subject = match email.account {
+        None => format!(
+            "Your {} two-step sign-in was reset by an administrator",
+            brand.app_name
+        ),
+        Some(account) => format!("Two-step sign-in of {account} was reset"),
+    };
+    compose(
+        to,
+        subject,
+        &MfaResetText { brand, email },
+        &MfaResetHtml { brand, email },
         None,
     )
 }

@@ -26,6 +26,9 @@ use super::AppState;
         passkeys::register_verify, passkeys::list, passkeys::rename, passkeys::remove,
         verification::verify_email, verification::resend_verification, admin::audit, admin_users::disable, admin_users::enable,
         emergency::start, emergency::end, emergency::list, emergency::review,
+        admin_users::list, admin_users::detail, admin_users::update, admin_users::unlock,
+        admin_users::revoke_sessions, admin_users::password_reset, admin_users::mfa_reset,
+        admin_users::erase,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
@@ -33,7 +36,7 @@ use super::AppState;
     tags(
         (name = "auth", description = "Sign-in, tokens and password reset"),
         (name = "account", description = "The signed-in user's password and sessions"),
-        (name = "admin", description = "Administration (role `admin` only): the audit trail, disabling and enabling accounts, the emergency access review queue"),
+        (name = "admin", description = "Administration (role `admin` only): the audit trail, finding and seeing accounts, disabling and enabling them, the emergency access review queue"),
         (name = "system", description = "Operations"),
     )
 )]

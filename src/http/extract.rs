@@ -217,11 +217,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let AuthUser(user, _) = AuthUser::from_request_parts(parts, state).await?;
-        if !user.role.is_admin() {
-            return Err(ApiError::forbidden());
-        }
-        Ok(AdminUser(user))
+        admin(parts, state).await.map(|who| AdminUser(who.user))
     }
 }
 
@@ -238,10 +234,7 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let who = bearer(parts, state, false).await?;
-        if !who.user.role.is_admin() {
-            return Err(ApiError::forbidden());
-        }
+        let who = admin(parts, state).await?;
         AppState::from_ref(state).sessions.require_recent(&who)?;
         Ok(AdminAction(who.user))
     }
@@ -294,6 +287,20 @@ where
     } else {
         sessions.authenticate(&token).await?
     })
+}
+
+/// The sign-in behind the Bearer token if it is an administrator's; anyone
+/// else signed in gets 403 `forbidden`.
+async fn admin<S>(parts: &mut Parts, state: &S) -> Result<Authenticated, ApiError>
+where
+    S: Send + Sync,
+    AppState: FromRef<S>,
+{
+    let who = bearer(parts, state, false).await?;
+    if !who.user.role.is_admin() {
+        return Err(ApiError::forbidden());
+    }
+    Ok(who)
 }
 
 /// Like [`SignedIn`], also accepting an enrolment token (MFA_REQUIRED_ROLES:

@@ -142,6 +142,16 @@ pub struct AppState {
     /// Emergency ("break-glass") access and its review (issue 19).
     pub emergency_access: Arc<crate::services::EmergencyAccess>,
     pub emergency_reviews: Arc<crate::services::EmergencyReviews>,
+    /// The admin's list and view of accounts (issue 19).
+    pub user_directory: Arc<crate::services::UserDirectory>,
+    /// An admin changes a role (issue 19).
+    pub role_change: Arc<crate::services::RoleChange>,
+    /// Admin help: unlock, end sessions, reset email (issue 19).
+    pub account_support: Arc<crate::services::AccountSupport>,
+    /// An admin resets a user's second factors (issue 19).
+    pub mfa_reset: Arc<crate::services::MfaReset>,
+    /// An admin erases a disabled account (issue 19).
+    pub account_erasure: Arc<crate::services::AccountErasure>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

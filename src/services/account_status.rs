@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
+use super::admin_trail::AdminTrail;
 use super::audit::Audit;
-use super::password_change::PasswordChange;
+use super::password_change::{EndedSessions, PasswordChange};
 use super::{ClientContext, CurrentSession, ServiceError};
 use crate::clock::Clock;
 use crate::domain::{AuditEvent, User, UserId};
@@ -17,14 +18,11 @@ use crate::storage::{OneTimeTokenStore, TokenPurpose, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
 
-/// The longest reason an administrator may give (it goes into the trail).
-pub const REASON_MAX_CHARS: usize = 500;
-
 pub struct AccountStatus {
     users: Arc<dyn UserStore>,
     links: Arc<dyn OneTimeTokenStore>,
     password_change: Arc<PasswordChange>,
-    audit: Audit,
+    trail: AdminTrail,
     clock: Arc<dyn Clock>,
 }
 
@@ -37,10 +35,10 @@ impl AccountStatus {
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
+            trail: AdminTrail::new(Arc::clone(&users), audit),
             users,
             links,
             password_change,
-            audit,
             clock,
         }
     }
@@ -56,9 +54,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let reason = checked_reason(reason)?;
-        self.audit.ready()?;
-        let user = self.find(target).await?;
+        let (user, reason) = self.trail.open(target, reason).await?;
         if user.is_disabled() {
             return Ok(user);
         }
@@ -73,19 +69,35 @@ impl AccountStatus {
         {
             return Err(ServiceError::NotFound);
         }
+        let ended = self.end_everything(&user.id).await?;
+        self.trail
+            .record(
+                AuditEvent::AccountDisabled,
+                &user,
+                admin,
+                reason.as_deref(),
+                None,
+                client,
+            )
+            .await?;
+        tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
+        self.trail.find(target).await
+    }
+
+    /// Ends every session and refresh family of `user`, cuts its access
+    /// tokens and voids its emailed links: what disabling does, and what
+    /// erasing an account does again.
+    pub async fn end_everything(&self, user: &UserId) -> Result<EndedSessions> {
         let ended = self
             .password_change
-            .end_sessions_except(&user.id, &CurrentSession::default())
+            .end_sessions_except(user, &CurrentSession::default())
             .await?;
         for purpose in [TokenPurpose::PasswordReset, TokenPurpose::EmailVerification] {
             self.links
-                .delete_user_one_time_tokens(purpose, &user.id)
+                .delete_user_one_time_tokens(purpose, user)
                 .await?;
         }
-        self.record(AuditEvent::AccountDisabled, &user, reason, admin, client)
-            .await?;
-        tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
-        self.find(target).await
+        Ok(ended)
     }
 
     /// Lets a disabled account sign in again (with the password it had; an
@@ -97,9 +109,7 @@ impl AccountStatus {
         admin: &User,
         client: &ClientContext,
     ) -> Result<User> {
-        let reason = checked_reason(reason)?;
-        self.audit.ready()?;
-        let user = self.find(target).await?;
+        let (user, reason) = self.trail.open(target, reason).await?;
         if !user.is_disabled() {
             return Ok(user);
         }
@@ -110,58 +120,17 @@ impl AccountStatus {
         {
             return Err(ServiceError::NotFound);
         }
-        self.record(AuditEvent::AccountEnabled, &user, reason, admin, client)
+        self.trail
+            .record(
+                AuditEvent::AccountEnabled,
+                &user,
+                admin,
+                reason.as_deref(),
+                None,
+                client,
+            )
             .await?;
         tracing::info!(user_id = %user.id, admin_id = %admin.id, "account enabled");
-        self.find(target).await
+        self.trail.find(target).await
     }
-
-    async fn find(&self, id: &UserId) -> Result<User> {
-        self.users
-            .find_user_by_id(id)
-            .await?
-            .ok_or(ServiceError::NotFound)
-    }
-
-    /// The record names the target (`user_id`, `email`) and the acting
-    /// admin and reason in `detail`.
-    async fn record(
-        &self,
-        event: AuditEvent,
-        user: &User,
-        reason: Option<String>,
-        admin: &User,
-        client: &ClientContext,
-    ) -> Result<()> {
-        let mut detail = format!("by={}", admin.id);
-        if let Some(reason) = reason {
-            detail.push_str(" reason=");
-            detail.push_str(&reason);
-        }
-        let entry = self
-            .audit
-            .entry(event, client)
-            .user(&user.id)
-            .email(user.email.as_str())
-            .detail(detail);
-        self.audit.record(entry).await?;
-        Ok(())
-    }
-}
-
-/// A reason is optional; given, it is trimmed, one line, at most
-/// [`REASON_MAX_CHARS`].
-fn checked_reason(reason: Option<&str>) -> Result<Option<String>> {
-    let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
-        return Ok(None);
-    };
-    if reason.chars().count() > REASON_MAX_CHARS || reason.chars().any(char::is_control) {
-        return Err(ServiceError::Validation(vec![
-            crate::domain::FieldError::new(
-                "reason",
-                format!("Reason must be one line of at most {REASON_MAX_CHARS} characters."),
-            ),
-        ]));
-    }
-    Ok(Some(reason.to_owned()))
 }

@@ -5,10 +5,16 @@
 
 /// Change the password, list and end sessions.
 pub mod account;
+/// An admin erases a disabled account's name and email.
+pub mod account_erasure;
 /// Disable and enable accounts (offboarding).
 pub mod account_status;
+/// Admin help: unlock, end all sessions, email a reset link.
+pub mod account_support;
 /// Grant roles, read the audit trail (CLI and admin API).
 pub mod admin;
+/// What every admin action on an account shares: reason, audit record.
+pub mod admin_trail;
 /// Record to the audit trail and verify it.
 pub mod audit;
 /// Signed checkpoints of the audit chain, kept outside the database.
@@ -25,6 +31,8 @@ pub mod lockout;
 pub mod login;
 /// Two-step sign-in: second factors (issue 18).
 pub mod mfa;
+/// An admin removes a user's second factors.
+pub mod mfa_reset;
 /// Emails the use-cases send: links and notices.
 pub mod notifier;
 /// The durable email queue and its sender.
@@ -37,10 +45,14 @@ pub mod passwords;
 pub mod recovery;
 /// Self-registration and email verification.
 pub mod registration;
+/// An admin changes a user's role.
+pub mod role_change;
 /// API sign-ins: refresh families, Bearer authentication.
 pub mod sessions;
 /// JWT issue and verification.
 pub mod tokens;
+/// The admin's view of the accounts: list, search, one user in full.
+pub mod user_directory;
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -49,18 +61,24 @@ use crate::domain::{FieldError, PasswordPolicy, RegistrationMode, Roles, TokenHa
 use crate::storage::StoreError;
 
 pub use account::{Account, SessionInfo, SessionKind};
+pub use account_erasure::AccountErasure;
 pub use account_status::AccountStatus;
+pub use account_support::AccountSupport;
 pub use admin::{AdminService, AuditPage};
+pub use admin_trail::AdminTrail;
 pub use audit::{Audit, AuditEntry};
 pub use emergency_access::{EmergencyAccess, EmergencyGrant};
 pub use emergency_review::EmergencyReviews;
 pub use lockout::{Lockout, LockoutPolicy};
 pub use login::{Login, SignIn};
+pub use mfa_reset::MfaReset;
 pub use notifier::Notifier;
 pub use password_change::PasswordChange;
 pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
+pub use role_change::RoleChange;
 pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
+pub use user_directory::UserDirectory;
 
 /// Reset and verification tokens are 43 base64url characters, refresh
 /// tokens a few hundred; anything far longer is junk and not worth hashing.
@@ -221,6 +239,9 @@ pub enum ServiceError {
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// Erasing an account that is still active.
+    #[error("account not disabled")]
+    AccountNotDisabled,
 }
 
 impl From<StoreError> for ServiceError {

@@ -134,6 +134,17 @@ impl Notifier {
         }
     }
 
+    /// Tells `user` an administrator removed the second factors of
+    /// `owner`'s account: the owner themself, or an administrator (who
+    /// hears whose), so a reset nobody asked for does not go unnoticed.
+    pub async fn mfa_reset(&self, user: &User, owner: &User) {
+        let content = Content::MfaReset {
+            when: human_time(self.clock.now()),
+            account: (user.id != owner.id).then(|| owner.email.as_str().to_owned()),
+        };
+        self.notice(user, content).await;
+    }
+
     /// Tells the owner sign-in is paused for `length` since `at`.
     pub async fn account_locked(&self, user: &User, at: DateTime<Utc>, length: Duration) {
         let content = Content::AccountLocked {

@@ -40,7 +40,7 @@ pub use rate_limits::RateLimitStore;
 pub use refresh_tokens::{
     NewRefreshToken, RefreshTokenRecord, RefreshTokenStore, ReplayVerdict, Rotated, Rotation,
 };
-pub use users::{NewUser, UserStore};
+pub use users::{NewUser, UserQuery, UserStore, USER_PAGE_MAX};
 pub use web_sessions::{WebSessionRecord, WebSessionStore};
 
 use async_trait::async_trait;

@@ -105,6 +105,27 @@ impl<K: StoredUserKey, T: StoredInstant> TryFrom<StoredUser<K, T>> for User {
     }
 }
 
+/// Largest page [`UserStore::list_users`] is asked for.
+pub const USER_PAGE_MAX: u32 = 200;
+
+/// Which users to list, a page at a time, by email ascending (the email is
+/// unique, so it is also the cursor).
+#[derive(Debug, Clone, Default)]
+pub struct UserQuery {
+    /// Lower-case text the email or the name starts with (the name compared
+    /// case-insensitively). Matched literally: `%`, `_` and regex
+    /// characters in it mean themselves.
+    pub prefix: Option<String>,
+    pub role: Option<Role>,
+    /// `Some(true)`: only disabled accounts; `Some(false)`: only active ones.
+    pub disabled: Option<bool>,
+    pub verified: Option<bool>,
+    /// The cursor: only users whose email sorts after this one.
+    pub after_email: Option<String>,
+    /// 1..=[`USER_PAGE_MAX`]; the caller validates it.
+    pub limit: u32,
+}
+
 #[async_trait]
 pub trait UserStore: Send + Sync {
     /// Creates a user, and its `verification_link` when there is one.
@@ -179,6 +200,22 @@ pub trait UserStore: Send + Sync {
     /// Every administrator who is not disabled: whom the service tells when
     /// something needs an administrator's eyes (emergency access).
     async fn find_active_admins(&self) -> StoreResult<Vec<User>>;
+
+    /// Users matching `query`, by email ascending, at most `query.limit`.
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<Vec<User>>;
+
+    /// Replaces the user's email, name and password hash (erasure of a
+    /// disabled account: the id stays, for the audit trail) and bumps
+    /// `updated_at`. Returns false when the user no longer exists;
+    /// `Err(Conflict)` when another user has `email`.
+    async fn anonymise_user(
+        &self,
+        id: &UserId,
+        email: &EmailAddress,
+        name: &PersonName,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// How many users have a role not in `known`: ROLES changed after they
     /// got it. Reported at start-up (they keep signing in with it).

@@ -75,6 +75,20 @@ pub async fn audit(
     AdminUser(_admin): AdminUser,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<AuditPageResponse>, ApiError> {
+    let query = parse_filters(&filter_pairs(query)?).map_err(ApiError::validation)?;
+    let page = admin.audit_page(query).await?;
+    Ok(Json(AuditPageResponse {
+        events: page.events,
+        next: page.next.map(|seq| seq.to_string()),
+    }))
+}
+
+/// The filters of an admin listing as `(name, value)` pairs: 400 for a
+/// query string that does not even parse, 422 naming each filter given
+/// more than once (which of two values was meant cannot be guessed).
+pub(super) fn filter_pairs(
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Vec<(String, String)>, ApiError> {
     let Query(pairs) = query.map_err(|_| {
         ApiError::new(
             axum::http::StatusCode::BAD_REQUEST,
@@ -82,12 +96,17 @@ pub async fn audit(
             "The query string is malformed.",
         )
     })?;
-    let query = parse_filters(&pairs).map_err(ApiError::validation)?;
-    let page = admin.audit_page(query).await?;
-    Ok(Json(AuditPageResponse {
-        events: page.events,
-        next: page.next.map(|seq| seq.to_string()),
-    }))
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<FieldError> = pairs
+        .iter()
+        .filter(|(key, _)| !seen.insert(key.as_str()))
+        .map(|(key, _)| FieldError::new(key.clone(), "Give this filter once."))
+        .collect();
+    if repeated.is_empty() {
+        Ok(pairs)
+    } else {
+        Err(ApiError::validation(repeated))
+    }
 }
 
 fn parse_filters(pairs: &[(String, String)]) -> Result<AuditQuery, Vec<FieldError>> {
@@ -96,13 +115,8 @@ fn parse_filters(pairs: &[(String, String)]) -> Result<AuditQuery, Vec<FieldErro
         ..AuditQuery::default()
     };
     let mut errors = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     let time = |value: &str| DateTime::parse_from_rfc3339(value).map(|t| t.with_timezone(&Utc));
     for (key, value) in pairs {
-        if !seen.insert(key.as_str()) {
-            errors.push(FieldError::new(key.clone(), "Give this filter once."));
-            continue;
-        }
         let bad = |message: &str| FieldError::new(key.clone(), message);
         match key.as_str() {
             "user_id" if !value.is_empty() && value.len() <= 64 => {

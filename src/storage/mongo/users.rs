@@ -5,12 +5,13 @@ use async_trait::async_trait;
 use bson::oid::ObjectId;
 use bson::{doc, Document};
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use mongodb::options::ReturnDocument;
 
 use super::{bson_date, parse_user_id, MongoStore};
-use crate::domain::{EmailAddress, PasswordHash, Role, User, UserId};
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 use crate::storage::users::{StoredUser, StoredUserKey};
-use crate::storage::{NewUser, OneTimeTokenStore, StoreResult, TokenPurpose, UserStore};
+use crate::storage::{NewUser, OneTimeTokenStore, StoreResult, TokenPurpose, UserQuery, UserStore};
 
 /// A `users` document, as the Python service wrote it.
 pub(super) type UserDoc = StoredUser<ObjectId, bson::DateTime>;
@@ -38,6 +39,30 @@ impl MongoStore {
         // the user exists.
         Ok(done.matched_count == 1)
     }
+
+    /// Up to `limit` users matching `filter`, by email ascending.
+    async fn find_users(&self, filter: Document, limit: u32) -> StoreResult<Vec<UserDoc>> {
+        Ok(self
+            .users
+            .find(filter)
+            .sort(doc! { "email": 1 })
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await?)
+    }
+}
+
+/// `$regex` conditions of an anchored pattern matching `prefix` literally.
+fn prefix_regex(prefix: &str, options: &str) -> Document {
+    let mut pattern = String::from("^");
+    for c in prefix.chars() {
+        if "\\^$.|?*+()[]{}-/#".contains(c) {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    doc! { "$regex": pattern, "$options": options }
 }
 
 #[async_trait]
@@ -205,6 +230,79 @@ impl UserStore for MongoStore {
             .try_collect()
             .await?;
         docs.into_iter().map(User::try_from).collect()
+    }
+
+    /// A prefix is looked for in two queries, email (lower case already,
+    /// an anchored regex the email index serves) and name (an anchored
+    /// case-insensitive regex, Unicode-aware), each sorted by email and
+    /// limited, then merged: the first `limit` of the union are exactly the
+    /// first `limit` matches. Two queries rather than one `$or`, which not
+    /// every server we run against evaluates together with other
+    /// conditions.
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<Vec<User>> {
+        let mut base = Document::new();
+        if let Some(role) = &query.role {
+            base.insert("role", role.as_str());
+        }
+        if let Some(disabled) = query.disabled {
+            base.insert("disabled_at", doc! { "$exists": disabled });
+        }
+        if let Some(verified) = query.verified {
+            base.insert("verified", verified);
+        }
+        let email_after = |mut condition: Document| {
+            if let Some(after) = &query.after_email {
+                condition.insert("$gt", after.as_str());
+            }
+            condition
+        };
+        let mut docs = match &query.prefix {
+            None => {
+                let mut filter = base;
+                let condition = email_after(Document::new());
+                if !condition.is_empty() {
+                    filter.insert("email", condition);
+                }
+                self.find_users(filter, query.limit).await?
+            }
+            Some(prefix) => {
+                let mut by_email = base.clone();
+                by_email.insert("email", email_after(prefix_regex(prefix, "")));
+                let mut by_name = base;
+                by_name.insert("name", prefix_regex(prefix, "i"));
+                let condition = email_after(Document::new());
+                if !condition.is_empty() {
+                    by_name.insert("email", condition);
+                }
+                let mut docs = self.find_users(by_email, query.limit).await?;
+                docs.extend(self.find_users(by_name, query.limit).await?);
+                docs.sort_by(|a, b| a.email.cmp(&b.email));
+                docs.dedup_by(|a, b| a.id == b.id);
+                docs
+            }
+        };
+        docs.truncate(query.limit as usize);
+        docs.into_iter().map(User::try_from).collect()
+    }
+
+    async fn anonymise_user(
+        &self,
+        id: &UserId,
+        email: &EmailAddress,
+        name: &PersonName,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.update_user(
+            id,
+            doc! {
+                "email": email.as_str(),
+                "name": name.as_str(),
+                "password_hash": hash.expose(),
+                "updated_at": bson_date(now),
+            },
+        )
+        .await
     }
 
     async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {

@@ -5,9 +5,11 @@ use chrono::{DateTime, Utc};
 
 use super::one_time_tokens::upsert_link_sql;
 use super::{email_queue, millis, roll_back, SqliteStore};
-use crate::domain::{EmailAddress, PasswordHash, Role, User, UserId};
+use crate::domain::{EmailAddress, PasswordHash, PersonName, Role, User, UserId};
 use crate::storage::users::{StoredUser, StoredUserKey};
-use crate::storage::{NewQueuedEmail, NewUser, StoreError, StoreResult, TokenPurpose, UserStore};
+use crate::storage::{
+    NewQueuedEmail, NewUser, StoreError, StoreResult, TokenPurpose, UserQuery, UserStore,
+};
 
 /// A `users` row.
 pub(super) type UserRow = StoredUser<String, i64>;
@@ -143,6 +145,52 @@ impl UserStore for SqliteStore {
         rows.into_iter().map(User::try_from).collect()
     }
 
+    /// One statement; it walks the unique email index in order and stops
+    /// at the limit. LIKE folds only ASCII letters, so a name prefix with
+    /// other letters must match their case (documented in the README).
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<Vec<User>> {
+        let pattern = query
+            .prefix
+            .as_deref()
+            .map(|p| format!("{}%", escape_like(p)));
+        let rows: Vec<UserRow> = sqlx::query_as(&format!(
+            "SELECT {USER_COLUMNS} FROM users \
+             WHERE (?1 IS NULL OR email LIKE ?1 ESCAPE '\\' OR name LIKE ?1 ESCAPE '\\') \
+             AND (?2 IS NULL OR role = ?2) \
+             AND (?3 IS NULL OR (disabled_at IS NOT NULL) = ?3) \
+             AND (?4 IS NULL OR verified = ?4) \
+             AND (?5 IS NULL OR email > ?5) \
+             ORDER BY email LIMIT ?6"
+        ))
+        .bind(pattern)
+        .bind(query.role.as_ref().map(Role::as_str))
+        .bind(query.disabled)
+        .bind(query.verified)
+        .bind(query.after_email.as_deref())
+        .bind(i64::from(query.limit))
+        .fetch_all(&mut self.read().await?)
+        .await?;
+        rows.into_iter().map(User::try_from).collect()
+    }
+
+    async fn anonymise_user(
+        &self,
+        id: &UserId,
+        email: &EmailAddress,
+        name: &PersonName,
+        hash: &PasswordHash,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        let update = sqlx::query(
+            "UPDATE users SET email = ?, name = ?, password_hash = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(email.as_str())
+        .bind(name.as_str())
+        .bind(hash.expose())
+        .bind(millis(now));
+        self.update_user(update, id).await
+    }
+
     async fn count_users_outside_roles(&self, known: &[Role]) -> StoreResult<u64> {
         // One statement whatever the number of roles: the list goes in as
         // a JSON array.
@@ -219,6 +267,19 @@ impl SqliteStore {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+}
+
+/// `text` for a LIKE pattern with a backslash as the escape: its `%` and `_`
+/// match only themselves.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 /// UUIDv7 ids are time-ordered, which keeps the primary-key index

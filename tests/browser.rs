@@ -7,7 +7,10 @@
 //! and the last one to finish stops it, with every Chromium it launched.
 //! Each browser session gets its own fresh profile directory.
 //!
-//! Screenshots of every page land in `target/screenshots/`.
+//! Screenshots of every page land in `target/screenshots/`. Every page
+//! state a test reaches is checked with axe-core (WCAG 2.2 AA, from npm:
+//! `npm ci` in scripts/setup-browser.sh) and for console errors:
+//! `Browser::check_page`, which `Browser::screenshot` calls.
 
 mod common;
 
@@ -16,7 +19,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use common::net::free_port;
@@ -206,6 +209,8 @@ impl Browser {
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
             "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            // Kept so every page state can be checked for console errors.
+            "goog:loggingPrefs": {"browser": "ALL"},
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
@@ -414,6 +419,116 @@ impl Browser {
         assert!(scroll <= inner, "no horizontal scroll: {scroll} > {inner}");
     }
 
+    /// What every page state the tests reach must pass: no WCAG 2.2 AA
+    /// violation that axe-core finds, and nothing logged as an error in the
+    /// browser's console since the previous check (a missing favicon, a
+    /// CSP refusal, a script error). Future page tests call this (or
+    /// `screenshot`, which calls it) after each navigation or submit.
+    async fn check_page(&self, state: &str) {
+        self.assert_accessible(state).await;
+        self.assert_console_clean(state).await;
+    }
+
+    /// Injects axe-core over WebDriver and fails with every violation of
+    /// the WCAG 2.0/2.1/2.2 A and AA rules (rule, impact, target nodes).
+    ///
+    /// The pages' CSP (`script-src 'self'` at most) does not stop this:
+    /// WebDriver runs the script through the DevTools protocol, outside
+    /// the page's policy, and axe-core itself needs no eval.
+    async fn assert_accessible(&self, state: &str) {
+        let loaded = self
+            .client
+            .execute(
+                &format!("{}\nreturn typeof window.axe;", axe_source()),
+                vec![],
+            )
+            .await
+            .expect("inject axe-core");
+        assert_eq!(loaded, json!("object"), "axe-core did not load on {state}");
+        let answer = self
+            .client
+            .execute_async(
+                r#"const done = arguments[arguments.length - 1];
+window.axe
+  .run(document, {
+    runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']},
+    resultTypes: ['violations'],
+  })
+  .then(
+    (r) => done({violations: r.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      targets: v.nodes.map((n) => n.target.join(' ')),
+    }))}),
+    (e) => done({error: String(e)}),
+  );"#,
+                vec![],
+            )
+            .await
+            .expect("run axe-core");
+        assert!(
+            answer["error"].is_null(),
+            "axe-core failed on {state}: {}",
+            answer["error"]
+        );
+        let violations = answer["violations"].as_array().expect("violations");
+        let report: Vec<String> = violations
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} ({}): {} at {}",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["impact"].as_str().unwrap_or("?"),
+                    v["help"].as_str().unwrap_or_default(),
+                    v["targets"]
+                )
+            })
+            .collect();
+        assert!(
+            report.is_empty(),
+            "axe-core: {} WCAG 2.2 AA violation(s) on {state} ({}):\n{}",
+            report.len(),
+            self.url().await,
+            report.join("\n")
+        );
+    }
+
+    /// Fails on any console entry at error level (SEVERE) since the last
+    /// read (chromedriver hands each entry out once). The one expected
+    /// error is the page's own status when the test meant to reach an
+    /// error page (401, 403, 404): Chromium logs that as a failed load.
+    async fn assert_console_clean(&self, state: &str) {
+        let entries = self
+            .client
+            .issue_cmd(ExtensionCommand {
+                path: "se/log",
+                body: json!({"type": "browser"}),
+            })
+            .await
+            .expect("read the browser console");
+        let document = self.url().await;
+        let status = self.status().await;
+        let errors: Vec<String> = entries
+            .as_array()
+            .expect("log entries")
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| {
+                !(status >= 400
+                    && m.starts_with(&format!("{document} - "))
+                    && m.contains(&format!("status of {status}")))
+            })
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "console errors on {state} ({document}):\n{}",
+            errors.join("\n")
+        );
+    }
+
     async fn sign_in(&self, email: &str, password: &str) {
         self.goto("/login").await;
         self.wait_path("/login").await;
@@ -424,8 +539,10 @@ impl Browser {
     }
 
     /// Saves a PNG of the whole page (the window grows to the page's height
-    /// for the shot) as target/screenshots/{name}.png.
+    /// for the shot) as target/screenshots/{name}.png, after the page
+    /// state passed `check_page` (every shot is a state worth checking).
     async fn screenshot(&self, name: &str) {
+        self.check_page(name).await;
         let dims = self
             .client
             .execute(
@@ -506,6 +623,22 @@ fn http_request(host: &str, method: &str, path: &str) -> std::io::Result<String>
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// axe-core's script, from the npm package pinned in package-lock.json
+/// (`npm ci`, run by scripts/setup-browser.sh), read once per test binary.
+fn axe_source() -> &'static str {
+    static AXE: OnceLock<String> = OnceLock::new();
+    AXE.get_or_init(|| {
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/axe-core/axe.min.js");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `bash scripts/setup-browser.sh` (npm ci) to install axe-core",
+                path.display()
+            )
+        })
+    })
+}
+
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
 }
@@ -582,6 +715,7 @@ async fn register_then_sign_out() {
     b.click("header form[action='/logout'] button").await;
     b.wait_path("/login").await;
     b.wait_text(".notice", "You are signed out.").await;
+    b.check_page("login-signed-out").await;
     // Signed out for real: the account page sends us back.
     b.goto("/account").await;
     b.wait_path("/login").await;
@@ -683,6 +817,7 @@ async fn password_reset_by_email() {
     b.goto(&link).await;
     b.wait_text("h1", "This link does not work").await;
     assert_eq!(b.status().await, 400);
+    b.check_page("reset-used-link").await;
     b.goto("/reset-password?token=not-a-real-token").await;
     b.wait_text("h1", "This link does not work").await;
     b.screenshot("reset-invalid").await;
@@ -748,6 +883,7 @@ async fn sign_out_another_browser() {
     first
         .wait_text(".notice", "That session has been signed out.")
         .await;
+    first.check_page("account-session-ended").await;
     first.wait_path("/account").await;
     assert_eq!(first.count("table.sessions tbody tr").await, 1);
 
@@ -996,6 +1132,7 @@ async fn authenticator_and_recovery_code_sign_in() {
     b.wait_path("/account").await;
     b.goto("/account/two-step").await;
     b.wait_text(".codes-left", "9 of 10").await;
+    b.check_page("two-step-one-code-used").await;
 
     b.click("header form[action='/logout'] button").await;
     b.wait_path("/login").await;
@@ -1005,6 +1142,7 @@ async fn authenticator_and_recovery_code_sign_in() {
     b.fill("#code", &codes[0]).await;
     b.click("form[action='/login/recovery-code'] button").await;
     b.wait_text(".error-summary", "already used").await;
+    b.check_page("login-recovery-code-used").await;
     assert_eq!(b.path().await, "/login/recovery-code");
 
     b.close().await;
@@ -1061,15 +1199,15 @@ async fn step_up_before_a_sensitive_change() {
 
 // ----- passkeys (issue 18) -----
 
-/// A command of WebDriver's WebAuthn extension (virtual authenticators),
-/// which fantoccini has no method for.
+/// A command of a WebDriver extension fantoccini has no method for
+/// (WebAuthn's virtual authenticators, chromedriver's browser log).
 #[derive(Debug)]
-struct WebAuthnCommand {
+struct ExtensionCommand {
     path: &'static str,
     body: Value,
 }
 
-impl fantoccini::wd::WebDriverCompatibleCommand for WebAuthnCommand {
+impl fantoccini::wd::WebDriverCompatibleCommand for ExtensionCommand {
     fn endpoint(
         &self,
         base: &url::Url,
@@ -1091,7 +1229,7 @@ impl Browser {
     async fn add_virtual_authenticator(&self) {
         let added = self
             .client
-            .issue_cmd(WebAuthnCommand {
+            .issue_cmd(ExtensionCommand {
                 path: "webauthn/authenticator",
                 body: json!({
                     "protocol": "ctap2",
@@ -1176,6 +1314,7 @@ async fn passkey_added_on_the_account_page_signs_in() {
     b.click("table.passkeys form[action$='/rename'] button")
         .await;
     b.wait_text(".notice", "Passkey renamed.").await;
+    b.check_page("account-passkey-renamed").await;
     assert_eq!(
         b.value("table.passkeys input[name=name]").await,
         "Old laptop"
@@ -1183,6 +1322,7 @@ async fn passkey_added_on_the_account_page_signs_in() {
     b.click("table.passkeys form[action$='/remove'] button")
         .await;
     b.wait_text(".notice", "Passkey removed.").await;
+    b.check_page("account-passkey-removed").await;
     assert!(b.page_text().await.contains("You have no passkeys yet."));
 
     // The script is allowed only where it is loaded.

@@ -46,6 +46,7 @@ backend_tests!(
     sensitive_changes_need_a_recent_sign_in,
     reauth_only_returns_to_local_paths,
     every_two_step_form_needs_its_csrf_token,
+    the_favicon_is_served_from_the_binary,
 );
 
 /// Two-step sign-in on the portal (issue 18).
@@ -191,6 +192,23 @@ async fn pages_render_with_security_headers(backend: Backend) {
         "{line}"
     );
     assert!(!line.contains("Secure"), "plain http in development");
+}
+
+/// Browsers fetch /favicon.ico for every page: served (no 404 in the
+/// console), small, cacheable, the same bytes as static/img/favicon.ico.
+async fn the_favicon_is_served_from_the_binary(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let res = get(&app, &browser(), "/favicon.ico").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/x-icon");
+    let cache = res.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let body = res.bytes().await.unwrap();
+    let file = include_bytes!("../static/img/favicon.ico");
+    assert_eq!(&body[..], &file[..]);
+    assert!(body.len() < 2048, "small: {} bytes", body.len());
+    // An ICO header: reserved 0, type 1 (icon), one image.
+    assert_eq!(&body[..6], &[0, 0, 1, 0, 1, 0]);
 }
 
 async fn register_signs_in_and_lands_on_account(backend: Backend) {

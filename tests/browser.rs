@@ -185,6 +185,19 @@ struct Browser {
 
 impl Browser {
     async fn open(app: &TestApp) -> Self {
+        Self::open_with(app, None).await
+    }
+
+    /// A phone: chromedriver's mobile emulation with touch on, so
+    /// `(pointer: coarse)` matches as on a real touch screen.
+    async fn open_touch(app: &TestApp) -> Self {
+        let phone = json!({
+            "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3.0, "touch": true},
+        });
+        Self::open_with(app, Some(phone)).await
+    }
+
+    async fn open_with(app: &TestApp, mobile_emulation: Option<Value>) -> Self {
         let driver = driver();
         let profile = tempfile::Builder::new()
             .prefix("clinic-auth-chromium-")
@@ -205,10 +218,14 @@ impl Browser {
             format!("--window-size={WIDTH},{HEIGHT}"),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        let mut chrome_options = json!({"binary": CHROMIUM, "args": args});
+        if let Some(emulation) = mobile_emulation {
+            chrome_options["mobileEmulation"] = emulation;
+        }
         let capabilities = json!({
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:chromeOptions": chrome_options,
             // Kept so every page state can be checked for console errors.
             "goog:loggingPrefs": {"browser": "ALL"},
         });
@@ -527,6 +544,69 @@ window.axe
             "console errors on {state} ({document}):\n{}",
             errors.join("\n")
         );
+    }
+
+    /// Resizes the window so the page's viewport is `width` CSS pixels
+    /// wide (headless Chromium has no window frame), checked.
+    async fn set_viewport_width(&self, width: u32) {
+        self.client
+            .set_window_size(width, 844)
+            .await
+            .expect("resize");
+        let inner = self
+            .client
+            .execute("return window.innerWidth;", vec![])
+            .await
+            .expect("innerWidth");
+        assert_eq!(inner.as_u64(), Some(u64::from(width)), "viewport width");
+    }
+
+    /// Focuses `css` and measures its focus indicator: the outline's colour
+    /// against the first opaque background behind it (the outline is drawn
+    /// outside the element, on its parent's background). Returns the
+    /// contrast ratio (WCAG relative luminance), with a description.
+    async fn focus_contrast(&self, css: &str) -> (f64, String) {
+        let answer = self
+            .client
+            .execute(
+                r#"const el = document.querySelector(arguments[0]);
+el.focus();
+const style = getComputedStyle(el);
+const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+let bg = null;
+for (let n = el.parentElement; n && !bg; n = n.parentElement) {
+  const c = rgb(getComputedStyle(n).backgroundColor);
+  if (c.length === 3 || (c.length === 4 && c[3] === 1)) bg = c.slice(0, 3);
+}
+bg = bg || [255, 255, 255];
+const lum = (c) => {
+  const [r, g, b] = c.slice(0, 3).map((v) => {
+    v /= 255;
+    return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const ring = rgb(style.outlineColor);
+const [hi, lo] = [lum(ring), lum(bg)].sort((a, b) => b - a);
+return {
+  active: document.activeElement === el,
+  visible: el.matches(':focus-visible'),
+  style: style.outlineStyle,
+  width: parseFloat(style.outlineWidth),
+  ring: style.outlineColor,
+  background: 'rgb(' + bg.join(', ') + ')',
+  ratio: (hi + 0.05) / (lo + 0.05),
+};"#,
+                vec![json!(css)],
+            )
+            .await
+            .expect("measure the focus indicator");
+        let what = format!("{css}: {answer}");
+        assert_eq!(answer["active"], json!(true), "{what}");
+        assert_eq!(answer["visible"], json!(true), "{what}");
+        assert_eq!(answer["style"], json!("solid"), "{what}");
+        assert!(answer["width"].as_f64().unwrap_or(0.0) >= 2.0, "{what}");
+        (answer["ratio"].as_f64().expect("ratio"), what)
     }
 
     async fn sign_in(&self, email: &str, password: &str) {
@@ -1388,4 +1468,103 @@ async fn passkey_from_another_origin_is_refused() {
     drop(second);
 
     b.close().await;
+}
+
+// ----- accessibility (issue 19) -----
+
+/// WCAG 1.4.10 reflow: the unverified account page names the address the
+/// link went to; a long one wraps instead of widening the page at 320 and
+/// 390 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_address_wraps_on_a_phone() {
+    let app = sqlite_app().await;
+    let email = "reception.northside@harbourviewclinic.com.au";
+    app.register(email).await;
+    let b = Browser::open(&app).await;
+    b.sign_in(email, PASSWORD).await;
+    b.wait_path("/account").await;
+    let text = b.page_text().await;
+    assert!(
+        text.contains(&format!("We sent a confirmation link to {email}")),
+        "{text}"
+    );
+    for width in [320, 390] {
+        b.set_viewport_width(width).await;
+        b.assert_no_horizontal_scroll().await;
+        b.screenshot(&format!("account-unverified-{width}")).await;
+    }
+    b.close().await;
+}
+
+/// WCAG 2.4.11/1.4.11: the focus indicator keeps at least 3:1 against each
+/// background it is drawn on: white cards and header, the page, the error
+/// summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn focus_indicators_contrast_with_their_backgrounds() {
+    let app = sqlite_app().await;
+    app.register("ines@example.com").await;
+    let b = Browser::open(&app).await;
+    b.goto("/login").await;
+    b.wait_path("/login").await;
+    // Nothing clicked yet: focus from a script shows the keyboard ring.
+    let mut measured = Vec::new();
+    for css in [
+        "#email",                            // an input on the white form card
+        "form[action='/login'] button",      // a button on the card
+        ".aside a[href='/forgot-password']", // a link on the page background
+        "header a.brand",                    // the white header
+    ] {
+        measured.push(b.focus_contrast(css).await);
+    }
+    b.sign_in("ines@example.com", "Not!TheRightOne-42").await;
+    b.wait_for(".error-summary").await;
+    // The summary's links sit on its pale red background.
+    measured.push(b.focus_contrast(".error-summary a").await);
+    b.check_page("login-error-focused").await;
+    for (ratio, what) in &measured {
+        println!("focus contrast {ratio:.2}:1 for {what}");
+        assert!(*ratio >= 3.0, "focus indicator below 3:1: {what}");
+    }
+    b.close().await;
+}
+
+/// The header's "Sign out" is a comfortable target on a touch screen: at
+/// least 44 px tall where the pointer is coarse (a phone, emulated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_is_a_large_target_on_a_touch_screen() {
+    let app = sqlite_app().await;
+    app.register("oliver@example.com").await;
+    let touch = Browser::open_touch(&app).await;
+    touch.sign_in("oliver@example.com", PASSWORD).await;
+    touch.wait_path("/account").await;
+    let measure = "return [matchMedia('(pointer: coarse)').matches, \
+                   document.querySelector(\"header form[action='/logout'] button\")\
+                   .getBoundingClientRect().height];";
+    let answer = touch
+        .client
+        .execute(measure, vec![])
+        .await
+        .expect("measure");
+    assert_eq!(
+        answer[0],
+        json!(true),
+        "touch emulation: the pointer is coarse"
+    );
+    let height = answer[1].as_f64().expect("height");
+    println!("Sign out on a touch screen: {height} px tall");
+    assert!(
+        height >= 44.0,
+        "Sign out is {height} px tall on a touch screen"
+    );
+    touch.assert_no_horizontal_scroll().await;
+    touch.screenshot("account-touch").await;
+    touch.close().await;
+
+    // A mouse keeps the compact link-style button.
+    let desk = Browser::open(&app).await;
+    desk.sign_in("oliver@example.com", PASSWORD).await;
+    desk.wait_path("/account").await;
+    let answer = desk.client.execute(measure, vec![]).await.expect("measure");
+    assert_eq!(answer[0], json!(false), "a mouse is a fine pointer");
+    desk.close().await;
 }

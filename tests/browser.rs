@@ -824,6 +824,14 @@ async fn wrong_password_then_right_one() {
     assert_eq!(b.value("#email").await, "grace@example.com");
     assert_eq!(b.value("#password").await, "");
     assert_eq!(b.count("#email[aria-invalid=true]").await, 1);
+    // Either field could be wrong: both are marked, with the one message.
+    assert_eq!(
+        b.count("#password[aria-invalid=true][aria-describedby=email-error]")
+            .await,
+        1
+    );
+    let title = b.client.title().await.expect("title");
+    assert!(title.starts_with("Error: Sign in"), "{title}");
     b.screenshot("login-error").await;
 
     // The kept email is used as is: only the password is typed again.
@@ -864,6 +872,8 @@ async fn password_reset_by_email() {
 
     b.goto(&link).await;
     b.wait_text("h1", "Choose a new password").await;
+    // The account, for the password manager that saves the new password.
+    assert_eq!(b.value("#username").await, "mary@example.com");
     b.screenshot("reset").await;
 
     // A confirmation that differs is refused and the link stays usable.

@@ -229,6 +229,20 @@ fn tag_with_id<'a>(html: &'a str, id: &str) -> &'a str {
     &html[start..=end]
 }
 
+/// Every id in the page is used once (aria-describedby and label `for`
+/// point at exactly one element).
+fn assert_unique_ids(html: &str) {
+    let mut ids: Vec<&str> = html
+        .split(" id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate ids: {html}");
+}
+
 /// After a failed submit the title starts with "Error: " (the first thing a
 /// screen reader announces); every message names its field as the label
 /// does; a wrong password marks both fields, described by the one message.
@@ -265,6 +279,28 @@ async fn failed_forms_say_so_in_the_title_and_name_fields_by_their_labels(backen
         assert_eq!(html.matches(message).count(), 2, "{message}: {html}");
     }
     assert!(!html.contains(">Name is required."), "{html}");
+    assert_unique_ids(&html);
+    // Two messages for one field: one element, one id.
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Alice"),
+        ("email", "alice@example.com"),
+        ("password", "alice-1"),
+        ("password_confirm", "alice-1"),
+    ];
+    let html = post_form(&app, &client, "/register", &fields)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let error = &html[html.find("id=\"password-error\"").expect("password error")..];
+    let error = &error[..error.find("</p>").unwrap()];
+    assert!(
+        error.contains("Password must be at least 12 characters.")
+            && error.contains("Password must not contain your email address."),
+        "{error}"
+    );
+    assert_unique_ids(&html);
 
     let res = sign_in(&app, &client, "jane@example.com", "Not!TheRightOne-42").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
@@ -305,6 +341,7 @@ async fn failed_forms_say_so_in_the_title_and_name_fields_by_their_labels(backen
         html.contains("New password must be at least 12 characters."),
         "{html}"
     );
+    assert_unique_ids(&html);
 }
 
 /// Forms that set a password without asking for the email carry the

@@ -1,8 +1,29 @@
 #!/usr/bin/env bash
 # Installs what the browser tests (tests/browser.rs) need: Debian's Chromium
-# and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver).
-# Idempotent: when both are installed it exits at once, without touching apt.
+# and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver), and
+# axe-core from npm (package-lock.json, into node_modules/), which the tests
+# inject into every page state.
+# Idempotent: when all are installed it exits at once, without touching apt
+# or npm.
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# axe-core, pinned by package-lock.json. npm keeps a copy of the lock it
+# installed from in node_modules/.package-lock.json: when that is missing or
+# older than package-lock.json, node_modules is missing or stale.
+install_axe() {
+    if [ -f node_modules/axe-core/axe.min.js ] && [ -f node_modules/.package-lock.json ] \
+        && [ ! package-lock.json -nt node_modules/.package-lock.json ]; then
+        return 0
+    fi
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "setup-browser: npm is missing (Node.js 18 or newer); install it, e.g. apt-get install npm" >&2
+        exit 1
+    fi
+    echo "setup-browser: installing axe-core (npm ci)" >&2
+    npm ci --no-audit --no-fund --loglevel=error >&2
+}
+install_axe
 
 packages=(chromium chromium-driver)
 

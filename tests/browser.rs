@@ -7,7 +7,10 @@
 //! and the last one to finish stops it, with every Chromium it launched.
 //! Each browser session gets its own fresh profile directory.
 //!
-//! Screenshots of every page land in `target/screenshots/`.
+//! Screenshots of every page land in `target/screenshots/`. Every page
+//! state a test reaches is checked with axe-core (WCAG 2.2 AA, from npm:
+//! `npm ci` in scripts/setup-browser.sh) and for console errors:
+//! `Browser::check_page`, which `Browser::screenshot` calls.
 
 mod common;
 
@@ -16,7 +19,7 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use common::net::free_port;
@@ -182,6 +185,19 @@ struct Browser {
 
 impl Browser {
     async fn open(app: &TestApp) -> Self {
+        Self::open_with(app, None).await
+    }
+
+    /// A phone: chromedriver's mobile emulation with touch on, so
+    /// `(pointer: coarse)` matches as on a real touch screen.
+    async fn open_touch(app: &TestApp) -> Self {
+        let phone = json!({
+            "deviceMetrics": {"width": 390, "height": 844, "pixelRatio": 3.0, "touch": true},
+        });
+        Self::open_with(app, Some(phone)).await
+    }
+
+    async fn open_with(app: &TestApp, mobile_emulation: Option<Value>) -> Self {
         let driver = driver();
         let profile = tempfile::Builder::new()
             .prefix("clinic-auth-chromium-")
@@ -202,10 +218,16 @@ impl Browser {
             format!("--window-size={WIDTH},{HEIGHT}"),
             format!("--user-data-dir={}", profile.path().display()),
         ];
+        let mut chrome_options = json!({"binary": CHROMIUM, "args": args});
+        if let Some(emulation) = mobile_emulation {
+            chrome_options["mobileEmulation"] = emulation;
+        }
         let capabilities = json!({
             "browserName": "chrome",
             "pageLoadStrategy": "normal",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:chromeOptions": chrome_options,
+            // Kept so every page state can be checked for console errors.
+            "goog:loggingPrefs": {"browser": "ALL"},
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
@@ -414,6 +436,179 @@ impl Browser {
         assert!(scroll <= inner, "no horizontal scroll: {scroll} > {inner}");
     }
 
+    /// What every page state the tests reach must pass: no WCAG 2.2 AA
+    /// violation that axe-core finds, and nothing logged as an error in the
+    /// browser's console since the previous check (a missing favicon, a
+    /// CSP refusal, a script error). Future page tests call this (or
+    /// `screenshot`, which calls it) after each navigation or submit.
+    async fn check_page(&self, state: &str) {
+        self.assert_accessible(state).await;
+        self.assert_console_clean(state).await;
+    }
+
+    /// Injects axe-core over WebDriver and fails with every violation of
+    /// the WCAG 2.0/2.1/2.2 A and AA rules (rule, impact, target nodes).
+    ///
+    /// The pages' CSP (`script-src 'self'` at most) does not stop this:
+    /// WebDriver runs the script through the DevTools protocol, outside
+    /// the page's policy, and axe-core itself needs no eval.
+    async fn assert_accessible(&self, state: &str) {
+        let loaded = self
+            .client
+            .execute(
+                &format!("{}\nreturn typeof window.axe;", axe_source()),
+                vec![],
+            )
+            .await
+            .expect("inject axe-core");
+        assert_eq!(loaded, json!("object"), "axe-core did not load on {state}");
+        let answer = self
+            .client
+            .execute_async(
+                r#"const done = arguments[arguments.length - 1];
+window.axe
+  .run(document, {
+    runOnly: {type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']},
+    resultTypes: ['violations'],
+  })
+  .then(
+    (r) => done({violations: r.violations.map((v) => ({
+      id: v.id,
+      impact: v.impact,
+      help: v.help,
+      targets: v.nodes.map((n) => n.target.join(' ')),
+    }))}),
+    (e) => done({error: String(e)}),
+  );"#,
+                vec![],
+            )
+            .await
+            .expect("run axe-core");
+        assert!(
+            answer["error"].is_null(),
+            "axe-core failed on {state}: {}",
+            answer["error"]
+        );
+        let violations = answer["violations"].as_array().expect("violations");
+        let report: Vec<String> = violations
+            .iter()
+            .map(|v| {
+                format!(
+                    "{} ({}): {} at {}",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["impact"].as_str().unwrap_or("?"),
+                    v["help"].as_str().unwrap_or_default(),
+                    v["targets"]
+                )
+            })
+            .collect();
+        assert!(
+            report.is_empty(),
+            "axe-core: {} WCAG 2.2 AA violation(s) on {state} ({}):\n{}",
+            report.len(),
+            self.url().await,
+            report.join("\n")
+        );
+    }
+
+    /// Fails on any console entry at error level (SEVERE) since the last
+    /// read (chromedriver hands each entry out once). The one expected
+    /// error is the page's own status when the test meant to reach an
+    /// error page (401, 403, 404): Chromium logs that as a failed load.
+    async fn assert_console_clean(&self, state: &str) {
+        let entries = self
+            .client
+            .issue_cmd(ExtensionCommand {
+                path: "se/log",
+                body: json!({"type": "browser"}),
+            })
+            .await
+            .expect("read the browser console");
+        let document = self.url().await;
+        let status = self.status().await;
+        let errors: Vec<String> = entries
+            .as_array()
+            .expect("log entries")
+            .iter()
+            .filter(|e| e["level"] == "SEVERE")
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| {
+                !(status >= 400
+                    && m.starts_with(&format!("{document} - "))
+                    && m.contains(&format!("status of {status}")))
+            })
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "console errors on {state} ({document}):\n{}",
+            errors.join("\n")
+        );
+    }
+
+    /// Resizes the window so the page's viewport is `width` CSS pixels
+    /// wide (headless Chromium has no window frame), checked.
+    async fn set_viewport_width(&self, width: u32) {
+        self.client
+            .set_window_size(width, 844)
+            .await
+            .expect("resize");
+        let inner = self
+            .client
+            .execute("return window.innerWidth;", vec![])
+            .await
+            .expect("innerWidth");
+        assert_eq!(inner.as_u64(), Some(u64::from(width)), "viewport width");
+    }
+
+    /// Focuses `css` and measures its focus indicator: the outline's colour
+    /// against the first opaque background behind it (the outline is drawn
+    /// outside the element, on its parent's background). Returns the
+    /// contrast ratio (WCAG relative luminance), with a description.
+    async fn focus_contrast(&self, css: &str) -> (f64, String) {
+        let answer = self
+            .client
+            .execute(
+                r#"const el = document.querySelector(arguments[0]);
+el.focus();
+const style = getComputedStyle(el);
+const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+let bg = null;
+for (let n = el.parentElement; n && !bg; n = n.parentElement) {
+  const c = rgb(getComputedStyle(n).backgroundColor);
+  if (c.length === 3 || (c.length === 4 && c[3] === 1)) bg = c.slice(0, 3);
+}
+bg = bg || [255, 255, 255];
+const lum = (c) => {
+  const [r, g, b] = c.slice(0, 3).map((v) => {
+    v /= 255;
+    return v <= 0.04045 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const ring = rgb(style.outlineColor);
+const [hi, lo] = [lum(ring), lum(bg)].sort((a, b) => b - a);
+return {
+  active: document.activeElement === el,
+  visible: el.matches(':focus-visible'),
+  style: style.outlineStyle,
+  width: parseFloat(style.outlineWidth),
+  ring: style.outlineColor,
+  background: 'rgb(' + bg.join(', ') + ')',
+  ratio: (hi + 0.05) / (lo + 0.05),
+};"#,
+                vec![json!(css)],
+            )
+            .await
+            .expect("measure the focus indicator");
+        let what = format!("{css}: {answer}");
+        assert_eq!(answer["active"], json!(true), "{what}");
+        assert_eq!(answer["visible"], json!(true), "{what}");
+        assert_eq!(answer["style"], json!("solid"), "{what}");
+        assert!(answer["width"].as_f64().unwrap_or(0.0) >= 2.0, "{what}");
+        (answer["ratio"].as_f64().expect("ratio"), what)
+    }
+
     async fn sign_in(&self, email: &str, password: &str) {
         self.goto("/login").await;
         self.wait_path("/login").await;
@@ -424,8 +619,10 @@ impl Browser {
     }
 
     /// Saves a PNG of the whole page (the window grows to the page's height
-    /// for the shot) as target/screenshots/{name}.png.
+    /// for the shot) as target/screenshots/{name}.png, after the page
+    /// state passed `check_page` (every shot is a state worth checking).
     async fn screenshot(&self, name: &str) {
+        self.check_page(name).await;
         let dims = self
             .client
             .execute(
@@ -506,6 +703,22 @@ fn http_request(host: &str, method: &str, path: &str) -> std::io::Result<String>
     Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
+/// axe-core's script, from the npm package pinned in package-lock.json
+/// (`npm ci`, run by scripts/setup-browser.sh), read once per test binary.
+fn axe_source() -> &'static str {
+    static AXE: OnceLock<String> = OnceLock::new();
+    AXE.get_or_init(|| {
+        let path =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node_modules/axe-core/axe.min.js");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run `bash scripts/setup-browser.sh` (npm ci) to install axe-core",
+                path.display()
+            )
+        })
+    })
+}
+
 fn screenshot_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots")
 }
@@ -582,6 +795,7 @@ async fn register_then_sign_out() {
     b.click("header form[action='/logout'] button").await;
     b.wait_path("/login").await;
     b.wait_text(".notice", "You are signed out.").await;
+    b.check_page("login-signed-out").await;
     // Signed out for real: the account page sends us back.
     b.goto("/account").await;
     b.wait_path("/login").await;
@@ -610,6 +824,14 @@ async fn wrong_password_then_right_one() {
     assert_eq!(b.value("#email").await, "grace@example.com");
     assert_eq!(b.value("#password").await, "");
     assert_eq!(b.count("#email[aria-invalid=true]").await, 1);
+    // Either field could be wrong: both are marked, with the one message.
+    assert_eq!(
+        b.count("#password[aria-invalid=true][aria-describedby=email-error]")
+            .await,
+        1
+    );
+    let title = b.client.title().await.expect("title");
+    assert!(title.starts_with("Error: Sign in"), "{title}");
     b.screenshot("login-error").await;
 
     // The kept email is used as is: only the password is typed again.
@@ -650,6 +872,8 @@ async fn password_reset_by_email() {
 
     b.goto(&link).await;
     b.wait_text("h1", "Choose a new password").await;
+    // The account, for the password manager that saves the new password.
+    assert_eq!(b.value("#username").await, "mary@example.com");
     b.screenshot("reset").await;
 
     // A confirmation that differs is refused and the link stays usable.
@@ -683,6 +907,7 @@ async fn password_reset_by_email() {
     b.goto(&link).await;
     b.wait_text("h1", "This link does not work").await;
     assert_eq!(b.status().await, 400);
+    b.check_page("reset-used-link").await;
     b.goto("/reset-password?token=not-a-real-token").await;
     b.wait_text("h1", "This link does not work").await;
     b.screenshot("reset-invalid").await;
@@ -748,6 +973,7 @@ async fn sign_out_another_browser() {
     first
         .wait_text(".notice", "That session has been signed out.")
         .await;
+    first.check_page("account-session-ended").await;
     first.wait_path("/account").await;
     assert_eq!(first.count("table.sessions tbody tr").await, 1);
 
@@ -996,6 +1222,7 @@ async fn authenticator_and_recovery_code_sign_in() {
     b.wait_path("/account").await;
     b.goto("/account/two-step").await;
     b.wait_text(".codes-left", "9 of 10").await;
+    b.check_page("two-step-one-code-used").await;
 
     b.click("header form[action='/logout'] button").await;
     b.wait_path("/login").await;
@@ -1005,6 +1232,7 @@ async fn authenticator_and_recovery_code_sign_in() {
     b.fill("#code", &codes[0]).await;
     b.click("form[action='/login/recovery-code'] button").await;
     b.wait_text(".error-summary", "already used").await;
+    b.check_page("login-recovery-code-used").await;
     assert_eq!(b.path().await, "/login/recovery-code");
 
     b.close().await;
@@ -1061,15 +1289,15 @@ async fn step_up_before_a_sensitive_change() {
 
 // ----- passkeys (issue 18) -----
 
-/// A command of WebDriver's WebAuthn extension (virtual authenticators),
-/// which fantoccini has no method for.
+/// A command of a WebDriver extension fantoccini has no method for
+/// (WebAuthn's virtual authenticators, chromedriver's browser log).
 #[derive(Debug)]
-struct WebAuthnCommand {
+struct ExtensionCommand {
     path: &'static str,
     body: Value,
 }
 
-impl fantoccini::wd::WebDriverCompatibleCommand for WebAuthnCommand {
+impl fantoccini::wd::WebDriverCompatibleCommand for ExtensionCommand {
     fn endpoint(
         &self,
         base: &url::Url,
@@ -1091,7 +1319,7 @@ impl Browser {
     async fn add_virtual_authenticator(&self) {
         let added = self
             .client
-            .issue_cmd(WebAuthnCommand {
+            .issue_cmd(ExtensionCommand {
                 path: "webauthn/authenticator",
                 body: json!({
                     "protocol": "ctap2",
@@ -1176,6 +1404,7 @@ async fn passkey_added_on_the_account_page_signs_in() {
     b.click("table.passkeys form[action$='/rename'] button")
         .await;
     b.wait_text(".notice", "Passkey renamed.").await;
+    b.check_page("account-passkey-renamed").await;
     assert_eq!(
         b.value("table.passkeys input[name=name]").await,
         "Old laptop"
@@ -1183,6 +1412,7 @@ async fn passkey_added_on_the_account_page_signs_in() {
     b.click("table.passkeys form[action$='/remove'] button")
         .await;
     b.wait_text(".notice", "Passkey removed.").await;
+    b.check_page("account-passkey-removed").await;
     assert!(b.page_text().await.contains("You have no passkeys yet."));
 
     // The script is allowed only where it is loaded.
@@ -1248,4 +1478,103 @@ async fn passkey_from_another_origin_is_refused() {
     drop(second);
 
     b.close().await;
+}
+
+// ----- accessibility (issue 19) -----
+
+/// WCAG 1.4.10 reflow: the unverified account page names the address the
+/// link went to; a long one wraps instead of widening the page at 320 and
+/// 390 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_address_wraps_on_a_phone() {
+    let app = sqlite_app().await;
+    let email = "reception.northside@harbourviewclinic.com.au";
+    app.register(email).await;
+    let b = Browser::open(&app).await;
+    b.sign_in(email, PASSWORD).await;
+    b.wait_path("/account").await;
+    let text = b.page_text().await;
+    assert!(
+        text.contains(&format!("We sent a confirmation link to {email}")),
+        "{text}"
+    );
+    for width in [320, 390] {
+        b.set_viewport_width(width).await;
+        b.assert_no_horizontal_scroll().await;
+        b.screenshot(&format!("account-unverified-{width}")).await;
+    }
+    b.close().await;
+}
+
+/// WCAG 2.4.11/1.4.11: the focus indicator keeps at least 3:1 against each
+/// background it is drawn on: white cards and header, the page, the error
+/// summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn focus_indicators_contrast_with_their_backgrounds() {
+    let app = sqlite_app().await;
+    app.register("ines@example.com").await;
+    let b = Browser::open(&app).await;
+    b.goto("/login").await;
+    b.wait_path("/login").await;
+    // Nothing clicked yet: focus from a script shows the keyboard ring.
+    let mut measured = Vec::new();
+    for css in [
+        "#email",                            // an input on the white form card
+        "form[action='/login'] button",      // a button on the card
+        ".aside a[href='/forgot-password']", // a link on the page background
+        "header a.brand",                    // the white header
+    ] {
+        measured.push(b.focus_contrast(css).await);
+    }
+    b.sign_in("ines@example.com", "Not!TheRightOne-42").await;
+    b.wait_for(".error-summary").await;
+    // The summary's links sit on its pale red background.
+    measured.push(b.focus_contrast(".error-summary a").await);
+    b.check_page("login-error-focused").await;
+    for (ratio, what) in &measured {
+        println!("focus contrast {ratio:.2}:1 for {what}");
+        assert!(*ratio >= 3.0, "focus indicator below 3:1: {what}");
+    }
+    b.close().await;
+}
+
+/// The header's "Sign out" is a comfortable target on a touch screen: at
+/// least 44 px tall where the pointer is coarse (a phone, emulated).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_out_is_a_large_target_on_a_touch_screen() {
+    let app = sqlite_app().await;
+    app.register("oliver@example.com").await;
+    let touch = Browser::open_touch(&app).await;
+    touch.sign_in("oliver@example.com", PASSWORD).await;
+    touch.wait_path("/account").await;
+    let measure = "return [matchMedia('(pointer: coarse)').matches, \
+                   document.querySelector(\"header form[action='/logout'] button\")\
+                   .getBoundingClientRect().height];";
+    let answer = touch
+        .client
+        .execute(measure, vec![])
+        .await
+        .expect("measure");
+    assert_eq!(
+        answer[0],
+        json!(true),
+        "touch emulation: the pointer is coarse"
+    );
+    let height = answer[1].as_f64().expect("height");
+    println!("Sign out on a touch screen: {height} px tall");
+    assert!(
+        height >= 44.0,
+        "Sign out is {height} px tall on a touch screen"
+    );
+    touch.assert_no_horizontal_scroll().await;
+    touch.screenshot("account-touch").await;
+    touch.close().await;
+
+    // A mouse keeps the compact link-style button.
+    let desk = Browser::open(&app).await;
+    desk.sign_in("oliver@example.com", PASSWORD).await;
+    desk.wait_path("/account").await;
+    let answer = desk.client.execute(measure, vec![]).await.expect("measure");
+    assert_eq!(answer[0], json!(false), "a mouse is a fine pointer");
+    desk.close().await;
 }

@@ -46,6 +46,10 @@ backend_tests!(
     sensitive_changes_need_a_recent_sign_in,
     reauth_only_returns_to_local_paths,
     every_two_step_form_needs_its_csrf_token,
+    the_favicon_is_served_from_the_binary,
+    failed_forms_say_so_in_the_title_and_name_fields_by_their_labels,
+    password_forms_name_the_account_for_password_managers,
+    bad_links_and_tables_are_told_apart,
 );
 
 /// Two-step sign-in on the portal (issue 18).
@@ -191,6 +195,239 @@ async fn pages_render_with_security_headers(backend: Backend) {
         "{line}"
     );
     assert!(!line.contains("Secure"), "plain http in development");
+}
+
+/// Browsers fetch /favicon.ico for every page: served (no 404 in the
+/// console), small, cacheable, the same bytes as static/img/favicon.ico.
+async fn the_favicon_is_served_from_the_binary(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let res = get(&app, &browser(), "/favicon.ico").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "image/x-icon");
+    let cache = res.headers()["cache-control"].to_str().unwrap().to_owned();
+    assert!(cache.starts_with("public, max-age="), "{cache}");
+    let body = res.bytes().await.unwrap();
+    let file = include_bytes!("../static/img/favicon.ico");
+    assert_eq!(&body[..], &file[..]);
+    assert!(body.len() < 2048, "small: {} bytes", body.len());
+    // An ICO header: reserved 0, type 1 (icon), one image.
+    assert_eq!(&body[..6], &[0, 0, 1, 0, 1, 0]);
+}
+
+/// The page's <title>, without the app name.
+fn title(html: &str) -> &str {
+    let start = html.find("<title>").expect("a title") + "<title>".len();
+    let end = html[start..].find(" · ").expect("the app name follows") + start;
+    &html[start..end]
+}
+
+/// The opening tag of the element with `id`.
+fn tag_with_id<'a>(html: &'a str, id: &str) -> &'a str {
+    let at = html.find(&format!("id=\"{id}\"")).expect(id);
+    let start = html[..at].rfind('<').unwrap();
+    let end = html[at..].find('>').unwrap() + at;
+    &html[start..=end]
+}
+
+/// Every id in the page is used once (aria-describedby and label `for`
+/// point at exactly one element).
+fn assert_unique_ids(html: &str) {
+    let mut ids: Vec<&str> = html
+        .split(" id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let all = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), all, "duplicate ids: {html}");
+}
+
+/// After a failed submit the title starts with "Error: " (the first thing a
+/// screen reader announces); every message names its field as the label
+/// does; a wrong password marks both fields, described by the one message.
+async fn failed_forms_say_so_in_the_title_and_name_fields_by_their_labels(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let client = browser();
+    let html = get(&app, &client, "/register").await.text().await.unwrap();
+    assert_eq!(title(&html), "Create an account");
+    assert!(
+        html.contains("<label for=\"name\">Full name</label>"),
+        "{html}"
+    );
+    assert!(html.contains("<label for=\"email\">Email address</label>"));
+
+    let csrf = page_csrf(&app, &client, "/register").await;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", ""),
+        ("email", ""),
+        ("password", "short"),
+        ("password_confirm", "short"),
+    ];
+    let res = post_form(&app, &client, "/register", &fields).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert_eq!(title(&html), "Error: Create an account");
+    for message in [
+        "Full name is required.",
+        "Email address is required.",
+        "Password must be at least 12 characters.",
+    ] {
+        // Once next to the field, once in the summary.
+        assert_eq!(html.matches(message).count(), 2, "{message}: {html}");
+    }
+    assert!(!html.contains(">Name is required."), "{html}");
+    assert_unique_ids(&html);
+    // Two messages for one field: one element, one id.
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("name", "Alice"),
+        ("email", "alice@example.com"),
+        ("password", "alice-1"),
+        ("password_confirm", "alice-1"),
+    ];
+    let html = post_form(&app, &client, "/register", &fields)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let error = &html[html.find("id=\"password-error\"").expect("password error")..];
+    let error = &error[..error.find("</p>").unwrap()];
+    assert!(
+        error.contains("Password must be at least 12 characters.")
+            && error.contains("Password must not contain your email address."),
+        "{error}"
+    );
+    assert_unique_ids(&html);
+
+    let res = sign_in(&app, &client, "jane@example.com", "Not!TheRightOne-42").await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let html = res.text().await.unwrap();
+    assert_eq!(title(&html), "Error: Sign in");
+    for id in ["email", "password"] {
+        let input = tag_with_id(&html, id);
+        assert!(input.contains("aria-invalid=\"true\""), "{input}");
+        assert!(
+            input.contains("aria-describedby=\"email-error\""),
+            "{input}"
+        );
+    }
+    assert!(tag_with_id(&html, "email-error").starts_with("<p class=\"field-error\""));
+    // The message is shown once by the field, once in the summary.
+    assert_eq!(
+        html.matches("The email or password is not correct.")
+            .count(),
+        2
+    );
+
+    // The account page's change-password form says "New password".
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    assert_eq!(title(&html), "Your account");
+    let csrf = csrf_of(&html);
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("current_password", PASSWORD),
+        ("new_password", "short"),
+        ("password_confirm", "short"),
+    ];
+    let res = post_form(&app, &client, "/account/password", &fields).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert_eq!(title(&html), "Error: Your account");
+    assert!(
+        html.contains("New password must be at least 12 characters."),
+        "{html}"
+    );
+    assert_unique_ids(&html);
+}
+
+/// Forms that set a password without asking for the email carry the
+/// account's address in a hidden `autocomplete="username"` field, so a
+/// password manager files the new password under the right account.
+async fn password_forms_name_the_account_for_password_managers(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    app.register("jane@example.com").await;
+    let username = |html: &str| tag_with_id(html, "username").to_owned();
+    let check = |input: String| {
+        for attr in [
+            "type=\"email\"",
+            "autocomplete=\"username\"",
+            "value=\"jane@example.com\"",
+            "readonly",
+            "tabindex=\"-1\"",
+        ] {
+            assert!(input.contains(attr), "{attr}: {input}");
+        }
+        // Not sent with the form, and not hidden from assistive technology.
+        assert!(
+            !input.contains("name=") && !input.contains("aria-hidden"),
+            "{input}"
+        );
+    };
+
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    check(username(&html));
+    assert!(html.contains(
+        "<div class=\"visually-hidden\">\n  <label for=\"username\">Email address</label>"
+    ));
+    // The sign-in page has a real email field: no hidden one.
+    let html = get(&app, &browser(), "/login").await.text().await.unwrap();
+    assert!(!html.contains("id=\"username\""));
+
+    let anonymous = browser();
+    let csrf = page_csrf(&app, &anonymous, "/forgot-password").await;
+    let fields = [("csrf", csrf.as_str()), ("email", "jane@example.com")];
+    post_redirect(&app, &anonymous, "/forgot-password", &fields).await;
+    let token = common::wait_for_reset_emails(&app.outbox(), 1).await[0].reset_token();
+    let path = format!("/reset-password?token={token}");
+    let html = get(&app, &anonymous, &path).await.text().await.unwrap();
+    check(username(&html));
+    // Shown again after a refused attempt, still naming the account.
+    let fields = [
+        ("csrf", csrf_of(&html)),
+        ("token", token.clone()),
+        ("password", "short".to_owned()),
+        ("password_confirm", "other".to_owned()),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = post_form(&app, &anonymous, "/reset-password", &fields).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let html = res.text().await.unwrap();
+    assert_eq!(title(&html), "Error: Choose a new password");
+    check(username(&html));
+}
+
+/// The two bad-link pages have titles of their own; the sessions table has
+/// a caption.
+async fn bad_links_and_tables_are_told_apart(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let client = browser();
+    let res = get(&app, &client, "/reset-password?token=not-a-real-token").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let reset = title(&res.text().await.unwrap()).to_owned();
+    let res = get(&app, &client, "/verify-email?token=not-a-real-token").await;
+    let verify = title(&res.text().await.unwrap()).to_owned();
+    assert_eq!(reset, "Password reset link not valid");
+    assert_eq!(verify, "Confirmation link not valid");
+
+    app.register("jane@example.com").await;
+    let client = signed_in_browser(&app, "jane@example.com").await;
+    let html = get(&app, &client, "/account").await.text().await.unwrap();
+    let table = &html[html
+        .find("<table class=\"sessions\">")
+        .expect("sessions table")..];
+    assert!(
+        table
+            .trim_start_matches("<table class=\"sessions\">")
+            .trim_start()
+            .starts_with("<caption"),
+        "{table}"
+    );
+    assert!(table.contains("Your sessions: device, IP address"));
 }
 
 async fn register_signs_in_and_lands_on_account(backend: Backend) {

@@ -110,12 +110,16 @@ impl Recovery {
         Ok(())
     }
 
-    /// Whether a reset link is still usable (for the page behind the link).
-    pub async fn reset_token_is_valid(&self, token: &str) -> Result<bool> {
+    /// The address of the account a reset link is for, while the link is
+    /// usable (the page behind the link shows the form, with the address
+    /// for password managers: whoever holds the link may set the password
+    /// anyway). `None` for a bad, used or expired link, or a disabled
+    /// account, which `reset_password` would refuse too.
+    pub async fn reset_link_email(&self, token: &str) -> Result<Option<EmailAddress>> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(self
+        let Some(user_id) = self
             .links
             .find_one_time_token(
                 TokenPurpose::PasswordReset,
@@ -123,7 +127,15 @@ impl Recovery {
                 self.clock.now(),
             )
             .await?
-            .is_some())
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .users
+            .find_user_by_id(&user_id)
+            .await?
+            .filter(|user| !user.is_disabled())
+            .map(|user| user.email))
     }
 
     /// Completes a reset: sets the new password and signs the user out

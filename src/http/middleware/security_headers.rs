@@ -90,8 +90,12 @@ pub async fn security_headers(
     // browser cache (a front-desk computer's back button included). That is
     // every /api answer, errors too: the admin's audit pages hold emails and
     // IPs, and a cached 401 or 404 could be served for a later success.
+    // The favicon is a static file at the root (browsers ask for it there).
     if path.starts_with("/api/")
-        || !(is_api || path.starts_with("/static/") || path.starts_with("/docs"))
+        || !(is_api
+            || path.starts_with("/static/")
+            || path.starts_with("/docs")
+            || path == "/favicon.ico")
     {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -28,7 +28,35 @@ pub fn clock_time(t: chrono::DateTime<chrono::Utc>) -> String {
 pub struct FormState {
     values: Vec<(&'static str, String)>,
     pub errors: Vec<FormError>,
+    /// The form's fields and the labels the person sees: the template shows
+    /// them, and errors are worded with them.
+    labels: Labels,
+    /// Fields marked invalid by another field's message (field, owner).
+    shared: Vec<(&'static str, &'static str)>,
 }
+
+/// A form's fields and their visible labels, in one place for the template
+/// and the error messages.
+pub type Labels = &'static [(&'static str, &'static str)];
+
+pub const LOGIN_FIELDS: Labels = &[("email", "Email address"), ("password", "Password")];
+pub const REGISTER_FIELDS: Labels = &[
+    ("name", "Full name"),
+    ("email", "Email address"),
+    ("password", "Password"),
+    ("password_confirm", "Confirm password"),
+];
+pub const FORGOT_FIELDS: Labels = &[("email", "Email address")];
+pub const RESET_FIELDS: Labels = &[
+    ("password", "New password"),
+    ("password_confirm", "Confirm new password"),
+];
+pub const CHANGE_PASSWORD_FIELDS: Labels = &[
+    ("current_password", "Current password"),
+    ("new_password", "New password"),
+    ("password_confirm", "Confirm new password"),
+];
+pub const REAUTH_FIELDS: Labels = &[("password", "Password")];
 
 pub struct FormError {
     pub field: String,
@@ -36,15 +64,71 @@ pub struct FormError {
 }
 
 impl FormState {
+    /// An empty form whose fields are labelled `labels`.
+    pub fn labelled(labels: Labels) -> Self {
+        Self {
+            labels,
+            ..Self::default()
+        }
+    }
+
+    /// The visible label of `field` (the field's name if it has none).
+    pub fn label<'a>(&self, field: &'a str) -> &'a str {
+        self.labels
+            .iter()
+            .find(|(f, _)| *f == field)
+            .map_or(field, |(_, label)| label)
+    }
+
+    /// The services word messages with the API's field names ("Name is
+    /// required.", "Password must be at least 12 characters."); a page
+    /// says them with the label next to the field ("Full name is
+    /// required.", "New password must be ..."), so the two match.
+    fn relabel(&self, field: &str, message: String) -> String {
+        let label = self.label(field);
+        for noun in ["Name", "Email", "Password"] {
+            let names_this_field = label.to_lowercase().contains(&noun.to_lowercase());
+            match message.strip_prefix(noun) {
+                Some(rest) if rest.starts_with(' ') && names_this_field => {
+                    return format!("{label}{rest}");
+                }
+                _ => {}
+            }
+        }
+        message
+    }
+
+    /// Marks `field` invalid with `owner`'s message (shown once, next to
+    /// `owner`): a wrong email or password could be either.
+    pub fn also_invalid(&mut self, field: &'static str, owner: &'static str) {
+        self.shared.push((field, owner));
+    }
+
+    /// Whether the form was sent back with errors (the page title says so).
+    pub fn failed(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// The id of the message that explains why `field` is invalid.
+    pub fn error_id(&self, field: &str) -> String {
+        let owner = self
+            .shared
+            .iter()
+            .find(|(f, _)| *f == field && !self.errors.iter().any(|e| e.field == field))
+            .map_or(field, |(_, owner)| owner);
+        format!("{owner}-error")
+    }
+
     pub fn with_value(mut self, field: &'static str, value: &str) -> Self {
         self.values.push((field, value.to_owned()));
         self
     }
 
     pub fn error(&mut self, field: &str, message: impl Into<String>) {
+        let message = self.relabel(field, message.into());
         self.errors.push(FormError {
             field: field.to_owned(),
-            message: message.into(),
+            message,
         });
     }
 
@@ -66,7 +150,7 @@ impl FormState {
 
     pub fn has(&self, field: impl AsRef<str>) -> bool {
         let field = field.as_ref();
-        self.errors.iter().any(|e| e.field == field)
+        self.errors.iter().any(|e| e.field == field) || self.shared.iter().any(|(f, _)| *f == field)
     }
 
     pub fn messages(&self, field: impl AsRef<str>) -> Vec<&str> {
@@ -117,6 +201,8 @@ pub struct ForgotSentPage {
 pub struct ResetPage {
     pub layout: Layout,
     pub form: FormState,
+    /// The account's address, for password managers (the link proves it).
+    pub email: String,
     pub token: String,
     pub rules: PasswordRules,
 }

@@ -14,6 +14,7 @@ use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::session::Portal;
 use crate::http::pages::views::{
     clock_time, device_name, AccountPage, EmergencyView, FormState, SessionRow, UserView,
+    CHANGE_PASSWORD_FIELDS,
 };
 use crate::http::pages::{PageError, SignedIn};
 use crate::http::AppState;
@@ -110,7 +111,13 @@ pub async fn account_page(State(state): State<AppState>, mut signed_in: SignedIn
     if notice.is_some() {
         signed_in.portal.save().await?;
     }
-    let view = account_view(&state, &signed_in, FormState::default(), notice).await?;
+    let view = account_view(
+        &state,
+        &signed_in,
+        FormState::labelled(CHANGE_PASSWORD_FIELDS),
+        notice,
+    )
+    .await?;
     page(StatusCode::OK, &view)
 }
 
@@ -142,7 +149,7 @@ pub async fn change_password(
             )
             .await
     };
-    let mut form_state = FormState::default();
+    let mut form_state = FormState::labelled(CHANGE_PASSWORD_FIELDS);
     let status = match result {
         Ok(token_version) => {
             // This session stays signed in across the cut-off that ended

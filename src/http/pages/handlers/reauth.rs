@@ -13,7 +13,7 @@ use super::{explain, layout, page, PageQuery, PageResult};
 use crate::domain::Password;
 use crate::error::ApiError;
 use crate::http::pages::csrf::CsrfForm;
-use crate::http::pages::views::{FormState, ReauthPage};
+use crate::http::pages::views::{FormState, ReauthPage, REAUTH_FIELDS};
 use crate::http::pages::{safe_next, PageError, SignedIn};
 use crate::http::AppState;
 use crate::services::mfa::MfaError;
@@ -52,7 +52,13 @@ pub async fn reauth_page(
     signed_in: SignedIn,
     Query(q): Query<PageQuery>,
 ) -> PageResult {
-    let view = view(&state, &signed_in, FormState::default(), &q.next).await?;
+    let view = view(
+        &state,
+        &signed_in,
+        FormState::labelled(REAUTH_FIELDS),
+        &q.next,
+    )
+    .await?;
     page(StatusCode::OK, &view)
 }
 
@@ -62,7 +68,7 @@ pub async fn reauth_submit(
     client: ClientContext,
     CsrfForm(f): CsrfForm<ReauthForm>,
 ) -> PageResult {
-    let mut form = FormState::default();
+    let mut form = FormState::labelled(REAUTH_FIELDS);
     let status = match state
         .mfa
         .reauthenticate(

@@ -11,7 +11,7 @@ use crate::domain::Password;
 use crate::http::pages::csrf::CsrfForm;
 use crate::http::pages::session::Portal;
 use crate::http::pages::views::{
-    ForgotPage, ForgotSentPage, FormState, ResetInvalidPage, ResetPage,
+    ForgotPage, ForgotSentPage, FormState, ResetInvalidPage, ResetPage, FORGOT_FIELDS, RESET_FIELDS,
 };
 use crate::http::AppState;
 use crate::services::{ClientContext, ServiceError};
@@ -44,7 +44,7 @@ pub async fn forgot_page(
     }
     let view = ForgotPage {
         layout: layout(&state, &portal, None, None),
-        form: FormState::default(),
+        form: FormState::labelled(FORGOT_FIELDS),
     };
     page(StatusCode::OK, &view)
 }
@@ -58,7 +58,7 @@ pub async fn forgot_submit(
     let Err(err) = state.recovery.forgot_password(&f.email, &client) else {
         return Ok(Redirect::to("/forgot-password?sent=1").into_response());
     };
-    let mut form_state = FormState::default().with_value("email", &f.email);
+    let mut form_state = FormState::labelled(FORGOT_FIELDS).with_value("email", &f.email);
     let status = explain(&mut form_state, "email", err)?;
     let view = ForgotPage {
         layout: layout(&state, &portal, None, None),
@@ -79,12 +79,13 @@ pub async fn reset_page(
     portal: Portal,
     Query(q): Query<PageQuery>,
 ) -> PageResult {
-    if !state.recovery.reset_token_is_valid(&q.token).await? {
+    let Some(email) = state.recovery.reset_link_email(&q.token).await? else {
         return reset_invalid(&state, &portal);
-    }
+    };
     let view = ResetPage {
         layout: layout(&state, &portal, None, None),
-        form: FormState::default(),
+        form: FormState::labelled(RESET_FIELDS),
+        email: email.as_str().to_owned(),
         token: q.token,
         rules: password_rules(&state),
     };
@@ -97,10 +98,12 @@ pub async fn reset_submit(
     client: ClientContext,
     CsrfForm(f): CsrfForm<ResetForm>,
 ) -> PageResult {
+    // The form shown again names the account for password managers (and
+    // a link that stopped working gets its page at once).
+    let Some(email) = state.recovery.reset_link_email(&f.token).await? else {
+        return reset_invalid(&state, &portal);
+    };
     let result = if f.password != f.password_confirm {
-        if !state.recovery.reset_token_is_valid(&f.token).await? {
-            return reset_invalid(&state, &portal);
-        }
         Err(mismatch("password_confirm", "The passwords do not match."))
     } else {
         state
@@ -113,11 +116,12 @@ pub async fn reset_submit(
         Err(ServiceError::InvalidResetToken) => return reset_invalid(&state, &portal),
         Err(err) => err,
     };
-    let mut form_state = FormState::default();
+    let mut form_state = FormState::labelled(RESET_FIELDS);
     let status = explain(&mut form_state, "password", err)?;
     let view = ResetPage {
         layout: layout(&state, &portal, None, None),
         form: form_state,
+        email: email.as_str().to_owned(),
         token: f.token,
         rules: password_rules(&state),
     };

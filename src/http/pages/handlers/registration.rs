@@ -15,7 +15,7 @@ use crate::domain::{FieldError, Password};
 use crate::error::ApiError;
 use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::session::Portal;
-use crate::http::pages::views::{FormState, RegisterPage, VerifyEmailPage};
+use crate::http::pages::views::{FormState, RegisterPage, VerifyEmailPage, REGISTER_FIELDS};
 use crate::http::pages::PageError;
 use crate::http::pages::SignedIn;
 use crate::http::AppState;
@@ -40,7 +40,7 @@ pub async fn register_page(State(state): State<AppState>, portal: Portal) -> Pag
     };
     let view = RegisterPage {
         layout: layout(&state, &portal, None, None),
-        form: FormState::default(),
+        form: FormState::labelled(REGISTER_FIELDS),
         rules: password_rules(&state),
         closed,
     };
@@ -69,13 +69,13 @@ pub async fn register_submit(
         let (_, closed) = closed_reason(e)?;
         let view = RegisterPage {
             layout: layout(&state, &portal, None, None),
-            form: FormState::default(),
+            form: FormState::labelled(REGISTER_FIELDS),
             rules: password_rules(&state),
             closed,
         };
         return page(StatusCode::FORBIDDEN, &view);
     }
-    let mut form_state = FormState::default()
+    let mut form_state = FormState::labelled(REGISTER_FIELDS)
         .with_value("name", &f.name)
         .with_value("email", &f.email);
     let password = Password::new(f.password);

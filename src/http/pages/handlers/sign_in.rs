@@ -13,10 +13,11 @@ use crate::http::api::cookies::{cleared_cookie, refresh_cookie};
 use crate::http::pages::csrf::{CsrfForm, FormRefused, NoFields};
 use crate::http::pages::enrolment;
 use crate::http::pages::session::Portal;
-use crate::http::pages::views::{FormState, LoginPage};
+use crate::http::pages::views::{FormState, LoginPage, LOGIN_FIELDS};
 use crate::http::pages::{safe_next, PageError};
 use crate::http::AppState;
 use crate::services::tokens::Authentication;
+use crate::services::ServiceError;
 use crate::services::{ClientContext, LoginOutcome, SignIn};
 
 /// Form payloads default every field, so a missing one is a validation
@@ -60,7 +61,7 @@ pub async fn login_page(
     };
     let view = LoginPage {
         layout: layout(&state, &portal, None, notice),
-        form: FormState::default(),
+        form: FormState::labelled(LOGIN_FIELDS),
         next: safe_next(&q.next).to_owned(),
     };
     page(StatusCode::OK, &view)
@@ -86,14 +87,14 @@ pub async fn login_submit(
                     None,
                     Some("The page had expired. Please sign in again.".to_owned()),
                 ),
-                form: FormState::default().with_value("email", &f.email),
+                form: FormState::labelled(LOGIN_FIELDS).with_value("email", &f.email),
                 next: safe_next(&f.next).to_owned(),
             };
             return page(StatusCode::FORBIDDEN, &view);
         }
         Err(refused) => return Err(refused.into()),
     };
-    let mut form_state = FormState::default().with_value("email", &f.email);
+    let mut form_state = FormState::labelled(LOGIN_FIELDS).with_value("email", &f.email);
     let status = match state
         .login
         .login(&f.email, &Password::new(f.password), &client)
@@ -125,7 +126,16 @@ pub async fn login_submit(
             enrolment::begin(&state, &mut portal, &client, &grant.user).await?;
             return Ok(Redirect::to(enrolment::ENROLMENT_PAGE).into_response());
         }
-        Err(e) => explain(&mut form_state, "email", e)?,
+        Err(e) => {
+            let wrong = matches!(e, ServiceError::InvalidCredentials);
+            let status = explain(&mut form_state, "email", e)?;
+            // Either could be the wrong one: both are marked invalid, and
+            // both point at the one message.
+            if wrong {
+                form_state.also_invalid("password", "email");
+            }
+            status
+        }
     };
     let view = LoginPage {
         layout: layout(&state, &portal, None, None),

@@ -154,6 +154,8 @@ impl App {
                 passkeys: services.passkeys,
                 passkey_sign_in: services.passkey_sign_in,
                 account_status: services.account_status,
+                invitations: services.invitations,
+                invitation_acceptance: services.invitation_acceptance,
                 admin,
                 health,
                 cookies: CookieSettings::new(

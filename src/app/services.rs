@@ -39,6 +39,8 @@ pub(super) struct Services {
     pub(super) passkeys: Arc<Passkeys>,
     pub(super) passkey_sign_in: Arc<PasskeySignIn>,
     pub(super) account_status: Arc<AccountStatus>,
+    pub(super) invitations: Arc<crate::services::Invitations>,
+    pub(super) invitation_acceptance: Arc<crate::services::InvitationAcceptance>,
 }
 
 impl Services {
@@ -174,6 +176,23 @@ impl Services {
             audit.clone(),
             Arc::clone(clock),
         ));
+        let invitations = Arc::new(crate::services::Invitations::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            settings,
+        ));
+        let invitation_acceptance = Arc::new(crate::services::InvitationAcceptance::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&passwords),
+            Arc::clone(&sessions),
+            audit.clone(),
+            Arc::clone(clock),
+            settings,
+        ));
         let recovery = Arc::new(Recovery::new(
             store.clone(),
             store.clone(),
@@ -213,6 +232,8 @@ impl Services {
             passkeys,
             passkey_sign_in,
             account_status,
+            invitations,
+            invitation_acceptance,
         })
     }
 }
@@ -243,6 +264,7 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
         reauth_window: config.mfa.reauth_window,
         mfa_required_roles: config.mfa.required_roles.clone(),
         mfa_required_for_all: config.mfa.required_for_all,
+        invite_ttl: config.tokens.invite_ttl,
     }
 }
 

@@ -168,10 +168,16 @@ pub enum AuditEvent {
     PasskeyCounterRegression,
     AccountDisabled,
     AccountEnabled,
+    /// Invitations (issue 19): sent, sent again with a new link, revoked
+    /// by an admin, accepted by the invitee (who then has an account).
+    InvitationSent,
+    InvitationResent,
+    InvitationRevoked,
+    InvitationAccepted,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 24] = [
+    pub const ALL: [AuditEvent; 28] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -196,6 +202,10 @@ impl AuditEvent {
         AuditEvent::PasskeyCounterRegression,
         AuditEvent::AccountDisabled,
         AuditEvent::AccountEnabled,
+        AuditEvent::InvitationSent,
+        AuditEvent::InvitationResent,
+        AuditEvent::InvitationRevoked,
+        AuditEvent::InvitationAccepted,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -226,6 +236,10 @@ impl AuditEvent {
             AuditEvent::PasskeyCounterRegression => "passkey_counter_regression",
             AuditEvent::AccountDisabled => "account_disabled",
             AuditEvent::AccountEnabled => "account_enabled",
+            AuditEvent::InvitationSent => "invitation_sent",
+            AuditEvent::InvitationResent => "invitation_resent",
+            AuditEvent::InvitationRevoked => "invitation_revoked",
+            AuditEvent::InvitationAccepted => "invitation_accepted",
         }
     }
 

@@ -61,6 +61,12 @@ pub enum Content {
         name: String,
         added: bool,
     },
+    /// Issue 19: an administrator invited the recipient.
+    Invitation {
+        link: String,
+        role: String,
+        expires_hours: u64,
+    },
 }
 
 impl Content {
@@ -75,13 +81,16 @@ impl Content {
             Content::RecoveryCodeUsed { .. } => "recovery_code_used",
             Content::TwoStepChanged { .. } => "two_step_changed",
             Content::PasskeyChanged { .. } => "passkey_changed",
+            Content::Invitation { .. } => "invitation",
         }
     }
 
     /// The link the message exists to deliver, if any.
     fn link(&self) -> Option<&str> {
         match self {
-            Content::PasswordReset { link, .. } | Content::VerifyEmail { link, .. } => Some(link),
+            Content::PasswordReset { link, .. }
+            | Content::VerifyEmail { link, .. }
+            | Content::Invitation { link, .. } => Some(link),
             _ => None,
         }
     }
@@ -167,6 +176,19 @@ impl Letter {
                     when,
                     name,
                     added: *added,
+                },
+            ),
+            Content::Invitation {
+                link,
+                role,
+                expires_hours,
+            } => templates::invitation(
+                to,
+                &brand,
+                &templates::InvitationEmail {
+                    link,
+                    role,
+                    expires_hours: *expires_hours,
                 },
             ),
         }?;

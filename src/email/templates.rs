@@ -69,6 +69,14 @@ pub struct PasskeyChangedEmail<'a> {
     pub added: bool,
 }
 
+/// What an invitation says (issue 19): the link to choose a password, the
+/// role the account will have, and how long the link works.
+pub struct InvitationEmail<'a> {
+    pub link: &'a str,
+    pub role: &'a str,
+    pub expires_hours: u64,
+}
+
 /// Declares the plain-text and HTML template pair of one email kind.
 macro_rules! email_templates {
     ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
@@ -145,6 +153,14 @@ email_templates!(
     PasskeyHtml,
     "email/passkey_changed.html",
     PasskeyChangedEmail
+);
+
+email_templates!(
+    InvitationText,
+    "email/invitation.txt",
+    InvitationHtml,
+    "email/invitation.html",
+    InvitationEmail
 );
 
 /// Renders both parts into one message.
@@ -283,5 +299,19 @@ pub fn passkey_changed(
         &PasskeyText { brand, email },
         &PasskeyHtml { brand, email },
         None,
+    )
+}
+
+pub fn invitation(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &InvitationEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("You are invited to {}", brand.app_name),
+        &InvitationText { brand, email },
+        &InvitationHtml { brand, email },
+        Some(email.link),
     )
 }

@@ -6,6 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use super::api::admin_invitations;
 use super::api::{admin, admin_users, auth, health, mfa, passkeys, verification};
 use super::AppState;
 
@@ -25,6 +26,7 @@ use super::AppState;
         passkeys::login_options, passkeys::login_verify, passkeys::register_options,
         passkeys::register_verify, passkeys::list, passkeys::rename, passkeys::remove,
         verification::verify_email, verification::resend_verification, admin::audit, admin_users::disable, admin_users::enable,
+        admin_invitations::invite, admin_invitations::list, admin_invitations::resend, admin_invitations::revoke,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),

@@ -139,6 +139,9 @@ pub struct AppState {
     pub admin: Arc<AdminService>,
     /// Disable and enable accounts (issue 19).
     pub account_status: Arc<crate::services::AccountStatus>,
+    /// Invitations: the admin's side and the invitee's (issue 19).
+    pub invitations: Arc<crate::services::Invitations>,
+    pub invitation_acceptance: Arc<crate::services::InvitationAcceptance>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

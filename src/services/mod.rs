@@ -56,6 +56,12 @@ pub use recovery::Recovery;
 pub use registration::{RegisterInput, Registration};
 pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
 
+/// Invitations (issue 19): an admin's side, and the invitee's.
+pub mod invitations;
+pub mod invitations_accept;
+pub use invitations::{Invitations, InviteInput, ListedInvitation};
+pub use invitations_accept::InvitationAcceptance;
+
 /// Reset and verification tokens are 43 base64url characters, refresh
 /// tokens a few hundred; anything far longer is junk and not worth hashing.
 const MAX_TOKEN_LEN: usize = 4096;
@@ -90,6 +96,8 @@ pub struct AuthSettings {
     pub mfa_required_roles: Vec<crate::domain::Role>,
     /// Every user must (MFA_REQUIRED_FOR_ALL).
     pub mfa_required_for_all: bool,
+    /// How long an invitation link works (INVITE_EXPIRES).
+    pub invite_ttl: Duration,
 }
 
 /// A setting's duration as a span of time to add to a `DateTime`
@@ -197,6 +205,12 @@ pub enum ServiceError {
     Unavailable(#[source] anyhow::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// The address already has an open invitation: resend or revoke it.
+    #[error("invitation already pending")]
+    InvitationPending,
+    /// The invitation link is unknown, expired, used or revoked.
+    #[error("invitation link rejected")]
+    InvalidInvitation,
 }
 
 impl From<StoreError> for ServiceError {

@@ -278,7 +278,33 @@ impl Notifier {
         );
         Ok(false)
     }
+
+    /// Queues an invitation (issue 19) to someone who has no account yet.
+    /// The caller stored `token`'s hash with the invitation. The message
+    /// carries no `QueuedLink` (those are the one-time-token links): a
+    /// message still queued when its invitation is revoked or resent goes
+    /// out with a dead link, which the page refuses.
+    pub async fn invitation(
+        &self,
+        to: Recipient<'_>,
+        token: &str,
+        role: &str,
+        expires: Duration,
+    ) -> Result<()> {
+        let content = Content::Invitation {
+            link: format!("{}/{INVITE_PAGE}?token={token}", self.app_url),
+            role: role.to_owned(),
+            expires_hours: expires.as_secs().div_ceil(3600),
+        };
+        let email = self.outbox.letter(to, content, None)?;
+        self.queue.queue_email(&email).await?;
+        self.outbox.queued();
+        Ok(())
+    }
 }
+
+/// The page an invitation link opens.
+pub const INVITE_PAGE: &str = "invite";
 
 /// The one-time tokens that travel by email. A sign-in challenge token
 /// (`TokenPurpose::MfaChallenge`) goes back in the sign-in answer instead,

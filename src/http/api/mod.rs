@@ -10,6 +10,9 @@ pub mod passkeys;
 pub(crate) mod responses;
 pub mod verification;
 
+/// Invitations (issue 19).
+pub mod admin_invitations;
+
 use axum::Router;
 
 use super::{AppState, Limiters};
@@ -24,5 +27,6 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
                 .merge(passkeys::router(limiters)),
         )
         .nest("/api/admin", admin::router().merge(admin_users::router()))
+        .nest("/api/admin", admin_invitations::router())
         .merge(health::router())
 }

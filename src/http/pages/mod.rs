@@ -133,6 +133,12 @@ pub fn router(
         .route("/account/sessions/end", post(account::end_session))
         .route("/account/sessions/end-all", post(account::end_all_sessions))
         .route("/logout", post(sign_in::logout))
+        .route(
+            "/invite",
+            get(handlers::invitation::invitation_page).merge(
+                post(handlers::invitation::invitation_submit).layer(limited(&limiters.page_reset)),
+            ),
+        )
         .merge(passkeys::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))

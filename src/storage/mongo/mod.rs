@@ -38,6 +38,7 @@ use crate::domain::UserId;
 
 mod audit;
 mod email_queue;
+mod invitations;
 mod login_throttles;
 mod mfa;
 mod one_time_tokens;
@@ -288,6 +289,9 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         (mfa::PASSKEYS, unique("credential_id")),
         (mfa::PASSKEYS, plain("user_id")),
         (mfa::CEREMONIES, ttl()),
+        // One open invitation per address; the link finds its invitation.
+        (invitations::COLLECTION, unique("email")),
+        (invitations::COLLECTION, unique("token_hash")),
     ]
 }
 

@@ -19,6 +19,7 @@ use super::{HealthProbe, Store, StoreError, StoreResult, StoredInstant};
 mod audit;
 mod connections;
 mod email_queue;
+mod invitations;
 mod login_throttles;
 mod mfa;
 mod one_time_tokens;

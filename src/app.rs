@@ -37,6 +37,7 @@ mod store;
 mod tasks;
 
 pub use secrets::audit_key;
+pub(crate) use services::CliServices;
 pub use store::open_store;
 pub use tasks::shutdown_signal;
 

@@ -301,3 +301,60 @@ pub(super) fn outbox(
         Arc::clone(clock),
     ))
 }
+
+/// What `clinic-auth user create|disable|enable` runs (issue 19): the same
+/// use-cases as the service, over the same store and audit trail, with the
+/// outbox the changes' notices are queued in (the running service sends
+/// them).
+pub(crate) struct CliServices {
+    pub(crate) account_status: Arc<AccountStatus>,
+    pub(crate) direct_accounts: Arc<crate::services::invitations_direct::DirectAccounts>,
+}
+
+impl CliServices {
+    pub(crate) fn build(
+        config: &Config,
+        store: &Arc<dyn Store>,
+        audit: &Audit,
+    ) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let settings = auth_settings(config);
+        let (_, refresh_secret) = super::secrets::jwt_secrets(config)?;
+        let outbox = outbox(config, store, &refresh_secret, &clock)?;
+        let notifier = Arc::new(Notifier::new(
+            outbox,
+            store.clone(),
+            store.clone(),
+            Arc::clone(&clock),
+            &settings,
+        ));
+        let password_change = Arc::new(PasswordChange::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            notifier,
+            audit.clone(),
+            Arc::clone(&clock),
+        ));
+        let passwords =
+            Arc::new(Passwords::new(1).context("cannot start the password hashing thread")?);
+        Ok(Self {
+            account_status: Arc::new(AccountStatus::new(
+                store.clone(),
+                store.clone(),
+                password_change,
+                audit.clone(),
+                Arc::clone(&clock),
+            )),
+            direct_accounts: Arc::new(crate::services::invitations_direct::DirectAccounts::new(
+                store.clone(),
+                store.clone(),
+                passwords,
+                audit.clone(),
+                clock,
+                &settings,
+            )),
+        })
+    }
+}

@@ -20,6 +20,30 @@ type Result<T> = std::result::Result<T, ServiceError>;
 /// The longest reason an administrator may give (it goes into the trail).
 pub const REASON_MAX_CHARS: usize = 500;
 
+/// Who acts: a signed-in administrator, or the operator at the command
+/// line (`clinic-auth user disable|enable`), who has no account to name.
+/// Recorded as `by=<admin id>` or `by=cli`.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Admin(&'a User),
+    Cli,
+}
+
+impl<'a> From<&'a User> for Actor<'a> {
+    fn from(admin: &'a User) -> Self {
+        Actor::Admin(admin)
+    }
+}
+
+impl std::fmt::Display for Actor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Admin(admin) => write!(f, "{}", admin.id),
+            Actor::Cli => f.write_str("cli"),
+        }
+    }
+}
+
 pub struct AccountStatus {
     users: Arc<dyn UserStore>,
     links: Arc<dyn OneTimeTokenStore>,
@@ -45,17 +69,18 @@ impl AccountStatus {
         }
     }
 
-    /// Disables `target` on `admin`'s word and ends everything it had.
+    /// Disables `target` on `by`'s word and ends everything it had.
     /// `NotFound` for an unknown user; `LastAdmin` when `target` is the
     /// last active administrator (nobody could undo it from the service).
     /// Disabling a disabled account changes nothing and succeeds.
-    pub async fn disable(
+    pub async fn disable<'a>(
         &self,
         target: &UserId,
         reason: Option<&str>,
-        admin: &User,
+        by: impl Into<Actor<'a>>,
         client: &ClientContext,
     ) -> Result<User> {
+        let by = by.into();
         let reason = checked_reason(reason)?;
         self.audit.ready()?;
         let user = self.find(target).await?;
@@ -82,21 +107,22 @@ impl AccountStatus {
                 .delete_user_one_time_tokens(purpose, &user.id)
                 .await?;
         }
-        self.record(AuditEvent::AccountDisabled, &user, reason, admin, client)
+        self.record(AuditEvent::AccountDisabled, &user, reason, by, client)
             .await?;
-        tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
+        tracing::info!(user_id = %user.id, by = %by, web = ended.web, api = ended.api, "account disabled");
         self.find(target).await
     }
 
     /// Lets a disabled account sign in again (with the password it had; an
     /// admin can send a reset link if it was forgotten).
-    pub async fn enable(
+    pub async fn enable<'a>(
         &self,
         target: &UserId,
         reason: Option<&str>,
-        admin: &User,
+        by: impl Into<Actor<'a>>,
         client: &ClientContext,
     ) -> Result<User> {
+        let by = by.into();
         let reason = checked_reason(reason)?;
         self.audit.ready()?;
         let user = self.find(target).await?;
@@ -110,9 +136,9 @@ impl AccountStatus {
         {
             return Err(ServiceError::NotFound);
         }
-        self.record(AuditEvent::AccountEnabled, &user, reason, admin, client)
+        self.record(AuditEvent::AccountEnabled, &user, reason, by, client)
             .await?;
-        tracing::info!(user_id = %user.id, admin_id = %admin.id, "account enabled");
+        tracing::info!(user_id = %user.id, by = %by, "account enabled");
         self.find(target).await
     }
 
@@ -130,10 +156,10 @@ impl AccountStatus {
         event: AuditEvent,
         user: &User,
         reason: Option<String>,
-        admin: &User,
+        by: Actor<'_>,
         client: &ClientContext,
     ) -> Result<()> {
-        let mut detail = format!("by={}", admin.id);
+        let mut detail = format!("by={by}");
         if let Some(reason) = reason {
             detail.push_str(" reason=");
             detail.push_str(&reason);

@@ -20,7 +20,7 @@ use super::outbox::Recipient;
 use super::{span, AuthSettings, ClientContext, ServiceError};
 use crate::clock::Clock;
 use crate::domain::token::random_token;
-use crate::domain::{AuditEvent, EmailAddress, PersonName, Roles, TokenHash, User};
+use crate::domain::{AuditEvent, EmailAddress, PersonName, Role, Roles, TokenHash, User};
 use crate::storage::{Invitation, InvitationStore, NewInvitation, StoreError, UserStore};
 
 type Result<T> = std::result::Result<T, ServiceError>;
@@ -78,21 +78,7 @@ impl Invitations {
         admin: &User,
         client: &ClientContext,
     ) -> Result<Invitation> {
-        let mut errors = Vec::new();
-        let email = EmailAddress::parse(&input.email)
-            .map_err(|e| errors.push(e))
-            .ok();
-        let name = PersonName::parse(&input.name)
-            .map_err(|e| errors.push(e))
-            .ok();
-        let role = self
-            .roles
-            .check("role", &input.role)
-            .map_err(|e| errors.push(e))
-            .ok();
-        let (Some(email), Some(name), Some(role)) = (email, name, role) else {
-            return Err(ServiceError::Validation(errors));
-        };
+        let (email, name, role) = parse_invitee(input, &self.roles)?;
         self.audit.ready()?;
         self.ensure_no_account(&email).await?;
         let now = self.clock.now();
@@ -233,5 +219,29 @@ impl Invitations {
             ));
         self.audit.record(entry).await?;
         Ok(())
+    }
+}
+
+/// An invitee's address, name and role, each checked (the role against
+/// the clinic's); every problem at once. Shared with the command line's
+/// `user create` (`invitations_direct.rs`).
+pub(super) fn parse_invitee(
+    input: &InviteInput,
+    roles: &Roles,
+) -> Result<(EmailAddress, PersonName, Role)> {
+    let mut errors = Vec::new();
+    let email = EmailAddress::parse(&input.email)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let name = PersonName::parse(&input.name)
+        .map_err(|e| errors.push(e))
+        .ok();
+    let role = roles
+        .check("role", &input.role)
+        .map_err(|e| errors.push(e))
+        .ok();
+    match (email, name, role) {
+        (Some(email), Some(name), Some(role)) => Ok((email, name, role)),
+        _ => Err(ServiceError::Validation(errors)),
     }
 }

@@ -59,6 +59,7 @@ pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
 /// Invitations (issue 19): an admin's side, and the invitee's.
 pub mod invitations;
 pub mod invitations_accept;
+pub mod invitations_direct;
 pub use invitations::{Invitations, InviteInput, ListedInvitation};
 pub use invitations_accept::InvitationAcceptance;
 

@@ -113,6 +113,10 @@ pub enum UserCommand {
         /// Their role: admin, or one of ROLES
         #[arg(long, value_parser = NonEmptyStringValueParser::new())]
         role: String,
+        /// Email the link to them (queued; the running service sends it)
+        /// instead of printing it
+        #[arg(long = "email")]
+        send_email: bool,
     },
     /// Disable an account: it can no longer sign in, and every session and
     /// access token it had ends (recorded by=cli)
@@ -491,7 +495,13 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
 /// `clinic-auth user create EMAIL --name NAME --role ROLE`: the account,
 /// verified and without a usable password, and its one-time set-password
 /// link on stdout (the only place it is ever shown).
-pub async fn create_user(config: &Config, email: &str, name: &str, role: &str) -> ExitCode {
+pub async fn create_user(
+    config: &Config,
+    email: &str,
+    name: &str,
+    role: &str,
+    send_email: bool,
+) -> ExitCode {
     let change = match Change::open(config).await {
         Ok(change) => change,
         Err(code) => return code,
@@ -512,6 +522,7 @@ pub async fn create_user(config: &Config, email: &str, name: &str, role: &str) -
                 name: name.to_owned(),
                 role: role.to_owned(),
             },
+            send_email,
             &cli_client("create"),
         )
         .await;
@@ -523,14 +534,21 @@ pub async fn create_user(config: &Config, email: &str, name: &str, role: &str) -
             ExitCode::from(exit::UNREACHABLE)
         }
         Ok(created) => {
-            eprintln!(
-                "created {} ({}). Give them this link to choose a password; it works once, \
-                 for {}:",
-                created.user.email.as_str(),
-                created.user.role.as_str(),
-                humantime::format_duration(created.expires)
-            );
-            println!("{}", created.link);
+            let (email, role) = (created.user.email.as_str(), created.user.role.as_str());
+            let valid = humantime::format_duration(created.expires);
+            match created.link {
+                Some(link) => {
+                    eprintln!(
+                        "created {email} ({role}). Give them this link to choose a password; \
+                         it works once, for {valid}:"
+                    );
+                    println!("{link}");
+                }
+                None => eprintln!(
+                    "created {email} ({role}); a link to choose a password (valid {valid}) \
+                     is queued for them and goes out with the running service"
+                ),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => refused("cannot create the account", e),
@@ -666,6 +684,7 @@ mod tests {
                 email: "a@b.c".into(),
                 name: "Sam Lee".into(),
                 role: "nurse".into(),
+                send_email: false,
             })
         );
         assert_eq!(

@@ -20,6 +20,7 @@ const NEW_PASSWORD: &str = "a long new passphrase 42";
 
 backend_tests!(
     create_prints_a_link_that_sets_the_first_password,
+    create_with_email_queues_the_link_instead,
     disable_and_enable_from_the_command_line,
 );
 
@@ -39,6 +40,10 @@ async fn run(app: &TestApp, args: &[&str]) -> Output {
             .env(key, value)
             .env("DATA_DIR", data_dir)
             .env("ROLES", "doctor,nurse")
+            // The service's secrets, as an operator's configuration has
+            // them: a queued message is sealed under the refresh secret.
+            .env("JWT_ACCESS_SECRET", common::ACCESS_SECRET)
+            .env("JWT_REFRESH_SECRET", common::REFRESH_SECRET)
             .args(&args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -277,4 +282,46 @@ async fn disable_and_enable_from_the_command_line(backend: Backend) {
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("last active administrator"));
     app.login("admin@example.com", PASSWORD).await;
+}
+
+async fn create_with_email_queues_the_link_instead(backend: Backend) {
+    let app = TestApp::spawn_with(backend, &[("ROLES", "doctor,nurse")]).await;
+    let output = run(
+        &app,
+        &[
+            "user",
+            "create",
+            "sam@example.com",
+            "--name",
+            "Sam Lee",
+            "--role",
+            "nurse",
+            "--email",
+        ],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).is_empty(), "no link printed");
+    assert!(stderr(&output).contains("queued"), "{}", stderr(&output));
+    // The running service's sender finds it in the queue (it polls every
+    // few seconds: a message queued by another process wakes nobody).
+    let mut found = Vec::new();
+    for _ in 0..300 {
+        found = common::read_subject(&app.outbox(), "You are invited to");
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let email = found.first().expect("the set-password email");
+    assert!(email.to.contains("sam@example.com"));
+    assert!(email.text.contains("as nurse"), "{}", email.text);
+    let start = email.text.find(LINK).expect("a set-password link") + LINK.len();
+    let token: String = email.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let res = app.reset_password(&token, NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    app.login("sam@example.com", NEW_PASSWORD).await;
 }

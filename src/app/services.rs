@@ -333,7 +333,7 @@ impl CliServices {
             store.clone(),
             store.clone(),
             store.clone(),
-            notifier,
+            Arc::clone(&notifier),
             audit.clone(),
             Arc::clone(&clock),
         ));
@@ -351,6 +351,7 @@ impl CliServices {
                 store.clone(),
                 store.clone(),
                 passwords,
+                notifier,
                 audit.clone(),
                 clock,
                 &settings,

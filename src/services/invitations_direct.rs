@@ -9,13 +9,16 @@
 //! page and its rules, single use, stored hashed) that lives INVITE_EXPIRES
 //! rather than the reset link's minutes, since it goes to someone who is
 //! not waiting for it. Reusing the reset link rather than an invitation
-//! keeps one way to set a password on an existing account.
+//! keeps one way to set a password on an existing account. With `--email`
+//! the link is emailed instead (queued in the outbox, in the invitation's
+//! words; the running service sends it).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::audit::Audit;
 use super::invitations::{parse_invitee, InviteInput};
+use super::notifier::Notifier;
 use super::passwords::Passwords;
 use super::{span, AuthSettings, ClientContext, ServiceError};
 use crate::clock::Clock;
@@ -30,11 +33,11 @@ type Result<T> = std::result::Result<T, ServiceError>;
 /// The page the set-password link opens (the reset page).
 const SET_PASSWORD_PAGE: &str = "reset-password";
 
-/// A created account and its set-password link. No `Debug`: the link is
-/// as good as a password until used.
+/// A created account and its set-password link (`None` when it was
+/// emailed). No `Debug`: the link is as good as a password until used.
 pub struct CreatedAccount {
     pub user: User,
-    pub link: String,
+    pub link: Option<String>,
     pub expires: Duration,
 }
 
@@ -42,6 +45,7 @@ pub struct DirectAccounts {
     users: Arc<dyn UserStore>,
     links: Arc<dyn OneTimeTokenStore>,
     passwords: Arc<Passwords>,
+    notifier: Arc<Notifier>,
     audit: Audit,
     clock: Arc<dyn Clock>,
     roles: Roles,
@@ -54,6 +58,7 @@ impl DirectAccounts {
         users: Arc<dyn UserStore>,
         links: Arc<dyn OneTimeTokenStore>,
         passwords: Arc<Passwords>,
+        notifier: Arc<Notifier>,
         audit: Audit,
         clock: Arc<dyn Clock>,
         settings: &AuthSettings,
@@ -62,6 +67,7 @@ impl DirectAccounts {
             users,
             links,
             passwords,
+            notifier,
             audit,
             clock,
             roles: settings.roles.clone(),
@@ -77,6 +83,7 @@ impl DirectAccounts {
     pub async fn create(
         &self,
         input: &InviteInput,
+        send_email: bool,
         client: &ClientContext,
     ) -> Result<CreatedAccount> {
         let (email, name, role) = parse_invitee(input, &self.roles)?;
@@ -99,16 +106,25 @@ impl DirectAccounts {
             Err(StoreError::Conflict) => return Err(ServiceError::EmailTaken),
             Err(e) => return Err(e.into()),
         };
-        let token = random_token();
-        let link = NewOneTimeToken {
-            user_id: user.id.clone(),
-            token_hash: TokenHash::of(&token),
-            expires_at: now + span(self.ttl),
-            created_at: now,
+        let link = if send_email {
+            self.notifier.send_set_password(&user, self.ttl).await?;
+            None
+        } else {
+            let token = random_token();
+            let link = NewOneTimeToken {
+                user_id: user.id.clone(),
+                token_hash: TokenHash::of(&token),
+                expires_at: now + span(self.ttl),
+                created_at: now,
+            };
+            self.links
+                .replace_one_time_token(TokenPurpose::PasswordReset, &link)
+                .await?;
+            Some(format!(
+                "{}/{SET_PASSWORD_PAGE}?token={token}",
+                self.app_url
+            ))
         };
-        self.links
-            .replace_one_time_token(TokenPurpose::PasswordReset, &link)
-            .await?;
         let entry = self
             .audit
             .entry(AuditEvent::Register, client)
@@ -117,7 +133,7 @@ impl DirectAccounts {
             .detail(format!("by=cli role={}", user.role));
         self.audit.record(entry).await?;
         Ok(CreatedAccount {
-            link: format!("{}/{SET_PASSWORD_PAGE}?token={token}", self.app_url),
+            link,
             expires: self.ttl,
             user,
         })

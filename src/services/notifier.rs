@@ -240,6 +240,7 @@ impl Notifier {
         let (ttl, page) = match kind {
             EmailedLink::Reset => (self.reset_ttl, RESET_PAGE),
             EmailedLink::Verification => (self.verification_ttl, VERIFY_PAGE),
+            EmailedLink::SetPassword(ttl) => (ttl, RESET_PAGE),
         };
         let link = NewLink {
             token_hash: TokenHash::of(&token),
@@ -303,6 +304,25 @@ impl Notifier {
     }
 }
 
+impl Notifier {
+    /// Emails the owner of an account made by `clinic-auth user create
+    /// --email` a link to choose their first password: a reset link (the
+    /// outbox checks it is still current before each attempt) valid `ttl`,
+    /// in the invitation's words.
+    pub async fn send_set_password(&self, user: &User, ttl: Duration) -> Result<()> {
+        let role = user.role.as_str().to_owned();
+        let expires_hours = ttl.as_secs().div_ceil(3600);
+        self.send_link(user, EmailedLink::SetPassword(ttl), |link| {
+            Content::Invitation {
+                link,
+                role,
+                expires_hours,
+            }
+        })
+        .await
+    }
+}
+
 /// The page an invitation link opens.
 pub const INVITE_PAGE: &str = "invite";
 
@@ -313,12 +333,15 @@ pub const INVITE_PAGE: &str = "invite";
 enum EmailedLink {
     Reset,
     Verification,
+    /// A new account's first password (`clinic-auth user create --email`):
+    /// a reset link that lives this long.
+    SetPassword(Duration),
 }
 
 impl EmailedLink {
     fn purpose(self) -> TokenPurpose {
         match self {
-            Self::Reset => TokenPurpose::PasswordReset,
+            Self::Reset | Self::SetPassword(_) => TokenPurpose::PasswordReset,
             Self::Verification => TokenPurpose::EmailVerification,
         }
     }

@@ -37,6 +37,7 @@ mod store;
 mod tasks;
 
 pub use secrets::audit_key;
+pub(crate) use services::CliServices;
 pub use store::open_store;
 pub use tasks::shutdown_signal;
 
@@ -162,6 +163,8 @@ impl App {
                 account_support: services.account_support,
                 mfa_reset: services.mfa_reset,
                 account_erasure: services.account_erasure,
+                invitations: services.invitations,
+                invitation_acceptance: services.invitation_acceptance,
                 admin,
                 health,
                 cookies: CookieSettings::new(

@@ -13,13 +13,17 @@ use std::time::Duration;
 use clap::builder::{NonEmptyStringValueParser, TypedValueParser as _};
 use clap::{Parser, Subcommand};
 
-use crate::app::{audit_key, open_store};
+use std::sync::Arc;
+
+use crate::app::{audit_key, open_store, CliServices};
 use crate::config::Config;
 use crate::domain::audit::canonical_time;
-use crate::domain::{AuditKey, Role};
+use crate::domain::{AuditKey, EmailAddress, Role};
+use crate::services::account_status::Actor;
 use crate::services::audit::{verify_chain, Audit, ChainSummary};
 use crate::services::checkpoints::{read_checkpoints, CheckpointFile, Checkpointer, LineFault};
-use crate::services::{AdminService, ClientContext, ServiceError};
+use crate::services::{AdminService, ClientContext, InviteInput, ServiceError};
+use crate::storage::Store;
 
 /// The process's exit codes, one meaning each; `--help` and the README list
 /// them, and tests/binary.rs checks each with the real binary.
@@ -41,6 +45,8 @@ Examples:
   clinic-auth                                   run the service
   clinic-auth audit verify                      check the audit trail
   clinic-auth user set-role jane@example.com admin
+  clinic-auth user create it@example.com --name \"Sam Lee\" --role admin
+  clinic-auth user disable jane@example.com --reason \"Left the clinic\"
 
 Configuration comes from the environment and .env, as for the service (see
 the README's Configuration section).
@@ -94,6 +100,39 @@ pub enum UserCommand {
         /// The role to give: admin, or one of ROLES (by default only doctor)
         #[arg(value_parser = role())]
         role: Role,
+    },
+    /// Create an account (verified, no password yet) and print a one-time
+    /// link for its owner to choose a password (valid INVITE_EXPIRES)
+    #[command(after_help = AFTER_HELP)]
+    Create {
+        /// The new user's email address
+        email: String,
+        /// Their full name
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        name: String,
+        /// Their role: admin, or one of ROLES
+        #[arg(long, value_parser = NonEmptyStringValueParser::new())]
+        role: String,
+        /// Email the link to them (queued; the running service sends it)
+        /// instead of printing it
+        #[arg(long = "email")]
+        send_email: bool,
+    },
+    /// Disable an account: it can no longer sign in, and every session and
+    /// access token it had ends (recorded by=cli)
+    #[command(after_help = AFTER_HELP)]
+    Disable {
+        /// The user's email address
+        email: String,
+        /// Why, for the audit trail (one line)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Enable a disabled account again (recorded by=cli)
+    #[command(after_help = AFTER_HELP)]
+    Enable {
+        /// The user's email address
+        email: String,
     },
 }
 
@@ -338,6 +377,71 @@ fn report_checkpoints(file: &CheckpointFile, key: &AuditKey, path: &str, records
     !file.faults.is_empty()
 }
 
+/// What a user command that changes something holds: the store, and the
+/// audit trail opened as the service opens it (writer and checkpoint
+/// file), so its record is stored and anchored before the command reports.
+struct Change {
+    store: Arc<dyn Store>,
+    audit: Audit,
+    writer: tokio::sync::oneshot::Receiver<()>,
+    checkpointer: Checkpointer,
+}
+
+impl Change {
+    /// Opens the store and the audit trail; on failure, the message is
+    /// printed and the exit code returned.
+    async fn open(config: &Config) -> Result<Self, ExitCode> {
+        let store = open_store(config).await.map_err(|e| {
+            eprintln!("cannot open the database: {e:#}");
+            ExitCode::from(exit::UNREACHABLE)
+        })?;
+        let key = audit_key(config).map_err(|e| {
+            eprintln!("cannot load AUDIT_KEY: {e:#}");
+            ExitCode::from(exit::USAGE)
+        })?;
+        let checkpointer = Checkpointer::open(
+            store.clone(),
+            key.clone(),
+            &config.audit.audit_checkpoint_file,
+        )
+        .map_err(|e| {
+            eprintln!("{e:#}");
+            ExitCode::from(exit::UNREACHABLE)
+        })?;
+        let (audit, writer) =
+            Audit::start(store.clone(), store.serialized_writes(), key).map_err(|e| {
+                eprintln!("cannot start the audit writer: {e}");
+                ExitCode::from(exit::UNREACHABLE)
+            })?;
+        Ok(Self {
+            store,
+            audit,
+            writer,
+            checkpointer,
+        })
+    }
+
+    /// Waits for the audit records; once `changed`, anchors them at once
+    /// rather than at the service's next checkpoint. False when the records
+    /// could not be stored.
+    async fn finish(self, changed: bool) -> bool {
+        let flushed = tokio::time::timeout(Duration::from_secs(15), self.audit.flush()).await;
+        drop(self.audit);
+        let _ = self.writer.await;
+        if changed && flushed.is_ok() {
+            if let Err(e) = self.checkpointer.checkpoint().await {
+                eprintln!("warning: no audit checkpoint written: {e:#}");
+            }
+        }
+        flushed.is_ok()
+    }
+}
+
+/// Recorded as done from the command line: no IP, no request.
+fn cli_client(command: &str) -> ClientContext {
+    ClientContext::new(None, Some(&format!("clinic-auth user {command}")))
+}
+
 /// `clinic-auth user set-role EMAIL ROLE`.
 pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
     if !config.accounts.roles.contains(&role) {
@@ -347,56 +451,25 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
         );
         return ExitCode::from(exit::USAGE);
     }
-    let store = match open_store(config).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("cannot open the database: {e:#}");
-            return ExitCode::from(exit::UNREACHABLE);
-        }
+    let change = match Change::open(config).await {
+        Ok(change) => change,
+        Err(code) => return code,
     };
-    let key = match audit_key(config) {
-        Ok(key) => key,
-        Err(e) => {
-            eprintln!("cannot load AUDIT_KEY: {e:#}");
-            return ExitCode::from(exit::USAGE);
-        }
-    };
-    let checkpointer = match Checkpointer::open(
-        store.clone(),
-        key.clone(),
-        &config.audit.audit_checkpoint_file,
-    ) {
-        Ok(checkpointer) => checkpointer,
-        Err(e) => {
-            eprintln!("{e:#}");
-            return ExitCode::from(exit::UNREACHABLE);
-        }
-    };
-    let (audit, writer) = match Audit::start(store.clone(), store.serialized_writes(), key) {
-        Ok(started) => started,
-        Err(e) => {
-            eprintln!("cannot start the audit writer: {e}");
-            return ExitCode::from(exit::UNREACHABLE);
-        }
-    };
-    let admin = AdminService::new(store.clone(), store, audit.clone());
-    // Recorded as done from the command line: no IP, no request.
-    let client = ClientContext::new(None, Some("clinic-auth user set-role"));
-    let result = admin.set_role(email, role, &client).await;
+    let admin = AdminService::new(
+        change.store.clone(),
+        change.store.clone(),
+        change.audit.clone(),
+    );
+    let result = admin.set_role(email, role, &cli_client("set-role")).await;
     drop(admin);
     // The role change is recorded before we report success.
-    let flushed = tokio::time::timeout(Duration::from_secs(15), audit.flush()).await;
-    drop(audit);
-    let _ = writer.await;
-    if matches!((&result, &flushed), (Ok(Some(_)), Ok(()))) {
-        // Anchors the role change at once rather than at the service's next
-        // checkpoint.
-        if let Err(e) = checkpointer.checkpoint().await {
-            eprintln!("warning: no audit checkpoint written: {e:#}");
+    let recorded = change.finish(matches!(result, Ok(Some(_)))).await;
+    match result {
+        Ok(Some(_)) if !recorded => {
+            eprintln!("the role was changed but the audit event could not be stored");
+            ExitCode::from(exit::UNREACHABLE)
         }
-    }
-    match (result, flushed) {
-        (Ok(Some(user)), Ok(())) => {
+        Ok(Some(user)) => {
             println!(
                 "{} is now {}; their earlier access tokens no longer work",
                 user.email.as_str(),
@@ -404,23 +477,174 @@ pub async fn set_role(config: &Config, email: &str, role: Role) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        (Ok(Some(_)), Err(_)) => {
-            eprintln!("the role was changed but the audit event could not be stored");
-            ExitCode::from(exit::UNREACHABLE)
-        }
-        (Ok(None), _) => {
+        Ok(None) => {
             eprintln!("no user with the email {email}");
             ExitCode::from(exit::FAILED)
         }
-        (Err(ServiceError::Validation(_)), _) => {
+        Err(ServiceError::Validation(_)) => {
             eprintln!("not an email address: {email}");
             ExitCode::from(exit::USAGE)
         }
-        (Err(e), _) => {
+        Err(e) => {
             eprintln!("cannot change the role: {:#}", anyhow::Error::from(e));
             ExitCode::from(exit::UNREACHABLE)
         }
     }
+}
+
+/// `clinic-auth user create EMAIL --name NAME --role ROLE`: the account,
+/// verified and without a usable password, and its one-time set-password
+/// link on stdout (the only place it is ever shown).
+pub async fn create_user(
+    config: &Config,
+    email: &str,
+    name: &str,
+    role: &str,
+    send_email: bool,
+) -> ExitCode {
+    let change = match Change::open(config).await {
+        Ok(change) => change,
+        Err(code) => return code,
+    };
+    let services = match CliServices::build(config, &change.store, &change.audit) {
+        Ok(services) => services,
+        Err(e) => {
+            eprintln!("{e:#}");
+            drop(change);
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let result = services
+        .direct_accounts
+        .create(
+            &InviteInput {
+                email: email.to_owned(),
+                name: name.to_owned(),
+                role: role.to_owned(),
+            },
+            send_email,
+            &cli_client("create"),
+        )
+        .await;
+    drop(services);
+    let recorded = change.finish(result.is_ok()).await;
+    match result {
+        Ok(_) if !recorded => {
+            eprintln!("the account was created but the audit event could not be stored");
+            ExitCode::from(exit::UNREACHABLE)
+        }
+        Ok(created) => {
+            let (email, role) = (created.user.email.as_str(), created.user.role.as_str());
+            let valid = humantime::format_duration(created.expires);
+            match created.link {
+                Some(link) => {
+                    eprintln!(
+                        "created {email} ({role}). Give them this link to choose a password; \
+                         it works once, for {valid}:"
+                    );
+                    println!("{link}");
+                }
+                None => eprintln!(
+                    "created {email} ({role}); a link to choose a password (valid {valid}) \
+                     is queued for them and goes out with the running service"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => refused("cannot create the account", e),
+    }
+}
+
+/// `clinic-auth user disable EMAIL [--reason R]` and `user enable EMAIL`,
+/// through the same use-case as the admin API, recorded `by=cli`.
+pub async fn set_disabled(
+    config: &Config,
+    email: &str,
+    disable: bool,
+    reason: Option<&str>,
+) -> ExitCode {
+    let Ok(address) = EmailAddress::parse(email) else {
+        eprintln!("not an email address: {email}");
+        return ExitCode::from(exit::USAGE);
+    };
+    let change = match Change::open(config).await {
+        Ok(change) => change,
+        Err(code) => return code,
+    };
+    let services = match CliServices::build(config, &change.store, &change.audit) {
+        Ok(services) => services,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let status = &services.account_status;
+    let result = match change.store.find_user_by_email(&address).await {
+        Ok(Some(user)) if disable => {
+            status
+                .disable(&user.id, reason, Actor::Cli, &cli_client("disable"))
+                .await
+        }
+        Ok(Some(user)) => {
+            status
+                .enable(&user.id, reason, Actor::Cli, &cli_client("enable"))
+                .await
+        }
+        Ok(None) => Err(ServiceError::NotFound),
+        Err(e) => Err(e.into()),
+    };
+    drop(services);
+    let recorded = change.finish(result.is_ok()).await;
+    match result {
+        Ok(_) if !recorded => {
+            eprintln!("the account was changed but the audit event could not be stored");
+            ExitCode::from(exit::UNREACHABLE)
+        }
+        Ok(user) if user.is_disabled() => {
+            println!(
+                "{} is disabled; every session and access token it had has ended",
+                user.email.as_str()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(user) => {
+            println!(
+                "{} is enabled; it signs in with its password",
+                user.email.as_str()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => refused("cannot change the account", e),
+    }
+}
+
+/// A refusal's words on stderr (the API's, so both say the same) and its
+/// exit code: bad input is a usage error (2); an account that does not
+/// exist, already exists, or is the last active admin a refusal (1); the
+/// database 3.
+fn refused(what: &str, err: ServiceError) -> ExitCode {
+    let code = match &err {
+        ServiceError::Validation(_) => exit::USAGE,
+        ServiceError::NotFound => {
+            eprintln!("{what}: no user with that email");
+            return ExitCode::from(exit::FAILED);
+        }
+        ServiceError::EmailTaken | ServiceError::LastAdmin => exit::FAILED,
+        _ => {
+            eprintln!("{what}: {:#}", anyhow::Error::from(err));
+            return ExitCode::from(exit::UNREACHABLE);
+        }
+    };
+    let told = crate::error::ApiError::from(err);
+    match told.fields {
+        Some(fields) => {
+            for (field, messages) in fields {
+                eprintln!("{what}: {field}: {}", messages.join(" "));
+            }
+        }
+        None => eprintln!("{what}: {}", told.message),
+    }
+    ExitCode::from(code)
 }
 
 #[cfg(test)]
@@ -449,6 +673,41 @@ mod tests {
                     role: expected
                 })
             );
+        }
+    }
+
+    #[test]
+    fn account_commands_parse() {
+        assert_eq!(
+            parse(["user", "create", "a@b.c", "--name", "Sam Lee", "--role", "nurse"]).unwrap(),
+            Command::User(UserCommand::Create {
+                email: "a@b.c".into(),
+                name: "Sam Lee".into(),
+                role: "nurse".into(),
+                send_email: false,
+            })
+        );
+        assert_eq!(
+            parse(["user", "disable", "a@b.c", "--reason", "Left"]).unwrap(),
+            Command::User(UserCommand::Disable {
+                email: "a@b.c".into(),
+                reason: Some("Left".into()),
+            })
+        );
+        assert_eq!(
+            parse(["user", "enable", "a@b.c"]).unwrap(),
+            Command::User(UserCommand::Enable {
+                email: "a@b.c".into()
+            })
+        );
+        for args in [
+            &["user", "create", "a@b.c", "--role", "nurse"][..],
+            &["user", "create", "a@b.c", "--name", "Sam"],
+            &["user", "disable"],
+            &["user", "enable", "a@b.c", "--reason", "x"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert_eq!(e.exit_code(), exit::USAGE, "{args:?}: {e}");
         }
     }
 

@@ -104,6 +104,8 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     /// 409: only a disabled account may be erased: disable it first.
     AccountNotDisabled,
+    /// 409: this address already has an open invitation: resend or revoke it.
+    InvitationPending,
 }
 
 /// The JSON error body (documented in the OpenAPI document).
@@ -442,6 +444,16 @@ impl From<ServiceError> for ApiError {
                 tracing::error!(error = ?e, "internal error");
                 ApiError::internal()
             }
+            ServiceError::InvitationPending => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::InvitationPending,
+                "This address already has an open invitation: send it again or revoke it.",
+            ),
+            ServiceError::InvalidInvitation => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidToken,
+                "This invitation link has expired or was already used. Ask your clinic's administrator for a new one.",
+            ),
         }
     }
 }

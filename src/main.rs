@@ -52,6 +52,18 @@ async fn run() -> ExitCode {
         Command::User(UserCommand::SetRole { email, role }) => {
             return cli::set_role(&config, &email, role).await
         }
+        Command::User(UserCommand::Create {
+            email,
+            name,
+            role,
+            send_email,
+        }) => return cli::create_user(&config, &email, &name, &role, send_email).await,
+        Command::User(UserCommand::Disable { email, reason }) => {
+            return cli::set_disabled(&config, &email, true, reason.as_deref()).await
+        }
+        Command::User(UserCommand::Enable { email }) => {
+            return cli::set_disabled(&config, &email, false, None).await
+        }
         Command::Serve => {}
     }
     clinic_auth::telemetry::init(config.is_production());

@@ -48,6 +48,9 @@ backend_tests!(
     web_sessions_of_one_family_are_deleted,
     users_are_listed_filtered_and_paged_by_email,
     a_user_is_anonymised_keeping_its_id,
+    invitations_are_one_per_address_and_listed,
+    invitation_links_expire_renew_and_are_taken_once,
+    concurrent_invitation_accepts_have_one_winner,
 );
 
 fn refresh(user: &UserId, jti: &str, family: &str, expires_in: Duration) -> NewRefreshToken {
@@ -1570,4 +1573,151 @@ async fn a_user_is_anonymised_keeping_its_id(backend: Backend) {
         .anonymise_user(&UserId::new("nobody"), &gone, &name, &hash, now())
         .await
         .unwrap());
+}
+
+// ----- invitations (issue 19) -----
+
+fn invitation(
+    email: &str,
+    token: &str,
+    expires_in: Duration,
+) -> clinic_auth::storage::NewInvitation {
+    clinic_auth::storage::NewInvitation {
+        email: EmailAddress::parse(email).unwrap(),
+        name: clinic_auth::domain::PersonName::parse("Sam Lee").unwrap(),
+        role: Role::parse("nurse").unwrap(),
+        token_hash: TokenHash::of(token),
+        invited_by: UserId::new("admin-1"),
+        created_at: now(),
+        expires_at: now() + expires_in,
+    }
+}
+
+async fn invitations_are_one_per_address_and_listed(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let sam = store
+        .create_invitation(&invitation("sam@example.com", "sam", Duration::hours(72)))
+        .await
+        .unwrap();
+    assert_eq!(sam.email.as_str(), "sam@example.com");
+    assert_eq!(sam.role.as_str(), "nurse");
+    assert_eq!(sam.invited_by.as_str(), "admin-1");
+    assert_eq!(sam.resend_count, 0);
+    assert_eq!(sam.last_sent_at, sam.created_at);
+    // A second invitation to the same address is refused, stores nothing.
+    let again = store
+        .create_invitation(&invitation("sam@example.com", "sam-2", Duration::hours(72)))
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)), "{again:?}");
+    assert!(store
+        .find_invitation_by_token(&TokenHash::of("sam-2"), now())
+        .await
+        .unwrap()
+        .is_none());
+    let kim = store
+        .create_invitation(&invitation("kim@example.com", "kim", Duration::hours(72)))
+        .await
+        .unwrap();
+    let listed = store.list_invitations().await.unwrap();
+    assert_eq!(listed, vec![sam.clone(), kim.clone()], "oldest first");
+    assert_eq!(
+        store.find_invitation(&kim.id).await.unwrap(),
+        Some(kim.clone())
+    );
+    let email = EmailAddress::parse("sam@example.com").unwrap();
+    assert_eq!(
+        store.find_invitation_by_email(&email).await.unwrap(),
+        Some(sam.clone())
+    );
+    // Unknown and malformed ids are none.
+    for id in ["", "nope", "507f1f77bcf86cd799439011"] {
+        assert_eq!(store.find_invitation(id).await.unwrap(), None, "{id}");
+        assert!(!store.delete_invitation(id).await.unwrap(), "{id}");
+    }
+    assert!(store.delete_invitation(&sam.id).await.unwrap());
+    assert!(!store.delete_invitation(&sam.id).await.unwrap(), "once");
+    assert_eq!(store.list_invitations().await.unwrap(), vec![kim]);
+    // Revoked, the address may be invited again.
+    store
+        .create_invitation(&invitation("sam@example.com", "sam-3", Duration::hours(72)))
+        .await
+        .unwrap();
+}
+
+async fn invitation_links_expire_renew_and_are_taken_once(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    let sam = store
+        .create_invitation(&invitation("sam@example.com", "old", Duration::hours(72)))
+        .await
+        .unwrap();
+    let old = TokenHash::of("old");
+    // Looking does not use it; the time given decides expiry.
+    for _ in 0..2 {
+        assert_eq!(
+            store.find_invitation_by_token(&old, now()).await.unwrap(),
+            Some(sam.clone())
+        );
+    }
+    let later = now() + Duration::hours(73);
+    assert_eq!(
+        store.find_invitation_by_token(&old, later).await.unwrap(),
+        None
+    );
+    assert_eq!(store.take_invitation(&old, later).await.unwrap(), None);
+    assert!(
+        store.find_invitation(&sam.id).await.unwrap().is_some(),
+        "an expired invitation stays listed"
+    );
+
+    // Renewed: a new link and expiry, the old link dead, the send counted.
+    let new = TokenHash::of("new");
+    let renewed = store
+        .renew_invitation(&sam.id, &new, later + Duration::hours(72), later)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renewed.resend_count, 1);
+    assert_eq!(renewed.last_sent_at, later);
+    assert_eq!(renewed.expires_at, later + Duration::hours(72));
+    assert_eq!(renewed.created_at, sam.created_at);
+    assert_eq!(
+        store.find_invitation_by_token(&old, now()).await.unwrap(),
+        None
+    );
+    assert_eq!(store.take_invitation(&old, now()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .renew_invitation("nope", &new, later, later)
+            .await
+            .unwrap(),
+        None
+    );
+
+    // Taken once, then gone.
+    assert_eq!(
+        store.take_invitation(&new, later).await.unwrap(),
+        Some(renewed)
+    );
+    assert_eq!(store.take_invitation(&new, later).await.unwrap(), None);
+    assert_eq!(store.find_invitation(&sam.id).await.unwrap(), None);
+}
+
+async fn concurrent_invitation_accepts_have_one_winner(backend: Backend) {
+    let (store, _guard) = fresh_store(backend).await;
+    store
+        .create_invitation(&invitation("sam@example.com", "race", Duration::hours(1)))
+        .await
+        .unwrap();
+    let wins = common::winners(8, || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .take_invitation(&TokenHash::of("race"), now())
+                .await
+                .unwrap()
+                .is_some()
+        }
+    })
+    .await;
+    assert_eq!(wins, 1);
 }

@@ -47,6 +47,8 @@ pub(super) struct Services {
     pub(super) account_support: Arc<AccountSupport>,
     pub(super) mfa_reset: Arc<MfaReset>,
     pub(super) account_erasure: Arc<AccountErasure>,
+    pub(super) invitations: Arc<crate::services::Invitations>,
+    pub(super) invitation_acceptance: Arc<crate::services::InvitationAcceptance>,
 }
 
 impl Services {
@@ -200,6 +202,23 @@ impl Services {
             audit.clone(),
             Arc::clone(clock),
         ));
+        let invitations = Arc::new(crate::services::Invitations::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(clock),
+            settings,
+        ));
+        let invitation_acceptance = Arc::new(crate::services::InvitationAcceptance::new(
+            store.clone(),
+            store.clone(),
+            Arc::clone(&passwords),
+            Arc::clone(&sessions),
+            audit.clone(),
+            Arc::clone(clock),
+            settings,
+        ));
         let recovery = Arc::new(Recovery::new(
             store.clone(),
             store.clone(),
@@ -281,6 +300,8 @@ impl Services {
             account_support,
             mfa_reset,
             account_erasure,
+            invitations,
+            invitation_acceptance,
         })
     }
 }
@@ -312,6 +333,7 @@ pub(super) fn auth_settings(config: &Config) -> AuthSettings {
         mfa_required_roles: config.mfa.required_roles.clone(),
         mfa_required_for_all: config.mfa.required_for_all,
         emergency_access_ttl: config.sessions.emergency_access_ttl,
+        invite_ttl: config.tokens.invite_ttl,
     }
 }
 
@@ -347,4 +369,62 @@ pub(super) fn outbox(
         },
         Arc::clone(clock),
     ))
+}
+
+/// What `clinic-auth user create|disable|enable` runs (issue 19): the same
+/// use-cases as the service, over the same store and audit trail, with the
+/// outbox the changes' notices are queued in (the running service sends
+/// them).
+pub(crate) struct CliServices {
+    pub(crate) account_status: Arc<AccountStatus>,
+    pub(crate) direct_accounts: Arc<crate::services::invitations_direct::DirectAccounts>,
+}
+
+impl CliServices {
+    pub(crate) fn build(
+        config: &Config,
+        store: &Arc<dyn Store>,
+        audit: &Audit,
+    ) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(crate::clock::SystemClock);
+        let settings = auth_settings(config);
+        let (_, refresh_secret) = super::secrets::jwt_secrets(config)?;
+        let outbox = outbox(config, store, &refresh_secret, &clock)?;
+        let notifier = Arc::new(Notifier::new(
+            outbox,
+            store.clone(),
+            store.clone(),
+            Arc::clone(&clock),
+            &settings,
+        ));
+        let password_change = Arc::new(PasswordChange::new(
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            store.clone(),
+            Arc::clone(&notifier),
+            audit.clone(),
+            Arc::clone(&clock),
+        ));
+        let passwords =
+            Arc::new(Passwords::new(1).context("cannot start the password hashing thread")?);
+        Ok(Self {
+            account_status: Arc::new(AccountStatus::new(
+                store.clone(),
+                store.clone(),
+                password_change,
+                audit.clone(),
+                Arc::clone(&clock),
+            )),
+            direct_accounts: Arc::new(crate::services::invitations_direct::DirectAccounts::new(
+                store.clone(),
+                store.clone(),
+                passwords,
+                notifier,
+                audit.clone(),
+                clock,
+                &settings,
+            )),
+        })
+    }
 }

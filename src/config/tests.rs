@@ -61,6 +61,7 @@ fn defaults_match_the_documentation() {
     assert_eq!(c.accounts.registration, RegistrationMode::Open);
     assert_eq!(c.accounts.roles, Roles::default());
     assert_eq!(c.tokens.verification_token_ttl, Duration::from_secs(86_400));
+    assert_eq!(c.tokens.invite_ttl, Duration::from_secs(72 * 3600));
     assert_eq!(c.limits.mail_per_account_per_hour, 3);
     assert_eq!(c.server.http_header_timeout, Duration::from_secs(10));
     assert_eq!(c.server.http_body_timeout, Duration::from_secs(10));
@@ -213,6 +214,9 @@ fn bad_values_name_the_variable() {
             vec![("VERIFICATION_TOKEN_EXPIRES", "0s")],
             "VERIFICATION_TOKEN_EXPIRES",
         ),
+        (vec![("INVITE_EXPIRES", "10m")], "INVITE_EXPIRES"),
+        (vec![("INVITE_EXPIRES", "31days")], "INVITE_EXPIRES"),
+        (vec![("INVITE_EXPIRES", "soon")], "INVITE_EXPIRES"),
         (
             vec![("MAIL_TLS", "maybe"), ("MAIL_SERVER", "smtp.example.com")],
             "MAIL_TLS",

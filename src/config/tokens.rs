@@ -30,7 +30,14 @@ pub struct TokensConfig {
     pub refresh_reuse_grace: Duration,
     pub reset_token_ttl: Duration,
     pub verification_token_ttl: Duration,
+    /// How long an invitation link works (INVITE_EXPIRES, issue 19).
+    pub invite_ttl: Duration,
 }
+
+/// INVITE_EXPIRES bounds: at least an hour (someone must get to their
+/// mail), at most 30 days (a forgotten link should not stay a way in).
+const INVITE_TTL_MIN: Duration = Duration::from_secs(3600);
+const INVITE_TTL_MAX: Duration = Duration::from_secs(30 * 86_400);
 
 #[derive(Default, Deserialize)]
 #[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
@@ -49,6 +56,8 @@ struct TokensVars {
     refresh_reuse_grace: Option<Duration>,
     #[serde(deserialize_with = "values::duration")]
     verification_token_expires: Option<Duration>,
+    #[serde(deserialize_with = "values::duration")]
+    invite_expires: Option<Duration>,
 }
 
 impl TokensConfig {
@@ -107,6 +116,10 @@ impl TokensConfig {
                 "must be longer than zero",
             ));
         }
+        let invite_ttl = v.invite_expires.unwrap_or(Duration::from_secs(72 * 3600));
+        if !(INVITE_TTL_MIN..=INVITE_TTL_MAX).contains(&invite_ttl) {
+            return Err(err("INVITE_EXPIRES", "must be between 1h and 30days"));
+        }
         Ok(Self {
             jwt_access_secret,
             jwt_refresh_secret,
@@ -116,6 +129,7 @@ impl TokensConfig {
             refresh_reuse_grace,
             reset_token_ttl: Duration::from_secs(reset_minutes * 60),
             verification_token_ttl,
+            invite_ttl,
         })
     }
 }

@@ -182,10 +182,16 @@ pub enum AuditEvent {
     MfaReset,
     /// An administrator erased a disabled account's name and email.
     AccountAnonymised,
+    /// Invitations (issue 19): sent, sent again with a new link, revoked
+    /// by an admin, accepted by the invitee (who then has an account).
+    InvitationSent,
+    InvitationResent,
+    InvitationRevoked,
+    InvitationAccepted,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 32] = [
+    pub const ALL: [AuditEvent; 36] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -218,6 +224,10 @@ impl AuditEvent {
         AuditEvent::SessionsRevoked,
         AuditEvent::MfaReset,
         AuditEvent::AccountAnonymised,
+        AuditEvent::InvitationSent,
+        AuditEvent::InvitationResent,
+        AuditEvent::InvitationRevoked,
+        AuditEvent::InvitationAccepted,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -256,6 +266,10 @@ impl AuditEvent {
             AuditEvent::SessionsRevoked => "sessions_revoked",
             AuditEvent::MfaReset => "mfa_reset",
             AuditEvent::AccountAnonymised => "account_anonymised",
+            AuditEvent::InvitationSent => "invitation_sent",
+            AuditEvent::InvitationResent => "invitation_resent",
+            AuditEvent::InvitationRevoked => "invitation_revoked",
+            AuditEvent::InvitationAccepted => "invitation_accepted",
         }
     }
 

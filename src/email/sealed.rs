@@ -76,6 +76,12 @@ pub enum Content {
         when: String,
         account: Option<String>,
     },
+    /// Issue 19: an administrator invited the recipient.
+    Invitation {
+        link: String,
+        role: String,
+        expires_hours: u64,
+    },
 }
 
 impl Content {
@@ -92,13 +98,16 @@ impl Content {
             Content::PasskeyChanged { .. } => "passkey_changed",
             Content::EmergencyAccessStarted { .. } => "emergency_access_started",
             Content::MfaReset { .. } => "mfa_reset",
+            Content::Invitation { .. } => "invitation",
         }
     }
 
     /// The link the message exists to deliver, if any.
     fn link(&self) -> Option<&str> {
         match self {
-            Content::PasswordReset { link, .. } | Content::VerifyEmail { link, .. } => Some(link),
+            Content::PasswordReset { link, .. }
+            | Content::VerifyEmail { link, .. }
+            | Content::Invitation { link, .. } => Some(link),
             _ => None,
         }
     }
@@ -207,6 +216,19 @@ impl Letter {
                 &templates::MfaResetEmail {
                     when,
                     account: account.as_deref(),
+                },
+            ),
+            Content::Invitation {
+                link,
+                role,
+                expires_hours,
+            } => templates::invitation(
+                to,
+                &brand,
+                &templates::InvitationEmail {
+                    link,
+                    role,
+                    expires_hours: *expires_hours,
                 },
             ),
         }?;

@@ -77,6 +77,14 @@ pub struct EmergencyStartedEmail<'a> {
     pub user_email: &'a str,
 }
 
+/// What an invitation says (issue 19): the link to choose a password, the
+/// role the account will have, and how long the link works.
+pub struct InvitationEmail<'a> {
+    pub link: &'a str,
+    pub role: &'a str,
+    pub expires_hours: u64,
+}
+
 /// Declares the plain-text and HTML template pair of one email kind.
 macro_rules! email_templates {
     ($text:ident, $text_path:literal, $html:ident, $html_path:literal, $email:ident) => {
@@ -175,6 +183,14 @@ email_templates!(
     MfaResetHtml,
     "email/mfa_reset.html",
     MfaResetEmail
+);
+
+email_templates!(
+    InvitationText,
+    "email/invitation.txt",
+    InvitationHtml,
+    "email/invitation.html",
+    InvitationEmail
 );
 
 /// Renders both parts into one message.
@@ -351,5 +367,19 @@ pub fn mfa_reset(
         &MfaResetText { brand, email },
         &MfaResetHtml { brand, email },
         None,
+    )
+}
+
+pub fn invitation(
+    to: Mailbox,
+    brand: &Brand<'_>,
+    email: &InvitationEmail<'_>,
+) -> anyhow::Result<OutgoingEmail> {
+    compose(
+        to,
+        format!("You are invited to {}", brand.app_name),
+        &InvitationText { brand, email },
+        &InvitationHtml { brand, email },
+        Some(email.link),
     )
 }

@@ -6,6 +6,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
+use super::api::admin_invitations;
 use super::api::{admin, admin_users, auth, emergency, health, mfa, passkeys, verification};
 use super::AppState;
 
@@ -29,6 +30,7 @@ use super::AppState;
         admin_users::list, admin_users::detail, admin_users::update, admin_users::unlock,
         admin_users::revoke_sessions, admin_users::password_reset, admin_users::mfa_reset,
         admin_users::erase,
+        admin_invitations::invite, admin_invitations::list, admin_invitations::resend, admin_invitations::revoke,
         health::health,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),

@@ -152,6 +152,9 @@ pub struct AppState {
     pub mfa_reset: Arc<crate::services::MfaReset>,
     /// An admin erases a disabled account (issue 19).
     pub account_erasure: Arc<crate::services::AccountErasure>,
+    /// Invitations: the admin's side and the invitee's (issue 19).
+    pub invitations: Arc<crate::services::Invitations>,
+    pub invitation_acceptance: Arc<crate::services::InvitationAcceptance>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
     pub cookies: CookieSettings,

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+pub use super::admin_trail::Actor;
 use super::admin_trail::AdminTrail;
 use super::audit::Audit;
 use super::password_change::{EndedSessions, PasswordChange};
@@ -43,17 +44,19 @@ impl AccountStatus {
         }
     }
 
-    /// Disables `target` on `admin`'s word and ends everything it had.
-    /// `NotFound` for an unknown user; `LastAdmin` when `target` is the
-    /// last active administrator (nobody could undo it from the service).
-    /// Disabling a disabled account changes nothing and succeeds.
-    pub async fn disable(
+    /// Disables `target` on `by`'s word (an administrator, or the CLI) and
+    /// ends everything it had. `NotFound` for an unknown user; `LastAdmin`
+    /// when `target` is the last active administrator (nobody could undo
+    /// it from the service). Disabling a disabled account changes nothing
+    /// and succeeds.
+    pub async fn disable<'a>(
         &self,
         target: &UserId,
         reason: Option<&str>,
-        admin: &User,
+        by: impl Into<Actor<'a>>,
         client: &ClientContext,
     ) -> Result<User> {
+        let by = by.into();
         let (user, reason) = self.trail.open(target, reason).await?;
         if user.is_disabled() {
             return Ok(user);
@@ -74,13 +77,13 @@ impl AccountStatus {
             .record(
                 AuditEvent::AccountDisabled,
                 &user,
-                admin,
+                by,
                 reason.as_deref(),
                 None,
                 client,
             )
             .await?;
-        tracing::info!(user_id = %user.id, admin_id = %admin.id, web = ended.web, api = ended.api, "account disabled");
+        tracing::info!(user_id = %user.id, by = %by, web = ended.web, api = ended.api, "account disabled");
         self.trail.find(target).await
     }
 
@@ -102,13 +105,14 @@ impl AccountStatus {
 
     /// Lets a disabled account sign in again (with the password it had; an
     /// admin can send a reset link if it was forgotten).
-    pub async fn enable(
+    pub async fn enable<'a>(
         &self,
         target: &UserId,
         reason: Option<&str>,
-        admin: &User,
+        by: impl Into<Actor<'a>>,
         client: &ClientContext,
     ) -> Result<User> {
+        let by = by.into();
         let (user, reason) = self.trail.open(target, reason).await?;
         if !user.is_disabled() {
             return Ok(user);
@@ -124,13 +128,13 @@ impl AccountStatus {
             .record(
                 AuditEvent::AccountEnabled,
                 &user,
-                admin,
+                by,
                 reason.as_deref(),
                 None,
                 client,
             )
             .await?;
-        tracing::info!(user_id = %user.id, admin_id = %admin.id, "account enabled");
+        tracing::info!(user_id = %user.id, by = %by, "account enabled");
         self.trail.find(target).await
     }
 }

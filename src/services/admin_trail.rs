@@ -16,6 +16,30 @@ type Result<T> = std::result::Result<T, ServiceError>;
 /// The longest reason an administrator may give (it goes into the trail).
 pub const REASON_MAX_CHARS: usize = 500;
 
+/// Who acts: a signed-in administrator, or the operator at the command
+/// line (`clinic-auth user disable|enable`), who has no account to name.
+/// Recorded as `by=<admin id>` or `by=cli`.
+#[derive(Debug, Clone, Copy)]
+pub enum Actor<'a> {
+    Admin(&'a User),
+    Cli,
+}
+
+impl<'a> From<&'a User> for Actor<'a> {
+    fn from(admin: &'a User) -> Self {
+        Actor::Admin(admin)
+    }
+}
+
+impl std::fmt::Display for Actor<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Actor::Admin(admin) => write!(f, "{}", admin.id),
+            Actor::Cli => f.write_str("cli"),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct AdminTrail {
     users: Arc<dyn UserStore>,
@@ -53,16 +77,16 @@ impl AdminTrail {
     /// `by=<admin id> [extra] [reason=<reason>]`, the reason last because
     /// it is free text; `extra` is what else the action keeps
     /// (`from=doctor to=nurse`).
-    pub async fn record(
+    pub async fn record<'a>(
         &self,
         event: AuditEvent,
         target: &User,
-        admin: &User,
+        by: impl Into<Actor<'a>>,
         reason: Option<&str>,
         extra: Option<String>,
         client: &ClientContext,
     ) -> Result<()> {
-        let mut detail = format!("by={}", admin.id);
+        let mut detail = format!("by={}", by.into());
         if let Some(extra) = extra {
             detail.push(' ');
             detail.push_str(&extra);

@@ -80,6 +80,13 @@ pub use role_change::RoleChange;
 pub use sessions::{EnrolmentGrant, LoginOutcome, Refreshed, Sessions};
 pub use user_directory::UserDirectory;
 
+/// Invitations (issue 19): an admin's side, and the invitee's.
+pub mod invitations;
+pub mod invitations_accept;
+pub mod invitations_direct;
+pub use invitations::{Invitations, InviteInput, ListedInvitation};
+pub use invitations_accept::InvitationAcceptance;
+
 /// Reset and verification tokens are 43 base64url characters, refresh
 /// tokens a few hundred; anything far longer is junk and not worth hashing.
 const MAX_TOKEN_LEN: usize = 4096;
@@ -116,6 +123,8 @@ pub struct AuthSettings {
     pub mfa_required_for_all: bool,
     /// EMERGENCY_ACCESS_TTL: how long a break-glass window lasts.
     pub emergency_access_ttl: Duration,
+    /// How long an invitation link works (INVITE_EXPIRES).
+    pub invite_ttl: Duration,
 }
 
 /// A setting's duration as a span of time to add to a `DateTime`
@@ -242,6 +251,12 @@ pub enum ServiceError {
     /// Erasing an account that is still active.
     #[error("account not disabled")]
     AccountNotDisabled,
+    /// The address already has an open invitation: resend or revoke it.
+    #[error("invitation already pending")]
+    InvitationPending,
+    /// The invitation link is unknown, expired, used or revoked.
+    #[error("invitation link rejected")]
+    InvalidInvitation,
 }
 
 impl From<StoreError> for ServiceError {

@@ -271,6 +271,7 @@ impl Notifier {
         let (ttl, page) = match kind {
             EmailedLink::Reset => (self.reset_ttl, RESET_PAGE),
             EmailedLink::Verification => (self.verification_ttl, VERIFY_PAGE),
+            EmailedLink::SetPassword(ttl) => (ttl, RESET_PAGE),
         };
         let link = NewLink {
             token_hash: TokenHash::of(&token),
@@ -309,7 +310,52 @@ impl Notifier {
         );
         Ok(false)
     }
+
+    /// Queues an invitation (issue 19) to someone who has no account yet.
+    /// The caller stored `token`'s hash with the invitation. The message
+    /// carries no `QueuedLink` (those are the one-time-token links): a
+    /// message still queued when its invitation is revoked or resent goes
+    /// out with a dead link, which the page refuses.
+    pub async fn invitation(
+        &self,
+        to: Recipient<'_>,
+        token: &str,
+        role: &str,
+        expires: Duration,
+    ) -> Result<()> {
+        let content = Content::Invitation {
+            link: format!("{}/{INVITE_PAGE}?token={token}", self.app_url),
+            role: role.to_owned(),
+            expires_hours: expires.as_secs().div_ceil(3600),
+        };
+        let email = self.outbox.letter(to, content, None)?;
+        self.queue.queue_email(&email).await?;
+        self.outbox.queued();
+        Ok(())
+    }
 }
+
+impl Notifier {
+    /// Emails the owner of an account made by `clinic-auth user create
+    /// --email` a link to choose their first password: a reset link (the
+    /// outbox checks it is still current before each attempt) valid `ttl`,
+    /// in the invitation's words.
+    pub async fn send_set_password(&self, user: &User, ttl: Duration) -> Result<()> {
+        let role = user.role.as_str().to_owned();
+        let expires_hours = ttl.as_secs().div_ceil(3600);
+        self.send_link(user, EmailedLink::SetPassword(ttl), |link| {
+            Content::Invitation {
+                link,
+                role,
+                expires_hours,
+            }
+        })
+        .await
+    }
+}
+
+/// The page an invitation link opens.
+pub const INVITE_PAGE: &str = "invite";
 
 /// The one-time tokens that travel by email. A sign-in challenge token
 /// (`TokenPurpose::MfaChallenge`) goes back in the sign-in answer instead,
@@ -318,12 +364,15 @@ impl Notifier {
 enum EmailedLink {
     Reset,
     Verification,
+    /// A new account's first password (`clinic-auth user create --email`):
+    /// a reset link that lives this long.
+    SetPassword(Duration),
 }
 
 impl EmailedLink {
     fn purpose(self) -> TokenPurpose {
         match self {
-            Self::Reset => TokenPurpose::PasswordReset,
+            Self::Reset | Self::SetPassword(_) => TokenPurpose::PasswordReset,
             Self::Verification => TokenPurpose::EmailVerification,
         }
     }

@@ -43,6 +43,11 @@ pub use refresh_tokens::{
 pub use users::{NewUser, UserQuery, UserStore, USER_PAGE_MAX};
 pub use web_sessions::{WebSessionRecord, WebSessionStore};
 
+// Invitations (issue 19).
+mod invitations;
+pub(crate) use invitations::StoredInvitation;
+pub use invitations::{Invitation, InvitationStore, NewInvitation, INVITATIONS_LISTED_MAX};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -97,6 +102,7 @@ pub trait Store:
     + RateLimitStore
     + HealthProbe
     + EmergencyStore
+    + InvitationStore
 {
     /// Deletes tokens that expired before `now`, and login throttles idle
     /// since `throttle_idle_before` (not locked and no failure since then);

@@ -11,6 +11,9 @@ pub mod passkeys;
 pub(crate) mod responses;
 pub mod verification;
 
+/// Invitations (issue 19).
+pub mod admin_invitations;
+
 use axum::Router;
 
 use super::{AppState, Limiters};
@@ -29,7 +32,8 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
             "/api/admin",
             admin::router()
                 .merge(admin_users::router())
-                .merge(emergency::admin_router()),
+                .merge(emergency::admin_router())
+                .merge(admin_invitations::router()),
         )
         .merge(health::router())
 }

@@ -142,6 +142,12 @@ pub fn router(
         .route("/account/emergency", post(emergency::start))
         .route("/account/emergency/end", post(emergency::end))
         .route("/logout", post(sign_in::logout))
+        .route(
+            "/invite",
+            get(handlers::invitation::invitation_page).merge(
+                post(handlers::invitation::invitation_submit).layer(limited(&limiters.page_reset)),
+            ),
+        )
         .merge(passkeys::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))

@@ -39,6 +39,7 @@ use crate::domain::UserId;
 mod audit;
 mod email_queue;
 mod emergency;
+mod invitations;
 mod login_throttles;
 mod mfa;
 mod one_time_tokens;
@@ -301,6 +302,9 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         ),
         (emergency::COLLECTION, plain("started_at")),
         (emergency::COLLECTION, plain("expires_at")),
+        // One open invitation per address; the link finds its invitation.
+        (invitations::COLLECTION, unique("email")),
+        (invitations::COLLECTION, unique("token_hash")),
     ]
 }
 

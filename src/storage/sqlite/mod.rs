@@ -20,6 +20,7 @@ mod audit;
 mod connections;
 mod email_queue;
 mod emergency;
+mod invitations;
 mod login_throttles;
 mod mfa;
 mod one_time_tokens;

@@ -13,6 +13,9 @@ pub mod second_step;
 pub mod sign_in;
 pub mod two_step;
 
+/// The invitation link's page (issue 19).
+pub mod invitation;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;

@@ -71,9 +71,14 @@ warnings = { fail-on = ["rate_limited"] }
 /// Ending one session counts: the stateful phase follows the link from the
 /// session list to `DELETE /api/auth/sessions/{id}` and ends the fuzzer's
 /// own sign-in, after which every later request of the run got 401.
-const SESSION_ENDERS: [&str; 3] = [
+/// Likewise the admin actions that end a user's sessions: the stateful
+/// phase follows the ids of GET /api/admin/users to them, the fuzzer's own
+/// admin account included.
+const SESSION_ENDERS: [&str; 5] = [
     "/api/auth/sessions/{id}",
     "/api/auth/logout-all",
+    "/api/admin/users/{id}/sessions/revoke",
+    "/api/admin/users/{id}/mfa-reset",
     "/api/auth/change-password",
 ];
 

@@ -5,6 +5,7 @@ mod common;
 
 use chrono::Utc;
 use clinic_auth::domain::{Role, UserId};
+use common::admin_in;
 use common::portal::{browser, get, page_csrf, post_form, signed_in_browser};
 use common::{expect_error, TestApp, PASSWORD};
 use reqwest::StatusCode;
@@ -224,22 +225,6 @@ async fn lifting_the_role_check_keeps_what_points_at_users() {
         (count("refresh_tokens").await, count("mfa_totp").await),
         (0, 0)
     );
-}
-
-/// Registers `email` and makes it an admin in the store; returns its id and
-/// a fresh access token.
-async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
-    let user = app.register(email).await;
-    let id = user["id"].as_str().unwrap().to_owned();
-    let now = Utc::now();
-    assert!(app
-        .store()
-        .await
-        .set_user_role(&UserId::new(id.clone()), &Role::admin(), now, now)
-        .await
-        .unwrap());
-    let (access, _) = app.login(email, PASSWORD).await;
-    (id, access)
 }
 
 async fn admin_post(

@@ -1578,3 +1578,63 @@ async fn sign_out_is_a_large_target_on_a_touch_screen() {
     assert_eq!(answer[0], json!(false), "a mouse is a fine pointer");
     desk.close().await;
 }
+
+/// Breaking the glass from the account page (issue 19): a reason too short
+/// is refused next to the field, then the red banner shows on every page
+/// until the user ends it; each state checked (axe, console) and shot at
+/// phone and desktop widths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaking_the_glass_from_the_account_page() {
+    let app = sqlite_app().await;
+    let user = app.register("jane@example.com").await;
+    let id = clinic_auth::domain::UserId::new(user["id"].as_str().unwrap());
+    assert!(app
+        .store()
+        .await
+        .set_emergency_access(&id, true, chrono::Utc::now())
+        .await
+        .unwrap());
+    let b = Browser::open(&app).await;
+    b.sign_in("jane@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    b.wait_for("#emergency").await;
+
+    b.fill("#reason", "urgent").await;
+    b.click("form[action='/account/emergency'] button[type=submit]")
+        .await;
+    b.wait_for("#emergency .error-summary").await;
+    assert_eq!(b.count("#reason[aria-invalid=true]").await, 1);
+    assert!(b
+        .text("#reason-error")
+        .await
+        .contains("at least 20 characters"));
+    b.screenshot("emergency-reason-too-short").await;
+
+    b.fill(
+        "#reason",
+        "Patient in bay 3 unconscious; allergy record held by cardiology",
+    )
+    .await;
+    b.click("form[action='/account/emergency'] button[type=submit]")
+        .await;
+    b.wait_for(".emergency-banner").await;
+    assert!(b
+        .text(".emergency-banner")
+        .await
+        .contains("Emergency access is on until"));
+    for width in [390, 1280] {
+        b.set_viewport_width(width).await;
+        b.screenshot(&format!("emergency-on-{width}")).await;
+    }
+    b.goto("/account/two-step").await;
+    b.wait_for(".emergency-banner").await;
+    b.check_page("two-step-during-emergency").await;
+
+    b.goto("/account").await;
+    b.click("form[action='/account/emergency/end'] button[type=submit]")
+        .await;
+    b.wait_text(".notice", "Emergency access has ended.").await;
+    assert_eq!(b.count(".emergency-banner").await, 0);
+    b.check_page("emergency-ended").await;
+    b.close().await;
+}

@@ -8,8 +8,9 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use clinic_auth::domain::{AuditKey, Role, UserId};
+use clinic_auth::domain::{AuditKey, UserId};
 use clinic_auth::services::audit::verify_chain;
+use common::admin_in;
 use common::{expect_error, jwt_claims, TestApp, PASSWORD};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -23,22 +24,6 @@ backend_tests!(
 );
 
 const REASON: &str = "Patient in bay 3 unconscious; allergy record held by cardiology";
-
-/// Registers `email`, makes it an admin in the store, signs in; returns its
-/// id and access token.
-async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
-    let user = app.register(email).await;
-    let id = user["id"].as_str().unwrap().to_owned();
-    let now = Utc::now();
-    assert!(app
-        .store()
-        .await
-        .set_user_role(&UserId::new(id.clone()), &Role::admin(), now, now)
-        .await
-        .unwrap());
-    let (access, _) = app.login(email, PASSWORD).await;
-    (id, access)
-}
 
 /// Gives jane the permission, signs her in: her id, access and refresh.
 async fn permitted_jane(app: &TestApp) -> (String, String, String) {

@@ -8,7 +8,7 @@
 mod common;
 
 use chrono::{Duration, Utc};
-use clinic_auth::domain::{Role, UserId};
+use common::admin_in;
 use common::portal::{browser, csrf_of, get, location, page_csrf, post_form};
 use common::{expect_error, wait_for_subject, Email, TestApp, PASSWORD};
 use reqwest::{Client, StatusCode};
@@ -27,22 +27,6 @@ const SUBJECT: &str = "You are invited to";
 const LINK: &str = "http://localhost:8000/invite?token=";
 const EXPIRED_TITLE: &str = "This invitation link has expired or was already used";
 const NEW_PASSWORD: &str = "a long new passphrase 42";
-
-/// Registers `email` and makes it an admin in the store; returns its id and
-/// a fresh access token.
-async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
-    let user = app.register(email).await;
-    let id = user["id"].as_str().unwrap().to_owned();
-    let now = Utc::now();
-    assert!(app
-        .store()
-        .await
-        .set_user_role(&UserId::new(id.clone()), &Role::admin(), now, now)
-        .await
-        .unwrap());
-    let (access, _) = app.login(email, PASSWORD).await;
-    (id, access)
-}
 
 async fn call(
     app: &TestApp,

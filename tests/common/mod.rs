@@ -577,3 +577,24 @@ where
     }
     wins
 }
+
+/// Registers `email`, makes it an administrator in the store and signs it
+/// in: its id and a fresh access token (a recent sign-in, for step-up).
+pub async fn admin_in(app: &TestApp, email: &str) -> (String, String) {
+    let user = app.register(email).await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now();
+    assert!(app
+        .store()
+        .await
+        .set_user_role(
+            &clinic_auth::domain::UserId::new(id.clone()),
+            &clinic_auth::domain::Role::admin(),
+            now,
+            now
+        )
+        .await
+        .unwrap());
+    let (access, _) = app.login(email, PASSWORD).await;
+    (id, access)
+}

@@ -157,7 +157,7 @@ async fn breaking_the_glass_is_permitted_recent_and_reasoned(backend: common::Ba
     )
     .await;
     // Administrators have it without a grant.
-    let (_, admin) = app.login("admin@example.com", PASSWORD).await;
+    let (admin, _) = app.login("admin@example.com", PASSWORD).await;
     started(&app, &admin).await;
 
     // Once on, it is never stacked or extended.

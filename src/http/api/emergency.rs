@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::auth::TokenResponse;
 use super::responses::{AdminErrors, BearerErrors, BodyErrors, RateLimited, Unavailable};
 use crate::domain::{EmergencyEnd, EmergencyUse, FieldError, User};
-use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::error::{ApiError, ErrorBody};
 use crate::http::extract::{AdminAction, AdminUser, ApiJson, SignedIn};
 use crate::http::AppState;
 use crate::services::emergency_access::{overdue, Caller};
@@ -229,13 +229,7 @@ pub async fn list(
     AdminUser(_admin): AdminUser,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<EmergencyQueueResponse>, ApiError> {
-    let Query(pairs) = query.map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadRequest,
-            "The query string is malformed.",
-        )
-    })?;
+    let pairs = super::admin::filter_pairs(query)?;
     let (filter, limit) = parse_filters(&pairs).map_err(ApiError::validation)?;
     let uses = state.emergency_reviews.list(filter, limit).await?;
     let now = state.clock.now();
@@ -251,12 +245,7 @@ fn parse_filters(pairs: &[(String, String)]) -> Result<(EmergencyFilter, u32), V
     let mut filter = EmergencyFilter::All;
     let mut limit = DEFAULT_LIMIT;
     let mut errors = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     for (key, value) in pairs {
-        if !seen.insert(key.as_str()) {
-            errors.push(FieldError::new(key.clone(), "Give this filter once."));
-            continue;
-        }
         let bad = |message: &str| FieldError::new(key.clone(), message);
         match (key.as_str(), value.as_str()) {
             ("reviewed", "false") => filter = EmergencyFilter::Unreviewed,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -353,6 +353,45 @@ pub enum ActionErrors {
     NotFound(ErrorBody),
 }
 
+/// What every action on one account reads from its request: the acting
+/// administrator (admin role and a recent sign-in), who is asking, the
+/// target's id from the path, and the optional reason from the body, in
+/// that order (a non-admin is refused before the body is read).
+pub struct AccountAction {
+    admin: User,
+    client: ClientContext,
+    target: UserId,
+    reason: Option<String>,
+}
+
+impl AccountAction {
+    fn reason(&self) -> Option<&str> {
+        self.reason.as_deref()
+    }
+}
+
+impl FromRequest<AppState> for AccountAction {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (mut parts, body) = req.into_parts();
+        let AdminAction(admin) = AdminAction::from_request_parts(&mut parts, state).await?;
+        let Ok(client) = ClientContext::from_request_parts(&mut parts, state).await;
+        let Path(id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        let OptionalJson(reason) =
+            OptionalJson::<ReasonRequest>::from_request(Request::from_parts(parts, body), state)
+                .await?;
+        Ok(Self {
+            admin,
+            client,
+            target: UserId::new(id),
+            reason: reason.and_then(|body| body.reason),
+        })
+    }
+}
+
 /// Why an admin acted; optional, the body may be left out entirely.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -384,14 +423,15 @@ pub struct ReasonRequest {
 )]
 pub async fn disable(
     State(status): State<Arc<AccountStatus>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = status
-        .disable(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .disable(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }
@@ -414,14 +454,15 @@ pub async fn disable(
 )]
 pub async fn enable(
     State(status): State<Arc<AccountStatus>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = status
-        .enable(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .enable(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }
@@ -552,14 +593,15 @@ pub async fn update(
 )]
 pub async fn unlock(
     State(support): State<Arc<AccountSupport>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = support
-        .unlock(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .unlock(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }
@@ -583,14 +625,15 @@ pub async fn unlock(
 )]
 pub async fn revoke_sessions(
     State(support): State<Arc<AccountSupport>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = support
-        .end_sessions(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .end_sessions(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }
@@ -615,14 +658,15 @@ pub async fn revoke_sessions(
 )]
 pub async fn password_reset(
     State(support): State<Arc<AccountSupport>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<StatusCode, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     support
-        .send_password_reset(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .send_password_reset(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(StatusCode::ACCEPTED)
 }
@@ -648,14 +692,15 @@ pub async fn password_reset(
 )]
 pub async fn mfa_reset(
     State(reset): State<Arc<MfaReset>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = reset
-        .reset(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .reset(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }
@@ -682,14 +727,15 @@ pub async fn mfa_reset(
 )]
 pub async fn erase(
     State(erasure): State<Arc<AccountErasure>>,
-    AdminAction(admin): AdminAction,
-    client: ClientContext,
-    Path(id): Path<String>,
-    OptionalJson(body): OptionalJson<ReasonRequest>,
+    action: AccountAction,
 ) -> Result<Json<AdminUserView>, ApiError> {
-    let reason = body.unwrap_or_default().reason;
     let user = erasure
-        .erase(&UserId::new(id), reason.as_deref(), &admin, &client)
+        .erase(
+            &action.target,
+            action.reason(),
+            &action.admin,
+            &action.client,
+        )
         .await?;
     Ok(Json(user.into()))
 }

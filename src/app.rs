@@ -179,6 +179,7 @@ impl App {
                     min_password_length: config.accounts.password_min_length,
                     reset_minutes: config.tokens.reset_token_ttl.as_secs() / 60,
                     emergency_minutes: config.sessions.emergency_access_ttl.as_secs() / 60,
+                    roles: config.accounts.roles.clone(),
                 }),
                 clock: Arc::clone(&clock),
             },

@@ -57,6 +57,10 @@ backend_tests!(
 mod two_step;
 use two_step::*;
 
+/// The admin console (issue 19).
+#[path = "pages/admin.rs"]
+mod admin;
+
 /// Fills in and sends the registration form as Dr Jane Smith.
 async fn register_on_page(app: &TestApp, client: &Client, email: &str) -> Response {
     let csrf = page_csrf(app, client, "/register").await;

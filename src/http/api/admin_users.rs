@@ -246,7 +246,7 @@ pub async fn detail(
 
 /// The cursor is the last email of the page, base64url: opaque to clients,
 /// and nothing to escape in a URL.
-fn encode_cursor(email: &str) -> String {
+pub(crate) fn encode_cursor(email: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(email)
 }
 
@@ -257,7 +257,7 @@ fn decode_cursor(cursor: &str) -> Option<String> {
     String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
 }
 
-fn parse_filters(pairs: &[(String, String)]) -> Result<UserFilter, Vec<FieldError>> {
+pub(crate) fn parse_filters(pairs: &[(String, String)]) -> Result<UserFilter, Vec<FieldError>> {
     let mut filter = UserFilter {
         limit: DEFAULT_LIMIT,
         ..UserFilter::default()

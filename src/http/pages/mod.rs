@@ -50,6 +50,8 @@ pub struct PortalSettings {
     pub reset_minutes: u64,
     /// EMERGENCY_ACCESS_TTL in minutes, for the account page.
     pub emergency_minutes: u64,
+    /// The clinic's roles, for the admin console's choices.
+    pub roles: crate::domain::Roles,
 }
 
 /// The stylesheet is compiled in: the binary is the whole deployment.
@@ -149,6 +151,7 @@ pub fn router(
             ),
         )
         .merge(passkeys::router())
+        .merge(handlers::admin::router())
         .layer(session_layer)
         .layer(axum::middleware::from_fn_with_state(anon_csrf, csrf::layer))
         .route("/static/app.css", get(stylesheet))
@@ -182,6 +185,8 @@ async fn favicon() -> impl IntoResponse {
 pub enum PageError {
     BadRequest,
     Forbidden,
+    /// Signed in, but the page is for administrators (issue 19).
+    AdminOnly,
     NotFound,
     Unavailable,
     Internal,
@@ -194,6 +199,7 @@ impl From<ServiceError> for PageError {
                 tracing::warn!(error = ?e, "database unavailable");
                 PageError::Unavailable
             }
+            ServiceError::NotFound => PageError::NotFound,
             other => {
                 tracing::error!(error = ?other, "page failed");
                 PageError::Internal
@@ -217,7 +223,7 @@ impl From<tower_sessions::session::Error> for PageError {
 }
 
 /// Heading and message of the error page for a status.
-fn error_text(status: StatusCode) -> (&'static str, &'static str) {
+fn error_text(status: StatusCode) -> ErrorText {
     match status.as_u16() {
         400 => ("Something was wrong with that request", "The form could not be read. Go back and try again."),
         403 => (
@@ -242,8 +248,13 @@ fn error_text(status: StatusCode) -> (&'static str, &'static str) {
     }
 }
 
-fn error_page(app_name: &str, status: StatusCode, request_id: Option<String>) -> Response {
-    let (heading, message) = error_text(status);
+fn error_page(
+    app_name: &str,
+    status: StatusCode,
+    text: Option<ErrorText>,
+    request_id: Option<String>,
+) -> Response {
+    let (heading, message) = text.unwrap_or_else(|| error_text(status));
     let page = ErrorPage {
         layout: Layout {
             app_name: app_name.to_owned(),
@@ -264,7 +275,7 @@ impl PageError {
     fn status(&self) -> StatusCode {
         match self {
             PageError::BadRequest => StatusCode::BAD_REQUEST,
-            PageError::Forbidden => StatusCode::FORBIDDEN,
+            PageError::Forbidden | PageError::AdminOnly => StatusCode::FORBIDDEN,
             PageError::NotFound => StatusCode::NOT_FOUND,
             PageError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -278,14 +289,24 @@ impl IntoResponse for PageError {
     /// Accept header says.
     fn into_response(self) -> Response {
         let mut response = self.status().into_response();
-        response.extensions_mut().insert(ErrorPageWanted);
+        // A 403 is usually an expired form; a signed-in non-admin on an
+        // admin page needs different words.
+        let text = matches!(self, PageError::AdminOnly).then_some((
+            "For administrators only",
+            "This page is for your clinic's administrators. If you need something changed on an account, ask one of them.",
+        ));
+        response.extensions_mut().insert(ErrorPageWanted(text));
         response
     }
 }
 
-/// Marks a page handler's error for [`html_errors`] to render.
+/// A heading and a message for the error page.
+type ErrorText = (&'static str, &'static str);
+
+/// Marks a page handler's error for [`html_errors`] to render, with its
+/// own words when the status alone does not say what happened.
 #[derive(Clone, Copy)]
-struct ErrorPageWanted;
+struct ErrorPageWanted(Option<ErrorText>);
 
 /// Renders a template, or a 500 page if it cannot be rendered.
 pub fn render(status: StatusCode, page: &impl Template) -> Response {
@@ -451,10 +472,11 @@ pub async fn html_errors(State(app_name): State<Arc<str>>, req: Request, next: N
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    let page_error = response.extensions().get::<ErrorPageWanted>().is_some();
-    if page_error || (!api && wants_html && status.as_u16() >= 400 && is_json) {
+    let page_error = response.extensions().get::<ErrorPageWanted>().copied();
+    if page_error.is_some() || (!api && wants_html && status.as_u16() >= 400 && is_json) {
         let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-        let mut page = error_page(&app_name, status, request_id);
+        let text = page_error.and_then(|wanted| wanted.0);
+        let mut page = error_page(&app_name, status, text, request_id);
         if let Some(v) = retry_after {
             page.headers_mut().insert(header::RETRY_AFTER, v);
         }

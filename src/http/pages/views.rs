@@ -17,6 +17,29 @@ pub struct Layout {
     pub emergency_until: Option<String>,
 }
 
+/// The admin console's views (issue 19).
+pub mod admin;
+
+/// When something happened, for people: "24 Nov 2026, 09:15 UTC".
+pub fn date_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%d %b %Y, %H:%M UTC").to_string()
+}
+
+/// A time for a `<time>` element: what people read, and the machine form.
+pub struct Moment {
+    pub text: String,
+    pub iso: String,
+}
+
+impl Moment {
+    pub fn of(t: chrono::DateTime<chrono::Utc>) -> Self {
+        Self {
+            text: date_time(t),
+            iso: t.to_rfc3339(),
+        }
+    }
+}
+
 /// When something ends, for the banner and the account page.
 pub fn clock_time(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%H:%M UTC").to_string()
@@ -357,6 +380,15 @@ pub struct ErrorPage {
     pub heading: String,
     pub message: String,
     pub request_id: Option<String>,
+}
+
+/// What a session is called in a sessions table: the browser, or the app
+/// signed in through the API.
+pub fn session_device(kind: crate::services::SessionKind, user_agent: Option<&str>) -> String {
+    match kind {
+        crate::services::SessionKind::Browser => device_name(user_agent),
+        crate::services::SessionKind::Api => format!("App: {}", device_name(user_agent)),
+    }
 }
 
 /// A short, human name for a browser from its user agent.

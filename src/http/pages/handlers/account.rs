@@ -13,12 +13,12 @@ use crate::http::api::cookies::cleared_cookie;
 use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::session::Portal;
 use crate::http::pages::views::{
-    clock_time, device_name, AccountPage, EmergencyView, FormState, SessionRow, UserView,
+    clock_time, session_device, AccountPage, EmergencyView, FormState, SessionRow, UserView,
     CHANGE_PASSWORD_FIELDS,
 };
 use crate::http::pages::{PageError, SignedIn};
 use crate::http::AppState;
-use crate::services::{ClientContext, CurrentSession, SessionKind};
+use crate::services::{ClientContext, CurrentSession};
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
@@ -52,7 +52,7 @@ pub(super) async fn account_view(
         .account
         .list_sessions(&user.id, &current(&signed_in.portal))
         .await?;
-    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%d %b %Y, %H:%M UTC").to_string();
+    let when = crate::http::pages::views::date_time;
     Ok(AccountPage {
         layout: layout(
             state,
@@ -70,12 +70,7 @@ pub(super) async fn account_view(
         sessions: sessions
             .into_iter()
             .map(|s| SessionRow {
-                device: match s.kind {
-                    SessionKind::Browser => device_name(s.user_agent.as_deref()),
-                    SessionKind::Api => {
-                        format!("App: {}", device_name(s.user_agent.as_deref()))
-                    }
-                },
+                device: session_device(s.kind, s.user_agent.as_deref()),
                 ip: s.ip_address.unwrap_or_else(|| "unknown".to_owned()),
                 created: when(s.created_at),
                 created_iso: s.created_at.to_rfc3339(),

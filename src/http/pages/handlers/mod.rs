@@ -16,6 +16,9 @@ pub mod two_step;
 /// The invitation link's page (issue 19).
 pub mod invitation;
 
+/// The admin console (issue 19).
+pub mod admin;
+
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::Deserialize;
@@ -112,7 +115,12 @@ pub async fn index(portal: Portal) -> Response {
 
 /// Leaves a one-time notice for the account page and goes back to it.
 async fn flash_and_return(portal: &mut Portal, message: &str) -> PageResult {
+    flash_and_go(portal, message, "/account").await
+}
+
+/// Leaves a one-time notice for the page at `to` and goes there.
+async fn flash_and_go(portal: &mut Portal, message: &str, to: &str) -> PageResult {
     portal.data.flash = Some(message.to_owned());
     portal.save().await?;
-    Ok(Redirect::to("/account").into_response())
+    Ok(Redirect::to(to).into_response())
 }

@@ -76,7 +76,7 @@ pub struct PasskeysSection {
 
 /// The passkeys section of `user`'s account page.
 pub async fn section(state: &AppState, user: &User) -> Result<PasskeysSection, PageError> {
-    let when = |t: chrono::DateTime<chrono::Utc>| t.format("%d %b %Y, %H:%M UTC").to_string();
+    let when = crate::http::pages::views::date_time;
     let rows = state
         .passkeys
         .list(user)

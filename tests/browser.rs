@@ -1638,3 +1638,131 @@ async fn breaking_the_glass_from_the_account_page() {
     b.check_page("emergency-ended").await;
     b.close().await;
 }
+
+/// Shoots the page at phone and desktop widths (each shot checked by axe
+/// and the console), then goes back to the desktop width.
+async fn shoot_both_widths(b: &Browser, name: &str) {
+    for width in [390, 1280] {
+        b.set_viewport_width(width).await;
+        b.screenshot(&format!("{name}-{width}")).await;
+    }
+}
+
+/// The admin console (issue 19) in Chromium: every page and its error
+/// states, checked by axe and shot at 390 and 1280 px; an account
+/// disabled through its confirmation page, an invitation sent, an
+/// emergency use reviewed, and the page a doctor gets instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_console() {
+    let app = sqlite_app().await;
+    common::admin_in(&app, "admin@example.com").await;
+    let jane = app.register("jane@example.com").await;
+    let jane_id = jane["id"].as_str().unwrap().to_owned();
+    app.register("bob@example.com").await;
+    // Jane breaks the glass from her app, so the review queue has a use.
+    assert!(app
+        .store()
+        .await
+        .set_emergency_access(
+            &clinic_auth::domain::UserId::new(jane_id.clone()),
+            true,
+            chrono::Utc::now()
+        )
+        .await
+        .unwrap());
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    let res = app
+        .client
+        .post(app.url("/api/auth/emergency-access"))
+        .bearer_auth(&access)
+        .json(&json!({"reason": "Patient in bay 3 unconscious; allergy record needed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    let b = Browser::open(&app).await;
+    b.sign_in("admin@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    b.click("a[href='/admin']").await;
+    b.wait_path("/admin").await;
+    b.wait_for("table.users").await;
+    shoot_both_widths(&b, "admin-users").await;
+
+    b.fill("#q", "jan").await;
+    b.click("form[role=search] button[type=submit]").await;
+    b.wait_text("table.users", "jane@example.com").await;
+    assert_eq!(b.count("table.users tbody tr").await, 1);
+    b.goto("/admin?status=gone").await;
+    b.wait_for(".error-summary").await;
+    shoot_both_widths(&b, "admin-users-bad-filter").await;
+
+    b.goto(&format!("/admin/users/{jane_id}")).await;
+    b.wait_for("ul.actions").await;
+    shoot_both_widths(&b, "admin-user").await;
+    b.click(&format!("a[href='/admin/users/{jane_id}/disable']"))
+        .await;
+    b.wait_for("#reason").await;
+    shoot_both_widths(&b, "admin-confirm-disable").await;
+    b.fill("#reason", "Left the clinic on 30 November").await;
+    b.click("main form button[type=submit]").await;
+    b.wait_text(".notice", "The account is disabled").await;
+    assert!(b.page_text().await.contains("Disabled since"));
+    b.check_page("admin-user-disabled").await;
+
+    b.goto(&format!("/admin/users/{jane_id}/erase")).await;
+    b.wait_for("#reason").await;
+    shoot_both_widths(&b, "admin-confirm-erase").await;
+
+    b.goto("/admin/invitations").await;
+    b.wait_for("#email").await;
+    b.fill("#email", "not an address").await;
+    b.fill("#name", "Nora Nurse").await;
+    b.click("form[action='/admin/invitations'] button[type=submit]")
+        .await;
+    b.wait_for(".error-summary").await;
+    assert_eq!(b.count("#email[aria-invalid=true]").await, 1);
+    shoot_both_widths(&b, "admin-invitations-error").await;
+    b.fill("#email", "nora@example.com").await;
+    b.click("form[action='/admin/invitations'] button[type=submit]")
+        .await;
+    b.wait_text(".notice", "Invitation sent to nora@example.com.")
+        .await;
+    shoot_both_widths(&b, "admin-invitations").await;
+
+    b.goto("/admin/audit").await;
+    b.wait_for("table.events").await;
+    shoot_both_widths(&b, "admin-audit").await;
+    b.goto("/admin/audit?since=yesterday").await;
+    b.wait_for(".error-summary").await;
+    b.check_page("admin-audit-bad-filter").await;
+
+    b.goto("/admin/emergency").await;
+    b.wait_for("textarea[name=note]").await;
+    shoot_both_widths(&b, "admin-emergency").await;
+    b.click("form[action^='/admin/emergency/'] button[type=submit]")
+        .await;
+    b.wait_for(".error-summary").await;
+    b.check_page("admin-emergency-note-missing").await;
+    b.fill(
+        "textarea[name=note]",
+        "Checked with the ward: access justified",
+    )
+    .await;
+    b.click("form[action^='/admin/emergency/'] button[type=submit]")
+        .await;
+    b.wait_text(".notice", "Your review is recorded.").await;
+    b.check_page("admin-emergency-reviewed").await;
+
+    // A doctor signed in gets the explanation, not the console.
+    b.click("form[action='/logout'] button[type=submit]").await;
+    b.wait_path("/login").await;
+    b.sign_in("bob@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    assert_eq!(b.count("a[href='/admin']").await, 0);
+    b.goto("/admin").await;
+    b.wait_text("h1", "For administrators only").await;
+    assert_eq!(b.status().await, 403);
+    shoot_both_widths(&b, "admin-forbidden").await;
+    b.close().await;
+}

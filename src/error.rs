@@ -60,7 +60,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422: with `fields`, every problem with every field.
     ValidationFailed,
-    /// 429: the per-IP limit, with Retry-After.
+    /// 429: the per-IP limit, or an administrator's reset email past the
+    /// account's MAIL_PER_ACCOUNT_PER_HOUR, with Retry-After.
     RateLimited,
     /// 429: too many failed sign-ins for this email, with Retry-After.
     AccountLocked,
@@ -322,6 +323,18 @@ impl From<ServiceError> for ApiError {
                     ErrorCode::AccountLocked,
                     format!(
                         "Too many failed sign-ins for this email. Try again in {}, or reset your password.",
+                        wait_in_words(secs)
+                    ),
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(secs))
+            }
+            ServiceError::MailLimit { retry_after } => {
+                let secs = ceil_secs(retry_after);
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    ErrorCode::RateLimited,
+                    format!(
+                        "This account has been sent as many emails as allowed in an hour. Try again in {}.",
                         wait_in_words(secs)
                     ),
                 )

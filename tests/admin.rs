@@ -22,6 +22,7 @@ backend_tests!(
     admins_see_one_user_in_full,
     role_changes_cut_tokens_and_spare_the_last_admin,
     admins_unlock_end_sessions_and_send_reset_links,
+    an_admins_reset_email_counts_against_the_accounts_mail_limit,
     mfa_reset_removes_every_factor_and_tells_everyone,
     erasing_needs_a_disabled_account_and_keeps_the_id,
 );
@@ -867,6 +868,81 @@ async fn admins_unlock_end_sessions_and_send_reset_links(backend: common::Backen
         "reauthentication_required",
     )
     .await;
+}
+
+/// MAIL_PER_ACCOUNT_PER_HOUR holds for the admin's "send a reset link" as
+/// for "forgot password": one mailbox gets no more links an hour whoever
+/// asks. Over the limit the admin is told when to try again and nothing
+/// is sent or replaced (the link already emailed keeps working).
+async fn an_admins_reset_email_counts_against_the_accounts_mail_limit(backend: common::Backend) {
+    let app = TestApp::with_jane(backend, &[("MAIL_PER_ACCOUNT_PER_HOUR", "2")]).await;
+    let (admin_id, admin) = admin_in(&app, "admin@example.com").await;
+    let jane_id = user_id(&app, "jane@example.com").await;
+    let path = format!("/api/admin/users/{jane_id}/password-reset");
+
+    // "Forgot password" and then the admin: the hour's two emails.
+    let res = app
+        .post_json(
+            "/api/auth/forgot-password",
+            json!({"email": "jane@example.com"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    common::wait_for_reset_emails(&app.outbox(), 1).await;
+    let res = admin_post(&app, &admin, &path, None).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let sent = common::wait_for_reset_emails(&app.outbox(), 2).await;
+    let link = sent[1].reset_token();
+
+    // Five minutes on, a third is refused until the hour since the first
+    // email is over, and nothing goes out.
+    app.clock.advance(std::time::Duration::from_secs(5 * 60));
+    let res = admin_post(
+        &app,
+        &admin,
+        &path,
+        Some(json!({"reason": "Asked at the desk"})),
+    )
+    .await;
+    let retry_after: u64 = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .expect("Retry-After")
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (55 * 60 - 60..=55 * 60).contains(&retry_after),
+        "about 55 minutes: {retry_after}"
+    );
+    let body = expect_error(res, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("55 minutes"), "{message}");
+    app.settle_email().await;
+    assert_eq!(
+        common::read_subject(&app.outbox(), "Reset your").len(),
+        2,
+        "no third email"
+    );
+    assert_eq!(
+        last_detail(&app, &admin, "password_reset_requested").await,
+        format!("by={admin_id} mail_limit reason=Asked at the desk")
+    );
+
+    // Nothing was replaced either: the link emailed last still works.
+    let res = app.reset_password(&link, "a brand new passphrase 42").await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // An hour after the first email the admin may send one again (after
+    // signing in again: the step-up window is long over).
+    app.clock
+        .advance(std::time::Duration::from_secs(55 * 60 + 1));
+    let (admin, _) = app.login("admin@example.com", PASSWORD).await;
+    let res = admin_post(&app, &admin, &path, None).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let sent = common::wait_for_reset_emails(&app.outbox(), 3).await;
+    assert!(sent[2].to.contains("jane@example.com"));
 }
 
 async fn mfa_reset_removes_every_factor_and_tells_everyone(backend: common::Backend) {

@@ -1766,3 +1766,171 @@ async fn the_admin_console() {
     shoot_both_widths(&b, "admin-forbidden").await;
     b.close().await;
 }
+
+/// An invitation accepted in the browser (issue 19): an admin invites a
+/// nurse over the API; the emailed link opens the form, a password too
+/// short is refused next to the field, a good one signs the nurse in with
+/// the invited role and a verified address, and the link is dead after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepting_an_invitation() {
+    let app = TestApp::spawn_with(Backend::Sqlite, &[("ROLES", "doctor,nurse")]).await;
+    let (_, admin) = common::admin_in(&app, "admin@example.com").await;
+    let res = app
+        .client
+        .post(app.url("/api/admin/invitations"))
+        .bearer_auth(&admin)
+        .json(&json!({"email": "nurse@example.com", "name": "Nia Okafor", "role": "nurse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    let mail = emails(&app, "You are invited to", 1).await.remove(0);
+    assert!(mail.to.contains("nurse@example.com"), "{}", mail.to);
+    let marker = "http://localhost:8000/invite?token=";
+    let start = mail.text.find(marker).expect("the invitation link") + marker.len();
+    let token: String = mail.text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect();
+    let link = format!("{}/invite?token={token}", app.base);
+
+    let b = Browser::open(&app).await;
+    b.goto(&link).await;
+    b.wait_text("h1", "Set up your account").await;
+    assert_eq!(b.status().await, 200);
+    assert!(b.page_text().await.contains("as nurse"));
+    assert_eq!(b.text(".address").await, "nurse@example.com");
+    assert_eq!(b.value("#username").await, "nurse@example.com");
+    assert_eq!(b.value("#name").await, "Nia Okafor", "prefilled");
+    for width in [390, 1280] {
+        b.set_viewport_width(width).await;
+        b.screenshot(&format!("invitation-{width}")).await;
+    }
+
+    // Too short: refused next to the field; the link still works.
+    b.fill("#password", "short1").await;
+    b.fill("#password_confirm", "short1").await;
+    b.click("form[action='/invite'] button[type=submit]").await;
+    b.wait_for(".error-summary").await;
+    assert_eq!(b.path().await, "/invite");
+    assert_eq!(b.status().await, 422);
+    let summary = b.text(".error-summary").await;
+    assert!(summary.contains("at least"), "{summary}");
+    assert_eq!(b.count("#password[aria-invalid=true]").await, 1);
+    assert!(b.text("#password-error").await.contains("at least"));
+    assert_eq!(b.value("#name").await, "Nia Okafor", "kept");
+    assert_eq!(b.value("#password").await, "", "never kept");
+    // Not yet asserted (reported to the lead; both in files this branch
+    // leaves alone): the title's "Error: " prefix, which
+    // templates/pages/invitation.html lacks, and a message that starts
+    // with the field's label ("Password must ..."): the page's FormState
+    // has no labels, so it reads "password must ...".
+    b.screenshot("invitation-errors").await;
+
+    b.fill("#password", NEW_PASSWORD).await;
+    b.fill("#password_confirm", NEW_PASSWORD).await;
+    b.click("form[action='/invite'] button[type=submit]").await;
+    b.wait_path("/account").await;
+    let facts = b.text(".facts").await;
+    assert!(facts.contains("nurse@example.com"), "{facts}");
+    assert!(
+        facts.contains("Role\nnurse") || facts.contains("Role nurse"),
+        "{facts}"
+    );
+    assert!(
+        facts.contains("Email verified\nYes") || facts.contains("Email verified Yes"),
+        "{facts}"
+    );
+    assert!(b.text(".who").await.contains("Nia Okafor"));
+    b.screenshot("invitation-accepted-account").await;
+
+    // Used once, the link is dead.
+    b.goto(&link).await;
+    b.wait_text("h1", "This invitation link has expired or was already used")
+        .await;
+    assert_eq!(b.status().await, 400);
+    b.check_page("invitation-used-link").await;
+    b.close().await;
+
+    // The account exists with the invited role, as the audit trail says.
+    let (access, _) = app.login("nurse@example.com", NEW_PASSWORD).await;
+    let me: Value = app.me(&access).await.json().await.unwrap();
+    assert_eq!(me["role"], "nurse");
+    assert_eq!(me["verified"], true);
+    app.flush_audit().await;
+    let page: Value = app
+        .client
+        .get(app.url("/api/admin/audit?event=invitation_accepted"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = page["events"].as_array().expect("events");
+    assert_eq!(events.len(), 1, "{page}");
+    assert_eq!(events[0]["user_id"], me["id"]);
+}
+
+/// Offboarding someone who is signed in (issue 19): an admin disables the
+/// account over the API while its owner has the account page open; the
+/// next page load finds the session gone, and the right password then
+/// meets the disabled-account message (403), checked at both widths. The
+/// owner's API sign-in dies with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_signed_in_elsewhere() {
+    let app = sqlite_app().await;
+    let user = app.register("leaver@example.com").await;
+    let id = user["id"].as_str().unwrap().to_owned();
+    let (_, admin) = common::admin_in(&app, "admin@example.com").await;
+    let (access, refresh) = app.login("leaver@example.com", PASSWORD).await;
+
+    let b = Browser::open(&app).await;
+    b.sign_in("leaver@example.com", PASSWORD).await;
+    b.wait_path("/account").await;
+    assert!(b.text(".facts").await.contains("leaver@example.com"));
+
+    let res = app
+        .client
+        .post(app.url(&format!("/api/admin/users/{id}/disable")))
+        .bearer_auth(&admin)
+        .json(&json!({"reason": "Left the clinic"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let view: Value = res.json().await.unwrap();
+    assert_eq!(view["status"], "disabled", "{view}");
+
+    // The open page's next load: the session has ended.
+    b.client.refresh().await.expect("reload");
+    b.wait_path("/login").await;
+    b.check_page("disabled-session-ended").await;
+
+    // The right password is told the account is disabled.
+    b.sign_in("leaver@example.com", PASSWORD).await;
+    b.wait_text(".error-summary", "This account is disabled.")
+        .await;
+    assert_eq!(b.path().await, "/login");
+    assert_eq!(b.status().await, 403);
+    assert!(b
+        .text(".error-summary")
+        .await
+        .contains("Ask your clinic's administrator"));
+    let title = b.client.title().await.expect("title");
+    assert!(title.starts_with("Error: Sign in"), "{title}");
+    for width in [390, 1280] {
+        b.set_viewport_width(width).await;
+        b.screenshot(&format!("login-disabled-{width}")).await;
+    }
+    // Still signed out: the account page sends us back.
+    b.goto("/account").await;
+    b.wait_path("/login").await;
+    b.close().await;
+
+    // The API sign-in ended too.
+    app.access_refused(&access).await;
+    app.refresh_refused(&refresh).await;
+}

@@ -92,7 +92,11 @@ impl AccountSupport {
 
     /// Emails `target` a fresh password-reset link (the earlier one stops
     /// working), as "forgot password" would. `AccountDisabled` for a
-    /// disabled account: it could not use the link anyway.
+    /// disabled account: it could not use the link anyway. `MailLimit`
+    /// when the account had its MAIL_PER_ACCOUNT_PER_HOUR emails this hour:
+    /// the limit protects the mailbox whoever asks (a stolen admin token
+    /// must not flood it either), nothing is sent or replaced, and the
+    /// refusal is audited with `mail_limit` as "forgot password" does.
     pub async fn send_password_reset(
         &self,
         target: &UserId,
@@ -104,16 +108,23 @@ impl AccountSupport {
         if user.is_disabled() {
             return Err(ServiceError::AccountDisabled);
         }
-        self.notifier.send_reset(&user).await?;
+        let limited = self.notifier.count_email(&user, "password_reset").await?;
+        if limited.is_none() {
+            self.notifier.send_reset(&user).await?;
+        }
         self.trail
             .record(
                 AuditEvent::PasswordResetRequested,
                 &user,
                 admin,
                 reason.as_deref(),
-                None,
+                limited.map(|_| "mail_limit".to_owned()),
                 client,
             )
-            .await
+            .await?;
+        match limited {
+            Some(retry_after) => Err(ServiceError::MailLimit { retry_after }),
+            None => Ok(()),
+        }
     }
 }

@@ -202,6 +202,12 @@ pub enum ServiceError {
     InvalidResetToken,
     #[error("current password is wrong")]
     WrongCurrentPassword,
+    /// The account was sent MAIL_PER_ACCOUNT_PER_HOUR emails in its
+    /// current hour: nothing more until `retry_after` has passed. Only an
+    /// administrator's request hears it; the public requests answer as
+    /// always, so the limit reveals nothing to them.
+    #[error("per-account email limit reached")]
+    MailLimit { retry_after: std::time::Duration },
     /// Too many failed sign-ins for this email; try again after the wait.
     #[error("account temporarily locked")]
     AccountLocked { retry_after: std::time::Duration },

@@ -293,14 +293,23 @@ impl Notifier {
         user: &User,
         what: &'static str,
     ) -> std::result::Result<bool, StoreError> {
+        Ok(self.count_email(user, what).await?.is_none())
+    }
+
+    /// [`Notifier::allowed`] for a caller that says why nothing was sent
+    /// (an administrator's request): `None` when the email may go, else
+    /// how long until the account's hour-long window is over.
+    pub async fn count_email(
+        &self,
+        user: &User,
+        what: &'static str,
+    ) -> std::result::Result<Option<Duration>, StoreError> {
         let now = self.clock.now();
+        let hour = chrono::Duration::hours(1);
         let key = TokenHash::of(&format!("mail-quota:{}", user.id));
-        let sent = self
-            .quota
-            .add_login_failure(&key, now, now - chrono::Duration::hours(1))
-            .await?;
+        let sent = self.quota.add_login_failure(&key, now, now - hour).await?;
         if sent.failures <= self.mail_per_account_per_hour {
-            return Ok(true);
+            return Ok(None);
         }
         metrics::counter!(crate::metrics::EMAILS_SUPPRESSED, "email" => what).increment(1);
         tracing::warn!(
@@ -308,7 +317,8 @@ impl Notifier {
             email = what,
             "email not sent: the account reached MAIL_PER_ACCOUNT_PER_HOUR"
         );
-        Ok(false)
+        let left = (sent.window_started_at + hour - now).to_std();
+        Ok(Some(left.unwrap_or_default()))
     }
 
     /// Queues an invitation (issue 19) to someone who has no account yet.

@@ -1821,11 +1821,13 @@ async fn accepting_an_invitation() {
     assert!(b.text("#password-error").await.contains("at least"));
     assert_eq!(b.value("#name").await, "Nia Okafor", "kept");
     assert_eq!(b.value("#password").await, "", "never kept");
-    // Not yet asserted (reported to the lead; both in files this branch
-    // leaves alone): the title's "Error: " prefix, which
-    // templates/pages/invitation.html lacks, and a message that starts
-    // with the field's label ("Password must ..."): the page's FormState
-    // has no labels, so it reads "password must ...".
+    // The title says so, and the message is worded with the label.
+    let title = b.client.title().await.unwrap();
+    assert!(title.starts_with("Error: Set up your account"), "{title}");
+    assert!(
+        b.text("#password-error").await.starts_with("Password must"),
+        "worded with the label"
+    );
     b.screenshot("invitation-errors").await;
 
     b.fill("#password", NEW_PASSWORD).await;

@@ -22,6 +22,7 @@ backend_tests!(
     invitations_are_sent_resent_and_revoked_from_the_console,
     the_audit_page_filters_and_refuses_bad_filters,
     emergency_uses_are_reviewed_from_the_console,
+    a_reset_email_past_the_accounts_mail_limit_is_explained,
 );
 
 const ADMIN: &str = "admin@example.com";
@@ -595,4 +596,33 @@ async fn emergency_uses_are_reviewed_from_the_console(backend: Backend) {
     let html = page_text(&app, &admin, "/admin/emergency", StatusCode::OK).await;
     assert!(html.contains("This is your own use: another administrator must review it."));
     assert!(!html.contains("action=\"/admin/emergency/"));
+}
+
+async fn a_reset_email_past_the_accounts_mail_limit_is_explained(backend: Backend) {
+    let app = TestApp::with_jane(backend, &[("MAIL_PER_ACCOUNT_PER_HOUR", "1")]).await;
+    admin_in(&app, ADMIN).await;
+    let jane = app.login(JANE, PASSWORD).await.0;
+    let jane_id = crate::common::jwt_claims(&jane)["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let admin = signed_in_browser(&app, ADMIN).await;
+    let reset = format!("/admin/users/{jane_id}/password-reset");
+    let csrf = csrf_of(&page_text(&app, &admin, &reset, StatusCode::OK).await);
+    let to = post_redirect(&app, &admin, &reset, &[("csrf", &csrf)]).await;
+    let html = page_text(&app, &admin, &to, StatusCode::OK).await;
+    assert_eq!(notice(&html), "A password-reset email is on its way.");
+    crate::common::wait_for_reset_emails(&app.outbox(), 1).await;
+
+    // The hour's one email is spent: told at the field, nothing sent.
+    let res = post_form(&app, &admin, &reset, &[("csrf", &csrf)]).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("<title>Error: "));
+    assert!(
+        html.contains("as many emails as allowed in an hour"),
+        "{html}"
+    );
+    app.settle_email().await;
+    assert_eq!(crate::common::read_subject(&app.outbox(), "Reset your").len(), 1);
 }

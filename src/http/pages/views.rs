@@ -80,6 +80,11 @@ pub const CHANGE_PASSWORD_FIELDS: Labels = &[
     ("password_confirm", "Confirm new password"),
 ];
 pub const REAUTH_FIELDS: Labels = &[("password", "Password")];
+pub const INVITATION_FIELDS: Labels = &[
+    ("name", "Full name"),
+    ("password", "Password"),
+    ("password_confirm", "Confirm password"),
+];
 
 pub struct FormError {
     pub field: String,

@@ -16,7 +16,7 @@ use crate::domain::Password;
 use crate::http::pages::csrf::CsrfForm;
 use crate::http::pages::enrolment;
 use crate::http::pages::session::Portal;
-use crate::http::pages::views::{FormState, Layout, PasswordRules};
+use crate::http::pages::views::{FormState, Layout, PasswordRules, INVITATION_FIELDS};
 use crate::http::pages::PageError;
 use crate::http::AppState;
 use crate::services::{ClientContext, ServiceError, SignIn};
@@ -91,7 +91,7 @@ pub async fn invitation_page(
     let Some(invitation) = open(&state, &q.token).await? else {
         return invalid(&state, &portal);
     };
-    let form = FormState::default().with_value("name", invitation.name.as_str());
+    let form = FormState::labelled(INVITATION_FIELDS).with_value("name", invitation.name.as_str());
     form_page(&state, &portal, StatusCode::OK, form, q.token, &invitation)
 }
 
@@ -131,7 +131,7 @@ pub async fn invitation_submit(
         Err(ServiceError::InvalidInvitation) => return invalid(&state, &portal),
         Err(e) => e,
     };
-    let mut form = FormState::default().with_value("name", &f.name);
+    let mut form = FormState::labelled(INVITATION_FIELDS).with_value("name", &f.name);
     let status = explain(&mut form, "password", err)?;
     form_page(&state, &portal, status, form, f.token, &invitation)
 }

@@ -115,7 +115,8 @@ fn refusal(err: ServiceError) -> Result<(StatusCode, String), PageError> {
         | ServiceError::EmailTaken
         | ServiceError::InvitationPending
         | ServiceError::OwnEmergencyReview
-        | ServiceError::AlreadyReviewed) => {
+        | ServiceError::AlreadyReviewed
+        | ServiceError::MailLimit { .. }) => {
             let told = ApiError::from(told);
             Ok((told.status, told.message.into_owned()))
         }

@@ -56,6 +56,37 @@ fn notice(html: &str) -> &str {
     html[start..].split("</p>").next().unwrap()
 }
 
+/// Resends or revokes invitation `id` from the list; the list it lands on.
+async fn invitation_action(
+    app: &TestApp,
+    admin: &Client,
+    csrf: &str,
+    id: &str,
+    action: &str,
+) -> String {
+    let path = format!("/admin/invitations/{id}/{action}");
+    let to = post_redirect(app, admin, &path, &[("csrf", csrf)]).await;
+    assert_eq!(to, "/admin/invitations");
+    page_text(app, admin, &to, StatusCode::OK).await
+}
+
+/// Posts the console's invitation form for a doctor.
+async fn invite(
+    app: &TestApp,
+    admin: &Client,
+    csrf: &str,
+    email: &str,
+    name: &str,
+) -> reqwest::Response {
+    let fields = [
+        ("csrf", csrf),
+        ("email", email),
+        ("name", name),
+        ("role", "doctor"),
+    ];
+    post_form(app, admin, "/admin/invitations", &fields).await
+}
+
 async fn audit_events(app: &TestApp, access: &str, event: &str) -> Vec<Value> {
     app.flush_audit().await;
     let res = app
@@ -333,18 +364,7 @@ async fn console_actions_need_a_recent_sign_in(backend: Backend) {
     assert_eq!(location(&res), reauth);
     let to = post_redirect(&app, &admin, &confirm, &[("csrf", &csrf)]).await;
     assert_eq!(to, reauth);
-    let to = post_redirect(
-        &app,
-        &admin,
-        "/admin/invitations",
-        &[
-            ("csrf", &csrf),
-            ("email", "nurse@example.com"),
-            ("name", "Nora Nurse"),
-            ("role", "doctor"),
-        ],
-    )
-    .await;
+    let to = location(&invite(&app, &admin, &csrf, "nurse@example.com", "Nora Nurse").await);
     assert!(to.starts_with("/account/reauth?next="), "{to}");
     // Nothing was done: Jane still signs in, nobody was invited.
     app.login(JANE, PASSWORD).await;
@@ -369,50 +389,17 @@ async fn invitations_are_sent_resent_and_revoked_from_the_console(backend: Backe
     let html = page_text(&app, &admin, "/admin/invitations", StatusCode::OK).await;
     assert!(html.contains("No open invitations."));
     let csrf = csrf_of(&html);
-    let res = post_form(
-        &app,
-        &admin,
-        "/admin/invitations",
-        &[
-            ("csrf", &csrf),
-            ("email", "not an address"),
-            ("name", "Nora Nurse"),
-            ("role", "doctor"),
-        ],
-    )
-    .await;
+    let res = invite(&app, &admin, &csrf, "not an address", "Nora Nurse").await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let html = res.text().await.unwrap();
     assert!(html.contains("<title>Error: Invitations"));
     assert!(html.contains("id=\"email-error\""));
     assert!(html.contains("value=\"Nora Nurse\""));
 
-    let res = post_form(
-        &app,
-        &admin,
-        "/admin/invitations",
-        &[
-            ("csrf", &csrf),
-            ("email", JANE),
-            ("name", "Jane Again"),
-            ("role", "doctor"),
-        ],
-    )
-    .await;
+    let res = invite(&app, &admin, &csrf, JANE, "Jane Again").await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
 
-    let to = post_redirect(
-        &app,
-        &admin,
-        "/admin/invitations",
-        &[
-            ("csrf", &csrf),
-            ("email", "nora@example.com"),
-            ("name", "Nora Nurse"),
-            ("role", "doctor"),
-        ],
-    )
-    .await;
+    let to = location(&invite(&app, &admin, &csrf, "nora@example.com", "Nora Nurse").await);
     assert_eq!(to, "/admin/invitations");
     let html = page_text(&app, &admin, &to, StatusCode::OK).await;
     assert_eq!(notice(&html), "Invitation sent to nora@example.com.");
@@ -422,14 +409,7 @@ async fn invitations_are_sent_resent_and_revoked_from_the_console(backend: Backe
     let id = html[start..].split('/').next().unwrap().to_owned();
     crate::common::wait_for_subject(&app.outbox(), "You are invited to", 1).await;
 
-    post_redirect(
-        &app,
-        &admin,
-        &format!("/admin/invitations/{id}/resend"),
-        &[("csrf", &csrf)],
-    )
-    .await;
-    let html = page_text(&app, &admin, "/admin/invitations", StatusCode::OK).await;
+    let html = invitation_action(&app, &admin, &csrf, &id, "resend").await;
     assert_eq!(
         notice(&html),
         "The invitation was sent again with a new link."
@@ -437,28 +417,14 @@ async fn invitations_are_sent_resent_and_revoked_from_the_console(backend: Backe
     assert!(html.contains("(sent 2 times)"));
     crate::common::wait_for_subject(&app.outbox(), "You are invited to", 2).await;
 
-    post_redirect(
-        &app,
-        &admin,
-        &format!("/admin/invitations/{id}/revoke"),
-        &[("csrf", &csrf)],
-    )
-    .await;
-    let html = page_text(&app, &admin, "/admin/invitations", StatusCode::OK).await;
+    let html = invitation_action(&app, &admin, &csrf, &id, "revoke").await;
     assert_eq!(
         notice(&html),
         "The invitation is revoked: its link no longer works."
     );
     assert!(html.contains("No open invitations."));
     // Revoking it twice says so instead of failing.
-    post_redirect(
-        &app,
-        &admin,
-        &format!("/admin/invitations/{id}/revoke"),
-        &[("csrf", &csrf)],
-    )
-    .await;
-    let html = page_text(&app, &admin, "/admin/invitations", StatusCode::OK).await;
+    let html = invitation_action(&app, &admin, &csrf, &id, "revoke").await;
     assert!(notice(&html).starts_with("That invitation is no longer open"));
 }
 
@@ -624,5 +590,8 @@ async fn a_reset_email_past_the_accounts_mail_limit_is_explained(backend: Backen
         "{html}"
     );
     app.settle_email().await;
-    assert_eq!(crate::common::read_subject(&app.outbox(), "Reset your").len(), 1);
+    assert_eq!(
+        crate::common::read_subject(&app.outbox(), "Reset your").len(),
+        1
+    );
 }

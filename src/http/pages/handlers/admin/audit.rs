@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
 
 use super::users::event_row;
-use super::{query_pairs, with_query, AdminPage};
+use super::{filter_value, query_pairs, with_query, AdminPage};
 use crate::domain::{AuditEvent, EmailAddress};
 use crate::http::pages::handlers::{page, PageResult};
 use crate::http::pages::views::admin::{AuditPage, AUDIT_FILTER_FIELDS};
@@ -54,13 +54,7 @@ pub async fn show(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> PageResult {
     let pairs = query_pairs(query)?;
-    let given = |key: &str| {
-        pairs
-            .iter()
-            .rfind(|(k, _)| k == key)
-            .map(|(_, v)| v.trim().to_owned())
-            .unwrap_or_default()
-    };
+    let given = |key: &str| filter_value(&pairs, key);
     let (user, event, since, until, cursor) = (
         given("user"),
         given("event"),

@@ -10,6 +10,7 @@ use crate::http::pages::csrf::{CsrfForm, NoFields};
 use crate::http::pages::handlers::{flash_and_go, page, PageResult};
 use crate::http::pages::views::admin::{InvitationRow, InvitationsPage, INVITE_FIELDS};
 use crate::http::pages::views::{FormState, Moment};
+use crate::http::pages::PageError;
 use crate::http::AppState;
 use crate::services::invitations::InviteInput;
 use crate::services::{ClientContext, ServiceError};
@@ -111,9 +112,31 @@ pub async fn invite(
     invitations_page(&state, &mut admin, form, f.role, status).await
 }
 
-/// What resending or revoking came to, as the notice on the page: the
-/// invitation may have been accepted or revoked by another admin meanwhile.
-async fn after(admin: &mut AdminPage, done: Result<(), ServiceError>, message: &str) -> PageResult {
+/// Sends an open invitation again (`resend`) or revokes it (`revoke`),
+/// then back to the list with what it came to: the invitation may have
+/// been accepted or revoked by another admin meanwhile.
+pub async fn act(
+    State(state): State<AppState>,
+    mut admin: AdminPage,
+    client: ClientContext,
+    Path((id, action)): Path<(String, String)>,
+    _: CsrfForm<NoFields>,
+) -> PageResult {
+    if let Some(to) = admin.0.needs_reauth(&state, HERE) {
+        return Ok(to);
+    }
+    let by = &admin.0.user;
+    let (done, message) = match action.as_str() {
+        "resend" => (
+            state.invitations.resend(&id, by, &client).await.map(drop),
+            "The invitation was sent again with a new link.",
+        ),
+        "revoke" => (
+            state.invitations.revoke(&id, by, &client).await,
+            "The invitation is revoked: its link no longer works.",
+        ),
+        _ => return Err(PageError::NotFound),
+    };
     let message = match done {
         Ok(()) => message.to_owned(),
         Err(ServiceError::NotFound) => {
@@ -122,46 +145,4 @@ async fn after(admin: &mut AdminPage, done: Result<(), ServiceError>, message: &
         Err(refused) => refusal(refused)?.1,
     };
     flash_and_go(&mut admin.0.portal, &message, HERE).await
-}
-
-pub async fn resend(
-    State(state): State<AppState>,
-    mut admin: AdminPage,
-    client: ClientContext,
-    Path(id): Path<String>,
-    _: CsrfForm<NoFields>,
-) -> PageResult {
-    if let Some(to) = admin.0.needs_reauth(&state, HERE) {
-        return Ok(to);
-    }
-    let done = state
-        .invitations
-        .resend(&id, &admin.0.user, &client)
-        .await
-        .map(drop);
-    after(
-        &mut admin,
-        done,
-        "The invitation was sent again with a new link.",
-    )
-    .await
-}
-
-pub async fn revoke(
-    State(state): State<AppState>,
-    mut admin: AdminPage,
-    client: ClientContext,
-    Path(id): Path<String>,
-    _: CsrfForm<NoFields>,
-) -> PageResult {
-    if let Some(to) = admin.0.needs_reauth(&state, HERE) {
-        return Ok(to);
-    }
-    let done = state.invitations.revoke(&id, &admin.0.user, &client).await;
-    after(
-        &mut admin,
-        done,
-        "The invitation is revoked: its link no longer works.",
-    )
-    .await
 }

@@ -37,8 +37,7 @@ pub fn router() -> Router<AppState> {
             "/admin/invitations",
             get(invitations::show).post(invitations::invite),
         )
-        .route("/admin/invitations/{id}/resend", post(invitations::resend))
-        .route("/admin/invitations/{id}/revoke", post(invitations::revoke))
+        .route("/admin/invitations/{id}/{action}", post(invitations::act))
         .route("/admin/audit", get(audit::show))
         .route("/admin/emergency", get(emergency::show))
         .route("/admin/emergency/{id}/review", post(emergency::review))
@@ -88,6 +87,16 @@ fn query_pairs(
         .into_iter()
         .filter(|(_, value)| !value.trim().is_empty())
         .collect())
+}
+
+/// The value of filter `key` (the last one given), trimmed; empty when
+/// absent.
+fn filter_value(pairs: &[(String, String)], key: &str) -> String {
+    pairs
+        .iter()
+        .rfind(|(k, _)| k == key)
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// A console address with its filters: `/admin?q=jan&cursor=...`.

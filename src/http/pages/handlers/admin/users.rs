@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use super::actions::Action;
-use super::{query_pairs, with_query, AdminPage};
+use super::{filter_value, query_pairs, with_query, AdminPage};
 use crate::domain::{AuditOutcome, AuditRecord, UserId};
 use crate::http::api::admin_users::{encode_cursor, parse_filters};
 use crate::http::pages::handlers::{page, PageResult};
@@ -45,13 +45,7 @@ pub async fn list(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> PageResult {
     let pairs = query_pairs(query)?;
-    let given = |key: &str| {
-        pairs
-            .iter()
-            .rfind(|(k, _)| k == key)
-            .map(|(_, v)| v.trim().to_owned())
-            .unwrap_or_default()
-    };
+    let given = |key: &str| filter_value(&pairs, key);
     let (q, role, status) = (given("q"), given("role"), given("status"));
     let mut form = FormState::labelled(USER_FILTER_FIELDS);
     let (rows, next, code) = match parse_filters(&pairs) {

@@ -171,6 +171,11 @@ impl App {
                     config.is_https(),
                     config.is_production(),
                     Arc::clone(&clock),
+                )
+                .with_same_site(
+                    config.server.refresh_cookie_same_site,
+                    &config.server.cors_origins,
+                    &origin_of(&config.server.app_url),
                 ),
                 portal: Arc::new(PortalSettings {
                     app_name: config.server.app_name.clone(),

@@ -107,6 +107,9 @@ pub enum ErrorCode {
     AccountNotDisabled,
     /// 409: this address already has an open invitation: resend or revoke it.
     InvitationPending,
+    /// 403: with REFRESH_COOKIE_SAMESITE=none, refresh and logout answer
+    /// only requests whose Origin is in CORS_ORIGINS (or APP_URL's).
+    OriginNotAllowed,
 }
 
 /// The JSON error body (documented in the OpenAPI document).

@@ -1936,3 +1936,65 @@ async fn disabling_a_user_signed_in_elsewhere() {
     app.access_refused(&access).await;
     app.refresh_refused(&refresh).await;
 }
+
+/// Serves `dir` (a static site) on a port of its own on 127.0.0.1: the
+/// second origin an SPA lives on.
+async fn serve_static(dir: &str) -> u16 {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let site = axum::Router::new().fallback_service(tower_http::services::ServeDir::new(root));
+    tokio::spawn(async move { axum::serve(listener, site).await });
+    port
+}
+
+/// The example SPA (examples/spa, issue 20) on its own origin signs in,
+/// reads /me, refreshes with the HttpOnly cookie and signs out against the
+/// API, with `fetch(..., {credentials: "include"})` and CORS.
+///
+/// The same-site case (http://localhost:A calling http://localhost:B,
+/// today's default SameSite=Strict): the cross-site case needs
+/// SameSite=None, which browsers take only over https, and the service
+/// has no TLS listener of its own (a proxy terminates TLS). Its rules
+/// (cookie attributes, the Origin check) are tested over HTTP in
+/// tests/spa.rs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_spa_on_another_origin() {
+    let spa = format!("http://localhost:{}", serve_static("examples/spa").await);
+    let app = TestApp::with_jane(Backend::Sqlite, &[("CORS_ORIGINS", &spa)]).await;
+    let auth = format!("http://localhost:{}", app.addr.port());
+    let b = Browser::open(&app).await;
+    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
+    b.wait_text("#status", "Signed out.").await;
+
+    b.fill("#email", "jane@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("#sign-in button[type=submit]").await;
+    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
+        .await;
+    b.click("#refresh").await;
+    b.wait_text("#status", "Refreshed.").await;
+    // A new page load resumes the sign-in from the cookie alone.
+    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
+    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
+        .await;
+
+    b.click("#sign-out").await;
+    b.wait_text("#status", "Signed out.").await;
+    // The server ended the sign-in: the page cannot resume it.
+    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
+    b.wait_text("#status", "Signed out.").await;
+    app.flush_audit().await;
+    let logouts = app
+        .store()
+        .await
+        .query_audit_events(&clinic_auth::storage::AuditQuery {
+            event: Some(clinic_auth::domain::AuditEvent::Logout),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(logouts.len(), 1, "the SPA's sign-out reached the server");
+    b.close().await;
+}

@@ -33,7 +33,7 @@ pub use limits::LimitsConfig;
 pub use mail::{MailConfig, MailTransport};
 pub use metrics::MetricsConfig;
 pub use mfa::MfaConfig;
-pub use server::ServerConfig;
+pub use server::{RefreshSameSite, ServerConfig};
 pub use sessions::SessionsConfig;
 pub use store::{redacted_uri, Database, RateLimitBackend, SqliteSynchronous, StoreConfig};
 pub use tokens::{TokensConfig, MIN_SECRET_BYTES};

@@ -21,6 +21,9 @@ pub struct ServerConfig {
     pub port: u16,
     /// Origins allowed to call with credentials (CORS_ORIGINS).
     pub cors_origins: Vec<String>,
+    /// Whether browsers send the API refresh cookie on cross-site requests
+    /// (REFRESH_COOKIE_SAMESITE): an SPA on another site needs `none`.
+    pub refresh_cookie_same_site: RefreshSameSite,
     /// Reverse proxies whose X-Forwarded-For is believed (TRUSTED_PROXIES).
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How long a client has to send a request's headers, counted from the
@@ -37,6 +40,34 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
 }
 
+/// The SameSite attribute of the API refresh cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RefreshSameSite {
+    /// Sent only on requests from this site (the default): an SPA on the
+    /// same site (another port or subdomain of it) refreshes, a
+    /// cross-site page cannot make the browser use the cookie.
+    #[default]
+    Strict,
+    /// Also sent on top-level navigations from other sites (never on their
+    /// fetches): no use to an SPA, allowed for deployments that need it.
+    Lax,
+    /// Sent cross-site too, for an SPA on another site. Needs https (a
+    /// SameSite=None cookie must be Secure) and makes refresh and logout
+    /// demand an allowed Origin.
+    None,
+}
+
+impl RefreshSameSite {
+    fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "strict" => Some(Self::Strict),
+            "lax" => Some(Self::Lax),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default, Deserialize)]
 #[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
 struct ServerVars {
@@ -46,6 +77,7 @@ struct ServerVars {
     #[serde(deserialize_with = "values::number")]
     port: Option<u16>,
     cors_origins: Option<String>,
+    refresh_cookie_samesite: Option<String>,
     trusted_proxies: Option<String>,
     #[serde(deserialize_with = "values::timeout")]
     http_header_timeout: Option<Duration>,
@@ -74,6 +106,21 @@ impl ServerConfig {
                 .map(|o| origin(o).map_err(|m| err("CORS_ORIGINS", m)))
                 .collect::<Result<_, _>>()?,
         };
+        let refresh_cookie_same_site = match v.refresh_cookie_samesite {
+            None => RefreshSameSite::default(),
+            Some(value) => RefreshSameSite::parse(&value).ok_or_else(|| {
+                err(
+                    "REFRESH_COOKIE_SAMESITE",
+                    format!("expected strict, lax or none, got {value:?}"),
+                )
+            })?,
+        };
+        if refresh_cookie_same_site == RefreshSameSite::None && !app_url.starts_with("https://") {
+            return Err(err(
+                "REFRESH_COOKIE_SAMESITE",
+                "none needs an https APP_URL: browsers drop a SameSite=None cookie that is not Secure",
+            ));
+        }
         let trusted_proxies = match v.trusted_proxies {
             None => Vec::new(),
             Some(list) => values::list(&list)
@@ -107,6 +154,7 @@ impl ServerConfig {
             host,
             port,
             cors_origins,
+            refresh_cookie_same_site,
             trusted_proxies,
             http_header_timeout: v.http_header_timeout.unwrap_or(Duration::from_secs(10)),
             http_body_timeout: v.http_body_timeout.unwrap_or(Duration::from_secs(10)),

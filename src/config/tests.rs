@@ -190,6 +190,23 @@ fn registration_mode_and_the_clinics_roles_are_read() {
 }
 
 #[test]
+fn the_refresh_cookie_same_site_is_read() {
+    use super::RefreshSameSite;
+    assert_eq!(
+        dev(&[]).unwrap().server.refresh_cookie_same_site,
+        RefreshSameSite::Strict
+    );
+    let lax = dev(&[("REFRESH_COOKIE_SAMESITE", "Lax")]).unwrap();
+    assert_eq!(lax.server.refresh_cookie_same_site, RefreshSameSite::Lax);
+    let none = dev(&[
+        ("REFRESH_COOKIE_SAMESITE", "none"),
+        ("APP_URL", "https://auth.example-clinic.com"),
+    ])
+    .unwrap();
+    assert_eq!(none.server.refresh_cookie_same_site, RefreshSameSite::None);
+}
+
+#[test]
 fn bad_values_name_the_variable() {
     for (pairs, var) in [
         (vec![("PORT", "eighty")], "PORT"),
@@ -228,6 +245,15 @@ fn bad_values_name_the_variable() {
         (
             vec![("CORS_ORIGINS", "http://ok.example, *")],
             "CORS_ORIGINS",
+        ),
+        (
+            vec![("REFRESH_COOKIE_SAMESITE", "relaxed")],
+            "REFRESH_COOKIE_SAMESITE",
+        ),
+        // A SameSite=None cookie must be Secure: only over https.
+        (
+            vec![("REFRESH_COOKIE_SAMESITE", "none")],
+            "REFRESH_COOKIE_SAMESITE",
         ),
         (
             vec![("CORS_ORIGINS", "http://x.example/path")],

@@ -26,11 +26,16 @@ use middleware::security_headers::SecurityHeaders;
 /// Largest request body accepted (ASVS: bound what a client can make us buffer).
 pub const BODY_LIMIT_BYTES: usize = 64 * 1024;
 
-/// How the refresh cookie is written.
+/// How the refresh cookie is written, and who may use it.
 #[derive(Debug, Clone)]
 pub struct CookieSettings {
     pub name: &'static str,
     pub secure: bool,
+    pub same_site: crate::config::RefreshSameSite,
+    /// With SameSite=None: the origins whose requests may use the cookie at
+    /// refresh and logout (CORS_ORIGINS and APP_URL's own). `None`: no
+    /// check, SameSite keeps other sites' requests from carrying it.
+    pub allowed_origins: Option<Arc<[String]>>,
     /// The cookie lives as long as its token, by the clock that set the
     /// token's expiry.
     pub clock: Arc<dyn Clock>,
@@ -47,8 +52,29 @@ impl CookieSettings {
                 "refresh_token"
             },
             secure: https || production,
+            same_site: crate::config::RefreshSameSite::Strict,
+            allowed_origins: None,
             clock,
         }
+    }
+
+    /// REFRESH_COOKIE_SAMESITE: with `none`, the cookie crosses sites and
+    /// only `origins` (plus `app_origin`) may use it.
+    pub fn with_same_site(
+        mut self,
+        same_site: crate::config::RefreshSameSite,
+        origins: &[String],
+        app_origin: &str,
+    ) -> Self {
+        self.same_site = same_site;
+        self.allowed_origins = (same_site == crate::config::RefreshSameSite::None).then(|| {
+            origins
+                .iter()
+                .cloned()
+                .chain(std::iter::once(app_origin.to_owned()))
+                .collect()
+        });
+        self
     }
 }
 

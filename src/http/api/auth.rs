@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::cookies::{cleared_cookie, refresh_cookie};
+use super::cookies::{cleared_cookie, refresh_cookie, CookieOrigin};
 use super::responses::{BearerErrors, BodyErrors, LinkErrors, RateLimited, Unavailable};
 use crate::domain::{Password, Role, User};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -255,7 +255,7 @@ pub async fn register(
     post, path = "/api/auth/login", tag = "auth",
     request_body(content = LoginRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie; or, when MFA_REQUIRED_ROLES/MFA_REQUIRED_FOR_ALL asks this user for a second factor they do not have, `mfa_enrolment_required` with an `enrolment_token` (only the enrolment routes accept it) and no cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie; or, when MFA_REQUIRED_ROLES/MFA_REQUIRED_FOR_ALL asks this user for a second factor they do not have, `mfa_enrolment_required` with an `enrolment_token` (only the enrolment routes accept it) and no cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
         (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
         (status = 403, description = "REQUIRE_VERIFIED_EMAIL is on and the address is not verified yet (`email_unverified`); a new link is emailed", body = ErrorBody),
         BodyErrors,
@@ -337,13 +337,15 @@ fn enrolment_required(grant: &EnrolmentGrant) -> EnrolmentRequiredResponse {
     post, path = "/api/auth/refresh", tag = "auth",
     security(("refresh_cookie" = [])),
     responses(
-        (status = 200, description = "New access token; sets a new refresh cookie. When the policy (MFA_REQUIRED_ROLES) now asks this user for a second factor they do not have: `mfa_enrolment_required` with an `enrolment_token` instead (the cookie still rotates)", body = RefreshAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "New access token; sets a new refresh cookie. When the policy (MFA_REQUIRED_ROLES) now asks this user for a second factor they do not have: `mfa_enrolment_required` with an `enrolment_token` instead (the cookie still rotates)", body = RefreshAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
         (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`); the cookie is cleared", body = ErrorBody, headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
+        (status = 403, description = "REFRESH_COOKIE_SAMESITE=none and the Origin is missing or not in CORS_ORIGINS (`origin_not_allowed`)", body = ErrorBody),
         RateLimited,
         Unavailable,
     )
 )]
 pub async fn refresh(
+    _: CookieOrigin,
     State(state): State<AppState>,
     client: ClientContext,
     jar: CookieJar,
@@ -373,11 +375,13 @@ pub async fn refresh(
     security((), ("refresh_cookie" = [])),
     responses(
         (status = 204, description = "Signed out (also when there was no session)", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
+        (status = 403, description = "REFRESH_COOKIE_SAMESITE=none and the Origin is missing or not in CORS_ORIGINS (`origin_not_allowed`)", body = ErrorBody),
         RateLimited,
         Unavailable,
     )
 )]
 pub async fn logout(
+    _: CookieOrigin,
     State(state): State<AppState>,
     client: ClientContext,
     jar: CookieJar,

@@ -72,7 +72,7 @@ pub struct MfaVerifyRequest {
     post, path = "/api/auth/mfa/verify", tag = "auth",
     request_body(content = MfaVerifyRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
         (status = 401, description = "Wrong or used code (`invalid_code`); or the `mfa_token` is unknown, expired, used or ended by 5 wrong codes (`mfa_token_invalid`): sign in again", body = ErrorBody),
         BodyErrors,
         (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this account (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),

@@ -165,7 +165,7 @@ pub async fn login_options(
     post, path = "/api/auth/passkeys/login/verify", tag = "auth",
     request_body(content = LoginVerifyRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite=Strict, Path=/api/auth"))),
+        (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
         (status = 401, description = "The ceremony is unknown, expired, used or another sign-in's (`passkey_ceremony_invalid`); the passkey was not accepted (`passkey_invalid`: unknown, another site's, not user-verified, bad signature, or its signature counter went back); or the `mfa_token` is invalid (`mfa_token_invalid`)", body = ErrorBody),
         BodyErrors,
         (status = 429, description = "Rate limited (`rate_limited`), or too many failed sign-ins for this account (`account_locked`)", body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),

@@ -1566,6 +1566,28 @@ async fn sign_out_is_a_large_target_on_a_touch_screen() {
         height >= 44.0,
         "Sign out is {height} px tall on a touch screen"
     );
+    // Every other button on the page too (the session row's "Sign out",
+    // the small secondary ones): the smallest visible one.
+    app.login("oliver@example.com", PASSWORD).await;
+    touch.goto("/account").await;
+    touch.wait_for("table.sessions form.inline button").await;
+    let smallest = touch
+        .client
+        .execute(
+            "return Array.from(document.querySelectorAll('main button, main a.button'))\
+               .filter((b) => b.offsetParent !== null)\
+               .map((b) => [b.getBoundingClientRect().height, b.textContent.trim()])\
+               .sort((x, y) => x[0] - y[0])[0];",
+            vec![],
+        )
+        .await
+        .expect("measure the buttons");
+    let height = smallest[0].as_f64().expect("height");
+    assert!(
+        height >= 44.0,
+        "{} is {height} px tall on a touch screen",
+        smallest[1]
+    );
     touch.assert_no_horizontal_scroll().await;
     touch.screenshot("account-touch").await;
     touch.close().await;

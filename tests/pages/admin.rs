@@ -56,6 +56,20 @@ fn notice(html: &str) -> &str {
     html[start..].split("</p>").next().unwrap()
 }
 
+/// Starts emergency access with `access` (the API's route), as the user's
+/// app would.
+async fn break_the_glass(app: &TestApp, access: &str, reason: &str) {
+    let res = app
+        .client
+        .post(app.url("/api/auth/emergency-access"))
+        .bearer_auth(access)
+        .json(&json!({ "reason": reason }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+}
+
 /// Resends or revokes invitation `id` from the list; the list it lands on.
 async fn invitation_action(
     app: &TestApp,
@@ -510,15 +524,7 @@ async fn emergency_uses_are_reviewed_from_the_console(backend: Backend) {
         .unwrap());
     let (jane, _) = app.login(JANE, PASSWORD).await;
     let reason = "Patient in bay 3 unconscious; allergy record needed";
-    let res = app
-        .client
-        .post(app.url("/api/auth/emergency-access"))
-        .bearer_auth(&jane)
-        .json(&json!({ "reason": reason }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
+    break_the_glass(&app, &jane, reason).await;
 
     let html = page_text(&app, &admin, "/admin/emergency", StatusCode::OK).await;
     assert!(html.contains(reason));
@@ -550,15 +556,7 @@ async fn emergency_uses_are_reviewed_from_the_console(backend: Backend) {
 
     // An administrator's own use waits for someone else.
     let (admin_access, _) = app.login(ADMIN, PASSWORD).await;
-    let res = app
-        .client
-        .post(app.url("/api/auth/emergency-access"))
-        .bearer_auth(&admin_access)
-        .json(&json!({ "reason": reason }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::CREATED);
+    break_the_glass(&app, &admin_access, reason).await;
     let html = page_text(&app, &admin, "/admin/emergency", StatusCode::OK).await;
     assert!(html.contains("This is your own use: another administrator must review it."));
     assert!(!html.contains("action=\"/admin/emergency/"));

@@ -456,6 +456,22 @@ async fn the_python_services_documents_are_read_as_they_are() {
         "row: users read as-is"
     );
 
+    // Row "Password rules": they apply when a password is set, never at
+    // sign-in, so a short one the Python service accepted still works.
+    let short = "Sh0rt!pw1";
+    let short_hash = bcrypt::hash_with_result(short, 12)
+        .unwrap()
+        .format_for_version(bcrypt::Version::TwoB);
+    users
+        .insert_one(doc! {
+            "_id": bson::oid::ObjectId::new(), "email": "short@example.com",
+            "password_hash": &short_hash, "name": "Dr Short", "role": "doctor",
+            "verified": true, "created_at": created, "updated_at": created,
+        })
+        .await
+        .unwrap();
+    app.login("short@example.com", short).await;
+
     // A reset link the Python service emailed and stored before the switch.
     let token = "python-reset-token-0123456789";
     let now = chrono::Utc::now();

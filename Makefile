@@ -2,7 +2,7 @@
 #   cargo run --release      (run the service)
 #   bash scripts/test.sh     (install test dependencies, lint, run every test)
 
-.PHONY: install dev run db-up stop clean lint format check test bench
+.PHONY: install dev run up db-up stop clean lint format check test bench
 
 install: ## fetch and build dependencies
 	cargo fetch
@@ -13,6 +13,9 @@ dev: ## run in development mode (SQLite, outbox mail, generated secrets)
 
 run: ## run the optimised build
 	cargo run --release
+
+up: ## the whole stack in Docker: clinic-auth (built from the Dockerfile), MongoDB, mongo-express
+	docker compose up -d --build
 
 db-up: ## start MongoDB and mongo-express (Docker)
 	docker compose up -d mongodb mongo-express

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates (or refreshes) .venv in the repository with the Python tools the
 # tests need: nx-27017, the MongoDB wire-protocol stand-in that the MongoStore
-# tests start, aiosmtpd for the email tests and schemathesis for
-# tests/fuzz.rs. Idempotent; a re-run with nothing to do takes well under a
+# tests start, aiosmtpd for the email tests, schemathesis for
+# tests/fuzz.rs, and hadolint, check-jsonschema and PyYAML for
+# tests/deploy.rs. Idempotent; a re-run with nothing to do takes well under a
 # second, so it can be called before every test run.
 set -euo pipefail
 

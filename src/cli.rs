@@ -47,6 +47,7 @@ Examples:
   clinic-auth user set-role jane@example.com admin
   clinic-auth user create it@example.com --name \"Sam Lee\" --role admin
   clinic-auth user disable jane@example.com --reason \"Left the clinic\"
+  clinic-auth health                            is the service up? (0: yes)
 
 Configuration comes from the environment and .env, as for the service (see
 the README's Configuration section).
@@ -56,7 +57,8 @@ Exit codes:
   1  the audit trail failed verification (a record altered, missing or
      recomputed without AUDIT_KEY, records removed after a checkpoint, the
      checkpoint file missing or altered, or the wrong AUDIT_KEY), or no such
-     user; for the service: it could not start or stopped with an error
+     user; for the service: it could not start or stopped with an error;
+     for health: the service did not answer 200 within 5 seconds
   2  usage or configuration error
   3  the database or the checkpoint file could not be read or written";
 
@@ -80,6 +82,11 @@ pub enum Command {
     /// Manage users
     #[command(subcommand)]
     User(UserCommand),
+    /// Ask the running service's /health on HOST:PORT (loopback when HOST
+    /// is 0.0.0.0 or ::): exit 0 when it answers 200, 1 otherwise. For a
+    /// container HEALTHCHECK on an image without curl
+    #[command(after_help = AFTER_HELP)]
+    Health,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -645,6 +652,60 @@ fn refused(what: &str, err: ServiceError) -> ExitCode {
         None => eprintln!("{what}: {}", told.message),
     }
     ExitCode::from(code)
+}
+
+/// `clinic-auth health`: one `GET /health` to the service this
+/// configuration runs, as a container's HEALTHCHECK needs it. A slim image
+/// has no curl or wget, and the binary is already there. Plain HTTP/1.1 over
+/// a blocking socket: one request, no client library, and every step is
+/// bounded by [`HEALTH_TIMEOUT`] so a hung service fails the check instead
+/// of hanging it.
+pub fn health(config: &Config) -> ExitCode {
+    let host = match config.server.host {
+        // Bound to every address: this process is on the same host.
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    let addr = std::net::SocketAddr::new(host, config.server.port);
+    match health_status(addr) {
+        Ok(status) if status == "200" => {
+            println!("healthy: GET http://{addr}/health answered 200");
+            ExitCode::SUCCESS
+        }
+        Ok(status) => {
+            println!("unhealthy: GET http://{addr}/health answered {status}");
+            ExitCode::from(exit::FAILED)
+        }
+        Err(e) => {
+            println!("unhealthy: GET http://{addr}/health failed: {e}");
+            ExitCode::from(exit::FAILED)
+        }
+    }
+}
+
+/// How long connecting, sending and reading the answer may each take.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The status code of `GET /health` at `addr`, as the text of the status
+/// line.
+fn health_status(addr: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, HEALTH_TIMEOUT)?;
+    stream.set_read_timeout(Some(HEALTH_TIMEOUT))?;
+    stream.set_write_timeout(Some(HEALTH_TIMEOUT))?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: clinic-auth-health\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    // The status line is all that is read, and at most a line's worth.
+    BufReader::new(stream.take(1024)).read_line(&mut line)?;
+    // "HTTP/1.1 200 OK"
+    line.split_whitespace()
+        .nth(1)
+        .map(str::to_owned)
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {line:?}")))
 }
 
 #[cfg(test)]

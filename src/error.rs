@@ -110,6 +110,9 @@ pub enum ErrorCode {
     /// 403: with REFRESH_COOKIE_SAMESITE=none, refresh and logout answer
     /// only requests whose Origin is in CORS_ORIGINS (or APP_URL's).
     OriginNotAllowed,
+    /// 400: refresh or logout got `refresh_token` in a JSON body (as the
+    /// Python service took it); the token travels only in the cookie.
+    RefreshTokenInBody,
 }
 
 /// The JSON error body (documented in the OpenAPI document).
@@ -248,6 +251,18 @@ impl ApiError {
             "The service cannot reach its database right now. Try again shortly.",
         )
         .with_header(header::RETRY_AFTER, HeaderValue::from_static("5"))
+    }
+
+    /// The refresh token was sent in the body, as the Python service took
+    /// it: say where it goes instead of ignoring it.
+    pub fn refresh_token_in_body() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::RefreshTokenInBody,
+            "The refresh token travels only in the HttpOnly cookie set at sign-in, never in the \
+             request body: remove `refresh_token` from the body and send the request with the \
+             cookie (fetch: credentials: \"include\").",
+        )
     }
 
     pub fn internal() -> Self {

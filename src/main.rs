@@ -64,6 +64,7 @@ async fn run() -> ExitCode {
         Command::User(UserCommand::Enable { email }) => {
             return cli::set_disabled(&config, &email, false, None).await
         }
+        Command::Health => return cli::health(&config),
         Command::Serve => {}
     }
     clinic_auth::telemetry::init(config.is_production());

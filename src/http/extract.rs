@@ -90,17 +90,58 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let headers = req.headers();
-        let no_body = headers.get(CONTENT_TYPE).is_none()
-            && headers.get(TRANSFER_ENCODING).is_none()
-            && headers
-                .get(CONTENT_LENGTH)
-                .is_none_or(|length| length.as_bytes() == b"0");
-        if no_body {
+        if sends_no_body(req.headers()) {
             return Ok(Self(None));
         }
         let ApiJson(body) = ApiJson::from_request(req, state).await?;
         Ok(Self(Some(body)))
+    }
+}
+
+/// No body at all: neither a Content-Type nor a length or chunked body.
+fn sends_no_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_none()
+        && headers.get(TRANSFER_ENCODING).is_none()
+        && headers
+            .get(CONTENT_LENGTH)
+            .is_none_or(|length| length.as_bytes() == b"0")
+}
+
+/// For refresh and logout, whose token travels only in the HttpOnly
+/// cookie: a body that is a JSON object with a `refresh_token` member (how
+/// the Python service took it) is refused with 400 `refresh_token_in_body`,
+/// whatever its Content-Type says. Ignoring it, as before, left such a
+/// client with a 401 it could not explain, or a logout that ended nothing.
+/// Any other body, or none, is read for nothing else and changes nothing,
+/// and a body too large to read is ignored as it always was. The token
+/// itself is never looked at, logged or echoed.
+pub struct NoRefreshTokenInBody;
+
+impl<S: Send + Sync> FromRequest<S> for NoRefreshTokenInBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if sends_no_body(req.headers()) {
+            return Ok(Self);
+        }
+        let bytes = match Bytes::from_request(req, state).await {
+            Ok(bytes) => bytes,
+            // Answering while the rest of a late body may still arrive would
+            // read it as the next request: the 408 closes the connection.
+            Err(BytesRejection::FailedToBufferBody(ref e))
+                if super::middleware::body_timeout::is_body_timeout(e) =>
+            {
+                return Err(ApiError::request_timeout())
+            }
+            Err(_) => return Ok(Self),
+        };
+        let carries = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes)
+            .is_ok_and(|object| object.contains_key("refresh_token"));
+        if carries {
+            Err(ApiError::refresh_token_in_body())
+        } else {
+            Ok(Self)
+        }
     }
 }
 

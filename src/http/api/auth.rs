@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::cookies::{cleared_cookie, refresh_cookie, CookieOrigin};
-use super::responses::{BearerErrors, BodyErrors, LinkErrors, RateLimited, Unavailable};
+use super::responses::{
+    BearerErrors, BodyErrors, LinkErrors, RateLimited, RefreshTokenInBody, Unavailable,
+};
 use crate::domain::{Password, Role, User};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::http::extract::{ApiJson, AuthUser, SignedIn};
+use crate::http::extract::{ApiJson, AuthUser, NoRefreshTokenInBody, SignedIn};
 use crate::http::middleware::rate_limit;
 use crate::http::{AppState, CookieSettings, Limiters};
 use crate::services::sessions::Authenticated;
@@ -340,6 +342,7 @@ fn enrolment_required(grant: &EnrolmentGrant) -> EnrolmentRequiredResponse {
         (status = 200, description = "New access token; sets a new refresh cookie. When the policy (MFA_REQUIRED_ROLES) now asks this user for a second factor they do not have: `mfa_enrolment_required` with an `enrolment_token` instead (the cookie still rotates)", body = RefreshAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
         (status = 401, description = "Missing, expired, revoked or unknown refresh token (`invalid_refresh_token`); the cookie is cleared", body = ErrorBody, headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
         (status = 403, description = "REFRESH_COOKIE_SAMESITE=none and the Origin is missing or not in CORS_ORIGINS (`origin_not_allowed`)", body = ErrorBody),
+        RefreshTokenInBody,
         RateLimited,
         Unavailable,
     )
@@ -349,6 +352,7 @@ pub async fn refresh(
     State(state): State<AppState>,
     client: ClientContext,
     jar: CookieJar,
+    _: NoRefreshTokenInBody,
 ) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
     match state.sessions.refresh(presented.as_deref(), &client).await {
@@ -376,6 +380,7 @@ pub async fn refresh(
     responses(
         (status = 204, description = "Signed out (also when there was no session)", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
         (status = 403, description = "REFRESH_COOKIE_SAMESITE=none and the Origin is missing or not in CORS_ORIGINS (`origin_not_allowed`)", body = ErrorBody),
+        RefreshTokenInBody,
         RateLimited,
         Unavailable,
     )
@@ -385,6 +390,7 @@ pub async fn logout(
     State(state): State<AppState>,
     client: ClientContext,
     jar: CookieJar,
+    _: NoRefreshTokenInBody,
 ) -> Result<Response, ApiError> {
     let presented = jar.get(state.cookies.name).map(|c| c.value().to_owned());
     state.sessions.logout(presented.as_deref(), &client).await?;

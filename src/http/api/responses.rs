@@ -84,3 +84,20 @@ pub enum AdminErrors {
     )]
     NotAdmin(ErrorBody),
 }
+
+/// Refresh and logout, whose token travels only in the HttpOnly cookie: a
+/// JSON body carrying `refresh_token` (as the Python service took it) is
+/// refused rather than ignored.
+#[derive(IntoResponses)]
+pub enum RefreshTokenInBody {
+    #[response(
+        status = 400,
+        description = "The JSON body carries `refresh_token` (`refresh_token_in_body`): the token travels only in the HttpOnly cookie; nothing was changed. Any other body is ignored"
+    )]
+    InBody(ErrorBody),
+    #[response(
+        status = 408,
+        description = "A body was sent and did not arrive within HTTP_BODY_TIMEOUT (`request_timeout`); the connection is closed"
+    )]
+    Timeout(ErrorBody),
+}

@@ -86,6 +86,24 @@ async fn operation_ids_are_unique_and_the_document_is_valid() {
         shared.is_empty(),
         "operation ids used more than once: {shared:?}"
     );
+    // Generated clients make identifiers of them, and a bare verb says
+    // nothing once the operations share a namespace (there were four
+    // `list`s).
+    const BARE_VERBS: [&str; 12] = [
+        "list", "get", "detail", "update", "remove", "delete", "create", "start", "end", "status",
+        "verify", "revoke",
+    ];
+    for id in ids.keys() {
+        assert!(
+            id.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+            "operation id {id:?} is not snake_case"
+        );
+        assert!(
+            !BARE_VERBS.contains(&id.as_str()),
+            "operation id {id:?} names no object"
+        );
+    }
     // GET /health is the one a generated `health()` must call: it has the body.
     assert_eq!(ids["health"], ["GET /health"]);
     assert_eq!(ids["health_head"], ["HEAD /health"]);

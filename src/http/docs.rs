@@ -31,7 +31,7 @@ use super::AppState;
         admin_users::revoke_sessions, admin_users::password_reset, admin_users::mfa_reset,
         admin_users::erase,
         admin_invitations::invite, admin_invitations::list, admin_invitations::resend, admin_invitations::revoke,
-        health::health,
+        health::health, health::health_head,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
     modifiers(&SecuritySchemes),

@@ -58,6 +58,7 @@ pub struct AuditPageResponse {
 /// Read the audit trail, newest first, a page at a time (admin only).
 #[utoipa::path(
     get, path = "/api/admin/audit", tag = "admin",
+    operation_id = "admin_audit_trail",
     security(("bearer" = [])),
     params(AuditFilters),
     responses(

@@ -30,15 +30,24 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Who to invite. Every field is required.
+///
+/// A missing field reads as empty, so that it is refused with the others
+/// as a field error (422). The default is per field, not on the struct:
+/// utoipa documents a struct-wide default as `default: ""` on every field,
+/// which is not an email address (openapi-spec-validator refuses it) and
+/// not a value anyone should send.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
 pub struct InviteRequest {
-    #[schema(example = "nurse.lee@example.com", format = "email")]
+    #[serde(default)]
+    #[schema(example = "nurse.lee@example.com", format = "email", required = true)]
     pub email: String,
-    #[schema(example = "Sam Lee", min_length = 1, max_length = 100)]
+    #[serde(default)]
+    #[schema(example = "Sam Lee", min_length = 1, max_length = 100, required = true)]
     pub name: String,
     /// `admin` or one of ROLES.
-    #[schema(example = "nurse")]
+    #[serde(default)]
+    #[schema(example = "nurse", required = true)]
     pub role: String,
 }
 
@@ -95,6 +104,7 @@ pub struct InvitationList {
 /// has this role and a verified address.
 #[utoipa::path(
     post, path = "/api/admin/invitations", tag = "admin",
+    operation_id = "admin_create_invitation",
     security(("bearer" = [])),
     request_body = InviteRequest,
     responses(
@@ -131,6 +141,7 @@ pub async fn invite(
 /// trail keeps them).
 #[utoipa::path(
     get, path = "/api/admin/invitations", tag = "admin",
+    operation_id = "admin_list_invitations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The open invitations", body = InvitationList),
@@ -155,6 +166,7 @@ pub async fn list(
 /// stops working.
 #[utoipa::path(
     post, path = "/api/admin/invitations/{id}/resend", tag = "admin",
+    operation_id = "admin_resend_invitation",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The invitation's id")),
     responses(
@@ -181,6 +193,7 @@ pub async fn resend(
 /// Revoke an invitation: its link stops working.
 #[utoipa::path(
     delete, path = "/api/admin/invitations/{id}", tag = "admin",
+    operation_id = "admin_revoke_invitation",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The invitation's id")),
     responses(

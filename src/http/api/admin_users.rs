@@ -195,6 +195,7 @@ impl From<UserDetail> for UserDetailView {
 /// email ascending, a page at a time (admin only).
 #[utoipa::path(
     get, path = "/api/admin/users", tag = "admin",
+    operation_id = "admin_list_users",
     security(("bearer" = [])),
     params(UserFilters),
     responses(
@@ -224,6 +225,7 @@ pub async fn list(
 /// last 20 audit events (admin only).
 #[utoipa::path(
     get, path = "/api/admin/users/{id}", tag = "admin",
+    operation_id = "admin_get_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     responses(
@@ -407,6 +409,7 @@ pub struct ReasonRequest {
 /// `account_disabled`; with a wrong one the usual 401.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/disable", tag = "admin",
+    operation_id = "admin_disable_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -439,6 +442,7 @@ pub async fn disable(
 /// Enable a disabled account again (its password is unchanged).
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/enable", tag = "admin",
+    operation_id = "admin_enable_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -533,6 +537,7 @@ pub struct UpdateUserRequest {
 /// `last_admin`).
 #[utoipa::path(
     patch, path = "/api/admin/users/{id}", tag = "admin",
+    operation_id = "admin_update_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = UpdateUserRequest, content_type = "application/json"),
@@ -578,6 +583,7 @@ pub async fn update(
 /// Clear the failed-sign-in lock of an account.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/unlock", tag = "admin",
+    operation_id = "admin_unlock_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -610,6 +616,7 @@ pub async fn unlock(
 /// tokens stop working at once. The password is unchanged.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/sessions/revoke", tag = "admin",
+    operation_id = "admin_revoke_user_sessions",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -642,6 +649,7 @@ pub async fn revoke_sessions(
 /// one stops working). Administrators never see or set passwords.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/password-reset", tag = "admin",
+    operation_id = "admin_send_password_reset",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -677,6 +685,7 @@ pub async fn password_reset(
 /// administrator are emailed.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/mfa-reset", tag = "admin",
+    operation_id = "admin_reset_user_mfa",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),
@@ -711,6 +720,7 @@ pub async fn mfa_reset(
 /// pointing at it. Answers the erased account (200).
 #[utoipa::path(
     delete, path = "/api/admin/users/{id}", tag = "admin",
+    operation_id = "admin_erase_user",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The user's id")),
     request_body(content = Option<ReasonRequest>, content_type = "application/json"),

@@ -220,6 +220,7 @@ pub struct MessageResponse {
 /// unverified). Only while REGISTRATION is `open`.
 #[utoipa::path(
     post, path = "/api/auth/register", tag = "auth",
+    operation_id = "register",
     request_body(content = RegisterRequest, content_type = "application/json"),
     responses(
         (status = 201, description = "Account created", body = UserResponse),
@@ -255,6 +256,7 @@ pub async fn register(
 /// Sign in: access token in the body, refresh token in an HttpOnly cookie.
 #[utoipa::path(
     post, path = "/api/auth/login", tag = "auth",
+    operation_id = "login",
     request_body(content = LoginRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Signed in (sets the refresh cookie); or, with two-step sign-in on, `mfa_required` with an `mfa_token` and no token or cookie; or, when MFA_REQUIRED_ROLES/MFA_REQUIRED_FOR_ALL asks this user for a second factor they do not have, `mfa_enrolment_required` with an `enrolment_token` (only the enrolment routes accept it) and no cookie", body = LoginAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
@@ -337,6 +339,7 @@ fn enrolment_required(grant: &EnrolmentGrant) -> EnrolmentRequiredResponse {
 /// cookie (rotation: the presented token stops working).
 #[utoipa::path(
     post, path = "/api/auth/refresh", tag = "auth",
+    operation_id = "refresh",
     security(("refresh_cookie" = [])),
     responses(
         (status = 200, description = "New access token; sets a new refresh cookie. When the policy (MFA_REQUIRED_ROLES) now asks this user for a second factor they do not have: `mfa_enrolment_required` with an `enrolment_token` instead (the cookie still rotates)", body = RefreshAnswer, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
@@ -376,6 +379,7 @@ pub async fn refresh(
 /// access tokens it issued) and clears the cookie.
 #[utoipa::path(
     post, path = "/api/auth/logout", tag = "auth",
+    operation_id = "logout",
     security((), ("refresh_cookie" = [])),
     responses(
         (status = 204, description = "Signed out (also when there was no session)", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),
@@ -401,6 +405,7 @@ pub async fn logout(
 /// The signed-in user.
 #[utoipa::path(
     get, path = "/api/auth/me", tag = "auth",
+    operation_id = "get_me",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user behind the access token", body = UserResponse),
@@ -420,6 +425,7 @@ const FORGOT_MESSAGE: &str =
 /// the account exists.
 #[utoipa::path(
     post, path = "/api/auth/forgot-password", tag = "auth",
+    operation_id = "forgot_password",
     request_body(content = ForgotPasswordRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Accepted (always, for any well-formed email)", body = MessageResponse),
@@ -446,6 +452,7 @@ pub async fn forgot_password(
 /// out everywhere.
 #[utoipa::path(
     post, path = "/api/auth/reset-password", tag = "auth",
+    operation_id = "reset_password",
     request_body(content = ResetPasswordRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Password changed", body = MessageResponse),
@@ -484,6 +491,7 @@ pub struct ChangePasswordRequest {
 /// access token in the answer.
 #[utoipa::path(
     post, path = "/api/auth/change-password", tag = "account",
+    operation_id = "change_password",
     security(("bearer" = [])),
     request_body(content = ChangePasswordRequest, content_type = "application/json"),
     responses(
@@ -533,6 +541,7 @@ pub async fn change_password(
 /// portal browser sessions.
 #[utoipa::path(
     get, path = "/api/auth/sessions", tag = "account",
+    operation_id = "list_sessions",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's live sessions, most recently used first", body = Vec<SessionInfo>),
@@ -555,6 +564,7 @@ pub async fn list_sessions(
 /// End one session (the caller's own included).
 #[utoipa::path(
     delete, path = "/api/auth/sessions/{id}", tag = "account",
+    operation_id = "end_session",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "A session id from GET /api/auth/sessions")),
     responses(
@@ -586,6 +596,7 @@ pub async fn end_session(
 /// access token issued so far stops working.
 #[utoipa::path(
     post, path = "/api/auth/logout-all", tag = "account",
+    operation_id = "logout_all",
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Signed out everywhere; the refresh cookie is cleared", headers(("Set-Cookie" = String, description = "Clears the refresh cookie (`Max-Age=0`)"))),

@@ -78,6 +78,7 @@ pub struct EmergencyStartResponse {
 /// after it they do not.
 #[utoipa::path(
     post, path = "/api/auth/emergency-access", tag = "account",
+    operation_id = "start_emergency_access",
     security(("bearer" = [])),
     request_body(content = StartRequest, content_type = "application/json"),
     responses(
@@ -119,6 +120,7 @@ pub async fn start(
 /// working at once; the answer is a plain access token for this sign-in.
 #[utoipa::path(
     delete, path = "/api/auth/emergency-access", tag = "account",
+    operation_id = "end_emergency_access",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Ended; an access token without the claim", body = TokenResponse),
@@ -212,6 +214,7 @@ pub struct EmergencyQueueResponse {
 /// The emergency access review queue (admin only).
 #[utoipa::path(
     get, path = "/api/admin/emergency", tag = "admin",
+    operation_id = "admin_list_emergency_uses",
     security(("bearer" = [])),
     params(QueueFilters),
     responses(
@@ -276,6 +279,7 @@ pub struct ReviewRequest {
 /// Review a use of emergency access (admin only, and not one's own).
 #[utoipa::path(
     post, path = "/api/admin/emergency/{id}/review", tag = "admin",
+    operation_id = "admin_review_emergency_use",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "The use's id (`reason_id` in its tokens)")),
     request_body(content = ReviewRequest, content_type = "application/json"),

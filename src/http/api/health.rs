@@ -28,14 +28,17 @@ pub struct HealthResponse {
 }
 
 pub fn router() -> Router<AppState> {
-    // axum answers HEAD from the GET handler, without the body.
-    Router::new().route("/health", get(health))
+    // HEAD has a handler of its own (rather than axum's GET-without-body)
+    // so that the OpenAPI document can describe it as what it is: the same
+    // status, no body, under an operation id of its own.
+    Router::new().route("/health", get(health).head(health_head))
 }
 
-/// Health check (GET and HEAD).
+/// Health check: the service's and the database's state.
 #[utoipa::path(
-    method(get, head),
+    get,
     path = "/health",
+    operation_id = "health",
     tag = "system",
     responses(
         (status = 200, description = "Service and database are up", body = HealthResponse),
@@ -44,22 +47,48 @@ pub fn router() -> Router<AppState> {
     )
 )]
 pub async fn health(State(health): State<Arc<WriteHealth>>) -> (StatusCode, Json<HealthResponse>) {
+    let status = check(&health).await;
+    let body = if status == StatusCode::OK {
+        HealthResponse {
+            status: "ok",
+            database: "ok",
+        }
+    } else {
+        HealthResponse {
+            status: "degraded",
+            database: "unavailable",
+        }
+    };
+    (status, Json(body))
+}
+
+/// Health check for load balancers that probe with HEAD: the same status
+/// as GET, no body.
+#[utoipa::path(
+    head,
+    path = "/health",
+    operation_id = "health_head",
+    tag = "system",
+    responses(
+        (status = 200, description = "Service and database are up (no body)"),
+        (status = 503, description = "The database cannot be reached or does not take writes (no body)"),
+        (
+            status = 429,
+            description = "Rate limited (no body)",
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))
+        ),
+    )
+)]
+pub async fn health_head(State(health): State<Arc<WriteHealth>>) -> StatusCode {
+    check(&health).await
+}
+
+/// 200 when the database answers and takes writes, 503 otherwise.
+async fn check(health: &WriteHealth) -> StatusCode {
     // The cached write state first: while it is bad, no round trip.
     if health.writable() && health.database_ok().await {
-        (
-            StatusCode::OK,
-            Json(HealthResponse {
-                status: "ok",
-                database: "ok",
-            }),
-        )
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthResponse {
-                status: "degraded",
-                database: "unavailable",
-            }),
-        )
+        StatusCode::SERVICE_UNAVAILABLE
     }
 }

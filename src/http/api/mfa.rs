@@ -70,6 +70,7 @@ pub struct MfaVerifyRequest {
 /// `/api/auth/login` answers for an account without one.
 #[utoipa::path(
     post, path = "/api/auth/mfa/verify", tag = "auth",
+    operation_id = "mfa_verify",
     request_body(content = MfaVerifyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
@@ -158,6 +159,7 @@ pub struct TotpRemoveRequest {
 /// Two-step sign-in: what is on, and how many recovery codes are left.
 #[utoipa::path(
     get, path = "/api/auth/mfa", tag = "account",
+    operation_id = "mfa_status",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "What is enrolled", body = MfaStatusResponse),
@@ -183,6 +185,7 @@ pub async fn status(
 /// text). Nothing changes at sign-in until `/mfa/totp/confirm`.
 #[utoipa::path(
     post, path = "/api/auth/mfa/totp/setup", tag = "account",
+    operation_id = "mfa_setup_totp",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The new secret, shown once", body = TotpSetupResponse),
@@ -208,6 +211,7 @@ pub async fn setup_totp(
 /// codes, the only time they are shown.
 #[utoipa::path(
     post, path = "/api/auth/mfa/totp/confirm", tag = "account",
+    operation_id = "mfa_confirm_totp",
     security(("bearer" = [])),
     request_body(content = TotpConfirmRequest, content_type = "application/json"),
     responses(
@@ -279,6 +283,7 @@ fn enrolled(
 /// password and a current code or a recovery code.
 #[utoipa::path(
     delete, path = "/api/auth/mfa/totp", tag = "account",
+    operation_id = "mfa_remove_totp",
     security(("bearer" = [])),
     request_body(content = TotpRemoveRequest, content_type = "application/json"),
     responses(
@@ -304,6 +309,7 @@ pub async fn remove_totp(
 /// A new set of 10 recovery codes; the old set stops working.
 #[utoipa::path(
     post, path = "/api/auth/mfa/recovery-codes", tag = "account",
+    operation_id = "mfa_regenerate_recovery_codes",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The new codes, shown once", body = RecoveryCodesResponse),

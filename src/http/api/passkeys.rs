@@ -141,6 +141,7 @@ impl From<Passkey> for PasskeyResponse {
 /// Start a passkey sign-in: options for `navigator.credentials.get()`.
 #[utoipa::path(
     post, path = "/api/auth/passkeys/login/options", tag = "auth",
+    operation_id = "passkey_login_options",
     request_body(content = LoginOptionsRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "The ceremony, valid 5 minutes", body = CeremonyResponse),
@@ -163,6 +164,7 @@ pub async fn login_options(
 /// answers for a completed sign-in (access token, refresh cookie).
 #[utoipa::path(
     post, path = "/api/auth/passkeys/login/verify", tag = "auth",
+    operation_id = "passkey_login_verify",
     request_body(content = LoginVerifyRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Signed in; sets the refresh cookie", body = super::auth::LoginResponse, headers(("Set-Cookie" = String, description = "The refresh token: `refresh_token` (`__Secure-refresh_token` over https), HttpOnly, SameSite per REFRESH_COOKIE_SAMESITE (Strict by default), Path=/api/auth"))),
@@ -193,6 +195,7 @@ pub async fn login_verify(
 /// Start adding a passkey: options for `navigator.credentials.create()`.
 #[utoipa::path(
     post, path = "/api/auth/passkeys/register/options", tag = "account",
+    operation_id = "passkey_register_options",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The ceremony, valid 5 minutes", body = CeremonyResponse),
@@ -212,6 +215,7 @@ pub async fn register_options(
 /// Finish adding a passkey. The owner is emailed.
 #[utoipa::path(
     post, path = "/api/auth/passkeys/register/verify", tag = "account",
+    operation_id = "passkey_register_verify",
     security(("bearer" = [])),
     request_body(content = RegisterVerifyRequest, content_type = "application/json"),
     responses(
@@ -283,6 +287,7 @@ pub enum PasskeyAddedAnswer {
 /// The signed-in user's passkeys, oldest first.
 #[utoipa::path(
     get, path = "/api/auth/passkeys", tag = "account",
+    operation_id = "list_passkeys",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The passkeys", body = [PasskeyResponse]),
@@ -302,6 +307,7 @@ pub async fn list(
 /// Rename one of the signed-in user's passkeys.
 #[utoipa::path(
     patch, path = "/api/auth/passkeys/{id}", tag = "account",
+    operation_id = "rename_passkey",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "A passkey id from GET /api/auth/passkeys")),
     request_body(content = RenameRequest, content_type = "application/json"),
@@ -327,6 +333,7 @@ pub async fn rename(
 /// Remove one of the signed-in user's passkeys. The owner is emailed.
 #[utoipa::path(
     delete, path = "/api/auth/passkeys/{id}", tag = "account",
+    operation_id = "remove_passkey",
     security(("bearer" = [])),
     params(("id" = String, Path, description = "A passkey id from GET /api/auth/passkeys")),
     responses(

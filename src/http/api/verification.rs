@@ -39,6 +39,7 @@ pub struct VerifyEmailRequest {
 /// Confirm an email address with the token from the emailed link.
 #[utoipa::path(
     post, path = "/api/auth/verify-email", tag = "auth",
+    operation_id = "verify_email",
     request_body(content = VerifyEmailRequest, content_type = "application/json"),
     responses(
         (status = 200, description = "Verified; the user as it now is", body = UserResponse),
@@ -62,6 +63,7 @@ pub async fn verify_email(
 /// stops working).
 #[utoipa::path(
     post, path = "/api/auth/resend-verification", tag = "account",
+    operation_id = "resend_verification",
     security(("bearer" = [])),
     responses(
         (status = 202, description = "A new link is on its way", body = MessageResponse),

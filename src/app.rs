@@ -22,6 +22,7 @@ use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::checkpoints::Checkpointer;
 use crate::services::health::WriteHealth;
 use crate::services::outbox::Outbox;
+use crate::services::signing_keys::KeyRing;
 use crate::services::tokens::Tokens;
 use crate::services::{AdminService, Audit};
 
@@ -92,14 +93,35 @@ impl App {
                 .context("cannot start the audit writer")?;
         let audit = audit.with_clock(Arc::clone(&clock));
         let (access_secret, refresh_secret) = secrets::jwt_secrets(&config)?;
-        let tokens = Tokens::new(
-            &access_secret,
-            &refresh_secret,
-            &config.server.app_url,
-            &config.server.app_name,
-            config.tokens.jwt_access_ttl,
+        // Made (first start) and loaded before the listener binds: a key
+        // that does not open with MFA_ENCRYPTION_KEY stops start-up.
+        let signing_keys = KeyRing::start(
+            store.clone(),
+            mfa_key.clone(),
+            config.tokens.access_algorithm,
             Arc::clone(&clock),
-        );
+        )
+        .await?;
+        let tokens = match access_secret {
+            _ if config.tokens.access_algorithm.is_asymmetric() => Tokens::with_key_ring(
+                Arc::clone(&signing_keys),
+                &refresh_secret,
+                &config.server.app_url,
+                &config.server.app_name,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            ),
+            Some(secret) => Tokens::new(
+                &secret,
+                &refresh_secret,
+                &config.server.app_url,
+                &config.server.app_name,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            ),
+            // Config validation requires the secret for HS256.
+            None => anyhow::bail!("JWT_ACCESS_SECRET: must be set with JWT_ACCESS_ALGORITHM=HS256"),
+        };
         let outbox = services::outbox(&config, &store, &refresh_secret, &clock)?;
         let services = Services::build(
             &store,
@@ -167,6 +189,7 @@ impl App {
                 invitation_acceptance: services.invitation_acceptance,
                 admin,
                 health,
+                signing_keys,
                 cookies: CookieSettings::new(
                     config.is_https(),
                     config.is_production(),

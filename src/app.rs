@@ -21,6 +21,7 @@ use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::checkpoints::Checkpointer;
 use crate::services::health::WriteHealth;
+use crate::services::key_rotation::KeyRotation;
 use crate::services::outbox::Outbox;
 use crate::services::signing_keys::KeyRing;
 use crate::services::tokens::Tokens;
@@ -37,7 +38,7 @@ mod store;
 /// The purge of expired rows and the shutdown signal.
 mod tasks;
 
-pub use secrets::audit_key;
+pub use secrets::{audit_key, mfa_key};
 pub(crate) use services::CliServices;
 pub use store::open_store;
 pub use tasks::shutdown_signal;
@@ -122,6 +123,16 @@ impl App {
             // Config validation requires the secret for HS256.
             None => anyhow::bail!("JWT_ACCESS_SECRET: must be set with JWT_ACCESS_ALGORITHM=HS256"),
         };
+        // The minute sweep's pruning; HS256 has no keys to prune.
+        let key_rotation = config.tokens.access_algorithm.is_asymmetric().then(|| {
+            KeyRotation::new(
+                store.clone(),
+                mfa_key.clone(),
+                config.tokens.access_algorithm,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            )
+        });
         let outbox = services::outbox(&config, &store, &refresh_secret, &clock)?;
         let services = Services::build(
             &store,
@@ -165,6 +176,9 @@ impl App {
             health.spawn(),
             tasks::spawn_emergency_sweep(Arc::clone(&services.emergency_access)),
         ];
+        if let Some(rotation) = key_rotation {
+            background.push(tasks::spawn_key_sweep(Arc::clone(&signing_keys), rotation));
+        }
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {

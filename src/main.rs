@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clinic_auth::app::{shutdown_signal, App};
 use clinic_auth::cli::{self, exit, AuditCommand, Command, UserCommand};
+use clinic_auth::clock::SystemClock;
 use clinic_auth::config::Config;
 
 fn main() -> ExitCode {
@@ -63,6 +64,9 @@ async fn run() -> ExitCode {
         }
         Command::User(UserCommand::Enable { email }) => {
             return cli::set_disabled(&config, &email, false, None).await
+        }
+        Command::Keys(keys) => {
+            return cli::keys(&config, keys, std::sync::Arc::new(SystemClock)).await
         }
         Command::Serve => {}
     }

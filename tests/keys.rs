@@ -20,12 +20,19 @@ backend_tests!(
     the_jwks_verifies_a_fresh_eddsa_token,
     hs256_publishes_no_key,
     forged_kids_and_swapped_algorithms_are_refused,
+    rotation_signs_nobody_out_and_prune_removes_the_old_key,
+    two_instances_agree_on_the_key_after_a_rotation,
 );
+
+const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
+/// Given explicitly so that the test can open the stored keys, and two
+/// instances share it.
+const MFA_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// An app whose access tokens are signed with a key pair: the harness's
 /// JWT_ACCESS_SECRET removed, so ES256 by default, or `alg` when given.
 pub async fn keyed_app(backend: Backend, alg: Option<&str>) -> TestApp {
-    let mut overrides = vec![("JWT_ACCESS_SECRET", "")];
+    let mut overrides = vec![("JWT_ACCESS_SECRET", ""), ("MFA_ENCRYPTION_KEY", MFA_KEY)];
     if let Some(alg) = alg {
         overrides.push(("JWT_ACCESS_ALGORITHM", alg));
     }
@@ -209,4 +216,201 @@ async fn forged_kids_and_swapped_algorithms_are_refused(backend: Backend) {
     app.access_refused(&relabelled).await;
     // The genuine token still works.
     assert_eq!(app.me(&access).await.status(), StatusCode::OK);
+}
+
+/// Runs the real binary against `app`'s database, configured as an
+/// operator's shell would be (no JWT_ACCESS_SECRET: ES256).
+async fn run(app: &TestApp, args: &[&str]) -> std::process::Output {
+    let (key, value) = app.database_env();
+    let data_dir = app.dir.path().join("data");
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let dir = tempfile::tempdir().unwrap();
+        std::process::Command::new(BIN)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env(key, value)
+            .env("DATA_DIR", data_dir)
+            .env("JWT_REFRESH_SECRET", common::REFRESH_SECRET)
+            .env("MFA_ENCRYPTION_KEY", MFA_KEY)
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn published_kids(set: &JwkSet) -> Vec<String> {
+    set.keys
+        .iter()
+        .map(|k| k.common.key_id.clone().unwrap())
+        .collect()
+}
+
+/// The stored private key of `kid` (PKCS#8), opened as the service does.
+async fn private_key(app: &TestApp, kid: &str) -> Vec<u8> {
+    let record = app
+        .store()
+        .await
+        .list_signing_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.kid == kid)
+        .expect("the key is stored");
+    clinic_auth::domain::mfa::MfaKey::from_hex(MFA_KEY)
+        .unwrap()
+        .open_signing_key(&record.private_sealed, kid)
+        .unwrap()
+        .to_vec()
+}
+
+/// `claims` signed with `der` under `kid`, with a fresh `exp` by the
+/// app's clock: what only the holder of that key could make.
+fn signed_with(app: &TestApp, der: &[u8], kid: &str, claims: &Value) -> String {
+    use clinic_auth::clock::Clock;
+    let now = app.clock.now().timestamp();
+    let mut claims = claims.clone();
+    claims["iat"] = now.into();
+    claims["exp"] = (now + 600).into();
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &encoding_key(AccessAlgorithm::Es256, der).unwrap(),
+    )
+    .unwrap()
+}
+
+async fn rotation_signs_nobody_out_and_prune_removes_the_old_key(backend: Backend) {
+    let mut app = keyed_app(backend, None).await;
+    let (old_token, _) = app.login("jane@example.com", PASSWORD).await;
+    let old_kid = header_of(&old_token).kid.unwrap();
+
+    let rotated = stdout(&run(&app, &["keys", "rotate"]).await);
+    assert!(rotated.starts_with("new current signing key "), "{rotated}");
+    let new_kid = rotated
+        .trim_start_matches("new current signing key ")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_ne!(new_kid, old_kid);
+    let listed = stdout(&run(&app, &["keys", "list"]).await);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    assert!(
+        lines[0].starts_with(&old_kid) && lines[0].ends_with("retired"),
+        "{listed}"
+    );
+    assert!(
+        lines[1].starts_with(&new_kid) && lines[1].ends_with("current"),
+        "{listed}"
+    );
+    assert!(lines[1].contains("ES256"), "{listed}");
+
+    // The service picks the new key up (here: at its restart; running, at
+    // its next minute's reload or the first token that names it).
+    app.restart().await;
+    let (new_token, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(header_of(&new_token).kid.as_deref(), Some(new_kid.as_str()));
+    let set = jwks(&app).await;
+    assert_eq!(published_kids(&set), [new_kid.clone(), old_kid.clone()]);
+    for token in [&old_token, &new_token] {
+        verify_with_jwks(&set, token).unwrap();
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    // Nothing to prune while the old key's tokens may be valid.
+    assert_eq!(
+        stdout(&run(&app, &["keys", "prune"]).await),
+        "no signing key to prune\n"
+    );
+
+    // A token only the old key could sign is still taken before pruning...
+    let claims = jwt_claims(&new_token);
+    let old_der = private_key(&app, &old_kid).await;
+    let by_old_key = signed_with(&app, &old_der, &old_kid, &claims);
+    assert_eq!(app.me(&by_old_key).await.status(), StatusCode::OK);
+    // ... and refused once the key is pruned: JWT_ACCESS_EXPIRES (15m),
+    // the reload minute and the leeway after the rotation.
+    let rotation = clinic_auth::services::key_rotation::KeyRotation::new(
+        app.store().await,
+        clinic_auth::domain::mfa::MfaKey::from_hex(MFA_KEY).unwrap(),
+        AccessAlgorithm::Es256,
+        std::time::Duration::from_secs(15 * 60),
+        app.clock.clone(),
+    );
+    app.clock
+        .advance(std::time::Duration::from_secs(15 * 60 + 60));
+    assert!(
+        rotation.prune().await.unwrap().is_empty(),
+        "not before the leeway"
+    );
+    app.clock.advance(std::time::Duration::from_secs(10));
+    assert_eq!(rotation.prune().await.unwrap(), [old_kid.as_str()]);
+    app.restart().await;
+    let set = jwks(&app).await;
+    assert_eq!(published_kids(&set), [new_kid.as_str()]);
+    assert!(set.find(&old_kid).is_none());
+    // The session is still alive, the claims fresh: only the key is gone.
+    let by_pruned_key = signed_with(&app, &old_der, &old_kid, &claims);
+    app.access_refused(&by_pruned_key).await;
+    let fresh = app.login("jane@example.com", PASSWORD).await.0;
+    assert_eq!(header_of(&fresh).kid.as_deref(), Some(new_kid.as_str()));
+}
+
+/// Two instances on one store (and one MFA_ENCRYPTION_KEY) start on the
+/// same key; after a rotation, a token of the instance that already signs
+/// with the new key is taken at once by the other (an unknown kid makes it
+/// reload), which then signs with the new key too.
+async fn two_instances_agree_on_the_key_after_a_rotation(backend: Backend) {
+    let mut a = keyed_app(backend, None).await;
+    let (var, value) = a.database_env();
+    let b = TestApp::spawn_with(
+        backend,
+        &[
+            ("JWT_ACCESS_SECRET", ""),
+            ("MFA_ENCRYPTION_KEY", MFA_KEY),
+            (var.as_str(), value.as_str()),
+        ],
+    )
+    .await;
+    let (from_a, _) = a.login("jane@example.com", PASSWORD).await;
+    let (from_b, _) = b.login("jane@example.com", PASSWORD).await;
+    let first = header_of(&from_a).kid.unwrap();
+    assert_eq!(header_of(&from_b).kid.as_deref(), Some(first.as_str()));
+    assert_eq!(published_kids(&jwks(&b).await), [first.as_str()]);
+
+    let rotated = stdout(&run(&a, &["keys", "rotate"]).await);
+    assert!(rotated.starts_with("new current signing key"), "{rotated}");
+    a.restart().await;
+    let (new_from_a, _) = a.login("jane@example.com", PASSWORD).await;
+    let second = header_of(&new_from_a).kid.unwrap();
+    assert_ne!(second, first);
+    // B has not reloaded yet, but takes the new kid at once.
+    assert_eq!(b.me(&new_from_a).await.status(), StatusCode::OK);
+    let (new_from_b, _) = b.login("jane@example.com", PASSWORD).await;
+    assert_eq!(header_of(&new_from_b).kid.as_deref(), Some(second.as_str()));
+    for app in [&a, &b] {
+        assert_eq!(
+            published_kids(&jwks(app).await),
+            [second.clone(), first.clone()]
+        );
+        for token in [&from_a, &from_b, &new_from_b] {
+            assert_eq!(app.me(token).await.status(), StatusCode::OK);
+        }
+    }
 }

@@ -132,6 +132,11 @@ impl App {
                 config.tokens.jwt_access_ttl,
                 Arc::clone(&clock),
             )
+            .audited(
+                audit.clone(),
+                crate::services::ClientContext::new(None, None),
+                "sweep",
+            )
         });
         let outbox = services::outbox(&config, &store, &refresh_secret, &clock)?;
         let services = Services::build(

@@ -102,6 +102,17 @@ pub enum KeysCommand {
     Prune,
 }
 
+impl KeysCommand {
+    /// As typed, for the audit record's user agent.
+    fn name(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Rotate => "rotate",
+            Self::Prune => "prune",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum AuditCommand {
     /// Check the audit trail: its hash chain (with AUDIT_KEY) and the signed
@@ -406,28 +417,49 @@ pub async fn keys(
     command: KeysCommand,
     clock: Arc<dyn crate::clock::Clock>,
 ) -> ExitCode {
-    use crate::services::key_rotation::{KeyRotation, RotationError};
-    let store = match open_store(config).await {
-        Ok(store) => store,
-        Err(e) => {
-            eprintln!("cannot open the database: {e:#}");
-            return ExitCode::from(exit::UNREACHABLE);
-        }
+    use crate::services::key_rotation::KeyRotation;
+    // Opened as the user commands open it: rotations and prunings are
+    // recorded (by=cli) and anchored before the command reports.
+    let change = match Change::open(config).await {
+        Ok(change) => change,
+        Err(code) => return code,
     };
     let key = match mfa_key(config) {
         Ok(key) => key,
         Err(e) => {
             eprintln!("cannot load MFA_ENCRYPTION_KEY: {e:#}");
+            change.finish(false).await;
             return ExitCode::from(exit::USAGE);
         }
     };
     let rotation = KeyRotation::new(
-        store,
+        change.store.clone(),
         key,
         config.tokens.access_algorithm,
         config.tokens.jwt_access_ttl,
         clock,
+    )
+    .audited(
+        change.audit.clone(),
+        ClientContext::new(None, Some(&format!("clinic-auth keys {}", command.name()))),
+        "cli",
     );
+    let code = keys_run(config, command, &rotation).await;
+    drop(rotation);
+    let changed = matches!(command, KeysCommand::Rotate | KeysCommand::Prune);
+    if !change.finish(changed).await && changed {
+        eprintln!("the keys were changed but the audit event could not be stored");
+        return ExitCode::from(exit::UNREACHABLE);
+    }
+    code
+}
+
+async fn keys_run(
+    config: &Config,
+    command: KeysCommand,
+    rotation: &crate::services::key_rotation::KeyRotation,
+) -> ExitCode {
+    use crate::services::key_rotation::RotationError;
     let unreachable = |e: crate::storage::StoreError| {
         eprintln!(
             "cannot read or write the signing keys: {:#}",

@@ -309,6 +309,29 @@ async fn rotation_signs_nobody_out_and_prune_removes_the_old_key(backend: Backen
         .unwrap()
         .to_owned();
     assert_ne!(new_kid, old_kid);
+    // Recorded as an operator action, with the kids.
+    let records = app
+        .store()
+        .await
+        .query_audit_events(&clinic_auth::storage::AuditQuery {
+            user_id: None,
+            event: Some(clinic_auth::domain::audit::AuditEvent::SigningKeyRotated),
+            since: None,
+            until: None,
+            before_seq: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(
+        records[0].detail.as_deref(),
+        Some(format!("by=cli kid={new_kid} alg=ES256 retired=1").as_str())
+    );
+    assert_eq!(
+        records[0].user_agent.as_deref(),
+        Some("clinic-auth keys rotate")
+    );
     let listed = stdout(&run(&app, &["keys", "list"]).await);
     let lines: Vec<&str> = listed.lines().collect();
     assert_eq!(lines.len(), 2, "{listed}");

@@ -15,7 +15,9 @@ use chrono::{DateTime, Utc};
 
 use super::signing_keys::{add_key, RELOAD_EVERY};
 use super::tokens::LEEWAY_SECS;
+use super::{Audit, ClientContext};
 use crate::clock::Clock;
+use crate::domain::audit::AuditEvent;
 use crate::domain::mfa::MfaKey;
 use crate::domain::signing_key::AccessAlgorithm;
 use crate::storage::{SigningKeyRecord, SigningKeyStore, StoreError};
@@ -69,6 +71,9 @@ pub struct KeyRotation {
     algorithm: AccessAlgorithm,
     access_ttl: Duration,
     clock: Arc<dyn Clock>,
+    /// Where rotations and prunings are recorded, and who did them
+    /// (`cli`, `sweep`): operator actions on what every token relies on.
+    audit: Option<(Audit, ClientContext, &'static str)>,
 }
 
 impl KeyRotation {
@@ -85,6 +90,27 @@ impl KeyRotation {
             algorithm,
             access_ttl,
             clock,
+            audit: None,
+        }
+    }
+
+    /// Records every rotation and pruning in the audit trail, as done by
+    /// `by` (`cli`, `sweep`) from `client`.
+    pub fn audited(mut self, audit: Audit, client: ClientContext, by: &'static str) -> Self {
+        self.audit = Some((audit, client, by));
+        self
+    }
+
+    async fn record(&self, event: AuditEvent, detail: String) {
+        if let Some((audit, client, by)) = &self.audit {
+            let entry = audit
+                .entry(event, client)
+                .detail(format!("by={by} {detail}"));
+            // The key change is done either way; a record that cannot be
+            // stored is logged by the audit writer.
+            if let Err(e) = audit.record(entry).await {
+                tracing::error!(target: "audit", error = %e, event = %event, "signing key change not recorded");
+            }
         }
     }
 
@@ -122,7 +148,12 @@ impl KeyRotation {
         }
         let now = self.clock.now();
         let key = add_key(self.store.as_ref(), &self.mfa_key, self.algorithm, now).await?;
-        self.store.retire_signing_keys_except(&key.kid, now).await?;
+        let retired = self.store.retire_signing_keys_except(&key.kid, now).await?;
+        self.record(
+            AuditEvent::SigningKeyRotated,
+            format!("kid={} alg={} retired={retired}", key.kid, key.alg),
+        )
+        .await;
         Ok(key.kid)
     }
 
@@ -130,7 +161,18 @@ impl KeyRotation {
     /// returns their kids.
     pub async fn prune(&self) -> Result<Vec<String>, StoreError> {
         let before = self.prune_before(self.clock.now());
-        self.store.delete_signing_keys_retired_before(before).await
+        let removed = self
+            .store
+            .delete_signing_keys_retired_before(before)
+            .await?;
+        if !removed.is_empty() {
+            self.record(
+                AuditEvent::SigningKeysPruned,
+                format!("kids={}", removed.join(",")),
+            )
+            .await;
+        }
+        Ok(removed)
     }
 }
 

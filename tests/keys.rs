@@ -437,3 +437,34 @@ async fn two_instances_agree_on_the_key_after_a_rotation(backend: Backend) {
         }
     }
 }
+
+/// The service starts while MongoDB is down, as it did before signing
+/// keys: it publishes nothing until the database answers, then loads (or
+/// makes) its key within seconds and signs with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_mongo_is_down_and_loads_its_key_when_it_is_up() {
+    use std::time::{Duration, Instant};
+    let mut server = common::mongo_server::MongoServer::start().await;
+    let uri = server.uri("late_keys");
+    server.stop().await;
+    let app = TestApp::spawn_with(
+        Backend::Mongo,
+        &[
+            ("MONGO_URI", uri.as_str()),
+            ("JWT_ACCESS_SECRET", ""),
+            ("MFA_ENCRYPTION_KEY", MFA_KEY),
+        ],
+    )
+    .await;
+    let res = app.get("/.well-known/jwks.json").await;
+    assert_eq!(res.text().await.unwrap(), r#"{"keys":[]}"#);
+    server.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while jwks(&app).await.keys.is_empty() {
+        assert!(Instant::now() < deadline, "the key never loaded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    app.register("jane@example.com").await;
+    let (access, _) = app.login("jane@example.com", PASSWORD).await;
+    verify_with_jwks(&jwks(&app).await, &access).unwrap();
+}

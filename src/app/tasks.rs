@@ -84,11 +84,15 @@ pub(super) fn spawn_key_sweep(
     rotation: crate::services::key_rotation::KeyRotation,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(crate::services::signing_keys::RELOAD_EVERY);
-        // The first tick is immediate; the keys were loaded at start.
-        tick.tick().await;
         loop {
-            tick.tick().await;
+            // Every second until the keys are loaded (the database was
+            // unreachable at start), then every minute.
+            tokio::time::sleep(if ring.is_loaded() {
+                crate::services::signing_keys::RELOAD_EVERY
+            } else {
+                Duration::from_secs(1)
+            })
+            .await;
             match rotation.prune().await {
                 Ok(kids) if kids.is_empty() => {}
                 Ok(kids) => tracing::info!(pruned = ?kids, "retired signing keys pruned"),

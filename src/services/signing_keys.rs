@@ -81,9 +81,18 @@ impl KeyRing {
             unknown_reload: tokio::sync::Mutex::new(None),
         });
         if algorithm.is_asymmetric() {
-            ring.reload()
-                .await
-                .context("cannot load the access-token signing keys")?;
+            match ring.reload().await {
+                Ok(()) => {}
+                // The service starts while MongoDB is down (as it always
+                // has): no key yet, so no token can be issued, which no
+                // sign-in could get to anyway; the sweep retries every
+                // second until the keys load.
+                Err(e) if is_unavailable(&e) => tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the database is unreachable: access-token signing keys not loaded yet"
+                ),
+                Err(e) => return Err(e.context("cannot load the access-token signing keys")),
+            }
         }
         Ok(ring)
     }
@@ -172,7 +181,13 @@ impl KeyRing {
         Ok(loaded)
     }
 
-    /// The key to sign with; `None` only with HS256.
+    /// True once a key to sign with is loaded (always false with HS256).
+    pub fn is_loaded(&self) -> bool {
+        self.snapshot().signer.is_some()
+    }
+
+    /// The key to sign with; `None` with HS256, or until the keys could
+    /// be loaded.
     pub fn signer(&self) -> Option<Arc<Signer>> {
         self.snapshot().signer.clone()
     }
@@ -218,6 +233,13 @@ impl KeyRing {
     fn snapshot(&self) -> Arc<Loaded> {
         Arc::clone(&self.loaded.read().expect("key ring lock poisoned"))
     }
+}
+
+fn is_unavailable(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<StoreError>(),
+        Some(StoreError::Unavailable(_))
+    )
 }
 
 /// The newest unretired key of `alg` (the list is oldest first).

@@ -1,5 +1,6 @@
 //! The `clinic-auth` command line: serve (the default), verify the audit
-//! chain, and grant a role. Parsed by clap, so every command and subcommand
+//! chain, manage users, and list, rotate and prune the access-token signing
+//! keys. Parsed by clap, so every command and subcommand
 //! has its own `--help` and a usage error names what was wrong.
 //!
 //! Exit codes (see [`exit`]): 0 done; 1 the audit trail failed

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the browser tests (tests/browser.rs) need: Debian's Chromium
-# and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver), and
-# axe-core from npm (package-lock.json, into node_modules/), which the tests
-# inject into every page state.
+# and its chromedriver (/usr/bin/chromium, /usr/bin/chromedriver), and the
+# test-only npm packages (package-lock.json, into node_modules/): axe-core,
+# which the browser tests inject into every page state, httpyac
+# (tests/requests_http.rs) and jose (tests/jwks_clients.rs).
 # Idempotent: when all are installed it exits at once, without touching apt
 # or npm.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# axe-core, pinned by package-lock.json. npm keeps a copy of the lock it
+# The npm packages, pinned by package-lock.json. npm keeps a copy of the lock it
 # installed from in node_modules/.package-lock.json: when that is missing or
 # older than package-lock.json, node_modules is missing or stale.
 install_axe() {
@@ -20,7 +21,7 @@ install_axe() {
         echo "setup-browser: npm is missing (Node.js 18 or newer); install it, e.g. apt-get install npm" >&2
         exit 1
     fi
-    echo "setup-browser: installing axe-core (npm ci)" >&2
+    echo "setup-browser: installing axe-core, httpyac and jose (npm ci)" >&2
     npm ci --no-audit --no-fund --loglevel=error >&2
 }
 install_axe

@@ -21,7 +21,9 @@ use crate::http::pages::PortalSettings;
 use crate::http::{self, AppState, CookieSettings, Limiters, RouterOptions};
 use crate::services::checkpoints::Checkpointer;
 use crate::services::health::WriteHealth;
+use crate::services::key_rotation::KeyRotation;
 use crate::services::outbox::Outbox;
+use crate::services::signing_keys::KeyRing;
 use crate::services::tokens::Tokens;
 use crate::services::{AdminService, Audit};
 
@@ -36,7 +38,7 @@ mod store;
 /// The purge of expired rows and the shutdown signal.
 mod tasks;
 
-pub use secrets::audit_key;
+pub use secrets::{audit_key, mfa_key};
 pub(crate) use services::CliServices;
 pub use store::open_store;
 pub use tasks::shutdown_signal;
@@ -92,14 +94,50 @@ impl App {
                 .context("cannot start the audit writer")?;
         let audit = audit.with_clock(Arc::clone(&clock));
         let (access_secret, refresh_secret) = secrets::jwt_secrets(&config)?;
-        let tokens = Tokens::new(
-            &access_secret,
-            &refresh_secret,
-            &config.server.app_url,
-            &config.server.app_name,
-            config.tokens.jwt_access_ttl,
+        // Made (first start) and loaded before the listener binds: a key
+        // that does not open with MFA_ENCRYPTION_KEY stops start-up.
+        let signing_keys = KeyRing::start(
+            store.clone(),
+            mfa_key.clone(),
+            config.tokens.access_algorithm,
             Arc::clone(&clock),
-        );
+        )
+        .await?;
+        let tokens = match access_secret {
+            _ if config.tokens.access_algorithm.is_asymmetric() => Tokens::with_key_ring(
+                Arc::clone(&signing_keys),
+                &refresh_secret,
+                &config.server.app_url,
+                &config.server.app_name,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            ),
+            Some(secret) => Tokens::new(
+                &secret,
+                &refresh_secret,
+                &config.server.app_url,
+                &config.server.app_name,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            ),
+            // Config validation requires the secret for HS256.
+            None => anyhow::bail!("JWT_ACCESS_SECRET: must be set with JWT_ACCESS_ALGORITHM=HS256"),
+        };
+        // The minute sweep's pruning; HS256 has no keys to prune.
+        let key_rotation = config.tokens.access_algorithm.is_asymmetric().then(|| {
+            KeyRotation::new(
+                store.clone(),
+                mfa_key.clone(),
+                config.tokens.access_algorithm,
+                config.tokens.jwt_access_ttl,
+                Arc::clone(&clock),
+            )
+            .audited(
+                audit.clone(),
+                crate::services::ClientContext::new(None, None),
+                "sweep",
+            )
+        });
         let outbox = services::outbox(&config, &store, &refresh_secret, &clock)?;
         let services = Services::build(
             &store,
@@ -143,6 +181,9 @@ impl App {
             health.spawn(),
             tasks::spawn_emergency_sweep(Arc::clone(&services.emergency_access)),
         ];
+        if let Some(rotation) = key_rotation {
+            background.push(tasks::spawn_key_sweep(Arc::clone(&signing_keys), rotation));
+        }
         let web_sessions: Arc<dyn crate::storage::WebSessionStore> = store.clone();
         let router = http::router(
             AppState {
@@ -167,6 +208,7 @@ impl App {
                 invitation_acceptance: services.invitation_acceptance,
                 admin,
                 health,
+                signing_keys,
                 cookies: CookieSettings::new(
                     config.is_https(),
                     config.is_production(),

@@ -1,5 +1,6 @@
 //! The `clinic-auth` command line: serve (the default), verify the audit
-//! chain, and grant a role. Parsed by clap, so every command and subcommand
+//! chain, manage users, and list, rotate and prune the access-token signing
+//! keys. Parsed by clap, so every command and subcommand
 //! has its own `--help` and a usage error names what was wrong.
 //!
 //! Exit codes (see [`exit`]): 0 done; 1 the audit trail failed
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 use std::sync::Arc;
 
-use crate::app::{audit_key, open_store, CliServices};
+use crate::app::{audit_key, mfa_key, open_store, CliServices};
 use crate::config::Config;
 use crate::domain::audit::canonical_time;
 use crate::domain::{AuditKey, EmailAddress, Role};
@@ -48,6 +49,7 @@ Examples:
   clinic-auth user create it@example.com --name \"Sam Lee\" --role admin
   clinic-auth user disable jane@example.com --reason \"Left the clinic\"
   clinic-auth health                            is the service up? (0: yes)
+  clinic-auth keys rotate                       new access-token signing key
 
 Configuration comes from the environment and .env, as for the service (see
 the README's Configuration section).
@@ -87,6 +89,36 @@ pub enum Command {
     /// container HEALTHCHECK on an image without curl
     #[command(after_help = AFTER_HELP)]
     Health,
+    /// Manage the access-token signing keys (ES256/EdDSA)
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum KeysCommand {
+    /// List the signing keys: kid, algorithm, created, retired, state
+    /// (current, retired: still published, prunable)
+    #[command(after_help = AFTER_HELP)]
+    List,
+    /// Make a new current signing key; the previous one is retired and
+    /// stays published until every token it signed has expired
+    #[command(after_help = AFTER_HELP)]
+    Rotate,
+    /// Remove the keys retired longer than JWT_ACCESS_EXPIRES (plus a
+    /// minute and the leeway) ago, and print their kids
+    #[command(after_help = AFTER_HELP)]
+    Prune,
+}
+
+impl KeysCommand {
+    /// As typed, for the audit record's user agent.
+    fn name(self) -> &'static str {
+        match self {
+            Self::List => "list",
+            Self::Rotate => "rotate",
+            Self::Prune => "prune",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
@@ -382,6 +414,120 @@ fn report_checkpoints(file: &CheckpointFile, key: &AuditKey, path: &str, records
         return true;
     }
     !file.faults.is_empty()
+}
+
+/// `clinic-auth keys list|rotate|prune`, with time from `clock` (the
+/// system's; tests pass theirs). Rotation and pruning act on the store:
+/// running instances pick the change up at their next minute's reload, or
+/// at once when a token names the new kid.
+pub async fn keys(
+    config: &Config,
+    command: KeysCommand,
+    clock: Arc<dyn crate::clock::Clock>,
+) -> ExitCode {
+    use crate::services::key_rotation::KeyRotation;
+    // Opened as the user commands open it: rotations and prunings are
+    // recorded (by=cli) and anchored before the command reports.
+    let change = match Change::open(config).await {
+        Ok(change) => change,
+        Err(code) => return code,
+    };
+    let key = match mfa_key(config) {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("cannot load MFA_ENCRYPTION_KEY: {e:#}");
+            change.finish(false).await;
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let rotation = KeyRotation::new(
+        change.store.clone(),
+        key,
+        config.tokens.access_algorithm,
+        config.tokens.jwt_access_ttl,
+        clock,
+    )
+    .audited(
+        change.audit.clone(),
+        ClientContext::new(None, Some(&format!("clinic-auth keys {}", command.name()))),
+        "cli",
+    );
+    let code = keys_run(config, command, &rotation).await;
+    drop(rotation);
+    let changed = matches!(command, KeysCommand::Rotate | KeysCommand::Prune);
+    if !change.finish(changed).await && changed {
+        eprintln!("the keys were changed but the audit event could not be stored");
+        return ExitCode::from(exit::UNREACHABLE);
+    }
+    code
+}
+
+async fn keys_run(
+    config: &Config,
+    command: KeysCommand,
+    rotation: &crate::services::key_rotation::KeyRotation,
+) -> ExitCode {
+    use crate::services::key_rotation::RotationError;
+    let unreachable = |e: crate::storage::StoreError| {
+        eprintln!(
+            "cannot read or write the signing keys: {:#}",
+            anyhow::Error::from(e)
+        );
+        ExitCode::from(exit::UNREACHABLE)
+    };
+    match command {
+        KeysCommand::List => {
+            let keys = match rotation.list().await {
+                Ok(keys) => keys,
+                Err(e) => return unreachable(e),
+            };
+            if keys.is_empty() {
+                println!(
+                    "no signing keys stored (JWT_ACCESS_ALGORITHM={}; the service makes one at start unless HS256)",
+                    config.tokens.access_algorithm
+                );
+            }
+            for key in keys {
+                println!(
+                    "{}  {:<5}  created {}  retired {}  {}",
+                    key.kid,
+                    key.alg,
+                    canonical_time(key.created_at),
+                    key.retired_at.map_or("-".to_owned(), canonical_time),
+                    key.state.as_str()
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        KeysCommand::Rotate => match rotation.rotate().await {
+            Ok(kid) => {
+                println!(
+                    "new current signing key {kid}; the previous key stays published until it is pruned \
+                     (after {})",
+                    humantime::format_duration(rotation.keep_retired())
+                );
+                ExitCode::SUCCESS
+            }
+            Err(RotationError::SharedSecret) => {
+                eprintln!("{}", RotationError::SharedSecret);
+                ExitCode::from(exit::USAGE)
+            }
+            Err(RotationError::Store(e)) => unreachable(e),
+        },
+        KeysCommand::Prune => match rotation.prune().await {
+            Ok(removed) if removed.is_empty() => {
+                println!("no signing key to prune");
+                ExitCode::SUCCESS
+            }
+            Ok(removed) => {
+                for kid in removed {
+                    println!("pruned {kid}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => unreachable(e),
+        },
+    }
 }
 
 /// What a user command that changes something holds: the store, and the

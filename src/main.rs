@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use clinic_auth::app::{shutdown_signal, App};
 use clinic_auth::cli::{self, exit, AuditCommand, Command, UserCommand};
+use clinic_auth::clock::SystemClock;
 use clinic_auth::config::Config;
 
 fn main() -> ExitCode {
@@ -65,6 +66,9 @@ async fn run() -> ExitCode {
             return cli::set_disabled(&config, &email, false, None).await
         }
         Command::Health => return cli::health(&config),
+        Command::Keys(keys) => {
+            return cli::keys(&config, keys, std::sync::Arc::new(SystemClock)).await
+        }
         Command::Serve => {}
     }
     clinic_auth::telemetry::init(config.is_production());

@@ -78,7 +78,12 @@ fn bad_configuration_exits_naming_the_variable() {
             vec![("JWT_ACCESS_EXPIRES", "forever")],
             "JWT_ACCESS_EXPIRES",
         ),
-        (vec![("APP_ENV", "production")], "JWT_ACCESS_SECRET"),
+        // ES256 by default (issue 20): only the refresh secret is needed.
+        (vec![("APP_ENV", "production")], "JWT_REFRESH_SECRET"),
+        (
+            vec![("APP_ENV", "production"), ("JWT_ACCESS_ALGORITHM", "HS256")],
+            "JWT_ACCESS_SECRET",
+        ),
         (
             vec![
                 ("APP_ENV", "production"),

@@ -17,30 +17,31 @@ const SECRETS_FILE: &str = "jwt-secrets";
 /// The configured JWT secrets, or (development only, when none are set)
 /// secrets generated once and kept in the data directory so tokens survive
 /// a restart. Config validation already refused production without them.
-pub(super) fn jwt_secrets(config: &Config) -> anyhow::Result<(SecretString, SecretString)> {
-    if let (Some(a), Some(r)) = (
+/// The access secret is `None` when access tokens are signed with a key
+/// pair (JWT_ACCESS_ALGORITHM ES256 or EdDSA) and none was configured.
+pub(super) fn jwt_secrets(config: &Config) -> anyhow::Result<(Option<SecretString>, SecretString)> {
+    let asymmetric = config.tokens.access_algorithm.is_asymmetric();
+    match (
         &config.tokens.jwt_access_secret,
         &config.tokens.jwt_refresh_secret,
     ) {
-        if config
-            .tokens
-            .jwt_access_secret
-            .as_ref()
-            .map(|s| s.expose_secret().len())
-            < Some(crate::config::MIN_SECRET_BYTES)
-        {
-            tracing::warn!("JWT secrets shorter than 32 bytes: acceptable in development only");
+        (Some(a), Some(r)) => {
+            if a.expose_secret().len() < crate::config::MIN_SECRET_BYTES {
+                tracing::warn!("JWT secrets shorter than 32 bytes: acceptable in development only");
+            }
+            return Ok((Some(a.clone()), r.clone()));
         }
-        return Ok((a.clone(), r.clone()));
+        (None, Some(r)) if asymmetric => return Ok((None, r.clone())),
+        _ => {}
     }
     let path = config.data_dir().join(SECRETS_FILE);
-    let secrets = load_or_create_secrets(&path)?;
+    let (access, refresh) = load_or_create_secrets(&path)?;
     tracing::warn!(
         file = %path.display(),
         "JWT_ACCESS_SECRET/JWT_REFRESH_SECRET not set: using generated development secrets from this file; \
          set both (and APP_ENV=production) before going live"
     );
-    Ok(secrets)
+    Ok(((!asymmetric).then_some(access), refresh))
 }
 
 fn load_or_create_secrets(path: &Path) -> anyhow::Result<(SecretString, SecretString)> {

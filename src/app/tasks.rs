@@ -1,6 +1,6 @@
 //! The background work of a running service that is not a use-case: the
-//! hourly purge of expired rows, the minute sweep of emergency access, and
-//! the signal that asks it to stop.
+//! hourly purge of expired rows, the minute sweeps of emergency access and
+//! of the signing keys, and the signal that asks it to stop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -71,6 +71,38 @@ pub(super) fn spawn_emergency_sweep(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(closed = n, "expired emergency access closed"),
                 Err(e) => tracing::warn!(error = %e, "closing expired emergency access failed"),
+            }
+        }
+    })
+}
+
+/// Every minute: prunes the signing keys no token can still need, then
+/// re-reads them, so a key rotated by the CLI or another instance is
+/// signed with here within a minute (issue 20).
+pub(super) fn spawn_key_sweep(
+    ring: Arc<crate::services::signing_keys::KeyRing>,
+    rotation: crate::services::key_rotation::KeyRotation,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            // Every second until the keys are loaded (the database was
+            // unreachable at start), then every minute.
+            tokio::time::sleep(if ring.is_loaded() {
+                crate::services::signing_keys::RELOAD_EVERY
+            } else {
+                Duration::from_secs(1)
+            })
+            .await;
+            match rotation.prune().await {
+                Ok(kids) if kids.is_empty() => {}
+                Ok(kids) => tracing::info!(pruned = ?kids, "retired signing keys pruned"),
+                Err(e) => tracing::warn!(error = %e, "pruning the signing keys failed"),
+            }
+            if let Err(e) = ring.reload().await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "reloading the signing keys failed"
+                );
             }
         }
     })

@@ -325,8 +325,23 @@ fn bad_values_name_the_variable() {
             "JWT_REFRESH_SECRET",
         ),
         (
-            vec![("JWT_REFRESH_SECRET", "only-one")],
+            vec![
+                ("JWT_ACCESS_ALGORITHM", "HS256"),
+                ("JWT_REFRESH_SECRET", "only-one"),
+            ],
             "JWT_ACCESS_SECRET",
+        ),
+        (
+            vec![("JWT_ACCESS_ALGORITHM", "RS256")],
+            "JWT_ACCESS_ALGORITHM",
+        ),
+        (
+            vec![("JWT_ACCESS_ALGORITHM", "es256")],
+            "JWT_ACCESS_ALGORITHM",
+        ),
+        (
+            vec![("JWT_ACCESS_ALGORITHM", "none")],
+            "JWT_ACCESS_ALGORITHM",
         ),
         (
             vec![
@@ -390,7 +405,10 @@ fn production_demands_strong_distinct_secrets() {
         }
         dev(&pairs)
     };
-    assert_eq!(prod("", "").unwrap_err().var, "JWT_ACCESS_SECRET");
+    // ES256 by default: only the refresh secret is needed.
+    assert_eq!(prod("", "").unwrap_err().var, "JWT_REFRESH_SECRET");
+    assert_eq!(prod("", "short").unwrap_err().var, "JWT_REFRESH_SECRET");
+    assert_eq!(prod("", &strong_b).unwrap_err().var, "AUDIT_KEY");
     assert_eq!(
         prod("short", &strong_b).unwrap_err().var,
         "JWT_ACCESS_SECRET"
@@ -408,6 +426,38 @@ fn production_demands_strong_distinct_secrets() {
     // Short secrets are fine in development, when both are set.
     let c = dev(&[("JWT_ACCESS_SECRET", "a"), ("JWT_REFRESH_SECRET", "b")]).unwrap();
     assert!(c.tokens.jwt_access_secret.is_some());
+}
+
+#[test]
+fn the_access_algorithm_defaults_to_es256_but_the_originals_secret_keeps_hs256() {
+    use crate::domain::signing_key::AccessAlgorithm;
+    let alg = |pairs: &[(&str, &str)]| dev(pairs).unwrap().tokens.access_algorithm;
+    assert_eq!(alg(&[]), AccessAlgorithm::Es256);
+    assert_eq!(alg(&[("JWT_REFRESH_SECRET", "r")]), AccessAlgorithm::Es256);
+    // The original's variables alone: its consumers hold the secret.
+    let original = [("JWT_ACCESS_SECRET", "a"), ("JWT_REFRESH_SECRET", "r")];
+    assert_eq!(alg(&original), AccessAlgorithm::Hs256);
+    assert_eq!(
+        alg(&[original[0], original[1], ("JWT_ACCESS_ALGORITHM", "EdDSA")]),
+        AccessAlgorithm::EdDsa
+    );
+    assert_eq!(
+        alg(&[("JWT_ACCESS_ALGORITHM", "ES256")]),
+        AccessAlgorithm::Es256
+    );
+    assert_eq!(
+        dev(&[("JWT_ACCESS_ALGORITHM", "HS512")])
+            .unwrap_err()
+            .to_string(),
+        "JWT_ACCESS_ALGORITHM: expected ES256, EdDSA or HS256, got \"HS512\""
+    );
+    // HS256 in production still needs its strong secret.
+    let prod = dev(&[
+        ("APP_ENV", "production"),
+        ("JWT_ACCESS_ALGORITHM", "HS256"),
+        ("JWT_REFRESH_SECRET", &"b".repeat(32)),
+    ]);
+    assert_eq!(prod.unwrap_err().var, "JWT_ACCESS_SECRET");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! What signs the tokens and how long each kind lives: the JWT secrets,
-//! access and refresh lifetimes, the refresh idle and reuse windows, and
+//! What signs the tokens and how long each kind lives: the access-token
+//! algorithm (JWT_ACCESS_ALGORITHM), the JWT secrets, access and refresh
+//! lifetimes, the refresh idle and reuse windows, and
 //! the reset and verification links.
 
 use std::time::Duration;
@@ -8,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::{err, values, ConfigError, Environment, Vars};
+use crate::domain::signing_key::AccessAlgorithm;
 
 /// Smallest JWT secret accepted in production: HS256 keys should carry at
 /// least the hash's 256 bits.
@@ -15,7 +17,12 @@ pub const MIN_SECRET_BYTES: usize = 32;
 
 #[derive(Debug, Clone)]
 pub struct TokensConfig {
-    /// `None` means "generate and persist one" (development only).
+    /// JWT_ACCESS_ALGORITHM: how access tokens are signed. ES256 unless
+    /// set, or HS256 when only the original's JWT_ACCESS_SECRET is set (its
+    /// shared-secret consumers keep verifying).
+    pub access_algorithm: AccessAlgorithm,
+    /// `None` means "generate and persist one" (development only); unused
+    /// unless `access_algorithm` is HS256.
     pub jwt_access_secret: Option<SecretString>,
     pub jwt_refresh_secret: Option<SecretString>,
     pub jwt_access_ttl: Duration,
@@ -42,6 +49,7 @@ const INVITE_TTL_MAX: Duration = Duration::from_secs(30 * 86_400);
 #[derive(Default, Deserialize)]
 #[serde(default, rename_all = "SCREAMING_SNAKE_CASE")]
 struct TokensVars {
+    jwt_access_algorithm: Option<String>,
     jwt_access_secret: Option<String>,
     jwt_refresh_secret: Option<String>,
     #[serde(deserialize_with = "values::duration")]
@@ -65,8 +73,22 @@ impl TokensConfig {
         let v: TokensVars = vars.read()?;
         let jwt_access_secret = v.jwt_access_secret.map(SecretString::from);
         let jwt_refresh_secret = v.jwt_refresh_secret.map(SecretString::from);
+        let access_algorithm = match v.jwt_access_algorithm.as_deref() {
+            Some(text) => AccessAlgorithm::parse(text).ok_or_else(|| {
+                err(
+                    "JWT_ACCESS_ALGORITHM",
+                    format!("expected ES256, EdDSA or HS256, got {text:?}"),
+                )
+            })?,
+            // A deployment of the original service sets the secret and
+            // nothing else: its tokens stay HS256 so its consumers, which
+            // hold the secret, keep verifying.
+            None if jwt_access_secret.is_some() => AccessAlgorithm::Hs256,
+            None => AccessAlgorithm::Es256,
+        };
         check_secrets(
             environment,
+            access_algorithm,
             jwt_access_secret.as_ref(),
             jwt_refresh_secret.as_ref(),
         )?;
@@ -121,6 +143,7 @@ impl TokensConfig {
             return Err(err("INVITE_EXPIRES", "must be between 1h and 30days"));
         }
         Ok(Self {
+            access_algorithm,
             jwt_access_secret,
             jwt_refresh_secret,
             jwt_access_ttl,
@@ -135,15 +158,19 @@ impl TokensConfig {
 }
 
 /// Development may leave both secrets out (they are generated); otherwise
-/// both are set and differ, and production wants them strong.
+/// both are set and differ, and production wants them strong. With an
+/// asymmetric algorithm only JWT_REFRESH_SECRET is needed (access tokens
+/// are signed with a stored key pair), and a JWT_ACCESS_SECRET set anyway
+/// is checked all the same: it may still be what HS256 is switched back to.
 fn check_secrets(
     environment: Environment,
+    algorithm: AccessAlgorithm,
     access: Option<&SecretString>,
     refresh: Option<&SecretString>,
 ) -> Result<(), ConfigError> {
     match (access, refresh) {
         (None, None) if environment == Environment::Development => Ok(()),
-        (None, _) => Err(err(
+        (None, _) if !algorithm.is_asymmetric() => Err(err(
             "JWT_ACCESS_SECRET",
             "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
         )),
@@ -151,6 +178,16 @@ fn check_secrets(
             "JWT_REFRESH_SECRET",
             "must be set (at least 32 bytes, e.g. `openssl rand -hex 32`)",
         )),
+        (None, Some(r)) => {
+            if environment == Environment::Production && r.expose_secret().len() < MIN_SECRET_BYTES
+            {
+                return Err(err(
+                    "JWT_REFRESH_SECRET",
+                    format!("must be at least {MIN_SECRET_BYTES} bytes in production"),
+                ));
+            }
+            Ok(())
+        }
         (Some(a), Some(r)) => {
             if environment == Environment::Production {
                 for (var, secret) in [("JWT_ACCESS_SECRET", a), ("JWT_REFRESH_SECRET", r)] {

@@ -188,10 +188,15 @@ pub enum AuditEvent {
     InvitationResent,
     InvitationRevoked,
     InvitationAccepted,
+    /// Access-token signing keys (issue 20): a new current key
+    /// (`keys rotate`), retired keys removed (`keys prune` or the minute
+    /// sweep). The detail names who (`by=cli`, `by=sweep`) and the kids.
+    SigningKeyRotated,
+    SigningKeysPruned,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 36] = [
+    pub const ALL: [AuditEvent; 38] = [
         AuditEvent::Register,
         AuditEvent::LoginSuccess,
         AuditEvent::LoginFailure,
@@ -228,6 +233,8 @@ impl AuditEvent {
         AuditEvent::InvitationResent,
         AuditEvent::InvitationRevoked,
         AuditEvent::InvitationAccepted,
+        AuditEvent::SigningKeyRotated,
+        AuditEvent::SigningKeysPruned,
     ];
 
     /// The stored name; also what the admin API filters on. Never change one:
@@ -270,6 +277,8 @@ impl AuditEvent {
             AuditEvent::InvitationResent => "invitation_resent",
             AuditEvent::InvitationRevoked => "invitation_revoked",
             AuditEvent::InvitationAccepted => "invitation_accepted",
+            AuditEvent::SigningKeyRotated => "signing_key_rotated",
+            AuditEvent::SigningKeysPruned => "signing_keys_pruned",
         }
     }
 

@@ -10,6 +10,7 @@ pub mod emergency;
 pub mod mfa;
 pub mod name;
 pub mod password;
+pub mod signing_key;
 pub mod token;
 pub mod user;
 

@@ -32,6 +32,7 @@ use super::AppState;
         admin_users::erase,
         admin_invitations::invite, admin_invitations::list, admin_invitations::resend, admin_invitations::revoke,
         health::health, health::health_head,
+        super::api::jwks::jwks,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail, crate::error::ErrorCode)),
     modifiers(&SecuritySchemes),
@@ -40,6 +41,7 @@ use super::AppState;
         (name = "account", description = "The signed-in user's password and sessions"),
         (name = "admin", description = "Administration (role `admin` only): the audit trail, finding and seeing accounts, disabling and enabling them, the emergency access review queue"),
         (name = "system", description = "Operations"),
+        (name = "keys", description = "The public keys resource servers verify access tokens with"),
     )
 )]
 pub struct ApiDoc;

@@ -183,6 +183,8 @@ pub struct AppState {
     pub invitation_acceptance: Arc<crate::services::InvitationAcceptance>,
     /// Whether the store takes writes (for /health).
     pub health: Arc<crate::services::health::WriteHealth>,
+    /// The access-token signing keys, published at /.well-known/jwks.json.
+    pub signing_keys: Arc<crate::services::signing_keys::KeyRing>,
     pub cookies: CookieSettings,
     pub portal: Arc<pages::PortalSettings>,
     /// Decides the portal's absolute session lifetime.

@@ -25,6 +25,8 @@ pub mod emergency_access;
 pub mod emergency_review;
 /// Whether the store takes writes, for /health.
 pub mod health;
+/// Rotating and pruning them (`clinic-auth keys`, the minute sweep).
+pub mod key_rotation;
 /// The per-email sign-in lock.
 pub mod lockout;
 /// Email and password sign-in.
@@ -49,6 +51,8 @@ pub mod registration;
 pub mod role_change;
 /// API sign-ins: refresh families, Bearer authentication.
 pub mod sessions;
+/// The access-token signing keys in memory (issue 20).
+pub mod signing_keys;
 /// JWT issue and verification.
 pub mod tokens;
 /// The admin's view of the accounts: list, search, one user in full.

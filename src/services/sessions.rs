@@ -527,7 +527,8 @@ impl Sessions {
         let invalid = || ServiceError::InvalidAccessToken(TokenError::Invalid);
         let claims = self
             .tokens
-            .verify_bearer(access_token)
+            .verify_bearer_reloading(access_token)
+            .await
             .map_err(ServiceError::InvalidAccessToken)?;
         let user_id = UserId::new(claims.sub.clone());
         // The sign-in the token belongs to must still be alive (ASVS 7.4.1):

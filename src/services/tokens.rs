@@ -1,8 +1,13 @@
 //! JWT issue and verification for access and refresh tokens.
 //!
-//! The two kinds use different secrets *and* carry a `typ` claim, so one can
-//! never be replayed as the other even if a bug mixed up the keys. Only
-//! HS256 is accepted on verify: the `alg` header is never trusted.
+//! The two kinds use different keys *and* carry a `typ` claim, so one can
+//! never be replayed as the other even if a bug mixed up the keys. Refresh
+//! tokens are HS256 under JWT_REFRESH_SECRET (only this service reads
+//! them). Access and enrolment tokens are HS256 under JWT_ACCESS_SECRET,
+//! or (issue 20) ES256/EdDSA under the [`KeyRing`]'s current key, with its
+//! `kid` in the header. Verification picks the key by `kid` and pins the
+//! algorithm to that key's: the `alg` header is never trusted, so neither
+//! `none` nor an HS256 token "signed" with a public key passes.
 //!
 //! Expiry is judged by the injected [`Clock`], not by the library's own
 //! reading of the system time, so one clock decides every rule (and tests
@@ -16,11 +21,12 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use super::signing_keys::KeyRing;
 use crate::clock::Clock;
 use crate::domain::{EmergencyUse, Role, User, UserId};
 
 /// Clock skew tolerated on `exp` between instances (ASVS asks for little).
-const LEEWAY_SECS: u64 = 5;
+pub const LEEWAY_SECS: u64 = 5;
 
 const TYP_ACCESS: &str = "access";
 const TYP_REFRESH: &str = "refresh";
@@ -198,9 +204,19 @@ pub struct SignedRefresh {
     pub expires_at: DateTime<Utc>,
 }
 
+/// What access tokens are signed and verified with.
+enum AccessKeys {
+    /// HS256 under JWT_ACCESS_SECRET, exactly as before issue 20.
+    Shared {
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+    },
+    /// The key ring's current key; verified by `kid`.
+    Ring(Arc<KeyRing>),
+}
+
 pub struct Tokens {
-    access_encoding: EncodingKey,
-    access_decoding: DecodingKey,
+    access: AccessKeys,
     refresh_encoding: EncodingKey,
     refresh_decoding: DecodingKey,
     access_validation: Validation,
@@ -212,6 +228,7 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// Access tokens HS256 under `access_secret` (JWT_ACCESS_ALGORITHM=HS256).
     pub fn new(
         access_secret: &SecretString,
         refresh_secret: &SecretString,
@@ -220,26 +237,54 @@ impl Tokens {
         access_ttl: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        // The library checks the signature, the algorithm and that the
-        // required claims are present; exp, iss and aud are checked in
-        // `check` against the injected clock (the library would read the
-        // system time for exp, and checks iss/aud after exp).
-        let validation = || {
-            let mut v = Validation::new(Algorithm::HS256);
-            v.validate_exp = false;
-            v.validate_aud = false;
-            v.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
-            v
-        };
         let access = access_secret.expose_secret().as_bytes();
+        Self::build(
+            AccessKeys::Shared {
+                encoding: EncodingKey::from_secret(access),
+                decoding: DecodingKey::from_secret(access),
+            },
+            refresh_secret,
+            issuer,
+            audience,
+            access_ttl,
+            clock,
+        )
+    }
+
+    /// Access tokens signed with `ring`'s current key (ES256 or EdDSA).
+    pub fn with_key_ring(
+        ring: Arc<KeyRing>,
+        refresh_secret: &SecretString,
+        issuer: &str,
+        audience: &str,
+        access_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self::build(
+            AccessKeys::Ring(ring),
+            refresh_secret,
+            issuer,
+            audience,
+            access_ttl,
+            clock,
+        )
+    }
+
+    fn build(
+        access: AccessKeys,
+        refresh_secret: &SecretString,
+        issuer: &str,
+        audience: &str,
+        access_ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         let refresh = refresh_secret.expose_secret().as_bytes();
         Self {
-            access_encoding: EncodingKey::from_secret(access),
-            access_decoding: DecodingKey::from_secret(access),
+            access,
             refresh_encoding: EncodingKey::from_secret(refresh),
             refresh_decoding: DecodingKey::from_secret(refresh),
-            access_validation: validation(),
-            refresh_validation: validation(),
+            access_validation: validation(Algorithm::HS256),
+            refresh_validation: validation(Algorithm::HS256),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             access_ttl,
@@ -355,11 +400,19 @@ impl Tokens {
             auth: auth.clone(),
             emergency,
         };
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &claims,
-            &self.access_encoding,
-        )?;
+        let token = match &self.access {
+            AccessKeys::Shared { encoding, .. } => {
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, encoding)?
+            }
+            AccessKeys::Ring(ring) => {
+                let signer = ring
+                    .signer()
+                    .ok_or_else(|| anyhow::anyhow!("no current access-token signing key"))?;
+                let mut header = Header::new(signer.alg.jwt());
+                header.kid = Some(signer.kid.clone());
+                jsonwebtoken::encode(&header, &claims, &signer.key)?
+            }
+        };
         Ok(AccessToken {
             token,
             expires_in: ttl.as_secs(),
@@ -377,12 +430,48 @@ impl Tokens {
     /// An access token or an enrolment token: the caller decides what the
     /// latter may reach.
     pub fn verify_bearer(&self, token: &str) -> Result<AccessClaims, TokenError> {
-        let claims: AccessClaims = decode(token, &self.access_decoding, &self.access_validation)?;
+        let claims: AccessClaims = match &self.access {
+            AccessKeys::Shared { decoding, .. } => {
+                decode(token, decoding, &self.access_validation)?
+            }
+            AccessKeys::Ring(ring) => {
+                let kid = jsonwebtoken::decode_header(token)
+                    .ok()
+                    .and_then(|header| header.kid)
+                    .ok_or(TokenError::Invalid)?;
+                let key = ring.verifier(&kid).ok_or(TokenError::Invalid)?;
+                // Only the key's own algorithm: jsonwebtoken refuses a
+                // header that names another (HS256, none) before any
+                // signature check.
+                decode(token, &key.key, &validation(key.alg.jwt()))?
+            }
+        };
         self.check(claims.exp, &claims.iss, &claims.aud)?;
         if claims.typ != TYP_ACCESS && claims.typ != TYP_ENROLMENT {
             return Err(TokenError::Invalid);
         }
         Ok(claims)
+    }
+
+    /// [`Self::verify_bearer`], but a token that names a kid this instance
+    /// has not loaded first makes the key ring reload (rate-limited): the
+    /// key may have been rotated in by another instance or the CLI since
+    /// the last minute's reload.
+    pub async fn verify_bearer_reloading(&self, token: &str) -> Result<AccessClaims, TokenError> {
+        let first = self.verify_bearer(token);
+        let AccessKeys::Ring(ring) = &self.access else {
+            return first;
+        };
+        if first.is_ok() {
+            return first;
+        }
+        let Some(kid) = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid) else {
+            return first;
+        };
+        if ring.verifier(&kid).is_none() && ring.reload_for_unknown(&kid).await {
+            return self.verify_bearer(token);
+        }
+        first
     }
 
     /// Signs a refresh token of `family` that dies at `expires_at` (the
@@ -428,6 +517,18 @@ impl Tokens {
         }
         Ok(claims)
     }
+}
+
+/// What the library checks: the signature, that the header names `alg`
+/// and nothing else, and that the required claims are present; exp, iss
+/// and aud are checked in `check` against the injected clock (the library
+/// would read the system time for exp, and checks iss/aud after exp).
+fn validation(alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.validate_exp = false;
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+    v
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

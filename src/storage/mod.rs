@@ -48,6 +48,10 @@ mod invitations;
 pub(crate) use invitations::StoredInvitation;
 pub use invitations::{Invitation, InvitationStore, NewInvitation, INVITATIONS_LISTED_MAX};
 
+// Access-token signing keys (issue 20).
+pub(crate) mod signing_keys;
+pub use signing_keys::{SigningKeyRecord, SigningKeyStore};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -103,6 +107,7 @@ pub trait Store:
     + HealthProbe
     + EmergencyStore
     + InvitationStore
+    + SigningKeyStore
 {
     /// Deletes tokens that expired before `now`, and login throttles idle
     /// since `throttle_idle_before` (not locked and no failure since then);

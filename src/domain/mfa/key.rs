@@ -1,5 +1,6 @@
-//! MFA_ENCRYPTION_KEY and what it protects: authenticator secrets sealed
-//! at rest, and the key recovery codes are hashed under.
+//! MFA_ENCRYPTION_KEY and what it protects: authenticator secrets and the
+//! access-token signing keys (issue 20) sealed at rest, and the key
+//! recovery codes are hashed under.
 //!
 //! A TOTP secret must be readable by the service (it computes the expected
 //! code), so unlike a password it cannot be hashed: it is encrypted with
@@ -25,6 +26,8 @@ use crate::domain::UserId;
 
 /// HKDF `info` of the key that seals TOTP secrets.
 const SEAL_LABEL: &[u8] = b"clinic-auth mfa totp-secret seal v1";
+/// HKDF `info` of the key that seals access-token signing keys (issue 20).
+const SIGNING_KEY_LABEL: &[u8] = b"clinic-auth access-token signing-key seal v1";
 /// HKDF `info` of the key recovery codes are hashed under.
 const RECOVERY_LABEL: &[u8] = b"clinic-auth mfa recovery-code hash v1";
 /// Written in front of every sealed secret, so that a later format (another
@@ -71,8 +74,9 @@ impl MfaKey {
         })
     }
 
-    fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new_from_slice(self.derive(SEAL_LABEL).expose_secret())
+    /// The cipher under the key derived for `label`.
+    fn cipher(&self, label: &[u8]) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new_from_slice(self.derive(label).expose_secret())
             .expect("XChaCha20-Poly1305 takes a 32-byte key")
     }
 
@@ -87,29 +91,62 @@ impl MfaKey {
     /// row does not open there (it would otherwise let whoever can write
     /// the database give a victim an authenticator they control).
     pub fn seal(&self, secret: &TotpSecret, user: &UserId) -> SealedTotpSecret {
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let sealed = self
-            .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: secret.expose_bytes(),
-                    aad: user.as_str().as_bytes(),
-                },
-            )
-            .expect("XChaCha20-Poly1305 seals any message of this size");
-        let blob = [&nonce[..], &sealed[..]].concat();
-        SealedTotpSecret(format!(
-            "{BLOB_VERSION}{}",
-            base64::engine::general_purpose::STANDARD.encode(blob)
+        SealedTotpSecret(self.seal_with(
+            SEAL_LABEL,
+            secret.expose_bytes(),
+            user.as_str().as_bytes(),
         ))
     }
 
     /// The secret `sealed` holds, when it was sealed with this key for
     /// `user` and not altered since.
     pub fn open(&self, sealed: &SealedTotpSecret, user: &UserId) -> Result<TotpSecret, SealError> {
+        let plain = self.open_with(SEAL_LABEL, &sealed.0, user.as_str().as_bytes())?;
+        TotpSecret::from_bytes(&plain).ok_or(SealError::UnknownFormat)
+    }
+
+    /// Seals an access-token signing key's private half (PKCS#8 DER, issue
+    /// 20) under its own derived key, with the `kid` as associated data: a
+    /// sealed key copied onto another key's record does not open there, so
+    /// whoever can write the database cannot make the service sign with a
+    /// key of theirs under a published kid.
+    pub fn seal_signing_key(&self, pkcs8: &[u8], kid: &str) -> String {
+        self.seal_with(SIGNING_KEY_LABEL, pkcs8, kid.as_bytes())
+    }
+
+    /// The PKCS#8 DER that [`Self::seal_signing_key`] sealed for `kid`.
+    pub fn open_signing_key(
+        &self,
+        sealed: &str,
+        kid: &str,
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        self.open_with(SIGNING_KEY_LABEL, sealed, kid.as_bytes())
+    }
+
+    /// `v1:` then base64 of a fresh nonce, the ciphertext and the tag,
+    /// under the key derived for `label`, binding `aad`.
+    fn seal_with(&self, label: &[u8], msg: &[u8], aad: &[u8]) -> String {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let sealed = self
+            .cipher(label)
+            .encrypt(&nonce, Payload { msg, aad })
+            .expect("XChaCha20-Poly1305 seals any message of this size");
+        let blob = [&nonce[..], &sealed[..]].concat();
+        format!(
+            "{BLOB_VERSION}{}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        )
+    }
+
+    /// What [`Self::seal_with`] sealed under `label` for `aad`, in memory
+    /// that is wiped when dropped.
+    fn open_with(
+        &self,
+        label: &[u8],
+        sealed: &str,
+        aad: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, SealError> {
         let encoded = sealed
-            .0
             .strip_prefix(BLOB_VERSION)
             .ok_or(SealError::UnknownFormat)?;
         let blob = base64::engine::general_purpose::STANDARD
@@ -120,18 +157,10 @@ impl MfaKey {
         }
         let (nonce, body) = blob.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().expect("split at the nonce's length");
-        let plain = Zeroizing::new(
-            self.cipher()
-                .decrypt(
-                    &XNonce::from(nonce),
-                    Payload {
-                        msg: body,
-                        aad: user.as_str().as_bytes(),
-                    },
-                )
-                .map_err(|_| SealError::DoesNotOpen)?,
-        );
-        TotpSecret::from_bytes(&plain).ok_or(SealError::UnknownFormat)
+        self.cipher(label)
+            .decrypt(&XNonce::from(nonce), Payload { msg: body, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::DoesNotOpen)
     }
 }
 
@@ -148,10 +177,10 @@ impl Clone for MfaKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SealError {
     /// Not a blob this version writes (damaged, or from a later version).
-    #[error("the sealed authenticator secret is not in a format this version reads")]
+    #[error("the sealed secret is not in a format this version reads")]
     UnknownFormat,
     /// Sealed with another key, for another user, or altered.
-    #[error("the sealed authenticator secret does not open with MFA_ENCRYPTION_KEY for this user (another key, another user's row, or altered)")]
+    #[error("the sealed secret does not open with MFA_ENCRYPTION_KEY for this record (another key, another record's value, or altered)")]
     DoesNotOpen,
 }
 
@@ -284,6 +313,32 @@ mod tests {
         let k = key(7);
         let (seal, recovery) = (k.derive(SEAL_LABEL), k.derive(RECOVERY_LABEL));
         assert_ne!(seal.expose_secret(), recovery.expose_secret());
+        let signing = k.derive(SIGNING_KEY_LABEL);
+        assert_ne!(signing.expose_secret(), seal.expose_secret());
+        assert_ne!(signing.expose_secret(), recovery.expose_secret());
         assert_ne!(seal.expose_secret(), k.0.expose_secret());
+    }
+
+    #[test]
+    fn a_sealed_signing_key_opens_only_with_its_key_for_its_kid() {
+        let der = b"pkcs8 der bytes";
+        let sealed = key(1).seal_signing_key(der, "kid-a");
+        assert!(sealed.starts_with("v1:"));
+        assert_eq!(&key(1).open_signing_key(&sealed, "kid-a").unwrap()[..], der);
+        assert_eq!(
+            key(1).open_signing_key(&sealed, "kid-b").unwrap_err(),
+            SealError::DoesNotOpen
+        );
+        assert_eq!(
+            key(2).open_signing_key(&sealed, "kid-a").unwrap_err(),
+            SealError::DoesNotOpen
+        );
+        // Not interchangeable with an authenticator secret's seal.
+        let user = UserId::new("kid-a");
+        let totp = SealedTotpSecret::from_stored(sealed.clone());
+        assert_eq!(
+            key(1).open(&totp, &user).unwrap_err(),
+            SealError::DoesNotOpen
+        );
     }
 }

@@ -14,6 +14,9 @@ pub mod verification;
 /// Invitations (issue 19).
 pub mod admin_invitations;
 
+/// The public signing keys (issue 20).
+pub mod jwks;
+
 use axum::Router;
 
 use super::{AppState, Limiters};
@@ -36,4 +39,5 @@ pub fn router(limiters: &Limiters) -> Router<AppState> {
                 .merge(admin_invitations::router()),
         )
         .merge(health::router())
+        .merge(jwks::router())
 }

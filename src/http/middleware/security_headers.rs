@@ -43,7 +43,12 @@ pub async fn security_headers(
     let path = req.uri().path().to_owned();
     let mut response = next.run(req).await;
     let headers = response.headers_mut();
-    let is_api = path.starts_with("/api/") || path == "/health" || path == "/openapi.json";
+    // The JWKS (issue 20) is public and meant to be cached: its handler
+    // sets its own Cache-Control.
+    let is_api = path.starts_with("/api/")
+        || path == "/health"
+        || path == "/openapi.json"
+        || path == "/.well-known/jwks.json";
     let csp = if path == "/docs" || path.starts_with("/docs/") {
         CSP_DOCS
     } else if is_api {

@@ -45,6 +45,7 @@ mod mfa;
 mod one_time_tokens;
 mod rate_limits;
 mod refresh_tokens;
+mod signing_keys;
 mod users;
 mod web_sessions;
 
@@ -305,6 +306,9 @@ fn index_plan() -> Vec<(&'static str, IndexModel)> {
         // One open invitation per address; the link finds its invitation.
         (invitations::COLLECTION, unique("email")),
         (invitations::COLLECTION, unique("token_hash")),
+        // Signing keys are listed oldest first (the newest unretired one is
+        // current); the kid is the `_id`.
+        (signing_keys::COLLECTION, plain("created_at")),
     ]
 }
 

@@ -28,6 +28,7 @@ mod rate_limits;
 mod refresh_tokens;
 mod rotation;
 mod schema;
+mod signing_keys;
 mod users;
 mod web_sessions;
 

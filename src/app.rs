@@ -24,7 +24,7 @@ use crate::services::health::WriteHealth;
 use crate::services::key_rotation::KeyRotation;
 use crate::services::outbox::Outbox;
 use crate::services::signing_keys::KeyRing;
-use crate::services::tokens::Tokens;
+use crate::services::tokens::{AccessKeys, Tokens};
 use crate::services::{AdminService, Audit};
 
 /// Where the listeners' connection caps and /metrics access are decided.
@@ -103,26 +103,22 @@ impl App {
             Arc::clone(&clock),
         )
         .await?;
-        let tokens = match access_secret {
-            _ if config.tokens.access_algorithm.is_asymmetric() => Tokens::with_key_ring(
-                Arc::clone(&signing_keys),
-                &refresh_secret,
-                &config.server.app_url,
-                &config.server.app_name,
-                config.tokens.jwt_access_ttl,
-                Arc::clone(&clock),
-            ),
-            Some(secret) => Tokens::new(
-                &secret,
-                &refresh_secret,
-                &config.server.app_url,
-                &config.server.app_name,
-                config.tokens.jwt_access_ttl,
-                Arc::clone(&clock),
-            ),
+        let access_keys = match access_secret {
+            _ if config.tokens.access_algorithm.is_asymmetric() => {
+                AccessKeys::Ring(Arc::clone(&signing_keys))
+            }
+            Some(secret) => AccessKeys::shared(&secret),
             // Config validation requires the secret for HS256.
             None => anyhow::bail!("JWT_ACCESS_SECRET: must be set with JWT_ACCESS_ALGORITHM=HS256"),
         };
+        let tokens = Tokens::new(
+            access_keys,
+            &refresh_secret,
+            &config.server.app_url,
+            &config.server.app_name,
+            config.tokens.jwt_access_ttl,
+            Arc::clone(&clock),
+        );
         // The minute sweep's pruning; HS256 has no keys to prune.
         let key_rotation = config.tokens.access_algorithm.is_asymmetric().then(|| {
             KeyRotation::new(

@@ -22,6 +22,7 @@ backend_tests!(
     forged_kids_and_swapped_algorithms_are_refused,
     rotation_signs_nobody_out_and_prune_removes_the_old_key,
     two_instances_agree_on_the_key_after_a_rotation,
+    a_token_seen_before_still_expires_and_dies_with_its_key,
 );
 
 const BIN: &str = env!("CARGO_BIN_EXE_clinic-auth");
@@ -393,6 +394,52 @@ async fn rotation_signs_nobody_out_and_prune_removes_the_old_key(backend: Backen
     app.access_refused(&by_pruned_key).await;
     let fresh = app.login("jane@example.com", PASSWORD).await.0;
     assert_eq!(header_of(&fresh).kid.as_deref(), Some(new_kid.as_str()));
+}
+
+/// The Bearer path remembers tokens whose signature it checked
+/// (`services/verified_tokens.rs`); what it remembers must never outlive
+/// what makes the token good. A token used again is still refused once the
+/// clock passes its `exp`, and once its key is deleted from the store (the
+/// leaked-key procedure in SECURITY.md) and the instance has reloaded.
+async fn a_token_seen_before_still_expires_and_dies_with_its_key(backend: Backend) {
+    let app = keyed_app(backend, None).await;
+    let (token, _) = app.login("jane@example.com", PASSWORD).await;
+    for _ in 0..3 {
+        assert_eq!(app.me(&token).await.status(), StatusCode::OK);
+    }
+    // 15 minutes and the 5 s leeway later (the sign-in itself lives on).
+    app.clock
+        .advance(std::time::Duration::from_secs(15 * 60 + 6));
+    let refused = common::expect_unauthorized(app.me(&token).await, "invalid_token").await;
+    assert_eq!(refused["error"]["message"], "The access token has expired.");
+
+    let (token, _) = app.login("jane@example.com", PASSWORD).await;
+    assert_eq!(app.me(&token).await.status(), StatusCode::OK);
+    let old_kid = header_of(&token).kid.unwrap();
+    // The key leaks: a new one is made and the old row deleted at once.
+    let rotated = stdout(&run(&app, &["keys", "rotate"]).await);
+    let new_kid = rotated
+        .trim_start_matches("new current signing key ")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    use clinic_auth::clock::Clock;
+    let removed = app
+        .store()
+        .await
+        .delete_signing_keys_retired_before(app.clock.now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!(removed, [old_kid]);
+    // Until this instance reloads, the old key is still loaded and its
+    // token taken. A token naming the new kid makes it reload now (as its
+    // minute's reload would).
+    assert_eq!(app.me(&token).await.status(), StatusCode::OK);
+    let new_der = private_key(&app, &new_kid).await;
+    let by_new_key = signed_with(&app, &new_der, &new_kid, &jwt_claims(&token));
+    assert_eq!(app.me(&by_new_key).await.status(), StatusCode::OK);
+    app.access_refused(&token).await;
 }
 
 /// Two instances on one store (and one MFA_ENCRYPTION_KEY) start on the

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod email;
 pub mod emergency;
+pub mod jwt_crypto;
 pub mod mfa;
 pub mod name;
 pub mod password;

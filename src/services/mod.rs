@@ -57,6 +57,8 @@ pub mod signing_keys;
 pub mod tokens;
 /// The admin's view of the accounts: list, search, one user in full.
 pub mod user_directory;
+/// The access tokens whose signature was already checked.
+pub mod verified_tokens;
 
 use std::net::IpAddr;
 use std::time::Duration;

@@ -197,6 +197,12 @@ impl KeyRing {
         self.snapshot().verifiers.get(kid).cloned()
     }
 
+    /// Whether `kid` is a stored key (current or retired), as of the last
+    /// reload.
+    pub fn knows(&self, kid: &str) -> bool {
+        self.snapshot().verifiers.contains_key(kid)
+    }
+
     /// `{"keys": [...]}`: every stored key's public JWK, newest first;
     /// empty with HS256 (a shared secret is never published).
     pub fn jwks(&self) -> serde_json::Value {

@@ -22,6 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::signing_keys::KeyRing;
+use super::verified_tokens::VerifiedTokens;
 use crate::clock::Clock;
 use crate::domain::{EmergencyUse, Role, User, UserId};
 
@@ -205,14 +206,25 @@ pub struct SignedRefresh {
 }
 
 /// What access tokens are signed and verified with.
-enum AccessKeys {
+pub enum AccessKeys {
     /// HS256 under JWT_ACCESS_SECRET, exactly as before issue 20.
     Shared {
         encoding: EncodingKey,
         decoding: DecodingKey,
     },
-    /// The key ring's current key; verified by `kid`.
+    /// The key ring's current key (ES256 or EdDSA); verified by `kid`.
     Ring(Arc<KeyRing>),
+}
+
+impl AccessKeys {
+    /// HS256 under `secret` (JWT_ACCESS_ALGORITHM=HS256).
+    pub fn shared(secret: &SecretString) -> Self {
+        let secret = secret.expose_secret().as_bytes();
+        Self::Shared {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
 }
 
 pub struct Tokens {
@@ -225,52 +237,15 @@ pub struct Tokens {
     audience: String,
     access_ttl: Duration,
     clock: Arc<dyn Clock>,
+    /// Ring tokens whose signature already checked out (HS256 costs less
+    /// to verify than to look up).
+    verified: VerifiedTokens,
 }
 
 impl Tokens {
-    /// Access tokens HS256 under `access_secret` (JWT_ACCESS_ALGORITHM=HS256).
+    /// Access tokens signed with `access`, refresh tokens HS256 under
+    /// `refresh_secret`; both name `issuer` and `audience`.
     pub fn new(
-        access_secret: &SecretString,
-        refresh_secret: &SecretString,
-        issuer: &str,
-        audience: &str,
-        access_ttl: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        let access = access_secret.expose_secret().as_bytes();
-        Self::build(
-            AccessKeys::Shared {
-                encoding: EncodingKey::from_secret(access),
-                decoding: DecodingKey::from_secret(access),
-            },
-            refresh_secret,
-            issuer,
-            audience,
-            access_ttl,
-            clock,
-        )
-    }
-
-    /// Access tokens signed with `ring`'s current key (ES256 or EdDSA).
-    pub fn with_key_ring(
-        ring: Arc<KeyRing>,
-        refresh_secret: &SecretString,
-        issuer: &str,
-        audience: &str,
-        access_ttl: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
-        Self::build(
-            AccessKeys::Ring(ring),
-            refresh_secret,
-            issuer,
-            audience,
-            access_ttl,
-            clock,
-        )
-    }
-
-    fn build(
         access: AccessKeys,
         refresh_secret: &SecretString,
         issuer: &str,
@@ -278,6 +253,9 @@ impl Tokens {
         access_ttl: Duration,
         clock: Arc<dyn Clock>,
     ) -> Self {
+        if !crate::domain::jwt_crypto::install() {
+            tracing::debug!("jsonwebtoken already had a crypto provider: ring is not used");
+        }
         let refresh = refresh_secret.expose_secret().as_bytes();
         Self {
             access,
@@ -289,6 +267,7 @@ impl Tokens {
             audience: audience.to_owned(),
             access_ttl,
             clock,
+            verified: VerifiedTokens::new(access_ttl),
         }
     }
 
@@ -435,15 +414,26 @@ impl Tokens {
                 decode(token, decoding, &self.access_validation)?
             }
             AccessKeys::Ring(ring) => {
-                let kid = jsonwebtoken::decode_header(token)
-                    .ok()
-                    .and_then(|header| header.kid)
-                    .ok_or(TokenError::Invalid)?;
-                let key = ring.verifier(&kid).ok_or(TokenError::Invalid)?;
-                // Only the key's own algorithm: jsonwebtoken refuses a
-                // header that names another (HS256, none) before any
-                // signature check.
-                decode(token, &key.key, &validation(key.alg.jwt()))?
+                let digest = VerifiedTokens::digest(token);
+                match self.verified.get(&digest) {
+                    // Seen and verified before, and its key is still
+                    // loaded: the signature need not be checked again.
+                    Some(seen) if ring.knows(&seen.kid) => seen.claims.clone(),
+                    _ => {
+                        let kid = jsonwebtoken::decode_header(token)
+                            .ok()
+                            .and_then(|header| header.kid)
+                            .ok_or(TokenError::Invalid)?;
+                        let key = ring.verifier(&kid).ok_or(TokenError::Invalid)?;
+                        // Only the key's own algorithm: jsonwebtoken refuses
+                        // a header that names another (HS256, none) before
+                        // any signature check.
+                        let claims: AccessClaims =
+                            decode(token, &key.key, &validation(key.alg.jwt()))?;
+                        self.verified.insert(digest, kid, claims.clone());
+                        claims
+                    }
+                }
             }
         };
         self.check(claims.exp, &claims.iss, &claims.aud)?;
@@ -559,7 +549,7 @@ mod tests {
 
     fn tokens(secret_a: &str, secret_r: &str) -> Tokens {
         Tokens::new(
-            &SecretString::from(secret_a.to_owned()),
+            AccessKeys::shared(&SecretString::from(secret_a.to_owned())),
             &SecretString::from(secret_r.to_owned()),
             "http://localhost:8000",
             "Clinic Auth",
@@ -679,7 +669,7 @@ mod tests {
     fn expiry_is_judged_by_the_injected_clock_with_the_leeway() {
         let clock = Arc::new(crate::clock::TestClock::new());
         let t = Tokens::new(
-            &SecretString::from("a".repeat(32)),
+            AccessKeys::shared(&SecretString::from("a".repeat(32))),
             &SecretString::from("r".repeat(32)),
             "http://localhost:8000",
             "Clinic Auth",
@@ -720,7 +710,7 @@ mod tests {
     fn wrong_issuer_or_audience_is_rejected() {
         let t = tokens("a".repeat(32).as_str(), "r".repeat(32).as_str());
         let elsewhere = Tokens::new(
-            &SecretString::from("a".repeat(32)),
+            AccessKeys::shared(&SecretString::from("a".repeat(32))),
             &SecretString::from("r".repeat(32)),
             "https://other.example",
             "Other",

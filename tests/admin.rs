@@ -319,18 +319,7 @@ async fn disabling_ends_everything_and_enabling_restores_sign_in(backend: common
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
-    app.flush_audit().await;
-    let events: serde_json::Value = app
-        .client
-        .get(app.url("/api/admin/audit?event=account_disabled"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events = events["events"].as_array().unwrap();
+    let events = app.audit_events(&admin, "account_disabled").await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["user_id"], jane_id.as_str());
     assert_eq!(
@@ -683,13 +672,7 @@ async fn admin_patch(
 
 /// The `detail` of the newest audit record of `event`.
 async fn last_detail(app: &TestApp, admin: &str, event: &str) -> String {
-    app.flush_audit().await;
-    let page: serde_json::Value = admin_get(app, admin, &format!("/api/admin/audit?event={event}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    page["events"][0]["detail"]
+    app.audit_events(admin, event).await[0]["detail"]
         .as_str()
         .unwrap_or_default()
         .to_owned()

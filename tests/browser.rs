@@ -1882,19 +1882,8 @@ async fn accepting_an_invitation() {
     let me: Value = app.me(&access).await.json().await.unwrap();
     assert_eq!(me["role"], "nurse");
     assert_eq!(me["verified"], true);
-    app.flush_audit().await;
-    let page: Value = app
-        .client
-        .get(app.url("/api/admin/audit?event=invitation_accepted"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let events = page["events"].as_array().expect("events");
-    assert_eq!(events.len(), 1, "{page}");
+    let events = app.audit_events(&admin, "invitation_accepted").await;
+    assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["user_id"], me["id"]);
 }
 

@@ -112,16 +112,8 @@ async fn create_prints_a_link_that_sets_the_first_password(backend: Backend) {
     expect_error(res, StatusCode::BAD_REQUEST, "invalid_token").await;
 
     // Recorded as the operator's doing.
-    app.flush_audit().await;
-    let res = app
-        .client
-        .get(app.url("/api/admin/audit?event=register"))
-        .bearer_auth(&access)
-        .send()
-        .await
-        .unwrap();
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["events"][0]["detail"], "by=cli role=admin", "{body}");
+    let events = app.audit_events(&access, "register").await;
+    assert_eq!(events[0]["detail"], "by=cli role=admin", "{events:?}");
 
     // Refusals: the account exists (1); bad input (2), nothing created.
     let output = run(
@@ -253,15 +245,8 @@ async fn disable_and_enable_from_the_command_line(backend: Backend) {
         ("account_disabled", "by=cli reason=Left the clinic"),
         ("account_enabled", "by=cli"),
     ] {
-        let res = app
-            .client
-            .get(app.url(&format!("/api/admin/audit?event={event}")))
-            .bearer_auth(&access)
-            .send()
-            .await
-            .unwrap();
-        let body: Value = res.json().await.unwrap();
-        assert_eq!(body["events"][0]["detail"], detail, "{body}");
+        let events = app.audit_events(&access, event).await;
+        assert_eq!(events[0]["detail"], detail, "{events:?}");
     }
 
     // Exit codes like set-role: no such user 1, bad input 2, and the last

@@ -79,21 +79,6 @@ async fn queued(app: &TestApp, access: &str, query: &str) -> Vec<Value> {
     body["uses"].as_array().unwrap().clone()
 }
 
-async fn events(app: &TestApp, admin: &str, event: &str) -> Vec<Value> {
-    app.flush_audit().await;
-    let body: Value = app
-        .client
-        .get(app.url(&format!("/api/admin/audit?event={event}")))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["events"].as_array().unwrap().clone()
-}
-
 fn audit_key(app: &TestApp) -> AuditKey {
     let path = app.dir.path().join("data/audit-key");
     AuditKey::from_hex(&std::fs::read_to_string(path).unwrap()).unwrap()
@@ -120,7 +105,9 @@ async fn breaking_the_glass_is_permitted_recent_and_reasoned(backend: common::Ba
     assert_eq!(res.status(), StatusCode::OK);
     let view: Value = res.json().await.unwrap();
     assert_eq!(view["emergency_access"], true, "{view}");
-    let granted = events(&app, &admin, "emergency_permission_changed").await;
+    let granted = app
+        .audit_events(&admin, "emergency_permission_changed")
+        .await;
     assert_eq!(granted.len(), 1);
     assert!(granted[0]["detail"]
         .as_str()
@@ -247,11 +234,11 @@ async fn an_emergency_token_carries_the_window_and_never_outlives_it(backend: co
     assert_eq!(uses[0]["ended_how"], "expired");
     assert_eq!(uses[0]["active"], false);
     assert_eq!(uses[0]["ended_at"], uses[0]["expires_at"]);
-    let started = events(&app, &admin, "emergency_access_started").await;
+    let started = app.audit_events(&admin, "emergency_access_started").await;
     assert_eq!(started.len(), 1);
     assert_eq!(started[0]["user_id"], jane_id.as_str());
     assert!(started[0]["detail"].as_str().unwrap().contains(REASON));
-    let ended = events(&app, &admin, "emergency_access_ended").await;
+    let ended = app.audit_events(&admin, "emergency_access_ended").await;
     assert_eq!(ended.len(), 1);
     let detail = ended[0]["detail"].as_str().unwrap();
     assert!(
@@ -311,7 +298,7 @@ async fn ending_early_cuts_the_window_s_tokens(backend: common::Backend) {
         .unwrap());
     let res = end(&app, plain).await;
     assert_eq!(res.status(), StatusCode::OK);
-    let ended = events(&app, &admin, "emergency_access_ended").await;
+    let ended = app.audit_events(&admin, "emergency_access_ended").await;
     assert_eq!(ended.len(), 2);
     assert!(ended
         .iter()
@@ -430,7 +417,7 @@ async fn every_use_is_reviewed_by_another_administrator(backend: common::Backend
     assert_eq!(pending.len(), 1);
     let done = queued(&app, &first, "?reviewed=true&limit=10").await;
     assert_eq!(done.len(), 2);
-    let trail = events(&app, &first, "emergency_access_reviewed").await;
+    let trail = app.audit_events(&first, "emergency_access_reviewed").await;
     assert_eq!(trail.len(), 2);
     assert!(trail.iter().any(|e| e["detail"]
         .as_str()

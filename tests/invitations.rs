@@ -117,20 +117,6 @@ async fn submit(
     .await
 }
 
-async fn audit(app: &TestApp, access: &str, event: &str) -> Vec<Value> {
-    app.flush_audit().await;
-    let res = call(
-        app,
-        reqwest::Method::GET,
-        access,
-        &format!("/api/admin/audit?event={event}"),
-        None,
-    )
-    .await;
-    let body: Value = res.json().await.unwrap();
-    body["events"].as_array().unwrap().clone()
-}
-
 async fn an_invitee_sets_up_their_account_from_the_link(backend: common::Backend) {
     let mut app = TestApp::spawn_with(backend, &[("ROLES", "doctor,nurse")]).await;
     admin_in(&app, "admin@example.com").await;
@@ -202,7 +188,7 @@ async fn an_invitee_sets_up_their_account_from_the_link(backend: common::Backend
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(list(&app, &access).await.is_empty());
 
-    let sent = audit(&app, &access, "invitation_sent").await;
+    let sent = app.audit_events(&access, "invitation_sent").await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["email"], "sam.lee@example.com");
     let detail = sent[0]["detail"].as_str().unwrap();
@@ -211,7 +197,7 @@ async fn an_invitee_sets_up_their_account_from_the_link(backend: common::Backend
         "{detail}"
     );
     assert!(detail.ends_with("role=nurse"), "{detail}");
-    let accepted = audit(&app, &access, "invitation_accepted").await;
+    let accepted = app.audit_events(&access, "invitation_accepted").await;
     assert_eq!(accepted.len(), 1, "{accepted:?}");
     assert_eq!(accepted[0]["user_id"], me["id"]);
     let detail = accepted[0]["detail"].as_str().unwrap();
@@ -352,13 +338,16 @@ async fn revoking_and_resending_kill_the_old_link(backend: common::Backend) {
     )
     .await;
     expect_error(res, StatusCode::NOT_FOUND, "not_found").await;
-    let revoked = audit(&app, &access, "invitation_revoked").await;
+    let revoked = app.audit_events(&access, "invitation_revoked").await;
     assert_eq!(revoked.len(), 1);
     assert_eq!(
         revoked[0]["detail"],
         format!("by={admin_id} invitation={id} role=doctor")
     );
-    assert_eq!(audit(&app, &access, "invitation_resent").await.len(), 1);
+    assert_eq!(
+        app.audit_events(&access, "invitation_resent").await.len(),
+        1
+    );
     // Revoked, the address may be invited again.
     let res = invite(&app, &access, "sam@example.com", "nurse").await;
     assert_eq!(res.status(), StatusCode::CREATED);

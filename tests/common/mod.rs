@@ -338,6 +338,23 @@ impl TestApp {
         }
     }
 
+    /// The audit records of `event`, newest first, as the admin API lists
+    /// them to `admin` (an administrator's access token), once every record
+    /// written so far is stored.
+    pub async fn audit_events(&self, admin: &str, event: &str) -> Vec<Value> {
+        self.flush_audit().await;
+        let res = self
+            .client
+            .get(self.url(&format!("/api/admin/audit?event={event}")))
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "the admin audit API");
+        let page: Value = res.json().await.unwrap();
+        page["events"].as_array().expect("events").clone()
+    }
+
     /// Waits until the email outbox has nothing left to do now: every email
     /// requested so far is queued and sent (or waits for a retry, or was
     /// dropped). Lets a test check that an email was *not* sent without

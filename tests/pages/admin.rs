@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clinic_auth::domain::UserId;
 use reqwest::{Client, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::backend_tests;
 use crate::common::portal::*;
@@ -99,22 +99,6 @@ async fn invite(
         ("role", "doctor"),
     ];
     post_form(app, admin, "/admin/invitations", &fields).await
-}
-
-async fn audit_events(app: &TestApp, access: &str, event: &str) -> Vec<Value> {
-    app.flush_audit().await;
-    let res = app
-        .client
-        .get(app.url(&format!("/api/admin/audit?event={event}")))
-        .bearer_auth(access)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    res.json::<Value>().await.unwrap()["events"]
-        .as_array()
-        .unwrap()
-        .clone()
 }
 
 async fn only_administrators_reach_the_console(backend: Backend) {
@@ -264,7 +248,7 @@ async fn disabling_goes_through_a_confirmation_and_is_audited(backend: Backend) 
     expect_error(res, StatusCode::FORBIDDEN, "account_disabled").await;
 
     let (access, _) = app.login(ADMIN, PASSWORD).await;
-    let events = audit_events(&app, &access, "account_disabled").await;
+    let events = app.audit_events(&access, "account_disabled").await;
     assert_eq!(events.len(), 1);
     let detail = events[0]["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("by={admin_id}")), "{detail}");

@@ -4,11 +4,10 @@
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use chrono::{NaiveDate, NaiveTime, TimeZone, Utc};
 
 use super::users::event_row;
-use super::{filter_value, query_pairs, with_query, AdminPage};
+use super::{filter_value, query_pairs, AdminPage, Listing};
 use crate::domain::{AuditEvent, EmailAddress};
 use crate::http::pages::handlers::{page, PageResult};
 use crate::http::pages::views::admin::{AuditPage, AUDIT_FILTER_FIELDS};
@@ -106,25 +105,21 @@ pub async fn show(
             _ => return Err(PageError::BadRequest),
         }
     }
-    let (rows, next, status) = if form.failed() {
-        (Vec::new(), None, StatusCode::UNPROCESSABLE_ENTITY)
+    let listing = if form.failed() {
+        Listing::refused()
     } else {
         let found = state.admin.audit_page(query).await?;
-        let next = found.next.map(|seq| {
-            let seq = seq.to_string();
-            with_query(
-                "/admin/audit",
-                &[
-                    ("user", &user),
-                    ("event", &event),
-                    ("since", &since),
-                    ("until", &until),
-                    ("cursor", &seq),
-                ],
-            )
-        });
-        let rows = found.events.into_iter().map(event_row).collect();
-        (rows, next, StatusCode::OK)
+        Listing::found(
+            found.events.into_iter().map(event_row).collect(),
+            "/admin/audit",
+            &[
+                ("user", &user),
+                ("event", &event),
+                ("since", &since),
+                ("until", &until),
+            ],
+            found.next.map(|seq| seq.to_string()),
+        )
     };
     let view = AuditPage {
         layout: admin.layout(&state).await?,
@@ -135,8 +130,8 @@ pub async fn show(
         since,
         until,
         events: AuditEvent::ALL.iter().map(|e| e.as_str()).collect(),
-        rows,
-        next,
+        rows: listing.rows,
+        next: listing.next,
     };
-    page(status, &view)
+    page(listing.status, &view)
 }

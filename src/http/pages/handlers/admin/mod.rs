@@ -113,6 +113,40 @@ fn with_query(path: &str, pairs: &[(&str, &str)]) -> String {
     }
 }
 
+/// One page of a filtered console table: its rows, the address of the
+/// next page (the same filters plus the cursor), and the page's status.
+struct Listing<R> {
+    rows: Vec<R>,
+    next: Option<String>,
+    status: StatusCode,
+}
+
+impl<R> Listing<R> {
+    /// The filters were refused (the form says why): no rows, 422.
+    fn refused() -> Self {
+        Self {
+            rows: Vec::new(),
+            next: None,
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    /// `rows` found at `path` under `filters`; `cursor`, when there is
+    /// more, leads on to the next page.
+    fn found(rows: Vec<R>, path: &str, filters: &[(&str, &str)], cursor: Option<String>) -> Self {
+        let next = cursor.map(|cursor| {
+            let mut pairs = filters.to_vec();
+            pairs.push(("cursor", &cursor));
+            with_query(path, &pairs)
+        });
+        Self {
+            rows,
+            next,
+            status: StatusCode::OK,
+        }
+    }
+}
+
 /// What a refused action tells the administrator, in the API's words and
 /// with its status; what no page can explain becomes an error page.
 fn refusal(err: ServiceError) -> Result<(StatusCode, String), PageError> {

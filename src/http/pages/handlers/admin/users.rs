@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use super::actions::Action;
-use super::{filter_value, query_pairs, with_query, AdminPage};
+use super::{filter_value, query_pairs, AdminPage, Listing};
 use crate::domain::{AuditOutcome, AuditRecord, UserId};
 use crate::http::api::admin_users::{encode_cursor, parse_filters};
 use crate::http::pages::handlers::{page, PageResult};
@@ -48,27 +48,19 @@ pub async fn list(
     let given = |key: &str| filter_value(&pairs, key);
     let (q, role, status) = (given("q"), given("role"), given("status"));
     let mut form = FormState::labelled(USER_FILTER_FIELDS);
-    let (rows, next, code) = match parse_filters(&pairs) {
+    let listing = match parse_filters(&pairs) {
         Ok(filter) => {
             let found = state.user_directory.list(&filter).await?;
-            let next = found.next.as_deref().map(|after| {
-                let cursor = encode_cursor(after);
-                with_query(
-                    "/admin",
-                    &[
-                        ("q", &q),
-                        ("role", &role),
-                        ("status", &status),
-                        ("cursor", &cursor),
-                    ],
-                )
-            });
-            let rows = found.users.into_iter().map(row_view).collect();
-            (rows, next, StatusCode::OK)
+            Listing::found(
+                found.users.into_iter().map(row_view).collect(),
+                "/admin",
+                &[("q", &q), ("role", &role), ("status", &status)],
+                found.next.as_deref().map(encode_cursor),
+            )
         }
         Err(errors) => {
             form.field_errors(errors);
-            (Vec::new(), None, StatusCode::UNPROCESSABLE_ENTITY)
+            Listing::refused()
         }
     };
     let view = UsersPage {
@@ -86,10 +78,10 @@ pub async fn list(
             .map(ToString::to_string)
             .collect(),
         statuses: STATUSES,
-        rows,
-        next,
+        rows: listing.rows,
+        next: listing.next,
     };
-    page(code, &view)
+    page(listing.status, &view)
 }
 
 /// An audit record as a table row.

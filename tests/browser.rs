@@ -188,6 +188,13 @@ impl Browser {
         Self::open_with(app, None).await
     }
 
+    /// One that takes the test's self-signed certificate (the W3C
+    /// `acceptInsecureCerts` capability): for the https front in
+    /// [`the_example_spa_on_another_site`].
+    async fn open_trusting_test_certificates(app: &TestApp) -> Self {
+        Self::open_configured(app, None, true).await
+    }
+
     /// A phone: chromedriver's mobile emulation with touch on, so
     /// `(pointer: coarse)` matches as on a real touch screen.
     async fn open_touch(app: &TestApp) -> Self {
@@ -198,6 +205,14 @@ impl Browser {
     }
 
     async fn open_with(app: &TestApp, mobile_emulation: Option<Value>) -> Self {
+        Self::open_configured(app, mobile_emulation, false).await
+    }
+
+    async fn open_configured(
+        app: &TestApp,
+        mobile_emulation: Option<Value>,
+        accept_insecure_certs: bool,
+    ) -> Self {
         let driver = driver();
         let profile = tempfile::Builder::new()
             .prefix("clinic-auth-chromium-")
@@ -228,6 +243,7 @@ impl Browser {
             "goog:chromeOptions": chrome_options,
             // Kept so every page state can be checked for console errors.
             "goog:loggingPrefs": {"browser": "ALL"},
+            "acceptInsecureCerts": accept_insecure_certs,
         });
         let Value::Object(capabilities) = capabilities else {
             unreachable!()
@@ -1959,22 +1975,11 @@ async fn serve_static(dir: &str) -> u16 {
     port
 }
 
-/// The example SPA (examples/spa, issue 20) on its own origin signs in,
-/// reads /me, refreshes with the HttpOnly cookie and signs out against the
-/// API, with `fetch(..., {credentials: "include"})` and CORS.
-///
-/// The same-site case (http://localhost:A calling http://localhost:B,
-/// today's default SameSite=Strict): the cross-site case needs
-/// SameSite=None, which browsers take only over https, and the service
-/// has no TLS listener of its own (a proxy terminates TLS). Its rules
-/// (cookie attributes, the Origin check) are tested over HTTP in
-/// tests/spa.rs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_example_spa_on_another_origin() {
-    let spa = format!("http://localhost:{}", serve_static("examples/spa").await);
-    let app = TestApp::with_jane(Backend::Sqlite, &[("CORS_ORIGINS", &spa)]).await;
-    let auth = format!("http://localhost:{}", app.addr.port());
-    let b = Browser::open(&app).await;
+/// The example SPA (examples/spa, issue 20) at `spa` signs in, reads /me,
+/// refreshes with the HttpOnly cookie and signs out against the API at
+/// `auth`, with `fetch(..., {credentials: "include"})` and CORS; the
+/// server ends the sign-in.
+async fn the_example_spa_signs_in_and_out(app: &TestApp, b: &Browser, spa: &str, auth: &str) {
     b.goto(&format!("{spa}/index.html?auth={auth}")).await;
     b.wait_text("#status", "Signed out.").await;
 
@@ -2007,5 +2012,146 @@ async fn the_example_spa_on_another_origin() {
         .await
         .unwrap();
     assert_eq!(logouts.len(), 1, "the SPA's sign-out reached the server");
+}
+
+/// Same site: http://localhost:A calling http://localhost:B with the
+/// default SameSite=Strict cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_spa_on_another_origin() {
+    let spa = format!("http://localhost:{}", serve_static("examples/spa").await);
+    let app = TestApp::with_jane(Backend::Sqlite, &[("CORS_ORIGINS", &spa)]).await;
+    let auth = format!("http://localhost:{}", app.addr.port());
+    let b = Browser::open(&app).await;
+    the_example_spa_signs_in_and_out(&app, &b, &spa, &auth).await;
     b.close().await;
+}
+
+/// Another site: the SPA at http://localhost:A calls the API at
+/// https://127.0.0.1:B (another host, and another scheme: cross-site by
+/// any reading), with REFRESH_COOKIE_SAMESITE=none. A SameSite=None cookie
+/// must be Secure, so the API is reached through a TLS front with a
+/// self-signed certificate made for the test (as production puts a TLS
+/// proxy in front of the service). Without `none` the same cycle fails:
+/// Chromium does not send a Strict cookie on a cross-site fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_spa_on_another_site() {
+    let spa = format!("http://localhost:{}", serve_static("examples/spa").await);
+    let certs = tempfile::tempdir().unwrap();
+    let front = TlsFront::bind(certs.path()).await;
+    let auth = format!("https://127.0.0.1:{}", front.port);
+    let app = TestApp::with_jane(
+        Backend::Sqlite,
+        &[
+            ("CORS_ORIGINS", &spa),
+            ("APP_URL", &auth),
+            ("REFRESH_COOKIE_SAMESITE", "none"),
+        ],
+    )
+    .await;
+    front.forward_to(app.addr);
+    let b = Browser::open_trusting_test_certificates(&app).await;
+    the_example_spa_signs_in_and_out(&app, &b, &spa, &auth).await;
+    b.close().await;
+
+    // The control: the default Strict cookie is not sent cross-site, so
+    // the same SPA signs in but cannot refresh.
+    let certs = tempfile::tempdir().unwrap();
+    let front = TlsFront::bind(certs.path()).await;
+    let auth = format!("https://127.0.0.1:{}", front.port);
+    let app = TestApp::with_jane(
+        Backend::Sqlite,
+        &[("CORS_ORIGINS", &spa), ("APP_URL", &auth)],
+    )
+    .await;
+    front.forward_to(app.addr);
+    let b = Browser::open_trusting_test_certificates(&app).await;
+    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
+    b.wait_text("#status", "Signed out.").await;
+    b.fill("#email", "jane@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("#sign-in button[type=submit]").await;
+    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
+        .await;
+    b.click("#refresh").await;
+    b.wait_text("#status", "Signed out: The session has ended")
+        .await;
+    b.close().await;
+}
+
+/// A TLS-terminating front on 127.0.0.1 with a self-signed certificate
+/// (made by the openssl command line for 127.0.0.1 and localhost), handing
+/// each connection to the app as plain TCP.
+struct TlsFront {
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    port: u16,
+}
+
+impl TlsFront {
+    async fn bind(dir: &std::path::Path) -> Self {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("the openssl command line");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let chain = vec![CertificateDer::from_pem_file(&cert).unwrap()];
+        let key = PrivateKeyDer::from_pem_file(&key).unwrap();
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        Self {
+            listener,
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            port,
+        }
+    }
+
+    /// Starts serving: every connection, once its handshake is done, is
+    /// piped to `app`.
+    fn forward_to(self, app: std::net::SocketAddr) {
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = self.listener.accept().await else {
+                    return;
+                };
+                let acceptor = self.acceptor.clone();
+                tokio::spawn(async move {
+                    // A handshake Chromium gives up on is no test failure.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    if let Ok(mut plain) = tokio::net::TcpStream::connect(app).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                    }
+                });
+            }
+        });
+    }
 }

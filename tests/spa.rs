@@ -52,6 +52,7 @@ async fn the_refresh_cookie_is_strict_by_default(backend: Backend) {
     let app = TestApp::with_jane(backend, &[]).await;
     let (_, line) = sign_in(&app, "refresh_token").await;
     assert!(line.contains("SameSite=Strict"), "{line}");
+    assert!(!line.contains("Partitioned"), "{line}");
     assert!(
         line.contains("HttpOnly") && line.contains("Path=/api/auth"),
         "{line}"
@@ -86,6 +87,9 @@ async fn cross_site_refresh_and_logout_need_an_allowed_origin(backend: Backend) 
         line.contains("Secure") && line.contains("HttpOnly"),
         "{line}"
     );
+    // Partitioned (CHIPS): kept by browsers that block third-party
+    // cookies (tests/browser.rs::the_example_spa_on_another_site).
+    assert!(line.contains("Partitioned"), "{line}");
 
     // Refused before the cookie is read: no Origin, another site's, a
     // look-alike. The cookie still works afterwards.
@@ -137,6 +141,12 @@ async fn cross_site_refresh_and_logout_need_an_allowed_origin(backend: Backend) 
     // Signing out from the SPA ends the sign-in on the server.
     let res = with_cookie(&app, "/api/auth/logout", &cookie, Some(APP)).await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    // Cleared with the same attributes, or the partitioned cookie stays.
+    let (_, cleared) = set_cookie(res.headers(), COOKIE).expect("a clearing cookie");
+    assert!(
+        cleared.contains("Max-Age=0") && cleared.contains("Partitioned"),
+        "{cleared}"
+    );
     let res = with_cookie(&app, "/api/auth/refresh", &cookie, Some(APP)).await;
     expect_error(res, StatusCode::UNAUTHORIZED, "invalid_refresh_token").await;
 }

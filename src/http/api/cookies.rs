@@ -27,6 +27,7 @@ pub(crate) fn refresh_cookie(
         .http_only(true)
         .secure(settings.secure)
         .same_site(same_site(settings))
+        .partitioned(partitioned(settings))
         .path(REFRESH_COOKIE_PATH)
         .max_age(time::Duration::seconds(remaining))
         .build()
@@ -37,6 +38,7 @@ pub(crate) fn cleared_cookie(settings: &CookieSettings) -> Cookie<'static> {
         .http_only(true)
         .secure(settings.secure)
         .same_site(same_site(settings))
+        .partitioned(partitioned(settings))
         .path(REFRESH_COOKIE_PATH)
         .max_age(time::Duration::ZERO)
         .build()
@@ -48,6 +50,17 @@ fn same_site(settings: &CookieSettings) -> SameSite {
         RefreshSameSite::Lax => SameSite::Lax,
         RefreshSameSite::None => SameSite::None,
     }
+}
+
+/// A SameSite=None cookie is also `Partitioned` (CHIPS): browsers that
+/// block third-party cookies (Chromium when the user or policy says so,
+/// and it is a default in more browsers each year) still keep and send a
+/// partitioned one, in a jar of the top-level site, here the SPA's. That
+/// is all an SPA on another site needs: its refresh cookie is only ever
+/// used from its own pages. Browsers that do not know the attribute ignore
+/// it. Clearing names it too, or the partitioned cookie would stay.
+fn partitioned(settings: &CookieSettings) -> bool {
+    settings.same_site == RefreshSameSite::None
 }
 
 /// The guard of the routes that use the refresh cookie (refresh, logout).

@@ -1980,14 +1980,7 @@ async fn serve_static(dir: &str) -> u16 {
 /// `auth`, with `fetch(..., {credentials: "include"})` and CORS; the
 /// server ends the sign-in.
 async fn the_example_spa_signs_in_and_out(app: &TestApp, b: &Browser, spa: &str, auth: &str) {
-    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
-    b.wait_text("#status", "Signed out.").await;
-
-    b.fill("#email", "jane@example.com").await;
-    b.fill("#password", PASSWORD).await;
-    b.click("#sign-in button[type=submit]").await;
-    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
-        .await;
+    the_example_spa_signs_in(b, spa, auth).await;
     b.click("#refresh").await;
     b.wait_text("#status", "Refreshed.").await;
     // A new page load resumes the sign-in from the cookie alone.
@@ -2012,6 +2005,17 @@ async fn the_example_spa_signs_in_and_out(app: &TestApp, b: &Browser, spa: &str,
         .await
         .unwrap();
     assert_eq!(logouts.len(), 1, "the SPA's sign-out reached the server");
+}
+
+/// The example SPA at `spa`, signed out, signs Jane in against `auth`.
+async fn the_example_spa_signs_in(b: &Browser, spa: &str, auth: &str) {
+    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
+    b.wait_text("#status", "Signed out.").await;
+    b.fill("#email", "jane@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("#sign-in button[type=submit]").await;
+    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
+        .await;
 }
 
 /// Same site: http://localhost:A calling http://localhost:B with the
@@ -2065,13 +2069,7 @@ async fn the_example_spa_on_another_site() {
     .await;
     front.forward_to(app.addr);
     let b = Browser::open_trusting_test_certificates(&app).await;
-    b.goto(&format!("{spa}/index.html?auth={auth}")).await;
-    b.wait_text("#status", "Signed out.").await;
-    b.fill("#email", "jane@example.com").await;
-    b.fill("#password", PASSWORD).await;
-    b.click("#sign-in button[type=submit]").await;
-    b.wait_text("#status", "Signed in as Dr Jane Smith (doctor).")
-        .await;
+    the_example_spa_signs_in(&b, &spa, &auth).await;
     b.click("#refresh").await;
     b.wait_text("#status", "Signed out: The session has ended")
         .await;

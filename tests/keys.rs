@@ -243,6 +243,18 @@ async fn run(app: &TestApp, args: &[&str]) -> std::process::Output {
     .unwrap()
 }
 
+/// `clinic-auth keys rotate`: the new current key's kid.
+async fn rotate(app: &TestApp) -> String {
+    let rotated = stdout(&run(app, &["keys", "rotate"]).await);
+    assert!(rotated.starts_with("new current signing key "), "{rotated}");
+    rotated
+        .trim_start_matches("new current signing key ")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
 fn stdout(output: &std::process::Output) -> String {
     assert!(
         output.status.success(),
@@ -301,14 +313,7 @@ async fn rotation_signs_nobody_out_and_prune_removes_the_old_key(backend: Backen
     let (old_token, _) = app.login("jane@example.com", PASSWORD).await;
     let old_kid = header_of(&old_token).kid.unwrap();
 
-    let rotated = stdout(&run(&app, &["keys", "rotate"]).await);
-    assert!(rotated.starts_with("new current signing key "), "{rotated}");
-    let new_kid = rotated
-        .trim_start_matches("new current signing key ")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let new_kid = rotate(&app).await;
     assert_ne!(new_kid, old_kid);
     // Recorded as an operator action, with the kids.
     let records = app
@@ -417,13 +422,7 @@ async fn a_token_seen_before_still_expires_and_dies_with_its_key(backend: Backen
     assert_eq!(app.me(&token).await.status(), StatusCode::OK);
     let old_kid = header_of(&token).kid.unwrap();
     // The key leaks: a new one is made and the old row deleted at once.
-    let rotated = stdout(&run(&app, &["keys", "rotate"]).await);
-    let new_kid = rotated
-        .trim_start_matches("new current signing key ")
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let new_kid = rotate(&app).await;
     use clinic_auth::clock::Clock;
     let removed = app
         .store()
@@ -464,12 +463,11 @@ async fn two_instances_agree_on_the_key_after_a_rotation(backend: Backend) {
     assert_eq!(header_of(&from_b).kid.as_deref(), Some(first.as_str()));
     assert_eq!(published_kids(&jwks(&b).await), [first.as_str()]);
 
-    let rotated = stdout(&run(&a, &["keys", "rotate"]).await);
-    assert!(rotated.starts_with("new current signing key"), "{rotated}");
+    let second = rotate(&a).await;
+    assert_ne!(second, first);
     a.restart().await;
     let (new_from_a, _) = a.login("jane@example.com", PASSWORD).await;
-    let second = header_of(&new_from_a).kid.unwrap();
-    assert_ne!(second, first);
+    assert_eq!(header_of(&new_from_a).kid.as_deref(), Some(second.as_str()));
     // B has not reloaded yet, but takes the new kid at once.
     assert_eq!(b.me(&new_from_a).await.status(), StatusCode::OK);
     let (new_from_b, _) = b.login("jane@example.com", PASSWORD).await;

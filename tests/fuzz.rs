@@ -171,21 +171,29 @@ async fn wait_healthy(base: &str, service: &mut Service) {
     panic!("the binary never became healthy:\n{}", service.log_tail());
 }
 
-/// Gives the fuzzer's account the admin role (the same role again is a
-/// success that changes nothing).
-fn make_admin(dir: &Path, port: u16) {
+/// Registers `email` and makes it an admin (CLI `user set-role`), so the
+/// admin routes answer the fuzzer with more than 403.
+async fn admin_account(base: &str, dir: &Path, port: u16, email: &str) {
+    let res = reqwest::Client::new()
+        .post(format!("{base}/api/auth/register"))
+        .json(&json!({"name": "Dr Jane Smith", "email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
     let promoted = service_command(dir, port)
-        .args(["user", "set-role", EMAIL, "admin"])
+        .args(["user", "set-role", email, "admin"])
         .output()
         .unwrap();
     assert!(promoted.status.success(), "{promoted:?}");
 }
 
-/// A fresh sign-in: (access token, `refresh_token=...` cookie pair).
-async fn sign_in(base: &str) -> (String, String) {
+/// A fresh sign-in of `email`: (access token, `refresh_token=...` cookie
+/// pair).
+async fn sign_in(base: &str, email: &str) -> (String, String) {
     let res = reqwest::Client::new()
         .post(format!("{base}/api/auth/login"))
-        .json(&json!({"email": EMAIL, "password": PASSWORD}))
+        .json(&json!({"email": email, "password": PASSWORD}))
         .send()
         .await
         .unwrap();
@@ -252,21 +260,13 @@ async fn every_documented_operation_survives_schemathesis() {
     wait_healthy(&base, &mut service).await;
     assert!(st.exists());
 
-    let res = reqwest::Client::new()
-        .post(format!("{base}/api/auth/register"))
-        .json(&json!({"name": "Dr Jane Smith", "email": EMAIL, "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    // An admin, so the admin routes answer the fuzzer with more than 403.
-    make_admin(dir.path(), port);
+    admin_account(&base, dir.path(), port, EMAIL).await;
 
     // Everything else first. The Bearer token and the refresh cookie come
     // from different sign-ins, so refreshing (or logging out) with the
     // cookie does not end the token's session.
-    let (access, _) = sign_in(&base).await;
-    let (_, cookie) = sign_in(&base).await;
+    let (access, _) = sign_in(&base, EMAIL).await;
+    let (_, cookie) = sign_in(&base, EMAIL).await;
     let started = Instant::now();
     let mut filter: Vec<&str> = Vec::new();
     for path in SESSION_ENDERS {
@@ -275,13 +275,15 @@ async fn every_documented_operation_survives_schemathesis() {
     let output = fuzz(dir.path(), &base, &filter, &access, &cookie);
     assert_passed("every operation but the session enders", &output, &service);
 
-    for path in SESSION_ENDERS {
-        // Admin again: the stateful phase can promote another account and
-        // then demote the fuzzer's own (PATCH /api/admin/users/{id} with
-        // the ids GET /api/admin/users lists), which the last-admin rule
-        // then allows; every admin route would answer only 403.
-        make_admin(dir.path(), port);
-        let (access, cookie) = sign_in(&base).await;
+    for (run, path) in SESSION_ENDERS.into_iter().enumerate() {
+        // An admin account of its own: the main run's stateful phase
+        // follows the ids GET /api/admin/users lists to the admin actions,
+        // so once it has promoted another account it may demote, disable
+        // or even erase the fuzzer's first one (seen: every admin route
+        // answering 403, then the sign-in itself refused).
+        let email = format!("ender{run}@example.com");
+        admin_account(&base, dir.path(), port, &email).await;
+        let (access, cookie) = sign_in(&base, &email).await;
         let output = fuzz(
             dir.path(),
             &base,
